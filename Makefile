@@ -1,0 +1,44 @@
+# plcli developer and CI entry points. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PLCLI := $(VENV)/bin/plcli
+DEMO ?= demo
+RUNS ?= runs
+# demo size and length; `make demo DEMO_ARGS="--train 4000"` to change
+DEMO_ARGS ?=
+PIPELINE_ARGS ?=
+
+.PHONY: help install demo test test-full bench lint clean
+
+help:  ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $@
+
+install: $(VENV)/.installed  ## create .venv and install plcli with dev extras
+
+demo: install  ## generate demo data and run the whole pipeline on it (CPU)
+	$(PY) scripts/demo.py --demo-dir $(DEMO) --runs $(RUNS) $(PIPELINE_ARGS) -- $(DEMO_ARGS)
+
+test: install  ## fast tests (well under 15 minutes on 2 cores)
+	$(PY) -m pytest -q
+
+test-full: install  ## all tests, slow ones included (GPU tests skip without a GPU)
+	$(PY) -m pytest -q -m "not gpu or gpu"
+
+bench: install  ## throughput benchmark and the accuracy benchmark
+	$(PY) -m pip install -q -e ".[dev,bench]"
+	$(PY) scripts/bench_pretrain.py
+	$(PY) scripts/benchmark.py
+
+lint: install  ## ruff
+	$(VENV)/bin/ruff check plcli tests scripts
+
+clean:  ## remove demo data and runs (not the feature cache)
+	rm -rf $(DEMO) $(RUNS)

@@ -1,0 +1,288 @@
+"""Configuration dataclasses (litgpt style): every field documented and checked.
+
+A stage's configuration is a tree of dataclasses. It can be read from YAML (``--config``), then
+command-line flags override single fields by dotted name (``trainer.epochs``). The resolved
+configuration is written as ``config.yaml`` into every run directory; later stages read it back to
+reuse, for example, the feature parameters the encoder was trained with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from plcli.errors import UserError
+from plcli.io import atomic_write_text
+
+
+def opt(default: Any = dataclasses.MISSING, help: str = "", *, factory=None, choices=None, min=None, max=None):
+    """A dataclass field with a help text and simple checks (choices, numeric bounds)."""
+    meta = {"help": help, "choices": choices, "min": min, "max": max}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+class Config:
+    """Mixin for config dataclasses: dict/YAML round trip, dotted overrides, checks."""
+
+    def check(self) -> None:
+        """Stage-specific cross-field checks; raise ``UserError``. Field-level checks run first."""
+
+    # -- conversion -------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = v.to_dict() if isinstance(v, Config) else _plain(v)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict | None, where: str = "") -> Config:
+        data = dict(data or {})
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise UserError(f"unknown config key(s) {', '.join(where + k for k in unknown)}")
+        for f in dataclasses.fields(cls):
+            if f.name not in data:
+                continue
+            sub = _config_type(hints[f.name])
+            if sub is not None:
+                kwargs[f.name] = sub.from_dict(data[f.name], where=f"{where}{f.name}.")
+            else:
+                kwargs[f.name] = _coerce(data[f.name], hints[f.name], where + f.name)
+        return cls(**kwargs)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_write_text(path, self.to_yaml())
+
+    # -- overrides and checks ----------------------------------------------------------------
+    def override(self, values: dict[str, Any]) -> None:
+        """Set fields by dotted name; ``None`` values are ignored (flag not given)."""
+        for key, value in values.items():
+            if value is None:
+                continue
+            obj: Any = self
+            parts = key.split(".")
+            for p in parts[:-1]:
+                obj = getattr(obj, p)
+            hints = typing.get_type_hints(type(obj))
+            if parts[-1] not in hints:
+                raise UserError(f"unknown config key {key}")
+            setattr(obj, parts[-1], _coerce(value, hints[parts[-1]], key))
+
+    def validate(self, where: str = "") -> None:
+        """Check every field (choices, bounds) recursively, then the cross-field ``check``."""
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, Config):
+                v.validate(where=f"{where}{f.name}.")
+                continue
+            choices, lo, hi = f.metadata.get("choices"), f.metadata.get("min"), f.metadata.get("max")
+            name = where + f.name
+            if choices is not None and v is not None and v not in choices:
+                raise UserError(f"{name}={v!r} is not one of {', '.join(map(str, choices))}")
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise UserError(f"{name}={v} is not a finite number")
+                if lo is not None and v < lo:
+                    raise UserError(f"{name}={v} must be >= {lo}")
+                if hi is not None and v > hi:
+                    raise UserError(f"{name}={v} must be <= {hi}")
+        self.check()
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+def _config_type(tp: Any) -> type[Config] | None:
+    return tp if isinstance(tp, type) and issubclass(tp, Config) else None
+
+
+def _coerce(value: Any, tp: Any, name: str) -> Any:
+    """Convert YAML/CLI values to the annotated type, or raise a readable ``UserError``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        errors = []
+        for a in non_none:
+            try:
+                return _coerce(value, a, name)
+            except UserError as e:
+                errors.append(str(e))
+        raise UserError(errors[0] if errors else f"{name}: bad value {value!r}")
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{name} must be a list, got {value!r}")
+        inner = args[0] if args else Any
+        return [_coerce(v, inner, name) for v in value]
+    if tp is Any:
+        return value
+    try:
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if tp is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if tp is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if tp is str:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name}: expected {getattr(tp, '__name__', tp)}, got {value!r}") from None
+    return value
+
+
+def load_config(cls: type[Config], path: str | os.PathLike | None, overrides: dict[str, Any]) -> Config:
+    """Defaults, then the YAML file (if any), then flag overrides; validated."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise UserError(f"config file not found: {p}") from None
+        except yaml.YAMLError as e:
+            raise UserError(f"{p}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{p}: expected a mapping of options at the top level")
+    cfg = cls.from_dict(data)
+    cfg.override(overrides)
+    cfg.validate()
+    return cfg
+
+
+def read_run_config(run_dir: str | os.PathLike) -> dict:
+    """The ``config.yaml`` of an earlier run, as a plain dict."""
+    p = Path(run_dir) / "config.yaml"
+    if not p.is_file():
+        raise UserError(f"{run_dir} is not a plcli run directory (no config.yaml)")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise UserError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{p}: not a plcli config")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared sections
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FeatureConfig(Config):
+    """How audio becomes log-mel features. Part of every model: later stages inherit it."""
+
+    sample_rate: int = opt(16000, "model sample rate in Hz; audio is resampled to it", min=4000)
+    clip_seconds: float = opt(3.0, "fixed clip length: longer audio is centre-cropped, shorter is centre-padded with zeros", min=0.1)
+    n_fft: int = opt(512, "FFT size", min=16)
+    win_length: int = opt(400, "analysis window in samples (25 ms at 16 kHz)", min=16)
+    hop_length: int = opt(320, "hop in samples (20 ms at 16 kHz)", min=1)
+    n_mels: int = opt(64, "number of mel bands", min=8)
+    f_min: float = opt(20.0, "lowest mel frequency in Hz", min=0.0)
+    f_max: float = opt(7600.0, "highest mel frequency in Hz (<= sample_rate / 2)", min=100.0)
+
+    @property
+    def num_samples(self) -> int:
+        return int(round(self.clip_seconds * self.sample_rate))
+
+    @property
+    def num_frames(self) -> int:
+        return self.num_samples // self.hop_length + 1
+
+    def check(self) -> None:
+        if self.win_length > self.n_fft:
+            raise UserError(f"win_length={self.win_length} must be <= n_fft={self.n_fft}")
+        if self.f_max > self.sample_rate / 2:
+            raise UserError(f"f_max={self.f_max} must be <= sample_rate/2={self.sample_rate / 2}")
+        if self.f_min >= self.f_max:
+            raise UserError("f_min must be below f_max")
+
+
+@dataclass
+class LabelConfig(Config):
+    """How label text is normalised before it enters the vocabulary (see README, 'Labels')."""
+
+    lowercase: bool = opt(True, "case-fold labels ('See you' == 'see you')")
+    nfkc: bool = opt(True, "Unicode NFKC normalisation (full-width and compatibility forms)")
+    collapse_whitespace: bool = opt(True, "trim and collapse runs of whitespace to one space")
+    strip_punctuation: bool = opt(True, "remove punctuation and symbols at the start and end ('ok!!' == 'ok')")
+
+
+@dataclass
+class DataConfig(Config):
+    """Inputs: manifests, validation policy and the feature cache."""
+
+    manifests: list[str] = opt(factory=list, help="training manifests (JSONL or CSV)")
+    skip_invalid: bool = opt(False, "drop invalid rows (each written to the rejects file) instead of stopping")
+    rejects: str | None = opt(None, "where --skip-invalid writes rejected rows (default: RUN_DIR/rejects.jsonl)")
+    cache_dir: str | None = opt(None, "feature cache folder (default: $PLCLI_CACHE or ~/.cache/plcli)")
+    val_fraction: float = opt(0.2, "share of exact rows held out for validation metrics", min=0.0, max=0.9)
+    labels: LabelConfig = opt(factory=LabelConfig, help="label normalisation")
+
+
+@dataclass
+class TrainerConfig(Config):
+    """Lightning Trainer options and the optimisation basics."""
+
+    epochs: int = opt(10, "training epochs", min=1)
+    batch_size: int = opt(256, "batch size per device", min=1)
+    lr: float = opt(1e-3, "peak learning rate (AdamW, cosine schedule with warm-up)", min=0.0)
+    weight_decay: float = opt(1e-4, "AdamW weight decay", min=0.0)
+    seed: int = opt(0, "random seed (seed_everything with workers=True)")
+    accelerator: str = opt("auto", "cpu, gpu, cuda, mps or auto")
+    devices: str = opt("auto", "number of devices, a list like '0,1', or auto")
+    strategy: str = opt("auto", "auto, ddp, ddp_spawn, ...")
+    num_nodes: int = opt(1, "number of nodes", min=1)
+    precision: str = opt("32-true", "32-true, 16-mixed, bf16-mixed, ...")
+    num_workers: int = opt(0, "DataLoader worker processes (0 = load in the main process)", min=0)
+    resume: str | None = opt(None, "'auto' continues RUN_DIR's last checkpoint; or a checkpoint path")
+    log_every_n_steps: int = opt(10, "how often to log training metrics", min=1)
+    deterministic: bool = opt(False, "ask torch for deterministic algorithms (slower on GPU)")
+    progress: bool = opt(True, "show a progress bar")
+
+
+def cache_dir(cfg_value: str | None) -> Path:
+    """Resolve the feature cache folder: option, then $PLCLI_CACHE, then ~/.cache/plcli."""
+    if cfg_value:
+        return Path(cfg_value).expanduser()
+    env = os.environ.get("PLCLI_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "plcli"

@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny generated audio and manifests (CPU, seconds)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+LABELS = ["See you tomorrow!", "ok", "On my way", "Call me later", "Thanks a lot", "Good night"]
+
+
+def tone_clip(label_idx: int, rng: np.random.Generator, sr: int = 16000, seconds: float = 0.6) -> np.ndarray:
+    """A learnable stand-in for a spoken phrase: a class-specific chord with jitter plus a noise floor."""
+    t = np.arange(int(sr * seconds)) / sr
+    base = 200.0 * (1.25 ** label_idx) * rng.uniform(0.97, 1.03)
+    wave = sum(np.sin(2 * np.pi * base * h * t + rng.uniform(0, 6.28)) / h for h in (1, 2, 3))
+    env = np.minimum(1.0, np.minimum(t, t[::-1]) * 20)
+    wave = 0.3 * wave * env + rng.normal(0, 0.01, size=t.shape)
+    return wave.astype(np.float32)
+
+
+def write_dataset(root: Path, n: int = 36, n_classes: int = 4, exact_every: int = 3, k: int = 3,
+                  seed: int = 0, unlabelled: int = 2, name: str = "train.jsonl") -> tuple[Path, dict]:
+    """Write ``n`` clips and a JSONL manifest with candidate sets of size ``k``; returns (manifest, truth)."""
+    rng = np.random.default_rng(seed)
+    (root / "audio").mkdir(parents=True, exist_ok=True)
+    rows, truth = [], {}
+    labels = LABELS[:n_classes]
+    for i in range(n):
+        y = i % n_classes
+        path = root / "audio" / f"{name.split('.')[0]}_{i:03d}.wav"
+        sf.write(path, tone_clip(y, rng), 16000, subtype="PCM_16")
+        others = [lab for j, lab in enumerate(labels) if j != y]
+        rng.shuffle(others)
+        cands = [labels[y], *others[: k - 1]]
+        rng.shuffle(cands)
+        row = {"id": f"{name.split('.')[0]}-{i:03d}", "audio": f"audio/{path.name}", "speaker": f"s{i % 3}"}
+        if i >= n - unlabelled:
+            row["candidates"] = []
+        else:
+            row["candidates"] = cands
+            if i % exact_every == 0:
+                row["label"] = labels[y]
+        truth[row["id"]] = labels[y]
+        rows.append(row)
+    manifest = root / name
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return manifest, truth
+
+
+@pytest.fixture
+def tiny_data(tmp_path) -> tuple[Path, dict]:
+    return write_dataset(tmp_path / "data")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Each test gets its own feature cache, never the user's."""
+    monkeypatch.setenv("PLCLI_CACHE", str(tmp_path / "cache"))
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
