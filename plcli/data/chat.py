@@ -1,0 +1,632 @@
+"""Build a manifest from a chat export (``plcli data from-chat``).
+
+A chat export is two tables: the voice messages (``audio``, optional ``id``, ``timestamp``,
+optional ``author``) and the text messages (``timestamp``, ``text``, optional ``author``), each CSV
+or JSON Lines. People usually type what they just said, so the candidate set of a voice message
+sent at time ``t`` is the first ``k`` distinct texts sent strictly after ``t``, in time order. An
+optional third table (``id``, ``label``) gives exact labels. See docs/chat-import.md.
+
+Every problem in every table is collected as ``file:line: reason`` before a single ``DataError``
+is raised, so one run shows everything that needs fixing.
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import io
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Container, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from plcli.errors import DataError, UserError
+from plcli.io import atomic_write_jsonl
+
+VOICE_COLUMNS = ("id", "audio", "timestamp", "author")
+MESSAGE_COLUMNS = ("timestamp", "text", "author")
+LABEL_COLUMNS = ("id", "label")
+# manifest fields that from_chat computes itself; a voice column with one of these names would be
+# silently overwritten, so it is rejected instead
+RESERVED = ("candidates", "label", "speaker")
+MAX_SHOWN_PROBLEMS = 50
+# unix seconds beyond this (year ~5138) are almost surely milliseconds
+MAX_UNIX_SECONDS = 1e11
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_SEPARATORS = re.compile(r"[\s,]*")
+
+
+@dataclass
+class Problem:
+    """One problem with one line of an input table (``line`` 0: the file as a whole)."""
+
+    file: str
+    line: int
+    reason: str
+    raw: Any = None
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.reason}"
+
+
+@dataclass
+class Voice:
+    """One voice message; ``time`` is unix seconds (naive ISO timestamps are taken as UTC)."""
+
+    id: str
+    audio: Path
+    time: float
+    author: str | None = None
+    timestamp: Any = None  # as written in the table
+    extra: dict = field(default_factory=dict)
+    line: int = 0
+
+
+@dataclass
+class Message:
+    """One text message; ``time`` is unix seconds."""
+
+    time: float
+    text: str
+    author: str | None = None
+    line: int = 0
+
+
+@dataclass
+class _Table:
+    file: str
+    rows: list[tuple[int, dict]]
+    header: list[str] | None  # CSV header (canonical names); None for JSON Lines
+    header_line: int = 1
+
+
+def _raise(problems: list[Problem], what: str) -> None:
+    shown = "\n".join(f"  {p}" for p in problems[:MAX_SHOWN_PROBLEMS])
+    more = len(problems) - MAX_SHOWN_PROBLEMS
+    if more > 0:
+        shown += f"\n  ... and {more} more"
+    err = DataError(f"{what}: {len(problems)} problem(s)\n{shown}")
+    err.problems = problems  # type: ignore[attr-defined]
+    raise err
+
+
+def _canonical(name: str, known: Sequence[str]) -> str:
+    """Known column names match case-insensitively and ignoring surrounding spaces."""
+    stripped = name.strip()
+    return stripped.lower() if stripped.lower() in known else stripped
+
+
+def _decode(path: Path, file: str, problems: list[Problem]) -> str | None:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        problems.append(Problem(file, 0, "file not found"))
+        return None
+    except IsADirectoryError:
+        problems.append(Problem(file, 0, "is a folder, expected a .csv or .jsonl file"))
+        return None
+    except OSError as e:
+        problems.append(Problem(file, 0, f"cannot read: {e.strerror or e}"))
+        return None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        problems.append(Problem(file, line, "not valid UTF-8: re-save the file as UTF-8"))
+        return None
+
+
+def _is_jsonl(path: Path, text: str) -> bool:
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        return True
+    if suffix in (".csv", ".tsv", ".txt"):
+        return False
+    return text.lstrip().startswith(("{", "["))
+
+
+def _read_json(text: str, file: str, known: Sequence[str], problems: list[Problem]) -> list[tuple[int, dict]]:
+    objs: list[tuple[int, Any]] = []
+    if text.lstrip().startswith("["):
+        # a JSON array instead of JSON Lines: walk its elements to keep their line numbers
+        dec = json.JSONDecoder()
+        pos = text.index("[") + 1
+        line = text.count("\n", 0, pos) + 1
+        while True:
+            m = _SEPARATORS.match(text, pos)
+            line += text.count("\n", pos, m.end())
+            pos = m.end()
+            if pos >= len(text) or text[pos] == "]":
+                break
+            try:
+                obj, end = dec.raw_decode(text, pos)
+            except json.JSONDecodeError as e:
+                problems.append(Problem(file, e.lineno, f"malformed JSON: {e.msg} at column {e.colno}"))
+                return []
+            objs.append((line, obj))
+            line += text.count("\n", pos, end)
+            pos = end
+    else:
+        for i, raw in enumerate(text.splitlines(), start=1):
+            if not raw.strip():
+                continue
+            try:
+                objs.append((i, json.loads(raw)))
+            except json.JSONDecodeError as e:
+                problems.append(Problem(file, i, f"malformed JSON: {e.msg} at column {e.colno}", raw))
+    rows = []
+    for line, obj in objs:
+        if not isinstance(obj, dict):
+            problems.append(Problem(file, line, f"expected a JSON object, got {type(obj).__name__}", obj))
+            continue
+        rows.append((line, {_canonical(k, known): v for k, v in obj.items()}))
+    return rows
+
+
+def _read_csv(
+    text: str, path: Path, file: str, known: Sequence[str], problems: list[Problem]
+) -> tuple[list[tuple[int, dict]], list[str] | None, int]:
+    lines = io.StringIO(text, newline="")
+    first = next((s for s in text.splitlines() if s.strip()), "")
+    if path.suffix.lower() == ".tsv":
+        delimiter = "\t"
+    else:  # exports from spreadsheets in some locales use ';'
+        delimiter = max(",;\t", key=first.count) if first else ","
+    reader = csv.reader(lines, delimiter=delimiter)
+    header: list[str] | None = None
+    header_line = 1
+    rows: list[tuple[int, dict]] = []
+    prev = 0
+    while True:
+        start = prev + 1
+        try:
+            values = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            problems.append(Problem(file, start, f"malformed CSV: {e}"))
+            break
+        prev = reader.line_num
+        if not any(v.strip() for v in values):
+            continue  # blank line (or only separators)
+        if header is None:
+            header, header_line = [_canonical(v, known) for v in values], start
+            seen: set[str] = set()
+            for name in header:
+                if name and name in seen:
+                    problems.append(Problem(file, start, f"duplicate column {name!r}"))
+                seen.add(name)
+            continue
+        if len(values) != len(header):
+            problems.append(
+                Problem(file, start, f"malformed CSV: {len(values)} fields, header has {len(header)}", values)
+            )
+            continue
+        # columns without a name (a trailing separator in the header) are dropped
+        rows.append((start, {k: v for k, v in zip(header, values, strict=True) if k}))
+    if header is None:
+        problems.append(Problem(file, 0, "empty file: expected a header row"))
+    return rows, header, header_line
+
+
+def _read(path: str | os.PathLike, known: Sequence[str], problems: list[Problem]) -> _Table | None:
+    file = os.fspath(path)
+    path = Path(path)
+    text = _decode(path, file, problems)
+    if text is None:
+        return None
+    if _is_jsonl(path, text):
+        return _Table(file, _read_json(text, file, known, problems), None)
+    rows, header, header_line = _read_csv(text, path, file, known, problems)
+    return _Table(file, rows, header, header_line)
+
+
+def read_table(path: str | os.PathLike) -> list[tuple[int, dict]]:
+    """Read a CSV (header row) or JSON Lines table into ``(line number, row)`` pairs.
+
+    The format follows the extension (``.csv``/``.tsv`` or ``.jsonl``/``.json``/``.ndjson``; other
+    extensions are sniffed). A UTF-8 BOM, CRLF line ends and blank lines are tolerated; a ``.json``
+    file may also hold one JSON array of objects. Known column names (``id``, ``audio``,
+    ``timestamp``, ``author``, ``text``, ``label``) match case-insensitively. CSV values stay
+    strings; the line number is where the row starts. Raises ``DataError`` listing every problem.
+    """
+    problems: list[Problem] = []
+    table = _read(path, VOICE_COLUMNS + MESSAGE_COLUMNS + LABEL_COLUMNS, problems)
+    if problems:
+        _raise(problems, f"cannot read {os.fspath(path)}")
+    assert table is not None
+    return table.rows
+
+
+def parse_timestamp(value: Any) -> tuple[float, bool]:
+    """Parse an ISO 8601 string or unix seconds (number or numeric string) to unix seconds.
+
+    Returns ``(seconds, has_timezone)``; ISO timestamps without a timezone are taken as UTC, unix
+    seconds count as having one. Raises ``ValueError`` with a reason.
+    """
+    if value is None:
+        raise ValueError("missing timestamp")
+    if isinstance(value, bool):
+        raise ValueError(f"unparseable timestamp {value!r}")
+    if isinstance(value, str):
+        s = value.strip()
+        if not s:
+            raise ValueError("empty timestamp")
+        if _NUMBER.fullmatch(s):
+            value = float(s)
+        else:
+            if s[-1] in "Zz":
+                s = s[:-1] + "+00:00"
+            try:
+                dt = datetime.fromisoformat(s)
+            except ValueError:
+                raise ValueError(
+                    f"unparseable timestamp {value!r} (expected ISO 8601 like 2024-05-01T12:30:00 "
+                    "or unix seconds)"
+                ) from None
+            aware = dt.tzinfo is not None
+            if not aware:
+                dt = dt.replace(tzinfo=timezone.utc)
+            return dt.timestamp(), aware
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+        if not math.isfinite(seconds):
+            raise ValueError(f"unparseable timestamp {value!r}")
+        if abs(seconds) > MAX_UNIX_SECONDS:
+            raise ValueError(f"timestamp {value!r} out of range (milliseconds? expected unix seconds)")
+        return seconds, True
+    raise ValueError(f"unparseable timestamp {value!r}")
+
+
+def _text(value: Any) -> str | None:
+    """A cell as text: strings as they are, numbers converted, null/absent as None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, str):
+        return value
+    return None
+
+
+class _Columns:
+    """Required/optional column checks: once at the header for CSV, per row for JSON Lines."""
+
+    def __init__(self, table: _Table, problems: list[Problem]):
+        self.table, self.problems = table, problems
+        self.missing: set[str] = set()
+
+    def require(self, name: str, why: str = "") -> bool:
+        t = self.table
+        if t.header is not None and name not in t.header:
+            self.problems.append(Problem(t.file, t.header_line, f"missing column {name!r}{why}"))
+            self.missing.add(name)
+            return False
+        if t.header is None and t.rows and not any(name in row for _, row in t.rows):
+            self.problems.append(Problem(t.file, t.rows[0][0], f"missing field {name!r} in every row{why}"))
+            self.missing.add(name)
+            return False
+        return True
+
+
+def _parse_voices(
+    table: _Table, same_author: bool, problems: list[Problem], stamps: list[bool]
+) -> list[Voice]:
+    cols = _Columns(table, problems)
+    ok = cols.require("audio") & cols.require("timestamp")
+    if same_author:
+        ok &= cols.require("author", " (needed by --same-author)")
+    for name in RESERVED:
+        if table.header is not None and name in table.header:
+            hint = "use 'author'" if name == "speaker" else "give exact labels in the labels table"
+            problems.append(Problem(table.file, table.header_line, f"column {name!r} is reserved: {hint}"))
+            ok = False
+    if not table.rows:
+        if not any(p.file == table.file for p in problems):
+            problems.append(Problem(table.file, 0, "no voice messages"))
+        return []
+    base = Path(os.path.abspath(Path(table.file).parent))
+    voices, first_line = [], {}
+    for line, row in table.rows:
+        errors = []
+        audio = _text(row.get("audio"))
+        if "audio" in cols.missing:
+            pass
+        elif row.get("audio") is None:
+            errors.append("missing audio path")
+        elif audio is None:
+            errors.append(f"'audio' must be a path string, got {type(row['audio']).__name__}")
+        elif not audio.strip():
+            errors.append("empty audio path")
+        if "timestamp" not in cols.missing:
+            try:
+                time, aware = parse_timestamp(row.get("timestamp"))
+                stamps.append(aware)
+            except ValueError as e:
+                errors.append(str(e))
+        author = _text(row.get("author"))
+        author = author.strip() if author and author.strip() else None
+        if same_author and author is None and "author" not in cols.missing:
+            errors.append("empty author (needed by --same-author)")
+        vid = _text(row.get("id"))
+        if row.get("id") is not None and vid is None:
+            errors.append(f"'id' must be a string, got {type(row['id']).__name__}")
+        if not vid or not vid.strip():
+            vid = Path(audio.strip()).stem if audio and audio.strip() else None
+        else:
+            vid = vid.strip()
+        if vid is not None:
+            if vid in first_line:
+                errors.append(f"duplicate id {vid!r} (first on line {first_line[vid]})")
+            else:
+                first_line[vid] = line
+        if table.header is None:
+            for name in RESERVED:
+                if name in row:
+                    errors.append(f"field {name!r} is reserved")
+        for e in errors:
+            problems.append(Problem(table.file, line, e, row))
+        if errors or not ok:
+            continue
+        # CSV has no null: an empty cell in an extra column means "no value"
+        extra = {
+            k: v
+            for k, v in row.items()
+            if k not in VOICE_COLUMNS and not (table.header is not None and v.strip() == "")
+        }
+        voices.append(
+            Voice(
+                id=vid,
+                audio=Path(os.path.normpath(base / Path(audio.strip()).expanduser())),
+                time=time,
+                author=author,
+                timestamp=row["timestamp"],
+                extra=extra,
+                line=line,
+            )
+        )
+    return voices
+
+
+def _parse_messages(
+    table: _Table, same_author: bool, problems: list[Problem], stamps: list[bool]
+) -> list[Message]:
+    cols = _Columns(table, problems)
+    ok = cols.require("timestamp") & cols.require("text")
+    if same_author:
+        ok &= cols.require("author", " (needed by --same-author)")
+    if not ok:
+        return []
+    messages = []
+    for line, row in table.rows:
+        try:
+            time, aware = parse_timestamp(row.get("timestamp"))
+        except ValueError as e:
+            problems.append(Problem(table.file, line, str(e), row))
+            continue
+        stamps.append(aware)
+        if "text" not in row:
+            problems.append(Problem(table.file, line, "missing field 'text'", row))
+            continue
+        text = _text(row["text"])
+        if text is None and row["text"] is not None:
+            problems.append(
+                Problem(table.file, line, f"'text' must be a string, got {type(row['text']).__name__}")
+            )
+            continue
+        author = _text(row.get("author"))
+        author = author.strip() if author and author.strip() else None
+        messages.append(Message(time=time, text=text or "", author=author, line=line))
+    return messages
+
+
+def _parse_labels(table: _Table, ids: Container[str], problems: list[Problem]) -> dict[str, tuple[str, int]]:
+    cols = _Columns(table, problems)
+    if not (cols.require("id") & cols.require("label")):
+        return {}
+    labels: dict[str, tuple[str, int]] = {}
+    for line, row in table.rows:
+        vid, label = _text(row.get("id")), _text(row.get("label"))
+        vid = vid.strip() if vid else ""
+        if not vid:
+            problems.append(Problem(table.file, line, "empty id", row))
+        elif not label or not label.strip():
+            problems.append(Problem(table.file, line, f"empty label for id {vid!r}", row))
+        elif vid not in ids:
+            problems.append(Problem(table.file, line, f"unknown id {vid!r} (not in the voice table)", row))
+        elif vid in labels:
+            problems.append(
+                Problem(
+                    table.file, line, f"second label for id {vid!r} (first on line {labels[vid][1]})", row
+                )
+            )
+        else:
+            labels[vid] = (label, line)
+    return labels
+
+
+def build_candidates(
+    voices: Sequence[Voice],
+    messages: Sequence[Message],
+    k: int = 10,
+    window_seconds: float | None = None,
+    same_author: bool = False,
+    key: Callable[[str], str] = str.strip,
+    skip_empty: bool = True,
+) -> list[list[str]]:
+    """Candidate texts for each voice message, in the order of ``voices``.
+
+    For a voice message at time ``t`` the candidates are the first ``k`` distinct texts among the
+    messages with ``t < time`` (strictly after: a message sent in the same second as the recording
+    is not a candidate), and ``time <= t + window_seconds`` when a window is given, in time order;
+    messages with equal times keep their order in ``messages``. Two texts are the same when
+    ``key`` maps them to the same string; the first text of each key is kept as written. With
+    ``same_author`` only messages whose author equals the voice message's author count (a voice
+    message without an author gets none). With ``skip_empty`` messages whose text is empty or
+    whitespace are ignored.
+
+    Messages are sorted once and each voice message starts with a binary search, so the cost is
+    O((M + V) log M) plus the scan over the candidates (and repeats of them) after each voice.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if window_seconds is not None and not window_seconds > 0:
+        raise ValueError(f"window_seconds must be > 0, got {window_seconds}")
+    msgs = [m for m in messages if not (skip_empty and not m.text.strip())]
+    msgs.sort(key=lambda m: m.time)  # stable: equal times keep file order
+    keys = [key(m.text) for m in msgs]
+
+    # one time-sorted stream per author (or a single stream): (times, indices into msgs)
+    streams: dict[str | None, tuple[list[float], list[int]]] = {}
+    for i, m in enumerate(msgs):
+        name = m.author if same_author else None
+        times, idx = streams.setdefault(name, ([], []))
+        times.append(m.time)
+        idx.append(i)
+
+    out = []
+    for v in voices:
+        stream = streams.get(v.author if same_author else None)
+        if stream is None or (same_author and v.author is None):
+            out.append([])
+            continue
+        times, idx = stream
+        end_time = math.inf if window_seconds is None else v.time + window_seconds
+        seen: set[str] = set()
+        cands: list[str] = []
+        for j in range(bisect.bisect_right(times, v.time), len(times)):
+            if times[j] > end_time:
+                break
+            i = idx[j]
+            if keys[i] in seen:
+                continue
+            seen.add(keys[i])
+            cands.append(msgs[i].text)
+            if len(cands) == k:
+                break
+        out.append(cands)
+    return out
+
+
+def _relative(audio: Path, folder: Path) -> str:
+    try:
+        return audio.relative_to(folder).as_posix()
+    except ValueError:
+        return str(audio)
+
+
+def from_chat(
+    voices_path: str | os.PathLike,
+    messages_path: str | os.PathLike,
+    labels_path: str | os.PathLike | None = None,
+    *,
+    out_path: str | os.PathLike,
+    k: int = 10,
+    window_seconds: float | None = None,
+    same_author: bool = False,
+    key: Callable[[str], str] = str.strip,
+    skip_empty: bool = True,
+) -> tuple[list[dict], dict]:
+    """Manifest rows for a chat export, and a summary ``{"counts": {...}, "warnings": [...]}``.
+
+    Rows follow the voice table's order: ``id``, ``audio`` (relative to ``out_path``'s folder when
+    the file lies under it, absolute otherwise), ``candidates`` (see ``build_candidates``; empty
+    when no message qualifies: such voice messages are kept, unlabelled), ``label`` when the labels
+    table gives one, ``speaker`` (the author, when known), ``timestamp`` as written, then the voice
+    table's other columns. A label that is not among its row's candidates is a warning, not an
+    error. Nothing is written (see ``write_manifest``). Raises ``DataError`` listing every problem
+    in every table as ``file:line: reason``, and ``UserError`` for invalid options.
+    """
+    if k < 1:
+        raise UserError(f"--k must be at least 1, got {k}")
+    if window_seconds is not None and not window_seconds > 0:
+        raise UserError(f"--window must be a positive number of seconds, got {window_seconds}")
+    problems: list[Problem] = []
+    stamps: list[bool] = []
+    vtable = _read(voices_path, VOICE_COLUMNS, problems)
+    mtable = _read(messages_path, MESSAGE_COLUMNS, problems)
+    ltable = _read(labels_path, LABEL_COLUMNS, problems) if labels_path is not None else None
+    voices = _parse_voices(vtable, same_author, problems, stamps) if vtable else []
+    messages = _parse_messages(mtable, same_author, problems, stamps) if mtable else []
+    by_id = {v.id: v for v in voices}
+    if ltable is not None and vtable is not None:
+        # labels can only be checked against ids once the voice table is clean
+        vproblems = any(p.file == vtable.file for p in problems)
+        if vproblems:
+            by_id = _all_ids(vtable)
+        labels = _parse_labels(ltable, by_id, problems)
+    else:
+        labels = {}
+    if problems:
+        _raise(problems, "invalid chat export")
+
+    cands = build_candidates(voices, messages, k, window_seconds, same_author, key, skip_empty)
+    out_dir = Path(os.path.abspath(Path(out_path).parent))
+    rows, warnings = [], []
+    n_label_outside = 0
+    for v, c in zip(voices, cands, strict=True):
+        row: dict[str, Any] = {"id": v.id, "audio": _relative(v.audio, out_dir), "candidates": c}
+        if v.id in labels:
+            label, line = labels[v.id]
+            row["label"] = label
+            if c and key(label) not in {key(x) for x in c}:
+                n_label_outside += 1
+                warnings.append(
+                    f"{ltable.file}:{line}: label {label!r} for id {v.id!r} is not among its "
+                    f"{len(c)} candidates"
+                )
+        if v.author is not None:
+            row["speaker"] = v.author
+        row["timestamp"] = v.timestamp
+        for name, value in v.extra.items():
+            row.setdefault(name, value)
+        rows.append(row)
+
+    if mtable is not None and not mtable.rows:
+        warnings.append(f"{mtable.file}: no messages: every voice message is unlabelled")
+    if any(stamps) and not all(stamps):
+        warnings.append(
+            "some timestamps have a timezone and some do not; those without are taken as UTC, "
+            "which may misorder voice and text messages"
+        )
+    missing = [v for v in voices if not v.audio.exists()]
+    if missing:
+        warnings.append(
+            f"{len(missing)} audio file(s) not found, e.g. {vtable.file}:{missing[0].line}: {missing[0].audio}"
+        )
+    n_with = sum(1 for c in cands if c)
+    counts = {
+        "voices": len(voices),
+        "messages": len(messages),
+        "messages_used": sum(1 for m in messages if not (skip_empty and not m.text.strip())),
+        "with_candidates": n_with,
+        "without_candidates": len(voices) - n_with,
+        "labelled": len(labels),
+        "label_not_in_candidates": n_label_outside,
+        "mean_candidates": round(sum(len(c) for c in cands) / len(cands), 3) if cands else 0.0,
+    }
+    return rows, {"counts": counts, "warnings": warnings}
+
+
+def _all_ids(table: _Table) -> dict[str, Any]:
+    """Every id the voice table names, even on rows with other problems (for the label check)."""
+    ids: dict[str, Any] = {}
+    for _, row in table.rows:
+        vid = _text(row.get("id"))
+        if not vid or not vid.strip():
+            audio = _text(row.get("audio"))
+            vid = Path(audio.strip()).stem if audio and audio.strip() else None
+        if vid:
+            ids[vid.strip()] = None
+    return ids
+
+
+def write_manifest(rows: list[dict], out_path: str | os.PathLike) -> None:
+    """Write manifest rows as JSON Lines, atomically."""
+    atomic_write_jsonl(out_path, rows)
