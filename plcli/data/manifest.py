@@ -231,3 +231,24 @@ def read_manifest(path: str | Path) -> tuple[list[Row], list[Problem], int]:
         if row is not None:
             rows.append(row)
     return rows, problems, n_input
+
+
+def read_truth(path: str | Path) -> dict[str, str]:
+    """Truth file (JSONL or CSV with ``id`` and ``label``) -> {id: label}; problems raise ``DataError``."""
+    from plcli.errors import DataError
+
+    path = Path(path)
+    problems: list[Problem] = []
+    if not path.is_file():
+        raise DataError(f"truth file not found: {path}")
+    records = _parse_csv(path, problems) if path.suffix.lower() in (".csv", ".tsv") else _parse_jsonl(path, problems)
+    out: dict[str, str] = {}
+    for line, obj in records:
+        rid, label = obj.get("id"), obj.get("label")
+        if rid is None or not isinstance(label, str):
+            problems.append(Problem(str(path), line, "truth rows need 'id' and a string 'label'", obj))
+            continue
+        out[str(rid)] = label
+    if problems:
+        raise DataError("problems in the truth file:\n" + "\n".join(str(p) for p in problems[:50]))
+    return out

@@ -1,0 +1,246 @@
+"""The ``plcli`` command line: thin Typer commands that parse, validate, save the resolved config and
+call a stage's ``run``. Heavy imports happen inside the commands so ``--help`` stays fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from plcli.console import console, handle_errors, log
+
+app = typer.Typer(
+    name="plcli",
+    help="Recognise short voice messages from candidate sets: pretrain -> finetune -> distill.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+data_app = typer.Typer(help="Data preparation: import chat exports.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+# -- options shared by the training stages ------------------------------------------------------
+MANIFESTS = typer.Argument(..., help="training manifests (.jsonl or .csv)", show_default=False)
+OUT = typer.Option(..., "--out", "-o", help="run directory to create", show_default=False)
+CONFIG = typer.Option(None, "--config", help="YAML file with any option; flags override it")
+EPOCHS = typer.Option(None, "--epochs", help="training epochs")
+BATCH = typer.Option(None, "--batch-size", help="batch size per device")
+LR = typer.Option(None, "--lr", help="peak learning rate")
+SEED = typer.Option(None, "--seed", help="random seed")
+RESUME = typer.Option(None, "--resume", help="'auto' continues RUN_DIR's last checkpoint; or a checkpoint path")
+OVERWRITE = typer.Option(False, "--overwrite", help="replace an existing run in --out")
+ACCEL = typer.Option(None, "--accelerator", help="cpu, gpu, mps or auto")
+DEVICES = typer.Option(None, "--devices", help="number of devices or a list like 0,1")
+STRATEGY = typer.Option(None, "--strategy", help="auto, ddp, ddp_spawn, ...")
+NODES = typer.Option(None, "--num-nodes", help="number of nodes")
+PRECISION = typer.Option(None, "--precision", help="32-true, 16-mixed, bf16-mixed")
+WORKERS = typer.Option(None, "--num-workers", help="DataLoader worker processes")
+SKIP = typer.Option(None, "--skip-invalid/--no-skip-invalid", help="skip invalid rows (written to the rejects file)")
+REJECTS = typer.Option(None, "--rejects", help="rejects file for --skip-invalid (default RUN_DIR/rejects.jsonl)")
+CACHE = typer.Option(None, "--cache-dir", help="feature cache (default $PLCLI_CACHE or ~/.cache/plcli)")
+PROGRESS = typer.Option(None, "--progress/--no-progress", help="show a progress bar")
+
+
+def _trainer_overrides(epochs, batch_size, lr, seed, resume, accelerator, devices, strategy, num_nodes,
+                       precision, num_workers, progress) -> dict:
+    return {
+        "trainer.epochs": epochs, "trainer.batch_size": batch_size, "trainer.lr": lr, "trainer.seed": seed,
+        "trainer.resume": resume, "trainer.accelerator": accelerator, "trainer.devices": devices,
+        "trainer.strategy": strategy, "trainer.num_nodes": num_nodes, "trainer.precision": precision,
+        "trainer.num_workers": num_workers, "trainer.progress": progress,
+    }
+
+
+def _data_overrides(manifests, skip_invalid, rejects, cache_dir) -> dict:
+    return {
+        "data.manifests": [str(m) for m in manifests] if manifests else None,
+        "data.skip_invalid": skip_invalid, "data.rejects": rejects, "data.cache_dir": cache_dir,
+    }
+
+
+# -- data ---------------------------------------------------------------------------------------
+@app.command()
+@handle_errors
+def validate(
+    manifests: list[Path] = MANIFESTS,
+    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="report problems but exit 0; write rejected rows to --rejects"),
+    rejects: Path = typer.Option(None, "--rejects", help="write every rejected row with its reasons here (JSONL)"),
+    json_out: Path = typer.Option(None, "--json", help="also write the summary as JSON"),
+    no_audio: bool = typer.Option(False, "--no-audio", help="skip opening the audio files (fast, structural checks only)"),
+):
+    """Check manifests row by row and print a summary.
+
+    Every problem is listed as FILE:LINE: reason. Exits with code 2 when there are problems,
+    unless --skip-invalid is given (then the rejected rows go to --rejects).
+    """
+    from rich.table import Table
+
+    from plcli.data.validate import validate_manifests, write_rejects
+    from plcli.io import atomic_write_json
+
+    report = validate_manifests(manifests, check_audio=not no_audio)
+    s = report.summary()
+    t = Table(title="manifest summary", show_header=False)
+    for k in ("input_rows", "accepted", "rejected", "exact", "candidate_only", "unlabelled", "vocabulary_size", "speakers"):
+        t.add_row(k.replace("_", " "), str(s[k]))
+    t.add_row("candidate set sizes", ", ".join(f"{k}: {v}" for k, v in s["candidate_set_sizes"].items()) or "-")
+    d = s["duration_seconds"]
+    if d:
+        t.add_row("duration (s)", f"min {d['min']:.2f}  median {d['median']:.2f}  mean {d['mean']:.2f}  max {d['max']:.2f}  total {d['total']:.0f}")
+    console.print(t)
+    for w in report.warnings[:20]:
+        log(f"[yellow]warning:[/] {w}")
+    if len(report.warnings) > 20:
+        log(f"[yellow]... and {len(report.warnings) - 20} more warnings[/]")
+    if json_out:
+        atomic_write_json(json_out, {**s, "problems": [str(p) for p in report.problems], "warnings": report.warnings})
+    if rejects and report.problems:
+        write_rejects(report, rejects)
+        log(f"wrote {report.n_rejected} rejected row(s) to {rejects}")
+    if report.problems:
+        for p in report.problems:
+            typer.echo(str(p), err=True)
+        log(f"[red]{len(report.problems)} problem(s) in {report.n_rejected} row(s)[/]")
+        if not skip_invalid:
+            raise typer.Exit(2)
+        if not rejects:
+            log("[yellow]--skip-invalid without --rejects: rejected rows were not saved[/]")
+    else:
+        log("[green]all rows valid[/]")
+
+
+@data_app.command("from-chat")
+@handle_errors
+def from_chat(
+    voices: Path = typer.Option(..., "--voices", help="voice-message table (.csv or .jsonl): audio, timestamp, [id], [author]"),
+    messages: Path = typer.Option(..., "--messages", help="chat-message table: timestamp, text, [author]"),
+    labels: Path = typer.Option(None, "--labels", help="optional exact labels: id, label"),
+    out: Path = typer.Option(..., "--out", "-o", help="manifest to write (.jsonl)"),
+    k: int = typer.Option(10, "--k", min=1, help="candidates per voice message: the next K distinct messages"),
+    window: float = typer.Option(None, "--window", min=0.0, help="only messages within this many seconds after the voice message"),
+    same_author: bool = typer.Option(False, "--same-author", help="only messages by the voice message's author"),
+):
+    """Build a manifest from a chat export (see docs/chat-import.md for the format)."""
+    from plcli.data import chat
+    from plcli.data.labels import LabelNormalizer
+
+    rows, summary = chat.from_chat(voices, messages, labels, out_path=out, k=k, window_seconds=window,
+                                   same_author=same_author, key=LabelNormalizer())
+    chat.write_manifest(rows, out)
+    for w in summary.get("warnings", []):
+        log(f"[yellow]warning:[/] {w}")
+    log(f"wrote {len(rows)} rows to {out}")
+    console.print_json(data={k: v for k, v in summary.items() if k != "warnings"})
+
+
+@app.command("demo-data")
+@handle_errors
+def demo_data(
+    out: Path = typer.Argument(..., help="folder to write the demo dataset into"),
+    config: Path = CONFIG,
+    phrases: int = typer.Option(None, "--phrases", help="vocabulary size (>= 40 for the benchmark)"),
+    train: int = typer.Option(None, "--train", help="training recordings"),
+    test: int = typer.Option(None, "--test", help="test recordings (speakers unseen in training)"),
+    exact_fraction: float = typer.Option(None, "--exact-fraction", help="share of training rows with an exact label"),
+    seed: int = SEED,
+    workers: int = typer.Option(None, "--workers", help="processes (default: all cores)"),
+    engines: str = typer.Option(None, "--engines", help="'auto' or a comma list of TTS engines"),
+):
+    """Generate a synthetic chat-voice dataset: train.jsonl, test.jsonl, truth.jsonl, audio/, chat/."""
+    from plcli.config import load_config
+    from plcli.demo import DemoConfig, generate_demo
+
+    cfg = load_config(DemoConfig, config, {
+        "phrases": phrases, "train": train, "test": test, "exact_fraction": exact_fraction, "seed": seed,
+        "workers": workers, "engines": engines,
+    })
+    from rich.progress import Progress
+
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("synthesising", total=None)
+        summary = generate_demo(out, cfg, progress=lambda i, n: bar.update(task, completed=i, total=n))
+    console.print_json(data=summary)
+    log(f"[green]demo data in {out}[/]: try [bold]plcli validate {out}/train.jsonl[/]")
+
+
+# -- training stages ------------------------------------------------------------------------------
+def _run_stage(module_name: str, cfg_cls_name: str, config, overrides: dict):
+    """Parse config (+ flags), validate, then hand over to the stage's run()."""
+    import importlib
+
+    from plcli.config import load_config
+
+    mod = importlib.import_module(f"plcli.{module_name}")
+    cfg = load_config(getattr(mod, cfg_cls_name), config, overrides)
+    metrics = mod.run(cfg, log=log)
+    console.print_json(data={k: v for k, v in metrics.items() if not isinstance(v, (list, dict))})
+    return metrics
+
+
+@app.command()
+@handle_errors
+def pretrain(
+    manifests: list[Path] = MANIFESTS,
+    out: Path = OUT,
+    config: Path = CONFIG,
+    encoder: str = typer.Option(None, "--encoder", help="tcresnet (CPU default), tcresnet-small, tcresnet-wide, resnet2d"),
+    temperature: float = typer.Option(None, "--temperature", help="NT-Xent temperature"),
+    proj_dim: int = typer.Option(None, "--proj-dim", help="projection output size"),
+    proj_layers: int = typer.Option(None, "--proj-layers", help="projection head depth (SimCLRv2: 3)"),
+    views: int = typer.Option(None, "--views", help="augmented views per clip cached for training"),
+    online_augment: bool = typer.Option(None, "--online-augment/--cached-views", help="augment waveforms every step instead of caching views"),
+    epochs: int = EPOCHS, batch_size: int = BATCH, lr: float = LR, seed: int = SEED, resume: str = RESUME,
+    overwrite: bool = OVERWRITE, accelerator: str = ACCEL, devices: str = DEVICES, strategy: str = STRATEGY,
+    num_nodes: int = NODES, precision: str = PRECISION, num_workers: int = WORKERS, skip_invalid: bool = SKIP,
+    rejects: Path = REJECTS, cache_dir: Path = CACHE, progress: bool = PROGRESS,
+):
+    """Stage 1: SimCLR contrastive pretraining of an audio encoder on all the audio.
+
+    Writes RUN_DIR/config.yaml, checkpoints/last.ckpt (and best), metrics.json, logs/metrics.csv
+    and encoder.pt (plain weights). With exactly labelled rows, a kNN probe reports accuracy each epoch.
+    """
+    _run_stage("pretrain", "PretrainConfig", config, {
+        "out": str(out), "encoder": encoder, "temperature": temperature, "proj_dim": proj_dim,
+        "proj_layers": proj_layers, "views": views, "online_augment": online_augment, "overwrite": overwrite or None,
+        **_trainer_overrides(epochs, batch_size, lr, seed, resume, accelerator, devices, strategy, num_nodes,
+                             precision, num_workers, progress),
+        **_data_overrides(manifests, skip_invalid, rejects, cache_dir),
+    })
+
+
+@app.command()
+@handle_errors
+def finetune(
+    manifests: list[Path] = MANIFESTS,
+    pretrained: str = typer.Option(..., "--pretrained", help="pretrain run directory, or 'none' (random encoder)"),
+    out: Path = OUT,
+    config: Path = CONFIG,
+    loss: str = typer.Option(None, "--loss", help="candidate-row loss: proden (default), cc, ce-only"),
+    candidate_weight: float = typer.Option(None, "--candidate-weight", help="weight of the candidate term"),
+    from_layer: int = typer.Option(None, "--from-layer", help="projection-head layer feeding the head (0 = encoder)"),
+    copies: int = typer.Option(None, "--copies", help="augmented embedding copies per clip"),
+    unfreeze: bool = typer.Option(None, "--unfreeze/--frozen", help="also fine-tune the encoder"),
+    truth: Path = typer.Option(None, "--truth", help="JSONL/CSV id,label: disambiguation accuracy on candidate rows"),
+    val_fraction: float = typer.Option(None, "--val-fraction", help="share of exact rows held out"),
+    epochs: int = EPOCHS, batch_size: int = BATCH, lr: float = LR, seed: int = SEED, resume: str = RESUME,
+    overwrite: bool = OVERWRITE, accelerator: str = ACCEL, devices: str = DEVICES, strategy: str = STRATEGY,
+    num_nodes: int = NODES, precision: str = PRECISION, num_workers: int = WORKERS, skip_invalid: bool = SKIP,
+    rejects: Path = REJECTS, cache_dir: Path = CACHE, progress: bool = PROGRESS,
+):
+    """Stage 2: MLP head on the frozen encoder, trained on exact labels and candidate sets.
+
+    The run directory holds the teacher: model.pt (encoder + head + vocabulary), vocab.json,
+    config.yaml, metrics.json and checkpoints.
+    """
+    _run_stage("finetune", "FinetuneConfig", config, {
+        "out": str(out), "pretrained": pretrained, "loss": loss, "candidate_weight": candidate_weight,
+        "from_layer": from_layer, "copies": copies, "unfreeze": unfreeze, "truth": str(truth) if truth else None,
+        "data.val_fraction": val_fraction, "overwrite": overwrite or None,
+        **_trainer_overrides(epochs, batch_size, lr, seed, resume, accelerator, devices, strategy, num_nodes,
+                             precision, num_workers, progress),
+        **_data_overrides(manifests, skip_invalid, rejects, cache_dir),
+    })
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,147 @@
+"""Datasets over the packed feature cache, plus the data preparation every stage shares."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from plcli.config import DataConfig, FeatureConfig, cache_dir
+from plcli.data.features import FeatureCache
+from plcli.data.labels import LabelNormalizer, Vocabulary
+from plcli.data.manifest import Row
+from plcli.data.validate import ValidationReport, load_rows
+
+
+def load_training_rows(dc: DataConfig, run_dir: Path, log=print) -> ValidationReport:
+    """Validate the stage's manifests exactly as ``plcli validate`` does (rejects into RUN_DIR)."""
+    rejects = dc.rejects or (run_dir / "rejects.jsonl")
+    return load_rows(dc.manifests, LabelNormalizer(dc.labels), dc.skip_invalid, rejects, log=log)
+
+
+def open_cache(dc: DataConfig, fc: FeatureConfig) -> FeatureCache:
+    return FeatureCache(cache_dir(dc.cache_dir), fc)
+
+
+def candidate_matrix(rows: Sequence[Row], vocab: Vocabulary) -> np.ndarray:
+    """(N, C) bool: True where a class is in the row's candidate set (all False: no candidates)."""
+    m = np.zeros((len(rows), len(vocab)), dtype=bool)
+    for i, r in enumerate(rows):
+        idx = vocab.indices(r.candidates)
+        if idx:
+            m[i, idx] = True
+    return m
+
+
+def label_vector(rows: Sequence[Row], vocab: Vocabulary) -> np.ndarray:
+    """(N,) int64 class index of each row's exact label, -1 where there is none (or it is unknown)."""
+    out = np.full(len(rows), -1, dtype=np.int64)
+    for i, r in enumerate(rows):
+        if r.label is not None:
+            j = vocab.index(r.label)
+            out[i] = -1 if j is None else j
+    return out
+
+
+def _collate_identity(batch):
+    return batch
+
+
+class BatchedDataset(Dataset):
+    """A dataset whose ``__getitems__`` reads a whole batch with one fancy-index from the memmap."""
+
+    collate_fn = staticmethod(_collate_identity)
+
+    def __getitem__(self, i: int):
+        return self.__getitems__([i])
+
+    def __getitems__(self, idx: list[int]):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class ViewPairs(BatchedDataset):
+    """Two different pre-computed augmented views of each clip: views (N, V, F, T) -> (B, F, T) x 2."""
+
+    def __init__(self, views: np.ndarray):
+        if views.ndim != 4 or views.shape[1] < 2:
+            raise ValueError(f"need (N, V>=2, F, T) views, got {views.shape}")
+        self.views = views
+
+    def __len__(self) -> int:
+        return self.views.shape[0]
+
+    def __getitems__(self, idx: list[int]):
+        idx_t = torch.as_tensor(idx)
+        v = self.views.shape[1]
+        v0 = torch.randint(0, v, (len(idx),))
+        v1 = (v0 + torch.randint(1, v, (len(idx),))) % v  # a different view of the same clip
+        order = np.argsort(idx_t.numpy(), kind="stable")  # sorted reads are kinder to the page cache
+        rows = idx_t.numpy()[order]
+        x0 = np.empty((len(idx), *self.views.shape[2:]), dtype=np.float32)
+        x1 = np.empty_like(x0)
+        x0[order] = self.views[rows, v0.numpy()[order]]
+        x1[order] = self.views[rows, v1.numpy()[order]]
+        return torch.from_numpy(x0), torch.from_numpy(x1)
+
+
+class FeatureRows(BatchedDataset):
+    """Clean features (N, F, T) with optional per-row tensors (labels, masks, targets, indices)."""
+
+    def __init__(self, feats: np.ndarray, index: np.ndarray | None = None, **fields: np.ndarray | torch.Tensor):
+        self.feats = feats
+        self.index = np.arange(feats.shape[0]) if index is None else np.asarray(index)
+        self.fields = {k: torch.as_tensor(v) for k, v in fields.items()}
+        for k, v in self.fields.items():
+            if len(v) != len(self.index):
+                raise ValueError(f"field {k} has {len(v)} rows, expected {len(self.index)}")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitems__(self, idx: list[int]):
+        idx = np.asarray(idx)
+        rows = self.index[idx]
+        order = np.argsort(rows, kind="stable")
+        x = np.empty((len(idx), *self.feats.shape[1:]), dtype=np.float32)
+        x[order] = self.feats[rows[order]]
+        out = {"x": torch.from_numpy(x), "i": torch.as_tensor(idx)}
+        t = torch.as_tensor(idx)
+        for k, v in self.fields.items():
+            out[k] = v[t]
+        return out
+
+
+class ViewRows(FeatureRows):
+    """Like ``FeatureRows`` but each item is a random one of V pre-computed augmented views."""
+
+    def __getitems__(self, idx: list[int]):
+        idx = np.asarray(idx)
+        rows = self.index[idx]
+        v = torch.randint(0, self.feats.shape[1], (len(idx),)).numpy()
+        order = np.argsort(rows, kind="stable")
+        x = np.empty((len(idx), *self.feats.shape[2:]), dtype=np.float32)
+        x[order] = self.feats[rows[order], v[order]]
+        out = {"x": torch.from_numpy(x), "i": torch.as_tensor(idx)}
+        t = torch.as_tensor(idx)
+        for k, val in self.fields.items():
+            out[k] = val[t]
+        return out
+
+
+def holdout_ids(ids: Sequence[str], fraction: float, seed: int) -> set[str]:
+    """Deterministic held-out subset: the ``fraction`` of ids with the smallest seeded hash.
+
+    Depends only on the ids, the fraction and the seed (not on row order), so every stage
+    holds out the same exact rows.
+    """
+    import hashlib
+
+    if fraction <= 0 or not ids:
+        return set()
+    ranked = sorted(ids, key=lambda i: hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=8).digest())
+    n = int(round(fraction * len(ranked)))
+    n = min(max(n, 1), len(ranked) - 1) if len(ranked) > 1 else 0
+    return set(ranked[:n])
