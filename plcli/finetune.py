@@ -1,0 +1,388 @@
+"""Stage 2: an MLP head on the (frozen) pretrained encoder, trained on exact labels *and* candidate sets.
+
+Three tiers of supervision:
+- exact rows: cross-entropy on the label;
+- candidate rows, by ``--loss``: ``proden`` (targets = the model's own probabilities restricted to
+  the candidate set and renormalised, refreshed every epoch; Lv et al. 2020), ``cc`` (negative log
+  of the total probability on the candidate set; Feng et al. 2020) or ``ce-only`` (ignore them: the
+  textbook SimCLRv2 recipe);
+- rows with neither: not used here.
+
+With the encoder frozen (the default), embeddings are computed once for the clean clip and for the
+cached augmented views, and the head trains on them in seconds. ``--unfreeze`` trains the whole
+network on augmented views with a lower encoder learning rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from plcli.config import Config, DataConfig, FeatureConfig, TrainerConfig, opt, read_run_config
+from plcli.data.augment import AugmentConfig, SpecAugmentConfig, SpectrogramAugment
+from plcli.data.datasets import (
+    FeatureRows,
+    ViewRows,
+    candidate_matrix,
+    holdout_ids,
+    label_vector,
+    load_training_rows,
+    open_cache,
+)
+from plcli.data.labels import LabelNormalizer, Vocabulary
+from plcli.errors import UserError
+from plcli.losses import CandidateLoss, SoftTargetCrossEntropy, candidate_targets
+from plcli.models.classifier import Classifier, save_model
+from plcli.models.encoders import ENCODERS
+from plcli.training import (
+    Timer,
+    build_trainer,
+    cosine_with_warmup,
+    fit,
+    prepare_run_dir,
+    resolve_resume,
+    save_config,
+    jsonable,
+    set_threads,
+    write_metrics,
+)
+
+STAGE = "finetune"
+LOSSES = ("proden", "cc", "ce-only")
+
+
+@dataclass
+class FinetuneConfig(Config):
+    """``plcli finetune`` options."""
+
+    out: str = opt("", "run directory")
+    pretrained: str = opt("", "pretrain run directory, or 'none' for a random-encoder baseline")
+    data: DataConfig = opt(factory=DataConfig, help="inputs")
+    trainer: TrainerConfig = opt(factory=lambda: TrainerConfig(epochs=40, batch_size=256, lr=2e-3), help="training")
+    loss: str = opt("proden", "candidate-row loss: proden, cc or ce-only", choices=LOSSES)
+    candidate_weight: float = opt(1.0, "weight of the candidate-row term against the exact-row term", min=0.0)
+    from_layer: int = opt(0, "feed the head from this projection-head layer (0 = encoder output; SimCLRv2 uses 1)", min=0)
+    head_hidden_dim: int = opt(256, "head hidden width", min=1)
+    head_layers: int = opt(2, "head depth (1 = linear)", min=1)
+    dropout: float = opt(0.1, "head dropout", min=0.0, max=0.9)
+    label_smoothing: float = opt(0.0, "label smoothing of the exact-row cross-entropy", min=0.0, max=0.5)
+    copies: int = opt(8, "augmented copies per clip used as head inputs (0 = clean only)", min=0)
+    bn_recalibrate: bool = opt(True, "re-estimate the frozen encoder's BatchNorm statistics on the clean training clips (pretraining saw only augmented views)")
+    unfreeze: bool = opt(False, "fine-tune the encoder too (slower; uses augmented views every step)")
+    encoder_lr_scale: float = opt(0.1, "encoder learning rate = lr x this, with --unfreeze", min=0.0)
+    truth: str | None = opt(None, "optional JSONL/CSV of id,label: disambiguation accuracy on candidate rows")
+    encoder: str = opt("tcresnet", "encoder for --pretrained none", choices=sorted(ENCODERS))
+    features: FeatureConfig = opt(factory=FeatureConfig, help="log-mel front end (inherited from the pretrain run)")
+    augment: AugmentConfig = opt(factory=AugmentConfig, help="augmentations (inherited from the pretrain run)")
+    overwrite: bool = opt(False, "replace an existing run in out")
+
+    def check(self) -> None:
+        if not self.data.manifests:
+            raise UserError("no training manifest given")
+        if not self.pretrained:
+            raise UserError("--pretrained is required (a pretrain run directory, or 'none')")
+
+
+class FinetuneModule(L.LightningModule):
+    """The classifier (encoder + head) with the three-tier loss; in frozen mode only the head trains."""
+
+    def __init__(self, classifier: dict, num_train: int = 0, loss: str = "proden", candidate_weight: float = 1.0,
+                 lr: float = 2e-3, weight_decay: float = 1e-4, frozen: bool = True, encoder_lr_scale: float = 0.1,
+                 label_smoothing: float = 0.0, spec_augment: dict | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = Classifier(**classifier)
+        self.spec_aug = SpectrogramAugment(SpecAugmentConfig.from_dict(spec_augment or {}))
+        self.cc = CandidateLoss()
+        self.soft_ce = SoftTargetCrossEntropy()
+        # PRODEN's target table (num_train, C): part of the checkpoint so --resume continues it
+        self.register_buffer("targets", torch.zeros(num_train, classifier["num_classes"]))
+        self._val: list[dict] = []
+
+    def logits(self, batch) -> torch.Tensor:
+        if self.hparams.frozen:
+            return self.model.head(batch["x"])
+        return self.model(self.spec_aug(batch["x"]) if self.training else batch["x"])
+
+    def training_step(self, batch, batch_idx):
+        logits = self.logits(batch)  # (B, C)
+        y, mask = batch["y"], batch["mask"]
+        exact = y >= 0
+        zero = logits.sum() * 0.0
+        ce = F.cross_entropy(logits[exact], y[exact], label_smoothing=self.hparams.label_smoothing) if exact.any() else zero
+        cand = (~exact) & mask.any(1)
+        if self.hparams.loss == "ce-only" or not cand.any():
+            pl = zero
+        elif self.hparams.loss == "cc":
+            pl = self.cc(logits[cand], mask[cand])
+        else:
+            if not self.hparams.frozen:  # per-batch refresh when features change every step
+                with torch.no_grad():
+                    self.targets[batch["i"][cand]] = candidate_targets(logits[cand].detach().float(), mask[cand])
+            pl = self.soft_ce(logits[cand], self.targets[batch["i"][cand]].to(logits.dtype))
+        loss = ce + self.hparams.candidate_weight * pl
+        bs = logits.shape[0]
+        self.log_dict({"train/loss": loss, "train/ce": ce, "train/partial": pl}, on_step=False, on_epoch=True,
+                      batch_size=bs, prog_bar=False)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self._val.append({"logits": self.logits(batch).float(), "y": batch["y"], "mask": batch["mask"],
+                          "truth": batch["truth"]})
+
+    def on_validation_epoch_end(self):
+        if not self._val:
+            return
+        cat = {k: torch.cat([b[k] for b in self._val]) for k in self._val[0]}
+        self._val.clear()
+        self.log_dict(classifier_metrics(cat["logits"], cat["y"], cat["mask"], cat["truth"]), prog_bar=True)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        if hp.frozen:
+            params = [{"params": self.model.head.parameters(), "lr": hp.lr}]
+        else:
+            head = list(self.model.head.parameters())
+            head_ids = {id(p) for p in head}
+            rest = [p for p in self.model.parameters() if id(p) not in head_ids]
+            params = [{"params": head, "lr": hp.lr}, {"params": rest, "lr": hp.lr * hp.encoder_lr_scale}]
+        opt_ = torch.optim.AdamW(params, weight_decay=hp.weight_decay)
+        sched = cosine_with_warmup(opt_, self.trainer.estimated_stepping_batches)
+        return {"optimizer": opt_, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def classifier_metrics(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, truth: torch.Tensor) -> dict:
+    """Validation figures. ``y`` >= 0 marks held-out exact rows; other rows with candidates give the
+    covering rate and, where ``truth`` >= 0, disambiguation accuracy."""
+    out = {}
+    pred = logits.argmax(1)
+    has = mask.any(1)
+    within = logits.masked_fill(~mask, float("-inf")).argmax(1)
+    held = y >= 0
+    if held.any():
+        out["val/acc"] = (pred[held] == y[held]).float().mean()
+        hm = held & has
+        if hm.any():
+            out["val/acc_within"] = (within[hm] == y[hm]).float().mean()
+    cand = (~held) & has
+    if cand.any():
+        out["val/covering"] = mask[cand].gather(1, pred[cand, None]).float().mean()
+        t = cand & (truth >= 0)
+        if t.any():
+            out["val/disambiguation"] = (within[t] == truth[t]).float().mean()
+    return out
+
+
+@torch.no_grad()
+def recalibrate_bn(model: Classifier, feats: np.ndarray, batch: int = 256, max_items: int = 8192) -> None:
+    """Recompute the BatchNorm running statistics of ``model.embed`` on ``feats`` (cumulative average)."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    n = min(len(feats), max_items)
+    for i in range(0, n, batch):
+        chunk = np.asarray(feats[i:i + batch], dtype=np.float32)
+        if len(chunk) > 1:
+            model.embed(torch.from_numpy(chunk))
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    model.eval()
+
+
+@torch.no_grad()
+def embed_all(model: Classifier, feats: np.ndarray, batch: int = 512) -> torch.Tensor:
+    """(N, F, T) or (N, V, F, T) features -> (N, D) or (N, V, D) embeddings, in eval mode."""
+    model.eval()
+    lead = feats.shape[:-2]
+    flat = feats.reshape(-1, *feats.shape[-2:])
+    out = [model.embed(torch.from_numpy(np.asarray(flat[i:i + batch], dtype=np.float32)))
+           for i in range(0, flat.shape[0], batch)]
+    return torch.cat(out).reshape(*lead, -1)
+
+
+class EmbeddingCopies(FeatureRows):
+    """Each item: one random copy (clean or augmented) of a row's cached embedding."""
+
+    def __getitems__(self, idx):
+        idx = np.asarray(idx)
+        rows = torch.as_tensor(self.index[idx])
+        copy = torch.randint(0, self.feats.shape[1], (len(idx),))
+        t = torch.as_tensor(idx)
+        out = {"x": self.feats[rows, copy], "i": t}
+        for k, v in self.fields.items():
+            out[k] = v[t]
+        return out
+
+
+def _inherit(cfg: FinetuneConfig) -> dict | None:
+    """Take features/augment/views/seed from the pretrain run so the caches are reused."""
+    if cfg.pretrained.lower() == "none":
+        return None
+    pre = read_run_config(cfg.pretrained)
+    if pre.get("stage") != "pretrain":
+        raise UserError(f"--pretrained {cfg.pretrained} is a {pre.get('stage')} run, not a pretrain run")
+    cfg.features = FeatureConfig.from_dict(pre["features"])
+    cfg.augment = AugmentConfig.from_dict(pre["augment"])
+    return pre
+
+
+def run(cfg: FinetuneConfig, log=print) -> dict:
+    """Fine-tune a classifier as ``cfg`` says; returns the final metrics (also in RUN_DIR/metrics.json)."""
+    timer = Timer()
+    set_threads()
+    pre = _inherit(cfg)
+    out = prepare_run_dir(cfg.out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite)
+    save_config(out, cfg, STAGE)
+    L.seed_everything(cfg.trainer.seed, workers=True)
+
+    report = load_training_rows(cfg.data, out, log=log)
+    rows = [r for r in report.rows if r.tier != "unlabelled"]
+    if not rows:
+        raise UserError("no row has a label or candidates: nothing to fine-tune on")
+    normalizer = LabelNormalizer(cfg.data.labels)
+    vocab = Vocabulary.from_rows(rows, normalizer)
+    vocab.save(out / "vocab.json")
+    mask = torch.from_numpy(candidate_matrix(rows, vocab))
+    y = torch.from_numpy(label_vector(rows, vocab))
+    truth = torch.full_like(y, -1)
+    if cfg.truth:
+        from plcli.data.manifest import read_truth
+
+        t = read_truth(cfg.truth)
+        for i, r in enumerate(rows):
+            j = vocab.index(t[r.id]) if r.id in t else None
+            truth[i] = -1 if j is None else j
+
+    held = holdout_ids([r.id for r in rows if r.tier == "exact"], cfg.data.val_fraction, cfg.trainer.seed)
+    is_held = torch.tensor([r.id in held for r in rows])
+    train_idx = np.flatnonzero(~is_held.numpy())
+    if cfg.loss == "ce-only":
+        train_idx = train_idx[(y[train_idx] >= 0).numpy()]
+        if len(train_idx) == 0:
+            raise UserError("--loss ce-only needs exact labels, and the training rows have none")
+    val_idx = np.arange(len(rows))  # held-out exact rows + candidate rows (covering rate)
+    y_train = y.clone()
+    y_train[is_held] = -1
+    y_val = torch.where(is_held, y, torch.full_like(y, -1))
+
+    cls_kwargs = dict(encoder=pre["encoder"] if pre else cfg.encoder, n_mels=cfg.features.n_mels,
+                      num_classes=len(vocab), from_layer=cfg.from_layer,
+                      proj_hidden_dim=pre["proj_hidden_dim"] if pre else 256, proj_dim=pre["proj_dim"] if pre else 128,
+                      proj_layers=pre["proj_layers"] if pre else 3, head_hidden_dim=cfg.head_hidden_dim,
+                      head_layers=cfg.head_layers, dropout=cfg.dropout)
+    if cfg.from_layer > cls_kwargs["proj_layers"]:
+        raise UserError(f"--from-layer {cfg.from_layer} exceeds the projection head's {cls_kwargs['proj_layers']} layers")
+    module = FinetuneModule(cls_kwargs, num_train=len(rows), loss=cfg.loss, candidate_weight=cfg.candidate_weight,
+                            lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay, frozen=not cfg.unfreeze,
+                            encoder_lr_scale=cfg.encoder_lr_scale, label_smoothing=cfg.label_smoothing,
+                            spec_augment=cfg.augment.spec.to_dict())
+    if pre is not None:
+        from plcli.pretrain import load_pretrained
+
+        src = load_pretrained(cfg.pretrained)
+        module.model.encoder.load_state_dict(src.encoder.state_dict())
+        if module.model.projector is not None:
+            module.model.projector.load_state_dict(src.projector.state_dict())
+    ckpt = resolve_resume(out, cfg.trainer.resume)
+    # PRODEN starts from the uniform distribution over each row's candidates
+    module.targets.copy_(candidate_targets(torch.zeros(len(rows), len(vocab)), mask))
+
+    cache = open_cache(cfg.data, cfg.features)
+    paths = [r.audio for r in rows]
+    t_feat = Timer()
+    _, clean = cache.features(paths)
+    views = None
+    if cfg.copies > 0 or cfg.unfreeze:
+        n_views = pre["views"] if pre else max(cfg.copies, 2)
+        seed = pre["trainer"]["seed"] if pre else cfg.trainer.seed
+        _, views = cache.views(paths, cfg.augment.waveform_params(), n_views, seed,
+                               workers=cfg.trainer.num_workers or (__import__("os").cpu_count() or 1))
+    fields_train = {"y": y_train[train_idx], "mask": mask[train_idx]}
+    fields_val = {"y": y_val, "mask": mask, "truth": truth}
+    if module.hparams.frozen:
+        if cfg.bn_recalibrate:  # deterministic, so a resumed run embeds exactly as the first did
+            recalibrate_bn(module.model, clean)
+        e_clean = embed_all(module.model, clean)  # (N, D)
+        copies = [e_clean[:, None]]
+        if views is not None and cfg.copies > 0:
+            copies.append(embed_all(module.model, views[:, : cfg.copies]))  # (N, V, D)
+        emb = torch.cat(copies, dim=1)  # (N, 1+V, D)
+        train_ds = EmbeddingCopies(emb, index=train_idx, **fields_train)
+        val_ds = EmbeddingCopies(e_clean[:, None], index=val_idx, **fields_val)
+    else:
+        train_ds = ViewRows(views, index=train_idx, **fields_train)
+        val_ds = FeatureRows(clean, index=val_idx, **fields_val)
+    # training rows index the full target table
+    train_ds.fields["i"] = torch.as_tensor(train_idx)
+    feature_seconds = t_feat.seconds
+
+    bs = min(cfg.trainer.batch_size, len(train_ds))
+    train_loader = DataLoader(train_ds, batch_size=bs, shuffle=True, collate_fn=_collate_rows,
+                              num_workers=0 if module.hparams.frozen else cfg.trainer.num_workers)
+    val_loader = DataLoader(val_ds, batch_size=1024, shuffle=False, collate_fn=_collate_rows)
+
+    monitor = "val/acc" if held else "val/covering"
+    extra = [_ProdenEpochRefresh(e_clean if module.hparams.frozen else None, mask)] if cfg.loss == "proden" else []
+    trainer = build_trainer(cfg.trainer, out, monitor=monitor, mode="max", extra_callbacks=extra)
+    fit(trainer, module, train_loader, val_loader, ckpt, out)
+
+    metrics = {k.replace("val/", ""): v for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    result = {
+        "stage": STAGE,
+        "loss": cfg.loss,
+        "rows": len(rows),
+        "exact_rows": int((y >= 0).sum()),
+        "held_out_exact": len(held),
+        "classes": len(vocab),
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        **metrics,
+        "feature_seconds": feature_seconds,
+        "total_seconds": timer.seconds,
+        "cache": {"computed": cache.computed, "reused": cache.reused},
+    }
+    if trainer.is_global_zero:
+        save_model(out / "model.pt", module.model, vocab, cfg.features, STAGE,
+                   extra={"pretrained": cfg.pretrained, "loss": cfg.loss})
+        return write_metrics(out, result)
+    return jsonable(result)
+
+
+def _collate_rows(batch):
+    return batch
+
+
+class _ProdenEpochRefresh(L.Callback):
+    """Frozen encoder: after each epoch, targets <- model probabilities restricted to candidates."""
+
+    def __init__(self, emb: torch.Tensor | None, mask: torch.Tensor):
+        self.emb, self.mask = emb, mask
+
+    @torch.no_grad()
+    def on_train_epoch_end(self, trainer, module) -> None:
+        if self.emb is None:
+            return
+        was = module.training
+        module.eval()
+        logits = torch.cat([module.model.head(self.emb[i:i + 4096].to(module.device))
+                            for i in range(0, len(self.emb), 4096)])
+        module.targets.copy_(candidate_targets(logits.float(), self.mask.to(module.device)))
+        module.train(was)
+
+
+def load_run_model(run_dir: str | Path):
+    """(Classifier, Vocabulary, FeatureConfig) of a finetune run; see plcli.models.classifier.load_model."""
+    from plcli.models.classifier import load_model
+
+    return load_model(run_dir)

@@ -1,0 +1,89 @@
+"""plcli finetune: end to end through the CLI on generated audio, each loss, resume, baseline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from plcli.cli import app
+from plcli.models.classifier import load_model
+
+TINY_FT = {"trainer": {"batch_size": 16, "accelerator": "cpu", "devices": "1", "progress": False}, "copies": 2}
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """One tiny pretrain run shared by the tests of this module."""
+    from tests.conftest import write_dataset
+
+    root = tmp_path_factory.mktemp("ft")
+    import os
+
+    os.environ["PLCLI_CACHE"] = str(root / "cache")
+    manifest, truth = write_dataset(root / "data", n=48)
+    cfg = root / "pre.yaml"
+    cfg.write_text(yaml.safe_dump({"features": {"clip_seconds": 1.0}, "views": 2,
+                                   "trainer": {"batch_size": 16, "accelerator": "cpu", "devices": "1",
+                                               "progress": False}}))
+    res = CliRunner().invoke(app, ["pretrain", str(manifest), "--out", str(root / "pre"), "--config", str(cfg),
+                                   "--epochs", "1"])
+    assert res.exit_code == 0, res.output
+    tf = root / "truth.jsonl"
+    tf.write_text("".join(json.dumps({"id": k, "label": v}) + "\n" for k, v in truth.items()))
+    return root, manifest, tf
+
+
+def _finetune(root, manifest, out, *extra, pretrained="pre"):
+    cfg = root / "ft.yaml"
+    cfg.write_text(yaml.safe_dump(TINY_FT))
+    pre = pretrained if pretrained == "none" else str(root / pretrained)
+    res = CliRunner().invoke(app, ["finetune", str(manifest), "--pretrained", pre, "--out", str(root / out),
+                                   "--config", str(cfg), *extra])
+    assert res.exit_code == 0, res.output
+    return json.loads((root / out / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("loss", ["proden", "cc", "ce-only"])
+def test_finetune_each_loss(pretrained, loss, monkeypatch):
+    root, manifest, truth = pretrained
+    monkeypatch.setenv("PLCLI_CACHE", str(root / "cache"))
+    m = _finetune(root, manifest, f"ft-{loss}", "--loss", loss, "--epochs", "3", "--truth", str(truth))
+    assert m["loss"] == loss and m["epochs"] == 3
+    for k in ("acc", "acc_within", "covering", "disambiguation"):
+        assert 0.0 <= m[k] <= 1.0, k
+    assert m["cache"]["computed"] == 0  # features and views come from the pretrain run's cache
+    model, vocab, feats = load_model(root / f"ft-{loss}")
+    assert len(vocab) == 4 and feats.clip_seconds == 1.0
+    # the saved encoder weights are the pretrained ones (frozen; BatchNorm statistics are re-estimated)
+    enc = torch.load(root / "pre" / "encoder.pt", weights_only=True)["state_dict"]
+    for k, p in model.encoder.named_parameters():
+        torch.testing.assert_close(p, enc[k])
+
+
+def test_finetune_learns_tones_with_candidates(pretrained, monkeypatch):
+    root, manifest, truth = pretrained
+    monkeypatch.setenv("PLCLI_CACHE", str(root / "cache"))
+    m = _finetune(root, manifest, "ft-long", "--epochs", "30", "--truth", str(truth), "--lr", "5e-3")
+    assert m["disambiguation"] >= 0.9 and m["covering"] >= 0.9
+
+
+def test_finetune_resume_and_random_baseline(pretrained, monkeypatch):
+    root, manifest, _ = pretrained
+    monkeypatch.setenv("PLCLI_CACHE", str(root / "cache"))
+    _finetune(root, manifest, "ft-r", "--epochs", "1")
+    step1 = torch.load(root / "ft-r" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    m = _finetune(root, manifest, "ft-r", "--epochs", "2", "--resume", "auto")
+    assert m["global_step"] == 2 * step1
+    base = _finetune(root, manifest, "ft-none", "--epochs", "1", pretrained="none")
+    assert base["epochs"] == 1
+
+
+def test_finetune_rejects_wrong_pretrained(pretrained, monkeypatch):
+    root, manifest, _ = pretrained
+    res = CliRunner().invoke(app, ["finetune", str(manifest), "--pretrained", str(root / "nope"), "--out",
+                                   str(root / "x")])
+    assert res.exit_code == 2 and "not a plcli run directory" in res.output
