@@ -172,7 +172,7 @@ def run(cfg: PretrainConfig, log=print) -> dict:
     t_feat = Timer()
     log(f"pretraining on {len(rows)} recordings; caching {cfg.views} augmented views per clip ...")
     if cfg.online_augment:
-        from plcli.data.augment_online import OnlineViewPairs
+        from plcli.data.datasets import OnlineViewPairs
 
         train_ds = OnlineViewPairs([str(p) for p in paths], cfg.augment, cfg.features)
         collate = None

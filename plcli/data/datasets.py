@@ -145,3 +145,34 @@ def holdout_ids(ids: Sequence[str], fraction: float, seed: int) -> set[str]:
     n = int(round(fraction * len(ranked)))
     n = min(max(n, 1), len(ranked) - 1) if len(ranked) > 1 else 0
     return set(ranked[:n])
+
+
+class OnlineViewPairs(Dataset):
+    """Two freshly augmented views per clip, computed every step (waveform augment + log-mel).
+
+    For machines with many cores (DataLoader workers); on 2 CPU cores the cached views of
+    ``ViewPairs`` are faster. Randomness comes from numpy's global RNG, which Lightning seeds per
+    worker with ``seed_everything(seed, workers=True)``.
+    """
+
+    def __init__(self, paths: Sequence[str], augment_cfg, features: FeatureConfig):
+        from plcli.data.augment import WaveformAugment
+        from plcli.data.features import LogMel
+
+        self.paths = list(paths)
+        self.features = features
+        self.augment = WaveformAugment(augment_cfg, features.sample_rate, features.num_samples)
+        self.logmel = LogMel.from_config(features).eval()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from plcli.data.audio import load_audio
+
+        fc = self.features
+        wave = load_audio(self.paths[i], fc.sample_rate, fc.clip_seconds * 1.25, pad=False)
+        with torch.no_grad():
+            views = torch.from_numpy(np.stack([self.augment(wave), self.augment(wave)]))
+            x = self.logmel(views)  # (2, F, T)
+        return x[0], x[1]
