@@ -27,6 +27,8 @@ def audio_info(path: str | Path) -> tuple[int, int, int]:
     except FileNotFoundError:
         raise DataError(f"{path}: audio file not found") from None
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
+        if Path(path).is_file() and Path(path).stat().st_size == 0:
+            raise DataError(f"{path}: audio file is empty (0 bytes)") from None
         raise DataError(f"{path}: unreadable audio ({_short(e)})") from None
     return int(info.samplerate), int(info.frames), int(info.channels)
 

@@ -30,6 +30,7 @@ from torch import nn
 
 from plcli.config import FeatureConfig
 from plcli.data.audio import load_audio
+from plcli.io import default_file_mode
 
 FEATURE_VERSION = 1
 LOG_EPS = 1e-6
@@ -73,6 +74,7 @@ def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy.tmp", dir=path.parent)
     try:
+        os.fchmod(fd, default_file_mode())  # a shared cache must stay readable by every user
         with os.fdopen(fd, "wb") as f:
             np.save(f, arr)
         os.replace(tmp, path)
@@ -147,6 +149,7 @@ class FeatureCache:
         first = self._entry(kind, tag, keys[0])
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy.tmp", dir=path.parent)
+        os.fchmod(fd, default_file_mode())
         os.close(fd)
         try:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=first.dtype, shape=(len(keys), *first.shape))

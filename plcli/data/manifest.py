@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,7 @@ def _decode_lines(path: Path, problems: list[Problem]) -> list[tuple[int, str]]:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            problems.append(Problem(str(path), i, f"not valid UTF-8 (byte {e.start}): re-save the file as UTF-8",
+            problems.append(Problem(str(path), i, f"not valid UTF-8 at column {e.start + 1}: re-save the file as UTF-8",
                                     raw.decode("utf-8", "replace")))
             continue
         out.append((i, text))
@@ -105,14 +106,25 @@ def _parse_jsonl(path: Path, problems: list[Problem]) -> list[tuple[int, dict]]:
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as e:
-            hint = " (trailing comma?)" if "double quotes" in e.msg or "Expecting value" in e.msg else ""
-            problems.append(Problem(str(path), line_no, f"malformed JSON: {e.msg} at column {e.colno}{hint}", text))
+            problems.append(Problem(str(path), line_no,
+                                    f"malformed JSON: {e.msg} at column {e.colno}{_json_hint(text, e)}", text))
             continue
         if not isinstance(obj, dict):
             problems.append(Problem(str(path), line_no, f"expected a JSON object, got {type(obj).__name__}", text))
             continue
         records.append((line_no, obj))
     return records
+
+
+def _json_hint(text: str, e: json.JSONDecodeError) -> str:
+    """A guess at the usual culprit of a JSON syntax error, for the message."""
+    if e.msg == "Extra data" and text[e.pos:].strip() == ",":
+        return " (trailing comma after the object?)"
+    if re.search(r",\s*[}\]]", text):
+        return " (trailing comma?)"
+    if "double quotes" in e.msg and "'" in text:
+        return " (JSON needs double quotes)"
+    return ""
 
 
 def _parse_csv(path: Path, problems: list[Problem]) -> list[tuple[int, dict]]:
@@ -130,12 +142,16 @@ def _parse_csv(path: Path, problems: list[Problem]) -> list[tuple[int, dict]]:
         except csv.Error as e:
             problems.append(Problem(str(path), line_no, f"malformed CSV: {e}", text))
             continue
+        if len(values) > len(header) and not any(v.strip() for v in values[len(header):]):
+            values = values[:len(header)]  # trailing commas: empty cells past the last column
         if len(values) != len(header):
             problems.append(Problem(str(path), line_no,
                                     f"malformed CSV: {len(values)} fields, header has {len(header)}", text))
             continue
         obj: dict[str, Any] = {}
         for k, v in zip(header, values):
+            if k == "" and not v.strip():
+                continue  # a trailing comma in the header makes a nameless, empty column
             if k == "candidates":
                 v = v.strip()
                 if v == "":

@@ -74,9 +74,14 @@ def check_audio_file(path: Path) -> tuple[float | None, str | None, str | None]:
             return None, f"audio file not found: {path}", None
         if path.is_dir():
             return None, f"audio path is a folder: {path}", None
+        if path.stat().st_size == 0:
+            return None, f"audio file is empty (0 bytes): {path.name}", None
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return None, f"unreadable audio {path.name}: {msg.replace('Error opening ', '')}", None
+        msg = msg.replace("Error opening ", "").replace(f"{str(path)!r}: ", "")  # the path is named once
+        return None, f"unreadable audio {path.name}: {msg}", None
     if info.frames <= 0:
+        if info.format not in ("WAV", "WAVEX", "AIFF"):  # libsndfile decodes a cut-off OGG stream to nothing
+            return 0.0, f"audio decodes to 0 samples (empty, truncated or corrupt): {path.name}", None
         return 0.0, f"audio is empty (0 samples): {path.name}", None
     peak = 0.0
     try:
@@ -89,7 +94,41 @@ def check_audio_file(path: Path) -> tuple[float | None, str | None, str | None]:
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
         return None, f"unreadable audio {path.name} (truncated or corrupt: {e})", None
     warning = f"audio is silent (peak {peak:.1e}): {path.name}" if peak < SILENCE_PEAK else None
+    if info.format in ("WAV", "WAVEX"):
+        declared = _wav_declared_frames(path)
+        if declared is not None and declared > info.frames:
+            # libsndfile reads a cut-off WAV up to where it ends; say so rather than train on it silently
+            warning = (f"audio is truncated: header declares {declared / info.samplerate:.2f} s, file holds "
+                       f"{info.frames / info.samplerate:.2f} s (only that part is used): {path.name}")
     return info.frames / info.samplerate, None, warning
+
+
+def _wav_declared_frames(path: Path) -> int | None:
+    """Frames a RIFF/WAVE header promises in its ``data`` chunk; None when unknown (streamed, not RIFF)."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            block_align = 0
+            while True:
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return None
+                cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+                if cid == b"fmt ":
+                    fmt = f.read(size + (size & 1))
+                    block_align = struct.unpack_from("<H", fmt, 12)[0] if len(fmt) >= 14 else 0
+                elif cid == b"data":
+                    if block_align <= 0 or size in (0, 0xFFFFFFFF):
+                        return None
+                    return size // block_align
+                else:
+                    f.seek(size + (size & 1), 1)
+    except OSError:
+        return None
 
 
 def validate_manifests(paths: list[str | Path], normalizer: LabelNormalizer | None = None,
@@ -183,4 +222,8 @@ def load_rows(paths: list[str | Path], normalizer: LabelNormalizer | None = None
         log(f"skipped {report.n_rejected} invalid row(s) of {report.n_input}; reasons in {rejects}")
     if not report.rows:
         raise DataError("no valid rows in the input")
+    for w in report.warnings[:5]:
+        log(f"warning: {w}")
+    if len(report.warnings) > 5:
+        log(f"... and {len(report.warnings) - 5} more warnings (plcli validate lists them all)")
     return report
