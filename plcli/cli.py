@@ -54,7 +54,8 @@ def _trainer_overrides(epochs, batch_size, lr, seed, resume, accelerator, device
 def _data_overrides(manifests, skip_invalid, rejects, cache_dir) -> dict:
     return {
         "data.manifests": [str(m) for m in manifests] if manifests else None,
-        "data.skip_invalid": skip_invalid, "data.rejects": rejects, "data.cache_dir": cache_dir,
+        "data.skip_invalid": skip_invalid, "data.rejects": str(rejects) if rejects else None,
+        "data.cache_dir": str(cache_dir) if cache_dir else None,
     }
 
 
@@ -101,8 +102,8 @@ def validate(
         for p in report.problems:
             typer.echo(str(p), err=True)
         log(f"[red]{len(report.problems)} problem(s) in {report.n_rejected} row(s)[/]")
-        if not skip_invalid:
-            raise typer.Exit(2)
+        if not skip_invalid or any(p.line == 0 for p in report.problems):
+            raise typer.Exit(2)  # a missing or unreadable manifest is never skippable
         if not rejects:
             log("[yellow]--skip-invalid without --rejects: rejected rows were not saved[/]")
     else:

@@ -45,11 +45,10 @@ from plcli.training import (
     build_trainer,
     cosine_with_warmup,
     fit,
-    prepare_run_dir,
-    resolve_resume,
-    save_config,
     jsonable,
+    resolve_resume,
     set_threads,
+    start_run,
     write_metrics,
 )
 
@@ -242,17 +241,14 @@ def run(cfg: FinetuneConfig, log=print) -> dict:
     timer = Timer()
     set_threads()
     pre = _inherit(cfg)
-    out = prepare_run_dir(cfg.out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite)
-    save_config(out, cfg, STAGE)
-    L.seed_everything(cfg.trainer.seed, workers=True)
-
-    report = load_training_rows(cfg.data, out, log=log)
+    report = load_training_rows(cfg.data, Path(cfg.out), log=log)
     rows = [r for r in report.rows if r.tier != "unlabelled"]
     if not rows:
         raise UserError("no row has a label or candidates: nothing to fine-tune on")
     normalizer = LabelNormalizer(cfg.data.labels)
     vocab = Vocabulary.from_rows(rows, normalizer)
-    vocab.save(out / "vocab.json")
+    out = start_run(cfg.out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite, vocab)
+    L.seed_everything(cfg.trainer.seed, workers=True)
     mask = torch.from_numpy(candidate_matrix(rows, vocab))
     y = torch.from_numpy(label_vector(rows, vocab))
     truth = torch.full_like(y, -1)

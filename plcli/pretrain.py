@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from plcli.config import Config, DataConfig, FeatureConfig, TrainerConfig, opt
 from plcli.data.augment import AugmentConfig, SpecAugmentConfig, SpectrogramAugment
 from plcli.data.datasets import FeatureRows, ViewPairs, label_vector, load_training_rows, open_cache
-from plcli.data.labels import Vocabulary
+from plcli.data.labels import LabelNormalizer, Vocabulary
 from plcli.losses import NTXentLoss
 from plcli.models.encoders import ENCODERS, build_encoder
 from plcli.models.heads import ProjectionHead
@@ -31,12 +31,11 @@ from plcli.training import (
     build_trainer,
     cosine_with_warmup,
     fit,
-    prepare_run_dir,
-    resolve_resume,
-    save_config,
     jsonable,
     logged_history,
+    resolve_resume,
     set_threads,
+    start_run,
     write_metrics,
 )
 
@@ -158,14 +157,11 @@ def run(cfg: PretrainConfig, log=print) -> dict:
 
     timer = Timer()
     set_threads()
-    out = prepare_run_dir(cfg.out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite)
-    save_config(out, cfg, STAGE)
-    L.seed_everything(cfg.trainer.seed, workers=True)
-
-    report = load_training_rows(cfg.data, out, log=log)
+    report = load_training_rows(cfg.data, Path(cfg.out), log=log)
     rows = report.rows
-    vocab = Vocabulary.from_rows(rows)
-    vocab.save(out / "vocab.json")
+    vocab = Vocabulary.from_rows(rows, LabelNormalizer(cfg.data.labels))
+    out = start_run(cfg.out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite, vocab)
+    L.seed_everything(cfg.trainer.seed, workers=True)
     cache = open_cache(cfg.data, cfg.features)
     paths = [r.audio for r in rows]
 

@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 import plcli
 from plcli.config import Config, TrainerConfig, read_run_config
@@ -54,6 +55,31 @@ def prepare_run_dir(out: str | Path, cfg: Config, stage: str, resume: str | None
 FORMAT_VERSION = 1
 
 
+def start_run(out: str | Path, cfg: Config, stage: str, resume: str | None, overwrite: bool = False,
+              vocab=None) -> Path:
+    """Open the run directory once the inputs are known to be good: checks, then config and vocabulary.
+
+    Nothing is written when resuming is refused (another stage, another plcli format, or another
+    label vocabulary than the run was started with).
+    """
+    out = prepare_run_dir(out, cfg, stage, resume, overwrite)
+    if vocab is not None and resume is not None and (out / "vocab.json").exists():
+        from plcli.data.labels import Vocabulary
+
+        old = Vocabulary.load(out / "vocab.json")
+        if old.keys != vocab.keys:
+            added, gone = sorted(set(vocab.keys) - set(old.keys)), sorted(set(old.keys) - set(vocab.keys))
+            raise UserError(
+                f"cannot resume {out}: the label vocabulary differs from the run's "
+                f"({len(added)} new label(s) {added[:3]}, {len(gone)} missing {gone[:3]}); "
+                "use the same manifests, or start a new run"
+            )
+    save_config(out, cfg, stage)
+    if vocab is not None:
+        vocab.save(out / "vocab.json")
+    return out
+
+
 def save_config(out: Path, cfg: Config, stage: str) -> None:
     """``config.yaml``: the resolved configuration plus the stage name and format version."""
     import yaml
@@ -84,10 +110,13 @@ def build_trainer(tc: TrainerConfig, out: Path, monitor: str | None = None, mode
     """A Lightning Trainer with the project's checkpointing, logging and progress conventions."""
     ckpt_dir = out / CKPT_DIR
     callbacks: list = [
-        ModelCheckpoint(dirpath=ckpt_dir, filename="best" if monitor else "epoch{epoch}", monitor=monitor,
-                        mode=mode, save_last=True, save_top_k=1, auto_insert_metric_name=False),
+        # last.ckpt after every epoch (Lightning's save_last only follows the monitored checkpoint)
+        ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False),
         CheckpointOnInterrupt(ckpt_dir),
     ]
+    if monitor:
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
+                                         auto_insert_metric_name=False, enable_version_counter=False))
     if tc.progress:
         callbacks.append(RichProgressBar(leave=True) if importlib.util.find_spec("rich") else TQDMProgressBar())
     callbacks.extend(extra_callbacks or [])
@@ -116,8 +145,19 @@ def build_trainer(tc: TrainerConfig, out: Path, monitor: str | None = None, mode
         enable_progress_bar=tc.progress,
         enable_model_summary=False,
         default_root_dir=str(out),
+        plugins=[AtomicCheckpointIO()],
         **kwargs,
     )
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file next to the target, then renamed (same filesystem),
+    so a crash or a full disk never leaves a truncated checkpoint that --resume would trust."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        from plcli.io import atomic_torch_save
+
+        atomic_torch_save(checkpoint, path)
 
 
 class CheckpointOnInterrupt(Callback):
