@@ -1,0 +1,1 @@
+"""Data layer: manifests, validation, labels, audio, features, datasets, augmentation, demo data."""
