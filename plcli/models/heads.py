@@ -25,14 +25,21 @@ class ProjectionHead(nn.Module):
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 3):
         super().__init__()
-        for k, v in (("in_dim", in_dim), ("hidden_dim", hidden_dim), ("out_dim", out_dim), ("num_layers", num_layers)):
+        for k, v in (
+            ("in_dim", in_dim),
+            ("hidden_dim", hidden_dim),
+            ("out_dim", out_dim),
+            ("num_layers", num_layers),
+        ):
             if v < 1:
                 raise ValueError(f"{k} must be >= 1, got {v}")
         self.in_dim, self.hidden_dim, self.out_dim, self.num_layers = in_dim, hidden_dim, out_dim, num_layers
         layers: list[nn.Module] = []
         d = in_dim
         for _ in range(num_layers - 1):
-            layers.append(nn.Sequential(nn.Linear(d, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)))
+            layers.append(
+                nn.Sequential(nn.Linear(d, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True))
+            )
             d = hidden_dim
         # last layer: BN without shift (SimCLRv2's center=False), no ReLU
         layers.append(nn.Sequential(nn.Linear(d, out_dim, bias=False), _ScaleOnlyBatchNorm(out_dim)))
@@ -85,14 +92,19 @@ class MLPHead(nn.Module):
         num_classes: number of output logits.
         hidden_dim: width of the hidden layers.
         num_layers: number of linear layers (>= 1).
-        dropout: dropout probability before every linear layer except the first of a deep head.
+        dropout: dropout probability after each hidden layer (before the only layer of a one-layer head).
     """
 
-    def __init__(self, in_dim: int, num_classes: int, hidden_dim: int = 256, num_layers: int = 2,
-                 dropout: float = 0.1):
+    def __init__(
+        self, in_dim: int, num_classes: int, hidden_dim: int = 256, num_layers: int = 2, dropout: float = 0.1
+    ):
         super().__init__()
-        for k, v in (("in_dim", in_dim), ("num_classes", num_classes), ("hidden_dim", hidden_dim),
-                     ("num_layers", num_layers)):
+        for k, v in (
+            ("in_dim", in_dim),
+            ("num_classes", num_classes),
+            ("hidden_dim", hidden_dim),
+            ("num_layers", num_layers),
+        ):
             if v < 1:
                 raise ValueError(f"{k} must be >= 1, got {v}")
         if not 0.0 <= dropout < 1.0:
