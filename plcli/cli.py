@@ -243,5 +243,108 @@ def finetune(
     })
 
 
+@app.command()
+@handle_errors
+def distill(
+    manifests: list[Path] = MANIFESTS,
+    teacher: str = typer.Option(..., "--teacher", help="teacher run directory (finetune)"),
+    out: Path = OUT,
+    config: Path = CONFIG,
+    student: str = typer.Option(None, "--student", help="student encoder: tcresnet-small (default), tcresnet, tcresnet-wide, resnet2d"),
+    temperature: float = typer.Option(None, "--temperature", help="distillation temperature T (default 2)"),
+    confidence: float = typer.Option(None, "--confidence", help="keep rows without candidates when the teacher's top-1 probability is at least this (default 0.5)"),
+    teacher_views: int = typer.Option(None, "--teacher-views", help="cached augmented views averaged into the teacher's targets (default 0)"),
+    refine: bool = typer.Option(None, "--refine/--no-refine", help="refine candidate targets from the student, PRODEN-style (default off)"),
+    refine_momentum: float = typer.Option(None, "--refine-momentum", help="refinement step m (default 0.1)"),
+    refine_start: float = typer.Option(None, "--refine-start", help="share of training before refinement starts (default 0.5)"),
+    exact_weight: float = typer.Option(None, "--exact-weight", help="weight of exact rows' cross-entropy (default 1)"),
+    truth: Path = typer.Option(None, "--truth", help="JSONL/CSV id,label: disambiguation accuracy on candidate rows"),
+    epochs: int = EPOCHS, batch_size: int = BATCH, lr: float = LR, seed: int = SEED, resume: str = RESUME,
+    overwrite: bool = OVERWRITE, accelerator: str = ACCEL, devices: str = DEVICES, strategy: str = STRATEGY,
+    num_nodes: int = NODES, precision: str = PRECISION, num_workers: int = WORKERS, skip_invalid: bool = SKIP,
+    rejects: Path = REJECTS, cache_dir: Path = CACHE, progress: bool = PROGRESS,
+):
+    """Stage 3: distil the teacher into a smaller student on candidate-constrained pseudo-labels.
+
+    Writes model.pt, vocab.json (the teacher's), targets.npy, config.yaml, metrics.json (held-out
+    accuracy, covering rate, disambiguation accuracy with --truth) and checkpoints.
+    """
+    _run_stage("distill", "DistillConfig", config, {
+        "out": str(out), "teacher": teacher, "student": student, "temperature": temperature,
+        "confidence": confidence, "teacher_views": teacher_views, "refine": refine,
+        "refine_momentum": refine_momentum, "refine_start": refine_start, "exact_weight": exact_weight,
+        "truth": str(truth) if truth else None, "overwrite": overwrite or None,
+        **_trainer_overrides(epochs, batch_size, lr, seed, resume, accelerator, devices, strategy, num_nodes,
+                             precision, num_workers, progress),
+        **_data_overrides(manifests, skip_invalid, rejects, cache_dir),
+    })
+
+
+@app.command()
+@handle_errors
+def predict(
+    manifests: list[Path] = typer.Argument(..., help="manifest(s) to predict (labels and candidates optional)", show_default=False),
+    model: Path = typer.Option(..., "--model", help="finetune or distill run directory"),
+    out: Path = typer.Option(..., "--out", "-o", help="predictions file to write (JSONL)"),
+    top_k: int = typer.Option(5, "--top-k", min=1, help="labels per recording"),
+    batch_size: int = typer.Option(1024, "--batch-size", min=1, help="inference batch size"),
+    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="drop invalid rows (written to --rejects)"),
+    rejects: Path = typer.Option(None, "--rejects", help="rejects file for --skip-invalid (default OUT.rejects.jsonl)"),
+    cache_dir: Path = CACHE,
+):
+    """Top-k labels per recording, restricted to its candidates when it has them (JSON Lines)."""
+    from plcli.config import load_config
+    from plcli.predict import PredictConfig, run
+
+    cfg = load_config(PredictConfig, None, {
+        "manifests": [str(m) for m in manifests], "model": str(model), "out": str(out), "top_k": top_k,
+        "batch_size": batch_size, "skip_invalid": skip_invalid, "rejects": str(rejects) if rejects else None,
+        "cache_dir": str(cache_dir) if cache_dir else None,
+    })
+    s = run(cfg, log=log)
+    log(f"wrote {s['rows']} predictions ({s['restricted']} restricted to candidates) to {out}; "
+        f"model {s['clips_per_second']:.0f} clips/s")
+
+
+@app.command()
+@handle_errors
+def evaluate(
+    manifests: list[Path] = typer.Argument(..., help="labelled manifest(s) (or give --truth)", show_default=False),
+    model: Path = typer.Option(..., "--model", help="finetune or distill run directory"),
+    truth: Path = typer.Option(None, "--truth", help="JSONL or CSV of id,label; overrides the manifest's labels"),
+    json_out: Path = typer.Option(None, "--json", help="write the metrics as JSON"),
+    report_dir: Path = typer.Option(None, "--report-dir", help="confusion_matrix.png, reliability.png, per_class.csv"),
+    batch_size: int = typer.Option(1024, "--batch-size", min=1, help="inference batch size"),
+    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="drop invalid rows instead of stopping"),
+    rejects: Path = typer.Option(None, "--rejects", help="rejects file for --skip-invalid"),
+    cache_dir: Path = CACHE,
+):
+    """Accuracy (all classes and within candidates), macro-F1, covering rate, calibration, per-class table."""
+    from plcli.config import load_config
+    from plcli.evaluate import EvaluateConfig, run
+
+    cfg = load_config(EvaluateConfig, None, {
+        "manifests": [str(m) for m in manifests], "model": str(model), "truth": str(truth) if truth else None,
+        "json_out": str(json_out) if json_out else None, "report_dir": str(report_dir) if report_dir else None,
+        "batch_size": batch_size, "skip_invalid": skip_invalid, "rejects": str(rejects) if rejects else None,
+        "cache_dir": str(cache_dir) if cache_dir else None,
+    })
+    run(cfg, log=log, console=console)
+
+
+@app.command()
+@handle_errors
+def export(
+    model: Path = typer.Option(..., "--model", help="finetune or distill run directory"),
+    out: Path = typer.Option(..., "--out", "-o", help="file to write (e.g. model.ts, model.onnx)"),
+    format: str = typer.Option("torchscript", "--format", help="torchscript or onnx (needs plcli[onnx])"),
+):
+    """Waveform-in, probabilities-out model file (feature extraction included) plus FILE.vocab.json."""
+    from plcli.config import load_config
+    from plcli.export import ExportConfig, run
+
+    run(load_config(ExportConfig, None, {"model": str(model), "out": str(out), "format": format}), log=log)
+
+
 def main() -> None:
     app()

@@ -1,0 +1,370 @@
+"""Distillation: the teacher's candidate-constrained targets, refinement, and tiny CPU runs with resume."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import write_dataset
+
+from plcli.config import Config, DataConfig, FeatureConfig, TrainerConfig, opt
+from plcli.data.augment import AugmentConfig
+from plcli.data.datasets import candidate_matrix
+from plcli.data.labels import Vocabulary
+from plcli.data.manifest import Row
+from plcli.data.validate import load_rows
+from plcli.distill import (
+    CANDIDATE,
+    DROPPED,
+    EXACT,
+    FREE,
+    DistillConfig,
+    refine_targets,
+    run,
+    teacher_targets,
+)
+from plcli.models.classifier import Classifier, load_model, save_model
+from plcli.training import save_config
+
+# -- references on hand-made tensors ---------------------------------------------------------------
+
+
+def ref_targets(logits, mask, y, t, threshold):
+    """Loop reference: per row and view, softmax(z / T) over the candidates (all classes if none)."""
+    v, n, c = logits.shape
+    targets = torch.zeros(n, c, dtype=torch.float64)
+    kinds = []
+    for i in range(n):
+        allowed = [j for j in range(c) if mask[i, j]] or list(range(c))
+        conf = 0.0
+        for k in range(v):
+            e = {j: float(torch.exp(logits[k, i, j].double() / t)) for j in allowed}
+            z = sum(e.values())
+            for j in allowed:
+                targets[i, j] += e[j] / z / v
+            conf_k = torch.softmax(logits[k, i].double(), 0)
+            conf = conf + conf_k / v
+        if y[i] >= 0:
+            targets[i] = 0.0
+            targets[i, y[i]] = 1.0
+            kinds.append(EXACT)
+        elif mask[i].any():
+            kinds.append(CANDIDATE)
+        else:
+            kinds.append(FREE if float(conf.max()) >= threshold else DROPPED)
+    return targets, kinds
+
+
+MASK = torch.tensor(
+    [
+        [1, 1, 0, 0],  # two candidates
+        [0, 0, 1, 0],  # a single candidate -> one-hot whatever the logits
+        [0, 0, 0, 0],  # no candidates (confident teacher)
+        [0, 0, 0, 0],  # no candidates (unsure teacher)
+        [0, 1, 1, 1],  # exact row
+    ],
+    dtype=torch.bool,
+)
+Y = torch.tensor([-1, -1, -1, -1, 2])
+
+
+def _logits(views: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(views, 5, 4, generator=g)
+    z[:, 2] = torch.tensor([6.0, 0.0, 0.0, 0.0])  # top-1 probability ~0.99
+    z[:, 3] = torch.tensor([0.2, 0.0, 0.1, 0.0])  # ~0.28
+    return z
+
+
+@pytest.mark.parametrize("t", [1.0, 0.5, 3.0])
+@pytest.mark.parametrize("views", [1, 3])
+def test_teacher_targets_match_reference(t, views):
+    z = _logits(views, seed=views)
+    targets, kind, conf = teacher_targets(z if views > 1 else z[0], MASK, Y, t, confidence=0.5)
+    ref, ref_kind = ref_targets(z, MASK, Y, t, 0.5)
+    torch.testing.assert_close(targets.double(), ref, atol=1e-6, rtol=1e-6)
+    assert kind.tolist() == ref_kind == [CANDIDATE, CANDIDATE, FREE, DROPPED, EXACT]
+    assert targets[1].tolist() == [0.0, 0.0, 1.0, 0.0]  # single candidate
+    assert (targets[0, 2:] == 0).all() and targets[0, :2].min() > 0
+    torch.testing.assert_close(targets.sum(1), torch.ones(5))
+    assert conf.shape == (5,) and conf[2] > 0.95 and conf[3] < 0.5
+
+
+def test_temperature_softens_candidate_targets_by_hand():
+    # candidates {0, 1} with logits (0, 2 ln 2): T=1 gives (1/5, 4/5), T=2 gives (1/3, 2/3)
+    z = torch.tensor([[0.0, 2 * np.log(2.0), 9.0]])
+    m = torch.tensor([[True, True, False]])
+    for t, expected in ((1.0, [0.2, 0.8, 0.0]), (2.0, [1 / 3, 2 / 3, 0.0])):
+        out, kind, _ = teacher_targets(z, m, torch.tensor([-1]), t, 0.5)
+        torch.testing.assert_close(out, torch.tensor([expected]))
+        assert kind.tolist() == [CANDIDATE]
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.99, 1.0])
+def test_confidence_threshold_for_rows_without_candidates(threshold):
+    z = torch.tensor([[3.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # top-1 0.87, 0.58, 1/3
+    conf = torch.softmax(z, 1).amax(1)
+    _, kind, got = teacher_targets(
+        z, torch.zeros(3, 3, dtype=torch.bool), torch.tensor([-1, -1, -1]), 2.0, threshold
+    )
+    torch.testing.assert_close(got, conf)
+    assert kind.tolist() == [FREE if c >= threshold else DROPPED for c in conf.tolist()]
+    # the confidence is the teacher's own (T = 1) probability, not the softened one
+    _, kind_t, _ = teacher_targets(
+        z, torch.zeros(3, 3, dtype=torch.bool), torch.tensor([-1, -1, -1]), 10.0, 0.8
+    )
+    assert kind_t.tolist() == [FREE, DROPPED, DROPPED]
+
+
+def test_teacher_targets_reject_bad_input():
+    with pytest.raises(ValueError, match="shapes"):
+        teacher_targets(
+            torch.zeros(2, 3), torch.zeros(2, 4, dtype=torch.bool), torch.tensor([-1, -1]), 1.0, 0.5
+        )
+    with pytest.raises(ValueError, match="confidence"):
+        teacher_targets(
+            torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.bool), torch.tensor([-1, -1]), 1.0, 1.5
+        )
+    with pytest.raises(ValueError, match="temperature"):
+        teacher_targets(
+            torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.bool), torch.tensor([-1, -1]), 0.0, 0.5
+        )
+
+
+def test_unknown_candidates_are_dropped_and_all_unknown_rows_have_none(tmp_path):
+    vocab = Vocabulary.build(["yes", "no", "maybe"])
+    rows = [
+        Row("a", tmp_path / "a.wav", ["Yes!", "never heard"]),
+        Row("b", tmp_path / "b.wav", ["foo", "bar"]),
+    ]
+    mask = torch.from_numpy(candidate_matrix(rows, vocab))
+    assert mask.tolist() == [[False, False, True], [False, False, False]]  # keys sorted: maybe, no, yes
+    z = torch.tensor([[0.0, 5.0, 0.0], [0.0, 5.0, 0.0]])
+    targets, kind, _ = teacher_targets(z, mask, torch.tensor([-1, -1]), 1.0, 0.5)
+    assert kind.tolist() == [CANDIDATE, FREE]
+    assert targets[0].tolist() == [0.0, 0.0, 1.0]  # the one known candidate, whatever the teacher says
+    torch.testing.assert_close(targets[1], torch.softmax(z[1], 0))  # the teacher's full distribution
+
+
+def test_refine_targets_by_hand():
+    t = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
+    logits = torch.tensor([[np.log(3.0), 0.0, 7.0], [1.0, 2.0, 3.0]])
+    mask = torch.tensor([[True, True, False], [False, False, True]])
+    out = refine_targets(t, logits, mask, 0.5)
+    # row 0: student restricted to {0, 1} is (3/4, 1/4) -> 0.5 * (0.5, 0.5) + 0.5 * (0.75, 0.25)
+    torch.testing.assert_close(out, torch.tensor([[0.625, 0.375, 0.0], [0.0, 0.0, 1.0]]))
+    torch.testing.assert_close(refine_targets(t, logits, mask, 0.0), t)
+    with pytest.raises(ValueError):
+        refine_targets(t, logits, mask, 1.5)
+
+
+# -- tiny runs -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _TeacherConfig(Config):
+    """The parts of a finetune config.yaml that distill reads."""
+
+    data: DataConfig = opt(factory=DataConfig)
+    trainer: TrainerConfig = opt(factory=TrainerConfig)
+    augment: AugmentConfig = opt(factory=AugmentConfig)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Tiny data, an (untrained) teacher run directory, a truth file and a shared feature cache."""
+    root = tmp_path_factory.mktemp("distill")
+    manifest, truth = write_dataset(root / "data", n=30)
+    truth_file = root / "truth.jsonl"
+    truth_file.write_text("".join(json.dumps({"id": k, "label": v}) + "\n" for k, v in truth.items()))
+    vocab = Vocabulary.from_rows(load_rows([manifest]).rows)
+    fc = FeatureConfig(clip_seconds=0.7)
+    teacher = root / "teacher"
+    teacher.mkdir()
+    torch.manual_seed(0)
+    save_model(
+        teacher / "model.pt", Classifier("tcresnet", fc.n_mels, len(vocab)).eval(), vocab, fc, "finetune"
+    )
+    tc = _TeacherConfig()
+    tc.data.val_fraction = 0.25
+    tc.trainer.seed = 3
+    save_config(teacher, tc, "finetune")
+    return {
+        "manifest": manifest,
+        "truth": truth_file,
+        "teacher": teacher,
+        "cache": root / "cache",
+        "root": root,
+    }
+
+
+def _cfg(world, out, **over) -> DistillConfig:
+    cfg = DistillConfig(out=str(out), teacher=str(world["teacher"]), truth=str(world["truth"]), views=2)
+    cfg.data.manifests = [str(world["manifest"])]
+    cfg.data.cache_dir = str(world["cache"])
+    cfg.trainer = TrainerConfig(
+        epochs=1,
+        batch_size=8,
+        accelerator="cpu",
+        devices="1",
+        progress=False,
+        num_workers=0,
+        log_every_n_steps=1,
+    )
+    for k, v in over.items():
+        cfg.override({k: v})
+    cfg.validate()
+    return cfg
+
+
+class _TableAtStart(L.Callback):
+    def on_train_start(self, trainer, module):
+        self.table = module.targets.detach().clone()
+
+
+def test_tiny_distill_run_and_resume(world, tmp_path):
+    out = tmp_path / "student"
+    cfg = _cfg(world, out, refine=True, refine_start=0.0, refine_momentum=0.5)
+    m = run(cfg, log=lambda *_: None)
+    for f in (
+        "config.yaml",
+        "vocab.json",
+        "metrics.json",
+        "model.pt",
+        "targets.npy",
+        "targets.json",
+        "checkpoints/last.ckpt",
+        "logs/version_0/metrics.csv",
+    ):
+        assert (out / f).exists(), f
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["stage"] == "distill" and saved["student"] == "tcresnet-small"
+    # the teacher's held-out split and label normalisation are inherited
+    assert saved["data"]["val_fraction"] == 0.25 and m["held_out"] == {"fraction": 0.25, "seed": 3}
+    _, teacher_vocab, _ = load_model(world["teacher"])
+    assert (
+        json.loads((out / "vocab.json").read_text()) == teacher_vocab.to_dict()
+    )  # the student uses the teacher's
+    disk = json.loads((out / "metrics.json").read_text())
+    assert disk == m and m["stage"] == "distill" and m["epochs"] == 1
+    steps_per_epoch = m["global_step"]
+    n_train = sum(m["training_rows"].values())
+    drop_last = n_train >= 16 or n_train % 8 == 1
+    assert steps_per_epoch == (n_train // 8 if drop_last else -(-n_train // 8))
+    assert m["held_out_exact"] > 0 and 0.0 <= m["val_acc"] <= 1.0 and 0.0 <= m["val_acc_within"] <= 1.0
+    assert 0.0 <= m["covering_rate"] <= 1.0 and m["disambiguation_rows"] == m["training_rows"]["candidate"]
+    assert (
+        m["no_candidate_rows_dropped"] + m["training_rows"]["no_candidate"] == 2
+    )  # the fixture's unlabelled rows
+
+    student, vocab, fc = load_model(out)
+    assert student.kwargs["encoder"] == "tcresnet-small" and fc.clip_seconds == 0.7
+    assert torch.load(out / "model.pt", weights_only=True)["stage"] == "distill"
+    # the refined target table is part of the checkpoint and differs from the teacher's targets
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    table = ckpt["state_dict"]["targets"]
+    teacher_table = torch.from_numpy(np.load(out / "targets.npy"))
+    kind = np.asarray(json.loads((out / "targets.json").read_text())["kind"])
+    initial = teacher_table[kind != DROPPED]
+    assert table.shape == initial.shape and not torch.allclose(table, initial)
+    torch.testing.assert_close(table.sum(1), torch.ones(len(table)))
+
+    # resume to 2 epochs: the step count continues and training starts from the refined table
+    cb = _TableAtStart()
+    m2 = run(
+        _cfg(
+            world,
+            out,
+            **{
+                "trainer.resume": "auto",
+                "trainer.epochs": 2,
+                "refine": True,
+                "refine_start": 0.0,
+                "refine_momentum": 0.5,
+            },
+        ),
+        log=lambda *_: None,
+        callbacks=[cb],
+    )
+    assert m2["epochs"] == 2 and m2["global_step"] == 2 * steps_per_epoch
+    assert m2["targets_reused"] is True
+    torch.testing.assert_close(cb.table, table)
+    assert len(m2["val_acc_history"]) == 2
+
+
+def test_distill_without_refine_and_with_teacher_views(world, tmp_path):
+    out = tmp_path / "plain"
+    m = run(
+        _cfg(world, out, refine=False, teacher_views=2, confidence=0.0, student="tcresnet"),
+        log=lambda *_: None,
+    )
+    assert m["refine"] is False and m["no_candidate_rows_dropped"] == 0  # threshold 0 keeps every row
+    assert m["targets_disambiguation_acc_initial"] == m["targets_disambiguation_acc_final"]
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert "targets" not in ckpt["state_dict"]  # unchanged table: rebuilt from targets.npy on resume
+    assert load_model(out)[0].kwargs["encoder"] == "tcresnet"
+
+
+def test_distill_refuses_a_run_without_a_classifier(world, tmp_path):
+    from plcli.errors import UserError
+
+    bad = tmp_path / "pre"
+    bad.mkdir()
+    save_config(bad, _TeacherConfig(), "pretrain")
+    with pytest.raises(UserError, match="is a pretrain run and has no classifier"):
+        run(_cfg(world, tmp_path / "s", teacher=str(bad)), log=lambda *_: None)
+
+
+def test_distill_cli(world, tmp_path):
+    from typer.testing import CliRunner
+
+    from plcli.cli import app
+
+    conf = tmp_path / "tiny.yaml"
+    conf.write_text(
+        yaml.safe_dump(
+            {
+                "views": 2,
+                "data": {"cache_dir": str(world["cache"])},
+                "trainer": {
+                    "batch_size": 8,
+                    "accelerator": "cpu",
+                    "devices": "1",
+                    "progress": False,
+                    "num_workers": 0,
+                },
+            }
+        )
+    )
+    out = tmp_path / "cli"
+    res = CliRunner().invoke(
+        app,
+        [
+            "distill",
+            str(world["manifest"]),
+            "--teacher",
+            str(world["teacher"]),
+            "--out",
+            str(out),
+            "--config",
+            str(conf),
+            "--epochs",
+            "1",
+            "--temperature",
+            "3",
+            "--refine",
+            "--student",
+            "tcresnet-small",
+            "--seed",
+            "1",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["temperature"] == 3.0 and saved["refine"] is True and saved["trainer"]["seed"] == 1
+    assert json.loads((out / "metrics.json").read_text())["temperature"] == 3.0
