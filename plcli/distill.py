@@ -125,6 +125,7 @@ class DistillConfig(Config):
     exact_weight: float = opt(
         1.0, "weight of an exact row's cross-entropy against a pseudo-labelled row's loss", min=0.0
     )
+    prior_correction: bool = opt(True, "restrict p(j|x) / pi_j instead of p(j|x) to the candidates, pi = each class's share of candidate slots (as in finetune)")
     refine: bool = opt(False, "progressively refine candidate rows' targets from the student (PRODEN-style)")
     refine_momentum: float = opt(
         0.1, "refinement step m: target <- (1-m) target + m student", min=0.0, max=1.0
@@ -160,7 +161,8 @@ class DistillConfig(Config):
 
 
 def teacher_targets(
-    logits: Tensor, mask: Tensor, y: Tensor, temperature: float, confidence: float
+    logits: Tensor, mask: Tensor, y: Tensor, temperature: float, confidence: float,
+    log_prior: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The distillation target table from the teacher's logits.
 
@@ -170,6 +172,8 @@ def teacher_targets(
         y: (N,) exact label index, -1 where there is none.
         temperature: T of the teacher's softmax.
         confidence: threshold on the top-1 probability (T = 1) for rows without candidates.
+        log_prior: optional (C,) log class share of candidate slots; candidate rows then restrict
+            softmax(logits / T) / prior (see ``plcli.finetune.FinetuneModule.disambiguate``).
 
     Returns:
         targets (N, C) float32 probability rows, kind (N,) int64 (EXACT, CANDIDATE, FREE or DROPPED),
@@ -186,11 +190,14 @@ def teacher_targets(
     v, n, c = logits.shape
     logits = logits.float()
     # (V*N, C) -> (V, N, C) -> (N, C): a mean of distributions that are each 0 outside the candidates
+    has = mask.any(dim=1)
+    if log_prior is not None:
+        # softmax((z - T log pi) / T) = softmax(z / T) / pi, renormalised; rows without candidates keep z
+        logits = logits - temperature * log_prior.float() * has[None, :, None]
     soft = (
         candidate_targets(logits.reshape(v * n, c), mask.repeat(v, 1), temperature).reshape(v, n, c).mean(0)
     )
     conf = torch.softmax(logits, dim=-1).mean(0).amax(dim=1)  # (N,)
-    has = mask.any(dim=1)
     exact = y >= 0
     kind = torch.full((n,), DROPPED, dtype=torch.long)
     kind[~has & (conf >= confidence)] = FREE
@@ -232,6 +239,7 @@ def _targets_key(
                 "T": cfg.temperature,
                 "confidence": cfg.confidence,
                 "teacher_views": cfg.teacher_views,
+                "prior_correction": cfg.prior_correction,
                 "views": view_tag if cfg.teacher_views else None,
                 "ids": ids,
             }
@@ -473,8 +481,11 @@ def run(cfg: DistillConfig, log=print, callbacks: list | None = None) -> dict:
         logits = [predict_logits(teacher, _Rows(clean, pool))]
         for v in range(cfg.teacher_views):
             logits.append(predict_logits(teacher, _Rows(views, None, v)))
+        from plcli.finetune import candidate_log_prior
+
+        prior = candidate_log_prior(torch.from_numpy(mask_all)) if cfg.prior_correction else None
         tgt, kind, _ = teacher_targets(
-            torch.from_numpy(np.stack(logits)), pool_mask, pool_y, cfg.temperature, cfg.confidence
+            torch.from_numpy(np.stack(logits)), pool_mask, pool_y, cfg.temperature, cfg.confidence, prior
         )
         return tgt.numpy(), kind.numpy()
 

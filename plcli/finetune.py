@@ -70,6 +70,7 @@ class FinetuneConfig(Config):
     head_hidden_dim: int = opt(256, "head hidden width", min=1)
     head_layers: int = opt(2, "head depth (1 = linear)", min=1)
     dropout: float = opt(0.1, "head dropout", min=0.0, max=0.9)
+    prior_correction: bool = opt(True, "divide probabilities by each class's share of candidate slots before restricting to a candidate set (frequent messages are frequent distractors)")
     label_smoothing: float = opt(0.0, "label smoothing of the exact-row cross-entropy", min=0.0, max=0.5)
     copies: int = opt(8, "augmented copies per clip used as head inputs (0 = clean only)", min=0)
     bn_recalibrate: bool = opt(True, "re-estimate the frozen encoder's BatchNorm statistics on the clean training clips (pretraining saw only augmented views)")
@@ -93,7 +94,7 @@ class FinetuneModule(L.LightningModule):
 
     def __init__(self, classifier: dict, num_train: int = 0, loss: str = "proden", candidate_weight: float = 1.0,
                  lr: float = 2e-3, weight_decay: float = 1e-4, frozen: bool = True, encoder_lr_scale: float = 0.1,
-                 label_smoothing: float = 0.0, spec_augment: dict | None = None):
+                 label_smoothing: float = 0.0, spec_augment: dict | None = None, prior_correction: bool = True):
         super().__init__()
         self.save_hyperparameters()
         self.model = Classifier(**classifier)
@@ -102,6 +103,8 @@ class FinetuneModule(L.LightningModule):
         self.soft_ce = SoftTargetCrossEntropy()
         # PRODEN's target table (num_train, C): part of the checkpoint so --resume continues it
         self.register_buffer("targets", torch.zeros(num_train, classifier["num_classes"]))
+        # log share of candidate slots per class (0 = no correction); set by run() from the data
+        self.register_buffer("log_prior", torch.zeros(classifier["num_classes"]))
         self._val: list[dict] = []
 
     def logits(self, batch) -> torch.Tensor:
@@ -123,13 +126,19 @@ class FinetuneModule(L.LightningModule):
         else:
             if not self.hparams.frozen:  # per-batch refresh when features change every step
                 with torch.no_grad():
-                    self.targets[batch["i"][cand]] = candidate_targets(logits[cand].detach().float(), mask[cand])
+                    self.targets[batch["i"][cand]] = self.disambiguate(logits[cand].detach().float(), mask[cand])
             pl = self.soft_ce(logits[cand], self.targets[batch["i"][cand]].to(logits.dtype))
         loss = ce + self.hparams.candidate_weight * pl
         bs = logits.shape[0]
         self.log_dict({"train/loss": loss, "train/ce": ce, "train/partial": pl}, on_step=False, on_epoch=True,
                       batch_size=bs, prog_bar=False)
         return loss
+
+    def disambiguate(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Candidate-restricted targets. With the prior correction, p(j|x) / pi_j is restricted instead of
+        p(j|x): if distractors are drawn in proportion to popularity pi, the chance of the rest of the
+        set given label j scales with 1 / pi_j, which cancels the frequent classes' head start."""
+        return candidate_targets(logits - self.log_prior, mask)
 
     def validation_step(self, batch, batch_idx):
         self._val.append({"logits": self.logits(batch).float(), "y": batch["y"], "mask": batch["mask"],
@@ -176,6 +185,12 @@ def classifier_metrics(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
         if t.any():
             out["val/disambiguation"] = (within[t] == truth[t]).float().mean()
     return out
+
+
+def candidate_log_prior(mask: torch.Tensor, smoothing: float = 1.0) -> torch.Tensor:
+    """(C,) log share of candidate slots per class, add-``smoothing`` smoothed."""
+    counts = mask.float().sum(0) + smoothing
+    return torch.log(counts / counts.sum())
 
 
 @torch.no_grad()
@@ -282,7 +297,9 @@ def run(cfg: FinetuneConfig, log=print) -> dict:
     module = FinetuneModule(cls_kwargs, num_train=len(rows), loss=cfg.loss, candidate_weight=cfg.candidate_weight,
                             lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay, frozen=not cfg.unfreeze,
                             encoder_lr_scale=cfg.encoder_lr_scale, label_smoothing=cfg.label_smoothing,
-                            spec_augment=cfg.augment.spec.to_dict())
+                            spec_augment=cfg.augment.spec.to_dict(), prior_correction=cfg.prior_correction)
+    if cfg.prior_correction:
+        module.log_prior.copy_(candidate_log_prior(mask))
     if pre is not None:
         from plcli.pretrain import load_pretrained
 
@@ -373,7 +390,7 @@ class _ProdenEpochRefresh(L.Callback):
         module.eval()
         logits = torch.cat([module.model.head(self.emb[i:i + 4096].to(module.device))
                             for i in range(0, len(self.emb), 4096)])
-        module.targets.copy_(candidate_targets(logits.float(), self.mask.to(module.device)))
+        module.targets.copy_(module.disambiguate(logits.float(), self.mask.to(module.device)))
         module.train(was)
 
 

@@ -67,7 +67,7 @@ def main() -> int:
     print(f"{'model':<22}{'all-class acc':>15}{'within-candidates':>19}{'macro-F1':>10}")
     for stage, name in (("finetune", "teacher (finetune)"), ("distill", "student (distill)")):
         r = results[stage]
-        print(f"{name:<22}{r.get('accuracy', float('nan')):>15.3f}{r.get('accuracy_within', float('nan')):>19.3f}"
+        print(f"{name:<22}{r.get('accuracy', float('nan')):>15.3f}{r.get('accuracy_within_candidates', float('nan')):>19.3f}"
               f"{r.get('macro_f1', float('nan')):>10.3f}")
     print("\nwall time per step:")
     for name, dt in times:

@@ -368,3 +368,28 @@ def test_distill_cli(world, tmp_path):
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["temperature"] == 3.0 and saved["refine"] is True and saved["trainer"]["seed"] == 1
     assert json.loads((out / "metrics.json").read_text())["temperature"] == 3.0
+
+
+def test_prior_correction_divides_by_candidate_share():
+    """With log_prior, candidate targets are softmax(z/T) / pi restricted and renormalised (reference loop)."""
+    from plcli.distill import teacher_targets
+    from plcli.finetune import candidate_log_prior
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 5, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 0, 0, 1], [0, 1, 1, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    y = torch.full((4,), -1)
+    log_prior = candidate_log_prior(mask)
+    counts = mask.double().sum(0) + 1
+    prior = counts / counts.sum()
+    torch.testing.assert_close(log_prior.double(), prior.log())
+    T = 2.0
+    got, _, _ = teacher_targets(logits, mask, y, T, 0.0, log_prior)
+    for i in range(4):
+        p = torch.softmax(logits[i] / T, 0)
+        if mask[i].any():
+            w = torch.where(mask[i], p / prior, torch.zeros_like(p))
+            ref = w / w.sum()
+        else:  # no candidates: the full distribution, uncorrected
+            ref = p
+        torch.testing.assert_close(got[i].double(), ref, rtol=1e-5, atol=1e-6)
