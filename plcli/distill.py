@@ -294,6 +294,8 @@ class DistillModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
+        # log share of candidate slots per class (prior correction of the refinement); zeros = off
+        self.register_buffer("log_prior", torch.zeros(student["num_classes"]))
         self.model = Classifier(**student)
         self.spec_aug = SpectrogramAugment(SpecAugmentConfig.from_dict(spec_augment or {}))
         self.soft_ce = SoftTargetCrossEntropy(temperature, reduction="none")
@@ -346,7 +348,7 @@ class DistillModule(L.LightningModule):
     @torch.no_grad()
     def _refine(self, i: Tensor, kind: Tensor, mask: Tensor, t: Tensor, logits: Tensor) -> Tensor:
         """Refine the table rows ``i`` of the batch's candidate rows; returns their mean L1 change."""
-        new = refine_targets(t, logits, mask, self.hparams.refine_momentum)  # (B, C)
+        new = refine_targets(t, logits - self.log_prior, mask, self.hparams.refine_momentum)  # (B, C)
         cand = kind == CANDIDATE
         change = ((new - t).abs().sum(1) * cand).sum() / cand.sum().clamp_min(1)
         if self.trainer.world_size > 1:
@@ -531,6 +533,10 @@ def run(cfg: DistillConfig, log=print, callbacks: list | None = None) -> dict:
         refine_start=cfg.refine_start,
     )
     module.targets.copy_(torch.from_numpy(targets[train_pos]))
+    if cfg.prior_correction:
+        from plcli.finetune import candidate_log_prior
+
+        module.log_prior.copy_(candidate_log_prior(torch.from_numpy(mask_all)))
     initial_targets = module.targets.clone()
 
     bs = min(cfg.trainer.batch_size, len(train_ds))
