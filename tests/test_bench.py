@@ -1,0 +1,457 @@
+"""The benchmark's own pieces at tiny size: baseline label sources and training, fuzzy matching,
+the table writer and chart, the cell cache, the grid's data preparation."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from plcli.bench.report import ROW_NAMES, accuracy_chart, cached_cell, fmt_mean_std, mean_std, results_table
+from plcli.data.labels import Vocabulary
+from plcli.data.manifest import Row
+
+needs_rapidfuzz = pytest.mark.skipif(
+    importlib.util.find_spec("rapidfuzz") is None, reason="pip install plcli[bench]"
+)
+LABELS = ["see you tomorrow", "ok", "on my way", "call me later"]
+
+
+def _rows() -> list[Row]:
+    # 0: exact, 1-2: candidates only, 3: neither
+    return [
+        Row("a", Path("a.wav"), ["ok", "on my way"], label="ok"),
+        Row("b", Path("b.wav"), ["see you tomorrow", "call me later"]),
+        Row("c", Path("c.wav"), ["ok", "call me later", "on my way"]),
+        Row("d", Path("d.wav"), []),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Baselines
+# ---------------------------------------------------------------------------------------------
+
+
+def test_label_sources():
+    from plcli.bench.baselines import label_source
+
+    rows = _rows()
+    vocab = Vocabulary.build(LABELS)
+    truth = {"a": "ok", "b": "call me later", "c": "on my way", "d": "see you tomorrow"}
+    o = label_source("oracle", rows, vocab, truth)
+    assert o["index"].tolist() == [0, 1, 2, 3]
+    assert [vocab.keys[j] for j in o["y"]] == ["ok", "call me later", "on my way", "see you tomorrow"]
+    e = label_source("exact", rows, vocab)
+    assert e["index"].tolist() == [0] and vocab.keys[e["y"][0]] == "ok"
+    m = label_source("indicator-mse", rows, vocab)
+    assert m["index"].tolist() == [0, 1, 2]  # the row with neither carries no target
+    assert m["mask"].sum(1).tolist() == [1, 2, 3]  # the exact row's target is its label alone
+    assert m["mask"][0, vocab.index("ok")] and (m["y"] == -1).all()
+    with pytest.raises(ValueError):
+        label_source("oracle", rows, vocab)
+    with pytest.raises(ValueError):
+        label_source("nope", rows, vocab)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread (and do not spin-wait when the machine is busy)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_indicator_mse_baseline_learns_and_ce_rows_train(tmp_path, one_thread):
+    """Tiny separable 'features': the MSE row learns the candidate-consistent class; the CE rows run."""
+    from plcli.bench.baselines import BaselineConfig, clips_per_second, evaluate_probs, train_baseline
+    from plcli.config import FeatureConfig
+
+    rng = np.random.default_rng(0)
+    n, c, f, t = 48, 4, 16, 20
+    vocab = Vocabulary.build(LABELS)
+    y = np.arange(n) % c
+    # (N, V=2, F, T): class k lights up mel bins [4k, 4k+4)
+    views = rng.normal(0, 0.3, size=(n, 2, f, t)).astype(np.float32)
+    for i, k in enumerate(y):
+        views[i, :, 4 * k : 4 * k + 4] += 3.0
+    rows = []
+    for i, k in enumerate(y):
+        other = vocab.display[(k + 1 + i % 3) % c]
+        rows.append(
+            Row(
+                f"r{i}",
+                Path(f"{i}.wav"),
+                [vocab.display[k], other],
+                label=vocab.display[k] if i < 8 else None,
+            )
+        )
+    cfg = BaselineConfig(
+        student="tcresnet-small", epochs=1, batch_size=16, lr=1e-2, min_steps=40, accelerator="cpu"
+    )
+    spec_off = {"p_mixup": 0.0, "p_rrc": 0.0, "p_specaugment": 0.0}
+    model, info = train_baseline("indicator-mse", rows, vocab, views, f, cfg, spec_augment=spec_off)
+    assert info["training_rows"] == n and info["steps"] == 40
+    with torch.no_grad():
+        probs = torch.softmax(model(torch.from_numpy(views[:, 0])), 1).numpy()
+    test_rows = [
+        Row(r.id, r.audio, r.candidates, label=vocab.display[k]) for r, k in zip(rows, y, strict=True)
+    ]
+    m = evaluate_probs(probs, test_rows, vocab)
+    assert m["accuracy"] >= 0.9 and m["accuracy_within_candidates"] >= 0.9 and m["labelled_rows"] == n
+
+    _, info_e = train_baseline(
+        "exact",
+        rows,
+        vocab,
+        views,
+        f,
+        BaselineConfig(student="tcresnet-small", epochs=1, batch_size=16, min_steps=3, accelerator="cpu"),
+        spec_augment=spec_off,
+    )
+    assert info_e["training_rows"] == 8 and info_e["steps"] == 3
+    fc = FeatureConfig(clip_seconds=0.2, n_mels=f)
+    cps = clips_per_second(model, fc, [np.zeros(fc.num_samples, np.float32)] * 8, threads=1, repeats=1)
+    assert cps > 0 and math.isfinite(cps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Speech-recogniser baseline: matching (the recogniser itself is exercised by the benchmark)
+# ---------------------------------------------------------------------------------------------
+
+
+@needs_rapidfuzz
+def test_match_candidates_hand_made_transcripts():
+    from plcli.bench.asr import match_candidates, normalise
+
+    cands = ["See you tomorrow!", "OK", "On my way", "Don't call me later"]
+    assert normalise("Don't  CALL me, later!!") == "dont call me later"
+    assert match_candidates("see you to morrow", cands)[0] == 0  # word-boundary slip
+    assert match_candidates("on my weigh", cands)[0] == 2  # near-homophone
+    assert match_candidates("dont call me", cands)[0] == 3
+    best, scores = match_candidates("okay", cands)
+    assert best == 1 and len(scores) == 4 and scores[1] == max(scores)
+    # 'ratio' does not reward a short candidate hidden inside a long transcript; WRatio does
+    long = ["ok", "look at this"]
+    assert match_candidates("look at this", long, "ratio")[0] == 1
+    assert match_candidates("look at this", long, "WRatio")[1][0] >= 85
+    with pytest.raises(ValueError):
+        match_candidates("x", [])
+    with pytest.raises(ValueError):
+        match_candidates("x", ["a"], scorer="nope")
+
+
+@needs_rapidfuzz
+def test_match_ties_are_random_not_first():
+    from plcli.bench.asr import match_candidates
+
+    cands = ["alpha", "beta", "gamma", "delta"]
+    picks = {match_candidates("", cands, rng=np.random.default_rng(s))[0] for s in range(40)}
+    assert picks == {0, 1, 2, 3}
+    assert match_candidates("", cands)[0] == 0  # no rng: deterministic
+
+
+@needs_rapidfuzz
+def test_asr_predict_with_given_transcripts():
+    from plcli.bench.asr import asr_predict
+
+    vocab = Vocabulary.build(LABELS)
+    rows = _rows()
+    p = asr_predict(rows, vocab, transcripts=["okay", "call me letter", "on my way", "see you"])
+    assert [vocab.keys[j] for j in p["pred_all"]] == ["ok", "call me later", "on my way", "see you tomorrow"]
+    assert p["pred_within"][:3].tolist() == [
+        vocab.index("ok"),
+        vocab.index("call me later"),
+        vocab.index("on my way"),
+    ]
+    assert p["pred_within"][3] == -1  # no candidates
+    with pytest.raises(ValueError):
+        asr_predict(rows, vocab, transcripts=["x"])
+
+
+def test_transcriber_runs_on_files(tmp_path):
+    """pocketsphinx with its bundled model: text out for every file, timing figures, mono only."""
+    pytest.importorskip("pocketsphinx")
+    from plcli.bench.asr import Transcriber, transcribe_files
+    from tests.conftest import write_dataset
+
+    write_dataset(tmp_path, n=2, unlabelled=0)
+    paths = sorted((tmp_path / "audio").glob("*.wav"))
+    texts, timing = transcribe_files(paths, workers=1)
+    assert len(texts) == 2 and all(isinstance(t, str) and t == t.strip() for t in texts)
+    assert timing["workers"] == 1 and timing["decode_seconds"] > 0 and timing["clips_per_second"] > 0
+    with pytest.raises(ValueError):
+        Transcriber()(np.zeros((2, 100), np.float32))
+
+
+# ---------------------------------------------------------------------------------------------
+# Report and cell cache
+# ---------------------------------------------------------------------------------------------
+
+
+def _cells():
+    return [
+        {
+            "row": "oracle",
+            "rate": 0.01,
+            "seed": 0,
+            "accuracy": 0.90,
+            "accuracy_within": 0.98,
+            "seconds": {"train": 100.0},
+            "clips_per_second": 500.0,
+        },
+        {
+            "row": "oracle",
+            "rate": 0.01,
+            "seed": 1,
+            "accuracy": 0.80,
+            "accuracy_within": 0.96,
+            "seconds": {"train": 120.0},
+            "clips_per_second": 700.0,
+        },
+        {
+            "row": "plcli",
+            "rate": 0.01,
+            "seed": 0,
+            "accuracy": 0.60,
+            "accuracy_within": 0.90,
+            "seconds": {"pretrain": 300.0, "finetune": 10.0, "distill": 50.0},
+            "clips_per_second": 600.0,
+        },
+        {
+            "row": "plcli",
+            "rate": 0.01,
+            "seed": 1,
+            "accuracy": 0.70,
+            "accuracy_within": 0.94,
+            "seconds": {"pretrain": 320.0, "finetune": 12.0, "distill": 54.0},
+            "clips_per_second": 600.0,
+        },
+        {
+            "row": "asr",
+            "rate": 0.05,
+            "seed": 0,
+            "accuracy": 0.30,
+            "accuracy_within": 0.50,
+            "seconds": {"transcribe": 40.0},
+            "clips_per_second": 9.5,
+        },
+    ]
+
+
+def test_mean_std_and_format():
+    m, s, n = mean_std([0.6, 0.7, None, float("nan")])
+    assert n == 2 and m == pytest.approx(0.65) and s == pytest.approx(np.std([0.6, 0.7], ddof=1))
+    assert math.isnan(mean_std([0.5])[1]) and mean_std([])[2] == 0
+    assert fmt_mean_std([0.6, 0.7]) == "0.650 ± 0.071"
+    assert fmt_mean_std([0.6]) == "0.600" and fmt_mean_std([]) == "-"
+
+
+def test_results_table_values():
+    table = results_table(_cells(), 0.01)
+    lines = table.strip().splitlines()
+    assert len(lines) == 4  # header, rule, oracle, plcli; the 5% recogniser cell is not in the 1% table
+    oracle = [c.strip() for c in lines[2].strip("|").split("|")]
+    plcli = [c.strip() for c in lines[3].strip("|").split("|")]
+    assert oracle[0] == ROW_NAMES["oracle"] and oracle[1] == "0.850 ± 0.071" and oracle[3] == "1.00"
+    assert plcli[0] == ROW_NAMES["plcli"] and plcli[1] == "0.650 ± 0.071" and plcli[2] == "0.920 ± 0.028"
+    assert plcli[3] == f"{0.65 / 0.85:.2f}" and plcli[4] == "2"
+    assert plcli[5] == "pretrain 310 s · finetune 11 s · distill 52 s" and plcli[6] == "600"
+    no_oracle = results_table(_cells(), 0.05)
+    assert "| - |" in no_oracle and "| 9.5 |" in no_oracle.splitlines()[2]
+
+
+def test_accuracy_chart(tmp_path):
+    path = accuracy_chart(_cells(), tmp_path / "sub" / "acc.png")
+    assert path.exists() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_cached_cell_computes_once(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"row": "exact", "accuracy": 0.5}
+
+    p = tmp_path / "cells" / "exact-r0.01-s0.json"
+    assert cached_cell(p, compute) == {"row": "exact", "accuracy": 0.5}
+    assert cached_cell(p, compute) == {"row": "exact", "accuracy": 0.5}
+    assert len(calls) == 1 and json.loads(p.read_text())["accuracy"] == 0.5
+    p.write_text("{broken")
+    cached_cell(p, compute)
+    assert len(calls) == 2
+
+
+def test_failed_cell_is_not_stored(tmp_path):
+    p = tmp_path / "c.json"
+
+    def boom():
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        cached_cell(p, boom)
+    assert not p.exists() and not list(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------------------------------------
+# The grid's data preparation
+# ---------------------------------------------------------------------------------------------
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location(
+        "benchmark", Path(__file__).parents[1] / "scripts" / "benchmark.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_speaker_split_and_label_rates():
+    from plcli.data.labels import LabelNormalizer
+
+    bench = _script()
+    rows = [
+        {
+            "id": f"r{i}",
+            "audio": f"{i}.wav",
+            "speaker": f"s{i % 10}",
+            "candidates": ["a", "b"] if i % 4 else [],
+            "label": "zzz",
+        }
+        for i in range(200)
+    ]
+    truth = {r["id"]: "a" if i % 2 else "b" for i, r in enumerate(rows)}
+    rows[1]["candidates"] = ["c", "d"]  # truth not among the candidates: never labelled
+    fit, val = bench.split_speakers(rows, 0.2, 0)
+    assert len({r["speaker"] for r in val}) == 2 and not {r["speaker"] for r in fit} & {
+        r["speaker"] for r in val
+    }
+    labelled = bench.label_rows(fit, truth, 0.05, 0, LabelNormalizer())
+    with_label = [r for r in labelled if "label" in r]
+    assert len(with_label) == round(0.05 * len(fit)) and all(r["label"] == truth[r["id"]] for r in with_label)
+    assert "r1" not in {r["id"] for r in with_label}
+    other = bench.label_rows(fit, truth, 0.05, 1, LabelNormalizer())
+    assert {r["id"] for r in other if "label" in r} != {r["id"] for r in with_label}  # seeds differ
+    assert bench.label_rows(fit, truth, 0.05, 0, LabelNormalizer()) == labelled  # and are reproducible
+
+
+def test_prepare_writes_the_grid_manifests(tmp_path):
+    from plcli.data.validate import load_rows
+    from tests.conftest import write_dataset
+
+    bench = _script()
+    demo = tmp_path / "demo"
+    _, truth = write_dataset(demo, n=40, name="train.jsonl")
+    write_dataset(demo, n=12, name="test.jsonl", seed=1, unlabelled=0, exact_every=1)
+    (demo / "truth.jsonl").write_text(
+        "".join(json.dumps({"id": k, "label": v}) + "\n" for k, v in truth.items())
+    )
+    a = bench.parse(
+        [
+            "--data",
+            str(demo),
+            "--bench-dir",
+            str(tmp_path / "b"),
+            "--rates",
+            "0.1",
+            "0.25",
+            "--seeds",
+            "0",
+            "1",
+            "--val-speakers",
+            "0.34",
+        ]
+    )
+    paths = bench.prepare(a, tmp_path / "b")
+    c = paths["counts"]
+    assert c["fit"] + c["val"] == 40 and c["val_speakers"] == 1 and c["test"] == 12
+    val = load_rows([paths["val"]], log=lambda *m: None).rows
+    assert all(r.label == truth[r.id] for r in val)
+    for (rate, _seed), (manifest, nocand) in paths["manifests"].items():
+        rows = load_rows([manifest], log=lambda *m: None).rows  # valid, audio found from bench/data
+        assert len(rows) == c["fit"] and not {r.id for r in rows} & {r.id for r in val}
+        assert sum(r.label is not None for r in rows) == round(rate * c["fit"])
+        assert sum(bool(r.candidates) for r in rows) > 0
+        stripped = load_rows([nocand], log=lambda *m: None).rows
+        assert not any(r.candidates for r in stripped)
+        assert [r.label for r in stripped] == [r.label for r in rows]
+
+
+def test_settings_guard(tmp_path):
+    bench = _script()
+    a = bench.parse(["--bench-dir", str(tmp_path), "--quick"])
+    bench.check_settings(a, tmp_path)
+    bench.check_settings(bench.parse(["--bench-dir", str(tmp_path), "--quick", "--seeds", "3"]), tmp_path)
+    with pytest.raises(SystemExit, match="distill_epochs: 2 -> 7"):
+        bench.check_settings(
+            bench.parse(["--bench-dir", str(tmp_path), "--quick", "--distill-epochs", "7"]), tmp_path
+        )
+
+
+@pytest.mark.slow
+@needs_rapidfuzz
+def test_benchmark_end_to_end_resumes(tmp_path, one_thread):
+    """Every row on tiny tone data; a second run reuses every cell and writes the same report."""
+    pytest.importorskip("pocketsphinx")
+    from tests.conftest import write_dataset
+
+    bench = _script()
+    demo = tmp_path / "demo"
+    _, truth = write_dataset(demo, n=48, name="train.jsonl")
+    write_dataset(demo, n=12, name="test.jsonl", seed=1, unlabelled=0, exact_every=1)
+    (demo / "truth.jsonl").write_text(
+        "".join(json.dumps({"id": k, "label": v}) + "\n" for k, v in truth.items())
+    )
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"# B\n\nbefore\n\n{bench.MARK_START}\nold\n{bench.MARK_END}\n\nafter\n")
+    args = [
+        "--data",
+        str(demo),
+        "--bench-dir",
+        str(tmp_path / "b"),
+        "--rates",
+        "0.25",
+        "--seeds",
+        "0",
+        "--val-speakers",
+        "0.34",
+        "--views",
+        "2",
+        "--pretrain-epochs",
+        "1",
+        "--finetune-epochs",
+        "2",
+        "--distill-epochs",
+        "1",
+        "--baseline-min-steps",
+        "2",
+        "--asr-val-rows",
+        "4",
+        "--asr-workers",
+        "1",
+        "--accelerator",
+        "cpu",
+        "--docs",
+        str(doc),
+    ]
+    assert bench.main(args) == 0
+    cells = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert sorted(c["row"] for c in cells) == sorted(ROW_NAMES)
+    for c in cells:
+        assert 0.0 <= c["accuracy"] <= 1.0 and 0.0 <= c["accuracy_within"] <= 1.0, c
+        assert c["clips_per_second"] > 0
+    files = sorted((tmp_path / "b" / "cells").glob("*.json"))
+    stamps = [p.stat().st_mtime_ns for p in files]
+    report = (tmp_path / "b" / "results.md").read_text()
+    assert bench.main(args) == 0
+    assert [p.stat().st_mtime_ns for p in files] == stamps
+    text = doc.read_text()
+    assert "before" in text and "after" in text and "old" not in text and "| 6. plcli (defaults) |" in text
+    assert (tmp_path / "benchmark-accuracy.png").exists()
+    assert report.split("Command:")[1] == (tmp_path / "b" / "results.md").read_text().split("Command:")[1]
