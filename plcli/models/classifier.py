@@ -95,8 +95,8 @@ def save_model(path: str | Path, model: Classifier, vocab: Vocabulary, features:
 
 def load_model(run_dir: str | Path, map_location: str = "cpu") -> tuple[Classifier, Vocabulary, FeatureConfig]:
     """Load the classifier of a finetune or distill run directory (or a ``model.pt`` path), in eval mode."""
-    from plcli.data.labels import LabelNormalizer
     from plcli.config import LabelConfig
+    from plcli.data.labels import LabelNormalizer
 
     p = Path(run_dir)
     if p.is_dir():
