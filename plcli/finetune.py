@@ -392,10 +392,3 @@ class _ProdenEpochRefresh(L.Callback):
                             for i in range(0, len(self.emb), 4096)])
         module.targets.copy_(module.disambiguate(logits.float(), self.mask.to(module.device)))
         module.train(was)
-
-
-def load_run_model(run_dir: str | Path):
-    """(Classifier, Vocabulary, FeatureConfig) of a finetune run; see plcli.models.classifier.load_model."""
-    from plcli.models.classifier import load_model
-
-    return load_model(run_dir)
