@@ -127,21 +127,21 @@ class EmbedHead(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-class TCBlock(nn.Module):
-    """Residual block: conv(k, stride)-BN-ReLU-conv(k)-BN, 1x1 conv shortcut when the shape changes."""
+class ResidualBlock(nn.Module):
+    """Basic residual block (He et al. 2016): conv(k, stride)-BN-ReLU-conv(k)-BN plus a shortcut
+    (1x1 conv + BN when the shape changes), in 1D (TC-ResNet, over time) or 2D (over F x T)."""
 
-    def __init__(self, cin: int, cout: int, kernel_size: int, stride: int):
+    def __init__(self, cin: int, cout: int, kernel_size: int, stride: int, dim: int = 1):
         super().__init__()
+        conv, bn = {1: (nn.Conv1d, nn.BatchNorm1d), 2: (nn.Conv2d, nn.BatchNorm2d)}[dim]
         pad = kernel_size // 2
-        self.conv1 = nn.Conv1d(cin, cout, kernel_size, stride=stride, padding=pad, bias=False)
-        self.bn1 = nn.BatchNorm1d(cout)
-        self.conv2 = nn.Conv1d(cout, cout, kernel_size, padding=pad, bias=False)
-        self.bn2 = nn.BatchNorm1d(cout)
+        self.conv1 = conv(cin, cout, kernel_size, stride=stride, padding=pad, bias=False)
+        self.bn1 = bn(cout)
+        self.conv2 = conv(cout, cout, kernel_size, padding=pad, bias=False)
+        self.bn2 = bn(cout)
         self.shortcut = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(
-                nn.Conv1d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm1d(cout)
-            )
+            self.shortcut = nn.Sequential(conv(cin, cout, 1, stride=stride, bias=False), bn(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu(self.bn1(self.conv1(x)), inplace=True)
@@ -199,7 +199,7 @@ class TCResNet(nn.Module):
         for mult in (1.5, 2.0, 3.0):
             cout = int(round(width * mult))
             for i in range(depth):
-                blocks.append(TCBlock(cin, cout, kernel_size, stride=2 if i == 0 else 1))
+                blocks.append(ResidualBlock(cin, cout, kernel_size, stride=2 if i == 0 else 1, dim=1))
                 cin = cout
         self.blocks = nn.Sequential(*blocks)
         self.pool = TemporalPool(cin, pool)
@@ -215,27 +215,6 @@ class TCResNet(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # 2D ResNet (time-frequency convolution)
 # ---------------------------------------------------------------------------------------------
-
-
-class ResBlock2d(nn.Module):
-    """2D residual basic block (He et al. 2016) with a 1x1 conv shortcut when the shape changes."""
-
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Identity()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.bn1(self.conv1(x)), inplace=True)
-        y = self.bn2(self.conv2(y))
-        return F.relu(y + self.shortcut(x), inplace=True)
 
 
 class ResNet2d(nn.Module):
@@ -275,7 +254,7 @@ class ResNet2d(nn.Module):
         for mult in (1, 2, 4):
             cout = width * mult
             for i in range(depth):
-                blocks.append(ResBlock2d(cin, cout, stride=2 if i == 0 else 1))
+                blocks.append(ResidualBlock(cin, cout, 3, stride=2 if i == 0 else 1, dim=2))
                 cin = cout
         self.blocks = nn.Sequential(*blocks)
         self.pool = TemporalPool(cin, pool)
