@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from plcli.data.manifest import Problem
 from plcli.errors import DataError, UserError
 from plcli.io import atomic_write_jsonl
 
@@ -40,19 +41,6 @@ MAX_UNIX_SECONDS = 1e11
 
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _SEPARATORS = re.compile(r"[\s,]*")
-
-
-@dataclass
-class Problem:
-    """One problem with one line of an input table (``line`` 0: the file as a whole)."""
-
-    file: str
-    line: int
-    reason: str
-    raw: Any = None
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.reason}"
 
 
 @dataclass
