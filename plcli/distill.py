@@ -26,6 +26,13 @@ per row: soft-target cross-entropy at ``T`` scaled by ``T**2`` (Hinton et al. 20
 rows, cross-entropy on exact rows (weighted by ``--exact-weight``); the batch loss is their
 weighted mean.
 
+``--cc-weight w`` mixes the candidate set's own evidence into a candidate row's loss:
+``(1 - w) * distillation + w * CC``, where CC is the prior-corrected classifier-consistent loss
+``-log sum_{j in S} p_j / q_j`` (``plcli.losses.CandidateLoss``; q = each class's share of candidate
+slots). The teacher's targets give the student a fast start, and the likelihood term lets it
+overrule the teacher where the candidate sets disagree with it, which the teacher (a head on a
+frozen encoder) cannot do. The term needs a long schedule: it is why the default is 120 epochs.
+
 ``--refine`` (PRODEN-style disambiguation, Lv et al. 2020): after ``refine_start`` of the training
 steps, every batch moves its candidate rows' targets towards the student's own
 candidate-restricted prediction, ``target <- (1 - m) * target + m * candidate_targets(logits)``,
@@ -69,7 +76,7 @@ from plcli.data.datasets import (
 from plcli.errors import UserError
 from plcli.evaluate import classification_metrics, covering_rate, restricted_predictions
 from plcli.io import atomic_write_json
-from plcli.losses import SoftTargetCrossEntropy, candidate_targets
+from plcli.losses import CandidateLoss, SoftTargetCrossEntropy, candidate_targets
 from plcli.models.classifier import Classifier, save_model
 from plcli.models.encoders import ENCODERS, count_parameters
 from plcli.predict import load_predictor, predict_logits, softmax
@@ -104,7 +111,7 @@ class DistillConfig(Config):
         factory=DataConfig, help="inputs (label normalisation and the held-out split come from the teacher)"
     )
     trainer: TrainerConfig = opt(
-        factory=lambda: TrainerConfig(epochs=30, batch_size=256, lr=3e-3), help="training"
+        factory=lambda: TrainerConfig(epochs=120, batch_size=256, lr=3e-3), help="training (per round)"
     )
     student: str = opt("tcresnet-small", "student encoder", choices=sorted(ENCODERS))
     head_hidden_dim: int = opt(128, "student head hidden width", min=1)
@@ -126,6 +133,15 @@ class DistillConfig(Config):
         1.0, "weight of an exact row's cross-entropy against a pseudo-labelled row's loss", min=0.0
     )
     prior_correction: bool = opt(True, "restrict p(j|x) / pi_j instead of p(j|x) to the candidates, pi = each class's share of candidate slots (as in finetune)")
+    cc_weight: float = opt(
+        0.8,
+        "candidate rows' loss: (1 - w) * distillation + w * the candidate set's likelihood (prior-corrected CC loss)",
+        min=0.0,
+        max=1.0,
+    )
+    rounds: int = opt(
+        2, "self-training rounds: round k's teacher is round k-1's student (each in RUN_DIR/round<k>)", min=1
+    )
     refine: bool = opt(False, "progressively refine candidate rows' targets from the student (PRODEN-style)")
     refine_momentum: float = opt(
         0.1, "refinement step m: target <- (1-m) target + m student", min=0.0, max=1.0
@@ -291,6 +307,7 @@ class DistillModule(L.LightningModule):
         refine: bool = False,
         refine_momentum: float = 0.1,
         refine_start: float = 0.5,
+        cc_weight: float = 0.0,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -299,6 +316,7 @@ class DistillModule(L.LightningModule):
         self.model = Classifier(**student)
         self.spec_aug = SpectrogramAugment(SpecAugmentConfig.from_dict(spec_augment or {}))
         self.soft_ce = SoftTargetCrossEntropy(temperature, reduction="none")
+        self.cc = CandidateLoss(reduction="none")
         # (num_train, C) target table; persistent only when refinement changes it
         self.register_buffer("targets", torch.zeros(num_train, student["num_classes"]), persistent=refine)
         self._refine_from = 0
@@ -316,11 +334,7 @@ class DistillModule(L.LightningModule):
         i, kind, y, mask = batch["i"], batch["kind"], batch["y"], batch["mask"]
         t = self.targets[i]  # (B, C), a copy
         exact = kind == EXACT
-        soft = self.soft_ce(logits, t)  # (B,), T^2-scaled
-        hard = F.cross_entropy(logits, y.clamp_min(0), reduction="none")  # (B,)
-        w = torch.where(exact, torch.full_like(soft, hp.exact_weight), torch.ones_like(soft))
-        per_row = torch.where(exact, hard, soft) * w
-        loss = per_row.sum() / w.sum().clamp_min(1e-12)
+        loss, soft, hard = self.loss(logits, t, kind, y, mask)
         n_exact = exact.sum().clamp_min(1)
         logs = {
             "train/loss": loss,
@@ -331,6 +345,20 @@ class DistillModule(L.LightningModule):
             logs["train/refine_change"] = self._refine(i, kind, mask, t, self._refine_logits(batch["x"]))
         self.log_dict(logs, on_step=False, on_epoch=True, batch_size=logits.shape[0])
         return loss
+
+    def loss(self, logits: Tensor, t: Tensor, kind: Tensor, y: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Batch loss from (B, C) logits and targets; also the (B,) soft and hard per-row terms."""
+        hp = self.hparams
+        exact = kind == EXACT
+        soft = self.soft_ce(logits, t)  # (B,), T^2-scaled
+        if hp.cc_weight > 0:
+            # the candidate set's own likelihood, prior-corrected: lets the student overrule the teacher
+            cc = self.cc(logits, mask, self.log_prior)  # (B,)
+            soft = torch.where(kind == CANDIDATE, (1 - hp.cc_weight) * soft + hp.cc_weight * cc, soft)
+        hard = F.cross_entropy(logits, y.clamp_min(0), reduction="none")  # (B,)
+        w = torch.where(exact, torch.full_like(soft, hp.exact_weight), torch.ones_like(soft))
+        per_row = torch.where(exact, hard, soft) * w
+        return per_row.sum() / w.sum().clamp_min(1e-12), soft, hard
 
     @torch.no_grad()
     def _refine_logits(self, x: Tensor) -> Tensor:
@@ -388,7 +416,7 @@ class DistillModule(L.LightningModule):
 # ---------------------------------------------------------------------------------------------
 
 
-def _inherit(cfg: DistillConfig, teacher_cfg: dict, vocab, log) -> tuple[float, int, int]:
+def _inherit(cfg: DistillConfig, teacher_cfg: dict, vocab, log, held_out: dict | None = None) -> tuple[float, int, int]:
     """Take label normalisation, the held-out split and (optionally) the augmentations from the teacher.
 
     Returns (held-out fraction, split seed, view seed).
@@ -396,6 +424,11 @@ def _inherit(cfg: DistillConfig, teacher_cfg: dict, vocab, log) -> tuple[float, 
     cfg.data.labels = LabelConfig.from_dict(vocab.normalizer.cfg.to_dict())
     fraction = float(teacher_cfg.get("data", {}).get("val_fraction", cfg.data.val_fraction))
     split_seed = int(teacher_cfg.get("trainer", {}).get("seed", cfg.trainer.seed))
+    if teacher_cfg.get("stage") == STAGE:
+        # a distilled teacher held out its own teacher's rows: keep holding out those
+        held = held_out or {}
+        fraction = float(held.get("fraction", fraction))
+        split_seed = int(held.get("seed", split_seed))
     if fraction != cfg.data.val_fraction:
         log(f"holding out the teacher's validation rows (val_fraction {fraction}, seed {split_seed})")
     cfg.data.val_fraction = fraction
@@ -421,7 +454,54 @@ def _inherit(cfg: DistillConfig, teacher_cfg: dict, vocab, log) -> tuple[float, 
 
 
 def run(cfg: DistillConfig, log=print, callbacks: list | None = None) -> dict:
-    """Distil ``cfg.teacher`` into a student as ``cfg`` says; returns the metrics (also in RUN_DIR/metrics.json)."""
+    """Distil ``cfg.teacher`` into a student as ``cfg`` says; returns the metrics (also in RUN_DIR/metrics.json).
+
+    With ``cfg.rounds > 1`` every round is an ordinary distill run in ``RUN_DIR/round<k>`` whose
+    teacher is the previous round's student; the last student is copied to ``RUN_DIR``.
+    """
+    if cfg.rounds == 1:
+        return _run_round(cfg, log, callbacks)
+    return _run_rounds(cfg, log, callbacks)
+
+
+def _run_rounds(cfg: DistillConfig, log, callbacks: list | None) -> dict:
+    """Self-training: round k distils round k-1's student (same seed, so the same held-out rows)."""
+    import shutil
+
+    from plcli.io import atomic_open
+
+    timer = Timer()
+    out = prepare_run_dir(cfg.out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite)
+    save_config(out, cfg, STAGE)
+    teacher, summary, m = cfg.teacher, [], {}
+    for k in range(1, cfg.rounds + 1):
+        sub = DistillConfig.from_dict({**cfg.to_dict(), "rounds": 1, "teacher": str(teacher)})
+        sub.out = str(out / f"round{k}")
+        done = Path(sub.out) / "metrics.json"
+        if cfg.trainer.resume is not None and done.exists() and (Path(sub.out) / "model.pt").exists():
+            log(f"round {k}/{cfg.rounds}: already done, reusing {sub.out}")
+            m = json.loads(done.read_text(encoding="utf-8"))
+        else:
+            log(f"round {k}/{cfg.rounds}: teacher {teacher}")
+            # a fresh top-level run replaces stale rounds; a resumed one continues them
+            sub.overwrite = cfg.trainer.resume is None
+            m = _run_round(sub, log, callbacks)
+        summary.append(
+            {key: m.get(key) for key in ("val_acc", "val_acc_within", "disambiguation_acc", "fit_seconds")}
+        )
+        teacher = Path(sub.out)
+    for name in ("model.pt", "vocab.json"):
+        with open(teacher / name, "rb") as src, atomic_open(out / name, "wb", encoding=None) as dst:
+            shutil.copyfileobj(src, dst)
+    # the resolved (inherited) settings, so this run can itself be a teacher or be resumed
+    last = {k: v for k, v in read_run_config(teacher).items() if k in DistillConfig.__dataclass_fields__}
+    save_config(out, DistillConfig.from_dict({**last, "out": str(out), "teacher": cfg.teacher, "rounds": cfg.rounds, "overwrite": cfg.overwrite}), STAGE)
+    result = {**m, "teacher": str(cfg.teacher), "rounds": summary, "total_seconds": timer.seconds}
+    return write_metrics(out, result)
+
+
+def _run_round(cfg: DistillConfig, log=print, callbacks: list | None = None) -> dict:
+    """One distillation of ``cfg.teacher`` into a fresh student."""
     from plcli.data.manifest import read_truth
 
     timer = Timer()
@@ -430,7 +510,11 @@ def run(cfg: DistillConfig, log=print, callbacks: list | None = None) -> dict:
     teacher_dir = Path(cfg.teacher)
     teacher_file = teacher_dir / "model.pt" if teacher_dir.is_dir() else teacher_dir
     teacher_cfg = read_run_config(teacher_dir) if (teacher_dir / "config.yaml").is_file() else {}
-    fraction, split_seed, view_seed = _inherit(cfg, teacher_cfg, vocab, log)
+    teacher_metrics = teacher_dir / "metrics.json"
+    held_out = None
+    if teacher_cfg.get("stage") == STAGE and teacher_metrics.is_file():
+        held_out = json.loads(teacher_metrics.read_text(encoding="utf-8")).get("held_out")
+    fraction, split_seed, view_seed = _inherit(cfg, teacher_cfg, vocab, log, held_out)
     out = prepare_run_dir(cfg.out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite)
     save_config(out, cfg, STAGE)
     L.seed_everything(cfg.trainer.seed, workers=True)
@@ -531,6 +615,7 @@ def run(cfg: DistillConfig, log=print, callbacks: list | None = None) -> dict:
         refine=cfg.refine,
         refine_momentum=cfg.refine_momentum,
         refine_start=cfg.refine_start,
+        cc_weight=cfg.cc_weight,
     )
     module.targets.copy_(torch.from_numpy(targets[train_pos]))
     if cfg.prior_correction:

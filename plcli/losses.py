@@ -150,6 +150,13 @@ class CandidateLoss(nn.Module):
     ``logsumexp(logits) - logsumexp(logits[S])``. A single candidate gives ordinary cross-entropy;
     a row without candidates counts as "all classes" and has loss 0.
 
+    With ``log_prior`` (``(C,)``, log q_j) the loss is ``-log sum_{j in S} softmax(logits)_j / q_j``:
+    the negative log-likelihood of the candidate set when the set is the true label plus
+    distractors that are drawn with probability q_j each, so that ``P(S | y = j)`` is proportional
+    to ``1 / q_j`` (up to a factor that depends on S only, hence constant for the gradient). Without
+    it, classes that are candidates of most rows (popular chat messages) explain every set for free.
+    The value may then be negative.
+
     Args:
         reduction: "mean" (over rows), "sum" or "none" (``(B,)`` per-row losses).
     """
@@ -159,12 +166,18 @@ class CandidateLoss(nn.Module):
         _check_reduction(reduction)
         self.reduction = reduction
 
-    def forward(self, logits: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, logits: Tensor, mask: Tensor, log_prior: Tensor | None = None) -> Tensor:
         _check_logits_mask(logits, mask)
         allowed = _allowed(mask)  # (B, C)
-        # (B,) >= 0; the masked -inf entries get zero gradient through masked_fill
+        inside = logits
+        if log_prior is not None:
+            if log_prior.shape != logits.shape[1:]:
+                raise ValueError(f"log_prior must have shape ({logits.shape[1]},), got {tuple(log_prior.shape)}")
+            # rows without candidates stay at loss 0: no prior shift there
+            inside = logits - log_prior.to(logits.dtype) * mask.any(dim=1, keepdim=True)
+        # (B,); the masked -inf entries get zero gradient through masked_fill
         per_row = torch.logsumexp(logits, dim=1) - torch.logsumexp(
-            logits.masked_fill(~allowed, -math.inf), dim=1
+            inside.masked_fill(~allowed, -math.inf), dim=1
         )
         return _reduce(per_row, self.reduction)
 

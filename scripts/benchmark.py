@@ -258,8 +258,8 @@ def pipeline_cell(a, bench: Path, paths: dict, row: str, rate: float, seed: int)
     )
     if row == "simclrv2":
         # textbook SimCLRv2 distillation: the teacher's full softmax on every row, no candidate sets
-        # (a manifest without them), no confidence filter, no candidate refinement
-        dist = {"data.manifests": [str(nocand)], "confidence": 0.0, "refine": False}
+        # (a manifest without them), no confidence filter, no candidate refinement, one round
+        dist = {"data.manifests": [str(nocand)], "confidence": 0.0, "refine": False, "rounds": 1}
     else:
         dist = {"data.manifests": [str(manifest)], "truth": str(paths["truth"])}
     ds = run_stage(

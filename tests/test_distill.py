@@ -204,7 +204,7 @@ def world(tmp_path_factory):
 
 
 def _cfg(world, out, **over) -> DistillConfig:
-    cfg = DistillConfig(out=str(out), teacher=str(world["teacher"]), truth=str(world["truth"]), views=2)
+    cfg = DistillConfig(out=str(out), teacher=str(world["teacher"]), truth=str(world["truth"]), views=2, rounds=1)
     cfg.data.manifests = [str(world["manifest"])]
     cfg.data.cache_dir = str(world["cache"])
     cfg.trainer = TrainerConfig(
@@ -393,3 +393,60 @@ def test_prior_correction_divides_by_candidate_share():
         else:  # no candidates: the full distribution, uncorrected
             ref = p
         torch.testing.assert_close(got[i].double(), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_distill_loss_mixes_the_candidate_likelihood():
+    """cc_weight w: candidate rows get (1 - w) * soft CE + w * prior-corrected CC; other rows are untouched."""
+    from plcli.distill import DistillModule
+    from plcli.losses import CandidateLoss, SoftTargetCrossEntropy
+
+    torch.manual_seed(0)
+    c = 4
+    student = dict(encoder="tcresnet-small", n_mels=8, num_classes=c, from_layer=0)
+    logits = torch.randn(4, c)
+    mask = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 1], [0, 0, 0, 0], [1, 0, 1, 0]], dtype=torch.bool)
+    kind = torch.tensor([CANDIDATE, CANDIDATE, FREE, EXACT])
+    y = torch.tensor([-1, -1, -1, 2])
+    t = torch.softmax(torch.randn(4, c), 1) * mask.float()
+    t[2] = torch.softmax(torch.randn(c), 0)
+    t = t / t.sum(1, keepdim=True)
+    log_prior = torch.log(torch.tensor([0.4, 0.3, 0.2, 0.1]))
+    soft = SoftTargetCrossEntropy(2.0, reduction="none")(logits, t)
+    cc = CandidateLoss(reduction="none")(logits, mask, log_prior)
+    hard = torch.nn.functional.cross_entropy(logits[3:], y[3:])
+    for w in (0.0, 0.8, 1.0):
+        m = DistillModule(student, num_train=4, temperature=2.0, cc_weight=w)
+        m.log_prior.copy_(log_prior)
+        loss, _, _ = m.loss(logits, t, kind, y, mask)
+        cand = (1 - w) * soft[:2] + w * cc[:2]
+        expected = (cand.sum() + soft[2] + hard) / 4
+        torch.testing.assert_close(loss, expected)
+
+
+def test_distill_rounds(world, tmp_path):
+    """rounds=2: round 2 distils round 1's student, keeps the first teacher's held-out rows, and resumes."""
+    out = tmp_path / "rounds"
+    # the distill seed differs from the teacher's (3): the held-out split must still be the teacher's
+    cfg = _cfg(world, out, rounds=2, **{"trainer.seed": 11})
+    m = run(cfg, log=lambda *_: None)
+    for k in (1, 2):
+        assert (out / f"round{k}" / "model.pt").exists() and (out / f"round{k}" / "metrics.json").exists()
+    r1 = json.loads((out / "round1" / "metrics.json").read_text())
+    r2 = json.loads((out / "round2" / "metrics.json").read_text())
+    assert r1["teacher"] == str(world["teacher"]) and r2["teacher"] == str(out / "round1")
+    assert r1["held_out"] == r2["held_out"] == {"fraction": 0.25, "seed": 3}
+    assert len(m["rounds"]) == 2 and m["rounds"][1]["val_acc"] == r2["val_acc"]
+    assert m["teacher"] == str(world["teacher"]) and json.loads((out / "metrics.json").read_text()) == m
+    assert (out / "model.pt").read_bytes() == (out / "round2" / "model.pt").read_bytes()
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["rounds"] == 2 and saved["view_seed"] is not None and saved["teacher"] == str(world["teacher"])
+    assert load_model(out)[0].kwargs["encoder"] == "tcresnet-small"
+    # resuming a finished run reuses both rounds (nothing is retrained)
+    stamp = (out / "round1" / "model.pt").stat().st_mtime_ns
+    lines = []
+    m2 = run(_cfg(world, out, rounds=2, **{"trainer.seed": 11, "trainer.resume": "auto"}), log=lines.append)
+    assert sum("already done" in str(x) for x in lines) == 2
+    assert (out / "round1" / "model.pt").stat().st_mtime_ns == stamp and m2["rounds"] == m["rounds"]
+    # the multi-round run is itself a valid teacher
+    m3 = run(_cfg(world, tmp_path / "next", teacher=str(out)), log=lambda *_: None)
+    assert m3["held_out"] == {"fraction": 0.25, "seed": 3}

@@ -89,6 +89,18 @@ def ref_cc(logits, mask):
     return sum(losses) / len(losses)
 
 
+def ref_cc_prior(logits, mask, prior):
+    """-log sum_{j in S} p_j / q_j per row; a row without candidates has loss 0."""
+    losses = []
+    for i in range(logits.shape[0]):
+        p = ref_softmax_row(logits[i])
+        if not mask[i].any():
+            losses.append(logits[i].sum() * 0.0)
+            continue
+        losses.append(-torch.log(sum(p[j] / prior[j] for j in _candidates(mask[i]))))
+    return sum(losses) / len(losses)
+
+
 def ref_soft_ce(logits, targets, t=1.0, weight=None):
     num, den = 0.0, 0.0
     for i in range(logits.shape[0]):
@@ -250,6 +262,20 @@ def test_ntxent_rejects_bad_shapes():
 def test_candidate_loss_matches_reference():
     logits = _randn(5, 5, seed=9)
     _assert_close_with_grads(CandidateLoss()(logits, MASK), ref_cc(logits, MASK), [logits])
+
+
+def test_candidate_loss_with_prior_matches_reference():
+    logits = _randn(5, 5, seed=19)
+    prior = torch.tensor([0.4, 0.3, 0.15, 0.1, 0.05], dtype=DT)
+    out = CandidateLoss()(logits, MASK, log_prior=prior.log())
+    _assert_close_with_grads(out, ref_cc_prior(logits, MASK, prior), [logits])
+    # a uniform prior only adds a constant: same gradients as the plain loss
+    flat = torch.full((5,), 0.2, dtype=DT).log()
+    g_flat = torch.autograd.grad(CandidateLoss()(logits, MASK, log_prior=flat), [logits])[0]
+    g_plain = torch.autograd.grad(CandidateLoss()(logits, MASK), [logits])[0]
+    torch.testing.assert_close(g_flat, g_plain)
+    with pytest.raises(ValueError):
+        CandidateLoss()(logits, MASK, log_prior=prior[:4].log())
 
 
 def test_candidate_loss_special_rows():
