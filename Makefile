@@ -6,8 +6,9 @@ PY := $(VENV)/bin/python
 PLCLI := $(VENV)/bin/plcli
 DEMO ?= demo
 RUNS ?= runs
-# demo size and length; `make demo DEMO_ARGS="--train 4000"` to change
-DEMO_ARGS ?=
+# demo size: 3000 training recordings keep `make demo` (defaults: 3 distillation rounds) under
+# 10 minutes on 2 CPU cores; `make demo DEMO_ARGS="--train 4000"` for the plcli demo-data default
+DEMO_ARGS ?= --train 3000
 PIPELINE_ARGS ?=
 
 .PHONY: help install demo test test-full bench lint clean

@@ -259,7 +259,7 @@ def distill(
     refine_start: float = typer.Option(None, "--refine-start", help="share of training before refinement starts (default 0.5)"),
     exact_weight: float = typer.Option(None, "--exact-weight", help="weight of exact rows' cross-entropy (default 1)"),
     cc_weight: float = typer.Option(None, "--cc-weight", help="share of the candidate-set likelihood (prior-corrected CC) in candidate rows' loss, 0..1 (default 0.8)"),
-    rounds: int = typer.Option(None, "--rounds", help="self-training rounds; round k distils round k-1's student (default 2)"),
+    rounds: int = typer.Option(None, "--rounds", help="self-training rounds; round k distils round k-1's student (default 3)"),
     truth: Path = typer.Option(None, "--truth", help="JSONL/CSV id,label: disambiguation accuracy on candidate rows"),
     epochs: int = EPOCHS, batch_size: int = BATCH, lr: float = LR, seed: int = SEED, resume: str = RESUME,
     overwrite: bool = OVERWRITE, accelerator: str = ACCEL, devices: str = DEVICES, strategy: str = STRATEGY,

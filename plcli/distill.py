@@ -140,7 +140,7 @@ class DistillConfig(Config):
         max=1.0,
     )
     rounds: int = opt(
-        2, "self-training rounds: round k's teacher is round k-1's student (each in RUN_DIR/round<k>)", min=1
+        3, "self-training rounds: round k's teacher is round k-1's student (each in RUN_DIR/round<k>)", min=1
     )
     refine: bool = opt(False, "progressively refine candidate rows' targets from the student (PRODEN-style)")
     refine_momentum: float = opt(
@@ -470,7 +470,6 @@ def _run_rounds(cfg: DistillConfig, log, callbacks: list | None) -> dict:
 
     from plcli.io import atomic_open
 
-    timer = Timer()
     out = prepare_run_dir(cfg.out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite)
     save_config(out, cfg, STAGE)
     teacher, summary, m = cfg.teacher, [], {}
@@ -487,7 +486,10 @@ def _run_rounds(cfg: DistillConfig, log, callbacks: list | None) -> dict:
             sub.overwrite = cfg.trainer.resume is None
             m = _run_round(sub, log, callbacks)
         summary.append(
-            {key: m.get(key) for key in ("val_acc", "val_acc_within", "disambiguation_acc", "fit_seconds")}
+            {
+                key: m.get(key)
+                for key in ("val_acc", "val_acc_within", "disambiguation_acc", "fit_seconds", "total_seconds")
+            }
         )
         teacher = Path(sub.out)
     for name in ("model.pt", "vocab.json"):
@@ -496,7 +498,9 @@ def _run_rounds(cfg: DistillConfig, log, callbacks: list | None) -> dict:
     # the resolved (inherited) settings, so this run can itself be a teacher or be resumed
     last = {k: v for k, v in read_run_config(teacher).items() if k in DistillConfig.__dataclass_fields__}
     save_config(out, DistillConfig.from_dict({**last, "out": str(out), "teacher": cfg.teacher, "rounds": cfg.rounds, "overwrite": cfg.overwrite}), STAGE)
-    result = {**m, "teacher": str(cfg.teacher), "rounds": summary, "total_seconds": timer.seconds}
+    # the stage's time is its rounds' (also when some of them ran before a resume)
+    seconds = sum(r["total_seconds"] or 0.0 for r in summary)
+    result = {**m, "teacher": str(cfg.teacher), "rounds": summary, "total_seconds": seconds}
     return write_metrics(out, result)
 
 

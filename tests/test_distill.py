@@ -436,6 +436,7 @@ def test_distill_rounds(world, tmp_path):
     assert r1["teacher"] == str(world["teacher"]) and r2["teacher"] == str(out / "round1")
     assert r1["held_out"] == r2["held_out"] == {"fraction": 0.25, "seed": 3}
     assert len(m["rounds"]) == 2 and m["rounds"][1]["val_acc"] == r2["val_acc"]
+    assert m["total_seconds"] == r1["total_seconds"] + r2["total_seconds"]
     assert m["teacher"] == str(world["teacher"]) and json.loads((out / "metrics.json").read_text()) == m
     assert (out / "model.pt").read_bytes() == (out / "round2" / "model.pt").read_bytes()
     saved = yaml.safe_load((out / "config.yaml").read_text())
