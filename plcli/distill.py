@@ -75,7 +75,8 @@ from plcli.data.datasets import (
 )
 from plcli.errors import UserError
 from plcli.evaluate import classification_metrics, covering_rate, restricted_predictions
-from plcli.io import atomic_write_json
+from plcli.finetune import candidate_log_prior
+from plcli.io import atomic_open, atomic_write_json
 from plcli.losses import CandidateLoss, SoftTargetCrossEntropy, candidate_targets
 from plcli.models.classifier import Classifier, save_model
 from plcli.models.encoders import ENCODERS, count_parameters
@@ -279,8 +280,6 @@ def cached_targets(out: Path, key: str, compute) -> tuple[np.ndarray, np.ndarray
     except (OSError, ValueError, KeyError):
         pass
     targets, kind = compute()
-    from plcli.io import atomic_open
-
     with atomic_open(npy, "wb") as f:
         np.save(f, targets.astype(np.float32))
     atomic_write_json(meta, {"key": key, "kinds": list(KINDS), "kind": kind.tolist()}, indent=None)
@@ -419,16 +418,16 @@ class DistillModule(L.LightningModule):
 def _inherit(cfg: DistillConfig, teacher_cfg: dict, vocab, log, held_out: dict | None = None) -> tuple[float, int, int]:
     """Take label normalisation, the held-out split and (optionally) the augmentations from the teacher.
 
-    Returns (held-out fraction, split seed, view seed).
+    ``held_out`` is a distilled teacher's own split (its metrics' ``held_out``), which wins over its
+    trainer seed. Returns (held-out fraction, split seed, view seed).
     """
     cfg.data.labels = LabelConfig.from_dict(vocab.normalizer.cfg.to_dict())
     fraction = float(teacher_cfg.get("data", {}).get("val_fraction", cfg.data.val_fraction))
     split_seed = int(teacher_cfg.get("trainer", {}).get("seed", cfg.trainer.seed))
-    if teacher_cfg.get("stage") == STAGE:
+    if held_out:
         # a distilled teacher held out its own teacher's rows: keep holding out those
-        held = held_out or {}
-        fraction = float(held.get("fraction", fraction))
-        split_seed = int(held.get("seed", split_seed))
+        fraction = float(held_out.get("fraction", fraction))
+        split_seed = int(held_out.get("seed", split_seed))
     if fraction != cfg.data.val_fraction:
         log(f"holding out the teacher's validation rows (val_fraction {fraction}, seed {split_seed})")
     cfg.data.val_fraction = fraction
@@ -467,8 +466,6 @@ def run(cfg: DistillConfig, log=print, callbacks: list | None = None) -> dict:
 def _run_rounds(cfg: DistillConfig, log, callbacks: list | None) -> dict:
     """Self-training: round k distils round k-1's student (same seed, so the same held-out rows)."""
     import shutil
-
-    from plcli.io import atomic_open
 
     out = prepare_run_dir(cfg.out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite)
     save_config(out, cfg, STAGE)
@@ -567,15 +564,15 @@ def _run_round(cfg: DistillConfig, log=print, callbacks: list | None = None) -> 
     ).hexdigest()
     key = _targets_key(teacher_file, [rows[i].id for i in pool], mask_all[pool], y_all[pool], cfg, view_tag)
 
+    # (C,) log share of candidate slots over every row: the teacher's targets and the student's loss
+    log_prior = candidate_log_prior(torch.from_numpy(mask_all)) if cfg.prior_correction else None
+
     def compute():
         logits = [predict_logits(teacher, _Rows(clean, pool))]
         for v in range(cfg.teacher_views):
             logits.append(predict_logits(teacher, _Rows(views, None, v)))
-        from plcli.finetune import candidate_log_prior
-
-        prior = candidate_log_prior(torch.from_numpy(mask_all)) if cfg.prior_correction else None
         tgt, kind, _ = teacher_targets(
-            torch.from_numpy(np.stack(logits)), pool_mask, pool_y, cfg.temperature, cfg.confidence, prior
+            torch.from_numpy(np.stack(logits)), pool_mask, pool_y, cfg.temperature, cfg.confidence, log_prior
         )
         return tgt.numpy(), kind.numpy()
 
@@ -622,10 +619,8 @@ def _run_round(cfg: DistillConfig, log=print, callbacks: list | None = None) -> 
         cc_weight=cfg.cc_weight,
     )
     module.targets.copy_(torch.from_numpy(targets[train_pos]))
-    if cfg.prior_correction:
-        from plcli.finetune import candidate_log_prior
-
-        module.log_prior.copy_(candidate_log_prior(torch.from_numpy(mask_all)))
+    if log_prior is not None:
+        module.log_prior.copy_(log_prior)
     initial_targets = module.targets.clone()
 
     bs = min(cfg.trainer.batch_size, len(train_ds))
