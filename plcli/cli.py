@@ -113,8 +113,8 @@ def validate(
 @data_app.command("from-chat")
 @handle_errors
 def from_chat(
-    voices: Path = typer.Option(..., "--voices", help="voice-message table (.csv or .jsonl): audio, timestamp, [id], [author]"),
-    messages: Path = typer.Option(..., "--messages", help="chat-message table: timestamp, text, [author]"),
+    voices: Path = typer.Option(..., "--voices", help="voice-message table (.csv or .jsonl): audio, timestamp, \\[id], \\[author]"),
+    messages: Path = typer.Option(..., "--messages", help="chat-message table: timestamp, text, \\[author]"),
     labels: Path = typer.Option(None, "--labels", help="optional exact labels: id, label"),
     out: Path = typer.Option(..., "--out", "-o", help="manifest to write (.jsonl)"),
     k: int = typer.Option(10, "--k", min=1, help="candidates per voice message: the next K distinct messages"),
@@ -339,7 +339,7 @@ def evaluate(
 def export(
     model: Path = typer.Option(..., "--model", help="finetune or distill run directory"),
     out: Path = typer.Option(..., "--out", "-o", help="file to write (e.g. model.ts, model.onnx)"),
-    format: str = typer.Option("torchscript", "--format", help="torchscript or onnx (needs plcli[onnx])"),
+    format: str = typer.Option("torchscript", "--format", help="torchscript or onnx (needs plcli\\[onnx])"),
 ):
     """Waveform-in, probabilities-out model file (feature extraction included) plus FILE.vocab.json."""
     from plcli.config import load_config
