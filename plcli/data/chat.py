@@ -439,6 +439,19 @@ def _parse_labels(table: _Table, ids: Container[str], problems: list[Problem]) -
     return labels
 
 
+def read_labels(path: str | os.PathLike, ids: Container[str]) -> dict[str, tuple[str, int]]:
+    """The exact-labels table (``id``, ``label``) as ``{id: (label, line)}``, checked against ``ids``.
+
+    Raises ``DataError`` listing every problem as ``file:line: reason``.
+    """
+    problems: list[Problem] = []
+    table = _read(path, LABEL_COLUMNS, problems)
+    labels = _parse_labels(table, ids, problems) if table is not None else {}
+    if problems:
+        _raise(problems, "invalid labels table")
+    return labels
+
+
 def build_candidates(
     voices: Sequence[Voice],
     messages: Sequence[Message],
