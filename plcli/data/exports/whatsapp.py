@@ -27,9 +27,10 @@ _BIDI = "\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufef
 _NO_BIDI = str.maketrans("", "", _BIDI)
 _DATE = r"(\d{1,4})([./-])(\d{1,2})\2(\d{1,4})\.?"
 _TIME = r"(\d{1,2})[:.](\d{2})(?:[:.](\d{2}))?(?:\s?([AaPp])\.?\s?[Mm]\.?)?"
-ANDROID = re.compile(rf"[{_BIDI}]*{_DATE},?\s{_TIME}\s[-\u2013]\s(.*)", re.S)
-IOS = re.compile(rf"[{_BIDI}]*\[{_DATE},?\s{_TIME}\]\s?(.*)", re.S)
-_AUTHOR = re.compile(r"([^:\n]{1,100}?): (.*)", re.S)
+# header, then "Author: text" (system lines have no author)
+_MESSAGE = r"(?:([^:\n]{1,100}?): )?(.*)"
+ANDROID = re.compile(rf"[{_BIDI}]*{_DATE},?\s{_TIME}\s[-\u2013]\s{_MESSAGE}", re.S)
+IOS = re.compile(rf"[{_BIDI}]*\[{_DATE},?\s{_TIME}\]\s?{_MESSAGE}", re.S)
 
 # Android: "NAME.ext (file attached)" in the phone's language; iOS: "<attached: NAME.ext>"
 _ANDROID_ATTACHED = re.compile(r"(.+\.\w{1,8}) \(([^()]{3,40})\)")
@@ -65,14 +66,14 @@ def chat_name(log_name: str, container_name: str | None = None) -> str | None:
     for name in (PurePosixPath(log_name).stem, PurePosixPath(container_name).stem if container_name else None):
         if not name or name == "_chat":
             continue
-        m = re.match(r"(?i).*whats\s?app\b.*?\b(?:with|mit|con|avec|com|met|ile|-)\s+(.+)", name)
+        m = re.match(r"(?i).*?whats\s?app\b.*?(?:\bwith|\bmit|\bcon|\bavec|\bcom|\bmet|\bile|\s-)\s+(.+)", name)
         return m.group(1).strip() if m else name
     return None
 
 
 def _omitted(text: str) -> bool:
     words = text.strip("<>").lower().split()
-    return 0 < len(words) <= 5 and any(w in _OMITTED_WORDS for w in words)
+    return 0 < len(words) <= 5 and not _OMITTED_WORDS.isdisjoint(words)
 
 
 def parse_log(text: str, file: str, exists: Callable[[str], bool], date_order: str = "auto",
@@ -88,11 +89,11 @@ def parse_log(text: str, file: str, exists: Callable[[str], bool], date_order: s
     """
     if date_order not in DATE_ORDERS:
         raise DataError(f"--date-order must be one of {', '.join(DATE_ORDERS)}, got {date_order!r}")
-    lines = text.split("\n")
+    lines = text.replace("\r\n", "\n").split("\n")
     first = next((i for i, s in enumerate(lines) if s.strip(_BIDI + " \t\r")), None)
     if first is None:
         raise DataError(f"{file}:0: empty chat log")
-    head = lines[first].rstrip("\r")
+    head = lines[first]
     if ANDROID.match(head):
         dialect, pattern = "android", ANDROID
     elif IOS.match(head):
@@ -101,66 +102,69 @@ def parse_log(text: str, file: str, exists: Callable[[str], bool], date_order: s
         raise DataError(f"{file}:{first + 1}: not a WhatsApp message line: {head[:80]!r} (unknown date/time "
                         f"layout; expected lines like {_EXAMPLES})")
     match = pattern.match
-    # one entry per message: [line, date key, h, m, s, am/pm, rest, continuation lines]
-    entries: list[list] = []
+    # one entry per message: (line, date key, h, m, s, am/pm, author, text); continuation lines aside
+    entries: list[tuple] = []
+    more: dict[int, list[str]] = {}
     for i in range(first, len(lines)):
-        line = lines[i]
-        if line.endswith("\r"):
-            line = line[:-1]
-        m = match(line)
+        m = match(lines[i])
         if m is None:
-            entries[-1][7].append(line)
+            more.setdefault(len(entries) - 1, []).append(lines[i])
             continue
-        d1, _, d2, d3, h, mi, s, ampm, rest = m.groups()
-        entries.append([i + 1, (d1, d2, d3), h, mi, s, ampm, rest, []])
+        d1, _, d2, d3, h, mi, s, ampm, author, body = m.groups()
+        entries.append((i + 1, (d1, d2, d3), h, mi, s, ampm, author, body))
 
     problems: list[Problem] = []
     order, note = _date_order(entries, file, date_order, problems)
-    base = _times(entries, order, file, problems)
+    base, stamp = _times(entries, order, file, problems)
     if problems:
         raise DataError(f"invalid WhatsApp log: {len(problems)} problem(s)\n"
                         + "\n".join(f"  {p}" for p in problems[:50]))
-    times = tie_break([t for t, _ in base])
+    times = tie_break(base)
     parsed = ParsedChat(format=f"whatsapp-{dialect}", file=file, chat=chat, notes=[note] if note else [])
     counts = dict.fromkeys(("system_lines", "deleted", "other_attachments", "media_omitted"), 0)
     ios = dialect == "ios"
     voice_omitted = []
-    for e, time, (_, stamp) in zip(entries, times, base):
-        line, rest, more = e[0], e[6], e[7]
-        m = _AUTHOR.match(rest)
-        if m is None or (ios and rest.startswith("\u200e")):
+    voices, messages = parsed.voices, parsed.messages
+    for j, (e, time) in enumerate(zip(entries, times)):
+        line, author, raw = e[0], e[6], e[7]
+        if author is None or (ios and author.startswith("\u200e")):
             counts["system_lines"] += 1
             continue
-        author = m.group(1).translate(_NO_BIDI).strip()
-        raw = m.group(2)
+        if not author.isascii():
+            author = author.translate(_NO_BIDI)
+        author = author.strip()
         if not author or '"' in author or "\u201c" in author:
             counts["system_lines"] += 1  # e.g. 'Ann changed the subject to "Trip: Rome"'
             continue
         marked = ios and raw.startswith("\u200e")  # text WhatsApp wrote itself
-        body = raw.translate(_NO_BIDI).strip()
-        caption = "\n".join(more).translate(_NO_BIDI).strip()
-        name = _attachment(body, exists)
+        body = (raw if raw.isascii() else raw.translate(_NO_BIDI)).strip()
+        caption = "\n".join(more[j]).translate(_NO_BIDI).strip() if j in more else ""
+        name = _attachment(body, exists) if ("<" in body or "(" in body) else None
         if name is not None:
             if name.lower().endswith(VOICE_SUFFIXES):
-                parsed.voices.append(VoiceNote(name, time, stamp, author, line))
+                voices.append(VoiceNote(name, time, stamp(e), author, line))
             else:
                 counts["other_attachments"] += 1
                 if caption:
-                    parsed.messages.append(Message(time, caption, author, line))
+                    messages.append(Message(time, caption, author, line))
             continue
-        if _omitted(body):
-            counts["media_omitted"] += 1
-            if any(w in body.lower() for w in _VOICE_WORDS):
-                voice_omitted.append(Problem(file, line, f"voice note not in the export ({body.strip('<>')})"))
-            continue
-        if body.rstrip(".").lower() in _DELETED:
-            counts["deleted"] += 1
-            continue
+        if len(body) <= 48:
+            if (marked or body.startswith("<")) and _omitted(body):
+                counts["media_omitted"] += 1
+                if any(w in body.lower() for w in _VOICE_WORDS):
+                    voice_omitted.append(Problem(file, line, f"voice note not in the export ({body.strip('<>')})"))
+                continue
+            if body.rstrip(".").lower() in _DELETED:
+                counts["deleted"] += 1
+                continue
         if marked:
             counts["system_lines"] += 1
             continue
-        full = _EDITED.sub("", body + ("\n" + caption if caption else ""))
-        parsed.messages.append(Message(time, full, author, line))
+        if caption:
+            body = f"{body}\n{caption}"
+        if body.endswith(">"):
+            body = _EDITED.sub("", body)
+        messages.append(Message(time, body, author, line))
     parsed.counts = counts
     parsed.skipped = voice_omitted
     if not parsed.voices and counts["media_omitted"]:
@@ -242,33 +246,47 @@ def _ymd(key: tuple, order: str) -> tuple[int, int, int]:
     return (y + 2000 if y < 100 else y), mo, d
 
 
-def _times(entries: list[list], order: str, file: str, problems: list[Problem]) -> list[tuple[float, str]]:
-    """(unix seconds, ISO local timestamp) of every entry; bad dates and times become problems."""
+def _times(entries: list[tuple], order: str, file: str,
+           problems: list[Problem]) -> tuple[list[float], Callable[[tuple], str]]:
+    """Unix seconds of every entry, and a function giving an entry's ISO local timestamp.
+
+    Dates and clock times repeat a lot, so each distinct one is parsed once; bad dates and times
+    become problems.
+    """
     days: dict[tuple, tuple[int, str] | None] = {}
-    out = []
+    clocks: dict[tuple, tuple[int, str] | None] = {}
+    out: list[float] = []
     for e in entries:
-        line, key, h, mi, s, ampm = e[:6]
+        key, ck = e[1], e[2:6]
         day = days.get(key, False)
         if day is False:
-            y, mo, d = _ymd(key, order)
-            try:
-                day = calendar.timegm((y, mo, d, 0, 0, 0)), f"{y:04d}-{mo:02d}-{d:02d}"
-                if not (1 <= mo <= 12 and 1 <= d <= calendar.monthrange(y, mo)[1]):
-                    raise ValueError
-            except (ValueError, OverflowError):
-                day = None
-                problems.append(Problem(file, line, f"invalid date {'/'.join(key)} (read as {order})"))
-            days[key] = day
-        hour, minute, sec = int(h), int(mi), int(s or 0)
-        if ampm:
-            ok = 1 <= hour <= 12
-            hour = hour % 12 + (12 if ampm in "Pp" else 0)
-        else:
-            ok = hour <= 23
-        if not ok or minute > 59 or sec > 59:
-            problems.append(Problem(file, line, f"invalid time {h}:{mi}{':' + s if s else ''}{' ' + ampm + 'M' if ampm else ''}"))
-        if day is None or not ok:
-            out.append((0.0, ""))
-            continue
-        out.append((day[0] + hour * 3600 + minute * 60 + sec, f"{day[1]}T{hour:02d}:{minute:02d}:{sec:02d}"))
-    return out
+            day = days[key] = _day(key, order)
+            if day is None:
+                problems.append(Problem(file, e[0], f"invalid date {'/'.join(key)} (read as {order})"))
+        clock = clocks.get(ck, False)
+        if clock is False:
+            clock = clocks[ck] = _clock(*ck)
+        if clock is None:
+            h, mi, s, ampm = ck
+            problems.append(Problem(file, e[0], f"invalid time {h}:{mi}{':' + s if s else ''}"
+                                                f"{' ' + ampm + 'M' if ampm else ''}"))
+        out.append(day[0] + clock[0] if day is not None and clock is not None else 0.0)
+    return out, lambda e: f"{days[e[1]][1]}T{clocks[e[2:6]][1]}"
+
+
+def _day(key: tuple, order: str) -> tuple[int, str] | None:
+    y, mo, d = _ymd(key, order)
+    if not (1 <= mo <= 12 and 1 <= d <= calendar.monthrange(y, mo)[1]):
+        return None
+    return calendar.timegm((y, mo, d, 0, 0, 0)), f"{y:04d}-{mo:02d}-{d:02d}"
+
+
+def _clock(h: str, mi: str, s: str | None, ampm: str | None) -> tuple[int, str] | None:
+    hour, minute, sec = int(h), int(mi), int(s or 0)
+    if ampm:
+        if not 1 <= hour <= 12:
+            return None
+        hour = hour % 12 + (12 if ampm in "Pp" else 0)
+    if hour > 23 or minute > 59 or sec > 59:
+        return None
+    return hour * 3600 + minute * 60 + sec, f"{hour:02d}:{minute:02d}:{sec:02d}"
