@@ -436,3 +436,44 @@ def test_cli_errors_and_tables_folder(tmp_path):
     bad = make_zip(tmp_path / "bad.zip", "2022. 7. 13. 오후 7:54, Ann : 안녕\n")
     res = runner.invoke(app, ["data", "from-chat", str(bad), "--out", str(tmp_path / "o.jsonl")])
     assert res.exit_code == 2 and f"{bad}/_chat.txt:1: not a WhatsApp message line" in res.output
+
+
+def test_log_found_among_other_txt_files_and_chats_without_voice_notes(tmp_path):
+    media = {**GB_MEDIA, "notes.txt": b"shopping list\nmilk\n"}
+    log = ANDROID_GB.replace("IMG-20220713-WA0002.jpg", "notes.txt")
+    rows, summary = run(make_zip(tmp_path / "a.zip", log, "Chat.txt", media), tmp_path / "a.jsonl")
+    assert summary["log"].endswith("a.zip/Chat.txt") and len(rows) == 3
+    assert rows[0]["candidates"][2] == "the view from here"  # caption of the attached notes.txt
+    with pytest.raises(DataError, match=r"_chat.txt:0: no voice notes in this chat"):
+        run(make_zip(tmp_path / "b.zip", "13/07/2022, 19:52 - Bob: hi\n"), tmp_path / "b.jsonl")
+    with pytest.raises(DataError, match=r"(?s)no voice note could be imported .*_chat.txt:5: voice note "
+                                        r"PTT-20220713-WA0001.opus is named in the log but missing"):
+        run(make_zip(tmp_path / "c.zip", ANDROID_GB), tmp_path / "c.jsonl")
+
+
+def test_docs_examples_match(tmp_path):
+    """The WhatsApp and Telegram examples in docs/chat-import.md give the manifest lines shown there."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "chat-import.md").read_text()
+    blocks = dict(re.findall(r"`([^`\n]+)`:\s*\n+```\w*\n(.*?)```", text, flags=re.S))
+    android = blocks["WhatsApp Chat with Trip.txt"]
+    media = {n: opus_bytes(seed=i) for i, n in enumerate(re.findall(r"[\w-]+\.opus", android))}
+    export = make_zip(tmp_path / "WhatsApp Chat - Trip.zip", android, "WhatsApp Chat with Trip.txt", media)
+    rows, summary = run(export, tmp_path / "trip.jsonl", k=3)
+    assert rows == [json.loads(line) for line in blocks["trip.jsonl"].splitlines()]
+    assert summary["notes"] == ["dates read day-first (DD/MM/YYYY): 13/07/2022 on line 1"]
+
+    ios = blocks["_chat.txt"]
+    assert LRM in ios and NNBSP in ios
+    media = {n: opus_bytes(seed=i) for i, n in enumerate(re.findall(r"[\w-]+\.opus", ios))}
+    ios_rows, _ = run(make_zip(tmp_path / "ios.zip", ios, "_chat.txt", media), tmp_path / "ios.jsonl", k=3)
+    assert [r["candidates"] for r in ios_rows] == [r["candidates"] for r in rows]
+    assert [r["id"] for r in ios_rows] == ["00000003-AUDIO-2022-07-13-19-54-01", "00000007-AUDIO-2022-07-13-19-58-10"]
+    assert ios_rows[0]["timestamp"] == "2022-07-13T19:54:01"
+
+    result = blocks["result.json"]
+    voice = json.loads(result)["messages"][0]["file"]
+    folder = make_folder(tmp_path / "ChatExport_2022-07-14", {"result.json": result, voice: opus_bytes(sr=48000)})
+    tg_rows, _ = run(folder, tmp_path / "out" / "family.jsonl")
+    assert tg_rows == [json.loads(line) for line in blocks["family.jsonl"].splitlines()]

@@ -49,20 +49,27 @@ def _tables(folder: Path) -> dict[str, Path]:
     return found if {"voices", "messages"} <= found.keys() else {}
 
 
-def _pick_log(names: list[str], where: str) -> str | None:
-    """The WhatsApp log among the .txt files of an export (the shallowest; '_chat.txt' first)."""
+def _pick_log(names: list[str], where: str, head: Callable[[str], bytes]) -> str | None:
+    """The WhatsApp log among the .txt files of an export: the shallowest, and if there are several,
+    the one whose first line is a WhatsApp message line (else '_chat.txt' or 'WhatsApp ... .txt')."""
     logs = [n for n in names if n.lower().endswith(".txt")]
     if not logs:
         return None
     depth = min(n.count("/") for n in logs)
     logs = [n for n in logs if n.count("/") == depth]
     if len(logs) > 1:
+        looks = [n for n in logs if whatsapp.looks_like_log(_first_line(head(n)))]
         preferred = [n for n in logs if PurePosixPath(n).name == "_chat.txt" or "whatsapp" in n.lower()]
-        if len(preferred) != 1:
-            raise DataError(f"{where}:0: several chat logs ({', '.join(sorted(logs)[:5])}): "
-                            "give the one to read (the .txt file) or use --format")
-        logs = preferred
+        logs = looks if len(looks) == 1 else preferred
+        if len(logs) != 1:
+            raise DataError(f"{where}:0: cannot tell which .txt file is the chat log: give its path "
+                            "(or unpack the export and point at the log)")
     return logs[0]
+
+
+def _first_line(data: bytes) -> str:
+    text = data.decode("utf-8-sig", "replace")
+    return next((s for s in text.splitlines() if s.strip()), "")
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -81,7 +88,8 @@ def _open(path: Path, format: str) -> _Export:
         if want in (None, "tables") and _tables(path):
             return _Export("tables", str(path), b"", None, path.name, folder=path)
         if want in (None, "whatsapp"):
-            log = _pick_log(sorted(p.name for p in path.iterdir() if p.is_file()), str(path))
+            log = _pick_log(sorted(p.name for p in path.iterdir() if p.is_file()), str(path),
+                            lambda n: _head(path / n))
             if log is not None:
                 return _Export("whatsapp", str(path / log), (path / log).read_bytes(), FolderMedia(path),
                                path.name, folder=path)
@@ -102,6 +110,11 @@ def _open(path: Path, format: str) -> _Export:
                     "two tables go in --voices and --messages)")
 
 
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(1024)
+
+
 def _open_zip(path: Path, want: str | None) -> _Export:
     try:
         zf = zipfile.ZipFile(path)
@@ -115,7 +128,7 @@ def _open_zip(path: Path, want: str | None) -> _Export:
             root = member[: -len("result.json")]
             return _Export("telegram", f"{path}/{member}", zf.read(member), ZipMedia(zf, root), path.stem, zf=zf)
         if want in (None, "whatsapp"):
-            member = _pick_log(names, str(path))
+            member = _pick_log(names, str(path), lambda n: zf.open(n).read(1024))
             if member is not None:
                 root = member[: len(member) - len(PurePosixPath(member).name)]
                 return _Export("whatsapp", f"{path}/{member}", zf.read(member), ZipMedia(zf, root), path.stem,
@@ -138,6 +151,8 @@ def _decode(data: bytes, file: str) -> str:
 def read_export(path: str | os.PathLike, format: str = "auto", date_order: str = "auto") -> ParsedChat:
     """Parse a WhatsApp or Telegram export without touching its media (see ``import_export``)."""
     export = _open(Path(path), format)
+    if export.format == "tables":
+        raise UserError(f"{path} holds voice and message tables, not a chat app's export")
     try:
         return _parse(export, date_order)
     finally:
@@ -214,6 +229,11 @@ def import_export(
     finally:
         if export.zf is not None:
             export.zf.close()
+    if not voices:
+        if not skipped:
+            raise DataError(f"{parsed.file}:0: no voice notes in this chat")
+        raise DataError(f"no voice note could be imported from {parsed.file}:\n"
+                        + "\n".join(f"  {p}" for p in sorted(skipped, key=lambda p: p.line)[:50]))
     if same_author and any(v.author is None for v in voices):
         raise DataError(f"{parsed.file}:0: --same-author needs an author for every voice note")
     labels = chat.read_labels(labels_path, {v.id for v in voices}) if labels_path is not None else {}
