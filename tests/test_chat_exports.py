@@ -198,6 +198,7 @@ def test_whatsapp_ios_us_12_hour_and_omitted_voice_note_listed(tmp_path):
     rows, summary = run(export, tmp_path / "train.jsonl")
     assert rows[0]["timestamp"] == "2022-07-13T19:54:01"
     assert rows[0]["candidates"] == ["on my way", "see you"]
+    assert rows[0]["speaker"] == "Ann" and set(summary["authors"]) == {"Ann", "Bob"}
     assert summary["counts"]["voice_notes"] == 2 and summary["counts"]["skipped"] == 1
     assert summary["skipped"] == [f"{export}/_chat.txt:3: voice note not in the export (audio omitted)"]
 
@@ -339,6 +340,42 @@ def test_corrupt_voice_note_is_listed(tmp_path):
     assert [r["id"] for r in rows] == ["PTT-20220713-WA0001", "PTT-20220713-WA0004"]
     assert len(summary["skipped"]) == 1 and summary["skipped"][0].startswith(
         f"{tmp_path}/chat.zip/_chat.txt:12: voice note PTT-20220713-WA0003.opus: ")
+
+
+def test_corrupt_zip_member_is_listed_and_unnamed_voice_files_warned(tmp_path):
+    export = tmp_path / "chat.zip"
+    media = {**GB_MEDIA, "PTT-20220713-WA0099.opus": opus_bytes(seed=9)}  # in the zip, not in the log
+    with zipfile.ZipFile(export, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("_chat.txt", ANDROID_GB)
+        for name, data in media.items():
+            zf.writestr(name, data)
+    data = bytearray(export.read_bytes())
+    at = data.index(GB_MEDIA["PTT-20220713-WA0003.opus"]) + 200
+    data[at] ^= 0xFF  # one flipped byte inside the stored voice note: its CRC no longer matches
+    export.write_bytes(bytes(data))
+    rows, summary = run(export, tmp_path / "train.jsonl")
+    assert [r["id"] for r in rows] == ["PTT-20220713-WA0001", "PTT-20220713-WA0004"]
+    assert summary["skipped"] == [f"{export}/_chat.txt:12: voice note PTT-20220713-WA0003.opus cannot be extracted "
+                                  "(truncated or corrupt zip: Bad CRC-32 for file 'PTT-20220713-WA0003.opus')"]
+    assert any("1 voice note file(s) in the export are not named" in w and "WA0099" in w
+               for w in summary["warnings"])
+
+
+@pytest.mark.parametrize("sr", [16000, 48000])
+def test_opus_decodes_through_load_audio(tmp_path, sr):
+    """soundfile's bundled libsndfile reads Ogg/Opus, including the centre window of a long note."""
+    path = tmp_path / "PTT-20220713-WA0001.opus"
+    rng = np.random.default_rng(0)
+    t = np.arange(sr * 8) / sr
+    wave = (0.3 * np.sin(2 * np.pi * 330 * t) * np.linspace(0.2, 1.0, t.size) + rng.normal(0, 0.01, t.size))
+    sf.write(path, wave.astype(np.float32), sr, format="OGG", subtype="OPUS")
+    assert sf.info(str(path)).samplerate == sr and sf.info(str(path)).frames == pytest.approx(8 * sr, abs=sr // 50)
+    full = load_audio(path, 16000)
+    window = load_audio(path, 16000, max_seconds=3.0)
+    assert full.shape[0] == pytest.approx(8 * 16000, abs=400) and window.shape == (48000,)
+    # the seek-and-read window is the middle of the whole decode (resampler edges aside)
+    start = (full.shape[0] - 48000) // 2
+    assert np.abs(window[1000:-1000] - full[start + 1000:start + 47000]).max() < 0.02
 
 
 def test_bad_utf8_and_not_an_export(tmp_path):

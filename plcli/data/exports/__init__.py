@@ -226,6 +226,7 @@ def import_export(
         out_dir = Path(os.path.abspath(Path(out_path).parent))
         media_dir = Path(os.path.abspath(media_dir)) if media_dir else out_dir / f"{Path(out_path).stem}-media"
         voices, skipped, copied = _materialise(export, parsed, out_dir, media_dir, progress)
+        unnamed = _unnamed_voice_files(export, parsed)
     finally:
         if export.zf is not None:
             export.zf.close()
@@ -254,6 +255,9 @@ def import_export(
         row["timestamp"] = v.timestamp
         row.update(v.extra)
         rows.append(row)
+    if unnamed:
+        warnings.append(f"{len(unnamed)} voice note file(s) in the export are not named in {parsed.file} and "
+                        f"were not imported, e.g. {unnamed[0]}")
     if parsed.counts.get("media_omitted") and parsed.format.startswith("whatsapp"):
         warnings.append(f"{parsed.file}: {parsed.counts['media_omitted']} media file(s) omitted from the export; "
                         "voice notes among them cannot be imported (export with media to include them)")
@@ -288,6 +292,16 @@ def import_export(
         "warnings": warnings,
     }
     return rows, summary
+
+
+def _unnamed_voice_files(export: _Export, parsed: ParsedChat) -> list[str]:
+    """Voice-note files in the export that its log never names (a cut-off log, a merged folder)."""
+    if parsed.format == "telegram":
+        files = [n for n in export.media.names("voice_messages/") if n.lower().endswith((".ogg", ".opus", ".oga"))]
+    else:
+        files = [n for n in export.media.names() if n.lower().endswith(whatsapp.VOICE_SUFFIXES)]
+    named = {v.name for v in parsed.voices}
+    return [n for n in files if n not in named]
 
 
 def _materialise(export: _Export, parsed: ParsedChat, out_dir: Path, media_dir: Path,

@@ -61,6 +61,11 @@ class FolderMedia:
         path = self.root / name
         return path.stat().st_size if path.is_file() else None
 
+    def names(self, folder: str = "") -> list[str]:
+        """Files directly in ``folder`` (relative to the export), as names relative to the export."""
+        where = self.root / folder
+        return sorted(f"{folder}{p.name}" for p in where.iterdir() if p.is_file()) if where.is_dir() else []
+
     def path(self, name: str) -> Path:
         return Path(os.path.abspath(self.root / name))
 
@@ -87,6 +92,11 @@ class ZipMedia:
     def size(self, name: str) -> int | None:
         info = self.infos.get(self.root + name)
         return None if info is None else info.file_size
+
+    def names(self, folder: str = "") -> list[str]:
+        """Files directly in ``folder`` (relative to the export), as names relative to the export."""
+        prefix = self.root + folder
+        return sorted(n[len(self.root):] for n in self.infos if n.startswith(prefix) and "/" not in n[len(prefix):])
 
     def copy_to(self, name: str, dest: Path) -> bool:
         """Extract into ``dest``; False when a copy with the same size and CRC is already there."""
