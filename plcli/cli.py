@@ -113,7 +113,7 @@ def validate(
 @data_app.command("from-chat")
 @handle_errors
 def from_chat(
-    export: Path = typer.Argument(None, help="WhatsApp export (.zip, folder or .txt log), Telegram export (folder, .zip or result.json), or a folder with voices and messages tables", show_default=False),
+    export: Path = typer.Argument(None, metavar="EXPORT", help="WhatsApp export (.zip, folder or .txt log), Telegram export (folder, .zip or result.json), or a folder with voices and messages tables", show_default=False),
     voices: Path = typer.Option(None, "--voices", help="voice-message table (.csv or .jsonl): audio, timestamp, \\[id], \\[author]"),
     messages: Path = typer.Option(None, "--messages", help="chat-message table: timestamp, text, \\[author]"),
     labels: Path = typer.Option(None, "--labels", help="optional exact labels: id, label"),

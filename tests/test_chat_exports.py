@@ -261,7 +261,7 @@ def telegram_export(root: Path) -> Path:
         _tg(5, "2022-07-13T19:56:00", **{"from": "Bob", "from_id": "user2"}, photo="photos/photo_1.jpg",
             width=10, height=10, text="look"),
         _tg(6, "2022-07-13T19:57:00", **{"from": None, "from_id": "user3"}, **voice,
-            file="voice_messages/audio_2@13-07-2022_19-57-00.ogg", text=""),
+            file="voice_messages/audio_2@13-07-2022_19-57-00.ogg", text=["call ", {"type": "italic", "text": "me"}]),
         _tg(7, "2022-07-13T19:58:00", **{"from": "Cid", "from_id": "user4"}, **voice,
             file="(File not included. Change data exporting settings to download.)", text=""),
         _tg(8, "2022-07-13T19:59:00", **{"from": "Cid", "from_id": "user4"}, text="ok"),
@@ -280,8 +280,8 @@ def test_telegram_group_with_entities(tmp_path):
     assert detect_format(export) == detect_format(export / "result.json") == "telegram"
     rows, summary = run(export, tmp_path / "out" / "train.jsonl")
     assert [r["id"] for r in rows] == ["audio_1@13-07-2022_19-54-01", "audio_2@13-07-2022_19-57-00"]
-    assert rows[0]["candidates"] == ["on my way!", "@ann see you there", "look", "ok"]
-    assert rows[1]["candidates"] == ["ok"]
+    assert rows[0]["candidates"] == ["on my way!", "@ann see you there", "look", "call me", "ok"]
+    assert rows[1]["candidates"] == ["call me", "ok"]  # its own caption first
     assert [r["speaker"] for r in rows] == ["Ann", "user3"]  # a deleted account keeps its id
     assert [r["timestamp"] for r in rows] == ["2022-07-13T19:54:01", "2022-07-13T19:57:00"]
     assert rows[0]["audio"] == "train-media/voice_messages/audio_1@13-07-2022_19-54-01.ogg"
@@ -291,9 +291,9 @@ def test_telegram_group_with_entities(tmp_path):
     assert rows[0]["source"].startswith("result.json:") and lines[src_line].strip() == '"id": 2,'
     assert len(summary["skipped"]) == 1 and "voice message not included in the export" in summary["skipped"][0]
     c = summary["counts"]
-    assert (c["voice_notes"], c["imported"], c["messages"], c["system_lines"], c["other_attachments"]) == (3, 2, 4, 1, 1)
+    assert (c["voice_notes"], c["imported"], c["messages"], c["system_lines"], c["other_attachments"]) == (3, 2, 5, 1, 1)
     assert summary["authors"] == {"Ann": {"voice_notes": 1, "messages": 1}, "Bob": {"voice_notes": 0, "messages": 2},
-                                  "user3": {"voice_notes": 1, "messages": 0}, "Cid": {"voice_notes": 0, "messages": 1}}
+                                  "user3": {"voice_notes": 1, "messages": 1}, "Cid": {"voice_notes": 0, "messages": 1}}
     # the same export zipped (a user may zip the folder) gives the same rows
     zpath = tmp_path / "tg.zip"
     with zipfile.ZipFile(zpath, "w") as zf:

@@ -63,8 +63,8 @@ def _time(msg: dict) -> tuple[float, str]:
 def parse_result(text: str, file: str) -> ParsedChat:
     """Read Telegram's result.json (already decoded) into voice notes and candidate texts.
 
-    Service messages (joins, calls, pins) are counted, not candidates; the caption of a photo or
-    file is a text like any other. Raises ``DataError`` with ``file:line: reason`` for malformed
+    Service messages (joins, calls, pins) are counted, not candidates; the caption of a photo, a
+    file or a voice message is a text like any other (a voice message's comes right after it). Raises ``DataError`` with ``file:line: reason`` for malformed
     JSON, a file that is not a single-chat export, bad dates, or an export without voice messages.
     """
     try:
@@ -100,6 +100,7 @@ def parse_result(text: str, file: str) -> ParsedChat:
         raise DataError(f"invalid Telegram export: {len(problems)} problem(s)\n"
                         + "\n".join(f"  {p}" for p in problems[:50]))
     times = tie_break([t for _, _, t, _ in kept])
+    half_step = 0.25 / (len(kept) + 1)
     for (msg, line, _, stamp), time in zip(kept, times):
         author = msg.get("from") or msg.get("from_id")
         author = str(author).strip() if author else None
@@ -111,6 +112,9 @@ def parse_result(text: str, file: str) -> ParsedChat:
                                               "again with 'Voice messages' ticked)"))
             else:
                 parsed.voices.append(VoiceNote(name, time, stamp, author, line))
+            caption = plain_text(msg.get("text")).strip()
+            if caption:  # typed with the voice message, so right after it
+                parsed.messages.append(Message(time + half_step, caption, author, line))
             continue
         if any(k in msg for k in _MEDIA_KEYS):
             counts["other_attachments"] += 1
