@@ -102,16 +102,20 @@ def parse_log(text: str, file: str, exists: Callable[[str], bool], date_order: s
         raise DataError(f"{file}:{first + 1}: not a WhatsApp message line: {head[:80]!r} (unknown date/time "
                         f"layout; expected lines like {_EXAMPLES})")
     match = pattern.match
-    # one entry per message: (line, date key, h, m, s, am/pm, author, text); continuation lines aside
+    # one entry per message: (line, date, clock, author, text), continuation lines aside; equal
+    # dates and clocks share one tuple, which keeps a 50 MB log's entries small
     entries: list[tuple] = []
     more: dict[int, list[str]] = {}
+    shared: dict[tuple, tuple] = {}
     for i in range(first, len(lines)):
         m = match(lines[i])
         if m is None:
             more.setdefault(len(entries) - 1, []).append(lines[i])
             continue
         d1, _, d2, d3, h, mi, s, ampm, author, body = m.groups()
-        entries.append((i + 1, (d1, d2, d3), h, mi, s, ampm, author, body))
+        date, clock = (d1, d2, d3), (h, mi, s, ampm)
+        entries.append((i + 1, shared.setdefault(date, date), shared.setdefault(clock, clock), author, body))
+    del lines, shared
 
     problems: list[Problem] = []
     order, note = _date_order(entries, file, date_order, problems)
@@ -126,7 +130,7 @@ def parse_log(text: str, file: str, exists: Callable[[str], bool], date_order: s
     voice_omitted = []
     voices, messages = parsed.voices, parsed.messages
     for j, (e, time) in enumerate(zip(entries, times)):
-        line, author, raw = e[0], e[6], e[7]
+        line, author, raw = e[0], e[3], e[4]
         if author is None or (ios and author.startswith("\u200e")):
             counts["system_lines"] += 1
             continue
@@ -257,7 +261,7 @@ def _times(entries: list[tuple], order: str, file: str,
     clocks: dict[tuple, tuple[int, str] | None] = {}
     out: list[float] = []
     for e in entries:
-        key, ck = e[1], e[2:6]
+        key, ck = e[1], e[2]
         day = days.get(key, False)
         if day is False:
             day = days[key] = _day(key, order)
@@ -271,7 +275,7 @@ def _times(entries: list[tuple], order: str, file: str,
             problems.append(Problem(file, e[0], f"invalid time {h}:{mi}{':' + s if s else ''}"
                                                 f"{' ' + ampm + 'M' if ampm else ''}"))
         out.append(day[0] + clock[0] if day is not None and clock is not None else 0.0)
-    return out, lambda e: f"{days[e[1]][1]}T{clocks[e[2:6]][1]}"
+    return out, lambda e: f"{days[e[1]][1]}T{clocks[e[2]][1]}"
 
 
 def _day(key: tuple, order: str) -> tuple[int, str] | None:
