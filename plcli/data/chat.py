@@ -4,7 +4,9 @@ A chat export is two tables: the voice messages (``audio``, optional ``id``, ``t
 optional ``author``) and the text messages (``timestamp``, ``text``, optional ``author``), each CSV
 or JSON Lines. People usually type what they just said, so the candidate set of a voice message
 sent at time ``t`` is the first ``k`` distinct texts sent strictly after ``t``, in time order. An
-optional third table (``id``, ``label``) gives exact labels. See docs/chat-import.md.
+optional third table (``id``, ``label``) gives exact labels. See docs/chat-import.md. Exports as
+the chat apps write them (WhatsApp, Telegram) are read by ``plcli.data.exports`` into the same
+``Voice``/``Message`` records.
 
 Every problem in every table is collected as ``file:line: reason`` before a single ``DataError``
 is raised, so one run shows everything that needs fixing.
