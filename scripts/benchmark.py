@@ -321,7 +321,7 @@ def baseline_cell(a, bench: Path, paths: dict, row: str, rate: float, seed: int)
     from plcli.data.labels import Vocabulary
     from plcli.data.manifest import read_truth
     from plcli.data.validate import load_rows
-    from plcli.training import Timer, set_threads
+    from plcli.runs import Timer, set_threads
 
     set_threads()
     manifest = paths["manifests"][(rate, seed)][0]
@@ -366,7 +366,7 @@ def asr_cell(a, bench: Path, paths: dict) -> dict:
     from plcli.bench.asr import SCORERS, asr_predict, transcribe_files
     from plcli.data.labels import Vocabulary
     from plcli.data.validate import load_rows
-    from plcli.evaluate import accuracy
+    from plcli.metrics import accuracy
 
     manifest = paths["manifests"][(max(a.rates), a.seeds[0])][0]
     vocab = Vocabulary.from_rows(load_rows([manifest], log=lambda *m: None).rows)

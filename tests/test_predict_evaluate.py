@@ -15,8 +15,9 @@ from plcli.data.features import FeatureCache
 from plcli.data.labels import Vocabulary
 from plcli.data.validate import load_rows
 from plcli.errors import DataError
-from plcli.evaluate import (
-    EvaluateConfig,
+from plcli.evaluate import EvaluateConfig
+from plcli.evaluate import run as evaluate
+from plcli.metrics import (
     accuracy,
     calibration_bins,
     classification_metrics,
@@ -28,7 +29,6 @@ from plcli.evaluate import (
     restricted_predictions,
     within_candidate_accuracy,
 )
-from plcli.evaluate import run as evaluate
 from plcli.models.classifier import Classifier, save_model
 from plcli.predict import PredictConfig, prediction_records
 from plcli.predict import run as predict
