@@ -337,3 +337,20 @@ def test_predict_and_evaluate_cli(world, tmp_path):
     assert "accuracy within candidates" in res.output and json.loads(js.read_text())["labelled_rows"] == 8
     res = CliRunner().invoke(app, ["evaluate", str(world["new"]), "--model", str(tmp_path)], env=env)
     assert res.exit_code == 2 and "model.pt" in res.output
+
+
+def test_inference_imports_neither_lightning_nor_training_code():
+    """predict, evaluate and export (and what they import) need no Lightning: checked in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, plcli.predict, plcli.evaluate, plcli.export, plcli.cli; "
+        "from plcli.cli import app; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning', "
+        "'lightning_fabric') or m in ('plcli.training', 'plcli.pretrain', 'plcli.finetune', 'plcli.distill')); "
+        "assert 'plcli.inference' in sys.modules and 'torch' in sys.modules; print(bad)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
