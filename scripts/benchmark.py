@@ -204,18 +204,15 @@ def trainer_opts(a, epochs: int | None, seed: int) -> dict:
 
 def run_stage(name: str, out: Path, overrides: dict) -> dict:
     """``plcli.<name>.run`` with a default config plus ``overrides``; a finished run is not rerun."""
-    import importlib
+    from plcli import stages
 
     metrics = out / "metrics.json"
     if metrics.exists():
         return json.loads(metrics.read_text())
-    mod = importlib.import_module(f"plcli.{name}")
-    cls = next(getattr(mod, n) for n in dir(mod) if n.endswith("Config") and n.lower() == f"{name}config")
-    cfg = cls()
-    cfg.override({"out": str(out), **overrides})
-    cfg.validate()
+    stage = stages.get(name)
+    cfg = stage.load_config(None, {"out": str(out), **overrides})
     log(f"{name} -> {out}")
-    return mod.run(cfg, log=lambda *m: None)
+    return stage.run(cfg, log=lambda *m: None)
 
 
 def pretrain(a, bench: Path, paths: dict, seed: int) -> dict:

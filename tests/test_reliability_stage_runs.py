@@ -157,3 +157,37 @@ def test_distill_existing_run_without_resume_is_untouched(world, tmp_path):
         res = _distill(world, world["manifest"], out, "--rounds", rounds)
         assert res.exit_code == 2 and "--resume auto" in res.stderr, res.output
         assert _tree(out) == before
+
+
+# -- the shared options ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "finetune", "distill"])
+def test_every_stage_takes_the_shared_options(stage):
+    from plcli import stages
+
+    res = CliRunner().invoke(app, [stage, "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    flags = set(res.output.replace("│", " ").split())
+    for flag in ("--out", "--config", "--overwrite", "--resume", "--set", "--epochs", "--batch-size", "--lr",
+                 "--seed", "--accelerator", "--devices", "--strategy", "--num-nodes", "--precision",
+                 "--num-workers", "--progress", "--skip-invalid", "--rejects", "--cache-dir"):
+        assert flag in flags, (stage, flag)
+    assert stages.get(stage).config_class().__name__.lower() == f"{stage}config"
+
+
+def test_set_overrides_any_field_and_rejects_unknown_keys(world, tmp_path, monkeypatch):
+    from plcli import stages
+
+    seen = {}
+    monkeypatch.setattr(stages.Stage, "run", lambda self, cfg, log=print, **k: seen.setdefault("cfg", cfg) and {})
+    args = ["--pretrained", "none", "--set", "trainer.weight_decay=0.05", "--set", "trainer.deterministic=true",
+            "--set", "loss=cc", "--loss", "proden"]
+    res = _finetune(world, world["manifest"], tmp_path / "ft", *args)
+    assert res.exit_code == 0, res.output
+    cfg = seen["cfg"]
+    assert cfg.trainer.weight_decay == 0.05 and cfg.trainer.deterministic is True and cfg.loss == "cc"
+    res = _finetune(world, world["manifest"], tmp_path / "ft", "--pretrained", "none", "--set", "trainer.nope=1")
+    assert res.exit_code == 2 and "unknown config key trainer.nope" in res.stderr, res.output
+    res = _finetune(world, world["manifest"], tmp_path / "ft", "--pretrained", "none", "--set", "lossproden")
+    assert res.exit_code == 2 and "--set: expected KEY=VALUE, got 'lossproden'" in res.stderr, res.output
