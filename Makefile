@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed  ## create .venv and install plcli with dev extras
 
 demo: install  ## generate demo data and run the whole pipeline on it (CPU)
-	$(PY) scripts/demo.py --demo-dir $(DEMO) --runs $(RUNS) $(PIPELINE_ARGS) -- $(DEMO_ARGS)
+	$(PY) scripts/demo_pipeline.py --demo-dir $(DEMO) --runs $(RUNS) $(PIPELINE_ARGS) -- $(DEMO_ARGS)
 
 test: install  ## fast tests (well under 15 minutes on 2 cores)
 	$(PY) -m pytest -q

@@ -19,7 +19,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -485,20 +485,23 @@ def build_candidates(
             out.append([])
             continue
         times, idx = stream
-        end_time = math.inf if window_seconds is None else v.time + window_seconds
-        seen: set[str] = set()
-        cands: list[str] = []
-        for j in range(bisect.bisect_right(times, v.time), len(times)):
-            if times[j] > end_time:
-                break
-            i = idx[j]
-            if keys[i] in seen:
-                continue
+        start = bisect.bisect_right(times, v.time)
+        stop = len(times) if window_seconds is None else bisect.bisect_right(times, v.time + window_seconds)
+        out.append([msgs[i].text for i in first_distinct(keys, (idx[j] for j in range(start, stop)), k)])
+    return out
+
+
+def first_distinct(keys: Sequence[str], positions: Iterable[int], k: int) -> list[int]:
+    """The first ``k`` of ``positions`` with distinct ``keys[position]`` (the first of each key):
+    a candidate set is the first ``k`` distinct texts after a voice message."""
+    seen: set[str] = set()
+    out: list[int] = []
+    for i in positions:
+        if keys[i] not in seen:
             seen.add(keys[i])
-            cands.append(msgs[i].text)
-            if len(cands) == k:
+            out.append(i)
+            if len(out) == k:
                 break
-        out.append(cands)
     return out
 
 

@@ -6,8 +6,8 @@ delay while other people keep writing, so a voice message's candidates (the firs
 texts after it) hold its transcript at a random, delay-dependent position. Voice messages sent
 after the chat's last text have no candidates at all. A few training rows carry an exact label.
 
-The authors are synthetic speakers (``plcli.data.synth``: espeak-ng from pip, more engines when
-installed) and every recording gets a random recording condition (``plcli.data.degrade``). The
+The authors are synthetic speakers (``plcli.demo.synth``: espeak-ng from pip, more engines when
+installed) and every recording gets a random recording condition (``plcli.demo.degrade``). The
 test set is a second chat whose speakers, and voices, never occur in training.
 
 Output folder::
@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from plcli.config import Config, opt
+from plcli.data.chat import first_distinct
 from plcli.data.labels import LabelNormalizer
 from plcli.errors import UserError
 from plcli.io import atomic_open, atomic_write_json, atomic_write_jsonl, atomic_write_text
@@ -116,7 +117,7 @@ class DemoConfig(Config):
     workers: int = opt(0, "worker processes (0: all cores)", min=0)
 
     def check(self) -> None:
-        from plcli.data.degrade import parse_mix
+        from plcli.demo.degrade import parse_mix
 
         if self.phrases <= self.candidates:
             raise UserError(f"phrases={self.phrases} must exceed candidates={self.candidates}")
@@ -169,16 +170,8 @@ def _candidates(
     times: list[int], keys: list[str], texts: list[str], t: int, k: int
 ) -> tuple[list[str], list[str]]:
     """First ``k`` distinct texts strictly after ``t`` (distinct by key), and their keys."""
-    seen: list[str] = []
-    out: list[str] = []
-    for j in range(bisect.bisect_right(times, t), len(times)):
-        if keys[j] in seen:
-            continue
-        seen.append(keys[j])
-        out.append(texts[j])
-        if len(out) == k:
-            break
-    return out, seen
+    pos = first_distinct(keys, range(bisect.bisect_right(times, t), len(times)), k)
+    return [texts[j] for j in pos], [keys[j] for j in pos]
 
 
 def simulate_chat(
@@ -255,8 +248,8 @@ _STATE: dict = {}
 
 def _init_worker(state: dict) -> None:
     """Per-process setup: synthesizer (espeak-ng is loaded per utterance), degrader, speakers."""
-    from plcli.data.degrade import Degrader
-    from plcli.data.synth import Speaker, Synthesizer
+    from plcli.demo.degrade import Degrader
+    from plcli.demo.synth import Speaker, Synthesizer
 
     _STATE.clear()
     _STATE.update(state)
@@ -293,7 +286,7 @@ def _babble(split: int, n: int, rng: np.random.Generator) -> np.ndarray:
 
 def _render(job: tuple) -> tuple[int, int, dict, float]:
     """Synthesise, degrade and write one recording; returns (split, index, degradation, seconds)."""
-    from plcli.data.synth import speakable
+    from plcli.demo.synth import speakable
 
     split, index, path, text, speaker_id = job
     rng = np.random.default_rng([_STATE["seed"], 1 + split, index])
@@ -366,7 +359,7 @@ def generate_demo(
     worker the recordings are made in "spawn" processes: a script that calls this must guard its
     entry point with ``if __name__ == "__main__":``.
     """
-    from plcli.data.synth import engine_voices, make_speakers, resolve_engines
+    from plcli.demo.synth import engine_voices, make_speakers, resolve_engines
 
     t0 = time.perf_counter()
     cfg.validate()
@@ -479,7 +472,7 @@ def generate_demo(
 
 def _write_outputs(out, cfg, engines, voices, train_spk, test_spk, phrases, popularity, train_msgs, splits, ids,
                    info, seconds) -> dict:  # fmt: skip
-    from plcli.data.degrade import describe
+    from plcli.demo.degrade import describe
 
     train_voices, test_voices = splits
     rng = np.random.default_rng([cfg.seed, 13])
