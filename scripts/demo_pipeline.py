@@ -1,4 +1,4 @@
-"""`make demo`: the whole pipeline on generated demo data, as a user would run it from the README
+"""`make demo`: the whole pipeline on generated demo data, as a user would run it from the README.
 
 demo-data -> validate -> pretrain -> finetune -> distill -> evaluate (teacher and student) on the
 speaker-disjoint test manifest, then a table of the final accuracies and the wall time per stage.
