@@ -103,6 +103,10 @@ class FinetuneModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model = Classifier(**classifier)
+        if frozen:  # only the head trains; DDP also needs every trainable parameter to get a gradient
+            head = {id(p) for p in self.model.head.parameters()}
+            for p in self.model.parameters():
+                p.requires_grad_(id(p) in head)
         self.spec_aug = SpectrogramAugment(SpecAugmentConfig.from_dict(spec_augment or {}))
         self.cc = CandidateLoss()
         self.soft_ce = SoftTargetCrossEntropy()
@@ -154,6 +158,8 @@ class FinetuneModule(L.LightningModule):
             return
         cat = {k: torch.cat([b[k] for b in self._val]) for k in self._val[0]}
         self._val.clear()
+        if self.trainer.world_size > 1:  # every rank scores the whole validation set
+            cat = {k: self.all_gather(v).flatten(0, 1) for k, v in cat.items()}
         self.log_dict(classifier_metrics(cat["logits"], cat["y"], cat["mask"], cat["truth"]), prog_bar=True)
 
     def configure_optimizers(self):

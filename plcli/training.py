@@ -49,7 +49,7 @@ def build_trainer(tc: TrainerConfig, out: Path, monitor: str | None = None, mode
     elif isinstance(devices, str) and "," in devices:
         devices = [int(d) for d in devices.split(",") if d.strip()]
     return L.Trainer(
-        sync_batchnorm=tc.sync_batchnorm,  # applied by the multi-process strategies only
+        sync_batchnorm=_sync_batchnorm(tc),
         max_epochs=tc.epochs,
         accelerator=tc.accelerator,
         devices=devices,
@@ -66,6 +66,16 @@ def build_trainer(tc: TrainerConfig, out: Path, monitor: str | None = None, mode
         plugins=[AtomicCheckpointIO()],
         **kwargs,
     )
+
+
+def _sync_batchnorm(tc: TrainerConfig) -> bool:
+    """``tc.sync_batchnorm`` where torch can do it: its SyncBatchNorm runs on GPU devices only, so
+    CPU processes (gloo) keep per-process BatchNorm statistics. Single-process strategies ignore it."""
+    if not tc.sync_batchnorm or tc.accelerator == "cpu":
+        return False
+    if tc.accelerator == "auto":
+        return torch.cuda.is_available()
+    return tc.accelerator in ("gpu", "cuda", "xpu", "hpu")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
