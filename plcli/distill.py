@@ -615,14 +615,25 @@ def _loaders(cfg: DistillConfig, d: _Rows, clean, views, kind: np.ndarray, train
     return train_loader, DataLoader(val_ds, batch_size=1024, shuffle=False, collate_fn=FeatureRows.collate_fn)
 
 
-def _run_round(cfg: DistillConfig, log=print, callbacks: list | None = None, on_start=None) -> dict:
-    """One distillation of ``cfg.teacher`` into a fresh student.
+@dataclass
+class _Round:
+    """A round's checked inputs: the teacher, the rows, their features and the target table."""
 
-    Everything is read and checked, and the teacher's targets computed, before ``RUN_DIR`` is
-    written (``on_start`` runs just before that, for the rounds' parent folder).
-    """
-    timer = Timer()
-    set_threads()
+    teacher: _Teacher
+    d: _Rows
+    held_out: dict  # the held-out split: fraction and seed
+    clean: np.ndarray  # (N, F, T) clean features of every row
+    views: np.ndarray  # (P, V, F, T) augmented views of the pool
+    log_prior: Tensor | None
+    targets: np.ndarray  # (P, C) the teacher's targets over the pool
+    kind: np.ndarray  # (P,) EXACT, CANDIDATE, FREE or DROPPED
+    key: str
+    reused: bool
+    seconds: dict
+
+
+def _prepare_round(cfg: DistillConfig, log) -> _Round:
+    """Read and check everything, and compute (or reuse) the teacher's targets; writes no run."""
     check_run_dir(cfg.out, STAGE, cfg.trainer.resume, cfg.overwrite)
     teacher = _open_teacher(cfg.teacher)
     fraction, split_seed, view_seed = _inherit(cfg, teacher, log)
@@ -637,27 +648,39 @@ def _run_round(cfg: DistillConfig, log=print, callbacks: list | None = None, on_
                            workers=view_workers(len(d.pool) * cfg.views, cfg.trainer.num_workers),
                            keys=[keys[i] for i in d.pool])
     feature_seconds = t_feat.seconds
-
     t_teach = Timer()
     # (C,) log share of candidate slots over every row: the teacher's targets and the student's loss
     log_prior = candidate_log_prior(torch.from_numpy(d.mask)) if cfg.prior_correction else None
     targets, kind, key, reused = _targets(cfg, teacher, d, clean, views, view_seed, log_prior)
-    teacher_seconds = t_teach.seconds
     log(("reused" if reused else "computed") + " the teacher's targets: "
         + ", ".join(f"{(kind == k).sum()} {name}" for k, name in enumerate(KINDS)))
-    train_pos = np.flatnonzero(kind != DROPPED)  # positions in the pool
-    if len(train_pos) < 2:
-        raise UserError(f"only {len(train_pos)} training row(s) after filtering; distillation needs at least 2")
+    if (kind != DROPPED).sum() < 2:
+        raise UserError(f"only {(kind != DROPPED).sum()} training row(s) after filtering; distillation needs at least 2")
+    seconds = {"feature_seconds": feature_seconds, "teacher_seconds": t_teach.seconds,
+               "cache": {"computed": cache.computed, "reused": cache.reused}}
+    return _Round(teacher, d, {"fraction": fraction, "seed": split_seed}, clean, views, log_prior, targets, kind,
+                  key, reused, seconds)
 
+
+def _run_round(cfg: DistillConfig, log=print, callbacks: list | None = None, on_start=None) -> dict:
+    """One distillation of ``cfg.teacher`` into a fresh student.
+
+    Everything is read and checked, and the teacher's targets computed, before ``RUN_DIR`` is
+    written (``on_start`` runs just before that, for the rounds' parent folder).
+    """
+    timer = Timer()
+    set_threads()
+    r = _prepare_round(cfg, log)
     if on_start is not None:
         on_start()
-    out = start_run(cfg.out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite, teacher.vocab)
-    if not reused:
-        save_targets(out, key, targets, kind)
+    out = start_run(cfg.out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite, r.teacher.vocab)
+    if not r.reused:
+        save_targets(out, r.key, r.targets, r.kind)
     L.seed_everything(cfg.trainer.seed, workers=True)
-    module = _module(cfg, teacher, torch.from_numpy(targets[train_pos]), log_prior)
+    train_pos = np.flatnonzero(r.kind != DROPPED)  # positions in the pool
+    module = _module(cfg, r.teacher, torch.from_numpy(r.targets[train_pos]), r.log_prior)
     initial_targets = module.targets.clone().numpy()
-    train_loader, val_loader = _loaders(cfg, d, clean, views, kind, train_pos, log)
+    train_loader, val_loader = _loaders(cfg, r.d, r.clean, r.views, r.kind, train_pos, log)
     monitor = "val/acc" if val_loader is not None else None
     trainer = build_trainer(cfg.trainer, out, monitor=monitor, mode="max", extra_callbacks=callbacks)
     t_fit = Timer()
@@ -665,48 +688,49 @@ def _run_round(cfg: DistillConfig, log=print, callbacks: list | None = None, on_
     fit_seconds = t_fit.seconds
 
     student = module.model.cpu().eval()
-    result = {
+    result = _summary(cfg, r, student, trainer, train_pos)
+    t_inf = Timer()
+    s_logits = predict_logits(student, r.clean)  # (N, C) every row
+    inference_seconds = t_inf.seconds
+    s_probs = softmax(s_logits)
+    result.update(_held_out_metrics(out, r.teacher.model, r.clean, s_probs, r.d))
+    result.update(_candidate_metrics(s_probs, r.d, r.kind, train_pos, initial_targets,
+                                     module.targets.detach().cpu().numpy()))
+    result.update({"student_clips_per_second": len(r.d.rows) / max(inference_seconds, 1e-9),
+                   "threads": torch.get_num_threads(), "feature_seconds": r.seconds["feature_seconds"],
+                   "teacher_seconds": r.seconds["teacher_seconds"], "fit_seconds": fit_seconds,
+                   "total_seconds": timer.seconds, "cache": r.seconds["cache"]})
+    if not trainer.is_global_zero:
+        return jsonable(result)
+    save_model(out / "model.pt", student, r.teacher.vocab, r.teacher.features, STAGE,
+               extra={"teacher": str(cfg.teacher), "temperature": cfg.temperature, "refine": cfg.refine})
+    return write_metrics(out, result)
+
+
+def _summary(cfg: DistillConfig, r: _Round, student: Classifier, trainer, train_pos: np.ndarray) -> dict:
+    """The round's description: models, rows by kind, settings, steps."""
+    kind = r.kind
+    return {
         "stage": STAGE,
         "teacher": str(cfg.teacher),
-        "teacher_stage": teacher.stage,
+        "teacher_stage": r.teacher.stage,
         "student": cfg.student,
         "student_parameters": count_parameters(student),
-        "teacher_parameters": count_parameters(teacher.model),
-        "rows": len(d.rows),
-        "classes": len(teacher.vocab),
-        "held_out_exact": int(len(d.val_idx)),
-        "held_out": {"fraction": fraction, "seed": split_seed},
+        "teacher_parameters": count_parameters(r.teacher.model),
+        "rows": len(r.d.rows),
+        "classes": len(r.teacher.vocab),
+        "held_out_exact": int(len(r.d.val_idx)),
+        "held_out": r.held_out,
         "training_rows": {name: int((kind[train_pos] == k).sum()) for k, name in enumerate(KINDS) if k != DROPPED},
         "no_candidate_rows_dropped": int((kind == DROPPED).sum()),
-        "unknown_label_rows_dropped": int(d.unknown_label.sum()),
+        "unknown_label_rows_dropped": int(r.d.unknown_label.sum()),
         "temperature": cfg.temperature,
         "confidence": cfg.confidence,
         "refine": cfg.refine,
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
-        "targets_reused": reused,
+        "targets_reused": r.reused,
     }
-    t_inf = Timer()
-    s_logits = predict_logits(student, clean)  # (N, C) every row
-    inference_seconds = t_inf.seconds
-    s_probs = softmax(s_logits)
-    result.update(_held_out_metrics(out, teacher.model, clean, s_probs, d))
-    result.update(_candidate_metrics(s_probs, d, kind, train_pos, initial_targets,
-                                     module.targets.detach().cpu().numpy()))
-    result.update({
-        "student_clips_per_second": len(d.rows) / max(inference_seconds, 1e-9),
-        "threads": torch.get_num_threads(),
-        "feature_seconds": feature_seconds,
-        "teacher_seconds": teacher_seconds,
-        "fit_seconds": fit_seconds,
-        "total_seconds": timer.seconds,
-        "cache": {"computed": cache.computed, "reused": cache.reused},
-    })
-    if not trainer.is_global_zero:
-        return jsonable(result)
-    save_model(out / "model.pt", student, teacher.vocab, teacher.features, STAGE,
-               extra={"teacher": str(cfg.teacher), "temperature": cfg.temperature, "refine": cfg.refine})
-    return write_metrics(out, result)
 
 
 def _held_out_metrics(out: Path, teacher: Classifier, clean, s_probs: np.ndarray, d: _Rows) -> dict:

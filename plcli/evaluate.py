@@ -52,28 +52,12 @@ class EvaluateConfig(Config):
 def run(cfg: EvaluateConfig, log=print, console=None) -> dict:
     """Evaluate ``cfg.model`` on ``cfg.manifests``; prints tables, writes JSON/plots; returns the metrics."""
     from plcli.data.datasets import candidate_matrix, truth_vector
-    from plcli.data.manifest import read_truth
     from plcli.inference import infer, load_predictor
     from plcli.runs import jsonable
 
     model, vocab, features, stage = load_predictor(cfg.model)
     rows = _load_rows(cfg, vocab, log)
-    truth = {r.id: r.label for r in rows if r.label is not None}
-    if cfg.truth:
-        from_file = read_truth(cfg.truth)
-        ids = {r.id for r in rows}
-        missing = len(set(from_file) - ids)
-        if missing:
-            log(f"warning: {missing} id(s) of the truth file are not in the manifest")
-        disagree = sum(
-            1
-            for k, v in from_file.items()
-            if k in truth and vocab.normalizer(truth[k]) != vocab.normalizer(v)
-        )
-        if disagree:
-            log(f"warning: the truth file overrides {disagree} manifest label(s) that differ from it")
-        truth.update({k: v for k, v in from_file.items() if k in ids})
-    y = truth_vector(rows, truth, vocab)  # -2 no truth, -1 truth outside the vocabulary
+    y = truth_vector(rows, _truth(cfg, rows, vocab, log), vocab)  # -2 no truth, -1 outside the vocabulary
     if not (y != -2).any():
         log(
             "warning: no row has a label (give --truth or label the manifest): only the covering rate is measured"
@@ -89,20 +73,7 @@ def run(cfg: EvaluateConfig, log=print, console=None) -> dict:
         **timing,
     }
     lab = y != -2
-    pred = probs.argmax(axis=1)
-    pc = per_class_metrics(pred[lab], y[lab], len(vocab))
-    metrics["per_class"] = [
-        {
-            "label": vocab.display[j],
-            "precision": pc["precision"][j],
-            "recall": pc["recall"][j],
-            "f1": pc["f1"][j],
-            "support": int(pc["support"][j]),
-            "predicted": int(pc["predicted"][j]),
-        }
-        for j in range(len(vocab))
-        if pc["support"][j] or pc["predicted"][j]
-    ]
+    metrics["per_class"] = _per_class(probs.argmax(axis=1)[lab], y[lab], vocab)
     metrics = jsonable(metrics)
     if cfg.report_dir and lab.any():
         paths = write_report(
@@ -115,6 +86,44 @@ def run(cfg: EvaluateConfig, log=print, console=None) -> dict:
         atomic_write_json(cfg.json_out, metrics)
     print_report(metrics, console)
     return metrics
+
+
+def _truth(cfg: EvaluateConfig, rows, vocab, log) -> dict[str, str]:
+    """id -> true label: the manifest's labels, overridden by ``--truth`` (with warnings)."""
+    from plcli.data.manifest import read_truth
+
+    truth = {r.id: r.label for r in rows if r.label is not None}
+    if not cfg.truth:
+        return truth
+    from_file = read_truth(cfg.truth)
+    ids = {r.id for r in rows}
+    missing = len(set(from_file) - ids)
+    if missing:
+        log(f"warning: {missing} id(s) of the truth file are not in the manifest")
+    disagree = sum(
+        1 for k, v in from_file.items() if k in truth and vocab.normalizer(truth[k]) != vocab.normalizer(v)
+    )
+    if disagree:
+        log(f"warning: the truth file overrides {disagree} manifest label(s) that differ from it")
+    truth.update({k: v for k, v in from_file.items() if k in ids})
+    return truth
+
+
+def _per_class(pred: np.ndarray, y: np.ndarray, vocab) -> list[dict]:
+    """The per-class table rows of the classes that occur or are predicted."""
+    pc = per_class_metrics(pred, y, len(vocab))
+    return [
+        {
+            "label": vocab.display[j],
+            "precision": pc["precision"][j],
+            "recall": pc["recall"][j],
+            "f1": pc["f1"][j],
+            "support": int(pc["support"][j]),
+            "predicted": int(pc["predicted"][j]),
+        }
+        for j in range(len(vocab))
+        if pc["support"][j] or pc["predicted"][j]
+    ]
 
 
 def _load_rows(cfg: EvaluateConfig, vocab, log):
@@ -178,13 +187,30 @@ def write_report(
     import matplotlib
 
     matplotlib.use("Agg")
+    folder.mkdir(parents=True, exist_ok=True)
+    return [
+        _confusion_png(folder / "confusion_matrix.png", probs.argmax(axis=1), y, labels),
+        _reliability_png(folder / "reliability.png", probs, y, n_bins),
+        _per_class_csv(folder / "per_class.csv", per_class),
+    ]
+
+
+def _save_png(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     from plcli.io import atomic_open
 
-    folder.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _confusion_png(path: Path, pred: np.ndarray, y: np.ndarray, labels: list[str]) -> Path:
+    import matplotlib.pyplot as plt
+
     c = len(labels)
-    pred = probs.argmax(axis=1)
     cm = confusion_matrix(pred, y, c)
     with np.errstate(invalid="ignore", divide="ignore"):
         norm = cm / cm.sum(axis=1, keepdims=True)  # row-normalised: the diagonal is each class's recall
@@ -199,13 +225,13 @@ def write_report(
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"confusion matrix ({len(y)} rows, accuracy {accuracy(pred, y):.3f})")
-    fig.tight_layout()
-    cm_path = folder / "confusion_matrix.png"
-    with atomic_open(cm_path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
+    return _save_png(fig, path)
 
-    conf = probs.max(axis=1)
+
+def _reliability_png(path: Path, probs: np.ndarray, y: np.ndarray, n_bins: int) -> Path:
+    import matplotlib.pyplot as plt
+
+    pred, conf = probs.argmax(axis=1), probs.max(axis=1)
     counts, mean_conf, acc = calibration_bins(conf, pred == y, n_bins)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
@@ -219,14 +245,13 @@ def write_report(
     ax2.set_xlabel("confidence (top-1 probability)")
     ax2.set_ylabel("rows")
     ax2.set_xlim(0, 1)
-    fig.tight_layout()
-    rel_path = folder / "reliability.png"
-    with atomic_open(rel_path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
+    return _save_png(fig, path)
 
-    csv_path = folder / "per_class.csv"
-    with atomic_open(csv_path, "w") as f:
+
+def _per_class_csv(path: Path, per_class: list[dict]) -> Path:
+    from plcli.io import atomic_open
+
+    with atomic_open(path, "w") as f:
         w = csv.writer(f)
         w.writerow(["label", "precision", "recall", "f1", "support", "predicted"])
         for r in per_class:
@@ -238,4 +263,4 @@ def write_report(
                     r["predicted"],
                 ]
             )
-    return [cm_path, rel_path, csv_path]
+    return path

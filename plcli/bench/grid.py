@@ -267,17 +267,8 @@ def pipeline_cell(a, bench: Path, paths: dict, row: str, rate: float, seed: int)
         },
     )
     model, vocab, features = load_model(ds_dir)
-    return finish_cell(
-        a,
-        paths,
-        row,
-        rate,
-        seed,
-        model,
-        vocab,
-        features,
-        {"pretrain": pre["seconds"], "finetune": ft.get("total_seconds"), "distill": ds.get("total_seconds")},
-    )
+    seconds = {"pretrain": pre["seconds"], "finetune": ft.get("total_seconds"), "distill": ds.get("total_seconds")}
+    return finish_cell(a, paths, row, rate, seed, model, vocab, features, seconds)
 
 
 def finish_cell(a, paths, row, rate, seed, model, vocab, features, seconds) -> dict:
@@ -342,17 +333,7 @@ def baseline_cell(a, bench: Path, paths: dict, row: str, rate: float, seed: int)
         spec_augment=augment.spec.to_dict(),
     )
     log(f"{row} r={rate:g} s={seed}: {info}")
-    return finish_cell(
-        a,
-        paths,
-        row,
-        rate,
-        seed,
-        model,
-        vocab,
-        features,
-        {"views": feat_s, "train": info["fit_seconds"]},
-    )
+    return finish_cell(a, paths, row, rate, seed, model, vocab, features, {"views": feat_s, "train": info["fit_seconds"]})
 
 
 def asr_cell(a, bench: Path, paths: dict) -> dict:
