@@ -359,54 +359,18 @@ def generate_demo(
     worker the recordings are made in "spawn" processes: a script that calls this must guard its
     entry point with ``if __name__ == "__main__":``.
     """
-    from plcli.demo.synth import engine_voices, make_speakers, resolve_engines
-
     t0 = time.perf_counter()
     cfg.validate()
     out = Path(out_dir)
-    try:
-        engines = resolve_engines(cfg.engines)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    if not engines:
-        raise UserError("no TTS engine available: pip install espeakng-loader")
-    voices = engine_voices(engines)
-    try:
-        train_spk, test_spk = make_speakers(
-            voices, cfg.train_speakers, cfg.test_speakers, cfg.seed, cfg.holdout_voices
-        )
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    engines, voices, train_spk, test_spk = _speakers(cfg)
     _prepare_out(out)
     # marks the folder as ours from the start, so a run that dies half-way can simply be repeated
     atomic_write_json(out / "meta.json", {"generator": "plcli demo-data", "complete": False})
 
     phrases = list(PHRASES[: cfg.phrases])
     popularity = zipf_popularity(len(phrases), cfg.zipf, np.random.default_rng([cfg.seed, 5]))
-    n_unlab = int(round(cfg.unlabelled_fraction * cfg.train))
-    train_msgs, train_voices = simulate_chat(
-        cfg.train,
-        n_unlab,
-        [s.id for s in train_spk],
-        phrases,
-        popularity,
-        cfg,
-        np.random.default_rng([cfg.seed, 11]),
-    )
-    test_voices: list[VoiceMessage] = []
-    if cfg.test:
-        _, test_voices = simulate_chat(
-            cfg.test,
-            0,
-            [s.id for s in test_spk],
-            phrases,
-            popularity,
-            cfg,
-            np.random.default_rng([cfg.seed, 12]),
-        )
-    splits = (train_voices, test_voices)
+    train_msgs, splits = _simulate(cfg, phrases, popularity, train_spk, test_spk)
     ids = [[f"{ID_PREFIX[s]}{i:06d}" for i in range(len(v))] for s, v in enumerate(splits)]
-
     jobs = [
         (s, i, str(out / "audio" / f"{ids[s][i]}.wav"), phrases[v.phrase], v.author)
         for s, vs in enumerate(splits)
@@ -423,6 +387,50 @@ def generate_demo(
         "bank_size": tuple(min(BABBLE_BANK, max(6, len(v) // 8)) for v in splits),
     }
     workers = min(cfg.workers or _default_workers(), max(1, len(jobs)))
+    info, seconds = _render_all(jobs, state, splits, workers, progress)
+    summary = _write_outputs(out, cfg, engines, voices, train_spk, test_spk, phrases, popularity,
+                             train_msgs, splits, ids, info, seconds)  # fmt: skip
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    summary["workers"] = workers
+    return summary
+
+
+def _speakers(cfg: DemoConfig) -> tuple[list[str], list, list, list]:
+    """(engines, their voices, training speakers, test speakers); ``UserError`` when none fit."""
+    from plcli.demo.synth import engine_voices, make_speakers, resolve_engines
+
+    try:
+        engines = resolve_engines(cfg.engines)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if not engines:
+        raise UserError("no TTS engine available: pip install espeakng-loader")
+    voices = engine_voices(engines)
+    try:
+        train_spk, test_spk = make_speakers(
+            voices, cfg.train_speakers, cfg.test_speakers, cfg.seed, cfg.holdout_voices
+        )
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return engines, voices, train_spk, test_spk
+
+
+def _simulate(cfg: DemoConfig, phrases, popularity, train_spk, test_spk):
+    """The training chat's texts and the (train, test) voice messages."""
+    n_unlab = int(round(cfg.unlabelled_fraction * cfg.train))
+    train_msgs, train_voices = simulate_chat(
+        cfg.train, n_unlab, [s.id for s in train_spk], phrases, popularity, cfg, np.random.default_rng([cfg.seed, 11])
+    )
+    test_voices: list[VoiceMessage] = []
+    if cfg.test:
+        _, test_voices = simulate_chat(
+            cfg.test, 0, [s.id for s in test_spk], phrases, popularity, cfg, np.random.default_rng([cfg.seed, 12])
+        )
+    return train_msgs, (train_voices, test_voices)
+
+
+def _render_all(jobs: list, state: dict, splits, workers: int, progress) -> tuple[list[list[dict]], float]:
+    """Render every recording (in this process or a spawn pool); per-recording info and audio seconds."""
     info: list[list[dict]] = [[{}] * len(v) for v in splits]
     seconds = 0.0
     done = 0
@@ -446,54 +454,30 @@ def generate_demo(
         finally:
             _STATE["synth"].close()
             _STATE.clear()
-    else:
-        import multiprocessing as mp
+        return info, seconds
+    import multiprocessing as mp
 
-        # spawn: the parent may hold threads (torch, rich) that fork would copy half-way
-        ctx = mp.get_context("spawn")
-        chunk = max(1, min(16, len(jobs) // (workers * 8)))
-        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(state,))
-        try:
-            for result in pool.imap_unordered(_render, jobs, chunksize=chunk):
-                collect(result)
-            pool.close()  # workers exit normally, so their atexit handlers remove their temp files
-        except BaseException:
-            pool.terminate()
-            raise
-        finally:
-            pool.join()
-
-    summary = _write_outputs(out, cfg, engines, voices, train_spk, test_spk, phrases, popularity,
-                             train_msgs, splits, ids, info, seconds)  # fmt: skip
-    summary["seconds"] = round(time.perf_counter() - t0, 1)
-    summary["workers"] = workers
-    return summary
+    # spawn: the parent may hold threads (torch, rich) that fork would copy half-way
+    ctx = mp.get_context("spawn")
+    chunk = max(1, min(16, len(jobs) // (workers * 8)))
+    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(state,))
+    try:
+        for result in pool.imap_unordered(_render, jobs, chunksize=chunk):
+            collect(result)
+        pool.close()  # workers exit normally, so their atexit handlers remove their temp files
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+    return info, seconds
 
 
 def _write_outputs(out, cfg, engines, voices, train_spk, test_spk, phrases, popularity, train_msgs, splits, ids,
                    info, seconds) -> dict:  # fmt: skip
-    from plcli.demo.degrade import describe
-
     train_voices, test_voices = splits
-    rng = np.random.default_rng([cfg.seed, 13])
-    labelled = [i for i, v in enumerate(train_voices) if v.candidates]
-    n_exact = min(len(labelled), int(round(cfg.exact_fraction * len(train_voices))))
-    exact = set(rng.choice(labelled, size=n_exact, replace=False).tolist()) if n_exact else set()
-
-    rows: tuple[list[dict], list[dict]] = ([], [])
-    for s, vs in enumerate(splits):
-        for i, v in enumerate(vs):
-            row: dict = {"id": ids[s][i], "audio": f"audio/{ids[s][i]}.wav", "candidates": v.candidates}
-            if s == TEST or i in exact:
-                row["label"] = v.label
-            row.update(speaker=v.author, timestamp=iso(v.time), degradation=describe(info[s][i]))
-            rows[s].append(row)
-    atomic_write_jsonl(out / "train.jsonl", rows[TRAIN])
-    atomic_write_jsonl(out / "test.jsonl", rows[TEST])
-    atomic_write_jsonl(
-        out / "truth.jsonl", [{"id": ids[TRAIN][i], "label": v.label} for i, v in enumerate(train_voices)]
-    )
-
+    labelled, exact = _write_manifests(out, cfg, splits, ids, info)
+    n_exact = len(exact)
     _write_csv(out / "chat" / "voices.csv", ["id", "audio", "timestamp", "author"],
                [[ids[TRAIN][i], f"../audio/{ids[TRAIN][i]}.wav", iso(v.time), v.author] for i, v in enumerate(train_voices)])  # fmt: skip
     _write_csv(
@@ -537,6 +521,32 @@ def _write_outputs(out, cfg, engines, voices, train_spk, test_spk, phrases, popu
     atomic_write_json(out / "meta.json", meta)
     atomic_write_text(out / "README.txt", _readme(cfg, counts, engines))
     return {"out": str(out), **counts, "engines": engines}
+
+
+def _write_manifests(out: Path, cfg: DemoConfig, splits, ids, info) -> tuple[list[int], set[int]]:
+    """train.jsonl, test.jsonl and truth.jsonl; returns the training rows with candidates and the
+    (seeded) ones among them that carry an exact label."""
+    from plcli.demo.degrade import describe
+
+    train_voices = splits[TRAIN]
+    rng = np.random.default_rng([cfg.seed, 13])
+    labelled = [i for i, v in enumerate(train_voices) if v.candidates]
+    n_exact = min(len(labelled), int(round(cfg.exact_fraction * len(train_voices))))
+    exact = set(rng.choice(labelled, size=n_exact, replace=False).tolist()) if n_exact else set()
+    rows: tuple[list[dict], list[dict]] = ([], [])
+    for s, vs in enumerate(splits):
+        for i, v in enumerate(vs):
+            row: dict = {"id": ids[s][i], "audio": f"audio/{ids[s][i]}.wav", "candidates": v.candidates}
+            if s == TEST or i in exact:
+                row["label"] = v.label
+            row.update(speaker=v.author, timestamp=iso(v.time), degradation=describe(info[s][i]))
+            rows[s].append(row)
+    atomic_write_jsonl(out / "train.jsonl", rows[TRAIN])
+    atomic_write_jsonl(out / "test.jsonl", rows[TEST])
+    atomic_write_jsonl(
+        out / "truth.jsonl", [{"id": ids[TRAIN][i], "label": v.label} for i, v in enumerate(train_voices)]
+    )
+    return labelled, exact
 
 
 def _readme(cfg: DemoConfig, counts: dict, engines: list[str]) -> str:
