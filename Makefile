@@ -13,18 +13,36 @@ PIPELINE_ARGS ?=
 # the published grid: 3 seeds for plcli and the oracle, 1 for the other rows (BENCH_ARGS= for all 3)
 BENCH_ARGS ?= --single-seed-rows exact indicator-mse simclrv2
 
-.PHONY: help install demo test test-full bench lint clean
+LOCK := requirements.lock
+
+.PHONY: help install reinstall check-install lock demo test test-full bench lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+# The venv gets exactly the locked set (hash-checked); plcli itself goes in editable, without
+# resolving anything again. The stamp is only touched once the smoke check has passed.
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --require-hashes -r $(LOCK)
+	$(PY) -m pip install -q --no-deps -e .
 	@touch $@
 
-install: $(VENV)/.installed  ## create .venv and install plcli with dev extras
+install: check-install  ## create .venv from requirements.lock, then check that it imports
+
+reinstall:  ## reinstall the locked set into .venv (after a hand-made change to the venv)
+	rm -f $(VENV)/.installed
+	$(MAKE) install
+
+# runs on every `make install`, so a venv changed by hand stops here and not 30 tests later
+check-install: $(VENV)/.installed
+	@$(PY) -m plcli.doctor --install-check
+
+LOCKENV ?= .venv-lock
+lock:  ## re-resolve pyproject.toml's ranges into requirements.lock (then `make reinstall`)
+	test -x $(LOCKENV)/bin/uv || { $(PYTHON) -m venv $(LOCKENV) && $(LOCKENV)/bin/pip install -q uv==0.13.9; }
+	$(LOCKENV)/bin/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
+		--generate-hashes --no-header --quiet $(LOCK_ARGS) -o $(LOCK)
 
 demo: install  ## generate demo data and run the whole pipeline on it (CPU)
 	$(PY) scripts/demo_pipeline.py --demo-dir $(DEMO) --runs $(RUNS) $(PIPELINE_ARGS) -- $(DEMO_ARGS)

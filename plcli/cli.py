@@ -352,5 +352,79 @@ def export(
     run(load_config(ExportConfig, None, {"model": str(model), "out": str(out), "format": format}), log=log)
 
 
+@app.command()
+def doctor(
+    cache_dir: Path = CACHE,
+    json_out: bool = typer.Option(False, "--json", help="print the report as JSON instead of tables"),
+):
+    """Check the installation: versions, a smoke test of each required package, accelerators,
+    CPU threads, the feature cache, and the optional speech engines and extras.
+
+    Exits 1 when a required package is missing or broken (the failing line says which).
+    """
+    import json
+
+    from plcli import doctor as doc
+    from plcli.config import cache_dir as resolve_cache
+
+    rep = doc.report(resolve_cache(str(cache_dir) if cache_dir else None))
+    if json_out:
+        typer.echo(json.dumps(rep, indent=2))
+    else:
+        _print_doctor(rep)
+    if not rep["ok"]:
+        raise typer.Exit(1)
+
+
+def _print_doctor(rep: dict) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from plcli.doctor import human_bytes
+
+    t = Table(title=f"plcli {rep['plcli']} on Python {rep['python']} ({rep['platform']})")
+    for col in ("package", "version", "lock", "check"):
+        t.add_column(col)
+    for c in rep["required"]:
+        mark = "[green]ok[/]" if c["ok"] else "[bold red]FAILED[/]"
+        lock = c["locked"] or "-"
+        if c["locked"] and c["version"] and c["locked"] != c["version"]:
+            lock = f"[yellow]{lock}[/]"
+        t.add_row(c["name"], c["version"] or "[red]missing[/]", lock, f"{mark} {escape(c['detail'])}")
+    console.print(t)
+    a = rep["accelerators"]
+    hw = Table(title="compute", show_header=False)
+    if "torch_error" in a:
+        hw.add_row("torch", f"[red]{escape(a['torch_error'])}[/]")
+    else:
+        hw.add_row("CPU cores (usable / total)", f"{a['cpu_affinity']} / {a['cpu_count']}")
+        hw.add_row("torch threads (intra / inter-op)", f"{a['torch_threads']} / {a['torch_interop_threads']}")
+        cuda = ", ".join(a["cuda_devices"]) if a["cuda_devices"] else "none"
+        hw.add_row("CUDA", f"{cuda} (build {a['cuda_build'] or 'cpu-only'})")
+        hw.add_row("MPS", "yes" if a["mps_available"] else "no")
+        hw.add_row("Lightning --accelerator auto", escape(a.get("lightning_auto") or a.get("lightning_error", "?")))
+    c = rep["cache"]
+    size = f"{human_bytes(c['bytes'])} in {c['files']} files" if c["exists"] else "not created yet"
+    if c["tmp_files"]:
+        size += f", {c['tmp_files']} temporary (removed at the next open when stale)"
+    hw.add_row("feature cache", f"{escape(c['path'])}: {size}")
+    console.print(hw)
+    opt = Table(title="optional", show_header=False)
+    for name, n in rep["engines"].items():
+        opt.add_row(f"speech engine {name}", escape(str(n)) if name == "error" else (f"{n} voices" if n else "[dim]not installed[/]"))
+    for name, v in rep["extras"].items():
+        opt.add_row(f"extra {name}", v or "[dim]not installed[/]")
+    for name, ok in rep["tools"].items():
+        opt.add_row(f"program {name}", "yes" if ok else "[dim]no[/]")
+    console.print(opt)
+    if rep["ok"]:
+        log("[green]all required pieces work[/]")
+    else:
+        from plcli.doctor import Check, failure_line
+
+        checks = [Check(r["name"], r["version"], r["ok"], r["detail"], r["locked"]) for r in rep["required"]]
+        log(f"[bold red]{escape(failure_line(checks) or '')}[/]")
+
+
 def main() -> None:
     app()

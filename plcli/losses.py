@@ -277,6 +277,121 @@ class CandidateIndicatorMSELoss(nn.Module):
 # -- helpers ---------------------------------------------------------------------------------------
 
 
+class CandidateCTCLoss(nn.Module):
+    """CTC over a candidate set of transcripts: minus the log-likelihood of the set.
+
+    Graves et al. 2006, "Connectionist Temporal Classification", https://www.cs.toronto.edu/~graves/icml_2006.pdf;
+    the sum over alternative transcripts follows GTC, Moritz, Hori and Le Roux 2020, "Semi-Supervised
+    Speech Recognition via Graph-based Temporal Classification", https://arxiv.org/abs/2010.15653.
+
+    Per row, ``-log sum_{k in S} p_CTC(c_k | x)`` over the row's valid candidate texts ``c_k``: the
+    sum of the CTC likelihoods of the candidates, so the audio is free to explain itself with any
+    one of them. A row with one candidate is plain CTC (an exact label).
+
+    ``log_prior`` (``(B, K)``, log q of each candidate's message) gives the prior-corrected set
+    likelihood ``-log sum_k p_CTC(c_k|x) / q_k`` (see :class:`CandidateLoss`). ``weights``
+    (``(B, K)``, non-negative, zero outside the valid candidates, e.g. PRODEN's current beliefs)
+    replace the set likelihood by the weighted CTC loss ``sum_k w_k * -log p_CTC(c_k|x)``.
+
+    A candidate that no alignment can produce (``input_length < target_length + repeats``, CTC
+    needs a blank between repeated tokens) has likelihood 0 and drops out of the sum; a row with no
+    valid, feasible candidate has loss 0.
+
+    Shapes: ``log_probs`` (T, B, V) log-softmax over V tokens (blank included), ``input_lengths``
+    (B,), ``targets`` (B, K, L) token ids padded to L, ``target_lengths`` (B, K), ``mask`` (B, K)
+    bool, True for the candidates that exist.
+
+    Args:
+        blank: index of the CTC blank token.
+        reduction: "mean" (over rows), "sum" or "none" (``(B,)`` per-row losses).
+    """
+
+    def __init__(self, blank: int = 0, reduction: str = "mean"):
+        super().__init__()
+        _check_reduction(reduction)
+        if isinstance(blank, bool) or not isinstance(blank, int) or blank < 0:
+            raise ValueError(f"blank must be a non-negative int, got {blank!r}")
+        self.blank = blank
+        self.reduction = reduction
+
+    def forward(self, log_probs: Tensor, input_lengths: Tensor, targets: Tensor, target_lengths: Tensor,
+                mask: Tensor, log_prior: Tensor | None = None, weights: Tensor | None = None) -> Tensor:
+        nll = candidate_ctc_nll(log_probs, input_lengths, targets, target_lengths, mask, self.blank)  # (B, K)
+        valid = torch.isfinite(nll)
+        has_any = valid.any(dim=1)  # (B,)
+        if weights is not None:
+            if log_prior is not None:
+                raise ValueError("give log_prior or weights, not both")
+            if weights.shape != nll.shape:
+                raise ValueError(f"weights must have shape {tuple(nll.shape)}, got {tuple(weights.shape)}")
+            if bool((weights < 0).any()) or bool((weights.masked_fill(mask, 0) != 0).any()):
+                raise ValueError("weights must be non-negative and zero outside the candidates")
+            per_row = (weights.to(nll.dtype) * nll.masked_fill(~valid, 0.0)).sum(dim=1)
+            return _reduce(per_row + log_probs.clamp_min(-1e4).sum() * 0, self.reduction)
+        inside = -nll  # (B, K) log p_CTC(c_k | x), -inf where invalid
+        if log_prior is not None:
+            if log_prior.shape != nll.shape:
+                raise ValueError(f"log_prior must have shape {tuple(nll.shape)}, got {tuple(log_prior.shape)}")
+            inside = inside - log_prior.to(nll.dtype).masked_fill(~valid, 0.0)
+        # rows with nothing valid: logsumexp of a finite stand-in, then zeroed (no NaN gradients)
+        inside = torch.where(has_any.unsqueeze(1), inside, torch.zeros_like(inside))
+        # zero that stays connected to the graph even when no pair was scored (clamp: -inf * 0 is NaN)
+        zero = log_probs.clamp_min(-1e4).sum() * 0
+        per_row = torch.where(has_any, -torch.logsumexp(inside, dim=1), zero)
+        return _reduce(per_row, self.reduction)
+
+
+def ctc_feasible(input_lengths: Tensor, targets: Tensor, target_lengths: Tensor) -> Tensor:
+    """``(B, K)`` bool: can a CTC path of ``input_lengths[b]`` frames emit ``targets[b, k]``?
+
+    It needs one frame per token plus a blank between each pair of equal neighbours.
+    """
+    L = targets.shape[-1]
+    pos = torch.arange(L, device=targets.device)
+    inside = pos.view(1, 1, L) < target_lengths.unsqueeze(-1)  # (B, K, L)
+    rep = torch.zeros_like(inside)
+    if L > 1:
+        rep[..., 1:] = (targets[..., 1:] == targets[..., :-1]) & inside[..., 1:]
+    need = target_lengths + rep.sum(dim=-1)  # (B, K)
+    return (target_lengths > 0) & (need <= input_lengths.unsqueeze(1))
+
+
+def candidate_ctc_nll(log_probs: Tensor, input_lengths: Tensor, targets: Tensor, target_lengths: Tensor,
+                      mask: Tensor, blank: int = 0) -> Tensor:
+    """``(B, K)`` CTC negative log-likelihood of every candidate text; +inf where a candidate is
+    missing (``mask`` False) or infeasible. One batched ``F.ctc_loss`` call over the valid pairs."""
+    if log_probs.ndim != 3:
+        raise ValueError(f"log_probs must have shape (T, B, V), got {tuple(log_probs.shape)}")
+    T, B, V = log_probs.shape
+    if targets.ndim != 3 or targets.shape[0] != B:
+        raise ValueError(f"targets must have shape ({B}, K, L), got {tuple(targets.shape)}")
+    K = targets.shape[1]
+    for name, t, shape in (("target_lengths", target_lengths, (B, K)), ("mask", mask, (B, K)),
+                           ("input_lengths", input_lengths, (B,))):
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a bool tensor, got {mask.dtype}")
+    if not 0 <= blank < V:
+        raise ValueError(f"blank {blank} is not a token index in [0, {V})")
+    if bool((input_lengths > T).any()) or bool((input_lengths < 0).any()):
+        raise ValueError(f"input_lengths must lie in [0, {T}]")
+    if bool((target_lengths > targets.shape[2]).any()):
+        raise ValueError("target_lengths exceed the padded target length")
+    used = torch.arange(targets.shape[2], device=targets.device).view(1, 1, -1) < target_lengths.unsqueeze(-1)
+    if bool(((targets == blank) & used & mask.unsqueeze(-1)).any()):
+        raise ValueError(f"targets contain the blank token {blank}")
+    ok = mask & ctc_feasible(input_lengths, targets, target_lengths)  # (B, K)
+    nll = torch.full((B, K), math.inf, dtype=log_probs.dtype, device=log_probs.device)
+    b, k = ok.nonzero(as_tuple=True)
+    if b.numel():
+        # (T, N, V) with one column per valid (row, candidate) pair
+        per_pair = F.ctc_loss(log_probs[:, b], targets[b, k], input_lengths[b], target_lengths[b, k],
+                              blank=blank, reduction="none", zero_infinity=False)
+        nll = nll.index_put((b, k), per_pair)
+    return nll
+
+
 def _allowed(mask: Tensor) -> Tensor:
     """The candidate mask with all-False rows ("no candidates") turned all-True."""
     return mask | ~mask.any(dim=1, keepdim=True)

@@ -20,6 +20,7 @@ import json
 import os
 import random
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,6 +32,11 @@ from torch import nn
 from plcli.config import FeatureConfig
 from plcli.data.audio import load_audio
 from plcli.io import default_file_mode
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 
 FEATURE_VERSION = 1
 LOG_EPS = 1e-6
@@ -70,18 +76,76 @@ def content_hash(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
+TMP_SUFFIX = ".npy.tmp"
+TMP_GRACE_SECONDS = 30.0  # a temporary file younger than this is never removed (see clean_stale_tmp)
+
+
+def _new_tmp(path: Path) -> tuple[int, str]:
+    """Create ``path``'s temporary sibling, readable by every user, locked by this process.
+
+    The writer holds an exclusive ``flock`` until the file is renamed into place; the kernel drops
+    it when the process dies, which is how ``clean_stale_tmp`` tells a killed writer's leftovers
+    from a file that a live process is still writing.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy.tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=TMP_SUFFIX, dir=path.parent)
+    os.fchmod(fd, default_file_mode())  # a shared cache must stay readable by every user
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd, tmp
+
+
+def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
+    fd, tmp = _new_tmp(path)
     try:
-        os.fchmod(fd, default_file_mode())  # a shared cache must stay readable by every user
         with os.fdopen(fd, "wb") as f:
             np.save(f, arr)
-        os.replace(tmp, path)
+            f.flush()
+            os.replace(tmp, path)  # while the lock is held
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def clean_stale_tmp(root: str | Path, grace: float = TMP_GRACE_SECONDS) -> int:
+    """Remove the temporary entries that killed writers left under ``root``; returns how many.
+
+    A file counts as stale when no process holds its lock and it is older than ``grace`` seconds
+    (the grace covers the instant between ``mkstemp`` and ``flock`` in ``_new_tmp``). Without
+    ``fcntl`` (Windows) only age decides, with a day's grace.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return 0
+    if fcntl is None:
+        grace = max(grace, 86400.0)
+    removed = 0
+    now = time.time()
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            if not (name.startswith(".") and name.endswith(TMP_SUFFIX)):
+                continue
+            p = os.path.join(dirpath, name)
+            try:
+                fd = os.open(p, os.O_RDONLY)
+            except OSError:
+                continue  # renamed or removed meanwhile
+            try:
+                if now - os.fstat(fd).st_mtime < grace:
+                    continue
+                if fcntl is not None:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except OSError:
+                        continue  # a live writer holds it
+                os.unlink(p)
+                removed += 1
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
+    return removed
 
 
 def _load_npy(path: Path) -> np.ndarray | None:
@@ -92,8 +156,14 @@ def _load_npy(path: Path) -> np.ndarray | None:
         return None
 
 
+_CLEANED: set[str] = set()
+
+
 class FeatureCache:
-    """Content-addressed cache of log-mel features under ``root``."""
+    """Content-addressed cache of log-mel features under ``root``.
+
+    Opening one removes the temporary entries that killed runs left behind (``clean_stale_tmp``).
+    """
 
     def __init__(self, root: str | Path, cfg: FeatureConfig):
         self.root = Path(root)
@@ -102,6 +172,10 @@ class FeatureCache:
         self.computed = 0
         self.reused = 0
         self._logmel: LogMel | None = None
+        self.stale_removed = 0
+        if str(self.root.resolve()) not in _CLEANED:  # once per process and cache folder
+            _CLEANED.add(str(self.root.resolve()))
+            self.stale_removed = clean_stale_tmp(self.root)
 
     @property
     def logmel(self) -> LogMel:
@@ -147,10 +221,7 @@ class FeatureCache:
         if arr is not None and arr.shape[0] == len(keys):
             return arr
         first = self._entry(kind, tag, keys[0])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy.tmp", dir=path.parent)
-        os.fchmod(fd, default_file_mode())
-        os.close(fd)
+        fd, tmp = _new_tmp(path)  # fd stays open (holding the lock) while the memmap writes
         try:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=first.dtype, shape=(len(keys), *first.shape))
             for i, k in enumerate(keys):
@@ -162,6 +233,8 @@ class FeatureCache:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+        finally:
+            os.close(fd)
         return np.load(path, mmap_mode="r")
 
     def _entry(self, kind: str, tag: str, key: str) -> np.ndarray:
