@@ -159,25 +159,79 @@ def validate(
 @data_app.command("from-chat")
 @handle_errors
 def from_chat(
-    voices: Path = typer.Option(..., "--voices", help="voice-message table (.csv or .jsonl): audio, timestamp, [id], [author]"),
-    messages: Path = typer.Option(..., "--messages", help="chat-message table: timestamp, text, [author]"),
+    export: Path = typer.Argument(None, metavar="EXPORT", help="WhatsApp export (.zip, folder or .txt log), Telegram export (folder, .zip or result.json), or a folder with voices and messages tables", show_default=False),
+    voices: Path = typer.Option(None, "--voices", help="voice-message table (.csv or .jsonl): audio, timestamp, \\[id], \\[author]"),
+    messages: Path = typer.Option(None, "--messages", help="chat-message table: timestamp, text, \\[author]"),
     labels: Path = typer.Option(None, "--labels", help="optional exact labels: id, label"),
     out: Path = typer.Option(..., "--out", "-o", help="manifest to write (.jsonl)"),
     k: int = typer.Option(10, "--k", min=1, help="candidates per voice message: the next K distinct messages"),
     window: float = typer.Option(None, "--window", min=0.0, help="only messages within this many seconds after the voice message"),
     same_author: bool = typer.Option(False, "--same-author", help="only messages by the voice message's author"),
+    format: str = typer.Option("auto", "--format", help="auto, whatsapp, telegram or tables"),
+    date_order: str = typer.Option("auto", "--date-order", help="WhatsApp dates: auto (decided from the whole log), dmy, mdy or ymd"),
+    media_dir: Path = typer.Option(None, "--media-dir", help="where voice notes are extracted (default: OUT-media beside the manifest)"),
 ):
-    """Build a manifest from a chat export (see docs/chat-import.md for the format)."""
+    """Build a manifest from a chat export: WhatsApp, Telegram, or two tables (see docs/chat-import.md)."""
     from plcli.data import chat
     from plcli.data.labels import LabelNormalizer
+    from plcli.errors import UserError
 
-    rows, summary = chat.from_chat(voices, messages, labels, out_path=out, k=k, window_seconds=window,
-                                   same_author=same_author, key=LabelNormalizer())
+    if (voices is None) != (messages is None):
+        raise UserError("--voices and --messages go together")
+    if (export is None) == (voices is None):
+        raise UserError("give an EXPORT (WhatsApp or Telegram export, or a tables folder) or --voices and --messages")
+    if voices is not None:
+        rows, summary = chat.from_chat(voices, messages, labels, out_path=out, k=k, window_seconds=window,
+                                       same_author=same_author, key=LabelNormalizer())
+        summary["format"] = "tables"
+    else:
+        from rich.progress import Progress
+
+        from plcli.data.exports import import_export
+
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task("extracting voice notes", total=None)
+            rows, summary = import_export(
+                export, out_path=out, format=format, date_order=date_order, labels_path=labels, k=k,
+                window_seconds=window, same_author=same_author, key=LabelNormalizer(), media_dir=media_dir,
+                progress=lambda i, n: bar.update(task, completed=i, total=n))
     chat.write_manifest(rows, out)
-    for w in summary.get("warnings", []):
-        log(f"[yellow]warning:[/] {w}")
+    _print_chat_summary(rows, summary)
     log(f"wrote {len(rows)} rows to {out}")
-    console.print_json(data={k: v for k, v in summary.items() if k != "warnings"})
+
+
+def _print_chat_summary(rows: list[dict], summary: dict) -> None:
+    from collections import Counter
+
+    from rich.markup import escape
+    from rich.table import Table
+
+    c = summary["counts"]
+    t = Table(title="chat import", show_header=False)
+    t.add_row("format", summary["format"] + (f" ({escape(summary['chat'])})" if summary.get("chat") else ""))
+    t.add_row("voice notes found", str(c.get("voice_notes", c.get("voices"))))
+    t.add_row("rows written", str(len(rows)))
+    t.add_row("  with candidates", str(sum(1 for r in rows if r["candidates"])))
+    t.add_row("  no following text (unlabelled)", str(sum(1 for r in rows if not r["candidates"])))
+    t.add_row("  exact labels", str(sum(1 for r in rows if "label" in r)))
+    t.add_row("voice notes skipped", str(len(summary.get("skipped", []))))
+    t.add_row("text messages", str(c.get("messages", 0)))
+    for name in ("system_lines", "deleted", "other_attachments", "media_omitted"):
+        if name in c:
+            t.add_row(name.replace("_", " "), str(c[name]))
+    authors = summary.get("authors") or {s: {"voice_notes": n} for s, n in Counter(r.get("speaker") for r in rows if r.get("speaker")).items()}
+    t.add_row("authors", str(len(authors)))
+    for name, a in authors.items():
+        t.add_row(f"  {escape(name)}", ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in a.items()))
+    sizes = Counter(len(r["candidates"]) for r in rows)
+    t.add_row("candidate set sizes", ", ".join(f"{n}: {sizes[n]}" for n in sorted(sizes)) or "-")
+    console.print(t)
+    for note in summary.get("notes", []):
+        log(escape(note))
+    for p in summary.get("skipped", []):
+        typer.echo(f"skipped: {p}", err=True)
+    for w in summary.get("warnings", []):
+        log(f"[yellow]warning:[/] {escape(w)}")
 
 
 @app.command("demo-data")
@@ -343,7 +397,7 @@ def evaluate(
 def export(
     model: Path = typer.Option(..., "--model", help="finetune or distill run directory"),
     out: Path = typer.Option(..., "--out", "-o", help="file to write (e.g. model.ts, model.onnx)"),
-    format: str = typer.Option("torchscript", "--format", help="torchscript or onnx (needs plcli[onnx])"),
+    format: str = typer.Option("torchscript", "--format", help="torchscript or onnx (needs plcli\\[onnx])"),
 ):
     """Waveform-in, probabilities-out model file (feature extraction included) plus FILE.vocab.json."""
     from plcli.config import load_config

@@ -4,7 +4,9 @@ A chat export is two tables: the voice messages (``audio``, optional ``id``, ``t
 optional ``author``) and the text messages (``timestamp``, ``text``, optional ``author``), each CSV
 or JSON Lines. People usually type what they just said, so the candidate set of a voice message
 sent at time ``t`` is the first ``k`` distinct texts sent strictly after ``t``, in time order. An
-optional third table (``id``, ``label``) gives exact labels. See docs/chat-import.md.
+optional third table (``id``, ``label``) gives exact labels. See docs/chat-import.md. Exports as
+the chat apps write them (WhatsApp, Telegram) are read by ``plcli.data.exports`` into the same
+``Voice``/``Message`` records.
 
 Every problem in every table is collected as ``file:line: reason`` before a single ``DataError``
 is raised, so one run shows everything that needs fixing.
@@ -436,6 +438,19 @@ def _parse_labels(table: _Table, ids: Container[str], problems: list[Problem]) -
             )
         else:
             labels[vid] = (label, line)
+    return labels
+
+
+def read_labels(path: str | os.PathLike, ids: Container[str]) -> dict[str, tuple[str, int]]:
+    """The exact-labels table (``id``, ``label``) as ``{id: (label, line)}``, checked against ``ids``.
+
+    Raises ``DataError`` listing every problem as ``file:line: reason``.
+    """
+    problems: list[Problem] = []
+    table = _read(path, LABEL_COLUMNS, problems)
+    labels = _parse_labels(table, ids, problems) if table is not None else {}
+    if problems:
+        _raise(problems, "invalid labels table")
     return labels
 
 
