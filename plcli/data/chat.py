@@ -15,9 +15,6 @@ is raised, so one run shows everything that needs fixing.
 from __future__ import annotations
 
 import bisect
-import csv
-import io
-import json
 import math
 import os
 import re
@@ -27,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from plcli.data.manifest import Problem
+from plcli.data.tables import Problem, Table, parse_table
 from plcli.errors import DataError, UserError
 from plcli.io import atomic_write_jsonl
 
@@ -68,14 +65,6 @@ class Message:
     line: int = 0
 
 
-@dataclass
-class _Table:
-    file: str
-    rows: list[tuple[int, dict]]
-    header: list[str] | None  # CSV header (canonical names); None for JSON Lines
-    header_line: int = 1
-
-
 def _raise(problems: list[Problem], what: str) -> None:
     shown = "\n".join(f"  {p}" for p in problems[:MAX_SHOWN_PROBLEMS])
     more = len(problems) - MAX_SHOWN_PROBLEMS
@@ -86,13 +75,10 @@ def _raise(problems: list[Problem], what: str) -> None:
     raise err
 
 
-def _canonical(name: str, known: Sequence[str]) -> str:
-    """Known column names match case-insensitively and ignoring surrounding spaces."""
-    stripped = name.strip()
-    return stripped.lower() if stripped.lower() in known else stripped
-
-
-def _decode(path: Path, file: str, problems: list[Problem]) -> str | None:
+def _read(path: str | os.PathLike, known: Sequence[str], problems: list[Problem]) -> Table | None:
+    """The table at ``path`` (``plcli.data.tables``), or None when the file cannot be read."""
+    file = os.fspath(path)
+    path = Path(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -104,117 +90,10 @@ def _decode(path: Path, file: str, problems: list[Problem]) -> str | None:
     except OSError as e:
         problems.append(Problem(file, 0, f"cannot read: {e.strerror or e}"))
         return None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        problems.append(Problem(file, line, "not valid UTF-8: re-save the file as UTF-8"))
-        return None
-
-
-def _is_jsonl(path: Path, text: str) -> bool:
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json", ".ndjson"):
-        return True
-    if suffix in (".csv", ".tsv", ".txt"):
-        return False
-    return text.lstrip().startswith(("{", "["))
-
-
-def _read_json(text: str, file: str, known: Sequence[str], problems: list[Problem]) -> list[tuple[int, dict]]:
-    objs: list[tuple[int, Any]] = []
-    if text.lstrip().startswith("["):
-        # a JSON array instead of JSON Lines: walk its elements to keep their line numbers
-        dec = json.JSONDecoder()
-        pos = text.index("[") + 1
-        line = text.count("\n", 0, pos) + 1
-        while True:
-            m = _SEPARATORS.match(text, pos)
-            line += text.count("\n", pos, m.end())
-            pos = m.end()
-            if pos >= len(text) or text[pos] == "]":
-                break
-            try:
-                obj, end = dec.raw_decode(text, pos)
-            except json.JSONDecodeError as e:
-                problems.append(Problem(file, e.lineno, f"malformed JSON: {e.msg} at column {e.colno}"))
-                return []
-            objs.append((line, obj))
-            line += text.count("\n", pos, end)
-            pos = end
-    else:
-        for i, raw in enumerate(text.splitlines(), start=1):
-            if not raw.strip():
-                continue
-            try:
-                objs.append((i, json.loads(raw)))
-            except json.JSONDecodeError as e:
-                problems.append(Problem(file, i, f"malformed JSON: {e.msg} at column {e.colno}", raw))
-    rows = []
-    for line, obj in objs:
-        if not isinstance(obj, dict):
-            problems.append(Problem(file, line, f"expected a JSON object, got {type(obj).__name__}", obj))
-            continue
-        rows.append((line, {_canonical(k, known): v for k, v in obj.items()}))
-    return rows
-
-
-def _read_csv(
-    text: str, path: Path, file: str, known: Sequence[str], problems: list[Problem]
-) -> tuple[list[tuple[int, dict]], list[str] | None, int]:
-    lines = io.StringIO(text, newline="")
-    first = next((s for s in text.splitlines() if s.strip()), "")
-    if path.suffix.lower() == ".tsv":
-        delimiter = "\t"
-    else:  # exports from spreadsheets in some locales use ';'
-        delimiter = max(",;\t", key=first.count) if first else ","
-    reader = csv.reader(lines, delimiter=delimiter)
-    header: list[str] | None = None
-    header_line = 1
-    rows: list[tuple[int, dict]] = []
-    prev = 0
-    while True:
-        start = prev + 1
-        try:
-            values = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as e:
-            problems.append(Problem(file, start, f"malformed CSV: {e}"))
-            break
-        prev = reader.line_num
-        if not any(v.strip() for v in values):
-            continue  # blank line (or only separators)
-        if header is None:
-            header, header_line = [_canonical(v, known) for v in values], start
-            seen: set[str] = set()
-            for name in header:
-                if name and name in seen:
-                    problems.append(Problem(file, start, f"duplicate column {name!r}"))
-                seen.add(name)
-            continue
-        if len(values) != len(header):
-            problems.append(
-                Problem(file, start, f"malformed CSV: {len(values)} fields, header has {len(header)}", values)
-            )
-            continue
-        # columns without a name (a trailing separator in the header) are dropped
-        rows.append((start, {k: v for k, v in zip(header, values, strict=True) if k}))
-    if header is None:
+    table = parse_table(file, path, data, known, problems)
+    if table.is_csv and table.header is None:
         problems.append(Problem(file, 0, "empty file: expected a header row"))
-    return rows, header, header_line
-
-
-def _read(path: str | os.PathLike, known: Sequence[str], problems: list[Problem]) -> _Table | None:
-    file = os.fspath(path)
-    path = Path(path)
-    text = _decode(path, file, problems)
-    if text is None:
-        return None
-    if _is_jsonl(path, text):
-        return _Table(file, _read_json(text, file, known, problems), None)
-    rows, header, header_line = _read_csv(text, path, file, known, problems)
-    return _Table(file, rows, header, header_line)
+    return table
 
 
 def read_table(path: str | os.PathLike) -> list[tuple[int, dict]]:
@@ -288,7 +167,7 @@ def _text(value: Any) -> str | None:
 class _Columns:
     """Required/optional column checks: once at the header for CSV, per row for JSON Lines."""
 
-    def __init__(self, table: _Table, problems: list[Problem]):
+    def __init__(self, table: Table, problems: list[Problem]):
         self.table, self.problems = table, problems
         self.missing: set[str] = set()
 
@@ -306,7 +185,7 @@ class _Columns:
 
 
 def _parse_voices(
-    table: _Table, same_author: bool, problems: list[Problem], stamps: list[bool]
+    table: Table, same_author: bool, problems: list[Problem], stamps: list[bool]
 ) -> list[Voice]:
     cols = _Columns(table, problems)
     ok = cols.require("audio") & cols.require("timestamp")
@@ -385,7 +264,7 @@ def _parse_voices(
 
 
 def _parse_messages(
-    table: _Table, same_author: bool, problems: list[Problem], stamps: list[bool]
+    table: Table, same_author: bool, problems: list[Problem], stamps: list[bool]
 ) -> list[Message]:
     cols = _Columns(table, problems)
     ok = cols.require("timestamp") & cols.require("text")
@@ -416,7 +295,7 @@ def _parse_messages(
     return messages
 
 
-def _parse_labels(table: _Table, ids: Container[str], problems: list[Problem]) -> dict[str, tuple[str, int]]:
+def _parse_labels(table: Table, ids: Container[str], problems: list[Problem]) -> dict[str, tuple[str, int]]:
     cols = _Columns(table, problems)
     if not (cols.require("id") & cols.require("label")):
         return {}
@@ -620,7 +499,7 @@ def from_chat(
     return rows, {"counts": counts, "warnings": warnings}
 
 
-def _all_ids(table: _Table) -> dict[str, Any]:
+def _all_ids(table: Table) -> dict[str, Any]:
     """Every id the voice table names, even on rows with other problems (for the label check)."""
     ids: dict[str, Any] = {}
     for _, row in table.rows:
