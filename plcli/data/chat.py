@@ -406,6 +406,38 @@ def _relative(audio: Path, folder: Path) -> str:
         return str(audio)
 
 
+def check_candidate_options(k: int, window_seconds: float | None) -> None:
+    """``UserError`` for a ``--k`` below 1 or a ``--window`` that is not a positive number."""
+    if k < 1:
+        raise UserError(f"--k must be at least 1, got {k}")
+    if window_seconds is not None and not window_seconds > 0:
+        raise UserError(f"--window must be a positive number of seconds, got {window_seconds}")
+
+
+def manifest_rows(voices: Sequence[Voice], cands: Sequence[list[str]], labels: dict[str, tuple[str, int]],
+                  labels_file: str, out_dir: Path, key: Callable[[str], str]) -> tuple[list[dict], list[str], int]:
+    """Manifest rows of voice messages and their candidate sets (``from_chat`` documents the columns),
+    the warnings for labels outside their candidates, and how many there were."""
+    rows, warnings = [], []
+    n_outside = 0
+    for v, c in zip(voices, cands, strict=True):
+        row: dict[str, Any] = {"id": v.id, "audio": _relative(v.audio, out_dir), "candidates": c}
+        if v.id in labels:
+            label, line = labels[v.id]
+            row["label"] = label
+            if c and key(label) not in {key(x) for x in c}:
+                n_outside += 1
+                warnings.append(f"{labels_file}:{line}: label {label!r} for id {v.id!r} is not among its "
+                                f"{len(c)} candidates")
+        if v.author is not None:
+            row["speaker"] = v.author
+        row["timestamp"] = v.timestamp
+        for name, value in v.extra.items():
+            row.setdefault(name, value)
+        rows.append(row)
+    return rows, warnings, n_outside
+
+
 def from_chat(
     voices_path: str | os.PathLike,
     messages_path: str | os.PathLike,
@@ -428,10 +460,7 @@ def from_chat(
     error. Nothing is written (see ``write_manifest``). Raises ``DataError`` listing every problem
     in every table as ``file:line: reason``, and ``UserError`` for invalid options.
     """
-    if k < 1:
-        raise UserError(f"--k must be at least 1, got {k}")
-    if window_seconds is not None and not window_seconds > 0:
-        raise UserError(f"--window must be a positive number of seconds, got {window_seconds}")
+    check_candidate_options(k, window_seconds)
     problems: list[Problem] = []
     stamps: list[bool] = []
     vtable = _read(voices_path, VOICE_COLUMNS, problems)
@@ -453,25 +482,8 @@ def from_chat(
 
     cands = build_candidates(voices, messages, k, window_seconds, same_author, key, skip_empty)
     out_dir = Path(os.path.abspath(Path(out_path).parent))
-    rows, warnings = [], []
-    n_label_outside = 0
-    for v, c in zip(voices, cands, strict=True):
-        row: dict[str, Any] = {"id": v.id, "audio": _relative(v.audio, out_dir), "candidates": c}
-        if v.id in labels:
-            label, line = labels[v.id]
-            row["label"] = label
-            if c and key(label) not in {key(x) for x in c}:
-                n_label_outside += 1
-                warnings.append(
-                    f"{ltable.file}:{line}: label {label!r} for id {v.id!r} is not among its "
-                    f"{len(c)} candidates"
-                )
-        if v.author is not None:
-            row["speaker"] = v.author
-        row["timestamp"] = v.timestamp
-        for name, value in v.extra.items():
-            row.setdefault(name, value)
-        rows.append(row)
+    labels_file = ltable.file if ltable is not None else ""
+    rows, warnings, n_label_outside = manifest_rows(voices, cands, labels, labels_file, out_dir, key)
 
     if mtable is not None and not mtable.rows:
         warnings.append(f"{mtable.file}: no messages: every voice message is unlabelled")
