@@ -184,6 +184,8 @@ class _Columns:
         return True
 
 
+# about 75 lines: one pass over the rows with every per-row check in order (columns, id, audio,
+# timestamp, author, duplicates), so each problem is reported against its line exactly once
 def _parse_voices(
     table: Table, same_author: bool, problems: list[Problem], stamps: list[bool]
 ) -> list[Voice]:
@@ -461,25 +463,9 @@ def from_chat(
     in every table as ``file:line: reason``, and ``UserError`` for invalid options.
     """
     check_candidate_options(k, window_seconds)
-    problems: list[Problem] = []
-    stamps: list[bool] = []
-    vtable = _read(voices_path, VOICE_COLUMNS, problems)
-    mtable = _read(messages_path, MESSAGE_COLUMNS, problems)
-    ltable = _read(labels_path, LABEL_COLUMNS, problems) if labels_path is not None else None
-    voices = _parse_voices(vtable, same_author, problems, stamps) if vtable else []
-    messages = _parse_messages(mtable, same_author, problems, stamps) if mtable else []
-    by_id = {v.id: v for v in voices}
-    if ltable is not None and vtable is not None:
-        # labels can only be checked against ids once the voice table is clean
-        vproblems = any(p.file == vtable.file for p in problems)
-        if vproblems:
-            by_id = _all_ids(vtable)
-        labels = _parse_labels(ltable, by_id, problems)
-    else:
-        labels = {}
-    if problems:
-        _raise(problems, "invalid chat export")
-
+    stamps: list[bool] = []  # per timestamp: did it carry a timezone
+    vtable, mtable, ltable, voices, messages, labels = _read_export(voices_path, messages_path, labels_path,
+                                                                   same_author, stamps)
     cands = build_candidates(voices, messages, k, window_seconds, same_author, key, skip_empty)
     out_dir = Path(os.path.abspath(Path(out_path).parent))
     labels_file = ltable.file if ltable is not None else ""
@@ -509,6 +495,29 @@ def from_chat(
         "mean_candidates": round(sum(len(c) for c in cands) / len(cands), 3) if cands else 0.0,
     }
     return rows, {"counts": counts, "warnings": warnings}
+
+
+def _read_export(voices_path, messages_path, labels_path, same_author: bool, stamps: list[bool]):
+    """The three tables and what they hold: (tables..., voices, messages, labels); ``DataError``
+    listing every problem in every table."""
+    problems: list[Problem] = []
+    vtable = _read(voices_path, VOICE_COLUMNS, problems)
+    mtable = _read(messages_path, MESSAGE_COLUMNS, problems)
+    ltable = _read(labels_path, LABEL_COLUMNS, problems) if labels_path is not None else None
+    voices = _parse_voices(vtable, same_author, problems, stamps) if vtable else []
+    messages = _parse_messages(mtable, same_author, problems, stamps) if mtable else []
+    by_id = {v.id: v for v in voices}
+    if ltable is not None and vtable is not None:
+        # labels can only be checked against ids once the voice table is clean
+        vproblems = any(p.file == vtable.file for p in problems)
+        if vproblems:
+            by_id = _all_ids(vtable)
+        labels = _parse_labels(ltable, by_id, problems)
+    else:
+        labels = {}
+    if problems:
+        _raise(problems, "invalid chat export")
+    return vtable, mtable, ltable, voices, messages, labels
 
 
 def _all_ids(table: Table) -> dict[str, Any]:

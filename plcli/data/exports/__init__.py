@@ -235,6 +235,13 @@ def import_export(
     if parsed.counts.get("media_omitted") and parsed.format.startswith("whatsapp"):
         warnings.append(f"{parsed.file}: {parsed.counts['media_omitted']} media file(s) omitted from the export; "
                         "voice notes among them cannot be imported (export with media to include them)")
+    summary = _summary(parsed, voices, skipped, copied, media_dir, rows, cands, labels, n_outside, warnings)
+    return rows, summary
+
+
+def _summary(parsed: ParsedChat, voices, skipped, copied: int, media_dir: Path, rows: list[dict], cands,
+             labels: dict, n_outside: int, warnings: list[str]) -> dict:
+    """``import_export``'s summary: counts, authors, candidate-set sizes, skipped notes, warnings."""
     authors: dict[str, dict[str, int]] = {}
     for v in voices:
         authors.setdefault(v.author or "?", {"voice_notes": 0, "messages": 0})["voice_notes"] += 1
@@ -265,7 +272,7 @@ def import_export(
         "notes": parsed.notes,
         "warnings": warnings,
     }
-    return rows, summary
+    return summary
 
 
 def _unnamed_voice_files(export: _Export, parsed: ParsedChat) -> list[str]:
