@@ -45,7 +45,7 @@ lock:  ## re-resolve pyproject.toml's ranges into requirements.lock (then `make 
 		--generate-hashes --no-header --quiet $(LOCK_ARGS) -o $(LOCK)
 
 demo: install  ## generate demo data and run the whole pipeline on it (CPU)
-	$(PY) scripts/demo.py --demo-dir $(DEMO) --runs $(RUNS) $(PIPELINE_ARGS) -- $(DEMO_ARGS)
+	$(PY) scripts/demo_pipeline.py --demo-dir $(DEMO) --runs $(RUNS) $(PIPELINE_ARGS) -- $(DEMO_ARGS)
 
 test: install  ## fast tests (well under 15 minutes on 2 cores)
 	$(PY) -m pytest -q

@@ -3,11 +3,14 @@ call a stage's ``run``. Heavy imports happen inside the commands so ``--help`` s
 
 from __future__ import annotations
 
+import inspect
+import typing
 from pathlib import Path
 
 import typer
 
 from plcli.console import console, handle_errors, log
+from plcli.errors import UserError
 
 app = typer.Typer(
     name="plcli",
@@ -19,44 +22,87 @@ app = typer.Typer(
 data_app = typer.Typer(help="Data preparation: import chat exports.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-# -- options shared by the training stages ------------------------------------------------------
+# -- options shared by the training stages: declared once, added to each by _stage_command -------
 MANIFESTS = typer.Argument(..., help="training manifests (.jsonl or .csv)", show_default=False)
-OUT = typer.Option(..., "--out", "-o", help="run directory to create", show_default=False)
 CONFIG = typer.Option(None, "--config", help="YAML file with any option; flags override it")
-EPOCHS = typer.Option(None, "--epochs", help="training epochs")
-BATCH = typer.Option(None, "--batch-size", help="batch size per device")
-LR = typer.Option(None, "--lr", help="peak learning rate")
 SEED = typer.Option(None, "--seed", help="random seed")
-RESUME = typer.Option(None, "--resume", help="'auto' continues RUN_DIR's last checkpoint; or a checkpoint path")
-OVERWRITE = typer.Option(False, "--overwrite", help="replace an existing run in --out")
-ACCEL = typer.Option(None, "--accelerator", help="cpu, gpu, mps or auto")
-DEVICES = typer.Option(None, "--devices", help="number of devices or a list like 0,1")
-STRATEGY = typer.Option(None, "--strategy", help="auto, ddp, ddp_spawn, ...")
-NODES = typer.Option(None, "--num-nodes", help="number of nodes")
-PRECISION = typer.Option(None, "--precision", help="32-true, 16-mixed, bf16-mixed")
-WORKERS = typer.Option(None, "--num-workers", help="DataLoader worker processes")
-SKIP = typer.Option(None, "--skip-invalid/--no-skip-invalid", help="skip invalid rows (written to the rejects file)")
-REJECTS = typer.Option(None, "--rejects", help="rejects file for --skip-invalid (default RUN_DIR/rejects.jsonl)")
 CACHE = typer.Option(None, "--cache-dir", help="feature cache (default $PLCLI_CACHE or ~/.cache/plcli)")
-PROGRESS = typer.Option(None, "--progress/--no-progress", help="show a progress bar")
+TRAINER, DATA = "Training (any config field: --set trainer.KEY=VALUE)", "Data"
 
 
-def _trainer_overrides(epochs, batch_size, lr, seed, resume, accelerator, devices, strategy, num_nodes,
-                       precision, num_workers, progress) -> dict:
-    return {
-        "trainer.epochs": epochs, "trainer.batch_size": batch_size, "trainer.lr": lr, "trainer.seed": seed,
-        "trainer.resume": resume, "trainer.accelerator": accelerator, "trainer.devices": devices,
-        "trainer.strategy": strategy, "trainer.num_nodes": num_nodes, "trainer.precision": precision,
-        "trainer.num_workers": num_workers, "trainer.progress": progress,
-    }
+def _shared_options(
+    manifests: list[Path] = MANIFESTS,
+    out: Path = typer.Option(..., "--out", "-o", help="run directory to create", show_default=False),
+    config: Path = CONFIG,
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run in --out"),
+    resume: str = typer.Option(None, "--resume", help="'auto' continues RUN_DIR's last checkpoint; or a checkpoint path"),
+    set_: list[str] = typer.Option(None, "--set", help="KEY=VALUE for any config field, e.g. --set trainer.weight_decay=0.01 (repeatable; wins over the flags)"),
+    epochs: int = typer.Option(None, "--epochs", help="training epochs", rich_help_panel=TRAINER),
+    batch_size: int = typer.Option(None, "--batch-size", help="batch size per device", rich_help_panel=TRAINER),
+    lr: float = typer.Option(None, "--lr", help="peak learning rate", rich_help_panel=TRAINER),
+    seed: int = typer.Option(None, "--seed", help="random seed", rich_help_panel=TRAINER),
+    accelerator: str = typer.Option(None, "--accelerator", help="cpu, gpu, mps or auto", rich_help_panel=TRAINER),
+    devices: str = typer.Option(None, "--devices", help="number of devices or a list like 0,1", rich_help_panel=TRAINER),
+    strategy: str = typer.Option(None, "--strategy", help="auto, ddp, ddp_spawn, ...", rich_help_panel=TRAINER),
+    num_nodes: int = typer.Option(None, "--num-nodes", help="number of nodes", rich_help_panel=TRAINER),
+    precision: str = typer.Option(None, "--precision", help="32-true, 16-mixed, bf16-mixed", rich_help_panel=TRAINER),
+    num_workers: int = typer.Option(None, "--num-workers", help="DataLoader worker processes", rich_help_panel=TRAINER),
+    progress: bool = typer.Option(None, "--progress/--no-progress", help="show a progress bar", rich_help_panel=TRAINER),
+    skip_invalid: bool = typer.Option(None, "--skip-invalid/--no-skip-invalid", help="skip invalid rows (written to the rejects file)", rich_help_panel=DATA),
+    rejects: Path = typer.Option(None, "--rejects", help="rejects file for --skip-invalid (default RUN_DIR/rejects.jsonl)", rich_help_panel=DATA),
+    cache_dir: Path = typer.Option(None, "--cache-dir", help="feature cache (default $PLCLI_CACHE or ~/.cache/plcli)", rich_help_panel=DATA),
+) -> None:
+    """The signature is the declaration: ``_stage_command`` appends these parameters to every stage."""
 
 
-def _data_overrides(manifests, skip_invalid, rejects, cache_dir) -> dict:
-    return {
-        "data.manifests": [str(m) for m in manifests] if manifests else None,
-        "data.skip_invalid": skip_invalid, "data.rejects": str(rejects) if rejects else None,
-        "data.cache_dir": str(cache_dir) if cache_dir else None,
-    }
+# shared option -> config field it sets (out, config, overwrite and --set are handled by name)
+_SHARED_FIELDS = {
+    "resume": "trainer.resume", "epochs": "trainer.epochs", "batch_size": "trainer.batch_size", "lr": "trainer.lr",
+    "seed": "trainer.seed", "accelerator": "trainer.accelerator", "devices": "trainer.devices",
+    "strategy": "trainer.strategy", "num_nodes": "trainer.num_nodes", "precision": "trainer.precision",
+    "num_workers": "trainer.num_workers", "progress": "trainer.progress", "skip_invalid": "data.skip_invalid",
+    "rejects": "data.rejects", "cache_dir": "data.cache_dir", "manifests": "data.manifests",
+}
+
+
+def _shared_overrides(values: dict) -> dict:
+    """Dotted config overrides from the shared options (None: flag not given)."""
+    def plain(v):
+        if isinstance(v, list):
+            return [str(x) for x in v] or None
+        return str(v) if isinstance(v, Path) else v
+
+    out = {"out": str(values["out"]), "overwrite": values["overwrite"] or None}
+    out.update({field: plain(values[name]) for name, field in _SHARED_FIELDS.items()})
+    for item in values["set_"] or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set: expected KEY=VALUE, got {item!r}")
+        out[key.strip()] = value
+    return out
+
+
+def _stage_command(stage: str):
+    """Register a training-stage command: the function declares its own options and returns their
+    config overrides; the shared options (``_shared_options``) are appended to its signature here."""
+
+    def register(fn):
+        shared = inspect.signature(_shared_options).parameters
+        own = inspect.signature(fn).parameters
+        hints = {**typing.get_type_hints(_shared_options), **typing.get_type_hints(fn)}
+        order = [shared["manifests"], *own.values(), *(p for k, p in shared.items() if k != "manifests")]
+        params = [p.replace(annotation=hints[p.name]) for p in order]
+
+        def command(**kwargs):
+            common = {k: kwargs.pop(k) for k in shared}
+            _run_stage(stage, common["config"], {**fn(**kwargs), **_shared_overrides(common)})
+
+        command.__name__, command.__doc__ = fn.__name__, fn.__doc__
+        command.__signature__ = inspect.Signature(params)
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return app.command(stage)(handle_errors(command))
+
+    return register
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -218,58 +264,38 @@ def demo_data(
     log(f"[green]demo data in {out}[/]: try [bold]plcli validate {out}/train.jsonl[/]")
 
 
-# -- training stages ------------------------------------------------------------------------------
-def _run_stage(module_name: str, cfg_cls_name: str, config, overrides: dict):
+# -- training stages (plcli/stages.py: name -> module, config class, run) -----------------------------
+def _run_stage(name: str, config, overrides: dict):
     """Parse config (+ flags), validate, then hand over to the stage's run()."""
-    import importlib
+    from plcli import stages
 
-    from plcli.config import load_config
-
-    mod = importlib.import_module(f"plcli.{module_name}")
-    cfg = load_config(getattr(mod, cfg_cls_name), config, overrides)
-    metrics = mod.run(cfg, log=log)
+    stage = stages.get(name)
+    metrics = stage.run(stage.load_config(config, overrides), log=log)
     console.print_json(data={k: v for k, v in metrics.items() if not isinstance(v, (list, dict))})
     return metrics
 
 
-@app.command()
-@handle_errors
+@_stage_command("pretrain")
 def pretrain(
-    manifests: list[Path] = MANIFESTS,
-    out: Path = OUT,
-    config: Path = CONFIG,
     encoder: str = typer.Option(None, "--encoder", help="tcresnet (CPU default), tcresnet-small, tcresnet-wide, resnet2d"),
     temperature: float = typer.Option(None, "--temperature", help="NT-Xent temperature"),
     proj_dim: int = typer.Option(None, "--proj-dim", help="projection output size"),
     proj_layers: int = typer.Option(None, "--proj-layers", help="projection head depth (SimCLRv2: 3)"),
     views: int = typer.Option(None, "--views", help="augmented views per clip cached for training"),
     online_augment: bool = typer.Option(None, "--online-augment/--cached-views", help="augment waveforms every step instead of caching views"),
-    epochs: int = EPOCHS, batch_size: int = BATCH, lr: float = LR, seed: int = SEED, resume: str = RESUME,
-    overwrite: bool = OVERWRITE, accelerator: str = ACCEL, devices: str = DEVICES, strategy: str = STRATEGY,
-    num_nodes: int = NODES, precision: str = PRECISION, num_workers: int = WORKERS, skip_invalid: bool = SKIP,
-    rejects: Path = REJECTS, cache_dir: Path = CACHE, progress: bool = PROGRESS,
 ):
     """Stage 1: SimCLR contrastive pretraining of an audio encoder on all the audio.
 
     Writes RUN_DIR/config.yaml, checkpoints/last.ckpt (and best), metrics.json, logs/metrics.csv
     and encoder.pt (plain weights). With exactly labelled rows, a kNN probe reports accuracy each epoch.
     """
-    _run_stage("pretrain", "PretrainConfig", config, {
-        "out": str(out), "encoder": encoder, "temperature": temperature, "proj_dim": proj_dim,
-        "proj_layers": proj_layers, "views": views, "online_augment": online_augment, "overwrite": overwrite or None,
-        **_trainer_overrides(epochs, batch_size, lr, seed, resume, accelerator, devices, strategy, num_nodes,
-                             precision, num_workers, progress),
-        **_data_overrides(manifests, skip_invalid, rejects, cache_dir),
-    })
+    return {"encoder": encoder, "temperature": temperature, "proj_dim": proj_dim, "proj_layers": proj_layers,
+            "views": views, "online_augment": online_augment}
 
 
-@app.command()
-@handle_errors
+@_stage_command("finetune")
 def finetune(
-    manifests: list[Path] = MANIFESTS,
     pretrained: str = typer.Option(..., "--pretrained", help="pretrain run directory, or 'none' (random encoder)"),
-    out: Path = OUT,
-    config: Path = CONFIG,
     loss: str = typer.Option(None, "--loss", help="candidate-row loss: proden (default), cc, ce-only"),
     candidate_weight: float = typer.Option(None, "--candidate-weight", help="weight of the candidate term"),
     from_layer: int = typer.Option(None, "--from-layer", help="projection-head layer feeding the head (0 = encoder)"),
@@ -277,33 +303,20 @@ def finetune(
     unfreeze: bool = typer.Option(None, "--unfreeze/--frozen", help="also fine-tune the encoder"),
     truth: Path = typer.Option(None, "--truth", help="JSONL/CSV id,label: disambiguation accuracy on candidate rows"),
     val_fraction: float = typer.Option(None, "--val-fraction", help="share of exact rows held out"),
-    epochs: int = EPOCHS, batch_size: int = BATCH, lr: float = LR, seed: int = SEED, resume: str = RESUME,
-    overwrite: bool = OVERWRITE, accelerator: str = ACCEL, devices: str = DEVICES, strategy: str = STRATEGY,
-    num_nodes: int = NODES, precision: str = PRECISION, num_workers: int = WORKERS, skip_invalid: bool = SKIP,
-    rejects: Path = REJECTS, cache_dir: Path = CACHE, progress: bool = PROGRESS,
 ):
     """Stage 2: MLP head on the frozen encoder, trained on exact labels and candidate sets.
 
     The run directory holds the teacher: model.pt (encoder + head + vocabulary), vocab.json,
     config.yaml, metrics.json and checkpoints.
     """
-    _run_stage("finetune", "FinetuneConfig", config, {
-        "out": str(out), "pretrained": pretrained, "loss": loss, "candidate_weight": candidate_weight,
-        "from_layer": from_layer, "copies": copies, "unfreeze": unfreeze, "truth": str(truth) if truth else None,
-        "data.val_fraction": val_fraction, "overwrite": overwrite or None,
-        **_trainer_overrides(epochs, batch_size, lr, seed, resume, accelerator, devices, strategy, num_nodes,
-                             precision, num_workers, progress),
-        **_data_overrides(manifests, skip_invalid, rejects, cache_dir),
-    })
+    return {"pretrained": pretrained, "loss": loss, "candidate_weight": candidate_weight, "from_layer": from_layer,
+            "copies": copies, "unfreeze": unfreeze, "truth": str(truth) if truth else None,
+            "data.val_fraction": val_fraction}
 
 
-@app.command()
-@handle_errors
+@_stage_command("distill")
 def distill(
-    manifests: list[Path] = MANIFESTS,
     teacher: str = typer.Option(..., "--teacher", help="teacher run directory (finetune)"),
-    out: Path = OUT,
-    config: Path = CONFIG,
     student: str = typer.Option(None, "--student", help="student encoder: tcresnet-small (default), tcresnet, tcresnet-wide, resnet2d"),
     temperature: float = typer.Option(None, "--temperature", help="distillation temperature T (default 2)"),
     confidence: float = typer.Option(None, "--confidence", help="keep rows without candidates when the teacher's top-1 probability is at least this (default 0.5)"),
@@ -315,25 +328,16 @@ def distill(
     cc_weight: float = typer.Option(None, "--cc-weight", help="share of the candidate-set likelihood (prior-corrected CC) in candidate rows' loss, 0..1 (default 0.8)"),
     rounds: int = typer.Option(None, "--rounds", help="self-training rounds; round k distils round k-1's student (default 3)"),
     truth: Path = typer.Option(None, "--truth", help="JSONL/CSV id,label: disambiguation accuracy on candidate rows"),
-    epochs: int = EPOCHS, batch_size: int = BATCH, lr: float = LR, seed: int = SEED, resume: str = RESUME,
-    overwrite: bool = OVERWRITE, accelerator: str = ACCEL, devices: str = DEVICES, strategy: str = STRATEGY,
-    num_nodes: int = NODES, precision: str = PRECISION, num_workers: int = WORKERS, skip_invalid: bool = SKIP,
-    rejects: Path = REJECTS, cache_dir: Path = CACHE, progress: bool = PROGRESS,
 ):
     """Stage 3: distil the teacher into a smaller student on candidate-constrained pseudo-labels.
 
     Writes model.pt, vocab.json (the teacher's), targets.npy, config.yaml, metrics.json (held-out
     accuracy, covering rate, disambiguation accuracy with --truth) and checkpoints.
     """
-    _run_stage("distill", "DistillConfig", config, {
-        "out": str(out), "teacher": teacher, "student": student, "temperature": temperature,
-        "confidence": confidence, "teacher_views": teacher_views, "refine": refine,
-        "refine_momentum": refine_momentum, "refine_start": refine_start, "exact_weight": exact_weight,
-        "cc_weight": cc_weight, "rounds": rounds, "truth": str(truth) if truth else None, "overwrite": overwrite or None,
-        **_trainer_overrides(epochs, batch_size, lr, seed, resume, accelerator, devices, strategy, num_nodes,
-                             precision, num_workers, progress),
-        **_data_overrides(manifests, skip_invalid, rejects, cache_dir),
-    })
+    return {"teacher": teacher, "student": student, "temperature": temperature, "confidence": confidence,
+            "teacher_views": teacher_views, "refine": refine, "refine_momentum": refine_momentum,
+            "refine_start": refine_start, "exact_weight": exact_weight, "cc_weight": cc_weight, "rounds": rounds,
+            "truth": str(truth) if truth else None}
 
 
 @app.command()

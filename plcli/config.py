@@ -272,6 +272,7 @@ class TrainerConfig(Config):
     num_nodes: int = opt(1, "number of nodes", min=1)
     precision: str = opt("32-true", "32-true, 16-mixed, bf16-mixed, ...")
     num_workers: int = opt(0, "DataLoader worker processes (0 = load in the main process)", min=0)
+    sync_batchnorm: bool = opt(True, "with several GPU processes (DDP), BatchNorm statistics over the global batch rather than per process (torch cannot sync on CPU)")
     resume: str | None = opt(None, "'auto' continues RUN_DIR's last checkpoint; or a checkpoint path")
     log_every_n_steps: int = opt(10, "how often to log training metrics", min=1)
     deterministic: bool = opt(False, "ask torch for deterministic algorithms (slower on GPU)")

@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from plcli.config import Config, DataConfig, LabelConfig, TrainerConfig, opt, read_run_config
+from plcli.config import Config, DataConfig, FeatureConfig, LabelConfig, TrainerConfig, opt
 from plcli.data.augment import AugmentConfig, SpecAugmentConfig, SpectrogramAugment
 from plcli.data.datasets import (
     FeatureRows,
@@ -72,28 +72,32 @@ from plcli.data.datasets import (
     label_vector,
     load_training_rows,
     open_cache,
+    truth_vector,
+    view_workers,
 )
+from plcli.data.features import content_hash
+from plcli.data.labels import NO_TRUTH, Vocabulary
 from plcli.errors import UserError
-from plcli.evaluate import classification_metrics, covering_rate, restricted_predictions
-from plcli.finetune import candidate_log_prior
+from plcli.inference import RowView, load_predictor, predict_logits, softmax
 from plcli.io import atomic_open, atomic_write_json
-from plcli.losses import CandidateLoss, SoftTargetCrossEntropy, candidate_targets
+from plcli.losses import CandidateLoss, SoftTargetCrossEntropy, candidate_log_prior, candidate_targets
+from plcli.metrics import classification_metrics, covering_rate, restricted_predictions
 from plcli.models.classifier import Classifier, save_model
 from plcli.models.encoders import ENCODERS, count_parameters
-from plcli.predict import load_predictor, predict_logits, softmax
-from plcli.training import (
+from plcli.runs import (
     Timer,
-    build_trainer,
-    cosine_with_warmup,
-    fit,
+    UpstreamRun,
+    check_run_dir,
     jsonable,
     logged_history,
-    prepare_run_dir,
+    read_upstream,
     resolve_resume,
     save_config,
     set_threads,
+    start_run,
     write_metrics,
 )
+from plcli.training import adamw_cosine, build_trainer, fit
 
 STAGE = "distill"
 # row kinds in the target table
@@ -236,14 +240,6 @@ def refine_targets(targets: Tensor, logits: Tensor, mask: Tensor, momentum: floa
     return (1 - momentum) * targets + momentum * candidate_targets(logits.detach().float(), mask)
 
 
-def _file_hash(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _targets_key(
     teacher_file: Path, ids: list[str], mask: np.ndarray, y: np.ndarray, cfg: DistillConfig, view_tag: str
 ) -> str:
@@ -252,7 +248,7 @@ def _targets_key(
         json.dumps(
             {
                 "v": TARGETS_VERSION,
-                "teacher": _file_hash(teacher_file),
+                "teacher": content_hash(teacher_file),
                 "T": cfg.temperature,
                 "confidence": cfg.confidence,
                 "teacher_views": cfg.teacher_views,
@@ -267,23 +263,25 @@ def _targets_key(
     return h.hexdigest()
 
 
-def cached_targets(out: Path, key: str, compute) -> tuple[np.ndarray, np.ndarray, bool]:
-    """``targets.npy`` / ``targets.json`` of the run when their key matches, else ``compute()`` and save."""
-    npy, meta = out / "targets.npy", out / "targets.json"
+def load_targets(out: Path, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """``targets.npy`` / ``targets.json`` of the run when their key matches, else None."""
     try:
-        info = json.loads(meta.read_text(encoding="utf-8"))
+        info = json.loads((out / "targets.json").read_text(encoding="utf-8"))
         if info.get("key") == key:
-            targets = np.load(npy)
+            targets = np.load(out / "targets.npy")
             kind = np.asarray(info["kind"], dtype=np.int64)
             if targets.shape[0] == kind.shape[0]:
-                return targets, kind, True
+                return targets, kind
     except (OSError, ValueError, KeyError):
         pass
-    targets, kind = compute()
-    with atomic_open(npy, "wb") as f:
+    return None
+
+
+def save_targets(out: Path, key: str, targets: np.ndarray, kind: np.ndarray) -> None:
+    """Write the target table for ``load_targets`` (atomically)."""
+    with atomic_open(out / "targets.npy", "wb") as f:
         np.save(f, targets.astype(np.float32))
-    atomic_write_json(meta, {"key": key, "kinds": list(KINDS), "kind": kind.tolist()}, indent=None)
-    return targets, kind, False
+    atomic_write_json(out / "targets.json", {"key": key, "kinds": list(KINDS), "kind": kind.tolist()}, indent=None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,8 +392,7 @@ class DistillModule(L.LightningModule):
         self._val.clear()
         if self.trainer.world_size > 1:
             logits, y, mask = (self.all_gather(v).flatten(0, 1) for v in (logits, y, mask))
-        pred = logits.argmax(1)
-        within = logits.masked_fill(~(mask | ~mask.any(1, keepdim=True)), float("-inf")).argmax(1)
+        pred, within = logits.argmax(1), restricted_predictions(logits, mask)
         self.log_dict(
             {"val/acc": (pred == y).float().mean(), "val/acc_within": (within == y).float().mean()},
             prog_bar=True,
@@ -403,11 +400,8 @@ class DistillModule(L.LightningModule):
         )
 
     def configure_optimizers(self):
-        opt_ = torch.optim.AdamW(
-            self.model.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
-        sched = cosine_with_warmup(opt_, self.trainer.estimated_stepping_batches)
-        return {"optimizer": opt_, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        hp = self.hparams
+        return adamw_cosine([(self.model.parameters(), hp.lr)], hp.weight_decay, self.trainer.estimated_stepping_batches)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,15 +409,36 @@ class DistillModule(L.LightningModule):
 # ---------------------------------------------------------------------------------------------
 
 
-def _inherit(cfg: DistillConfig, teacher_cfg: dict, vocab, log, held_out: dict | None = None) -> tuple[float, int, int]:
+@dataclass
+class _Teacher:
+    """The teacher's classifier and what the student inherits from its run."""
+
+    model: Classifier
+    vocab: Vocabulary
+    features: FeatureConfig
+    stage: str
+    file: Path  # the model.pt whose content keys the target cache
+    run: UpstreamRun | None  # its run directory (None for a bare model.pt)
+
+
+def _open_teacher(path: str) -> _Teacher:
+    model, vocab, features, stage = load_predictor(path)
+    p = Path(path)
+    run = read_upstream(p, "--teacher") if (p / "config.yaml").is_file() else None
+    return _Teacher(model, vocab, features, stage, p / "model.pt" if p.is_dir() else p, run)
+
+
+def _inherit(cfg: DistillConfig, teacher: _Teacher, log) -> tuple[float, int, int]:
     """Take label normalisation, the held-out split and (optionally) the augmentations from the teacher.
 
-    ``held_out`` is a distilled teacher's own split (its metrics' ``held_out``), which wins over its
-    trainer seed. Returns (held-out fraction, split seed, view seed).
+    A distilled teacher's own split (its metrics' ``held_out``) wins over its trainer seed.
+    Returns (held-out fraction, split seed, view seed).
     """
-    cfg.data.labels = LabelConfig.from_dict(vocab.normalizer.cfg.to_dict())
-    fraction = float(teacher_cfg.get("data", {}).get("val_fraction", cfg.data.val_fraction))
-    split_seed = int(teacher_cfg.get("trainer", {}).get("seed", cfg.trainer.seed))
+    run = teacher.run or UpstreamRun(teacher.file, None, {})
+    cfg.data.labels = LabelConfig.from_dict(teacher.vocab.normalizer.cfg.to_dict())
+    fraction = float(run.get("data.val_fraction", cfg.data.val_fraction))
+    split_seed = int(run.get("trainer.seed", cfg.trainer.seed))
+    held_out = run.metrics().get("held_out") if run.stage == STAGE else None
     if held_out:
         # a distilled teacher held out its own teacher's rows: keep holding out those
         fraction = float(held_out.get("fraction", fraction))
@@ -432,24 +447,32 @@ def _inherit(cfg: DistillConfig, teacher_cfg: dict, vocab, log, held_out: dict |
         log(f"holding out the teacher's validation rows (val_fraction {fraction}, seed {split_seed})")
     cfg.data.val_fraction = fraction
     view_seed = cfg.view_seed if cfg.view_seed is not None else cfg.trainer.seed
-    if cfg.inherit_augment and teacher_cfg.get("stage") == STAGE:
-        cfg.augment = AugmentConfig.from_dict(teacher_cfg["augment"])
-        cfg.views = int(teacher_cfg.get("views", cfg.views))
-        if cfg.view_seed is None:
-            view_seed = int(teacher_cfg.get("view_seed", view_seed))
-    elif cfg.inherit_augment and "augment" in teacher_cfg:
-        cfg.augment = AugmentConfig.from_dict(teacher_cfg["augment"])
-        pre_dir = teacher_cfg.get("pretrained")
-        pre = None
-        if pre_dir and str(pre_dir).lower() != "none" and (Path(pre_dir) / "config.yaml").is_file():
-            pre = read_run_config(pre_dir)
-        if pre is not None and pre.get("stage") == "pretrain":
-            cfg.views = int(pre.get("views", cfg.views))
+    if cfg.inherit_augment and "augment" in run.config:
+        cfg.augment = run.section(AugmentConfig, "augment")
+        views_from = run if run.stage == STAGE else _pretrain_run(run)
+        if views_from is not None:
+            cfg.views = int(views_from.get("views", cfg.views))
             if cfg.view_seed is None:
-                view_seed = int(pre.get("trainer", {}).get("seed", view_seed))
+                view_seed = int(views_from.get("view_seed" if run.stage == STAGE else "trainer.seed", view_seed))
     cfg.view_seed = view_seed
     cfg.validate()
     return fraction, split_seed, view_seed
+
+
+def _pretrain_run(finetune_run: UpstreamRun) -> UpstreamRun | None:
+    """The pretrain run a finetune teacher was built on, when it is still there."""
+    pre_dir = finetune_run.get("pretrained")
+    if not pre_dir or str(pre_dir).lower() == "none" or not (Path(pre_dir) / "config.yaml").is_file():
+        return None
+    pre = read_upstream(pre_dir, "--pretrained")
+    return pre if pre.stage == "pretrain" else None
+
+
+def student_args(cfg, n_mels: int, num_classes: int) -> dict:
+    """``Classifier`` arguments of the student (``cfg``: a ``DistillConfig`` or the benchmark's
+    ``BaselineConfig``, anything with ``student``, ``head_hidden_dim``, ``head_layers``, ``dropout``)."""
+    return dict(encoder=cfg.student, n_mels=n_mels, num_classes=num_classes, from_layer=0,
+                head_hidden_dim=cfg.head_hidden_dim, head_layers=cfg.head_layers, dropout=cfg.dropout)
 
 
 def run(cfg: DistillConfig, log=print, callbacks: list | None = None) -> dict:
@@ -464,11 +487,18 @@ def run(cfg: DistillConfig, log=print, callbacks: list | None = None) -> dict:
 
 
 def _run_rounds(cfg: DistillConfig, log, callbacks: list | None) -> dict:
-    """Self-training: round k distils round k-1's student (same seed, so the same held-out rows)."""
-    import shutil
+    """Self-training: round k distils round k-1's student (same seed, so the same held-out rows).
 
-    out = prepare_run_dir(cfg.out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite)
-    save_config(out, cfg, STAGE)
+    ``RUN_DIR`` is opened by the first round that runs, once its inputs passed every check.
+    """
+    out = Path(cfg.out)
+    check_run_dir(out, STAGE, cfg.trainer.resume, cfg.overwrite)
+    opened = [out / "config.yaml" if cfg.trainer.resume is not None and (out / "config.yaml").exists() else None]
+
+    def open_parent() -> None:
+        if opened[0] is None:
+            opened[0] = start_run(out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite)
+
     teacher, summary, m = cfg.teacher, [], {}
     for k in range(1, cfg.rounds + 1):
         sub = DistillConfig.from_dict({**cfg.to_dict(), "rounds": 1, "teacher": str(teacher)})
@@ -481,287 +511,264 @@ def _run_rounds(cfg: DistillConfig, log, callbacks: list | None) -> dict:
             log(f"round {k}/{cfg.rounds}: teacher {teacher}")
             # a fresh top-level run replaces stale rounds; a resumed one continues them
             sub.overwrite = cfg.trainer.resume is None
-            m = _run_round(sub, log, callbacks)
-        summary.append(
-            {
-                key: m.get(key)
-                for key in ("val_acc", "val_acc_within", "disambiguation_acc", "fit_seconds", "total_seconds")
-            }
-        )
+            m = _run_round(sub, log, callbacks, on_start=open_parent)
+        summary.append({key: m.get(key) for key in
+                        ("val_acc", "val_acc_within", "disambiguation_acc", "fit_seconds", "total_seconds")})
         teacher = Path(sub.out)
+    open_parent()
+    return _finish_rounds(cfg, out, teacher, summary, m)
+
+
+def _finish_rounds(cfg: DistillConfig, out: Path, last_round: Path, summary: list[dict], m: dict) -> dict:
+    """Copy the last student to ``RUN_DIR``, with the resolved config and the rounds' summary."""
+    import shutil
+
     for name in ("model.pt", "vocab.json"):
-        with open(teacher / name, "rb") as src, atomic_open(out / name, "wb", encoding=None) as dst:
+        with open(last_round / name, "rb") as src, atomic_open(out / name, "wb", encoding=None) as dst:
             shutil.copyfileobj(src, dst)
     # the resolved (inherited) settings, so this run can itself be a teacher or be resumed
-    last = {k: v for k, v in read_run_config(teacher).items() if k in DistillConfig.__dataclass_fields__}
-    save_config(out, DistillConfig.from_dict({**last, "out": str(out), "teacher": cfg.teacher, "rounds": cfg.rounds, "overwrite": cfg.overwrite}), STAGE)
+    last = read_upstream(last_round, "--teacher").config
+    last = {k: v for k, v in last.items() if k in DistillConfig.__dataclass_fields__}
+    save_config(out, DistillConfig.from_dict({**last, "out": str(out), "teacher": cfg.teacher, "rounds": cfg.rounds,
+                                              "overwrite": cfg.overwrite}), STAGE)
     # the stage's time is its rounds' (also when some of them ran before a resume)
     seconds = sum(r["total_seconds"] or 0.0 for r in summary)
-    result = {**m, "teacher": str(cfg.teacher), "rounds": summary, "total_seconds": seconds}
-    return write_metrics(out, result)
+    return write_metrics(out, {**m, "teacher": str(cfg.teacher), "rounds": summary, "total_seconds": seconds})
 
 
-def _run_round(cfg: DistillConfig, log=print, callbacks: list | None = None) -> dict:
-    """One distillation of ``cfg.teacher`` into a fresh student."""
+@dataclass
+class _Rows:
+    """The manifest rows in the teacher's vocabulary, and who trains and who validates."""
+
+    rows: list
+    mask: np.ndarray  # (N, C) bool candidates known to the teacher
+    y: np.ndarray  # (N,) exact label, -1 none or unknown
+    unknown_label: np.ndarray  # (N,) bool: an exact label the teacher does not know (left out)
+    pool: np.ndarray  # rows that may train the student
+    val_idx: np.ndarray  # held-out exact rows
+    truth: np.ndarray  # (N,) --truth label: -2 none, -1 outside the vocabulary
+
+
+def _load_rows(cfg: DistillConfig, vocab: Vocabulary, fraction: float, split_seed: int, log) -> _Rows:
     from plcli.data.manifest import read_truth
 
-    timer = Timer()
-    set_threads()
-    teacher, vocab, features, teacher_stage = load_predictor(cfg.teacher)
-    teacher_dir = Path(cfg.teacher)
-    teacher_file = teacher_dir / "model.pt" if teacher_dir.is_dir() else teacher_dir
-    teacher_cfg = read_run_config(teacher_dir) if (teacher_dir / "config.yaml").is_file() else {}
-    teacher_metrics = teacher_dir / "metrics.json"
-    held_out = None
-    if teacher_cfg.get("stage") == STAGE and teacher_metrics.is_file():
-        held_out = json.loads(teacher_metrics.read_text(encoding="utf-8")).get("held_out")
-    fraction, split_seed, view_seed = _inherit(cfg, teacher_cfg, vocab, log, held_out)
-    out = prepare_run_dir(cfg.out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite)
-    save_config(out, cfg, STAGE)
-    L.seed_everything(cfg.trainer.seed, workers=True)
-
-    rows = load_training_rows(cfg.data, out, log=log).rows
-    vocab.save(out / "vocab.json")
-    mask_all = candidate_matrix(rows, vocab)
-    y_all = label_vector(rows, vocab)
-    unknown_label = np.array([r.label is not None for r in rows]) & (y_all < 0)
+    rows = load_training_rows(cfg.data, Path(cfg.out), log=log).rows
+    mask, y = candidate_matrix(rows, vocab), label_vector(rows, vocab)
+    unknown_label = np.array([r.label is not None for r in rows]) & (y < 0)
     if unknown_label.any():
-        log(
-            f"left out {int(unknown_label.sum())} exact row(s) whose label is not in the teacher's vocabulary"
-        )
+        log(f"left out {int(unknown_label.sum())} exact row(s) whose label is not in the teacher's vocabulary")
     held = holdout_ids([r.id for r in rows if r.label is not None], fraction, split_seed)
     is_held = np.array([r.id in held for r in rows])
-    val_idx = np.flatnonzero(is_held & (y_all >= 0))
-    pool = np.flatnonzero(~is_held & ~unknown_label)  # rows that may train the student
+    pool = np.flatnonzero(~is_held & ~unknown_label)
     if len(pool) == 0:
         raise UserError("no training rows left after the held-out split")
-    truth: dict[str, str] = read_truth(cfg.truth) if cfg.truth else {}
-    truth_idx = np.full(len(rows), -2, dtype=np.int64)  # -2 no truth, -1 truth outside the vocabulary
-    for i, r in enumerate(rows):
-        if r.id in truth:
-            j = vocab.index(truth[r.id])
-            truth_idx[i] = -1 if j is None else j
+    truth = truth_vector(rows, read_truth(cfg.truth), vocab) if cfg.truth else np.full(len(rows), NO_TRUTH)
+    return _Rows(rows, mask, y, unknown_label, pool, np.flatnonzero(is_held & (y >= 0)), truth)
 
-    cache = open_cache(cfg.data, features)
-    t_feat = Timer()
-    _, clean = cache.features([r.audio for r in rows])
-    pool_paths = [rows[i].audio for i in pool]
-    log(f"distilling on {len(pool)} recordings; caching {cfg.views} augmented views per clip ...")
-    _, views = cache.views(
-        pool_paths,
-        cfg.augment.waveform_params(),
-        cfg.views,
-        view_seed,
-        workers=_view_workers(len(pool_paths) * cfg.views, cfg.trainer.num_workers),
-    )
-    feature_seconds = t_feat.seconds
 
-    t_teach = Timer()
-    pool_mask = torch.from_numpy(mask_all[pool])
-    pool_y = torch.from_numpy(y_all[pool])
+def _targets(cfg: DistillConfig, teacher: _Teacher, d: _Rows, clean, views, view_seed: int,
+             log_prior: Tensor | None) -> tuple[np.ndarray, np.ndarray, str, bool]:
+    """The teacher's target table over the pool (reused from RUN_DIR when its key matches), its
+    kinds, the cache key and whether it was reused. Writes nothing."""
     view_tag = hashlib.blake2b(
         json.dumps([cfg.augment.waveform_params(), cfg.views, view_seed]).encode(), digest_size=8
     ).hexdigest()
-    key = _targets_key(teacher_file, [rows[i].id for i in pool], mask_all[pool], y_all[pool], cfg, view_tag)
+    key = _targets_key(teacher.file, [d.rows[i].id for i in d.pool], d.mask[d.pool], d.y[d.pool], cfg, view_tag)
+    cached = load_targets(Path(cfg.out), key)
+    if cached is not None:
+        return *cached, key, True
+    logits = [predict_logits(teacher.model, RowView(clean, d.pool))]
+    logits += [predict_logits(teacher.model, RowView(views, None, v)) for v in range(cfg.teacher_views)]
+    tgt, kind, _ = teacher_targets(torch.from_numpy(np.stack(logits)), torch.from_numpy(d.mask[d.pool]),
+                                   torch.from_numpy(d.y[d.pool]), cfg.temperature, cfg.confidence, log_prior)
+    return tgt.numpy(), kind.numpy(), key, False
 
-    # (C,) log share of candidate slots over every row: the teacher's targets and the student's loss
-    log_prior = candidate_log_prior(torch.from_numpy(mask_all)) if cfg.prior_correction else None
 
-    def compute():
-        logits = [predict_logits(teacher, _Rows(clean, pool))]
-        for v in range(cfg.teacher_views):
-            logits.append(predict_logits(teacher, _Rows(views, None, v)))
-        tgt, kind, _ = teacher_targets(
-            torch.from_numpy(np.stack(logits)), pool_mask, pool_y, cfg.temperature, cfg.confidence, log_prior
-        )
-        return tgt.numpy(), kind.numpy()
-
-    targets, kind, reused = cached_targets(out, key, compute)
-    teacher_seconds = t_teach.seconds
-    log(
-        ("reused" if reused else "computed")
-        + " the teacher's targets: "
-        + ", ".join(f"{(kind == k).sum()} {name}" for k, name in enumerate(KINDS))
-    )
-
-    train_pos = np.flatnonzero(kind != DROPPED)  # positions in the pool
-    if len(train_pos) < 2:
-        raise UserError(
-            f"only {len(train_pos)} training row(s) after filtering; distillation needs at least 2"
-        )
-    train_ds = ViewRows(
-        views,
-        index=train_pos,
-        y=pool_y[train_pos],
-        kind=torch.from_numpy(kind[train_pos]),
-        mask=pool_mask[train_pos],
-    )
-    student_kwargs = dict(
-        encoder=cfg.student,
-        n_mels=features.n_mels,
-        num_classes=len(vocab),
-        from_layer=0,
-        head_hidden_dim=cfg.head_hidden_dim,
-        head_layers=cfg.head_layers,
-        dropout=cfg.dropout,
-    )
+def _module(cfg: DistillConfig, teacher: _Teacher, targets: Tensor, log_prior: Tensor | None) -> DistillModule:
     module = DistillModule(
-        student_kwargs,
-        num_train=len(train_pos),
-        temperature=cfg.temperature,
-        exact_weight=cfg.exact_weight,
-        lr=cfg.trainer.lr,
-        weight_decay=cfg.trainer.weight_decay,
-        spec_augment=cfg.augment.spec.to_dict(),
-        refine=cfg.refine,
-        refine_momentum=cfg.refine_momentum,
-        refine_start=cfg.refine_start,
-        cc_weight=cfg.cc_weight,
+        student_args(cfg, teacher.features.n_mels, len(teacher.vocab)), num_train=len(targets),
+        temperature=cfg.temperature, exact_weight=cfg.exact_weight, lr=cfg.trainer.lr,
+        weight_decay=cfg.trainer.weight_decay, spec_augment=cfg.augment.spec.to_dict(), refine=cfg.refine,
+        refine_momentum=cfg.refine_momentum, refine_start=cfg.refine_start, cc_weight=cfg.cc_weight,
     )
-    module.targets.copy_(torch.from_numpy(targets[train_pos]))
+    module.targets.copy_(targets)
     if log_prior is not None:
         module.log_prior.copy_(log_prior)
-    initial_targets = module.targets.clone()
+    return module
 
+
+def _loaders(cfg: DistillConfig, d: _Rows, clean, views, kind: np.ndarray, train_pos: np.ndarray, log):
+    """(train, validation) loaders: cached views of the kept pool rows; clean held-out rows (or None)."""
+    train_ds = ViewRows(views, index=train_pos, y=torch.from_numpy(d.y[d.pool][train_pos]),
+                        kind=torch.from_numpy(kind[train_pos]), mask=torch.from_numpy(d.mask[d.pool][train_pos]))
     bs = min(cfg.trainer.batch_size, len(train_ds))
     # a last batch of one row would break BatchNorm in training mode
     drop_last = len(train_ds) >= 2 * bs or len(train_ds) % bs == 1
-    train_loader = DataLoader(
-        train_ds,
-        batch_size=bs,
-        shuffle=True,
-        drop_last=drop_last,
-        collate_fn=FeatureRows.collate_fn,
-        num_workers=cfg.trainer.num_workers,
-        persistent_workers=cfg.trainer.num_workers > 0,
-    )
-    val_loader = None
-    if len(val_idx):
-        val_ds = FeatureRows(
-            clean, index=val_idx, y=torch.from_numpy(y_all[val_idx]), mask=torch.from_numpy(mask_all[val_idx])
-        )
-        val_loader = DataLoader(val_ds, batch_size=1024, shuffle=False, collate_fn=FeatureRows.collate_fn)
-    else:
+    train_loader = DataLoader(train_ds, batch_size=bs, shuffle=True, drop_last=drop_last,
+                              collate_fn=FeatureRows.collate_fn, num_workers=cfg.trainer.num_workers,
+                              persistent_workers=cfg.trainer.num_workers > 0)
+    if not len(d.val_idx):
         log("no held-out exact rows: no validation metrics")
-    trainer = build_trainer(
-        cfg.trainer,
-        out,
-        monitor="val/acc" if val_loader is not None else None,
-        mode="max",
-        extra_callbacks=callbacks,
-    )
+        return train_loader, None
+    val_ds = FeatureRows(clean, index=d.val_idx, y=torch.from_numpy(d.y[d.val_idx]),
+                         mask=torch.from_numpy(d.mask[d.val_idx]))
+    return train_loader, DataLoader(val_ds, batch_size=1024, shuffle=False, collate_fn=FeatureRows.collate_fn)
+
+
+@dataclass
+class _Round:
+    """A round's checked inputs: the teacher, the rows, their features and the target table."""
+
+    teacher: _Teacher
+    d: _Rows
+    held_out: dict  # the held-out split: fraction and seed
+    clean: np.ndarray  # (N, F, T) clean features of every row
+    views: np.ndarray  # (P, V, F, T) augmented views of the pool
+    log_prior: Tensor | None
+    targets: np.ndarray  # (P, C) the teacher's targets over the pool
+    kind: np.ndarray  # (P,) EXACT, CANDIDATE, FREE or DROPPED
+    key: str
+    reused: bool
+    seconds: dict
+
+
+def _prepare_round(cfg: DistillConfig, log) -> _Round:
+    """Read and check everything, and compute (or reuse) the teacher's targets; writes no run."""
+    check_run_dir(cfg.out, STAGE, cfg.trainer.resume, cfg.overwrite)
+    teacher = _open_teacher(cfg.teacher)
+    fraction, split_seed, view_seed = _inherit(cfg, teacher, log)
+    d = _load_rows(cfg, teacher.vocab, fraction, split_seed, log)
+    check_run_dir(cfg.out, STAGE, cfg.trainer.resume, cfg.overwrite, teacher.vocab)
+
+    cache = open_cache(cfg.data, teacher.features)
+    t_feat = Timer()
+    keys, clean = cache.features([r.audio for r in d.rows])
+    log(f"distilling on {len(d.pool)} recordings; caching {cfg.views} augmented views per clip ...")
+    _, views = cache.views([d.rows[i].audio for i in d.pool], cfg.augment.waveform_params(), cfg.views, view_seed,
+                           workers=view_workers(len(d.pool) * cfg.views, cfg.trainer.num_workers),
+                           keys=[keys[i] for i in d.pool])
+    feature_seconds = t_feat.seconds
+    t_teach = Timer()
+    # (C,) log share of candidate slots over every row: the teacher's targets and the student's loss
+    log_prior = candidate_log_prior(torch.from_numpy(d.mask)) if cfg.prior_correction else None
+    targets, kind, key, reused = _targets(cfg, teacher, d, clean, views, view_seed, log_prior)
+    log(("reused" if reused else "computed") + " the teacher's targets: "
+        + ", ".join(f"{(kind == k).sum()} {name}" for k, name in enumerate(KINDS)))
+    if (kind != DROPPED).sum() < 2:
+        raise UserError(f"only {(kind != DROPPED).sum()} training row(s) after filtering; distillation needs at least 2")
+    seconds = {"feature_seconds": feature_seconds, "teacher_seconds": t_teach.seconds,
+               "cache": {"computed": cache.computed, "reused": cache.reused}}
+    return _Round(teacher, d, {"fraction": fraction, "seed": split_seed}, clean, views, log_prior, targets, kind,
+                  key, reused, seconds)
+
+
+def _run_round(cfg: DistillConfig, log=print, callbacks: list | None = None, on_start=None) -> dict:
+    """One distillation of ``cfg.teacher`` into a fresh student.
+
+    Everything is read and checked, and the teacher's targets computed, before ``RUN_DIR`` is
+    written (``on_start`` runs just before that, for the rounds' parent folder).
+    """
+    timer = Timer()
+    set_threads()
+    r = _prepare_round(cfg, log)
+    if on_start is not None:
+        on_start()
+    out = start_run(cfg.out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite, r.teacher.vocab)
+    if not r.reused:
+        save_targets(out, r.key, r.targets, r.kind)
+    L.seed_everything(cfg.trainer.seed, workers=True)
+    train_pos = np.flatnonzero(r.kind != DROPPED)  # positions in the pool
+    module = _module(cfg, r.teacher, torch.from_numpy(r.targets[train_pos]), r.log_prior)
+    initial_targets = module.targets.clone().numpy()
+    train_loader, val_loader = _loaders(cfg, r.d, r.clean, r.views, r.kind, train_pos, log)
+    monitor = "val/acc" if val_loader is not None else None
+    trainer = build_trainer(cfg.trainer, out, monitor=monitor, mode="max", extra_callbacks=callbacks)
     t_fit = Timer()
     fit(trainer, module, train_loader, val_loader, resolve_resume(out, cfg.trainer.resume), out)
     fit_seconds = t_fit.seconds
 
-    # -- final metrics on clean features ---------------------------------------------------------
     student = module.model.cpu().eval()
+    result = _summary(cfg, r, student, trainer, train_pos)
     t_inf = Timer()
-    s_logits = predict_logits(student, clean)  # (N, C) every row
+    s_logits = predict_logits(student, r.clean)  # (N, C) every row
     inference_seconds = t_inf.seconds
     s_probs = softmax(s_logits)
-    t_val_probs = softmax(predict_logits(teacher, _Rows(clean, val_idx))) if len(val_idx) else None
-    final_targets = module.targets.detach().cpu().numpy()
-    cand_pos = train_pos[kind[train_pos] == CANDIDATE]  # pool positions of the candidate training rows
-    cand_rows = pool[cand_pos]
-    result: dict = {
+    result.update(_held_out_metrics(out, r.teacher.model, r.clean, s_probs, r.d))
+    result.update(_candidate_metrics(s_probs, r.d, r.kind, train_pos, initial_targets,
+                                     module.targets.detach().cpu().numpy()))
+    result.update({"student_clips_per_second": len(r.d.rows) / max(inference_seconds, 1e-9),
+                   "threads": torch.get_num_threads(), "feature_seconds": r.seconds["feature_seconds"],
+                   "teacher_seconds": r.seconds["teacher_seconds"], "fit_seconds": fit_seconds,
+                   "total_seconds": timer.seconds, "cache": r.seconds["cache"]})
+    if not trainer.is_global_zero:
+        return jsonable(result)
+    save_model(out / "model.pt", student, r.teacher.vocab, r.teacher.features, STAGE,
+               extra={"teacher": str(cfg.teacher), "temperature": cfg.temperature, "refine": cfg.refine})
+    return write_metrics(out, result)
+
+
+def _summary(cfg: DistillConfig, r: _Round, student: Classifier, trainer, train_pos: np.ndarray) -> dict:
+    """The round's description: models, rows by kind, settings, steps."""
+    kind = r.kind
+    return {
         "stage": STAGE,
         "teacher": str(cfg.teacher),
-        "teacher_stage": teacher_stage,
+        "teacher_stage": r.teacher.stage,
         "student": cfg.student,
         "student_parameters": count_parameters(student),
-        "teacher_parameters": count_parameters(teacher),
-        "rows": len(rows),
-        "classes": len(vocab),
-        "held_out_exact": int(len(val_idx)),
-        "held_out": {"fraction": fraction, "seed": split_seed},
-        "training_rows": {
-            name: int((kind[train_pos] == k).sum()) for k, name in enumerate(KINDS) if k != DROPPED
-        },
+        "teacher_parameters": count_parameters(r.teacher.model),
+        "rows": len(r.d.rows),
+        "classes": len(r.teacher.vocab),
+        "held_out_exact": int(len(r.d.val_idx)),
+        "held_out": r.held_out,
+        "training_rows": {name: int((kind[train_pos] == k).sum()) for k, name in enumerate(KINDS) if k != DROPPED},
         "no_candidate_rows_dropped": int((kind == DROPPED).sum()),
-        "unknown_label_rows_dropped": int(unknown_label.sum()),
+        "unknown_label_rows_dropped": int(r.d.unknown_label.sum()),
         "temperature": cfg.temperature,
         "confidence": cfg.confidence,
         "refine": cfg.refine,
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
-        "targets_reused": reused,
+        "targets_reused": r.reused,
     }
-    if len(val_idx):
-        vm = classification_metrics(s_probs[val_idx], y_all[val_idx], mask_all[val_idx])
-        tm = classification_metrics(t_val_probs, y_all[val_idx], mask_all[val_idx])
-        result.update(
-            {
-                "val_acc": vm["accuracy"],
-                "val_acc_within": vm["accuracy_within_candidates"],
-                "val_macro_f1": vm["macro_f1"],
-                "val_ece": vm["ece"],
-                "teacher_val_acc": tm["accuracy"],
-                "teacher_val_acc_within": tm["accuracy_within_candidates"],
-                "val_acc_history": logged_history(out, "val/acc"),
-            }
-        )
-    if len(cand_rows):
-        result["covering_rate"] = covering_rate(s_probs[cand_rows].argmax(1), mask_all[cand_rows])
-        truth_c = truth_idx[cand_rows]
-        known = truth_c != -2
-        if known.any():
-            at = np.searchsorted(train_pos, cand_pos[known])  # positions in the target table
-            s_pred = restricted_predictions(s_probs[cand_rows[known]], mask_all[cand_rows[known]])
-            result.update(
-                {
-                    "disambiguation_rows": int(known.sum()),
-                    "disambiguation_acc": float(np.mean(s_pred == truth_c[known])),
-                    "targets_disambiguation_acc_initial": float(
-                        np.mean(initial_targets.numpy()[at].argmax(1) == truth_c[known])
-                    ),
-                    "targets_disambiguation_acc_final": float(
-                        np.mean(final_targets[at].argmax(1) == truth_c[known])
-                    ),
-                }
-            )
-    result.update(
-        {
-            "student_clips_per_second": len(rows) / max(inference_seconds, 1e-9),
-            "threads": torch.get_num_threads(),
-            "feature_seconds": feature_seconds,
-            "teacher_seconds": teacher_seconds,
-            "fit_seconds": fit_seconds,
-            "total_seconds": timer.seconds,
-            "cache": {"computed": cache.computed, "reused": cache.reused},
-        }
-    )
-    if trainer.is_global_zero:
-        save_model(
-            out / "model.pt",
-            student,
-            vocab,
-            features,
-            STAGE,
-            extra={"teacher": str(cfg.teacher), "temperature": cfg.temperature, "refine": cfg.refine},
-        )
-        return write_metrics(out, result)
-    return jsonable(result)
 
 
-def _view_workers(n_views: int, num_workers: int) -> int:
-    """Processes for computing augmented views: starting one costs seconds (torch, audiomentations
-    imports), about the price of 4000 views in-process, so small jobs stay in this process."""
-    import os
+def _held_out_metrics(out: Path, teacher: Classifier, clean, s_probs: np.ndarray, d: _Rows) -> dict:
+    """Student and teacher accuracy on the held-out exact rows (clean features)."""
+    if not len(d.val_idx):
+        return {}
+    t_probs = softmax(predict_logits(teacher, RowView(clean, d.val_idx)))
+    vm = classification_metrics(s_probs[d.val_idx], d.y[d.val_idx], d.mask[d.val_idx])
+    tm = classification_metrics(t_probs, d.y[d.val_idx], d.mask[d.val_idx])
+    return {
+        "val_acc": vm["accuracy"],
+        "val_acc_within": vm["accuracy_within_candidates"],
+        "val_macro_f1": vm["macro_f1"],
+        "val_ece": vm["ece"],
+        "teacher_val_acc": tm["accuracy"],
+        "teacher_val_acc_within": tm["accuracy_within_candidates"],
+        "val_acc_history": logged_history(out, "val/acc"),
+    }
 
-    if n_views < 4000:
-        return 1
-    return num_workers or max(1, os.cpu_count() or 1)
 
-
-class _Rows:
-    """A lazy row (and optional view) selection of a memmap, sliceable like an array: ``feats[s:e]``."""
-
-    def __init__(self, feats: np.ndarray, index: np.ndarray | None, view: int | None = None):
-        self.feats, self.index, self.view = feats, index, view
-        n = feats.shape[0] if index is None else len(index)
-        self.shape = (n, *feats.shape[(2 if view is not None else 1) :])
-
-    def __getitem__(self, s: slice) -> np.ndarray:
-        rows = np.arange(self.shape[0])[s] if self.index is None else self.index[s]
-        return self.feats[rows] if self.view is None else self.feats[rows, self.view]
+def _candidate_metrics(s_probs: np.ndarray, d: _Rows, kind: np.ndarray, train_pos: np.ndarray,
+                       initial: np.ndarray, final: np.ndarray) -> dict:
+    """Covering rate on the candidate training rows; with --truth, the student's and the target
+    table's (before and after refinement) disambiguation accuracy."""
+    cand_pos = train_pos[kind[train_pos] == CANDIDATE]  # pool positions of the candidate training rows
+    cand_rows = d.pool[cand_pos]
+    if not len(cand_rows):
+        return {}
+    out = {"covering_rate": covering_rate(s_probs[cand_rows].argmax(1), d.mask[cand_rows])}
+    truth_c = d.truth[cand_rows]
+    known = truth_c != NO_TRUTH
+    if known.any():
+        at = np.searchsorted(train_pos, cand_pos[known])  # positions in the target table
+        s_pred = restricted_predictions(s_probs[cand_rows[known]], d.mask[cand_rows[known]])
+        out.update({
+            "disambiguation_rows": int(known.sum()),
+            "disambiguation_acc": float(np.mean(s_pred == truth_c[known])),
+            "targets_disambiguation_acc_initial": float(np.mean(initial[at].argmax(1) == truth_c[known])),
+            "targets_disambiguation_acc_final": float(np.mean(final[at].argmax(1) == truth_c[known])),
+        })
+    return out

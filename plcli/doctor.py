@@ -132,7 +132,7 @@ def _check_soundfile() -> str:
 def _check_espeak() -> str:
     import numpy as np
 
-    from plcli.data.synth import EspeakEngine, Speaker
+    from plcli.demo.synth import EspeakEngine, Speaker
 
     eng = EspeakEngine()
     try:
@@ -260,7 +260,7 @@ def optional_pieces() -> dict:
     """Optional speech engines (with voice counts) and extras (with versions), present or not."""
     engines: dict = {}
     try:
-        from plcli.data.synth import ENGINE_CLASSES, engine_voices
+        from plcli.demo.synth import ENGINE_CLASSES, engine_voices
 
         for name, cls in ENGINE_CLASSES.items():
             try:

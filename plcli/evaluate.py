@@ -1,16 +1,5 @@
-"""``plcli evaluate``: metrics of a trained classifier on a labelled manifest, plus the shared metrics.
-
-The metric functions are pure functions on numpy arrays so that the benchmark and the training
-stages compute exactly the same numbers. Conventions:
-
-- ``probs`` is ``(N, C)`` class probabilities, ``pred`` ``(N,)`` predicted class indices.
-- ``y`` is ``(N,)`` true class indices; ``-1`` marks a true label outside the model's vocabulary:
-  it can never be predicted, so it counts as an error wherever accuracy is computed, and as a
-  false positive for the predicted class in the per-class table.
-- ``mask`` is ``(N, C)`` bool, True for the classes in a row's candidate set; an all-False row has
-  no candidates.
-- Averages over zero rows are ``nan`` (written as ``null`` in JSON): "not measurable", not 0.
-"""
+"""``plcli evaluate``: metrics of a trained classifier on a labelled manifest (``plcli.metrics``),
+printed as tables and optionally written as JSON, plots and a per-class CSV."""
 
 from __future__ import annotations
 
@@ -23,150 +12,15 @@ import numpy as np
 
 from plcli.config import Config, opt
 from plcli.errors import UserError
-
-ECE_BINS = 15
-
-
-# ---------------------------------------------------------------------------------------------
-# Metrics (pure functions on arrays)
-# ---------------------------------------------------------------------------------------------
-
-
-def _mean(x: np.ndarray) -> float:
-    return float(np.mean(x)) if x.size else math.nan
-
-
-def restricted_predictions(probs: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """(N,) argmax over each row's candidates; rows without candidates take the plain argmax."""
-    probs, mask = np.asarray(probs), np.asarray(mask, dtype=bool)
-    if probs.shape != mask.shape:
-        raise ValueError(f"probs {probs.shape} and mask {mask.shape} must have the same shape")
-    allowed = mask | ~mask.any(axis=1, keepdims=True)
-    return np.where(allowed, probs, -np.inf).argmax(axis=1)
-
-
-def accuracy(pred: np.ndarray, y: np.ndarray) -> float:
-    """Share of rows with ``pred == y`` (a ``-1`` truth is never matched)."""
-    pred, y = np.asarray(pred), np.asarray(y)
-    return _mean(pred == y)
-
-
-def within_candidate_accuracy(probs: np.ndarray, y: np.ndarray, mask: np.ndarray) -> float:
-    """Accuracy of the candidate-restricted argmax, over the rows that have candidates."""
-    mask = np.asarray(mask, dtype=bool)
-    has = mask.any(axis=1)
-    return accuracy(restricted_predictions(probs, mask)[has], np.asarray(y)[has])
-
-
-def covering_rate(pred: np.ndarray, mask: np.ndarray) -> float:
-    """Share of rows with candidates whose (unrestricted) prediction lies in their candidate set."""
-    pred, mask = np.asarray(pred), np.asarray(mask, dtype=bool)
-    has = mask.any(axis=1)
-    return _mean(mask[np.flatnonzero(has), pred[has]])
-
-
-def confusion_matrix(pred: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
-    """(C, C) int64 counts, rows = true class, columns = predicted class; ``y == -1`` rows are left out."""
-    pred, y = np.asarray(pred), np.asarray(y)
-    keep = y >= 0
-    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(cm, (y[keep], pred[keep]), 1)
-    return cm
-
-
-def per_class_metrics(pred: np.ndarray, y: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:
-    """Per-class precision, recall, F1, support (true rows) and predicted count, each (C,).
-
-    Precision is ``nan`` for a class never predicted, recall ``nan`` for a class with no support;
-    F1 is 0 when either is 0 or undefined while the other side has rows (a missed or spurious
-    class), and ``nan`` only when the class neither occurs nor is predicted.
-    """
-    pred, y = np.asarray(pred), np.asarray(y)
-    tp = np.bincount(pred[pred == y], minlength=num_classes)[:num_classes].astype(np.float64)
-    predicted = np.bincount(pred, minlength=num_classes)[:num_classes].astype(np.float64)
-    support = np.bincount(y[y >= 0], minlength=num_classes)[:num_classes].astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.where(predicted > 0, tp / predicted, np.nan)
-        recall = np.where(support > 0, tp / support, np.nan)
-        f1 = np.where(predicted + support > 0, 2 * tp / (predicted + support), np.nan)
-    return {
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
-        "support": support.astype(np.int64),
-        "predicted": predicted.astype(np.int64),
-    }
-
-
-def macro_f1(pred: np.ndarray, y: np.ndarray, num_classes: int) -> float:
-    """Mean F1 over the classes that occur in ``y`` or in ``pred`` (scikit-learn's default labels)."""
-    f1 = per_class_metrics(pred, y, num_classes)["f1"]
-    f1 = f1[~np.isnan(f1)]
-    return _mean(f1)
-
-
-def calibration_bins(
-    confidence: np.ndarray, correct: np.ndarray, n_bins: int = ECE_BINS
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Equal-width confidence bins ``(k/n, (k+1)/n]`` (bin 0 also takes 0): counts, mean confidence, accuracy.
-
-    Empty bins have ``nan`` mean confidence and accuracy.
-    """
-    if n_bins < 1:
-        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
-    conf = np.asarray(confidence, dtype=np.float64)
-    corr = np.asarray(correct, dtype=np.float64)
-    idx = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
-    counts = np.bincount(idx, minlength=n_bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_conf = np.bincount(idx, weights=conf, minlength=n_bins) / counts
-        acc = np.bincount(idx, weights=corr, minlength=n_bins) / counts
-    return counts, mean_conf, acc
-
-
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bins: int = ECE_BINS) -> float:
-    """ECE (Guo et al. 2017): sum over bins of ``|bin| / N * |accuracy(bin) - confidence(bin)|``."""
-    counts, mean_conf, acc = calibration_bins(confidence, correct, n_bins)
-    n = counts.sum()
-    if n == 0:
-        return math.nan
-    used = counts > 0
-    return float(np.sum(counts[used] / n * np.abs(acc[used] - mean_conf[used])))
-
-
-def classification_metrics(
-    probs: np.ndarray, y: np.ndarray, mask: np.ndarray | None = None, n_bins: int = ECE_BINS
-) -> dict:
-    """Every summary metric of ``plcli evaluate`` on arrays; ``y == -2`` marks rows without a truth.
-
-    Accuracy, macro-F1 and ECE use the rows with a truth; within-candidate accuracy the rows with a
-    truth and candidates; the covering rate every row with candidates (it needs no truth).
-    """
-    probs = np.asarray(probs, dtype=np.float64)
-    n, c = probs.shape
-    y = np.asarray(y, dtype=np.int64)
-    mask = np.zeros((n, c), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
-    pred = probs.argmax(axis=1)
-    conf = probs.max(axis=1)
-    lab = y != -2
-    has = mask.any(axis=1)
-    yl, pl = y[lab], pred[lab]
-    return {
-        "rows": int(n),
-        "labelled_rows": int(lab.sum()),
-        "candidate_rows": int(has.sum()),
-        "labelled_candidate_rows": int((lab & has).sum()),
-        "unknown_labels": int((yl == -1).sum()),
-        "accuracy": accuracy(pl, yl),
-        "accuracy_within_candidates": within_candidate_accuracy(probs[lab], yl, mask[lab]),
-        "macro_f1": macro_f1(pl, yl, c),
-        "covering_rate": covering_rate(pred, mask),
-        "ece": expected_calibration_error(conf[lab], pl == yl, n_bins),
-        "ece_bins": n_bins,
-        "mean_candidates": _mean(mask[has].sum(axis=1)),
-        "chance": 1.0 / c,
-    }
-
+from plcli.metrics import (
+    ECE_BINS,
+    accuracy,
+    calibration_bins,
+    classification_metrics,
+    confusion_matrix,
+    expected_calibration_error,
+    per_class_metrics,
+)
 
 # ---------------------------------------------------------------------------------------------
 # The command
@@ -197,33 +51,13 @@ class EvaluateConfig(Config):
 
 def run(cfg: EvaluateConfig, log=print, console=None) -> dict:
     """Evaluate ``cfg.model`` on ``cfg.manifests``; prints tables, writes JSON/plots; returns the metrics."""
-    from plcli.data.datasets import candidate_matrix
-    from plcli.data.manifest import read_truth
-    from plcli.predict import infer, load_predictor
-    from plcli.training import jsonable
+    from plcli.data.datasets import candidate_matrix, truth_vector
+    from plcli.inference import infer, load_predictor
+    from plcli.runs import jsonable
 
     model, vocab, features, stage = load_predictor(cfg.model)
     rows = _load_rows(cfg, vocab, log)
-    truth = {r.id: r.label for r in rows if r.label is not None}
-    if cfg.truth:
-        from_file = read_truth(cfg.truth)
-        ids = {r.id for r in rows}
-        missing = len(set(from_file) - ids)
-        if missing:
-            log(f"warning: {missing} id(s) of the truth file are not in the manifest")
-        disagree = sum(
-            1
-            for k, v in from_file.items()
-            if k in truth and vocab.normalizer(truth[k]) != vocab.normalizer(v)
-        )
-        if disagree:
-            log(f"warning: the truth file overrides {disagree} manifest label(s) that differ from it")
-        truth.update({k: v for k, v in from_file.items() if k in ids})
-    y = np.full(len(rows), -2, dtype=np.int64)  # -2 no truth, -1 truth outside the vocabulary
-    for i, r in enumerate(rows):
-        if r.id in truth:
-            j = vocab.index(truth[r.id])
-            y[i] = -1 if j is None else j
+    y = truth_vector(rows, _truth(cfg, rows, vocab, log), vocab)  # -2 no truth, -1 outside the vocabulary
     if not (y != -2).any():
         log(
             "warning: no row has a label (give --truth or label the manifest): only the covering rate is measured"
@@ -239,20 +73,7 @@ def run(cfg: EvaluateConfig, log=print, console=None) -> dict:
         **timing,
     }
     lab = y != -2
-    pred = probs.argmax(axis=1)
-    pc = per_class_metrics(pred[lab], y[lab], len(vocab))
-    metrics["per_class"] = [
-        {
-            "label": vocab.display[j],
-            "precision": pc["precision"][j],
-            "recall": pc["recall"][j],
-            "f1": pc["f1"][j],
-            "support": int(pc["support"][j]),
-            "predicted": int(pc["predicted"][j]),
-        }
-        for j in range(len(vocab))
-        if pc["support"][j] or pc["predicted"][j]
-    ]
+    metrics["per_class"] = _per_class(probs.argmax(axis=1)[lab], y[lab], vocab)
     metrics = jsonable(metrics)
     if cfg.report_dir and lab.any():
         paths = write_report(
@@ -265,6 +86,44 @@ def run(cfg: EvaluateConfig, log=print, console=None) -> dict:
         atomic_write_json(cfg.json_out, metrics)
     print_report(metrics, console)
     return metrics
+
+
+def _truth(cfg: EvaluateConfig, rows, vocab, log) -> dict[str, str]:
+    """id -> true label: the manifest's labels, overridden by ``--truth`` (with warnings)."""
+    from plcli.data.manifest import read_truth
+
+    truth = {r.id: r.label for r in rows if r.label is not None}
+    if not cfg.truth:
+        return truth
+    from_file = read_truth(cfg.truth)
+    ids = {r.id for r in rows}
+    missing = len(set(from_file) - ids)
+    if missing:
+        log(f"warning: {missing} id(s) of the truth file are not in the manifest")
+    disagree = sum(
+        1 for k, v in from_file.items() if k in truth and vocab.normalizer(truth[k]) != vocab.normalizer(v)
+    )
+    if disagree:
+        log(f"warning: the truth file overrides {disagree} manifest label(s) that differ from it")
+    truth.update({k: v for k, v in from_file.items() if k in ids})
+    return truth
+
+
+def _per_class(pred: np.ndarray, y: np.ndarray, vocab) -> list[dict]:
+    """The per-class table rows of the classes that occur or are predicted."""
+    pc = per_class_metrics(pred, y, len(vocab))
+    return [
+        {
+            "label": vocab.display[j],
+            "precision": pc["precision"][j],
+            "recall": pc["recall"][j],
+            "f1": pc["f1"][j],
+            "support": int(pc["support"][j]),
+            "predicted": int(pc["predicted"][j]),
+        }
+        for j in range(len(vocab))
+        if pc["support"][j] or pc["predicted"][j]
+    ]
 
 
 def _load_rows(cfg: EvaluateConfig, vocab, log):
@@ -328,13 +187,30 @@ def write_report(
     import matplotlib
 
     matplotlib.use("Agg")
+    folder.mkdir(parents=True, exist_ok=True)
+    return [
+        _confusion_png(folder / "confusion_matrix.png", probs.argmax(axis=1), y, labels),
+        _reliability_png(folder / "reliability.png", probs, y, n_bins),
+        _per_class_csv(folder / "per_class.csv", per_class),
+    ]
+
+
+def _save_png(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     from plcli.io import atomic_open
 
-    folder.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _confusion_png(path: Path, pred: np.ndarray, y: np.ndarray, labels: list[str]) -> Path:
+    import matplotlib.pyplot as plt
+
     c = len(labels)
-    pred = probs.argmax(axis=1)
     cm = confusion_matrix(pred, y, c)
     with np.errstate(invalid="ignore", divide="ignore"):
         norm = cm / cm.sum(axis=1, keepdims=True)  # row-normalised: the diagonal is each class's recall
@@ -349,13 +225,13 @@ def write_report(
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"confusion matrix ({len(y)} rows, accuracy {accuracy(pred, y):.3f})")
-    fig.tight_layout()
-    cm_path = folder / "confusion_matrix.png"
-    with atomic_open(cm_path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
+    return _save_png(fig, path)
 
-    conf = probs.max(axis=1)
+
+def _reliability_png(path: Path, probs: np.ndarray, y: np.ndarray, n_bins: int) -> Path:
+    import matplotlib.pyplot as plt
+
+    pred, conf = probs.argmax(axis=1), probs.max(axis=1)
     counts, mean_conf, acc = calibration_bins(conf, pred == y, n_bins)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
@@ -369,14 +245,13 @@ def write_report(
     ax2.set_xlabel("confidence (top-1 probability)")
     ax2.set_ylabel("rows")
     ax2.set_xlim(0, 1)
-    fig.tight_layout()
-    rel_path = folder / "reliability.png"
-    with atomic_open(rel_path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
+    return _save_png(fig, path)
 
-    csv_path = folder / "per_class.csv"
-    with atomic_open(csv_path, "w") as f:
+
+def _per_class_csv(path: Path, per_class: list[dict]) -> Path:
+    from plcli.io import atomic_open
+
+    with atomic_open(path, "w") as f:
         w = csv.writer(f)
         w.writerow(["label", "precision", "recall", "f1", "support", "predicted"])
         for r in per_class:
@@ -388,4 +263,4 @@ def write_report(
                     r["predicted"],
                 ]
             )
-    return [cm_path, rel_path, csv_path]
+    return path

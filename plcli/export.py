@@ -111,8 +111,8 @@ def to_torchscript(wave_model: WaveClassifier, num_samples: int) -> torch.jit.Sc
 
 def run(cfg: ExportConfig, log=print) -> dict:
     """Write the exported model and ``FILE.vocab.json``; returns what was written."""
+    from plcli.inference import load_predictor
     from plcli.io import atomic_open, atomic_write_json
-    from plcli.predict import load_predictor
 
     out = Path(cfg.out)
     if out.is_dir():

@@ -24,33 +24,38 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from plcli.config import Config, DataConfig, FeatureConfig, TrainerConfig, opt, read_run_config
+from plcli.config import Config, DataConfig, FeatureConfig, TrainerConfig, opt
 from plcli.data.augment import AugmentConfig, SpecAugmentConfig, SpectrogramAugment
 from plcli.data.datasets import (
     FeatureRows,
     ViewRows,
     candidate_matrix,
+    collate_identity,
     holdout_ids,
     label_vector,
     load_training_rows,
     open_cache,
+    truth_vector,
+    view_workers,
 )
 from plcli.data.labels import LabelNormalizer, Vocabulary
 from plcli.errors import UserError
-from plcli.losses import CandidateLoss, SoftTargetCrossEntropy, candidate_targets
+from plcli.losses import CandidateLoss, SoftTargetCrossEntropy, candidate_log_prior, candidate_targets
+from plcli.metrics import restricted_predictions
 from plcli.models.classifier import Classifier, save_model
 from plcli.models.encoders import ENCODERS
-from plcli.training import (
+from plcli.pretrain import PretrainConfig, PretrainModule
+from plcli.runs import (
     Timer,
-    build_trainer,
-    cosine_with_warmup,
-    fit,
+    check_run_dir,
     jsonable,
+    read_upstream,
     resolve_resume,
     set_threads,
     start_run,
     write_metrics,
 )
+from plcli.training import adamw_cosine, build_trainer, fit
 
 STAGE = "finetune"
 LOSSES = ("proden", "cc", "ce-only")
@@ -98,6 +103,10 @@ class FinetuneModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model = Classifier(**classifier)
+        if frozen:  # only the head trains; DDP also needs every trainable parameter to get a gradient
+            head = {id(p) for p in self.model.head.parameters()}
+            for p in self.model.parameters():
+                p.requires_grad_(id(p) in head)
         self.spec_aug = SpectrogramAugment(SpecAugmentConfig.from_dict(spec_augment or {}))
         self.cc = CandidateLoss()
         self.soft_ce = SoftTargetCrossEntropy()
@@ -149,20 +158,18 @@ class FinetuneModule(L.LightningModule):
             return
         cat = {k: torch.cat([b[k] for b in self._val]) for k in self._val[0]}
         self._val.clear()
+        if self.trainer.world_size > 1:  # every rank scores the whole validation set
+            cat = {k: self.all_gather(v).flatten(0, 1) for k, v in cat.items()}
         self.log_dict(classifier_metrics(cat["logits"], cat["y"], cat["mask"], cat["truth"]), prog_bar=True)
 
     def configure_optimizers(self):
         hp = self.hparams
-        if hp.frozen:
-            params = [{"params": self.model.head.parameters(), "lr": hp.lr}]
-        else:
-            head = list(self.model.head.parameters())
+        head = list(self.model.head.parameters())
+        groups = [(head, hp.lr)]
+        if not hp.frozen:
             head_ids = {id(p) for p in head}
-            rest = [p for p in self.model.parameters() if id(p) not in head_ids]
-            params = [{"params": head, "lr": hp.lr}, {"params": rest, "lr": hp.lr * hp.encoder_lr_scale}]
-        opt_ = torch.optim.AdamW(params, weight_decay=hp.weight_decay)
-        sched = cosine_with_warmup(opt_, self.trainer.estimated_stepping_batches)
-        return {"optimizer": opt_, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+            groups.append(([p for p in self.model.parameters() if id(p) not in head_ids], hp.lr * hp.encoder_lr_scale))
+        return adamw_cosine(groups, hp.weight_decay, self.trainer.estimated_stepping_batches)
 
 
 def classifier_metrics(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, truth: torch.Tensor) -> dict:
@@ -171,7 +178,7 @@ def classifier_metrics(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
     out = {}
     pred = logits.argmax(1)
     has = mask.any(1)
-    within = logits.masked_fill(~mask, float("-inf")).argmax(1)
+    within = restricted_predictions(logits, mask)  # used on rows with candidates only
     held = y >= 0
     if held.any():
         out["val/acc"] = (pred[held] == y[held]).float().mean()
@@ -185,12 +192,6 @@ def classifier_metrics(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
         if t.any():
             out["val/disambiguation"] = (within[t] == truth[t]).float().mean()
     return out
-
-
-def candidate_log_prior(mask: torch.Tensor, smoothing: float = 1.0) -> torch.Tensor:
-    """(C,) log share of candidate slots per class, add-``smoothing`` smoothed."""
-    counts = mask.float().sum(0) + smoothing
-    return torch.log(counts / counts.sum())
 
 
 @torch.no_grad()
@@ -239,90 +240,108 @@ class EmbeddingCopies(FeatureRows):
         return out
 
 
-def _inherit(cfg: FinetuneConfig) -> dict | None:
-    """Take features/augment/views/seed from the pretrain run so the caches are reused."""
+@dataclass
+class _Inputs:
+    """Everything ``run`` needs, checked before the run directory is written."""
+
+    rows: list
+    vocab: Vocabulary
+    mask: torch.Tensor  # (N, C) bool candidate sets
+    y: torch.Tensor  # (N,) exact label, -1 none
+    truth: torch.Tensor  # (N,) true label from --truth, -1 none or unknown
+    held: set  # ids of the held-out exact rows
+    train_idx: np.ndarray  # rows that train the head
+    classifier: dict  # Classifier arguments
+    pretrained: PretrainModule | None
+    pre: PretrainConfig | None  # the pretrain run's resolved config
+
+
+def _inherit(cfg: FinetuneConfig) -> PretrainConfig | None:
+    """Take features/augment from the pretrain run so the caches are reused."""
     if cfg.pretrained.lower() == "none":
         return None
-    pre = read_run_config(cfg.pretrained)
-    if pre.get("stage") != "pretrain":
-        raise UserError(f"--pretrained {cfg.pretrained} is a {pre.get('stage')} run, not a pretrain run")
-    cfg.features = FeatureConfig.from_dict(pre["features"])
-    cfg.augment = AugmentConfig.from_dict(pre["augment"])
+    pre = read_upstream(cfg.pretrained, "--pretrained", ("pretrain",)).as_config(PretrainConfig)
+    cfg.features, cfg.augment = pre.features, pre.augment
     return pre
 
 
-def run(cfg: FinetuneConfig, log=print) -> dict:
-    """Fine-tune a classifier as ``cfg`` says; returns the final metrics (also in RUN_DIR/metrics.json)."""
-    timer = Timer()
-    set_threads()
+def _prepare(cfg: FinetuneConfig, log) -> _Inputs:
+    """Read and check every input (manifests, the pretrain run, --truth); writes nothing."""
     pre = _inherit(cfg)
-    report = load_training_rows(cfg.data, Path(cfg.out), log=log)
-    rows = [r for r in report.rows if r.tier != "unlabelled"]
+    rows = [r for r in load_training_rows(cfg.data, Path(cfg.out), log=log).rows if r.tier != "unlabelled"]
     if not rows:
         raise UserError("no row has a label or candidates: nothing to fine-tune on")
-    normalizer = LabelNormalizer(cfg.data.labels)
-    vocab = Vocabulary.from_rows(rows, normalizer)
-    out = start_run(cfg.out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite, vocab)
-    L.seed_everything(cfg.trainer.seed, workers=True)
-    mask = torch.from_numpy(candidate_matrix(rows, vocab))
+    vocab = Vocabulary.from_rows(rows, LabelNormalizer(cfg.data.labels))
+    check_run_dir(cfg.out, STAGE, cfg.trainer.resume, cfg.overwrite, vocab)
     y = torch.from_numpy(label_vector(rows, vocab))
     truth = torch.full_like(y, -1)
     if cfg.truth:
         from plcli.data.manifest import read_truth
 
-        t = read_truth(cfg.truth)
-        for i, r in enumerate(rows):
-            j = vocab.index(t[r.id]) if r.id in t else None
-            truth[i] = -1 if j is None else j
-
+        truth = torch.from_numpy(truth_vector(rows, read_truth(cfg.truth), vocab)).clamp_min(-1)
     held = holdout_ids([r.id for r in rows if r.tier == "exact"], cfg.data.val_fraction, cfg.trainer.seed)
-    is_held = torch.tensor([r.id in held for r in rows])
-    train_idx = np.flatnonzero(~is_held.numpy())
+    train_idx = np.flatnonzero([r.id not in held for r in rows])
     if cfg.loss == "ce-only":
         train_idx = train_idx[(y[train_idx] >= 0).numpy()]
         if len(train_idx) == 0:
             raise UserError("--loss ce-only needs exact labels, and the training rows have none")
-    val_idx = np.arange(len(rows))  # held-out exact rows + candidate rows (covering rate)
-    y_train = y.clone()
-    y_train[is_held] = -1
-    y_val = torch.where(is_held, y, torch.full_like(y, -1))
+    classifier = _classifier_args(cfg, pre, len(vocab))
+    pretrained = None
+    if pre is not None:
+        from plcli.pretrain import load_pretrained
 
-    cls_kwargs = dict(encoder=pre["encoder"] if pre else cfg.encoder, n_mels=cfg.features.n_mels,
-                      num_classes=len(vocab), from_layer=cfg.from_layer,
-                      proj_hidden_dim=pre["proj_hidden_dim"] if pre else 256, proj_dim=pre["proj_dim"] if pre else 128,
-                      proj_layers=pre["proj_layers"] if pre else 3, head_hidden_dim=cfg.head_hidden_dim,
-                      head_layers=cfg.head_layers, dropout=cfg.dropout)
-    if cfg.from_layer > cls_kwargs["proj_layers"]:
-        raise UserError(f"--from-layer {cfg.from_layer} exceeds the projection head's {cls_kwargs['proj_layers']} layers")
-    module = FinetuneModule(cls_kwargs, num_train=len(rows), loss=cfg.loss, candidate_weight=cfg.candidate_weight,
+        pretrained = load_pretrained(cfg.pretrained)
+    mask = torch.from_numpy(candidate_matrix(rows, vocab))
+    return _Inputs(rows, vocab, mask, y, truth, held, train_idx, classifier, pretrained, pre)
+
+
+def _classifier_args(cfg: FinetuneConfig, pre: PretrainConfig | None, num_classes: int) -> dict:
+    """``Classifier`` arguments: the pretrain run's encoder and projection head, this stage's head."""
+    arch = pre or PretrainConfig(encoder=cfg.encoder)
+    if cfg.from_layer > arch.proj_layers:
+        raise UserError(f"--from-layer {cfg.from_layer} exceeds the projection head's {arch.proj_layers} layers")
+    return dict(encoder=arch.encoder, n_mels=cfg.features.n_mels, num_classes=num_classes,
+                from_layer=cfg.from_layer, proj_hidden_dim=arch.proj_hidden_dim, proj_dim=arch.proj_dim,
+                proj_layers=arch.proj_layers, head_hidden_dim=cfg.head_hidden_dim,
+                head_layers=cfg.head_layers, dropout=cfg.dropout)
+
+
+def _module(cfg: FinetuneConfig, inp: _Inputs) -> FinetuneModule:
+    """The module with the pretrained weights, the candidate prior and PRODEN's uniform start."""
+    n, c = len(inp.rows), len(inp.vocab)
+    module = FinetuneModule(inp.classifier, num_train=n, loss=cfg.loss, candidate_weight=cfg.candidate_weight,
                             lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay, frozen=not cfg.unfreeze,
                             encoder_lr_scale=cfg.encoder_lr_scale, label_smoothing=cfg.label_smoothing,
                             spec_augment=cfg.augment.spec.to_dict(), prior_correction=cfg.prior_correction)
     if cfg.prior_correction:
-        module.log_prior.copy_(candidate_log_prior(mask))
-    if pre is not None:
-        from plcli.pretrain import load_pretrained
-
-        src = load_pretrained(cfg.pretrained)
-        module.model.encoder.load_state_dict(src.encoder.state_dict())
+        module.log_prior.copy_(candidate_log_prior(inp.mask))
+    if inp.pretrained is not None:
+        module.model.encoder.load_state_dict(inp.pretrained.encoder.state_dict())
         if module.model.projector is not None:
-            module.model.projector.load_state_dict(src.projector.state_dict())
-    ckpt = resolve_resume(out, cfg.trainer.resume)
-    # PRODEN starts from the uniform distribution over each row's candidates
-    module.targets.copy_(candidate_targets(torch.zeros(len(rows), len(vocab)), mask))
+            module.model.projector.load_state_dict(inp.pretrained.projector.state_dict())
+    module.targets.copy_(candidate_targets(torch.zeros(n, c), inp.mask))
+    return module
 
-    cache = open_cache(cfg.data, cfg.features)
-    paths = [r.audio for r in rows]
-    t_feat = Timer()
-    _, clean = cache.features(paths)
+
+def _datasets(cfg: FinetuneConfig, inp: _Inputs, module: FinetuneModule, cache):
+    """(train, validation) datasets and the clean embeddings (None with --unfreeze).
+
+    Frozen: embeddings of the clean clip and ``copies`` cached views; else the cached views themselves.
+    """
+    paths = [r.audio for r in inp.rows]
+    keys, clean = cache.features(paths)
     views = None
     if cfg.copies > 0 or cfg.unfreeze:
-        n_views = pre["views"] if pre else max(cfg.copies, 2)
-        seed = pre["trainer"]["seed"] if pre else cfg.trainer.seed
-        _, views = cache.views(paths, cfg.augment.waveform_params(), n_views, seed,
-                               workers=cfg.trainer.num_workers or (__import__("os").cpu_count() or 1))
-    fields_train = {"y": y_train[train_idx], "mask": mask[train_idx]}
-    fields_val = {"y": y_val, "mask": mask, "truth": truth}
+        n_views = inp.pre.views if inp.pre else max(cfg.copies, 2)
+        seed = inp.pre.trainer.seed if inp.pre else cfg.trainer.seed
+        _, views = cache.views(paths, cfg.augment.waveform_params(), n_views, seed, keys=keys,
+                               workers=view_workers(len(paths) * n_views, cfg.trainer.num_workers))
+    is_held = torch.tensor([r.id in inp.held for r in inp.rows])
+    y_train = torch.where(is_held, torch.full_like(inp.y, -1), inp.y)[inp.train_idx]
+    fields_train = {"y": y_train, "mask": inp.mask[inp.train_idx]}
+    fields_val = {"y": torch.where(is_held, inp.y, torch.full_like(inp.y, -1)), "mask": inp.mask, "truth": inp.truth}
+    val_idx = np.arange(len(inp.rows))  # held-out exact rows + candidate rows (covering rate)
+    e_clean = None
     if module.hparams.frozen:
         if cfg.bn_recalibrate:  # deterministic, so a resumed run embeds exactly as the first did
             recalibrate_bn(module.model, clean)
@@ -331,22 +350,34 @@ def run(cfg: FinetuneConfig, log=print) -> dict:
         if views is not None and cfg.copies > 0:
             copies.append(embed_all(module.model, views[:, : cfg.copies]))  # (N, V, D)
         emb = torch.cat(copies, dim=1)  # (N, 1+V, D)
-        train_ds = EmbeddingCopies(emb, index=train_idx, **fields_train)
+        train_ds = EmbeddingCopies(emb, index=inp.train_idx, **fields_train)
         val_ds = EmbeddingCopies(e_clean[:, None], index=val_idx, **fields_val)
     else:
-        train_ds = ViewRows(views, index=train_idx, **fields_train)
+        train_ds = ViewRows(views, index=inp.train_idx, **fields_train)
         val_ds = FeatureRows(clean, index=val_idx, **fields_val)
-    # training rows index the full target table
-    train_ds.fields["i"] = torch.as_tensor(train_idx)
+    train_ds.fields["i"] = torch.as_tensor(inp.train_idx)  # training rows index the full target table
+    return train_ds, val_ds, e_clean
+
+
+def run(cfg: FinetuneConfig, log=print) -> dict:
+    """Fine-tune a classifier as ``cfg`` says; returns the final metrics (also in RUN_DIR/metrics.json)."""
+    timer = Timer()
+    set_threads()
+    inp = _prepare(cfg, log)
+    out = start_run(cfg.out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite, inp.vocab)
+    L.seed_everything(cfg.trainer.seed, workers=True)
+    module = _module(cfg, inp)
+    ckpt = resolve_resume(out, cfg.trainer.resume)
+    cache = open_cache(cfg.data, cfg.features)
+    t_feat = Timer()
+    train_ds, val_ds, e_clean = _datasets(cfg, inp, module, cache)
     feature_seconds = t_feat.seconds
-
     bs = min(cfg.trainer.batch_size, len(train_ds))
-    train_loader = DataLoader(train_ds, batch_size=bs, shuffle=True, collate_fn=_collate_rows,
+    train_loader = DataLoader(train_ds, batch_size=bs, shuffle=True, collate_fn=collate_identity,
                               num_workers=0 if module.hparams.frozen else cfg.trainer.num_workers)
-    val_loader = DataLoader(val_ds, batch_size=1024, shuffle=False, collate_fn=_collate_rows)
-
-    monitor = "val/acc" if held else "val/covering"
-    extra = [_ProdenEpochRefresh(e_clean if module.hparams.frozen else None, mask)] if cfg.loss == "proden" else []
+    val_loader = DataLoader(val_ds, batch_size=1024, shuffle=False, collate_fn=collate_identity)
+    monitor = "val/acc" if inp.held else "val/covering"
+    extra = [_ProdenEpochRefresh(e_clean, inp.mask)] if cfg.loss == "proden" else []
     trainer = build_trainer(cfg.trainer, out, monitor=monitor, mode="max", extra_callbacks=extra)
     fit(trainer, module, train_loader, val_loader, ckpt, out)
 
@@ -354,10 +385,10 @@ def run(cfg: FinetuneConfig, log=print) -> dict:
     result = {
         "stage": STAGE,
         "loss": cfg.loss,
-        "rows": len(rows),
-        "exact_rows": int((y >= 0).sum()),
-        "held_out_exact": len(held),
-        "classes": len(vocab),
+        "rows": len(inp.rows),
+        "exact_rows": int((inp.y >= 0).sum()),
+        "held_out_exact": len(inp.held),
+        "classes": len(inp.vocab),
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         **metrics,
@@ -366,14 +397,10 @@ def run(cfg: FinetuneConfig, log=print) -> dict:
         "cache": {"computed": cache.computed, "reused": cache.reused},
     }
     if trainer.is_global_zero:
-        save_model(out / "model.pt", module.model, vocab, cfg.features, STAGE,
+        save_model(out / "model.pt", module.model, inp.vocab, cfg.features, STAGE,
                    extra={"pretrained": cfg.pretrained, "loss": cfg.loss})
         return write_metrics(out, result)
     return jsonable(result)
-
-
-def _collate_rows(batch):
-    return batch
 
 
 class _ProdenEpochRefresh(L.Callback):

@@ -59,6 +59,16 @@ def candidate_targets(logits: Tensor, mask: Tensor, temperature: float = 1.0) ->
     return torch.softmax((logits / temperature).masked_fill(~allowed, -math.inf), dim=1)
 
 
+def candidate_log_prior(mask: Tensor, smoothing: float = 1.0) -> Tensor:
+    """(C,) log share of candidate slots per class, add-``smoothing`` smoothed, from an (N, C) mask.
+
+    The prior correction of finetune and distill: if distractors are drawn in proportion to
+    popularity pi, restricting p(j|x) / pi_j to a candidate set cancels frequent classes' head start.
+    """
+    counts = mask.float().sum(0) + smoothing
+    return torch.log(counts / counts.sum())
+
+
 class NTXentLoss(nn.Module):
     """Normalized temperature-scaled cross-entropy loss (NT-Xent) of SimCLR.
 

@@ -21,23 +21,21 @@ from torch.utils.data import DataLoader
 
 from plcli.config import Config, DataConfig, FeatureConfig, TrainerConfig, opt
 from plcli.data.augment import AugmentConfig, SpecAugmentConfig, SpectrogramAugment
-from plcli.data.datasets import FeatureRows, ViewPairs, label_vector, load_training_rows, open_cache
+from plcli.data.datasets import (
+    FeatureRows,
+    ViewPairs,
+    label_vector,
+    load_training_rows,
+    open_cache,
+    view_workers,
+)
 from plcli.data.labels import LabelNormalizer, Vocabulary
+from plcli.errors import UserError
 from plcli.losses import NTXentLoss
 from plcli.models.encoders import ENCODERS, build_encoder
 from plcli.models.heads import ProjectionHead
-from plcli.training import (
-    Timer,
-    build_trainer,
-    cosine_with_warmup,
-    fit,
-    jsonable,
-    logged_history,
-    resolve_resume,
-    set_threads,
-    start_run,
-    write_metrics,
-)
+from plcli.runs import Timer, jsonable, logged_history, resolve_resume, set_threads, start_run, write_metrics
+from plcli.training import adamw_cosine, build_trainer, fit
 
 STAGE = "pretrain"
 
@@ -63,8 +61,6 @@ class PretrainConfig(Config):
 
     def check(self) -> None:
         if not self.data.manifests:
-            from plcli.errors import UserError
-
             raise UserError("no training manifest given")
 
 
@@ -118,9 +114,8 @@ class PretrainModule(L.LightningModule):
         self.log("probe/knn_acc", acc, prog_bar=True, sync_dist=False, rank_zero_only=True)
 
     def configure_optimizers(self):
-        opt_ = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        sched = cosine_with_warmup(opt_, self.trainer.estimated_stepping_batches)
-        return {"optimizer": opt_, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        hp = self.hparams
+        return adamw_cosine([(self.parameters(), hp.lr)], hp.weight_decay, self.trainer.estimated_stepping_batches)
 
 
 def knn_accuracy(emb: torch.Tensor, y: torch.Tensor, k: int) -> float:
@@ -157,15 +152,48 @@ def run(cfg: PretrainConfig, log=print) -> dict:
 
     timer = Timer()
     set_threads()
-    report = load_training_rows(cfg.data, Path(cfg.out), log=log)
-    rows = report.rows
+    rows = load_training_rows(cfg.data, Path(cfg.out), log=log).rows
     vocab = Vocabulary.from_rows(rows, LabelNormalizer(cfg.data.labels))
     out = start_run(cfg.out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite, vocab)
     L.seed_everything(cfg.trainer.seed, workers=True)
     cache = open_cache(cfg.data, cfg.features)
-    paths = [r.audio for r in rows]
-
     t_feat = Timer()
+    train_loader, val_loader = _loaders(cfg, rows, vocab, cache, log)
+    feature_seconds = t_feat.seconds
+    module = _module(cfg, len(vocab))
+    monitor = "probe/knn_acc" if val_loader is not None else None
+    trainer = build_trainer(cfg.trainer, out, monitor=monitor, mode="max")
+    t_fit = Timer()
+    fit(trainer, module, train_loader, val_loader, resolve_resume(out, cfg.trainer.resume), out)
+    fit_seconds = t_fit.seconds
+    if trainer.is_global_zero:
+        atomic_torch_save(encoder_payload(module), out / "encoder.pt")
+    logged = dict(trainer.callback_metrics)
+    n_train = len(train_loader.dataset)
+    metrics = {
+        "stage": STAGE,
+        "rows": len(rows),
+        "exact_rows": int((label_vector(rows, vocab) >= 0).sum()),
+        "classes": len(vocab),
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "train_loss": logged.get("train/loss_epoch"),
+        "probe_knn_acc": logged.get("probe/knn_acc"),
+        "probe_knn_acc_history": logged_history(out, "probe/knn_acc"),
+        "probe_chance": (1.0 / len(vocab)) if len(vocab) else None,
+        "feature_seconds": feature_seconds,
+        "fit_seconds": fit_seconds,
+        "total_seconds": timer.seconds,
+        "train_views_per_second": 2 * n_train * max(0, trainer.current_epoch) / max(fit_seconds, 1e-9),
+        "cache": {"computed": cache.computed, "reused": cache.reused},
+    }
+    return write_metrics(out, metrics) if trainer.is_global_zero else jsonable(metrics)
+
+
+def _loaders(cfg: PretrainConfig, rows, vocab, cache, log) -> tuple[DataLoader, DataLoader | None]:
+    """Pairs of views to train on; the exact rows' clean features for the kNN probe (None without)."""
+    paths = [r.audio for r in rows]
+    keys = cache.keys(paths)
     log(f"pretraining on {len(rows)} recordings; caching {cfg.views} augmented views per clip ...")
     if cfg.online_augment:
         from plcli.data.datasets import OnlineViewPairs
@@ -174,74 +202,38 @@ def run(cfg: PretrainConfig, log=print) -> dict:
         collate = None
     else:
         _, views = cache.views(paths, cfg.augment.waveform_params(), cfg.views, cfg.trainer.seed,
-                               workers=max(1, min(cfg.trainer.num_workers or 0, 64)) or _default_workers())
+                               workers=view_workers(len(paths) * cfg.views, cfg.trainer.num_workers), keys=keys)
         train_ds = ViewPairs(views)
         collate = ViewPairs.collate_fn
-    feature_seconds = t_feat.seconds
-
     y = label_vector(rows, vocab)
     exact = np.flatnonzero(y >= 0)
     val_loader = None
     # clean features of every clip: the probe uses the exact ones, later stages reuse them all
-    _, clean = cache.features(paths)
+    _, clean = cache.features(paths, keys=keys)
     if len(exact) >= 2:
         val_ds = FeatureRows(clean, index=exact, y=y[exact])
         val_loader = DataLoader(val_ds, batch_size=512, shuffle=False, collate_fn=FeatureRows.collate_fn)
     else:
         log("no exact labels: the kNN probe is off")
-
     bs = min(cfg.trainer.batch_size, len(train_ds))
     train_loader = DataLoader(
         train_ds, batch_size=bs, shuffle=True, drop_last=len(train_ds) >= 2 * bs, collate_fn=collate,
         num_workers=cfg.trainer.num_workers, persistent_workers=cfg.trainer.num_workers > 0,
     )
-    module = PretrainModule(
+    return train_loader, val_loader
+
+
+def _module(cfg: PretrainConfig, num_classes: int) -> PretrainModule:
+    return PretrainModule(
         encoder=cfg.encoder, n_mels=cfg.features.n_mels, proj_hidden_dim=cfg.proj_hidden_dim, proj_dim=cfg.proj_dim,
         proj_layers=cfg.proj_layers, temperature=cfg.temperature, lr=cfg.trainer.lr,
         weight_decay=cfg.trainer.weight_decay, spec_augment=cfg.augment.spec.to_dict(),
-        feature_config=cfg.features.to_dict(), probe_k=cfg.probe_k, num_classes=len(vocab),
+        feature_config=cfg.features.to_dict(), probe_k=cfg.probe_k, num_classes=num_classes,
     )
-    monitor = "probe/knn_acc" if val_loader is not None else None
-    trainer = build_trainer(cfg.trainer, out, monitor=monitor, mode="max")
-    ckpt = resolve_resume(out, cfg.trainer.resume)
-    t_fit = Timer()
-    fit(trainer, module, train_loader, val_loader, ckpt, out)
-    fit_seconds = t_fit.seconds
-
-    if trainer.is_global_zero:
-        atomic_torch_save(encoder_payload(module), out / "encoder.pt")
-    logged = {k: v for k, v in trainer.callback_metrics.items()}
-    history = logged_history(out, "probe/knn_acc")
-    metrics = {
-        "stage": STAGE,
-        "rows": len(rows),
-        "exact_rows": int(len(exact)),
-        "classes": len(vocab),
-        "epochs": trainer.current_epoch,
-        "global_step": trainer.global_step,
-        "train_loss": logged.get("train/loss_epoch"),
-        "probe_knn_acc": logged.get("probe/knn_acc"),
-        "probe_knn_acc_history": history,
-        "probe_chance": (1.0 / len(vocab)) if len(vocab) else None,
-        "feature_seconds": feature_seconds,
-        "fit_seconds": fit_seconds,
-        "total_seconds": timer.seconds,
-        "train_views_per_second": 2 * len(train_ds) * max(0, trainer.current_epoch) / max(fit_seconds, 1e-9),
-        "cache": {"computed": cache.computed, "reused": cache.reused},
-    }
-    return write_metrics(out, metrics) if trainer.is_global_zero else jsonable(metrics)
-
-
-def _default_workers() -> int:
-    import os
-
-    return max(1, os.cpu_count() or 1)
 
 
 def load_pretrained(run_dir: str | Path) -> PretrainModule:
     """The pretrain run's module, loaded through Lightning (weights_only) from its last checkpoint."""
-    from plcli.errors import UserError
-
     run_dir = Path(run_dir)
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     if not ckpt.exists():

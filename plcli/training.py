@@ -1,12 +1,14 @@
-"""What every training stage shares: run directories, the Lightning Trainer, resume, metrics."""
+"""What every training stage shares on the Lightning side: the Trainer, resume, the optimiser.
+
+Run directories, metrics files and timing are in ``plcli.runs`` (no Lightning), so inference can
+use them too.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import math
-import os
-import shutil
-import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import lightning as L
@@ -15,94 +17,9 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressB
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-import plcli
-from plcli.config import Config, TrainerConfig, read_run_config
+from plcli.config import TrainerConfig
 from plcli.errors import UserError
-from plcli.io import atomic_write_json
-
-CKPT_DIR = "checkpoints"
-
-
-def prepare_run_dir(out: str | Path, cfg: Config, stage: str, resume: str | None, overwrite: bool = False) -> Path:
-    """Create (or reopen, when resuming) a run directory and write the resolved ``config.yaml``."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
-    existing = out / "config.yaml"
-    if existing.exists():
-        old = read_run_config(out)
-        if resume is None:
-            if not overwrite:
-                raise UserError(
-                    f"{out} already holds a {old.get('stage', 'plcli')} run; use --resume auto to continue it, "
-                    "--overwrite to replace it, or another --out"
-                )
-            shutil.rmtree(out / CKPT_DIR, ignore_errors=True)
-        elif old.get("stage") != stage:
-            raise UserError(f"cannot resume: {out} holds a {old.get('stage')} run, not a {stage} run")
-        elif old.get("plcli_format") != FORMAT_VERSION:
-            raise UserError(f"cannot resume: {out} was written by an incompatible plcli version")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"cannot write to the run directory {out}: {e.strerror or e}") from None
-    return out
-
-
-FORMAT_VERSION = 1
-
-
-def start_run(out: str | Path, cfg: Config, stage: str, resume: str | None, overwrite: bool = False,
-              vocab=None) -> Path:
-    """Open the run directory once the inputs are known to be good: checks, then config and vocabulary.
-
-    Nothing is written when resuming is refused (another stage, another plcli format, or another
-    label vocabulary than the run was started with).
-    """
-    out = prepare_run_dir(out, cfg, stage, resume, overwrite)
-    if vocab is not None and resume is not None and (out / "vocab.json").exists():
-        from plcli.data.labels import Vocabulary
-
-        old = Vocabulary.load(out / "vocab.json")
-        if old.keys != vocab.keys:
-            added, gone = sorted(set(vocab.keys) - set(old.keys)), sorted(set(old.keys) - set(vocab.keys))
-            raise UserError(
-                f"cannot resume {out}: the label vocabulary differs from the run's "
-                f"({len(added)} new label(s) {added[:3]}, {len(gone)} missing {gone[:3]}); "
-                "use the same manifests, or start a new run"
-            )
-    save_config(out, cfg, stage)
-    if vocab is not None:
-        vocab.save(out / "vocab.json")
-    return out
-
-
-def save_config(out: Path, cfg: Config, stage: str) -> None:
-    """``config.yaml``: the resolved configuration plus the stage name and format version."""
-    import yaml
-
-    from plcli.io import atomic_write_text
-
-    data = {"stage": stage, "plcli_version": plcli.__version__, "plcli_format": FORMAT_VERSION, **cfg.to_dict()}
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
-
-
-def resolve_resume(out: Path, resume: str | None) -> str | None:
-    """``auto``: RUN_DIR/checkpoints/last.ckpt when it exists (else start fresh); or an explicit path."""
-    if resume is None:
-        return None
-    if resume == "auto":
-        last = out / CKPT_DIR / "last.ckpt"
-        return str(last) if last.exists() else None
-    p = Path(resume)
-    if p.is_dir():
-        p = p / CKPT_DIR / "last.ckpt"
-    if not p.is_file():
-        raise UserError(f"--resume: checkpoint not found: {p}")
-    return str(p)
+from plcli.runs import CKPT_DIR
 
 
 def build_trainer(tc: TrainerConfig, out: Path, monitor: str | None = None, mode: str = "max",
@@ -132,6 +49,7 @@ def build_trainer(tc: TrainerConfig, out: Path, monitor: str | None = None, mode
     elif isinstance(devices, str) and "," in devices:
         devices = [int(d) for d in devices.split(",") if d.strip()]
     return L.Trainer(
+        sync_batchnorm=_sync_batchnorm(tc),
         max_epochs=tc.epochs,
         accelerator=tc.accelerator,
         devices=devices,
@@ -148,6 +66,16 @@ def build_trainer(tc: TrainerConfig, out: Path, monitor: str | None = None, mode
         plugins=[AtomicCheckpointIO()],
         **kwargs,
     )
+
+
+def _sync_batchnorm(tc: TrainerConfig) -> bool:
+    """``tc.sync_batchnorm`` where torch can do it: its SyncBatchNorm runs on GPU devices only, so
+    CPU processes (gloo) keep per-process BatchNorm statistics. Single-process strategies ignore it."""
+    if not tc.sync_batchnorm or tc.accelerator == "cpu":
+        return False
+    if tc.accelerator == "auto":
+        return torch.cuda.is_available()
+    return tc.accelerator in ("gpu", "cuda", "xpu", "hpu")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -203,51 +131,27 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int, warmu
     return torch.optim.lr_scheduler.LambdaLR(optimizer, f)
 
 
-def logged_history(out: Path, key: str) -> list[float]:
-    """Per-epoch values of ``key`` across every (re)start's ``logs/version_*/metrics.csv``, by epoch."""
-    import csv
-
-    by_epoch: dict[int, float] = {}
-    versions = sorted((out / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
-    for p in versions:
-        with p.open(newline="") as f:
-            for row in csv.DictReader(f):
-                if row.get(key) and row.get("epoch"):
-                    by_epoch[int(row["epoch"])] = float(row[key])
-    return [by_epoch[e] for e in sorted(by_epoch)]
 
 
-def write_metrics(out: Path, metrics: dict) -> dict:
-    """Write ``metrics.json`` atomically; returns the JSON-ready dict (tensors become numbers)."""
-    data = jsonable(metrics)
-    atomic_write_json(out / "metrics.json", data)
-    return data
+def no_decay(param: torch.nn.Parameter) -> bool:
+    """Biases and norm scales/shifts (every 1-D parameter) are not weight-decayed."""
+    return param.ndim <= 1
 
 
-def jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
-    if isinstance(x, torch.Tensor):
-        return x.item() if x.numel() == 1 else x.tolist()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if hasattr(x, "item") and callable(x.item):
-        return x.item()
-    return x
+def adamw_cosine(groups: Iterable[tuple[Iterable[torch.nn.Parameter], float]], weight_decay: float,
+                 total_steps: int) -> dict:
+    """What ``configure_optimizers`` returns for every stage: AdamW with cosine warm-up, per step.
 
-
-class Timer:
-    def __init__(self):
-        self.t0 = time.perf_counter()
-
-    @property
-    def seconds(self) -> float:
-        return time.perf_counter() - self.t0
-
-
-def set_threads() -> None:
-    """Use every core for intra-op parallelism unless the user set OMP_NUM_THREADS."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    ``groups`` pairs parameters with their learning rate; each pair becomes two AdamW groups,
+    decayed weights and undecayed biases and norm parameters.
+    """
+    param_groups = []
+    for params, lr in groups:
+        params = [p for p in params if p.requires_grad]
+        decay = [p for p in params if not no_decay(p)]
+        rest = [p for p in params if no_decay(p)]
+        param_groups += [{"params": decay, "lr": lr, "weight_decay": weight_decay},
+                         {"params": rest, "lr": lr, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW([g for g in param_groups if g["params"]])
+    sched = cosine_with_warmup(opt, total_steps)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

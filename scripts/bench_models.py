@@ -21,7 +21,6 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from plcli.data.augment import (
     AugmentConfig,
@@ -31,6 +30,7 @@ from plcli.data.augment import (
     SpectrogramAugment,
     WaveformAugment,
 )
+from plcli.losses import NTXentLoss
 from plcli.models import ENCODERS, ProjectionHead, build_encoder, count_parameters
 
 
@@ -49,15 +49,6 @@ def _median_seconds(fn, steps: int, warmup: int) -> tuple[float, float]:
         wall.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     return statistics.median(wall), statistics.median(cpu)
-
-
-def _nt_xent(z: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
-    z = F.normalize(z, dim=1)
-    n = z.shape[0] // 2
-    sim = z @ z.T / temperature  # (2n, 2n)
-    sim.fill_diagonal_(float("-inf"))
-    target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
-    return F.cross_entropy(sim, target)
 
 
 def bench_encoders(names: list[str], batch: int, n_mels: int, frames: int, steps: int, warmup: int) -> None:
@@ -87,9 +78,11 @@ def _bench_encoder(enc, batch: int, n_mels: int, frames: int, steps: int, warmup
     head = ProjectionHead(enc.embed_dim, enc.embed_dim, 128, num_layers=3)
     opt = torch.optim.AdamW([*enc.parameters(), *head.parameters()], lr=1e-3)
     x = torch.randn(batch, n_mels, frames)
+    nt_xent = NTXentLoss(temperature=0.1)
 
     def train_step() -> None:
-        loss = _nt_xent(head(enc(x)))
+        z = head(enc(x))  # (B, D): the first half's positives are the second half
+        loss = nt_xent(z[: batch // 2], z[batch // 2 :])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -76,7 +76,7 @@ if [ "$DRY" = 0 ]; then
   PY="${PYTHON:-python3}"
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; fi
   "$PY" - <<'EOF' || true
-from plcli.data.synth import ENGINES, ENGINE_CLASSES, engine_voices
+from plcli.demo.synth import ENGINES, ENGINE_CLASSES, engine_voices
 found = [n for n in ENGINES if ENGINE_CLASSES[n].available()]
 print("engines now available to plcli demo-data:", ", ".join(found))
 print("voices:", len(engine_voices(found)))

@@ -304,12 +304,9 @@ def test_failed_cell_is_not_stored(tmp_path):
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location(
-        "benchmark", Path(__file__).parents[1] / "scripts" / "benchmark.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from plcli.bench import grid
+
+    return grid
 
 
 def test_speaker_split_and_label_rates():

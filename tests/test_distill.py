@@ -29,7 +29,7 @@ from plcli.distill import (
     teacher_targets,
 )
 from plcli.models.classifier import Classifier, load_model, save_model
-from plcli.training import save_config
+from plcli.runs import save_config
 
 # -- references on hand-made tensors ---------------------------------------------------------------
 
@@ -373,7 +373,7 @@ def test_distill_cli(world, tmp_path):
 def test_prior_correction_divides_by_candidate_share():
     """With log_prior, candidate targets are softmax(z/T) / pi restricted and renormalised (reference loop)."""
     from plcli.distill import teacher_targets
-    from plcli.finetune import candidate_log_prior
+    from plcli.losses import candidate_log_prior
 
     torch.manual_seed(0)
     logits = torch.randn(4, 5, dtype=torch.float64)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +17,9 @@ from plcli.data.features import FeatureCache
 from plcli.data.labels import Vocabulary
 from plcli.data.validate import load_rows
 from plcli.errors import DataError
-from plcli.evaluate import (
-    EvaluateConfig,
+from plcli.evaluate import EvaluateConfig
+from plcli.evaluate import run as evaluate
+from plcli.metrics import (
     accuracy,
     calibration_bins,
     classification_metrics,
@@ -28,7 +31,6 @@ from plcli.evaluate import (
     restricted_predictions,
     within_candidate_accuracy,
 )
-from plcli.evaluate import run as evaluate
 from plcli.models.classifier import Classifier, save_model
 from plcli.predict import PredictConfig, prediction_records
 from plcli.predict import run as predict
@@ -337,3 +339,49 @@ def test_predict_and_evaluate_cli(world, tmp_path):
     assert "accuracy within candidates" in res.output and json.loads(js.read_text())["labelled_rows"] == 8
     res = CliRunner().invoke(app, ["evaluate", str(world["new"]), "--model", str(tmp_path)], env=env)
     assert res.exit_code == 2 and "model.pt" in res.output
+
+
+INFERENCE_ONLY = """
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, sys.argv[2])
+from tests.conftest import write_dataset
+from plcli.config import FeatureConfig
+from plcli.data.labels import Vocabulary
+from plcli.data.validate import load_rows
+from plcli.models.classifier import Classifier, save_model
+
+root = Path(sys.argv[1])
+manifest, _ = write_dataset(root / "data", n=8)
+vocab = Vocabulary.from_rows(load_rows([manifest]).rows)
+fc = FeatureConfig(clip_seconds=0.7)
+(root / "run").mkdir()
+save_model(root / "run" / "model.pt", Classifier("tcresnet-small", fc.n_mels, len(vocab)).eval(), vocab, fc, "finetune")
+
+from plcli import evaluate, export, predict
+
+quiet = lambda *a, **k: None
+predict.run(predict.PredictConfig(manifests=[str(manifest)], model=str(root / "run"), out=str(root / "p.jsonl")), log=quiet)
+evaluate.run(evaluate.EvaluateConfig(manifests=[str(manifest)], model=str(root / "run"), json_out=str(root / "m.json")), log=quiet)
+export.run(export.ExportConfig(model=str(root / "run"), out=str(root / "m.ts")), log=quiet)
+assert (root / "p.jsonl").exists() and (root / "m.json").exists() and (root / "m.ts").exists()
+heavy = ("lightning", "pytorch_lightning", "lightning_fabric")
+print(sorted(m for m in sys.modules if m.split(".")[0] in heavy or m in ("plcli.training", "plcli.pretrain",
+             "plcli.finetune", "plcli.distill")))
+"""
+
+
+def test_inference_imports_neither_lightning_nor_training_code(tmp_path):
+    """predict, evaluate and export, run end to end in a fresh interpreter, load no Lightning and no stage."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "infer_only.py"
+    script.write_text(INFERENCE_ONLY)
+    res = subprocess.run([sys.executable, str(script), str(tmp_path), str(Path(__file__).parents[1])],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "PLCLI_CACHE": str(tmp_path / "c")})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "[]"

@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from plcli.cli import app
-from plcli.training import logged_history
+from plcli.runs import logged_history
 
 TINY = {
     "features": {"clip_seconds": 1.0},

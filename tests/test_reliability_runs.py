@@ -26,7 +26,7 @@ from plcli.cli import app
 from plcli.config import FeatureConfig
 from plcli.data import features as feat_mod
 from plcli.data.features import FeatureCache
-from plcli.training import logged_history
+from plcli.runs import logged_history
 
 STEPS_CFG = {
     "features": {"clip_seconds": 1.0},

@@ -7,8 +7,8 @@ import ctypes
 import numpy as np
 import pytest
 
-from plcli.data import degrade as dg
-from plcli.data.synth import (
+from plcli.demo import degrade as dg
+from plcli.demo.synth import (
     ENGINE_CLASSES,
     ESPEAK_VARIANTS,
     EspeakEngine,

@@ -1,5 +1,6 @@
 """The accuracy benchmark's pieces: baseline trainers, the speech-recogniser baseline, the report.
 
-``scripts/benchmark.py`` runs the grid; ``docs/benchmark.md`` describes the method. Nothing in
-here is imported by the ``plcli`` command itself.
+``grid`` is the benchmark grid (``scripts/benchmark.py`` / ``make bench`` only call its ``main``);
+``docs/benchmark.md`` describes the method. Nothing in here is imported by the ``plcli`` command
+itself.
 """

@@ -28,10 +28,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from plcli.data.augment import SpecAugmentConfig, SpectrogramAugment
-from plcli.data.datasets import FeatureRows, ViewRows, candidate_matrix, label_vector
+from plcli.data.datasets import FeatureRows, ViewRows, candidate_matrix, label_vector, truth_vector
 from plcli.losses import CandidateIndicatorMSELoss
 from plcli.models.classifier import Classifier
-from plcli.training import cosine_with_warmup
+from plcli.training import adamw_cosine
 
 SOURCES = ("oracle", "exact", "indicator-mse")
 
@@ -90,13 +90,7 @@ def label_source(source: str, rows, vocab, truth: dict[str, str] | None = None) 
     if source == "oracle":
         if truth is None:
             raise ValueError("the oracle needs the true label of every row (truth)")
-        y = np.array(
-            [
-                vocab.index(truth[r.id]) if r.id in truth and vocab.index(truth[r.id]) is not None else -1
-                for r in rows
-            ],
-            dtype=np.int64,
-        )
+        y = truth_vector(rows, truth, vocab).clip(min=-1)
         index = np.flatnonzero(y >= 0)
     elif source == "exact":
         index = np.flatnonzero(y >= 0)
@@ -140,11 +134,8 @@ class SupervisedModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        opt_ = torch.optim.AdamW(
-            self.model.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
-        sched = cosine_with_warmup(opt_, self.trainer.estimated_stepping_batches)
-        return {"optimizer": opt_, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        hp = self.hparams
+        return adamw_cosine([(self.model.parameters(), hp.lr)], hp.weight_decay, self.trainer.estimated_stepping_batches)
 
 
 def train_baseline(
@@ -161,7 +152,8 @@ def train_baseline(
 
     ``views`` is the (N, V, n_mels, frames) pack of augmented views of ``rows`` (same order).
     """
-    from plcli.training import Timer
+    from plcli.distill import student_args
+    from plcli.runs import Timer
 
     cfg = (cfg or BaselineConfig()).resolved()
     if views.shape[0] != len(rows):
@@ -173,17 +165,8 @@ def train_baseline(
     steps_per_epoch = max(1, len(ds) // bs)
     steps = max(cfg.epochs * steps_per_epoch, cfg.min_steps)
     loader = DataLoader(ds, batch_size=bs, shuffle=True, drop_last=True, collate_fn=FeatureRows.collate_fn)
-    classifier = dict(
-        encoder=cfg.student,
-        n_mels=n_mels,
-        num_classes=len(vocab),
-        from_layer=0,
-        head_hidden_dim=cfg.head_hidden_dim,
-        head_layers=cfg.head_layers,
-        dropout=cfg.dropout,
-    )
     module = SupervisedModule(
-        classifier,
+        student_args(cfg, n_mels, len(vocab)),
         loss="indicator-mse" if source == "indicator-mse" else "ce",
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
@@ -213,15 +196,10 @@ def train_baseline(
 
 def evaluate_probs(probs: np.ndarray, rows, vocab) -> dict:
     """Test metrics of (N, C) probabilities on labelled ``rows`` (``plcli.evaluate.classification_metrics``)."""
-    from plcli.evaluate import classification_metrics
+    from plcli.data.labels import class_indices
+    from plcli.metrics import classification_metrics
 
-    y = np.array(
-        [
-            -2 if r.label is None else (vocab.index(r.label) if vocab.index(r.label) is not None else -1)
-            for r in rows
-        ],
-        dtype=np.int64,
-    )
+    y = class_indices([r.label for r in rows], vocab)  # -2 no label, -1 outside the vocabulary
     m = classification_metrics(probs, y, candidate_matrix(rows, vocab))
     return {
         k: m[k] for k in ("accuracy", "accuracy_within_candidates", "macro_f1", "labelled_rows", "chance")
@@ -230,7 +208,7 @@ def evaluate_probs(probs: np.ndarray, rows, vocab) -> dict:
 
 def evaluate_model(model: Classifier, vocab, features, rows, cache: str | None = None) -> dict:
     """Metrics of ``model`` on labelled ``rows`` through the feature cache (as ``plcli evaluate``)."""
-    from plcli.predict import infer
+    from plcli.inference import infer
 
     probs, _ = infer(model, features, [r.audio for r in rows], cache, log=lambda *_: None)
     return evaluate_probs(probs, rows, vocab)

@@ -1,1 +1,1 @@
-"""Data layer: manifests, validation, labels, audio, features, datasets, augmentation, demo data."""
+"""Data layer: manifests, validation, labels, audio, features, datasets, augmentation, chat import."""

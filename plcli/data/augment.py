@@ -246,6 +246,8 @@ class WaveformAugment:
         num_samples: output length in samples.
     """
 
+    # about 80 lines, on purpose: one flat list of the transforms, in the order they are applied,
+    # keeps the chain readable against docs/augmentations.md; split up, the order would be implicit
     def __init__(self, cfg: AugmentConfig, sample_rate: int, num_samples: int):
         import audiomentations as A
 

@@ -15,19 +15,16 @@ is raised, so one run shows everything that needs fixing.
 from __future__ import annotations
 
 import bisect
-import csv
-import io
-import json
 import math
 import os
 import re
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from plcli.data.manifest import Problem
+from plcli.data.tables import Problem, Table, parse_table
 from plcli.errors import DataError, UserError
 from plcli.io import atomic_write_jsonl
 
@@ -68,14 +65,6 @@ class Message:
     line: int = 0
 
 
-@dataclass
-class _Table:
-    file: str
-    rows: list[tuple[int, dict]]
-    header: list[str] | None  # CSV header (canonical names); None for JSON Lines
-    header_line: int = 1
-
-
 def _raise(problems: list[Problem], what: str) -> None:
     shown = "\n".join(f"  {p}" for p in problems[:MAX_SHOWN_PROBLEMS])
     more = len(problems) - MAX_SHOWN_PROBLEMS
@@ -86,13 +75,10 @@ def _raise(problems: list[Problem], what: str) -> None:
     raise err
 
 
-def _canonical(name: str, known: Sequence[str]) -> str:
-    """Known column names match case-insensitively and ignoring surrounding spaces."""
-    stripped = name.strip()
-    return stripped.lower() if stripped.lower() in known else stripped
-
-
-def _decode(path: Path, file: str, problems: list[Problem]) -> str | None:
+def _read(path: str | os.PathLike, known: Sequence[str], problems: list[Problem]) -> Table | None:
+    """The table at ``path`` (``plcli.data.tables``), or None when the file cannot be read."""
+    file = os.fspath(path)
+    path = Path(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -104,117 +90,10 @@ def _decode(path: Path, file: str, problems: list[Problem]) -> str | None:
     except OSError as e:
         problems.append(Problem(file, 0, f"cannot read: {e.strerror or e}"))
         return None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        problems.append(Problem(file, line, "not valid UTF-8: re-save the file as UTF-8"))
-        return None
-
-
-def _is_jsonl(path: Path, text: str) -> bool:
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json", ".ndjson"):
-        return True
-    if suffix in (".csv", ".tsv", ".txt"):
-        return False
-    return text.lstrip().startswith(("{", "["))
-
-
-def _read_json(text: str, file: str, known: Sequence[str], problems: list[Problem]) -> list[tuple[int, dict]]:
-    objs: list[tuple[int, Any]] = []
-    if text.lstrip().startswith("["):
-        # a JSON array instead of JSON Lines: walk its elements to keep their line numbers
-        dec = json.JSONDecoder()
-        pos = text.index("[") + 1
-        line = text.count("\n", 0, pos) + 1
-        while True:
-            m = _SEPARATORS.match(text, pos)
-            line += text.count("\n", pos, m.end())
-            pos = m.end()
-            if pos >= len(text) or text[pos] == "]":
-                break
-            try:
-                obj, end = dec.raw_decode(text, pos)
-            except json.JSONDecodeError as e:
-                problems.append(Problem(file, e.lineno, f"malformed JSON: {e.msg} at column {e.colno}"))
-                return []
-            objs.append((line, obj))
-            line += text.count("\n", pos, end)
-            pos = end
-    else:
-        for i, raw in enumerate(text.splitlines(), start=1):
-            if not raw.strip():
-                continue
-            try:
-                objs.append((i, json.loads(raw)))
-            except json.JSONDecodeError as e:
-                problems.append(Problem(file, i, f"malformed JSON: {e.msg} at column {e.colno}", raw))
-    rows = []
-    for line, obj in objs:
-        if not isinstance(obj, dict):
-            problems.append(Problem(file, line, f"expected a JSON object, got {type(obj).__name__}", obj))
-            continue
-        rows.append((line, {_canonical(k, known): v for k, v in obj.items()}))
-    return rows
-
-
-def _read_csv(
-    text: str, path: Path, file: str, known: Sequence[str], problems: list[Problem]
-) -> tuple[list[tuple[int, dict]], list[str] | None, int]:
-    lines = io.StringIO(text, newline="")
-    first = next((s for s in text.splitlines() if s.strip()), "")
-    if path.suffix.lower() == ".tsv":
-        delimiter = "\t"
-    else:  # exports from spreadsheets in some locales use ';'
-        delimiter = max(",;\t", key=first.count) if first else ","
-    reader = csv.reader(lines, delimiter=delimiter)
-    header: list[str] | None = None
-    header_line = 1
-    rows: list[tuple[int, dict]] = []
-    prev = 0
-    while True:
-        start = prev + 1
-        try:
-            values = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as e:
-            problems.append(Problem(file, start, f"malformed CSV: {e}"))
-            break
-        prev = reader.line_num
-        if not any(v.strip() for v in values):
-            continue  # blank line (or only separators)
-        if header is None:
-            header, header_line = [_canonical(v, known) for v in values], start
-            seen: set[str] = set()
-            for name in header:
-                if name and name in seen:
-                    problems.append(Problem(file, start, f"duplicate column {name!r}"))
-                seen.add(name)
-            continue
-        if len(values) != len(header):
-            problems.append(
-                Problem(file, start, f"malformed CSV: {len(values)} fields, header has {len(header)}", values)
-            )
-            continue
-        # columns without a name (a trailing separator in the header) are dropped
-        rows.append((start, {k: v for k, v in zip(header, values, strict=True) if k}))
-    if header is None:
+    table = parse_table(file, path, data, known, problems)
+    if table.is_csv and table.header is None:
         problems.append(Problem(file, 0, "empty file: expected a header row"))
-    return rows, header, header_line
-
-
-def _read(path: str | os.PathLike, known: Sequence[str], problems: list[Problem]) -> _Table | None:
-    file = os.fspath(path)
-    path = Path(path)
-    text = _decode(path, file, problems)
-    if text is None:
-        return None
-    if _is_jsonl(path, text):
-        return _Table(file, _read_json(text, file, known, problems), None)
-    rows, header, header_line = _read_csv(text, path, file, known, problems)
-    return _Table(file, rows, header, header_line)
+    return table
 
 
 def read_table(path: str | os.PathLike) -> list[tuple[int, dict]]:
@@ -288,7 +167,7 @@ def _text(value: Any) -> str | None:
 class _Columns:
     """Required/optional column checks: once at the header for CSV, per row for JSON Lines."""
 
-    def __init__(self, table: _Table, problems: list[Problem]):
+    def __init__(self, table: Table, problems: list[Problem]):
         self.table, self.problems = table, problems
         self.missing: set[str] = set()
 
@@ -305,8 +184,10 @@ class _Columns:
         return True
 
 
+# about 75 lines: one pass over the rows with every per-row check in order (columns, id, audio,
+# timestamp, author, duplicates), so each problem is reported against its line exactly once
 def _parse_voices(
-    table: _Table, same_author: bool, problems: list[Problem], stamps: list[bool]
+    table: Table, same_author: bool, problems: list[Problem], stamps: list[bool]
 ) -> list[Voice]:
     cols = _Columns(table, problems)
     ok = cols.require("audio") & cols.require("timestamp")
@@ -385,7 +266,7 @@ def _parse_voices(
 
 
 def _parse_messages(
-    table: _Table, same_author: bool, problems: list[Problem], stamps: list[bool]
+    table: Table, same_author: bool, problems: list[Problem], stamps: list[bool]
 ) -> list[Message]:
     cols = _Columns(table, problems)
     ok = cols.require("timestamp") & cols.require("text")
@@ -416,7 +297,7 @@ def _parse_messages(
     return messages
 
 
-def _parse_labels(table: _Table, ids: Container[str], problems: list[Problem]) -> dict[str, tuple[str, int]]:
+def _parse_labels(table: Table, ids: Container[str], problems: list[Problem]) -> dict[str, tuple[str, int]]:
     cols = _Columns(table, problems)
     if not (cols.require("id") & cols.require("label")):
         return {}
@@ -500,20 +381,23 @@ def build_candidates(
             out.append([])
             continue
         times, idx = stream
-        end_time = math.inf if window_seconds is None else v.time + window_seconds
-        seen: set[str] = set()
-        cands: list[str] = []
-        for j in range(bisect.bisect_right(times, v.time), len(times)):
-            if times[j] > end_time:
-                break
-            i = idx[j]
-            if keys[i] in seen:
-                continue
+        start = bisect.bisect_right(times, v.time)
+        stop = len(times) if window_seconds is None else bisect.bisect_right(times, v.time + window_seconds)
+        out.append([msgs[i].text for i in first_distinct(keys, (idx[j] for j in range(start, stop)), k)])
+    return out
+
+
+def first_distinct(keys: Sequence[str], positions: Iterable[int], k: int) -> list[int]:
+    """The first ``k`` of ``positions`` with distinct ``keys[position]`` (the first of each key):
+    a candidate set is the first ``k`` distinct texts after a voice message."""
+    seen: set[str] = set()
+    out: list[int] = []
+    for i in positions:
+        if keys[i] not in seen:
             seen.add(keys[i])
-            cands.append(msgs[i].text)
-            if len(cands) == k:
+            out.append(i)
+            if len(out) == k:
                 break
-        out.append(cands)
     return out
 
 
@@ -522,6 +406,38 @@ def _relative(audio: Path, folder: Path) -> str:
         return audio.relative_to(folder).as_posix()
     except ValueError:
         return str(audio)
+
+
+def check_candidate_options(k: int, window_seconds: float | None) -> None:
+    """``UserError`` for a ``--k`` below 1 or a ``--window`` that is not a positive number."""
+    if k < 1:
+        raise UserError(f"--k must be at least 1, got {k}")
+    if window_seconds is not None and not window_seconds > 0:
+        raise UserError(f"--window must be a positive number of seconds, got {window_seconds}")
+
+
+def manifest_rows(voices: Sequence[Voice], cands: Sequence[list[str]], labels: dict[str, tuple[str, int]],
+                  labels_file: str, out_dir: Path, key: Callable[[str], str]) -> tuple[list[dict], list[str], int]:
+    """Manifest rows of voice messages and their candidate sets (``from_chat`` documents the columns),
+    the warnings for labels outside their candidates, and how many there were."""
+    rows, warnings = [], []
+    n_outside = 0
+    for v, c in zip(voices, cands, strict=True):
+        row: dict[str, Any] = {"id": v.id, "audio": _relative(v.audio, out_dir), "candidates": c}
+        if v.id in labels:
+            label, line = labels[v.id]
+            row["label"] = label
+            if c and key(label) not in {key(x) for x in c}:
+                n_outside += 1
+                warnings.append(f"{labels_file}:{line}: label {label!r} for id {v.id!r} is not among its "
+                                f"{len(c)} candidates")
+        if v.author is not None:
+            row["speaker"] = v.author
+        row["timestamp"] = v.timestamp
+        for name, value in v.extra.items():
+            row.setdefault(name, value)
+        rows.append(row)
+    return rows, warnings, n_outside
 
 
 def from_chat(
@@ -546,50 +462,14 @@ def from_chat(
     error. Nothing is written (see ``write_manifest``). Raises ``DataError`` listing every problem
     in every table as ``file:line: reason``, and ``UserError`` for invalid options.
     """
-    if k < 1:
-        raise UserError(f"--k must be at least 1, got {k}")
-    if window_seconds is not None and not window_seconds > 0:
-        raise UserError(f"--window must be a positive number of seconds, got {window_seconds}")
-    problems: list[Problem] = []
-    stamps: list[bool] = []
-    vtable = _read(voices_path, VOICE_COLUMNS, problems)
-    mtable = _read(messages_path, MESSAGE_COLUMNS, problems)
-    ltable = _read(labels_path, LABEL_COLUMNS, problems) if labels_path is not None else None
-    voices = _parse_voices(vtable, same_author, problems, stamps) if vtable else []
-    messages = _parse_messages(mtable, same_author, problems, stamps) if mtable else []
-    by_id = {v.id: v for v in voices}
-    if ltable is not None and vtable is not None:
-        # labels can only be checked against ids once the voice table is clean
-        vproblems = any(p.file == vtable.file for p in problems)
-        if vproblems:
-            by_id = _all_ids(vtable)
-        labels = _parse_labels(ltable, by_id, problems)
-    else:
-        labels = {}
-    if problems:
-        _raise(problems, "invalid chat export")
-
+    check_candidate_options(k, window_seconds)
+    stamps: list[bool] = []  # per timestamp: did it carry a timezone
+    vtable, mtable, ltable, voices, messages, labels = _read_export(voices_path, messages_path, labels_path,
+                                                                   same_author, stamps)
     cands = build_candidates(voices, messages, k, window_seconds, same_author, key, skip_empty)
     out_dir = Path(os.path.abspath(Path(out_path).parent))
-    rows, warnings = [], []
-    n_label_outside = 0
-    for v, c in zip(voices, cands, strict=True):
-        row: dict[str, Any] = {"id": v.id, "audio": _relative(v.audio, out_dir), "candidates": c}
-        if v.id in labels:
-            label, line = labels[v.id]
-            row["label"] = label
-            if c and key(label) not in {key(x) for x in c}:
-                n_label_outside += 1
-                warnings.append(
-                    f"{ltable.file}:{line}: label {label!r} for id {v.id!r} is not among its "
-                    f"{len(c)} candidates"
-                )
-        if v.author is not None:
-            row["speaker"] = v.author
-        row["timestamp"] = v.timestamp
-        for name, value in v.extra.items():
-            row.setdefault(name, value)
-        rows.append(row)
+    labels_file = ltable.file if ltable is not None else ""
+    rows, warnings, n_label_outside = manifest_rows(voices, cands, labels, labels_file, out_dir, key)
 
     if mtable is not None and not mtable.rows:
         warnings.append(f"{mtable.file}: no messages: every voice message is unlabelled")
@@ -617,7 +497,30 @@ def from_chat(
     return rows, {"counts": counts, "warnings": warnings}
 
 
-def _all_ids(table: _Table) -> dict[str, Any]:
+def _read_export(voices_path, messages_path, labels_path, same_author: bool, stamps: list[bool]):
+    """The three tables and what they hold: (tables..., voices, messages, labels); ``DataError``
+    listing every problem in every table."""
+    problems: list[Problem] = []
+    vtable = _read(voices_path, VOICE_COLUMNS, problems)
+    mtable = _read(messages_path, MESSAGE_COLUMNS, problems)
+    ltable = _read(labels_path, LABEL_COLUMNS, problems) if labels_path is not None else None
+    voices = _parse_voices(vtable, same_author, problems, stamps) if vtable else []
+    messages = _parse_messages(mtable, same_author, problems, stamps) if mtable else []
+    by_id = {v.id: v for v in voices}
+    if ltable is not None and vtable is not None:
+        # labels can only be checked against ids once the voice table is clean
+        vproblems = any(p.file == vtable.file for p in problems)
+        if vproblems:
+            by_id = _all_ids(vtable)
+        labels = _parse_labels(ltable, by_id, problems)
+    else:
+        labels = {}
+    if problems:
+        _raise(problems, "invalid chat export")
+    return vtable, mtable, ltable, voices, messages, labels
+
+
+def _all_ids(table: Table) -> dict[str, Any]:
     """Every id the voice table names, even on rows with other problems (for the label check)."""
     ids: dict[str, Any] = {}
     for _, row in table.rows:

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from plcli.config import DataConfig, FeatureConfig, cache_dir
 from plcli.data.features import FeatureCache
-from plcli.data.labels import LabelNormalizer, Vocabulary
+from plcli.data.labels import UNKNOWN, LabelNormalizer, Vocabulary, class_indices
 from plcli.data.manifest import Row
 from plcli.data.validate import ValidationReport, load_rows
 
@@ -26,6 +26,17 @@ def open_cache(dc: DataConfig, fc: FeatureConfig) -> FeatureCache:
     return FeatureCache(cache_dir(dc.cache_dir), fc)
 
 
+def view_workers(n_views: int, num_workers: int) -> int:
+    """Processes for computing augmented views into the cache: starting one costs seconds (torch,
+    audiomentations imports), about the price of 4000 views in-process, so small jobs stay in this
+    process; large ones use ``num_workers``, or every core when it is 0."""
+    import os
+
+    if n_views < 4000:
+        return 1
+    return num_workers or max(1, os.cpu_count() or 1)
+
+
 def candidate_matrix(rows: Sequence[Row], vocab: Vocabulary) -> np.ndarray:
     """(N, C) bool: True where a class is in the row's candidate set (all False: no candidates)."""
     m = np.zeros((len(rows), len(vocab)), dtype=bool)
@@ -38,22 +49,24 @@ def candidate_matrix(rows: Sequence[Row], vocab: Vocabulary) -> np.ndarray:
 
 def label_vector(rows: Sequence[Row], vocab: Vocabulary) -> np.ndarray:
     """(N,) int64 class index of each row's exact label, -1 where there is none (or it is unknown)."""
-    out = np.full(len(rows), -1, dtype=np.int64)
-    for i, r in enumerate(rows):
-        if r.label is not None:
-            j = vocab.index(r.label)
-            out[i] = -1 if j is None else j
-    return out
+    return class_indices([r.label for r in rows], vocab, missing=UNKNOWN)
 
 
-def _collate_identity(batch):
+def truth_vector(rows: Sequence[Row], truth: dict[str, str], vocab: Vocabulary) -> np.ndarray:
+    """(N,) int64 class index of each row's true label from ``truth`` (id -> label):
+    -2 where the row has none, -1 where it is outside the vocabulary."""
+    return class_indices([truth.get(r.id) for r in rows], vocab)
+
+
+def collate_identity(batch):
+    """The collate function of the batched datasets: ``__getitems__`` already made the batch."""
     return batch
 
 
 class BatchedDataset(Dataset):
     """A dataset whose ``__getitems__`` reads a whole batch with one fancy-index from the memmap."""
 
-    collate_fn = staticmethod(_collate_identity)
+    collate_fn = staticmethod(collate_identity)
 
     def __getitem__(self, i: int):
         return self.__getitems__([i])

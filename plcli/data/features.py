@@ -244,9 +244,13 @@ class FeatureCache:
             raise FileNotFoundError(f"cache entry missing: {path} (run ensure first)")
         return arr
 
-    def features(self, paths: Sequence[str | Path], progress=None) -> tuple[list[str], np.ndarray]:
-        """Keys and the packed (N, n_mels, frames) features of ``paths``, computing what is missing."""
-        keys = self.keys(paths)
+    def features(self, paths: Sequence[str | Path], progress=None,
+                 keys: Sequence[str] | None = None) -> tuple[list[str], np.ndarray]:
+        """Keys and the packed (N, n_mels, frames) features of ``paths``, computing what is missing.
+
+        ``keys``: the content hashes of ``paths`` from an earlier call, so they are not hashed again.
+        """
+        keys = self.keys(paths) if keys is None else list(keys)
         self.ensure(paths, keys, progress=progress)
         return keys, self.pack(keys)
 
@@ -255,14 +259,16 @@ class FeatureCache:
         return self.root / "views" / f"{self.fhash}-{tag}" / key[:2] / f"{key}.npy"
 
     def views(self, paths: Sequence[str | Path], aug_params: dict, n_views: int, seed: int, workers: int = 1,
-              progress: Callable[[int, int], None] | None = None) -> tuple[list[str], np.ndarray]:
+              progress: Callable[[int, int], None] | None = None,
+              keys: Sequence[str] | None = None) -> tuple[list[str], np.ndarray]:
         """Packed (N, n_views, n_mels, frames) features of ``n_views`` augmented copies of each clip.
 
         ``aug_params`` are the ``AugmentConfig`` fields; each clip's copies are seeded from
         (seed, content hash), so they do not depend on order or on the number of workers.
+        ``keys`` as for ``features``.
         """
         tag = _hash({"aug": aug_params, "views": n_views, "seed": seed})
-        keys = self.keys(paths)
+        keys = self.keys(paths) if keys is None else list(keys)
         todo = {}
         for p, k in zip(paths, keys):
             if k not in todo and _load_npy(self.view_path(tag, k)) is None:

@@ -19,6 +19,7 @@ from plcli.errors import UserError
 from plcli.io import atomic_write_json
 
 VOCAB_VERSION = 1
+NO_TRUTH, UNKNOWN = -2, -1  # class-index markers: no label at all; a label outside the vocabulary
 
 
 def _is_edge_junk(ch: str) -> bool:
@@ -137,3 +138,12 @@ class Vocabulary:
         norm = LabelNormalizer(LabelConfig.from_dict(data.get("normalization", {})))
         labels = data["labels"]
         return cls([x["key"] for x in labels], [x["text"] for x in labels], [x.get("count", 0) for x in labels], norm)
+
+
+def class_indices(labels: Iterable[str | None], vocab: Vocabulary, missing: int = NO_TRUTH):
+    """(N,) int64 class index of each label: ``UNKNOWN`` (-1) for a label outside ``vocab``,
+    ``missing`` (default ``NO_TRUTH``, -2) where the label is None."""
+    import numpy as np
+
+    out = [missing if t is None else (UNKNOWN if (j := vocab.index(t)) is None else j) for t in labels]
+    return np.asarray(out, dtype=np.int64).reshape(-1)

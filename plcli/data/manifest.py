@@ -4,36 +4,21 @@ Columns: ``id`` (unique string), ``audio`` (path; relative paths resolve against
 folder), ``candidates`` (list of strings, may be empty or absent), ``label`` (optional exact label),
 optional ``speaker`` / ``group``; any other column is kept and passed through.
 
-Parsing never stops at the first problem: every malformed line becomes a ``Problem`` with its
-``file:line`` and a reason, and the rest of the file is still read.
+Parsing (``plcli.data.tables``, the reader chat exports use too) never stops at the first problem:
+every malformed line becomes a ``Problem`` with its ``file:line`` and a reason, and the rest of the
+file is still read.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from plcli.data.tables import Problem, parse_table
+
 KNOWN = ("id", "audio", "candidates", "label", "speaker", "group")
-
-
-@dataclass
-class Problem:
-    """One problem with one manifest line."""
-
-    file: str
-    line: int
-    reason: str
-    raw: Any = None  # the row as read (dict) or the raw text, for the rejects file
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.reason}"
-
-    def to_dict(self) -> dict:
-        return {"file": self.file, "line": self.line, "reason": self.reason, "row": self.raw}
 
 
 @dataclass
@@ -80,95 +65,25 @@ class Row:
         return out
 
 
-def _decode_lines(path: Path, problems: list[Problem]) -> list[tuple[int, str]]:
-    """Split a file into (line number, text) pairs: BOM and CRLF tolerated, bad UTF-8 reported."""
-    data = path.read_bytes()
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    out = []
-    for i, raw in enumerate(data.split(b"\n"), start=1):
-        raw = raw.rstrip(b"\r")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            problems.append(Problem(str(path), i, f"not valid UTF-8 at column {e.start + 1}: re-save the file as UTF-8",
-                                    raw.decode("utf-8", "replace")))
-            continue
-        out.append((i, text))
-    return out
-
-
-def _parse_jsonl(path: Path, problems: list[Problem]) -> list[tuple[int, dict]]:
+def _records(path: Path, problems: list[Problem]) -> list[tuple[int, dict]]:
+    """The file's records (``plcli.data.tables``); CSV cells as manifest values: ``candidates``
+    parsed as a JSON array, an empty ``label``/``speaker``/``group`` cell taken as absent."""
+    table = parse_table(str(path), path, path.read_bytes(), KNOWN, problems)
+    if not table.is_csv:
+        return table.rows
     records = []
-    for line_no, text in _decode_lines(path, problems):
-        if not text.strip():
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            problems.append(Problem(str(path), line_no,
-                                    f"malformed JSON: {e.msg} at column {e.colno}{_json_hint(text, e)}", text))
-            continue
-        if not isinstance(obj, dict):
-            problems.append(Problem(str(path), line_no, f"expected a JSON object, got {type(obj).__name__}", text))
-            continue
+    for line_no, obj in table.rows:
+        cands = obj.get("candidates")
+        if isinstance(cands, str):
+            try:
+                obj["candidates"] = json.loads(cands) if cands.strip() else []
+            except json.JSONDecodeError:
+                problems.append(Problem(str(path), line_no, 'candidates must be a JSON array, e.g. ["yes", "no"]', obj))
+                continue
+        for k in ("label", "speaker", "group"):
+            if obj.get(k) == "":
+                del obj[k]  # empty optional cell == absent
         records.append((line_no, obj))
-    return records
-
-
-def _json_hint(text: str, e: json.JSONDecodeError) -> str:
-    """A guess at the usual culprit of a JSON syntax error, for the message."""
-    if e.msg == "Extra data" and text[e.pos:].strip() == ",":
-        return " (trailing comma after the object?)"
-    if re.search(r",\s*[}\]]", text):
-        return " (trailing comma?)"
-    if "double quotes" in e.msg and "'" in text:
-        return " (JSON needs double quotes)"
-    return ""
-
-
-def _parse_csv(path: Path, problems: list[Problem]) -> list[tuple[int, dict]]:
-    lines = _decode_lines(path, problems)
-    lines = [(n, t) for n, t in lines if t.strip()]
-    if not lines:
-        return []
-    header_line, header_text = lines[0]
-    header = next(csv.reader([header_text]))
-    header = [h.strip() for h in header]
-    records = []
-    for line_no, text in lines[1:]:
-        try:
-            values = next(csv.reader([text]))
-        except csv.Error as e:
-            problems.append(Problem(str(path), line_no, f"malformed CSV: {e}", text))
-            continue
-        if len(values) > len(header) and not any(v.strip() for v in values[len(header):]):
-            values = values[:len(header)]  # trailing commas: empty cells past the last column
-        if len(values) != len(header):
-            problems.append(Problem(str(path), line_no,
-                                    f"malformed CSV: {len(values)} fields, header has {len(header)}", text))
-            continue
-        obj: dict[str, Any] = {}
-        for k, v in zip(header, values):
-            if k == "" and not v.strip():
-                continue  # a trailing comma in the header makes a nameless, empty column
-            if k == "candidates":
-                v = v.strip()
-                if v == "":
-                    obj[k] = []
-                    continue
-                try:
-                    obj[k] = json.loads(v)
-                except json.JSONDecodeError:
-                    problems.append(Problem(str(path), line_no,
-                                            'candidates must be a JSON array, e.g. ["yes", "no"]', text))
-                    break
-            elif k in ("label", "speaker", "group") and v == "":
-                continue  # empty optional cell == absent
-            else:
-                obj[k] = v
-        else:
-            records.append((line_no, obj))
     return records
 
 
@@ -234,10 +149,7 @@ def read_manifest(path: str | Path) -> tuple[list[Row], list[Problem], int]:
     if path.is_dir():
         return [], [Problem(str(path), 0, "is a folder, expected a manifest file (.jsonl or .csv)")], 0
     try:
-        if path.suffix.lower() in (".csv", ".tsv"):
-            records = _parse_csv(path, problems)
-        else:
-            records = _parse_jsonl(path, problems)
+        records = _records(path, problems)
     except OSError as e:
         return [], [Problem(str(path), 0, f"cannot read manifest: {e.strerror or e}")], 0
     n_input = len(records) + len({p.line for p in problems})
@@ -257,7 +169,7 @@ def read_truth(path: str | Path) -> dict[str, str]:
     problems: list[Problem] = []
     if not path.is_file():
         raise DataError(f"truth file not found: {path}")
-    records = _parse_csv(path, problems) if path.suffix.lower() in (".csv", ".tsv") else _parse_jsonl(path, problems)
+    records = _records(path, problems)
     out: dict[str, str] = {}
     for line, obj in records:
         rid, label = obj.get("id"), obj.get("label")

@@ -17,7 +17,6 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from plcli.data import chat
 from plcli.data.exports import telegram, whatsapp
@@ -168,13 +167,6 @@ def _parse(export: _Export, date_order: str) -> ParsedChat:
     return whatsapp.parse_log(text, export.log, lambda n: export.media.size(n) is not None, date_order, name)
 
 
-def _relative(audio: Path, folder: Path) -> str:
-    try:
-        return audio.relative_to(folder).as_posix()
-    except ValueError:
-        return str(audio)
-
-
 def _safe(name: str) -> bool:
     p = PurePosixPath(name.replace("\\", "/"))
     return bool(name) and not p.is_absolute() and ".." not in p.parts
@@ -210,10 +202,7 @@ def import_export(
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
     if date_order not in whatsapp.DATE_ORDERS:
         raise UserError(f"--date-order must be one of {', '.join(whatsapp.DATE_ORDERS)}, got {date_order!r}")
-    if k < 1:
-        raise UserError(f"--k must be at least 1, got {k}")
-    if window_seconds is not None and not window_seconds > 0:
-        raise UserError(f"--window must be a positive number of seconds, got {window_seconds}")
+    chat.check_candidate_options(k, window_seconds)
     export = _open(Path(path), format)
     if export.format == "tables":
         tables = _tables(export.folder)
@@ -239,28 +228,20 @@ def import_export(
         raise DataError(f"{parsed.file}:0: --same-author needs an author for every voice note")
     labels = chat.read_labels(labels_path, {v.id for v in voices}) if labels_path is not None else {}
     cands = chat.build_candidates(voices, parsed.messages, k, window_seconds, same_author, key)
-    rows, warnings = [], []
-    n_outside = 0
-    for v, c in zip(voices, cands):
-        row: dict[str, Any] = {"id": v.id, "audio": _relative(v.audio, out_dir), "candidates": c}
-        if v.id in labels:
-            label, line = labels[v.id]
-            row["label"] = label
-            if c and key(label) not in {key(x) for x in c}:
-                n_outside += 1
-                warnings.append(f"{labels_path}:{line}: label {label!r} for id {v.id!r} is not among its "
-                                f"{len(c)} candidates")
-        if v.author is not None:
-            row["speaker"] = v.author
-        row["timestamp"] = v.timestamp
-        row.update(v.extra)
-        rows.append(row)
+    rows, warnings, n_outside = chat.manifest_rows(voices, cands, labels, str(labels_path), out_dir, key)
     if unnamed:
         warnings.append(f"{len(unnamed)} voice note file(s) in the export are not named in {parsed.file} and "
                         f"were not imported, e.g. {unnamed[0]}")
     if parsed.counts.get("media_omitted") and parsed.format.startswith("whatsapp"):
         warnings.append(f"{parsed.file}: {parsed.counts['media_omitted']} media file(s) omitted from the export; "
                         "voice notes among them cannot be imported (export with media to include them)")
+    summary = _summary(parsed, voices, skipped, copied, media_dir, rows, cands, labels, n_outside, warnings)
+    return rows, summary
+
+
+def _summary(parsed: ParsedChat, voices, skipped, copied: int, media_dir: Path, rows: list[dict], cands,
+             labels: dict, n_outside: int, warnings: list[str]) -> dict:
+    """``import_export``'s summary: counts, authors, candidate-set sizes, skipped notes, warnings."""
     authors: dict[str, dict[str, int]] = {}
     for v in voices:
         authors.setdefault(v.author or "?", {"voice_notes": 0, "messages": 0})["voice_notes"] += 1
@@ -291,7 +272,7 @@ def import_export(
         "notes": parsed.notes,
         "warnings": warnings,
     }
-    return rows, summary
+    return summary
 
 
 def _unnamed_voice_files(export: _Export, parsed: ParsedChat) -> list[str]:

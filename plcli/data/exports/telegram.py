@@ -60,6 +60,8 @@ def _time(msg: dict) -> tuple[float, str]:
     return seconds, str(date)
 
 
+# about 65 lines: one pass over the messages in file order (a voice message's caption is the
+# next text), with each kind of message handled where it is met
 def parse_result(text: str, file: str) -> ParsedChat:
     """Read Telegram's result.json (already decoded) into voice notes and candidate texts.
 

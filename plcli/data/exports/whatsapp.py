@@ -76,6 +76,8 @@ def _omitted(text: str) -> bool:
     return 0 < len(words) <= 5 and not _OMITTED_WORDS.isdisjoint(words)
 
 
+# about 100 lines: one pass over the log lines, whose state (the open message and its continuation
+# lines) lives in locals; split up, that state would be handed around for every line of a large log
 def parse_log(text: str, file: str, exists: Callable[[str], bool], date_order: str = "auto",
               chat: str | None = None) -> ParsedChat:
     """Read a WhatsApp log (already decoded) into voice notes and candidate texts.

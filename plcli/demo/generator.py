@@ -6,8 +6,8 @@ delay while other people keep writing, so a voice message's candidates (the firs
 texts after it) hold its transcript at a random, delay-dependent position. Voice messages sent
 after the chat's last text have no candidates at all. A few training rows carry an exact label.
 
-The authors are synthetic speakers (``plcli.data.synth``: espeak-ng from pip, more engines when
-installed) and every recording gets a random recording condition (``plcli.data.degrade``). The
+The authors are synthetic speakers (``plcli.demo.synth``: espeak-ng from pip, more engines when
+installed) and every recording gets a random recording condition (``plcli.demo.degrade``). The
 test set is a second chat whose speakers, and voices, never occur in training.
 
 Output folder::
@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from plcli.config import Config, opt
+from plcli.data.chat import first_distinct
 from plcli.data.labels import LabelNormalizer
 from plcli.errors import UserError
 from plcli.io import atomic_open, atomic_write_json, atomic_write_jsonl, atomic_write_text
@@ -116,7 +117,7 @@ class DemoConfig(Config):
     workers: int = opt(0, "worker processes (0: all cores)", min=0)
 
     def check(self) -> None:
-        from plcli.data.degrade import parse_mix
+        from plcli.demo.degrade import parse_mix
 
         if self.phrases <= self.candidates:
             raise UserError(f"phrases={self.phrases} must exceed candidates={self.candidates}")
@@ -169,16 +170,8 @@ def _candidates(
     times: list[int], keys: list[str], texts: list[str], t: int, k: int
 ) -> tuple[list[str], list[str]]:
     """First ``k`` distinct texts strictly after ``t`` (distinct by key), and their keys."""
-    seen: list[str] = []
-    out: list[str] = []
-    for j in range(bisect.bisect_right(times, t), len(times)):
-        if keys[j] in seen:
-            continue
-        seen.append(keys[j])
-        out.append(texts[j])
-        if len(out) == k:
-            break
-    return out, seen
+    pos = first_distinct(keys, range(bisect.bisect_right(times, t), len(times)), k)
+    return [texts[j] for j in pos], [keys[j] for j in pos]
 
 
 def simulate_chat(
@@ -255,8 +248,8 @@ _STATE: dict = {}
 
 def _init_worker(state: dict) -> None:
     """Per-process setup: synthesizer (espeak-ng is loaded per utterance), degrader, speakers."""
-    from plcli.data.degrade import Degrader
-    from plcli.data.synth import Speaker, Synthesizer
+    from plcli.demo.degrade import Degrader
+    from plcli.demo.synth import Speaker, Synthesizer
 
     _STATE.clear()
     _STATE.update(state)
@@ -293,7 +286,7 @@ def _babble(split: int, n: int, rng: np.random.Generator) -> np.ndarray:
 
 def _render(job: tuple) -> tuple[int, int, dict, float]:
     """Synthesise, degrade and write one recording; returns (split, index, degradation, seconds)."""
-    from plcli.data.synth import speakable
+    from plcli.demo.synth import speakable
 
     split, index, path, text, speaker_id = job
     rng = np.random.default_rng([_STATE["seed"], 1 + split, index])
@@ -366,54 +359,18 @@ def generate_demo(
     worker the recordings are made in "spawn" processes: a script that calls this must guard its
     entry point with ``if __name__ == "__main__":``.
     """
-    from plcli.data.synth import engine_voices, make_speakers, resolve_engines
-
     t0 = time.perf_counter()
     cfg.validate()
     out = Path(out_dir)
-    try:
-        engines = resolve_engines(cfg.engines)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    if not engines:
-        raise UserError("no TTS engine available: pip install espeakng-loader")
-    voices = engine_voices(engines)
-    try:
-        train_spk, test_spk = make_speakers(
-            voices, cfg.train_speakers, cfg.test_speakers, cfg.seed, cfg.holdout_voices
-        )
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    engines, voices, train_spk, test_spk = _speakers(cfg)
     _prepare_out(out)
     # marks the folder as ours from the start, so a run that dies half-way can simply be repeated
     atomic_write_json(out / "meta.json", {"generator": "plcli demo-data", "complete": False})
 
     phrases = list(PHRASES[: cfg.phrases])
     popularity = zipf_popularity(len(phrases), cfg.zipf, np.random.default_rng([cfg.seed, 5]))
-    n_unlab = int(round(cfg.unlabelled_fraction * cfg.train))
-    train_msgs, train_voices = simulate_chat(
-        cfg.train,
-        n_unlab,
-        [s.id for s in train_spk],
-        phrases,
-        popularity,
-        cfg,
-        np.random.default_rng([cfg.seed, 11]),
-    )
-    test_voices: list[VoiceMessage] = []
-    if cfg.test:
-        _, test_voices = simulate_chat(
-            cfg.test,
-            0,
-            [s.id for s in test_spk],
-            phrases,
-            popularity,
-            cfg,
-            np.random.default_rng([cfg.seed, 12]),
-        )
-    splits = (train_voices, test_voices)
+    train_msgs, splits = _simulate(cfg, phrases, popularity, train_spk, test_spk)
     ids = [[f"{ID_PREFIX[s]}{i:06d}" for i in range(len(v))] for s, v in enumerate(splits)]
-
     jobs = [
         (s, i, str(out / "audio" / f"{ids[s][i]}.wav"), phrases[v.phrase], v.author)
         for s, vs in enumerate(splits)
@@ -430,6 +387,50 @@ def generate_demo(
         "bank_size": tuple(min(BABBLE_BANK, max(6, len(v) // 8)) for v in splits),
     }
     workers = min(cfg.workers or _default_workers(), max(1, len(jobs)))
+    info, seconds = _render_all(jobs, state, splits, workers, progress)
+    summary = _write_outputs(out, cfg, engines, voices, train_spk, test_spk, phrases, popularity,
+                             train_msgs, splits, ids, info, seconds)  # fmt: skip
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    summary["workers"] = workers
+    return summary
+
+
+def _speakers(cfg: DemoConfig) -> tuple[list[str], list, list, list]:
+    """(engines, their voices, training speakers, test speakers); ``UserError`` when none fit."""
+    from plcli.demo.synth import engine_voices, make_speakers, resolve_engines
+
+    try:
+        engines = resolve_engines(cfg.engines)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if not engines:
+        raise UserError("no TTS engine available: pip install espeakng-loader")
+    voices = engine_voices(engines)
+    try:
+        train_spk, test_spk = make_speakers(
+            voices, cfg.train_speakers, cfg.test_speakers, cfg.seed, cfg.holdout_voices
+        )
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return engines, voices, train_spk, test_spk
+
+
+def _simulate(cfg: DemoConfig, phrases, popularity, train_spk, test_spk):
+    """The training chat's texts and the (train, test) voice messages."""
+    n_unlab = int(round(cfg.unlabelled_fraction * cfg.train))
+    train_msgs, train_voices = simulate_chat(
+        cfg.train, n_unlab, [s.id for s in train_spk], phrases, popularity, cfg, np.random.default_rng([cfg.seed, 11])
+    )
+    test_voices: list[VoiceMessage] = []
+    if cfg.test:
+        _, test_voices = simulate_chat(
+            cfg.test, 0, [s.id for s in test_spk], phrases, popularity, cfg, np.random.default_rng([cfg.seed, 12])
+        )
+    return train_msgs, (train_voices, test_voices)
+
+
+def _render_all(jobs: list, state: dict, splits, workers: int, progress) -> tuple[list[list[dict]], float]:
+    """Render every recording (in this process or a spawn pool); per-recording info and audio seconds."""
     info: list[list[dict]] = [[{}] * len(v) for v in splits]
     seconds = 0.0
     done = 0
@@ -453,54 +454,30 @@ def generate_demo(
         finally:
             _STATE["synth"].close()
             _STATE.clear()
-    else:
-        import multiprocessing as mp
+        return info, seconds
+    import multiprocessing as mp
 
-        # spawn: the parent may hold threads (torch, rich) that fork would copy half-way
-        ctx = mp.get_context("spawn")
-        chunk = max(1, min(16, len(jobs) // (workers * 8)))
-        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(state,))
-        try:
-            for result in pool.imap_unordered(_render, jobs, chunksize=chunk):
-                collect(result)
-            pool.close()  # workers exit normally, so their atexit handlers remove their temp files
-        except BaseException:
-            pool.terminate()
-            raise
-        finally:
-            pool.join()
-
-    summary = _write_outputs(out, cfg, engines, voices, train_spk, test_spk, phrases, popularity,
-                             train_msgs, splits, ids, info, seconds)  # fmt: skip
-    summary["seconds"] = round(time.perf_counter() - t0, 1)
-    summary["workers"] = workers
-    return summary
+    # spawn: the parent may hold threads (torch, rich) that fork would copy half-way
+    ctx = mp.get_context("spawn")
+    chunk = max(1, min(16, len(jobs) // (workers * 8)))
+    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(state,))
+    try:
+        for result in pool.imap_unordered(_render, jobs, chunksize=chunk):
+            collect(result)
+        pool.close()  # workers exit normally, so their atexit handlers remove their temp files
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+    return info, seconds
 
 
 def _write_outputs(out, cfg, engines, voices, train_spk, test_spk, phrases, popularity, train_msgs, splits, ids,
                    info, seconds) -> dict:  # fmt: skip
-    from plcli.data.degrade import describe
-
     train_voices, test_voices = splits
-    rng = np.random.default_rng([cfg.seed, 13])
-    labelled = [i for i, v in enumerate(train_voices) if v.candidates]
-    n_exact = min(len(labelled), int(round(cfg.exact_fraction * len(train_voices))))
-    exact = set(rng.choice(labelled, size=n_exact, replace=False).tolist()) if n_exact else set()
-
-    rows: tuple[list[dict], list[dict]] = ([], [])
-    for s, vs in enumerate(splits):
-        for i, v in enumerate(vs):
-            row: dict = {"id": ids[s][i], "audio": f"audio/{ids[s][i]}.wav", "candidates": v.candidates}
-            if s == TEST or i in exact:
-                row["label"] = v.label
-            row.update(speaker=v.author, timestamp=iso(v.time), degradation=describe(info[s][i]))
-            rows[s].append(row)
-    atomic_write_jsonl(out / "train.jsonl", rows[TRAIN])
-    atomic_write_jsonl(out / "test.jsonl", rows[TEST])
-    atomic_write_jsonl(
-        out / "truth.jsonl", [{"id": ids[TRAIN][i], "label": v.label} for i, v in enumerate(train_voices)]
-    )
-
+    labelled, exact = _write_manifests(out, cfg, splits, ids, info)
+    n_exact = len(exact)
     _write_csv(out / "chat" / "voices.csv", ["id", "audio", "timestamp", "author"],
                [[ids[TRAIN][i], f"../audio/{ids[TRAIN][i]}.wav", iso(v.time), v.author] for i, v in enumerate(train_voices)])  # fmt: skip
     _write_csv(
@@ -544,6 +521,32 @@ def _write_outputs(out, cfg, engines, voices, train_spk, test_spk, phrases, popu
     atomic_write_json(out / "meta.json", meta)
     atomic_write_text(out / "README.txt", _readme(cfg, counts, engines))
     return {"out": str(out), **counts, "engines": engines}
+
+
+def _write_manifests(out: Path, cfg: DemoConfig, splits, ids, info) -> tuple[list[int], set[int]]:
+    """train.jsonl, test.jsonl and truth.jsonl; returns the training rows with candidates and the
+    (seeded) ones among them that carry an exact label."""
+    from plcli.demo.degrade import describe
+
+    train_voices = splits[TRAIN]
+    rng = np.random.default_rng([cfg.seed, 13])
+    labelled = [i for i, v in enumerate(train_voices) if v.candidates]
+    n_exact = min(len(labelled), int(round(cfg.exact_fraction * len(train_voices))))
+    exact = set(rng.choice(labelled, size=n_exact, replace=False).tolist()) if n_exact else set()
+    rows: tuple[list[dict], list[dict]] = ([], [])
+    for s, vs in enumerate(splits):
+        for i, v in enumerate(vs):
+            row: dict = {"id": ids[s][i], "audio": f"audio/{ids[s][i]}.wav", "candidates": v.candidates}
+            if s == TEST or i in exact:
+                row["label"] = v.label
+            row.update(speaker=v.author, timestamp=iso(v.time), degradation=describe(info[s][i]))
+            rows[s].append(row)
+    atomic_write_jsonl(out / "train.jsonl", rows[TRAIN])
+    atomic_write_jsonl(out / "test.jsonl", rows[TEST])
+    atomic_write_jsonl(
+        out / "truth.jsonl", [{"id": ids[TRAIN][i], "label": v.label} for i, v in enumerate(train_voices)]
+    )
+    return labelled, exact
 
 
 def _readme(cfg: DemoConfig, counts: dict, engines: list[str]) -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from plcli.data.synth import fast_len, resample
+from plcli.demo.synth import fast_len, resample
 
 LEVELS = ("clean", "medium", "hard")
 NOISE_KINDS = ("white", "pink", "brown", "babble")

@@ -1,0 +1,591 @@
+"""The accuracy benchmark grid (``make bench`` runs it through ``scripts/benchmark.py``) (see docs/benchmark.md for the method).
+
+Rows: oracle, exact-only, candidate-indicator MSE (same student as distill, trained directly),
+SimCLRv2 without candidates (pretrain -> finetune --loss ce-only -> distill on the teacher's full
+softmax), pocketsphinx + fuzzy matching, and plcli with its defaults; at each exact-label rate and
+seed. Every finished cell is a JSON file under BENCH/cells and every stage run a run directory
+under BENCH/runs (continued with --resume auto), so an interrupted benchmark continues where it
+stopped. Settings are chosen on a validation split of the training speakers, never on the test
+manifest.
+
+    python scripts/benchmark.py                        # the full grid (hours on 2 CPU cores)
+    python scripts/benchmark.py --quick                # a small smoke run (minutes)
+    python scripts/benchmark.py --single-seed-rows exact indicator-mse simclrv2   # the reduced grid
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from plcli.bench.report import ROWS, accuracy_chart, cached_cell, results_markdown
+from plcli.data.datasets import holdout_ids
+from plcli.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+
+MARK_START, MARK_END = "<!-- results:start -->", "<!-- results:end -->"
+QUICK = {
+    "phrases": 40,
+    "train": 200,
+    "test": 60,
+    "rates": [0.05, 0.2],
+    "seeds": [0],
+    "views": 2,
+    "pretrain_epochs": 2,
+    "finetune_epochs": 5,
+    "distill_epochs": 2,
+    "baseline_min_steps": 20,
+    "asr_val_rows": 20,
+}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: demo set, speaker split, label-rate manifests
+# ---------------------------------------------------------------------------------------------
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def make_demo(a, data: Path) -> Path:
+    """``plcli demo-data`` output (generated once; an existing folder given with --data is used as is)."""
+    if a.data:
+        return Path(a.data)
+    demo = data / "demo"
+    if not (demo / "truth.jsonl").exists():
+        plcli = str(Path(sys.executable).with_name("plcli"))
+        cmd = [
+            plcli,
+            "demo-data",
+            str(demo),
+            "--phrases",
+            str(a.phrases),
+            "--train",
+            str(a.train),
+            "--test",
+            str(a.test),
+            "--seed",
+            str(a.data_seed),
+        ]
+        log("$ " + " ".join(shlex.quote(c) for c in cmd))
+        subprocess.run(cmd, check=True)
+    return demo
+
+
+def absolute_audio(rows: list[dict], base: Path) -> list[dict]:
+    out = []
+    for r in rows:
+        r = dict(r)
+        p = Path(r["audio"]).expanduser()
+        r["audio"] = str(p if p.is_absolute() else (base / p).resolve())
+        out.append(r)
+    return out
+
+
+def split_speakers(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(fit rows, validation rows): a seeded ``fraction`` of the training speakers is held out."""
+    spk = sorted({str(r.get("speaker", r["id"])) for r in rows})
+    held = holdout_ids(spk, fraction, seed)
+    return (
+        [r for r in rows if str(r.get("speaker", r["id"])) not in held],
+        [r for r in rows if str(r.get("speaker", r["id"])) in held],
+    )
+
+
+def label_rows(rows: list[dict], truth: dict[str, str], rate: float, seed: int, normalizer) -> list[dict]:
+    """The rows with an exact label on a seeded ``rate`` share of them (labels from the truth file).
+
+    Only rows whose candidate set contains the truth (or that have none) can carry a label, as
+    ``plcli validate`` requires.
+    """
+    eligible = [
+        r["id"]
+        for r in rows
+        if r["id"] in truth
+        and (
+            not r.get("candidates") or normalizer(truth[r["id"]]) in {normalizer(c) for c in r["candidates"]}
+        )
+    ]
+    n = max(1, round(rate * len(rows)))
+    chosen = holdout_ids(eligible, min(1.0, n / max(1, len(eligible))), 1000 + seed) if eligible else set()
+    out = []
+    for r in rows:
+        r = {k: v for k, v in r.items() if k != "label"}
+        if r["id"] in chosen:
+            r["label"] = truth[r["id"]]
+        out.append(r)
+    return out
+
+
+def prepare(a, bench: Path) -> dict:
+    """Write the benchmark's manifests; returns their paths and the row counts."""
+    from plcli.data.labels import LabelNormalizer
+
+    data = bench / "data"
+    demo = make_demo(a, data)
+    train = absolute_audio(read_jsonl(demo / "train.jsonl"), demo)
+    test = absolute_audio(read_jsonl(demo / "test.jsonl"), demo)
+    truth = {r["id"]: r["label"] for r in read_jsonl(demo / "truth.jsonl")}
+    fit, val = split_speakers(train, a.val_speakers, a.data_seed)
+    val = [
+        {**{k: v for k, v in r.items() if k != "label"}, "label": truth[r["id"]]}
+        for r in val
+        if r["id"] in truth
+    ]
+    norm = LabelNormalizer()
+    paths = {
+        "test": data / "test.jsonl",
+        "val": data / "val.jsonl",
+        "truth": data / "truth.jsonl",
+        "manifests": {},
+    }
+    atomic_write_jsonl(paths["test"], test)
+    atomic_write_jsonl(paths["val"], val)
+    atomic_write_jsonl(paths["truth"], [{"id": k, "label": v} for k, v in truth.items()])
+    for seed in a.seeds:
+        for rate in a.rates:
+            rows = label_rows(fit, truth, rate, seed, norm)
+            p = data / f"train-r{rate:g}-s{seed}.jsonl"
+            atomic_write_jsonl(p, rows)
+            nocand = data / f"train-r{rate:g}-s{seed}-nocand.jsonl"
+            atomic_write_jsonl(nocand, [{**r, "candidates": []} for r in rows])
+            paths["manifests"][(rate, seed)] = (p, nocand)
+    paths["counts"] = {
+        "train": len(train),
+        "fit": len(fit),
+        "val": len(val),
+        "test": len(test),
+        "fit_speakers": len({r.get("speaker") for r in fit}),
+        "val_speakers": len({r.get("speaker") for r in val}),
+        "test_speakers": len({r.get("speaker") for r in test}),
+        "speaker_overlap_train_test": len(
+            {r.get("speaker") for r in train} & {r.get("speaker") for r in test}
+        ),
+    }
+    log(f"data: {paths['counts']}")
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage runs (plcli's own run functions; each run directory resumes)
+# ---------------------------------------------------------------------------------------------
+
+
+def trainer_opts(a, epochs: int | None, seed: int) -> dict:
+    out = {
+        "trainer.seed": seed,
+        "trainer.accelerator": a.accelerator,
+        "trainer.devices": "1",
+        "trainer.progress": False,
+        "trainer.resume": "auto",
+    }
+    if epochs:
+        out["trainer.epochs"] = epochs
+    return out
+
+
+def run_stage(name: str, out: Path, overrides: dict) -> dict:
+    """``plcli.<name>.run`` with a default config plus ``overrides``; a finished run is not rerun."""
+    from plcli import stages
+
+    metrics = out / "metrics.json"
+    if metrics.exists():
+        return json.loads(metrics.read_text())
+    stage = stages.get(name)
+    cfg = stage.load_config(None, {"out": str(out), **overrides})
+    log(f"{name} -> {out}")
+    return stage.run(cfg, log=lambda *m: None)
+
+
+def pretrain(a, bench: Path, paths: dict, seed: int) -> dict:
+    """One SimCLR encoder per seed, shared by every label rate and by rows 4 and 6 (pretraining uses no
+    labels; its kNN probe only monitors, and the last epoch's encoder is kept)."""
+    manifest = paths["manifests"][(max(a.rates), seed)][0]
+    out = bench / "runs" / f"pretrain-s{seed}"
+    m = run_stage(
+        "pretrain",
+        out,
+        {
+            "data.manifests": [str(manifest)],
+            "data.cache_dir": str(a.cache),
+            "views": a.views,
+            **trainer_opts(a, a.pretrain_epochs, seed),
+        },
+    )
+    return {"dir": out, "seconds": m.get("total_seconds")}
+
+
+def pipeline_cell(a, bench: Path, paths: dict, row: str, rate: float, seed: int) -> dict:
+    """Rows 4 (``simclrv2``) and 6 (``plcli``): pretrain -> finetune -> distill, evaluated on val and test."""
+    from plcli.models.classifier import load_model
+
+    pre = pretrain(a, bench, paths, seed)
+    manifest, nocand = paths["manifests"][(rate, seed)]
+    tag = f"{row}-r{rate:g}-s{seed}"
+    ft_dir, ds_dir = bench / "runs" / f"{tag}-finetune", bench / "runs" / f"{tag}-distill"
+    ft = run_stage(
+        "finetune",
+        ft_dir,
+        {
+            "data.manifests": [str(manifest)],
+            "data.cache_dir": str(a.cache),
+            "pretrained": str(pre["dir"]),
+            "truth": str(paths["truth"]),
+            "loss": "ce-only" if row == "simclrv2" else None,
+            **trainer_opts(a, a.finetune_epochs, seed),
+        },
+    )
+    if row == "simclrv2":
+        # textbook SimCLRv2 distillation: the teacher's full softmax on every row, no candidate sets
+        # (a manifest without them), no confidence filter, no candidate refinement, one round
+        dist = {"data.manifests": [str(nocand)], "confidence": 0.0, "refine": False, "rounds": 1}
+    else:
+        dist = {"data.manifests": [str(manifest)], "truth": str(paths["truth"])}
+    ds = run_stage(
+        "distill",
+        ds_dir,
+        {
+            "teacher": str(ft_dir),
+            "data.cache_dir": str(a.cache),
+            **dist,
+            **trainer_opts(a, a.distill_epochs, seed),
+        },
+    )
+    model, vocab, features = load_model(ds_dir)
+    seconds = {"pretrain": pre["seconds"], "finetune": ft.get("total_seconds"), "distill": ds.get("total_seconds")}
+    return finish_cell(a, paths, row, rate, seed, model, vocab, features, seconds)
+
+
+def finish_cell(a, paths, row, rate, seed, model, vocab, features, seconds) -> dict:
+    """Test and validation metrics and the inference throughput of a trained row's classifier."""
+    from plcli.bench.baselines import clips_per_second, evaluate_model
+    from plcli.data.audio import load_audio
+    from plcli.data.validate import load_rows
+
+    test = load_rows([paths["test"]], vocab.normalizer, log=lambda *m: None).rows
+    val = load_rows([paths["val"]], vocab.normalizer, log=lambda *m: None).rows
+    tm = evaluate_model(model, vocab, features, test, str(a.cache))
+    vm = evaluate_model(model, vocab, features, val, str(a.cache)) if val else {}
+    waves = [load_audio(r.audio, features.sample_rate, features.clip_seconds) for r in test[:256]]
+    return {
+        "row": row,
+        "rate": rate,
+        "seed": seed,
+        "accuracy": tm["accuracy"],
+        "accuracy_within": tm["accuracy_within_candidates"],
+        "macro_f1": tm["macro_f1"],
+        "val_accuracy": vm.get("accuracy"),
+        "val_accuracy_within": vm.get("accuracy_within_candidates"),
+        "test_rows": tm["labelled_rows"],
+        "seconds": seconds,
+        "clips_per_second": clips_per_second(model, features, waves, threads=2),
+    }
+
+
+def baseline_cell(a, bench: Path, paths: dict, row: str, rate: float, seed: int) -> dict:
+    """Rows 1-3: the student trained directly on its label source (cached augmented views)."""
+    from plcli.bench.baselines import BaselineConfig, train_baseline
+    from plcli.config import FeatureConfig
+    from plcli.data.augment import AugmentConfig
+    from plcli.data.features import FeatureCache
+    from plcli.data.labels import Vocabulary
+    from plcli.data.manifest import read_truth
+    from plcli.data.validate import load_rows
+    from plcli.runs import Timer, set_threads
+
+    set_threads()
+    manifest = paths["manifests"][(rate, seed)][0]
+    rows = load_rows([manifest], log=lambda *m: None).rows
+    vocab = Vocabulary.from_rows(rows)
+    features, augment = FeatureConfig(), AugmentConfig()
+    t = Timer()
+    # the pretrain stage's view cache (same augmentations, view count and seed): computed once
+    _, views = FeatureCache(a.cache, features).views(
+        [r.audio for r in rows], augment.waveform_params(), a.views, seed, workers=os.cpu_count() or 1
+    )
+    feat_s = t.seconds
+    cfg = BaselineConfig(
+        seed=seed, epochs=a.baseline_epochs, min_steps=a.baseline_min_steps, accelerator=a.accelerator
+    )
+    model, info = train_baseline(
+        row,
+        rows,
+        vocab,
+        views,
+        features.n_mels,
+        cfg,
+        truth=read_truth(paths["truth"]),
+        spec_augment=augment.spec.to_dict(),
+    )
+    log(f"{row} r={rate:g} s={seed}: {info}")
+    return finish_cell(a, paths, row, rate, seed, model, vocab, features, {"views": feat_s, "train": info["fit_seconds"]})
+
+
+def asr_cell(a, bench: Path, paths: dict) -> dict:
+    """Row 5: pocketsphinx transcripts (cached), scorer chosen on the validation speakers, test accuracy."""
+    from plcli.bench.asr import SCORERS, asr_predict, transcribe_files
+    from plcli.data.labels import Vocabulary
+    from plcli.data.validate import load_rows
+    from plcli.metrics import accuracy
+
+    manifest = paths["manifests"][(max(a.rates), a.seeds[0])][0]
+    vocab = Vocabulary.from_rows(load_rows([manifest], log=lambda *m: None).rows)
+    splits = {}
+    for split in ("val", "test"):
+        rows = load_rows([paths[split]], log=lambda *m: None).rows
+        if split == "val":
+            rows = rows[: a.asr_val_rows]
+
+        def transcribe(rows=rows, split=split):
+            log(f"pocketsphinx: transcribing {len(rows)} {split} clips with {a.asr_workers} processes ...")
+            texts, timing = transcribe_files([r.audio for r in rows], workers=a.asr_workers)
+            return {"ids": [r.id for r in rows], "transcripts": texts, **timing}
+
+        path = bench / "cells" / f"asr-transcripts-{split}.json"
+        tr = cached_cell(path, transcribe)
+        if tr["ids"] != [r.id for r in rows]:
+            path.unlink()
+            tr = cached_cell(path, transcribe)
+        y = np.array([vocab.index(r.label) if vocab.index(r.label) is not None else -1 for r in rows])
+        has = np.array([bool(r.candidates) for r in rows])
+        splits[split] = (rows, tr, y, has)
+
+    def scores(split, scorer):
+        rows, tr, y, has = splits[split]
+        p = asr_predict(rows, vocab, transcripts=tr["transcripts"], scorer=scorer, seed=0)
+        return accuracy(p["pred_all"], y), accuracy(p["pred_within"][has], y[has])
+
+    val_scores = {s: scores("val", s) for s in SCORERS}
+    scorer = max(SCORERS, key=lambda s: val_scores[s][1])  # first listed wins ties (the default, 'ratio')
+    acc, within = scores("test", scorer)
+    tr = splits["test"][1]
+    return {
+        "row": "asr",
+        "rate": None,
+        "seed": None,
+        "accuracy": acc,
+        "accuracy_within": within,
+        "val_accuracy": val_scores[scorer][0],
+        "val_accuracy_within": val_scores[scorer][1],
+        "scorer": scorer,
+        "val_scores": val_scores,
+        "test_rows": len(splits["test"][0]),
+        "empty_transcripts": sum(not t for t in tr["transcripts"]),
+        "seconds": {"transcribe": tr["decode_seconds"] / tr["workers"]},
+        "clips_per_second": tr["clips_per_second"],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The grid and the report
+# ---------------------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return (
+        f"{cpu}, {os.cpu_count()} cores, GPU: {gpu}; Python {platform.python_version()}, torch {torch.__version__}, "
+        f"{platform.system()} {platform.release()}"
+    )
+
+
+def _now() -> str:
+    return f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M}"
+
+
+def stamped(compute):
+    """``compute`` whose cell records when it finished (the report gives the range of dates)."""
+    return lambda: {**compute(), "finished": _now()}
+
+
+def write_report(a, bench: Path, cells: list[dict], counts: dict, started: str) -> Path:
+    stamps = [c.get("finished") or started for c in cells] or [started]
+    rows = [r for r in ROWS if r in a.rows]
+    chart = accuracy_chart(cells, bench / "accuracy.png", rows)
+    single = [r for r in a.single_seed_rows if r in a.rows]
+    text = "\n".join(
+        [
+            f"Cells finished between {min(stamps)} and {max(stamps)} UTC; report written "
+            f"{_now()} on: {machine()}.",
+            "",
+            "Command: `" + " ".join(shlex.quote(x) for x in [Path(sys.executable).name, *sys.argv]) + "`",
+            "",
+            f"Data: {json.dumps(counts)}. Label rates {', '.join(f'{r * 100:g}%' for r in a.rates)}; seeds "
+            f"{', '.join(map(str, a.seeds))}"
+            + (f" (rows {', '.join(single)}: seed {a.seeds[0]} only)" if single else "")
+            + ". The oracle and the recogniser do not depend on the label rate (same cells in every table); the "
+            "recogniser does not depend on the seed. Accuracy is on the test manifest (speakers unseen in training), "
+            "mean ± sample standard deviation over seeds.",
+            "",
+            results_markdown(cells, rows),
+            f"![accuracy per row]({chart.name})",
+            "",
+        ]
+    )
+    atomic_write_text(bench / "results.md", text)
+    atomic_write_json(bench / "results.json", cells)
+    if a.docs:
+        doc = Path(a.docs)
+        body = (
+            doc.read_text(encoding="utf-8") if doc.exists() else f"# Benchmark\n\n{MARK_START}\n{MARK_END}\n"
+        )
+        if MARK_START not in body or MARK_END not in body:
+            body += f"\n{MARK_START}\n{MARK_END}\n"
+        png = doc.with_name("benchmark-accuracy.png")
+        shutil.copyfile(chart, png)
+        head, rest = body.split(MARK_START, 1)
+        tail = rest.split(MARK_END, 1)[1]
+        atomic_write_text(doc, f"{head}{MARK_START}\n{text.replace(chart.name, png.name)}{MARK_END}{tail}")
+        log(f"results written into {doc}")
+    return bench / "results.md"
+
+
+def parse(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bench-dir", default="bench", help="cells, runs, data and the report go here")
+    ap.add_argument("--data", default=None, help="an existing plcli demo-data folder (default: generate one)")
+    ap.add_argument("--cache", default=None, help="feature cache (default: BENCH/cache)")
+    ap.add_argument("--phrases", type=int, default=40)
+    ap.add_argument("--train", type=int, default=4000)
+    ap.add_argument("--test", type=int, default=1000)
+    ap.add_argument("--data-seed", type=int, default=0, help="demo-data seed and speaker-split seed")
+    ap.add_argument(
+        "--val-speakers", type=float, default=0.1, help="share of training speakers held out for validation"
+    )
+    ap.add_argument("--rates", type=float, nargs="+", default=[0.01, 0.05], help="exact-label rates")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+    ap.add_argument(
+        "--single-seed-rows",
+        nargs="*",
+        default=[],
+        choices=ROWS,
+        help="rows run with the first seed only (when the whole grid does not fit the machine)",
+    )
+    ap.add_argument(
+        "--views", type=int, default=8, help="cached augmented views per clip (the pretrain default)"
+    )
+    ap.add_argument("--pretrain-epochs", type=int, default=None, help="default: the stage's own")
+    ap.add_argument("--finetune-epochs", type=int, default=None)
+    ap.add_argument("--distill-epochs", type=int, default=None)
+    ap.add_argument("--baseline-epochs", type=int, default=None, help="default: the distill stage's epochs")
+    ap.add_argument("--baseline-min-steps", type=int, default=300)
+    ap.add_argument("--asr-workers", type=int, default=2)
+    ap.add_argument(
+        "--asr-val-rows", type=int, default=300, help="validation clips for choosing the match scorer"
+    )
+    ap.add_argument("--accelerator", default="auto")
+    ap.add_argument(
+        "--docs", default=None, help="also write the results into this markdown file (between markers)"
+    )
+    ap.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
+    a = ap.parse_args(argv)
+    if a.quick:
+        for k, v in QUICK.items():
+            if ap.get_default(k) == getattr(a, k):
+                setattr(a, k, v)
+        if a.bench_dir == "bench":
+            a.bench_dir = "bench/quick"
+    if a.baseline_epochs is None:
+        a.baseline_epochs = a.distill_epochs  # the baselines get the distilled student's training budget
+    a.cache = Path(a.cache or Path(a.bench_dir) / "cache").resolve()
+    return a
+
+
+SETTINGS = (
+    "data",
+    "phrases",
+    "train",
+    "test",
+    "data_seed",
+    "val_speakers",
+    "views",
+    "pretrain_epochs",
+    "finetune_epochs",
+    "distill_epochs",
+    "baseline_epochs",
+    "baseline_min_steps",
+    "asr_val_rows",
+)
+
+
+def check_settings(a, bench: Path) -> None:
+    """Cells and run directories are reused by name, so a bench folder holds one set of settings
+    (the grid itself, rows, rates and seeds, may grow)."""
+    now = {k: getattr(a, k) for k in SETTINGS}
+    path = bench / "settings.json"
+    if path.exists():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        diff = {k: (old.get(k), v) for k, v in now.items() if old.get(k) != v}
+        if diff:
+            sys.exit(
+                f"{bench} holds a benchmark run with other settings "
+                f"({', '.join(f'{k}: {o} -> {n}' for k, (o, n) in diff.items())}); use another --bench-dir"
+            )
+    else:
+        atomic_write_json(path, now)
+
+
+def main(argv=None) -> int:
+    a = parse(argv)
+    bench = Path(a.bench_dir).resolve()
+    started = _now()
+    os.environ.setdefault("PLCLI_CACHE", str(a.cache))
+    check_settings(a, bench)
+    paths = prepare(a, bench)
+    cells: list[dict] = []
+    t0 = time.perf_counter()
+    # most important rows first, so an interrupted run already has plcli against the oracle
+    order = [r for r in ("plcli", "oracle", "exact", "indicator-mse", "simclrv2") if r in a.rows]
+    for row in order:
+        for seed in a.seeds:
+            for rate in a.rates:
+                if row in a.single_seed_rows and seed != a.seeds[0]:
+                    continue
+                # the oracle ignores the exact labels: one cell per seed, shown at every rate
+                key = f"{row}-s{seed}" if row == "oracle" else f"{row}-r{rate:g}-s{seed}"
+                fn = pipeline_cell if row in ("plcli", "simclrv2") else baseline_cell
+                t = time.perf_counter()
+                c = cached_cell(
+                    bench / "cells" / f"{key}.json",
+                    stamped(
+                        lambda fn=fn, row=row, rate=rate, seed=seed: fn(a, bench, paths, row, rate, seed)
+                    ),
+                )
+                cells.append({**c, "rate": rate})
+                log(
+                    f"cell {key}: accuracy {c['accuracy']:.3f}, within {c['accuracy_within']:.3f} "
+                    f"({time.perf_counter() - t:.0f} s; {time.perf_counter() - t0:.0f} s so far)"
+                )
+    if "asr" in a.rows:
+        c = cached_cell(bench / "cells" / "asr.json", stamped(lambda: asr_cell(a, bench, paths)))
+        cells.extend({**c, "rate": rate, "seed": a.seeds[0]} for rate in a.rates)
+        log(f"asr ({c['scorer']}): accuracy {c['accuracy']:.3f}, within {c['accuracy_within']:.3f}")
+    report = write_report(a, bench, cells, paths["counts"], started)
+    print(report.read_text(encoding="utf-8"))
+    return 0

@@ -1,0 +1,106 @@
+"""Inference without Lightning: load a trained classifier, featurise audio, compute logits.
+
+Shared by ``plcli predict``, ``evaluate``, ``export``, the distill stage (its teacher) and the
+benchmark. Importing it pulls in torch, never lightning or the training code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from plcli.config import FeatureConfig, cache_dir
+from plcli.data.labels import Vocabulary
+from plcli.errors import UserError
+from plcli.models.classifier import Classifier, load_model
+
+MODEL_STAGES = ("finetune", "distill")
+
+
+def load_predictor(run_dir: str | Path) -> tuple[Classifier, Vocabulary, FeatureConfig, str]:
+    """(classifier in eval mode, vocabulary, feature parameters, stage) of a run with a ``model.pt``."""
+    p = Path(run_dir)
+    if not p.exists():
+        raise UserError(f"{run_dir}: no such run directory")
+    if p.is_dir() and not (p / "model.pt").exists():
+        what = "holds no plcli run"
+        if (p / "config.yaml").exists():
+            from plcli.config import read_run_config
+
+            what = f"is a {read_run_config(p).get('stage', 'plcli')} run"
+        raise UserError(
+            f"{run_dir} {what} and has no classifier (model.pt); "
+            f"give a {' or '.join(MODEL_STAGES)} run directory"
+        )
+    model, vocab, features = load_model(p)
+    payload_stage = torch.load(
+        p / "model.pt" if p.is_dir() else p, map_location="cpu", weights_only=True
+    ).get("stage")
+    return model, vocab, features, str(payload_stage or "unknown")
+
+
+@torch.inference_mode()
+def predict_logits(model: torch.nn.Module, feats: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """(N, F, T) features (float16 memmap or array) -> (N, C) float32 logits, batch by batch."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for s in range(0, feats.shape[0], batch_size):
+        x = torch.from_numpy(np.asarray(feats[s : s + batch_size], dtype=np.float32)).to(device)
+        out.append(model(x).float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (N, C) logits, in float64 for stable sums."""
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def infer(
+    model: Classifier,
+    features: FeatureConfig,
+    audio: list,
+    cache: str | None = None,
+    batch_size: int = 1024,
+    log=print,
+) -> tuple[np.ndarray, dict]:
+    """(N, C) probabilities for the audio files (through the feature cache) and timing figures."""
+    from plcli.data.features import FeatureCache
+    from plcli.runs import Timer, set_threads
+
+    set_threads()
+    fc = FeatureCache(cache_dir(cache), features)
+    t = Timer()
+    _, feats = fc.features(audio)
+    feature_seconds = t.seconds
+    t = Timer()
+    probs = softmax(predict_logits(model, feats, batch_size))
+    model_seconds = t.seconds
+    if fc.computed:
+        log(f"computed features of {fc.computed} new clip(s), reused {fc.reused}")
+    return probs, {
+        "feature_seconds": feature_seconds,
+        "model_seconds": model_seconds,
+        "clips_per_second": len(audio) / max(model_seconds, 1e-9),
+        "threads": torch.get_num_threads(),
+    }
+
+
+class RowView:
+    """A lazy row (and optional view) selection of a memmap, sliceable like an array: ``feats[s:e]``.
+
+    ``feats`` is (N, F, T), or (N, V, F, T) with ``view`` picking one view; ``index`` picks rows.
+    """
+
+    def __init__(self, feats: np.ndarray, index: np.ndarray | None, view: int | None = None):
+        self.feats, self.index, self.view = feats, index, view
+        n = feats.shape[0] if index is None else len(index)
+        self.shape = (n, *feats.shape[(2 if view is not None else 1) :])
+
+    def __getitem__(self, s: slice) -> np.ndarray:
+        rows = np.arange(self.shape[0])[s] if self.index is None else self.index[s]
+        return self.feats[rows] if self.view is None else self.feats[rows, self.view]
