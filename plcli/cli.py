@@ -240,6 +240,8 @@ def demo_data(
     out: Path = typer.Argument(..., help="folder to write the demo dataset into"),
     config: Path = CONFIG,
     phrases: int = typer.Option(None, "--phrases", help="vocabulary size (>= 40 for the benchmark)"),
+    vocabulary: str = typer.Option(None, "--vocabulary", help="'phrases' (built-in, at most 60) or 'long-tail' (up to 653 template messages)"),
+    zipf: float = typer.Option(None, "--zipf", help="Zipf exponent of message popularity (0: uniform)"),
     train: int = typer.Option(None, "--train", help="training recordings"),
     test: int = typer.Option(None, "--test", help="test recordings (speakers unseen in training)"),
     exact_fraction: float = typer.Option(None, "--exact-fraction", help="share of training rows with an exact label"),
@@ -252,8 +254,8 @@ def demo_data(
     from plcli.demo import DemoConfig, generate_demo
 
     cfg = load_config(DemoConfig, config, {
-        "phrases": phrases, "train": train, "test": test, "exact_fraction": exact_fraction, "seed": seed,
-        "workers": workers, "engines": engines,
+        "phrases": phrases, "vocabulary": vocabulary, "zipf": zipf, "train": train, "test": test,
+        "exact_fraction": exact_fraction, "seed": seed, "workers": workers, "engines": engines,
     })
     from rich.progress import Progress
 

@@ -192,3 +192,29 @@ def test_rerun_replaces_an_earlier_demo(tmp_path):
     generate_demo(out, DemoConfig(**{**small, "train": 8}))
     assert len(list((out / "audio").glob("*.wav"))) == 8 + 4
     assert len(read_jsonl(out / "train.jsonl")) == 8
+
+
+def test_long_tail_vocabulary_shares_words_and_has_never_heard_test_messages(tmp_path):
+    from plcli.demo.longtail import all_messages, long_tail_messages
+
+    msgs = long_tail_messages(500, seed=0)
+    assert len({norm(m) for m in msgs}) == 500
+    assert long_tail_messages(500, seed=0) == msgs and long_tail_messages(500, seed=1) != msgs
+    words = [set(norm(m).split()) for m in msgs]
+    # messages share words, as chat messages do: most share one with another message
+    shared = sum(any(w & v for j, v in enumerate(words) if j != i) for i, w in enumerate(words))
+    assert shared >= 0.9 * len(msgs)
+    with pytest.raises(UserError, match="has 653 messages"):
+        DemoConfig(vocabulary="long-tail", phrases=len(all_messages()) + 1).validate()
+    with pytest.raises(UserError, match="has 60 messages"):
+        DemoConfig(phrases=61).validate()
+    cfg = DemoConfig(**{**TINY, "vocabulary": "long-tail", "phrases": 500, "train": 40, "test": 12})
+    generate_demo(tmp_path / "lt", cfg)
+    truth = {r["id"]: norm(r["label"]) for r in read_jsonl(tmp_path / "lt" / "truth.jsonl")}
+    train = read_jsonl(tmp_path / "lt" / "train.jsonl")
+    test = read_jsonl(tmp_path / "lt" / "test.jsonl")
+    heard = {truth[r["id"]] for r in train}
+    said = {norm(r["label"]) for r in test}
+    assert {norm(m) for m in msgs} >= heard | said
+    # with 500 Zipf-popular messages and 40 training recordings, test messages go unheard in training
+    assert said - heard

@@ -80,7 +80,14 @@ class DemoConfig(Config):
     """Options of ``plcli demo-data``."""
 
     phrases: int = opt(
-        50, "vocabulary size: the first N of the built-in chat phrases", min=2, max=len(PHRASES)
+        50, "vocabulary size: the first N built-in phrases, or N template messages with --vocabulary long-tail",
+        min=2,
+    )
+    vocabulary: str = opt(
+        "phrases",
+        "'phrases': the built-in everyday phrases (at most 60); 'long-tail': template messages sharing "
+        "words (times, places, names, numbers; at most 653), for open-vocabulary work",
+        choices=("phrases", "long-tail"),
     )
     train: int = opt(4000, "training voice messages", min=1)
     test: int = opt(1000, "test voice messages (a second chat with unseen speakers)", min=0)
@@ -118,7 +125,11 @@ class DemoConfig(Config):
 
     def check(self) -> None:
         from plcli.demo.degrade import parse_mix
+        from plcli.demo.longtail import all_messages
 
+        most = len(PHRASES) if self.vocabulary == "phrases" else len(all_messages())
+        if self.phrases > most:
+            raise UserError(f"phrases={self.phrases}: the {self.vocabulary} vocabulary has {most} messages")
         if self.phrases <= self.candidates:
             raise UserError(f"phrases={self.phrases} must exceed candidates={self.candidates}")
         try:
@@ -367,7 +378,7 @@ def generate_demo(
     # marks the folder as ours from the start, so a run that dies half-way can simply be repeated
     atomic_write_json(out / "meta.json", {"generator": "plcli demo-data", "complete": False})
 
-    phrases = list(PHRASES[: cfg.phrases])
+    phrases = vocabulary(cfg)
     popularity = zipf_popularity(len(phrases), cfg.zipf, np.random.default_rng([cfg.seed, 5]))
     train_msgs, splits = _simulate(cfg, phrases, popularity, train_spk, test_spk)
     ids = [[f"{ID_PREFIX[s]}{i:06d}" for i in range(len(v))] for s, v in enumerate(splits)]
@@ -413,6 +424,15 @@ def _speakers(cfg: DemoConfig) -> tuple[list[str], list, list, list]:
     except ValueError as e:
         raise UserError(str(e)) from None
     return engines, voices, train_spk, test_spk
+
+
+def vocabulary(cfg: DemoConfig) -> list[str]:
+    """The messages of the simulated chat: built-in phrases or long-tail template messages."""
+    if cfg.vocabulary == "long-tail":
+        from plcli.demo.longtail import long_tail_messages
+
+        return long_tail_messages(cfg.phrases, cfg.seed)
+    return list(PHRASES[: cfg.phrases])
 
 
 def _simulate(cfg: DemoConfig, phrases, popularity, train_spk, test_spk):
