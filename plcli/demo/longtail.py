@@ -74,17 +74,13 @@ def all_messages() -> list[str]:
 
 
 def long_tail_messages(n: int, seed: int = 0) -> list[str]:
-    """``n`` distinct messages, a seeded sample that keeps every template represented.
-
-    Short replies and one-slot templates come first in the draw so that a small ``n`` still has
-    them; the order of the result is the sample's order (popularity is assigned separately).
-    """
+    """``n`` distinct messages (distinct after label normalisation): a seeded uniform sample of
+    everything the templates make, in the sample's order (popularity is assigned separately)."""
     from plcli.data.labels import LabelNormalizer
 
     key = LabelNormalizer()
-    pool = list(dict.fromkeys(all_messages()))
     uniq: dict[str, str] = {}
-    for m in pool:
+    for m in all_messages():
         uniq.setdefault(key(m), m)
     msgs = list(uniq.values())
     if not 2 <= n <= len(msgs):
