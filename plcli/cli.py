@@ -476,10 +476,7 @@ def _print_doctor(rep: dict) -> None:
     if rep["ok"]:
         log("[green]all required pieces work[/]")
     else:
-        from plcli.doctor import Check, failure_line
-
-        checks = [Check(r["name"], r["version"], r["ok"], r["detail"], r["locked"]) for r in rep["required"]]
-        log(f"[bold red]{escape(failure_line(checks) or '')}[/]")
+        log(f"[bold red]{escape(rep['failure'])}[/]")
 
 
 def main() -> None:

@@ -126,7 +126,7 @@ def _check_soundfile() -> str:
     if sr != 16000 or len(y) != 1600:
         raise RuntimeError("WAV round trip changed the clip")
     opus = "OPUS" in sf.available_subtypes("OGG")
-    return f"{sf.__libsndfile_version__ and 'libsndfile ' + sf.__libsndfile_version__}, WAV round trip, Ogg/Opus {'yes' if opus else 'no'}"
+    return f"libsndfile {sf.__libsndfile_version__}, WAV round trip, Ogg/Opus {'yes' if opus else 'no'}"
 
 
 def _check_espeak() -> str:
@@ -167,9 +167,7 @@ def run_checks(names=REQUIRED) -> list[Check]:
         try:
             detail = SMOKE[name]()
             out.append(Check(name, version, True, detail, locked))
-        except BaseException as exc:  # an extension that fails to load raises OSError, not ImportError
-            if isinstance(exc, KeyboardInterrupt):
-                raise
+        except Exception as exc:  # an extension that fails to load raises OSError, not ImportError
             out.append(Check(name, version, False, _first_line(exc), locked))
     return out
 
@@ -219,9 +217,7 @@ def accelerators() -> dict:
         info["cuda_build"] = torch.version.cuda
         mps = getattr(torch.backends, "mps", None)
         info["mps_available"] = bool(mps and mps.is_available())
-    except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt):
-            raise
+    except Exception as exc:
         info["torch_error"] = _first_line(exc)
         return info
     try:
@@ -233,9 +229,7 @@ def accelerators() -> dict:
             info["lightning_auto"] = "mps, 1 device"
         else:
             info["lightning_auto"] = "cpu, 1 device"
-    except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt):
-            raise
+    except Exception as exc:
         info["lightning_error"] = _first_line(exc)
     return info
 
@@ -252,7 +246,7 @@ def cache_report(root: Path) -> dict:
             except OSError:
                 continue  # removed while we walked
             out["files"] += 1
-            out["tmp_files"] += f.endswith(".tmp")
+            out["tmp_files"] += f.startswith(".") and f.endswith(".npy.tmp")  # features.clean_stale_tmp's files
     return out
 
 
@@ -268,9 +262,7 @@ def optional_pieces() -> dict:
                 engines[name] = len(engine_voices([name])) if ok else None
             except Exception:
                 engines[name] = None
-    except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt):
-            raise
+    except Exception as exc:
         engines["error"] = _first_line(exc)
     extras = {name: dist_version(name) for name in EXTRAS}
     tools = {t: shutil.which(t) is not None for t in ("opusenc", "ffmpeg", "sox")}
@@ -294,6 +286,7 @@ def report(cache_root: Path) -> dict:
         "plcli": dist_version("plcli"),
         "required": [c.to_dict() for c in checks],
         "ok": all(c.ok for c in checks),
+        "failure": failure_line(checks),
         "accelerators": accelerators(),
         "cache": cache_report(cache_root),
         **optional_pieces(),
