@@ -52,6 +52,12 @@ def write_dataset(root: Path, n: int = 36, n_classes: int = 4, exact_every: int 
     return manifest, truth
 
 
+def write_truth(path: Path, truth: dict) -> Path:
+    """A truth file (JSONL id, label) from ``write_dataset``'s truth dict."""
+    path.write_text("".join(json.dumps({"id": k, "label": v}) + "\n" for k, v in truth.items()), encoding="utf-8")
+    return path
+
+
 @pytest.fixture
 def tiny_data(tmp_path) -> tuple[Path, dict]:
     return write_dataset(tmp_path / "data")

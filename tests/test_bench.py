@@ -340,15 +340,13 @@ def test_speaker_split_and_label_rates():
 
 def test_prepare_writes_the_grid_manifests(tmp_path):
     from plcli.data.validate import load_rows
-    from tests.conftest import write_dataset
+    from tests.conftest import write_dataset, write_truth
 
     bench = _script()
     demo = tmp_path / "demo"
     _, truth = write_dataset(demo, n=40, name="train.jsonl")
     write_dataset(demo, n=12, name="test.jsonl", seed=1, unlabelled=0, exact_every=1)
-    (demo / "truth.jsonl").write_text(
-        "".join(json.dumps({"id": k, "label": v}) + "\n" for k, v in truth.items())
-    )
+    write_truth(demo / "truth.jsonl", truth)
     a = bench.parse(
         [
             "--data",
@@ -396,15 +394,13 @@ def test_settings_guard(tmp_path):
 def test_benchmark_end_to_end_resumes(tmp_path, one_thread):
     """Every row on tiny tone data; a second run reuses every cell and writes the same report."""
     pytest.importorskip("pocketsphinx")
-    from tests.conftest import write_dataset
+    from tests.conftest import write_dataset, write_truth
 
     bench = _script()
     demo = tmp_path / "demo"
     _, truth = write_dataset(demo, n=48, name="train.jsonl")
     write_dataset(demo, n=12, name="test.jsonl", seed=1, unlabelled=0, exact_every=1)
-    (demo / "truth.jsonl").write_text(
-        "".join(json.dumps({"id": k, "label": v}) + "\n" for k, v in truth.items())
-    )
+    write_truth(demo / "truth.jsonl", truth)
     doc = tmp_path / "doc.md"
     doc.write_text(f"# B\n\nbefore\n\n{bench.MARK_START}\nold\n{bench.MARK_END}\n\nafter\n")
     args = [

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import write_dataset
+from tests.conftest import write_dataset, write_truth
 
 pytestmark = pytest.mark.slow
 
@@ -42,8 +42,7 @@ def _plcli(root: Path, *args: str) -> dict:
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     manifest, truth = write_dataset(root / "data", n=48)
-    truth_file = root / "truth.jsonl"
-    truth_file.write_text("".join(json.dumps({"id": k, "label": v}) + "\n" for k, v in truth.items()))
+    truth_file = write_truth(root / "truth.jsonl", truth)
     conf = {}
     for stage, extra in (("pretrain", {"features": {"clip_seconds": 0.7}, "views": 2, "trainer": {"epochs": 2}}),
                          ("finetune", {"copies": 2, "trainer": {"epochs": 10}}),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import write_dataset
+from conftest import write_dataset, write_truth
 
 from plcli.config import Config, DataConfig, FeatureConfig, TrainerConfig, opt
 from plcli.data.augment import AugmentConfig
@@ -180,8 +180,7 @@ def world(tmp_path_factory):
     """Tiny data, an (untrained) teacher run directory, a truth file and a shared feature cache."""
     root = tmp_path_factory.mktemp("distill")
     manifest, truth = write_dataset(root / "data", n=30)
-    truth_file = root / "truth.jsonl"
-    truth_file.write_text("".join(json.dumps({"id": k, "label": v}) + "\n" for k, v in truth.items()))
+    truth_file = write_truth(root / "truth.jsonl", truth)
     vocab = Vocabulary.from_rows(load_rows([manifest]).rows)
     fc = FeatureConfig(clip_seconds=0.7)
     teacher = root / "teacher"

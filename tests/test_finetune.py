@@ -18,7 +18,7 @@ TINY_FT = {"trainer": {"batch_size": 16, "accelerator": "cpu", "devices": "1", "
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     """One tiny pretrain run shared by the tests of this module."""
-    from tests.conftest import write_dataset
+    from tests.conftest import write_dataset, write_truth
 
     root = tmp_path_factory.mktemp("ft")
     import os
@@ -32,8 +32,7 @@ def pretrained(tmp_path_factory):
     res = CliRunner().invoke(app, ["pretrain", str(manifest), "--out", str(root / "pre"), "--config", str(cfg),
                                    "--epochs", "1"])
     assert res.exit_code == 0, res.output
-    tf = root / "truth.jsonl"
-    tf.write_text("".join(json.dumps({"id": k, "label": v}) + "\n" for k, v in truth.items()))
+    tf = write_truth(root / "truth.jsonl", truth)
     return root, manifest, tf
 
 

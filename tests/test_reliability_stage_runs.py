@@ -71,12 +71,17 @@ def test_finetune_invalid_manifest_leaves_no_run(world, tmp_path):
     assert not out.exists()
 
 
-def test_finetune_pretrain_run_without_checkpoint_leaves_no_run(world, tmp_path):
+def _pretrain_run_without_checkpoint(tmp_path) -> Path:
+    """A pretrain run directory with its config but no checkpoint (and so no classifier)."""
     pre = tmp_path / "pre"
     pre.mkdir()
     save_config(pre, PretrainConfig(out=str(pre)), "pretrain")
+    return pre
+
+
+def test_finetune_pretrain_run_without_checkpoint_leaves_no_run(world, tmp_path):
     out = tmp_path / "ft"
-    res = _finetune(world, world["manifest"], out, "--pretrained", str(pre))
+    res = _finetune(world, world["manifest"], out, "--pretrained", str(_pretrain_run_without_checkpoint(tmp_path)))
     assert res.exit_code == 2 and "no checkpoints/last.ckpt" in res.stderr, res.output
     assert not out.exists()
 
@@ -127,11 +132,8 @@ def test_distill_missing_teacher_leaves_no_run(world, tmp_path, rounds):
 
 
 def test_distill_teacher_without_classifier_leaves_no_run(world, tmp_path):
-    pre = tmp_path / "pre"
-    pre.mkdir()
-    save_config(pre, PretrainConfig(out=str(pre)), "pretrain")
     out = tmp_path / "st"
-    res = _distill(world, world["manifest"], out, teacher=pre)
+    res = _distill(world, world["manifest"], out, teacher=_pretrain_run_without_checkpoint(tmp_path))
     assert res.exit_code == 2 and "has no classifier" in res.stderr, res.output
     assert not out.exists()
 

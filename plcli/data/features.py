@@ -173,8 +173,9 @@ class FeatureCache:
         self.reused = 0
         self._logmel: LogMel | None = None
         self.stale_removed = 0
-        if str(self.root.resolve()) not in _CLEANED:  # once per process and cache folder
-            _CLEANED.add(str(self.root.resolve()))
+        where = str(self.root.resolve())
+        if where not in _CLEANED:  # once per process and cache folder
+            _CLEANED.add(where)
             self.stale_removed = clean_stale_tmp(self.root)
 
     @property
