@@ -242,6 +242,7 @@ def demo_data(
     phrases: int = typer.Option(None, "--phrases", help="vocabulary size (>= 40 for the benchmark)"),
     vocabulary: str = typer.Option(None, "--vocabulary", help="'phrases' (built-in, at most 60) or 'long-tail' (up to 653 template messages)"),
     zipf: float = typer.Option(None, "--zipf", help="Zipf exponent of message popularity (0: uniform)"),
+    new_messages: float = typer.Option(None, "--new-messages", help="share of messages only the test chat uses (never heard in training)"),
     train: int = typer.Option(None, "--train", help="training recordings"),
     test: int = typer.Option(None, "--test", help="test recordings (speakers unseen in training)"),
     exact_fraction: float = typer.Option(None, "--exact-fraction", help="share of training rows with an exact label"),
@@ -254,7 +255,7 @@ def demo_data(
     from plcli.demo import DemoConfig, generate_demo
 
     cfg = load_config(DemoConfig, config, {
-        "phrases": phrases, "vocabulary": vocabulary, "zipf": zipf, "train": train, "test": test,
+        "phrases": phrases, "vocabulary": vocabulary, "zipf": zipf, "new_messages": new_messages, "train": train, "test": test,
         "exact_fraction": exact_fraction, "seed": seed, "workers": workers, "engines": engines,
     })
     from rich.progress import Progress
@@ -305,6 +306,9 @@ def finetune(
     unfreeze: bool = typer.Option(None, "--unfreeze/--frozen", help="also fine-tune the encoder"),
     truth: Path = typer.Option(None, "--truth", help="JSONL/CSV id,label: disambiguation accuracy on candidate rows"),
     val_fraction: float = typer.Option(None, "--val-fraction", help="share of exact rows held out"),
+    ctc_weight: float = typer.Option(None, "--ctc-weight", help="weight of a CTC head on the frozen encoder's frames, which scores any candidate text (default 0: none)"),
+    ctc_tokens: str = typer.Option(None, "--ctc-tokens", help="CTC units: phoneme (espeak-ng, default) or char"),
+    ranking_manifest: Path = typer.Option(None, "--ranking-manifest", help="labelled rows (speakers held out from training) that choose the CTC weight of the combined ranking"),
 ):
     """Stage 2: MLP head on the frozen encoder, trained on exact labels and candidate sets.
 
@@ -313,7 +317,8 @@ def finetune(
     """
     return {"pretrained": pretrained, "loss": loss, "candidate_weight": candidate_weight, "from_layer": from_layer,
             "copies": copies, "unfreeze": unfreeze, "truth": str(truth) if truth else None,
-            "data.val_fraction": val_fraction}
+            "data.val_fraction": val_fraction, "ctc.weight": ctc_weight, "ctc.tokens": ctc_tokens,
+            "ranking_manifest": str(ranking_manifest) if ranking_manifest else None}
 
 
 @_stage_command("distill")
@@ -329,6 +334,9 @@ def distill(
     exact_weight: float = typer.Option(None, "--exact-weight", help="weight of exact rows' cross-entropy (default 1)"),
     cc_weight: float = typer.Option(None, "--cc-weight", help="share of the candidate-set likelihood (prior-corrected CC) in candidate rows' loss, 0..1 (default 0.8)"),
     rounds: int = typer.Option(None, "--rounds", help="self-training rounds; round k distils round k-1's student (default 3)"),
+    ctc_weight: float = typer.Option(None, "--ctc-weight", help="weight of the student's CTC head loss, which scores any candidate text (default 1; 0: no CTC head)"),
+    ctc_tokens: str = typer.Option(None, "--ctc-tokens", help="CTC units: phoneme (espeak-ng, default) or char"),
+    ranking_manifest: Path = typer.Option(None, "--ranking-manifest", help="labelled rows (speakers held out from training) that choose the CTC weight of the combined ranking (default: the held-out exact rows)"),
     truth: Path = typer.Option(None, "--truth", help="JSONL/CSV id,label: disambiguation accuracy on candidate rows"),
 ):
     """Stage 3: distil the teacher into a smaller student on candidate-constrained pseudo-labels.
@@ -339,6 +347,8 @@ def distill(
     return {"teacher": teacher, "student": student, "temperature": temperature, "confidence": confidence,
             "teacher_views": teacher_views, "refine": refine, "refine_momentum": refine_momentum,
             "refine_start": refine_start, "exact_weight": exact_weight, "cc_weight": cc_weight, "rounds": rounds,
+            "ctc.weight": ctc_weight, "ctc.tokens": ctc_tokens,
+            "ranking_manifest": str(ranking_manifest) if ranking_manifest else None,
             "truth": str(truth) if truth else None}
 
 

@@ -279,6 +279,34 @@ class TrainerConfig(Config):
     progress: bool = opt(True, "show a progress bar")
 
 
+@dataclass
+class CTCConfig(Config):
+    """The CTC head on the encoder's frames (``plcli.models.ctc``): it scores any candidate text by
+    its CTC likelihood, so messages never heard in training can still be recognised."""
+
+    weight: float = opt(0.0, "weight of the CTC loss next to the closed-set loss (0: no CTC head)", min=0.0)
+    tokens: str = opt("phoneme", "what the head emits: phoneme (espeak-ng, offline) or char", choices=("phoneme", "char"))
+    tap: int = opt(1, "encoder stage the head reads: 0 = after the stem (20 ms frames), 1 = first stage (40 ms)", min=0, max=3)
+    hidden: int = opt(64, "channels of the head's temporal convolutions", min=4)
+    layers: int = opt(2, "residual blocks of the head", min=0)
+    kernel_size: int = opt(9, "temporal kernel of the head (odd)", min=1)
+    dropout: float = opt(0.1, "dropout before the head's output layer", min=0.0, max=0.9)
+    prior_correction: bool = opt(True, "candidate rows: divide each candidate's CTC likelihood by its message's share of candidate slots (as the closed-set losses do)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.weight > 0
+
+    def check(self) -> None:
+        if self.kernel_size % 2 == 0:
+            raise UserError(f"ctc.kernel_size={self.kernel_size} must be odd")
+
+    def head_args(self, tokenizer) -> dict:
+        """``Classifier(ctc=...)`` settings (primitives) with ``tokenizer``'s inventory."""
+        return {"tokenizer": tokenizer.to_dict(), "tap": self.tap, "hidden": self.hidden, "layers": self.layers,
+                "kernel_size": self.kernel_size, "dropout": self.dropout}
+
+
 def cache_dir(cfg_value: str | None) -> Path:
     """Resolve the feature cache folder: option, then $PLCLI_CACHE, then ~/.cache/plcli."""
     if cfg_value:

@@ -44,6 +44,17 @@ targets more accurate but the student less accurate on average, with a larger sp
 (``metrics.json`` reports both, ``targets_disambiguation_acc_*`` and ``disambiguation_acc``, given
 ``--truth``).
 
+CTC head (``--ctc-weight``, on by default; ``plcli.models.ctc``): the student also carries a CTC
+head on its encoder's frames, so ``predict`` can score candidate texts it never heard. Each step,
+``ctc.rows`` random rows of the batch draw one message from their target row sharpened back to
+T = 1 (the teacher's candidate-restricted distribution; the label itself on exact rows) and add
+``ctc.weight`` x that text's CTC loss: an unbiased estimate of the teacher-weighted CTC loss
+``sum_k w_k * -log p_CTC(c_k|x)`` at a tenth of its cost (the CTC loss dominates a CPU step). With
+several rounds only the last student, the one that is kept, trains the head (``ctc.all_rounds``).
+After training, the weight of the CTC score against the closed-set posterior in the combined
+ranking (``plcli.ranking``) is chosen on validation rows (``--ranking-manifest``, else the
+held-out exact rows) and stored in ``model.pt``.
+
 Held-out metrics: the finetune stage's validation split of the exact rows (same function, the
 teacher's fraction and seed), so the student is never validated on rows its teacher trained on.
 """
@@ -62,7 +73,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from plcli.config import Config, DataConfig, FeatureConfig, LabelConfig, TrainerConfig, opt
+from plcli.config import CTCConfig, Config, DataConfig, FeatureConfig, LabelConfig, TrainerConfig, opt
 from plcli.data.augment import AugmentConfig, SpecAugmentConfig, SpectrogramAugment
 from plcli.data.datasets import (
     FeatureRows,
@@ -82,6 +93,7 @@ from plcli.inference import RowView, load_predictor, predict_logits, softmax
 from plcli.io import atomic_open, atomic_write_json
 from plcli.losses import CandidateLoss, SoftTargetCrossEntropy, candidate_log_prior, candidate_targets
 from plcli.metrics import classification_metrics, covering_rate, restricted_predictions
+from plcli.ranking import tune_ranking
 from plcli.models.classifier import Classifier, save_model
 from plcli.models.encoders import ENCODERS, count_parameters
 from plcli.runs import (
@@ -164,6 +176,10 @@ class DistillConfig(Config):
     augment: AugmentConfig = opt(
         factory=AugmentConfig, help="augmentations (inherited from the teacher by default)"
     )
+    ctc: CTCConfig = opt(factory=lambda: CTCConfig(weight=1.0), help="the student's CTC head (scores any candidate text)")
+    ctc_rows: int = opt(64, "rows per batch that get the CTC loss, a random subset (the CTC loss is the slow part of a CPU step)", min=1)
+    ctc_all_rounds: bool = opt(False, "train the CTC head in every self-training round, not only in the last (the student that is kept)")
+    ranking_manifest: str | None = opt(None, "labelled rows (e.g. speakers held out from training) on which the combined ranking's CTC weight is chosen (default: the held-out exact rows)")
     truth: str | None = opt(None, "optional JSONL/CSV of id,label: disambiguation accuracy on candidate rows")
     overwrite: bool = opt(False, "replace an existing run in out")
 
@@ -305,11 +321,16 @@ class DistillModule(L.LightningModule):
         refine_momentum: float = 0.1,
         refine_start: float = 0.5,
         cc_weight: float = 0.0,
+        ctc_weight: float = 0.0,
+        ctc_rows: int = 64,
     ):
         super().__init__()
         self.save_hyperparameters()
         # log share of candidate slots per class (prior correction of the refinement); zeros = off
         self.register_buffer("log_prior", torch.zeros(student["num_classes"]))
+        # (C, L) token ids and (C,) lengths of every class's text, for the CTC head (set by the stage)
+        self.register_buffer("class_tokens", torch.ones(student["num_classes"], 1, dtype=torch.long), persistent=False)
+        self.register_buffer("class_lengths", torch.zeros(student["num_classes"], dtype=torch.long), persistent=False)
         self.model = Classifier(**student)
         self.spec_aug = SpectrogramAugment(SpecAugmentConfig.from_dict(spec_augment or {}))
         self.soft_ce = SoftTargetCrossEntropy(temperature, reduction="none")
@@ -327,17 +348,27 @@ class DistillModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         hp = self.hparams
-        logits = self.model(self.spec_aug(batch["x"])).float()  # (B, C)
+        x = self.spec_aug(batch["x"])
+        use_ctc = hp.ctc_weight > 0 and self.model.has_ctc
+        if use_ctc:
+            logits, log_probs = self.model.forward_both(x)  # (B, C), (T', B, V)
+            logits = logits.float()
+        else:
+            logits = self.model(x).float()  # (B, C)
         i, kind, y, mask = batch["i"], batch["kind"], batch["y"], batch["mask"]
         t = self.targets[i]  # (B, C), a copy
         exact = kind == EXACT
         loss, soft, hard = self.loss(logits, t, kind, y, mask)
         n_exact = exact.sum().clamp_min(1)
         logs = {
-            "train/loss": loss,
             "train/hard": (hard * exact).sum() / n_exact,
             "train/soft": (soft * ~exact).sum() / (~exact).sum().clamp_min(1),
         }
+        if use_ctc:
+            ctc = self.ctc_loss(log_probs.float(), t)
+            logs["train/ctc"] = ctc
+            loss = loss + hp.ctc_weight * ctc
+        logs["train/loss"] = loss
         if hp.refine and self.global_step >= self._refine_from:
             logs["train/refine_change"] = self._refine(i, kind, mask, t, self._refine_logits(batch["x"]))
         self.log_dict(logs, on_step=False, on_epoch=True, batch_size=logits.shape[0])
@@ -356,6 +387,31 @@ class DistillModule(L.LightningModule):
         w = torch.where(exact, torch.full_like(soft, hp.exact_weight), torch.ones_like(soft))
         per_row = torch.where(exact, hard, soft) * w
         return per_row.sum() / w.sum().clamp_min(1e-12), soft, hard
+
+    def ctc_loss(self, log_probs: Tensor, t: Tensor) -> Tensor:
+        """Mean CTC loss of ``ctc_rows`` random rows, each on one text drawn from its target row.
+
+        ``t`` (B, C) are the rows' targets at temperature T; ``t ** T`` renormalised is the teacher's
+        candidate-restricted distribution at T = 1 (one-hot on exact rows), so the draw is an unbiased
+        one-sample estimate of the teacher-weighted CTC loss.
+        """
+        hp = self.hparams
+        B = t.shape[0]
+        sel = torch.randperm(B, device=t.device)[: hp.ctc_rows]
+        w = t[sel].clamp_min(0).pow(hp.temperature)
+        ok = w.sum(1) > 0
+        sel, w = sel[ok], w[ok]
+        if not len(sel):
+            return log_probs.sum() * 0.0
+        c = torch.multinomial(w / w.sum(1, keepdim=True), 1).squeeze(1)  # (B',) drawn classes
+        lengths = self.class_lengths[c]
+        keep = lengths > 0  # a text without tokens has no CTC path
+        if not bool(keep.any()):
+            return log_probs.sum() * 0.0
+        sel, c = sel[keep], c[keep]
+        T = log_probs.shape[0]
+        return F.ctc_loss(log_probs[:, sel], self.class_tokens[c], torch.full((len(sel),), T, dtype=torch.long),
+                          self.class_lengths[c], reduction="mean", zero_infinity=True)
 
     @torch.no_grad()
     def _refine_logits(self, x: Tensor) -> Tensor:
@@ -468,11 +524,15 @@ def _pretrain_run(finetune_run: UpstreamRun) -> UpstreamRun | None:
     return pre if pre.stage == "pretrain" else None
 
 
-def student_args(cfg, n_mels: int, num_classes: int) -> dict:
+def student_args(cfg, n_mels: int, num_classes: int, ctc: dict | None = None) -> dict:
     """``Classifier`` arguments of the student (``cfg``: a ``DistillConfig`` or the benchmark's
-    ``BaselineConfig``, anything with ``student``, ``head_hidden_dim``, ``head_layers``, ``dropout``)."""
-    return dict(encoder=cfg.student, n_mels=n_mels, num_classes=num_classes, from_layer=0,
+    ``BaselineConfig``, anything with ``student``, ``head_hidden_dim``, ``head_layers``, ``dropout``);
+    ``ctc``: the CTC head's settings (``CTCConfig.head_args``), or None for none."""
+    args = dict(encoder=cfg.student, n_mels=n_mels, num_classes=num_classes, from_layer=0,
                 head_hidden_dim=cfg.head_hidden_dim, head_layers=cfg.head_layers, dropout=cfg.dropout)
+    if ctc is not None:
+        args["ctc"] = ctc
+    return args
 
 
 def run(cfg: DistillConfig, log=print, callbacks: list | None = None) -> dict:
@@ -503,6 +563,8 @@ def _run_rounds(cfg: DistillConfig, log, callbacks: list | None) -> dict:
     for k in range(1, cfg.rounds + 1):
         sub = DistillConfig.from_dict({**cfg.to_dict(), "rounds": 1, "teacher": str(teacher)})
         sub.out = str(out / f"round{k}")
+        if k < cfg.rounds and not cfg.ctc_all_rounds:
+            sub.ctc.weight = 0.0  # only the student that is kept needs the CTC head
         done = Path(sub.out) / "metrics.json"
         if cfg.trainer.resume is not None and done.exists() and (Path(sub.out) / "model.pt").exists():
             log(f"round {k}/{cfg.rounds}: already done, reusing {sub.out}")
@@ -585,12 +647,23 @@ def _targets(cfg: DistillConfig, teacher: _Teacher, d: _Rows, clean, views, view
 
 
 def _module(cfg: DistillConfig, teacher: _Teacher, targets: Tensor, log_prior: Tensor | None) -> DistillModule:
+    from plcli.models.ctc import text_targets
+    from plcli.text import build_tokenizer
+
+    ctc, tok = None, None
+    if cfg.ctc.enabled:
+        tok = build_tokenizer(cfg.ctc.tokens, teacher.vocab.display)
+        ctc = cfg.ctc.head_args(tok)
     module = DistillModule(
-        student_args(cfg, teacher.features.n_mels, len(teacher.vocab)), num_train=len(targets),
+        student_args(cfg, teacher.features.n_mels, len(teacher.vocab), ctc), num_train=len(targets),
         temperature=cfg.temperature, exact_weight=cfg.exact_weight, lr=cfg.trainer.lr,
         weight_decay=cfg.trainer.weight_decay, spec_augment=cfg.augment.spec.to_dict(), refine=cfg.refine,
         refine_momentum=cfg.refine_momentum, refine_start=cfg.refine_start, cc_weight=cfg.cc_weight,
+        ctc_weight=cfg.ctc.weight, ctc_rows=cfg.ctc_rows,
     )
+    if tok is not None:
+        tokens, lengths = text_targets(tok, teacher.vocab.display)
+        module.class_tokens, module.class_lengths = tokens, lengths
     module.targets.copy_(targets)
     if log_prior is not None:
         module.log_prior.copy_(log_prior)
@@ -700,10 +773,15 @@ def _run_round(cfg: DistillConfig, log=print, callbacks: list | None = None, on_
                    "threads": torch.get_num_threads(), "feature_seconds": r.seconds["feature_seconds"],
                    "teacher_seconds": r.seconds["teacher_seconds"], "fit_seconds": fit_seconds,
                    "total_seconds": timer.seconds, "cache": r.seconds["cache"]})
+    ranking = tune_ranking(student, r.teacher.vocab, r.teacher.features, [r.d.rows[i] for i in r.d.val_idx],
+                           RowView(r.clean, r.d.val_idx), cfg.ranking_manifest, cfg.data, log)
+    if student.has_ctc:
+        result["ranking"] = ranking
     if not trainer.is_global_zero:
         return jsonable(result)
     save_model(out / "model.pt", student, r.teacher.vocab, r.teacher.features, STAGE,
-               extra={"teacher": str(cfg.teacher), "temperature": cfg.temperature, "refine": cfg.refine})
+               extra={"teacher": str(cfg.teacher), "temperature": cfg.temperature, "refine": cfg.refine,
+                      "ranking": {k: v for k, v in ranking.items() if k != "grid"}})
     return write_metrics(out, result)
 
 

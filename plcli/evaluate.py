@@ -57,13 +57,21 @@ def run(cfg: EvaluateConfig, log=print, console=None) -> dict:
 
     model, vocab, features, stage = load_predictor(cfg.model)
     rows = _load_rows(cfg, vocab, log)
-    y = truth_vector(rows, _truth(cfg, rows, vocab, log), vocab)  # -2 no truth, -1 outside the vocabulary
+    y = truth_vector(rows, _truth(cfg, rows, vocab, lambda *a: None), vocab)  # -2 no truth, -1 outside the vocabulary
     if not (y != -2).any():
         log(
             "warning: no row has a label (give --truth or label the manifest): only the covering rate is measured"
         )
 
-    probs, timing = infer(model, features, [r.audio for r in rows], cfg.cache_dir, cfg.batch_size, log=log)
+    truth = _truth(cfg, rows, vocab, log)
+    ranked = None
+    if model.has_ctc:
+        from plcli.inference import infer_ranked
+
+        probs, scores, timing = infer_ranked(model, features, [r.audio for r in rows], [r.candidates for r in rows],
+                                             cfg.cache_dir, cfg.batch_size, log=log)
+    else:
+        probs, timing = infer(model, features, [r.audio for r in rows], cfg.cache_dir, cfg.batch_size, log=log)
     mask = candidate_matrix(rows, vocab)
     metrics = {
         "model": str(cfg.model),
@@ -72,6 +80,8 @@ def run(cfg: EvaluateConfig, log=print, console=None) -> dict:
         **classification_metrics(probs, y, mask, cfg.bins),
         **timing,
     }
+    if model.has_ctc:
+        metrics.update(ranked_metrics(rows, truth, probs, scores, vocab, getattr(model, "extra", None)))
     lab = y != -2
     metrics["per_class"] = _per_class(probs.argmax(axis=1)[lab], y[lab], vocab)
     metrics = jsonable(metrics)
@@ -86,6 +96,40 @@ def run(cfg: EvaluateConfig, log=print, console=None) -> dict:
         atomic_write_json(cfg.json_out, metrics)
     print_report(metrics, console)
     return metrics
+
+
+def ranked_metrics(rows, truth: dict[str, str], probs: np.ndarray, scores: dict, vocab, extra: dict | None) -> dict:
+    """Within-candidate accuracy of the combined ranking (``plcli.ranking``) and of each scorer alone,
+    overall and split by whether the true message is in the model's vocabulary; which scorer decided."""
+    from plcli.ranking import candidate_classes, rank, ranking_of, truth_positions
+
+    cands = [r.candidates for r in rows]
+    setting = ranking_of(extra)
+    ranked = rank(probs, scores, candidate_classes(cands, vocab), setting)
+    texts = [truth.get(r.id) for r in rows]
+    pos = truth_positions(cands, texts, vocab.normalizer)
+    use = np.array([t is not None and bool(c) for t, c in zip(texts, cands, strict=True)])
+    known = np.array([t is not None and vocab.index(t) is not None for t in texts])
+    out: dict = {"ranking": setting}
+    for name, key in (("combined", ""), ("classifier", "_classifier"), ("ctc", "_ctc")):
+        sc = ranked[name]
+        if sc is None:
+            continue
+        hit = sc.argmax(1) == pos
+        out[f"accuracy_within_candidates{key}"] = _share(hit, use)
+        out[f"accuracy_within_candidates{key}_known"] = _share(hit, use & known)
+        out[f"accuracy_within_candidates{key}_unknown"] = _share(hit, use & ~known)
+    out["unknown_truth_rows"] = int((use & ~known).sum())
+    decided: dict[str, int] = {}
+    for d, u in zip(ranked["decided_by"], use, strict=True):
+        if u:
+            decided[d] = decided.get(d, 0) + 1
+    out["decided_by"] = decided
+    return out
+
+
+def _share(hit: np.ndarray, rows: np.ndarray) -> float:
+    return float(hit[rows].mean()) if rows.any() else math.nan
 
 
 def _truth(cfg: EvaluateConfig, rows, vocab, log) -> dict[str, str]:
@@ -155,6 +199,10 @@ def print_report(metrics: dict, console=None, max_classes: int = 40) -> None:
         ("candidate_rows", "rows with candidates"),
         ("accuracy", "accuracy (all classes)"),
         ("accuracy_within_candidates", "accuracy within candidates"),
+        ("accuracy_within_candidates_classifier", "  closed-set head alone"),
+        ("accuracy_within_candidates_ctc", "  CTC head alone"),
+        ("accuracy_within_candidates_unknown", "  on messages outside the vocabulary"),
+        ("unknown_truth_rows", "  rows whose message is outside the vocabulary"),
         ("macro_f1", "macro-F1"),
         ("covering_rate", "covering rate"),
         ("ece", f"expected calibration error ({metrics.get('ece_bins', ECE_BINS)} bins)"),

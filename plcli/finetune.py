@@ -8,6 +8,12 @@ Three tiers of supervision:
   textbook SimCLRv2 recipe);
 - rows with neither: not used here.
 
+``--ctc-weight w`` adds a CTC head (``plcli.models.ctc``) on the frozen encoder's frames, which
+scores any text: exact rows train it with plain CTC, candidate rows with the candidate set's
+likelihood ``-log sum_{c in S} p_CTC(c|x) / q_c`` (GTC, Moritz et al. 2020; ``q`` the prior
+correction, as for the closed-set head), each step on ``ctc_rows`` random rows of the batch. The
+frames, like the embeddings, are computed once per clip and cached view.
+
 With the encoder frozen (the default), embeddings are computed once for the clean clip and for the
 cached augmented views, and the head trains on them in seconds. ``--unfreeze`` trains the whole
 network on augmented views with a lower encoder learning rate.
@@ -24,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from plcli.config import Config, DataConfig, FeatureConfig, TrainerConfig, opt
+from plcli.config import CTCConfig, Config, DataConfig, FeatureConfig, TrainerConfig, opt
 from plcli.data.augment import AugmentConfig, SpecAugmentConfig, SpectrogramAugment
 from plcli.data.datasets import (
     FeatureRows,
@@ -83,6 +89,9 @@ class FinetuneConfig(Config):
     encoder_lr_scale: float = opt(0.1, "encoder learning rate = lr x this, with --unfreeze", min=0.0)
     truth: str | None = opt(None, "optional JSONL/CSV of id,label: disambiguation accuracy on candidate rows")
     encoder: str = opt("tcresnet", "encoder for --pretrained none", choices=sorted(ENCODERS))
+    ctc: CTCConfig = opt(factory=CTCConfig, help="a CTC head on the encoder's frames (off by default here; the distill student has one)")
+    ctc_rows: int = opt(64, "rows per batch that get the CTC loss, a random subset", min=1)
+    ranking_manifest: str | None = opt(None, "labelled rows (speakers held out from training) on which the combined ranking's CTC weight is chosen (default: the held-out exact rows)")
     features: FeatureConfig = opt(factory=FeatureConfig, help="log-mel front end (inherited from the pretrain run)")
     augment: AugmentConfig = opt(factory=AugmentConfig, help="augmentations (inherited from the pretrain run)")
     overwrite: bool = opt(False, "replace an existing run in out")
@@ -99,12 +108,13 @@ class FinetuneModule(L.LightningModule):
 
     def __init__(self, classifier: dict, num_train: int = 0, loss: str = "proden", candidate_weight: float = 1.0,
                  lr: float = 2e-3, weight_decay: float = 1e-4, frozen: bool = True, encoder_lr_scale: float = 0.1,
-                 label_smoothing: float = 0.0, spec_augment: dict | None = None, prior_correction: bool = True):
+                 label_smoothing: float = 0.0, spec_augment: dict | None = None, prior_correction: bool = True,
+                 ctc_weight: float = 0.0, ctc_rows: int = 64, ctc_prior_correction: bool = True):
         super().__init__()
         self.save_hyperparameters()
         self.model = Classifier(**classifier)
-        if frozen:  # only the head trains; DDP also needs every trainable parameter to get a gradient
-            head = {id(p) for p in self.model.head.parameters()}
+        if frozen:  # only the heads train; DDP also needs every trainable parameter to get a gradient
+            head = {id(p) for p in self._heads()}
             for p in self.model.parameters():
                 p.requires_grad_(id(p) in head)
         self.spec_aug = SpectrogramAugment(SpecAugmentConfig.from_dict(spec_augment or {}))
@@ -114,15 +124,63 @@ class FinetuneModule(L.LightningModule):
         self.register_buffer("targets", torch.zeros(num_train, classifier["num_classes"]))
         # log share of candidate slots per class (0 = no correction); set by run() from the data
         self.register_buffer("log_prior", torch.zeros(classifier["num_classes"]))
+        # (C, L) token ids and (C,) lengths of every class's text, for the CTC head (set by the stage)
+        self.register_buffer("class_tokens", torch.ones(classifier["num_classes"], 1, dtype=torch.long), persistent=False)
+        self.register_buffer("class_lengths", torch.zeros(classifier["num_classes"], dtype=torch.long), persistent=False)
         self._val: list[dict] = []
+
+    def _heads(self) -> list:
+        params = list(self.model.head.parameters())
+        if self.model.has_ctc:
+            params += list(self.model.ctc_head.parameters())
+        return params
+
+    @property
+    def use_ctc(self) -> bool:
+        return self.hparams.ctc_weight > 0 and self.model.has_ctc
 
     def logits(self, batch) -> torch.Tensor:
         if self.hparams.frozen:
             return self.model.head(batch["x"])
         return self.model(self.spec_aug(batch["x"]) if self.training else batch["x"])
 
+    def both(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C) logits and (T', B, V) CTC log-probabilities."""
+        if self.hparams.frozen:
+            return self.model.head(batch["x"]), self.model.ctc_head(batch["f"].float())
+        return self.model.forward_both(self.spec_aug(batch["x"]) if self.training else batch["x"])
+
+    def ctc_loss(self, log_probs: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean CTC loss of up to ``ctc_rows`` random rows with a label or candidates: plain CTC on
+        the label, the (prior-corrected) candidate set's likelihood otherwise."""
+        from plcli.models.ctc import class_candidates, class_ctc_loss
+
+        usable = ((y >= 0) | mask.any(1)).nonzero().squeeze(1)
+        sel = usable[torch.randperm(len(usable), device=y.device)[: self.hparams.ctc_rows]]
+        if not len(sel):
+            return log_probs.sum() * 0.0
+        idx, valid = class_candidates(mask[sel], y[sel])
+        prior = self.log_prior if self.hparams.ctc_prior_correction else None
+        per_row = class_ctc_loss(log_probs[:, sel].float(), idx, valid, self.class_tokens, self.class_lengths,
+                                 log_prior=prior)
+        return per_row.mean()
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning keeps each module's mode; the stage embeds in eval mode before fitting. Frozen:
+        # the encoder stays in eval mode (its BatchNorm statistics are the recalibrated ones).
+        if self.hparams.frozen:
+            self.model.eval()
+            for m in (self.model.head, self.model.ctc_head):
+                if m is not None:
+                    m.train()
+        else:
+            self.model.train()
+
     def training_step(self, batch, batch_idx):
-        logits = self.logits(batch)  # (B, C)
+        if self.use_ctc:
+            logits, log_probs = self.both(batch)
+        else:
+            logits = self.logits(batch)  # (B, C)
         y, mask = batch["y"], batch["mask"]
         exact = y >= 0
         zero = logits.sum() * 0.0
@@ -138,9 +196,12 @@ class FinetuneModule(L.LightningModule):
                     self.targets[batch["i"][cand]] = self.disambiguate(logits[cand].detach().float(), mask[cand])
             pl = self.soft_ce(logits[cand], self.targets[batch["i"][cand]].to(logits.dtype))
         loss = ce + self.hparams.candidate_weight * pl
+        logs = {"train/ce": ce, "train/partial": pl}
+        if self.use_ctc:
+            logs["train/ctc"] = ctc = self.ctc_loss(log_probs, y, mask)
+            loss = loss + self.hparams.ctc_weight * ctc
         bs = logits.shape[0]
-        self.log_dict({"train/loss": loss, "train/ce": ce, "train/partial": pl}, on_step=False, on_epoch=True,
-                      batch_size=bs, prog_bar=False)
+        self.log_dict({"train/loss": loss, **logs}, on_step=False, on_epoch=True, batch_size=bs, prog_bar=False)
         return loss
 
     def disambiguate(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -150,8 +211,27 @@ class FinetuneModule(L.LightningModule):
         return candidate_targets(logits - self.log_prior, mask)
 
     def validation_step(self, batch, batch_idx):
-        self._val.append({"logits": self.logits(batch).float(), "y": batch["y"], "mask": batch["mask"],
-                          "truth": batch["truth"]})
+        item = {"y": batch["y"], "mask": batch["mask"], "truth": batch["truth"]}
+        if self.use_ctc:
+            logits, lp = self.both(batch)
+            item["ctc_pick"] = self._ctc_pick(lp.float(), batch["mask"])
+        else:
+            logits = self.logits(batch)
+        item["logits"] = logits.float()
+        self._val.append(item)
+
+    def _ctc_pick(self, log_probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B,) the candidate class with the best per-token CTC likelihood (-1 without candidates)."""
+        from plcli.losses import candidate_ctc_nll
+        from plcli.models.ctc import class_candidates
+
+        idx, valid = class_candidates(mask)
+        tg, tl = self.class_tokens[idx], self.class_lengths[idx]
+        T, B = log_probs.shape[:2]
+        nll = candidate_ctc_nll(log_probs, torch.full((B,), T, dtype=torch.long, device=mask.device), tg, tl,
+                                valid & (tl > 0))
+        best = (nll / tl.clamp_min(1)).argmin(1)
+        return torch.where(mask.any(1), idx.gather(1, best[:, None]).squeeze(1), torch.full_like(best, -1))
 
     def on_validation_epoch_end(self):
         if not self._val:
@@ -160,11 +240,14 @@ class FinetuneModule(L.LightningModule):
         self._val.clear()
         if self.trainer.world_size > 1:  # every rank scores the whole validation set
             cat = {k: self.all_gather(v).flatten(0, 1) for k, v in cat.items()}
-        self.log_dict(classifier_metrics(cat["logits"], cat["y"], cat["mask"], cat["truth"]), prog_bar=True)
+        metrics = classifier_metrics(cat["logits"], cat["y"], cat["mask"], cat["truth"])
+        if "ctc_pick" in cat:
+            metrics.update(ctc_metrics(cat["ctc_pick"], cat["y"], cat["mask"], cat["truth"]))
+        self.log_dict(metrics, prog_bar=True)
 
     def configure_optimizers(self):
         hp = self.hparams
-        head = list(self.model.head.parameters())
+        head = self._heads()
         groups = [(head, hp.lr)]
         if not hp.frozen:
             head_ids = {id(p) for p in head}
@@ -191,6 +274,20 @@ def classifier_metrics(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
         t = cand & (truth >= 0)
         if t.any():
             out["val/disambiguation"] = (within[t] == truth[t]).float().mean()
+    return out
+
+
+def ctc_metrics(pick: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, truth: torch.Tensor) -> dict:
+    """Within-candidate accuracy of the CTC head alone (``pick``: its best candidate class) on the
+    held-out exact rows, and its disambiguation accuracy on candidate rows with a ``truth``."""
+    out = {}
+    has = mask.any(1)
+    held = (y >= 0) & has
+    if held.any():
+        out["val/ctc_acc_within"] = (pick[held] == y[held]).float().mean()
+    t = (y < 0) & has & (truth >= 0)
+    if t.any():
+        out["val/ctc_disambiguation"] = (pick[t] == truth[t]).float().mean()
     return out
 
 
@@ -226,6 +323,21 @@ def embed_all(model: Classifier, feats: np.ndarray, batch: int = 512) -> torch.T
     return torch.cat(out).reshape(*lead, -1)
 
 
+@torch.no_grad()
+def frames_all(model: Classifier, feats: np.ndarray, batch: int = 512) -> torch.Tensor:
+    """(N, F, T) or (N, V, F, T) features -> (N, C, T') or (N, V, C, T') float16 encoder frames at the
+    CTC head's tap, in eval mode (half precision: they are the largest tensors the stage keeps)."""
+    from plcli.models.ctc import encoder_frames
+
+    model.eval()
+    lead = feats.shape[:-2]
+    flat = feats.reshape(-1, *feats.shape[-2:])
+    out = [encoder_frames(model.encoder, torch.from_numpy(np.asarray(flat[i:i + batch], dtype=np.float32)),
+                          model.tap).half() for i in range(0, flat.shape[0], batch)]
+    f = torch.cat(out)
+    return f.reshape(*lead, *f.shape[1:])
+
+
 class EmbeddingCopies(FeatureRows):
     """Each item: one random copy (clean or augmented) of a row's cached embedding."""
 
@@ -235,9 +347,15 @@ class EmbeddingCopies(FeatureRows):
         copy = torch.randint(0, self.feats.shape[1], (len(idx),))
         t = torch.as_tensor(idx)
         out = {"x": self.feats[rows, copy], "i": t}
+        if self.frames is not None:
+            out["f"] = self.frames[rows, copy]
         for k, v in self.fields.items():
             out[k] = v[t]
         return out
+
+    def __init__(self, feats, index=None, frames: torch.Tensor | None = None, **fields):
+        super().__init__(feats, index=index, **fields)
+        self.frames = frames  # (N, copies, C, T') encoder frames for the CTC head, or None
 
 
 @dataclass
@@ -286,6 +404,12 @@ def _prepare(cfg: FinetuneConfig, log) -> _Inputs:
         if len(train_idx) == 0:
             raise UserError("--loss ce-only needs exact labels, and the training rows have none")
     classifier = _classifier_args(cfg, pre, len(vocab))
+    if cfg.ctc.enabled:
+        if classifier["encoder"] not in ("tcresnet", "tcresnet-small", "tcresnet-wide"):
+            raise UserError(f"--ctc-weight needs a TC-ResNet encoder (frames over time), not {classifier['encoder']}")
+        from plcli.text import build_tokenizer
+
+        classifier["ctc"] = cfg.ctc.head_args(build_tokenizer(cfg.ctc.tokens, vocab.display))
     pretrained = None
     if pre is not None:
         from plcli.pretrain import load_pretrained
@@ -312,9 +436,15 @@ def _module(cfg: FinetuneConfig, inp: _Inputs) -> FinetuneModule:
     module = FinetuneModule(inp.classifier, num_train=n, loss=cfg.loss, candidate_weight=cfg.candidate_weight,
                             lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay, frozen=not cfg.unfreeze,
                             encoder_lr_scale=cfg.encoder_lr_scale, label_smoothing=cfg.label_smoothing,
-                            spec_augment=cfg.augment.spec.to_dict(), prior_correction=cfg.prior_correction)
-    if cfg.prior_correction:
+                            spec_augment=cfg.augment.spec.to_dict(), prior_correction=cfg.prior_correction,
+                            ctc_weight=cfg.ctc.weight, ctc_rows=cfg.ctc_rows,
+                            ctc_prior_correction=cfg.ctc.prior_correction)
+    if cfg.prior_correction or cfg.ctc.prior_correction:
         module.log_prior.copy_(candidate_log_prior(inp.mask))
+    if module.model.has_ctc:
+        from plcli.models.ctc import text_targets
+
+        module.class_tokens, module.class_lengths = text_targets(module.model.tokenizer, inp.vocab.display)
     if inp.pretrained is not None:
         module.model.encoder.load_state_dict(inp.pretrained.encoder.state_dict())
         if module.model.projector is not None:
@@ -350,8 +480,15 @@ def _datasets(cfg: FinetuneConfig, inp: _Inputs, module: FinetuneModule, cache):
         if views is not None and cfg.copies > 0:
             copies.append(embed_all(module.model, views[:, : cfg.copies]))  # (N, V, D)
         emb = torch.cat(copies, dim=1)  # (N, 1+V, D)
-        train_ds = EmbeddingCopies(emb, index=inp.train_idx, **fields_train)
-        val_ds = EmbeddingCopies(e_clean[:, None], index=val_idx, **fields_val)
+        frames = f_clean = None
+        if module.use_ctc:
+            f_clean = frames_all(module.model, clean)[:, None]  # (N, 1, C, T')
+            f = [f_clean]
+            if views is not None and cfg.copies > 0:
+                f.append(frames_all(module.model, views[:, : cfg.copies]))  # (N, V, C, T')
+            frames = torch.cat(f, dim=1)
+        train_ds = EmbeddingCopies(emb, index=inp.train_idx, frames=frames, **fields_train)
+        val_ds = EmbeddingCopies(e_clean[:, None], index=val_idx, frames=f_clean, **fields_val)
     else:
         train_ds = ViewRows(views, index=inp.train_idx, **fields_train)
         val_ds = FeatureRows(clean, index=val_idx, **fields_val)
@@ -396,9 +533,18 @@ def run(cfg: FinetuneConfig, log=print) -> dict:
         "total_seconds": timer.seconds,
         "cache": {"computed": cache.computed, "reused": cache.reused},
     }
+    if module.model.has_ctc:
+        from plcli.inference import RowView
+        from plcli.ranking import tune_ranking
+
+        held_idx = np.array([i for i, r in enumerate(inp.rows) if r.id in inp.held], dtype=np.int64)
+        result["ranking"] = tune_ranking(module.model.cpu().eval(), inp.vocab, cfg.features,
+                                         [inp.rows[i] for i in held_idx], RowView(cache.features([r.audio for r in inp.rows])[1], held_idx),
+                                         cfg.ranking_manifest, cfg.data, log)
     if trainer.is_global_zero:
+        ranking = {k: v for k, v in result.get("ranking", {}).items() if k != "grid"}
         save_model(out / "model.pt", module.model, inp.vocab, cfg.features, STAGE,
-                   extra={"pretrained": cfg.pretrained, "loss": cfg.loss})
+                   extra={"pretrained": cfg.pretrained, "loss": cfg.loss, **({"ranking": ranking} if ranking else {})})
         return write_metrics(out, result)
     return jsonable(result)
 

@@ -90,6 +90,40 @@ def infer(
     }
 
 
+def infer_ranked(
+    model: Classifier,
+    features: FeatureConfig,
+    audio: list,
+    candidates: list[list[str]],
+    cache: str | None = None,
+    batch_size: int = 512,
+    log=print,
+) -> tuple[np.ndarray, dict, dict]:
+    """Like ``infer``, plus the CTC scores of every candidate text for a model with a CTC head
+    (``plcli.ranking.model_scores``): (N, C) probabilities, the scores and timing figures."""
+    from plcli.data.features import FeatureCache
+    from plcli.ranking import model_scores
+    from plcli.runs import Timer, set_threads
+
+    set_threads()
+    fc = FeatureCache(cache_dir(cache), features)
+    t = Timer()
+    _, feats = fc.features(audio)
+    feature_seconds = t.seconds
+    t = Timer()
+    scores = model_scores(model, feats, candidates, batch_size)
+    model_seconds = t.seconds
+    if fc.computed:
+        log(f"computed features of {fc.computed} new clip(s), reused {fc.reused}")
+    return softmax(scores["logits"]), scores, {
+        "feature_seconds": feature_seconds,
+        "model_seconds": model_seconds,
+        "clips_per_second": len(audio) / max(model_seconds, 1e-9),
+        "candidates_scored": int(scores["valid"].sum()) if "valid" in scores else 0,
+        "threads": torch.get_num_threads(),
+    }
+
+
 class RowView:
     """A lazy row (and optional view) selection of a memmap, sliceable like an array: ``feats[s:e]``.
 

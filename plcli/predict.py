@@ -17,6 +17,15 @@ candidate's 1-based rank among *all* classes of the unrestricted prediction (``n
 candidate outside the model's vocabulary, which can never be predicted), ``prob`` its
 candidate-renormalised probability. Rows without candidates (or with only unknown ones) get the
 unrestricted top-k and ``"restricted": false``.
+
+A model with a CTC head (the distill stage's default) ranks every candidate, known to its
+vocabulary or not, by the combined score of ``plcli.ranking``; then ``prob`` is the candidates'
+softmax of that score, each candidate also carries ``known`` (in the vocabulary) and ``ctc`` (its
+per-token CTC log-likelihood), a ``top_k`` entry of an unknown candidate has ``"known": false``, and
+the record says which scorer decided::
+
+    {"id": "m-002", "restricted": true, "decided_by": "ctc",      # or classifier, both, combined
+     "top_k": [{"label": "Meet me at Quay 7", "prob": 0.83, "known": false}, ...], ...}
 """
 
 from __future__ import annotations
@@ -39,8 +48,10 @@ def prediction_records(
     vocab: Vocabulary,
     top_k: int = 5,
     digits: int = 6,
+    ranked: dict | None = None,
 ) -> list[dict]:
-    """One output record per row (see the module docstring) from (N, C) probabilities."""
+    """One output record per row (see the module docstring) from (N, C) probabilities;
+    ``ranked``: ``plcli.ranking.rank``'s output for a model with a CTC head."""
     n, c = probs.shape
     order = np.argsort(-probs, axis=1, kind="stable")  # (N, C) classes by falling probability
     rank = np.empty_like(order)
@@ -63,7 +74,9 @@ def prediction_records(
                 {"label": vocab.display[j], "prob": round(float(p[j]), digits)} for j in order[i, :top_k]
             ]
         rec["top1"] = {"label": vocab.display[top1], "prob": round(float(p[top1]), digits)}
-        if candidates[i]:
+        if ranked is not None and candidates[i]:
+            _ranked_record(rec, i, candidates[i], idx, rank, ranked, vocab, top_k, digits)
+        elif candidates[i]:
             rec["candidates"] = [
                 {
                     "text": t,
@@ -74,6 +87,23 @@ def prediction_records(
             ]
         out.append(rec)
     return out
+
+
+def _ranked_record(rec: dict, i: int, cands: list[str], idx: list, rank: np.ndarray, ranked: dict, vocab,
+                   top_k: int, digits: int) -> None:
+    """Fill ``rec``'s candidate fields from the combined ranking of row ``i``."""
+    cp = ranked["probs"][i]
+    ctc = ranked["ctc"][i] if ranked["ctc"] is not None else None
+    order = sorted(range(len(cands)), key=lambda k: -ranked["combined"][i, k])[:top_k]
+    rec["restricted"] = True
+    rec["decided_by"] = ranked["decided_by"][i]
+    rec["top_k"] = [{"label": vocab.display[idx[k]] if idx[k] is not None else cands[k],
+                     "prob": round(float(cp[k]), digits), "known": idx[k] is not None} for k in order]
+    rec["candidates"] = [
+        {"text": t, "rank": None if j is None else int(rank[i, j]), "prob": round(float(cp[k]), digits),
+         "known": j is not None, **({"ctc": round(float(ctc[k]), 4)} if ctc is not None else {})}
+        for k, (t, j) in enumerate(zip(cands, idx, strict=True))
+    ]
 
 
 @dataclass
@@ -113,14 +143,29 @@ def run(cfg: PredictConfig, log=print) -> dict:
     model, vocab, features, stage = load_predictor(cfg.model)
     rejects = cfg.rejects or str(out.with_name(out.name + ".rejects.jsonl"))
     rows = load_rows(cfg.manifests, vocab.normalizer, cfg.skip_invalid, rejects, log=log).rows
-    probs, timing = infer(model, features, [r.audio for r in rows], cfg.cache_dir, cfg.batch_size, log=log)
-    records = prediction_records([r.id for r in rows], probs, [r.candidates for r in rows], vocab, cfg.top_k)
+    cands = [r.candidates for r in rows]
+    ranked = None
+    if model.has_ctc:
+        from plcli.inference import infer_ranked
+        from plcli.ranking import candidate_classes, rank, ranking_of
+
+        probs, scores, timing = infer_ranked(model, features, [r.audio for r in rows], cands, cfg.cache_dir,
+                                             cfg.batch_size, log=log)
+        ranked = rank(probs, scores, candidate_classes(cands, vocab), ranking_of(getattr(model, "extra", None)))
+    else:
+        probs, timing = infer(model, features, [r.audio for r in rows], cfg.cache_dir, cfg.batch_size, log=log)
+    records = prediction_records([r.id for r in rows], probs, cands, vocab, cfg.top_k, ranked=ranked)
     with atomic_open(out, "w") as f:
         for rec in records:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    decided: dict[str, int] = {}
+    for r in records:
+        if "decided_by" in r:
+            decided[r["decided_by"]] = decided.get(r["decided_by"], 0) + 1
     return {
         "rows": len(rows),
         "restricted": sum(r["restricted"] for r in records),
+        **({"decided_by": decided} if decided else {}),
         "stage": stage,
         "out": str(out),
         **timing,

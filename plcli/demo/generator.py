@@ -108,6 +108,13 @@ class DemoConfig(Config):
         max=1.0,
     )
     zipf: float = opt(1.0, "Zipf exponent of phrase popularity (0: uniform)", min=0.0)
+    new_messages: float = opt(
+        0.0,
+        "share of the messages that only the test chat uses: never heard (nor typed) in training, "
+        "for open-vocabulary evaluation",
+        min=0.0,
+        max=0.5,
+    )
     train_speakers: int = opt(24, "speakers (chat authors) in the training chat", min=1)
     test_speakers: int = opt(8, "speakers in the test chat, disjoint from training", min=1)
     holdout_voices: float = opt(
@@ -435,11 +442,20 @@ def vocabulary(cfg: DemoConfig) -> list[str]:
     return list(PHRASES[: cfg.phrases])
 
 
+def new_message_indices(n: int, share: float, seed: int) -> list[int]:
+    """The seeded ``share`` of ``n`` messages that only the test chat uses (``--new-messages``)."""
+    k = int(round(share * n))
+    return sorted(np.random.default_rng([seed, 6]).choice(n, size=k, replace=False).tolist()) if k else []
+
+
 def _simulate(cfg: DemoConfig, phrases, popularity, train_spk, test_spk):
     """The training chat's texts and the (train, test) voice messages."""
     n_unlab = int(round(cfg.unlabelled_fraction * cfg.train))
+    train_pop = popularity.copy()
+    train_pop[new_message_indices(len(phrases), cfg.new_messages, cfg.seed)] = 0.0
+    train_pop /= train_pop.sum()
     train_msgs, train_voices = simulate_chat(
-        cfg.train, n_unlab, [s.id for s in train_spk], phrases, popularity, cfg, np.random.default_rng([cfg.seed, 11])
+        cfg.train, n_unlab, [s.id for s in train_spk], phrases, train_pop, cfg, np.random.default_rng([cfg.seed, 11])
     )
     test_voices: list[VoiceMessage] = []
     if cfg.test:
@@ -535,6 +551,7 @@ def _write_outputs(out, cfg, engines, voices, train_spk, test_spk, phrases, popu
         "phrases": [
             {"text": p, "popularity": round(float(q), 5)} for p, q in zip(phrases, popularity, strict=True)
         ],
+        "new_messages": [phrases[i] for i in new_message_indices(len(phrases), cfg.new_messages, cfg.seed)],
         "degradation": {SPLIT_NAMES[s]: dict(sorted(levels[s].items())) for s in (TRAIN, TEST)},
         "label_position": {str(k): positions[k] for k in sorted(positions)},
     }

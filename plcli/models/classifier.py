@@ -1,9 +1,11 @@
 """The classifier every stage that predicts produces, and its Lightning-free file format.
 
 ``Classifier`` = encoder -> (first ``from_layer`` layers of the SimCLRv2 projection head) -> MLP
-head -> logits over the label vocabulary. ``model.pt`` in a finetune or distill run directory
-holds its constructor arguments (primitives), weights, label vocabulary and feature parameters,
-so ``predict``/``evaluate``/``export`` need neither Lightning nor the training config.
+head -> logits over the label vocabulary, and optionally a CTC head on the encoder's frames
+(``ctc=...``, see ``plcli.models.ctc``) that scores any text, also one never seen in training.
+``model.pt`` in a finetune or distill run directory holds its constructor arguments (primitives,
+the CTC tokenizer's inventory included), weights, label vocabulary and feature parameters, so
+``predict``/``evaluate``/``export`` need neither Lightning nor the training config.
 """
 
 from __future__ import annotations
@@ -23,15 +25,22 @@ MODEL_FORMAT = 1
 
 
 class Classifier(nn.Module):
-    """(B, n_mels, T) log-mel -> (B, num_classes) logits."""
+    """(B, n_mels, T) log-mel -> (B, num_classes) logits; with ``ctc`` also (T', B, V) CTC log-probabilities.
+
+    ``ctc``: ``None``, or the CTC head's settings as primitives: ``tokenizer`` (``Tokenizer.to_dict()``),
+    ``tap`` (encoder stage it reads, ``encoder_frames``) and ``CTCHead``'s ``hidden``, ``layers``,
+    ``kernel_size``, ``dropout``.
+    """
 
     def __init__(self, encoder: str, n_mels: int, num_classes: int, from_layer: int = 0, proj_hidden_dim: int = 256,
                  proj_dim: int = 128, proj_layers: int = 3, head_hidden_dim: int = 256, head_layers: int = 2,
-                 dropout: float = 0.1):
+                 dropout: float = 0.1, ctc: dict | None = None):
         super().__init__()
         self.kwargs = dict(encoder=encoder, n_mels=n_mels, num_classes=num_classes, from_layer=from_layer,
                            proj_hidden_dim=proj_hidden_dim, proj_dim=proj_dim, proj_layers=proj_layers,
                            head_hidden_dim=head_hidden_dim, head_layers=head_layers, dropout=dropout)
+        if ctc is not None:
+            self.kwargs["ctc"] = ctc
         self.encoder = build_encoder(encoder, n_mels)
         self.from_layer = from_layer
         if from_layer > 0:
@@ -44,6 +53,41 @@ class Classifier(nn.Module):
             in_dim = self.encoder.embed_dim
         self.embed_dim = in_dim
         self.head = MLPHead(in_dim, num_classes, head_hidden_dim, head_layers, dropout)
+        self.ctc_head, self.tokenizer, self.tap = None, None, 0
+        if ctc is not None:
+            from plcli.models.ctc import CTCHead, frames_channels
+            from plcli.text import Tokenizer
+
+            unknown = set(ctc) - {"tokenizer", "tap", "hidden", "layers", "kernel_size", "dropout"}
+            if unknown or "tokenizer" not in ctc:
+                raise ValueError(f"ctc needs 'tokenizer' and takes tap/hidden/layers/kernel_size/dropout; got {sorted(ctc)}")
+            self.tokenizer = Tokenizer.from_dict(ctc["tokenizer"])
+            self.tap = int(ctc.get("tap", 1))
+            head_args = {k: ctc[k] for k in ("hidden", "layers", "kernel_size", "dropout") if k in ctc}
+            self.ctc_head = CTCHead(frames_channels(self.encoder, self.tap), self.tokenizer.size, **head_args)
+
+    @property
+    def has_ctc(self) -> bool:
+        return self.ctc_head is not None
+
+    def ctc_log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, n_mels, T) -> (T', B, V) CTC log-probabilities (needs the CTC head)."""
+        from plcli.models.ctc import encoder_frames
+
+        if self.ctc_head is None:
+            raise ValueError("this classifier has no CTC head")
+        return self.ctc_head(encoder_frames(self.encoder, x, self.tap))
+
+    def forward_both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, num_classes) logits and (T', B, V) CTC log-probabilities from one encoder pass."""
+        from plcli.models.ctc import encoder_pass
+
+        if self.ctc_head is None:
+            raise ValueError("this classifier has no CTC head")
+        h, frames = encoder_pass(self.encoder, x, self.tap)
+        if self.projector is not None:
+            h = self.projector(h, upto=self.from_layer)
+        return self.head(h), self.ctc_head(frames)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, n_mels, T) -> (B, embed_dim): the input of the head."""
@@ -112,6 +156,7 @@ def load_model(run_dir: str | Path, map_location: str = "cpu") -> tuple[Classifi
     model = Classifier(**payload["kwargs"])
     model.load_state_dict(payload["state_dict"])
     model.eval()
+    model.extra = dict(payload.get("extra") or {})  # e.g. the combined ranking's settings
     vd = payload["vocab"]
     vocab = Vocabulary([x["key"] for x in vd["labels"]], [x["text"] for x in vd["labels"]],
                        [x.get("count", 0) for x in vd["labels"]],

@@ -33,6 +33,54 @@ def encoder_frames(encoder: nn.Module, x: torch.Tensor, tap: int = 1) -> torch.T
     return h
 
 
+def encoder_pass(encoder: nn.Module, x: torch.Tensor, tap: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """One TC-ResNet forward pass: the (B, embed_dim) embedding and the (B, C, T') frames at ``tap``,
+    equal to ``encoder(x)`` and ``encoder_frames(encoder, x, tap)``."""
+    if not isinstance(encoder, TCResNet):
+        raise ValueError(f"frames are read from a TCResNet encoder, got {type(encoder).__name__}")
+    if not 0 <= tap <= 3:
+        raise ValueError(f"tap must be 0-3 (stages after the stem), got {tap}")
+    blocks = list(encoder.blocks)
+    upto = tap * (len(blocks) // 3)
+    h = encoder.stem(encoder.norm(x))
+    frames = h
+    for i, b in enumerate(blocks, 1):
+        h = b(h)
+        if i == upto:
+            frames = h
+    return encoder.head(encoder.pool(h)), frames
+
+
+def text_targets(tokenizer, texts) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids of ``texts``: (N, L) long padded with 1 and (N,) lengths (0 for a text without
+    tokens, which no CTC path can emit, so it scores as impossible)."""
+    enc = [tokenizer.encode(t) for t in texts]
+    L = max([1, *map(len, enc)])
+    out = torch.ones(len(enc), L, dtype=torch.long)
+    lengths = torch.zeros(len(enc), dtype=torch.long)
+    for i, e in enumerate(enc):
+        if e:
+            out[i, : len(e)] = torch.tensor(e)
+            lengths[i] = len(e)
+    return out, lengths
+
+
+def class_candidates(mask: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C) candidate mask -> (B, K) class indices and (B, K) bool validity, K the largest set.
+
+    Rows with ``y >= 0`` (exact labels) get their label as the only candidate.
+    """
+    if y is not None:
+        exact = y >= 0
+        if bool(exact.any()):
+            mask = mask.clone()
+            mask[exact] = False
+            mask[exact, y[exact]] = True
+    k = max(1, int(mask.sum(1).max()) if mask.numel() else 1)
+    valid, idx = mask.float().topk(k, dim=1)  # the True entries first
+    return idx, valid.bool()
+
+
 def frames_channels(encoder: nn.Module, tap: int = 1) -> int:
     """Channels of ``encoder_frames(encoder, x, tap)``."""
     if tap == 0:
@@ -96,3 +144,29 @@ def greedy_decode(log_probs: torch.Tensor, blank: int = 0) -> list[list[int]]:
             prev = t
         out.append(toks)
     return out
+
+
+def class_ctc_loss(log_probs: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor, class_tokens: torch.Tensor,
+                   class_lengths: torch.Tensor, weights: torch.Tensor | None = None,
+                   log_prior: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) CTC loss of each row's candidate messages, given as class indices.
+
+    ``log_probs`` (T, B, V); ``idx``/``valid`` (B, K) from ``class_candidates``; ``class_tokens``
+    (C, L) and ``class_lengths`` (C,) from ``text_targets`` over the vocabulary. Without ``weights``
+    the candidate set's likelihood ``-log sum_k p_CTC(c_k|x) [/ q_k]`` (``log_prior`` (C,) log q);
+    with ``weights`` (B, K, zero where invalid) the weighted CTC loss. Each row is divided by its
+    candidates' mean token count, as ``F.ctc_loss(reduction="mean")`` does, so the weight of the
+    term does not depend on how long the messages are.
+    """
+    from plcli.losses import CandidateCTCLoss
+
+    targets, lengths = class_tokens[idx], class_lengths[idx]  # (B, K, L), (B, K)
+    valid = valid & (lengths > 0)
+    T, B = log_probs.shape[:2]
+    input_lengths = torch.full((B,), T, dtype=torch.long, device=log_probs.device)
+    lp = None if log_prior is None or weights is not None else log_prior[idx]
+    w = None if weights is None else weights * valid
+    per_row = CandidateCTCLoss(reduction="none")(log_probs, input_lengths, targets, lengths, valid,
+                                                 log_prior=lp, weights=w)
+    mean_len = (lengths * valid).sum(1) / valid.sum(1).clamp_min(1)
+    return per_row / mean_len.clamp_min(1)

@@ -1,0 +1,261 @@
+"""One ranking of a recording's candidate texts from two scorers: the closed-set head and the CTC head.
+
+The closed-set posterior ``p(j|x)`` names only messages of the model's vocabulary; the CTC head
+(``plcli.models.ctc``) scores any text by its likelihood ``p_CTC(c|x)``. Per candidate ``k``::
+
+    score_k = log p_cls(k) + lambda * s_ctc(k)
+
+- ``log p_cls(k)``: the posterior of a known candidate; candidates the vocabulary lacks share what
+  is left, ``(1 - sum of the known candidates' p) / (number of unknown ones)``: the closed-set
+  head's mass outside the known candidates is its evidence for "one of the others".
+- ``s_ctc(k)``: ``log p_CTC(c_k|x)``, divided by the text's token count with ``length_norm`` (a
+  long text otherwise loses to a short one for being long). A candidate that no CTC path can
+  emit (no tokens, or more than the clip's frames) gets its row's worst score minus 10.
+- ``lambda``: 0 is the closed-set head alone; 1000 is in effect the CTC head alone (the posterior breaks ties).
+
+``lambda`` and ``length_norm`` are chosen on validation rows (``choose_ranking``; the distill stage
+does it on ``--ranking-manifest`` or its held-out exact rows) and stored with the model
+(``model.pt``'s ``extra["ranking"]``). ``decided_by`` says per row which scorer the ranking followed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+# 1000: the CTC score decides, the posterior (log p >= -28 in float32) only breaks ties; finite, so JSON keeps it
+LAMBDAS = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 1000.0)
+UNKNOWN, PAD = -1, -2
+INFEASIBLE_MARGIN = 10.0
+DEFAULT = {"ctc_weight": 1.0, "length_norm": True, "chosen_on": "default"}
+
+
+def candidate_classes(candidates: Sequence[Sequence[str]], vocab) -> np.ndarray:
+    """(N, K) vocabulary index of every candidate: ``UNKNOWN`` (-1) outside the vocabulary, ``PAD`` (-2)
+    past the row's last candidate."""
+    k = max([1, *map(len, candidates)])
+    out = np.full((len(candidates), k), PAD, dtype=np.int64)
+    for i, cands in enumerate(candidates):
+        for j, t in enumerate(cands):
+            c = vocab.index(t)
+            out[i, j] = UNKNOWN if c is None else c
+    return out
+
+
+def truth_positions(candidates: Sequence[Sequence[str]], truths: Sequence[str | None], normalizer) -> np.ndarray:
+    """(N,) position of each row's true text among its candidates (by normalised key); -1 where it is
+    not a candidate or there is no truth."""
+    out = np.full(len(candidates), -1, dtype=np.int64)
+    for i, (cands, t) in enumerate(zip(candidates, truths, strict=True)):
+        if t is None:
+            continue
+        key = normalizer(t)
+        for j, c in enumerate(cands):
+            if normalizer(c) == key:
+                out[i] = j
+                break
+    return out
+
+
+def closed_set_scores(probs: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """(N, K) ``log p_cls`` of every candidate from (N, C) posteriors (see the module docstring);
+    ``-inf`` on padding."""
+    n, k = classes.shape
+    known = classes >= 0
+    p = np.where(known, probs[np.arange(n)[:, None], np.clip(classes, 0, None)], 0.0)  # (N, K)
+    n_unknown = (classes == UNKNOWN).sum(1, keepdims=True)
+    rest = np.clip(1.0 - p.sum(1, keepdims=True), 1e-6, None) / np.maximum(n_unknown, 1)
+    out = np.where(known, p, np.broadcast_to(rest, (n, k)))
+    with np.errstate(divide="ignore"):
+        out = np.log(np.clip(out, 1e-12, None))
+    return np.where(classes == PAD, -np.inf, out)
+
+
+def ctc_scores(nll: np.ndarray, lengths: np.ndarray, valid: np.ndarray, length_norm: bool) -> np.ndarray:
+    """(N, K) CTC log-likelihoods (per token with ``length_norm``); infeasible candidates get their
+    row's worst feasible score minus ``INFEASIBLE_MARGIN``, padding ``-inf``."""
+    s = -nll / np.maximum(lengths, 1) if length_norm else -nll
+    finite = np.isfinite(s) & valid
+    worst = np.where(finite, s, np.inf).min(1, keepdims=True)
+    worst = np.where(np.isfinite(worst), worst, 0.0)
+    s = np.where(finite, s, worst - INFEASIBLE_MARGIN)
+    return np.where(valid, s, -np.inf)
+
+
+def combine(cls: np.ndarray, ctc: np.ndarray | None, ctc_weight: float) -> np.ndarray:
+    """(N, K) combined scores; ``ctc_weight`` = inf ranks by CTC with the posterior as tie-break."""
+    if ctc is None or ctc_weight == 0:
+        return cls
+    if math.isinf(ctc_weight):
+        return np.where(np.isfinite(ctc), ctc + 1e-6 * np.nan_to_num(cls, neginf=0.0), -np.inf)
+    return cls + ctc_weight * ctc
+
+
+def softmax_rows(scores: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (N, K) scores with ``-inf`` padding."""
+    m = np.max(scores, axis=1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    e = np.exp(scores - m)
+    return e / np.clip(e.sum(1, keepdims=True), 1e-300, None)
+
+
+def decided_by(cls: np.ndarray, ctc: np.ndarray | None, combined: np.ndarray) -> list[str]:
+    """Per row: ``both`` (the two scorers agree with the ranking), ``ctc`` or ``classifier`` (the
+    ranking followed that one against the other) or ``combined`` (it followed neither alone)."""
+    top = combined.argmax(1)
+    if ctc is None:
+        return ["classifier"] * len(top)
+    a, b = cls.argmax(1), ctc.argmax(1)
+    out = []
+    for t, x, y in zip(top, a, b, strict=True):
+        out.append("both" if t == x == y else "classifier" if t == x else "ctc" if t == y else "combined")
+    return out
+
+
+def choose_ranking(cls: np.ndarray, ctc_by_norm: dict[bool, np.ndarray], truth_pos: np.ndarray,
+                   lambdas: Sequence[float] = LAMBDAS) -> dict:
+    """The (ctc_weight, length_norm) with the best within-candidate accuracy on rows with a truth
+    among their candidates; ties go to the smaller weight. Returns a dict of primitives with the
+    accuracy of every setting tried (``grid``)."""
+    rows = truth_pos >= 0
+    if not rows.any():
+        return {**DEFAULT, "rows": 0}
+    grid, best = [], None
+    for norm, ctc in ctc_by_norm.items():
+        for lam in lambdas:
+            acc = float((combine(cls[rows], ctc[rows], lam).argmax(1) == truth_pos[rows]).mean())
+            grid.append({"ctc_weight": lam, "length_norm": norm, "accuracy": acc})
+            if best is None or acc > best["accuracy"] + 1e-12:
+                best = grid[-1]
+    return {"ctc_weight": best["ctc_weight"], "length_norm": best["length_norm"], "accuracy": best["accuracy"],
+            "rows": int(rows.sum()), "grid": grid}
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring with a model
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def model_scores(model, feats, candidates: Sequence[Sequence[str]], batch_size: int = 512) -> dict:
+    """Closed-set logits and the CTC log-likelihood of every candidate text, batch by batch.
+
+    ``feats``: (N, F, T) features (array or memmap). Returns ``logits`` (N, C) float32 and, for a
+    model with a CTC head, ``nll`` (N, K) (+inf where a candidate is missing or infeasible),
+    ``lengths`` (N, K) token counts and ``valid`` (N, K) (the candidate exists).
+    """
+    from plcli.losses import candidate_ctc_nll
+    from plcli.models.ctc import text_targets
+
+    model.eval()
+    device = next(model.parameters()).device
+    n = feats.shape[0]
+    has_ctc = getattr(model, "has_ctc", False)
+    k = max([1, *map(len, candidates)])
+    logits = []
+    nll = np.full((n, k), np.inf)
+    lengths = np.zeros((n, k), dtype=np.int64)
+    valid = np.zeros((n, k), dtype=bool)
+    cache: dict[str, list[int]] = {}
+    for s in range(0, n, batch_size):
+        x = torch.from_numpy(np.asarray(feats[s : s + batch_size], dtype=np.float32)).to(device)
+        if not has_ctc:
+            logits.append(model(x).float().cpu().numpy())
+            continue
+        z, lp = model.forward_both(x)
+        logits.append(z.float().cpu().numpy())
+        rows = candidates[s : s + batch_size]
+        texts = [t for r in rows for t in r if t not in cache]
+        if texts:
+            tok, ln = text_targets(model.tokenizer, list(dict.fromkeys(texts)))
+            for t, ids, m in zip(dict.fromkeys(texts), tok.tolist(), ln.tolist(), strict=True):
+                cache[t] = ids[:m]
+        b = len(rows)
+        L = max([1, *(len(cache[t]) for r in rows for t in r)])
+        tg = torch.ones(b, k, L, dtype=torch.long)
+        tl = torch.zeros(b, k, dtype=torch.long)
+        mk = torch.zeros(b, k, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            for j, t in enumerate(r):
+                ids = cache[t]
+                if ids:
+                    tg[i, j, : len(ids)] = torch.tensor(ids)
+                tl[i, j] = len(ids)
+                mk[i, j] = True
+        out = candidate_ctc_nll(lp.float(), torch.full((b,), lp.shape[0], dtype=torch.long),
+                                tg.to(device), tl.to(device), (mk & (tl > 0)).to(device))
+        nll[s : s + b] = out.double().cpu().numpy()
+        lengths[s : s + b] = tl.numpy()
+        valid[s : s + b] = mk.numpy()
+    out = {"logits": np.concatenate(logits) if logits else np.zeros((0, 0), np.float32)}
+    if has_ctc:
+        out.update(nll=nll, lengths=lengths, valid=valid)
+    return out
+
+
+def ranking_of(extra: dict | None) -> dict:
+    """The ranking settings stored with a model (``extra["ranking"]``), or the defaults."""
+    r = (extra or {}).get("ranking") or {}
+    return {**DEFAULT, **{k: r[k] for k in ("ctc_weight", "length_norm", "chosen_on") if k in r}}
+
+
+def rank(probs: np.ndarray, scores: dict, classes: np.ndarray, ranking: dict) -> dict:
+    """Everything ``predict``/``evaluate`` need for rows with candidates: per-scorer (N, K) scores,
+    the combined scores and their candidate-renormalised probabilities, the top candidate and
+    ``decided_by``."""
+    cls = closed_set_scores(probs, classes)
+    ctc = None
+    if "nll" in scores:
+        ctc = ctc_scores(scores["nll"], scores["lengths"], scores["valid"], bool(ranking["length_norm"]))
+    combined = combine(cls, ctc, float(ranking["ctc_weight"]))
+    return {"classifier": cls, "ctc": ctc, "combined": combined, "probs": softmax_rows(combined),
+            "top": combined.argmax(1), "decided_by": decided_by(cls, ctc, combined)}
+
+
+def tune(model, vocab, feats, candidates: Sequence[Sequence[str]], truths: Sequence[str | None],
+         chosen_on: str) -> dict:
+    """``choose_ranking`` for ``model`` on labelled rows (features, candidate texts, true texts)."""
+    from plcli.inference import softmax
+
+    if not getattr(model, "has_ctc", False):
+        return {"ctc_weight": 0.0, "length_norm": True, "chosen_on": "no CTC head", "rows": 0}
+    scores = model_scores(model, feats, candidates)
+    probs = softmax(scores["logits"])
+    classes = candidate_classes(candidates, vocab)
+    cls = closed_set_scores(probs, classes)
+    by_norm = {norm: ctc_scores(scores["nll"], scores["lengths"], scores["valid"], norm) for norm in (True, False)}
+    pos = truth_positions(candidates, truths, vocab.normalizer)
+    out = choose_ranking(cls, by_norm, pos)
+    out["chosen_on"] = chosen_on if out.get("rows") else "default (no validation row with its truth among the candidates)"
+    return out
+
+
+def tune_ranking(model, vocab, features, held_rows, held_feats, manifest: str | None, data, log) -> dict:
+    """``tune`` as a stage runs it: on ``manifest``'s labelled rows with candidates (read through the
+    feature cache of ``data``), else on the stage's held-out exact rows ``held_rows`` (manifest
+    ``Row`` objects) with their features ``held_feats`` (array-like, aligned)."""
+    if not getattr(model, "has_ctc", False):
+        return {"ctc_weight": 0.0, "length_norm": True, "chosen_on": "no CTC head", "rows": 0}
+    if manifest:
+        from plcli.data.datasets import open_cache
+        from plcli.data.validate import load_rows
+
+        rows = [r for r in load_rows([manifest], vocab.normalizer, log=log).rows if r.label and r.candidates]
+        feats = open_cache(data, features).features([r.audio for r in rows])[1] if rows else None
+        where = f"{manifest} ({len(rows)} labelled rows with candidates)"
+    else:
+        from plcli.inference import RowView
+
+        keep = np.array([i for i, r in enumerate(held_rows) if r.candidates], dtype=np.int64)
+        rows = [held_rows[i] for i in keep]
+        feats = RowView(held_feats, keep)
+        where = f"the held-out exact rows ({len(rows)} with candidates)"
+    if not rows:
+        return {**DEFAULT, "chosen_on": "default (no validation rows)", "rows": 0}
+    out = tune(model, vocab, feats, [r.candidates for r in rows], [r.label for r in rows], where)
+    log(f"combined ranking: CTC weight {out['ctc_weight']}, length norm {out['length_norm']}, "
+        f"within-candidate accuracy {out.get('accuracy', float('nan')):.3f} on {where}")
+    return out

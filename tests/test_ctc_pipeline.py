@@ -1,0 +1,122 @@
+"""The CTC head through the stages: finetune and distill train it, predict/evaluate rank candidate
+texts with it (also texts the model never saw), on tiny generated audio through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from plcli.cli import app
+from plcli.data.labels import LabelNormalizer
+from plcli.models.classifier import load_model
+
+vocab_key = LabelNormalizer()
+
+TRAINER = {"batch_size": 16, "accelerator": "cpu", "devices": "1", "progress": False}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """pretrain -> finetune (CTC head) -> distill (1 round, CTC head) on tiny data, shared."""
+    import os
+
+    from tests.conftest import write_dataset, write_truth
+
+    root = tmp_path_factory.mktemp("ctcpipe")
+    os.environ["PLCLI_CACHE"] = str(root / "cache")
+    manifest, truth = write_dataset(root / "data", n=48)
+    test_manifest, test_truth = write_dataset(root / "data", n=12, seed=1, unlabelled=0, name="test.jsonl")
+    (root / "pre.yaml").write_text(yaml.safe_dump({"features": {"clip_seconds": 1.0}, "views": 2, "trainer": TRAINER}))
+    run = CliRunner().invoke
+    res = run(app, ["pretrain", str(manifest), "--out", str(root / "pre"), "--config", str(root / "pre.yaml"),
+                    "--epochs", "1"])
+    assert res.exit_code == 0, res.output
+    (root / "ft.yaml").write_text(yaml.safe_dump({"trainer": TRAINER, "copies": 2}))
+    tf = write_truth(root / "truth.jsonl", truth)
+    res = run(app, ["finetune", str(manifest), "--pretrained", str(root / "pre"), "--out", str(root / "ft"),
+                    "--config", str(root / "ft.yaml"), "--epochs", "2", "--ctc-weight", "1", "--truth", str(tf)])
+    assert res.exit_code == 0, res.output
+    (root / "di.yaml").write_text(yaml.safe_dump({"trainer": TRAINER, "ctc_rows": 8}))
+    res = run(app, ["distill", str(manifest), "--teacher", str(root / "ft"), "--out", str(root / "di"),
+                    "--config", str(root / "di.yaml"), "--epochs", "2", "--rounds", "1",
+                    "--ranking-manifest", str(test_manifest)])
+    assert res.exit_code == 0, res.output
+    return root, manifest, test_manifest, write_truth(root / "test_truth.jsonl", test_truth)
+
+
+def test_finetune_trains_a_ctc_head_on_the_frozen_encoder(runs):
+    root = runs[0]
+    m = json.loads((root / "ft" / "metrics.json").read_text())
+    assert 0.0 <= m["ctc_acc_within"] <= 1.0 and 0.0 <= m["ctc_disambiguation"] <= 1.0
+    assert m["ranking"]["rows"] > 0 and "grid" in m["ranking"]
+    model, vocab, _ = load_model(root / "ft")
+    assert model.has_ctc and model.extra["ranking"]["ctc_weight"] == m["ranking"]["ctc_weight"]
+    # frozen: the encoder's weights are the pretrained ones; the CTC head trained
+    from plcli.pretrain import load_pretrained
+
+    pre = load_pretrained(root / "pre").encoder.state_dict()
+    for k, v in model.encoder.state_dict().items():
+        if not any(s in k for s in ("running_", "num_batches")):  # BatchNorm statistics are re-estimated
+            assert torch.equal(v, pre[k]), k
+    fresh = type(model.ctc_head)(**model.ctc_head.kwargs)
+    assert any(not torch.equal(a, b) for a, b in zip(model.ctc_head.state_dict().values(),
+                                                     fresh.state_dict().values(), strict=True))
+
+
+def test_distill_student_has_a_ctc_head_and_a_ranking(runs):
+    root, _, test_manifest, _ = runs
+    m = json.loads((root / "di" / "metrics.json").read_text())
+    assert m["ranking"]["chosen_on"].startswith(str(test_manifest))
+    model, vocab, _ = load_model(root / "di")
+    assert model.has_ctc and model.tokenizer.kind == "phoneme"
+    x = torch.randn(2, 64, 51)
+    logits, lp = model.forward_both(x)
+    assert torch.allclose(logits, model(x), atol=1e-5)
+    assert lp.shape[1] == 2 and torch.allclose(lp.exp().sum(-1), torch.ones(lp.shape[:2]), atol=1e-4)
+    cfg = yaml.safe_load((root / "di" / "config.yaml").read_text())
+    assert cfg["ctc"]["weight"] == 1.0
+
+
+def test_predict_ranks_texts_the_model_never_saw(runs, tmp_path):
+    root, _, test_manifest, _ = runs
+    rows = [json.loads(line) for line in test_manifest.read_text().splitlines()]
+    for r in rows:
+        r["audio"] = str(test_manifest.parent / r["audio"])
+        r["candidates"] = [*r["candidates"], "a completely new message"]
+        r.pop("label", None)
+    man = tmp_path / "new.jsonl"
+    man.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "pred.jsonl"
+    res = CliRunner().invoke(app, ["predict", str(man), "--model", str(root / "di"), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(recs) == len(rows)
+    for rec, row in zip(recs, rows, strict=True):
+        assert rec["restricted"] and rec["decided_by"] in ("both", "ctc", "classifier", "combined")
+        texts = [c["text"] for c in rec["candidates"]]
+        assert texts == row["candidates"]
+        new = rec["candidates"][-1]
+        assert new["known"] is False and new["rank"] is None and np.isfinite(new["ctc"])
+        assert 0.0 <= new["prob"] <= 1.0
+        assert abs(sum(c["prob"] for c in rec["candidates"]) - 1.0) < 1e-3
+        keys = {vocab_key(t) for t in texts}
+        assert {vocab_key(t["label"]) for t in rec["top_k"]} <= keys
+        assert any(not t["known"] for t in rec["top_k"]) or len(rec["top_k"]) < len(texts)
+
+
+def test_evaluate_reports_each_scorer(runs, tmp_path):
+    root, _, test_manifest, test_truth = runs
+    out = tmp_path / "eval.json"
+    res = CliRunner().invoke(app, ["evaluate", str(test_manifest), "--model", str(root / "di"), "--truth",
+                                   str(test_truth), "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    m = json.loads(out.read_text())
+    for k in ("accuracy_within_candidates", "accuracy_within_candidates_classifier", "accuracy_within_candidates_ctc"):
+        assert 0.0 <= m[k] <= 1.0, k
+    assert sum(m["decided_by"].values()) == m["labelled_candidate_rows"]
+    assert m["unknown_truth_rows"] == 0
