@@ -73,7 +73,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from plcli.config import CTCConfig, Config, DataConfig, FeatureConfig, LabelConfig, TrainerConfig, opt
+from plcli.config import Config, CTCConfig, DataConfig, FeatureConfig, LabelConfig, TrainerConfig, opt
 from plcli.data.augment import AugmentConfig, SpecAugmentConfig, SpectrogramAugment
 from plcli.data.datasets import (
     FeatureRows,
@@ -93,9 +93,9 @@ from plcli.inference import RowView, load_predictor, predict_logits, softmax
 from plcli.io import atomic_open, atomic_write_json
 from plcli.losses import CandidateLoss, SoftTargetCrossEntropy, candidate_log_prior, candidate_targets
 from plcli.metrics import classification_metrics, covering_rate, restricted_predictions
-from plcli.ranking import tune_ranking
 from plcli.models.classifier import Classifier, save_model
 from plcli.models.encoders import ENCODERS, count_parameters
+from plcli.ranking import tune_ranking
 from plcli.runs import (
     Timer,
     UpstreamRun,

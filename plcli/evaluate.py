@@ -64,7 +64,6 @@ def run(cfg: EvaluateConfig, log=print, console=None) -> dict:
         )
 
     truth = _truth(cfg, rows, vocab, log)
-    ranked = None
     if model.has_ctc:
         from plcli.inference import infer_ranked
 
