@@ -11,6 +11,11 @@ The label vocabulary travels twice: embedded in the file (TorchScript ``_extra_f
 hold the same JSON: sample rate, clip length, the display labels in class order and the full
 vocabulary (keys, counts, normalisation).
 
+What it leaves out: a model with a CTC head (the distill stage's default) ranks candidate texts by
+a combined score (``plcli.ranking``); the exported file carries only the closed-set head, so it
+names messages of its vocabulary and cannot score a text it never saw. The metadata's
+``left_out`` says so, and the command prints it; ``plcli predict`` ranks any candidate text.
+
 TorchScript is traced (``LogMel``'s module-level epsilon and the encoders' shape checks are not
 scriptable) and wrapped in a small scripted module that accepts 1-D input; the trace is checked
 against the Python model on a batch of a different size and length before it is written.
@@ -33,6 +38,8 @@ from plcli.errors import UserError
 from plcli.models.classifier import WaveClassifier
 
 FORMATS = ("torchscript", "onnx")
+LEFT_OUT_CTC = ("the CTC head and the combined ranking of candidate texts are not exported: the file gives the "
+                "closed-set probabilities over the vocabulary only; rank candidate texts, also new ones, with plcli predict")
 EXPORT_FORMAT = 1
 
 
@@ -125,6 +132,9 @@ def run(cfg: ExportConfig, log=print) -> dict:
     model, vocab, features, stage = load_predictor(cfg.model)
     wave_model = WaveClassifier(model, features).eval()
     meta = metadata(vocab, features, stage)
+    if model.has_ctc:
+        meta["left_out"] = [LEFT_OUT_CTC]
+        log(f"note: {LEFT_OUT_CTC}")
     meta_json = json.dumps(meta, ensure_ascii=False)
     if cfg.format == "torchscript":
         scripted = to_torchscript(wave_model, features.num_samples)
@@ -140,6 +150,7 @@ def run(cfg: ExportConfig, log=print) -> dict:
         "format": cfg.format,
         "classes": len(vocab),
         "sample_rate": features.sample_rate,
+        "left_out": meta.get("left_out", []),
     }
 
 

@@ -120,3 +120,16 @@ def test_evaluate_reports_each_scorer(runs, tmp_path):
         assert 0.0 <= m[k] <= 1.0, k
     assert sum(m["decided_by"].values()) == m["labelled_candidate_rows"]
     assert m["unknown_truth_rows"] == 0
+
+
+def test_export_says_it_leaves_the_ctc_head_out(runs, tmp_path):
+    root = runs[0]
+    out = tmp_path / "model.ts"
+    res = CliRunner().invoke(app, ["export", "--model", str(root / "di"), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "CTC head" in res.output
+    meta = json.loads((tmp_path / "model.vocab.json").read_text())
+    assert any("CTC head" in x for x in meta["left_out"])
+    ts = torch.jit.load(str(out))
+    probs = ts(torch.zeros(16000))
+    assert probs.shape == (1, len(meta["labels"]))
