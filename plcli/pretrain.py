@@ -119,10 +119,8 @@ class PretrainModule(L.LightningModule):
         if self.trainer.world_size > 1:
             cat = {k: self.all_gather(v).flatten(0, 1) for k, v in cat.items()}
             # the distributed sampler pads with repeated rows: keep each once, or it is its own neighbour
-            order = torch.argsort(cat["i"], stable=True)
-            first = torch.ones_like(order, dtype=torch.bool)
-            first[1:] = cat["i"][order[1:]] != cat["i"][order[:-1]]
-            cat = {k: v[order[first]] for k, v in cat.items()}
+            keep = unique_rows(cat["i"])
+            cat = {k: v[keep] for k, v in cat.items()}
         metrics = probe_metrics(cat["emb"], cat["y"], cat["mask"], cat["truth"], self.hparams.probe_k)
         for key, value in metrics.items():
             self.log(key, value, prog_bar=key in PROG_BAR, sync_dist=False, rank_zero_only=True)
@@ -130,6 +128,14 @@ class PretrainModule(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         return adamw_cosine([(self.parameters(), hp.lr)], hp.weight_decay, self.trainer.estimated_stepping_batches)
+
+
+def unique_rows(i: torch.Tensor) -> torch.Tensor:
+    """Positions of the first occurrence of each distinct value of ``i`` (N,), ordered by value."""
+    order = torch.argsort(i, stable=True)
+    first = torch.ones_like(order, dtype=torch.bool)
+    first[1:] = i[order[1:]] != i[order[:-1]]
+    return order[first]
 
 
 def knn_accuracy(emb: torch.Tensor, y: torch.Tensor, k: int) -> float:

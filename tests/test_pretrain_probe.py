@@ -20,6 +20,7 @@ from plcli.pretrain import (
     candidate_prior_predictions,
     knn_chance,
     probe_metrics,
+    unique_rows,
 )
 from tests.conftest import write_truth
 from tests.test_pretrain import tiny_config
@@ -138,6 +139,12 @@ def test_probe_argument_checks():
         candidate_knn_predictions(emb, mask, y, 0)
     with pytest.raises(ValueError, match="outside"):
         candidate_prior_predictions(mask, torch.full_like(y, 99))
+
+
+def test_unique_rows_drops_the_distributed_samplers_padding():
+    gathered = torch.tensor([0, 2, 4, 1, 3, 0])  # 5 rows on 2 ranks: rank 1 repeats row 0
+    keep = unique_rows(gathered)
+    assert gathered[keep].tolist() == [0, 1, 2, 3, 4] and keep[0] == 0
 
 
 def test_pretrain_run_reports_candidate_probe_with_truth(tmp_path, tiny_data):
