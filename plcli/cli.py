@@ -286,14 +286,17 @@ def pretrain(
     proj_layers: int = typer.Option(None, "--proj-layers", help="projection head depth (SimCLRv2: 3)"),
     views: int = typer.Option(None, "--views", help="augmented views per clip cached for training"),
     online_augment: bool = typer.Option(None, "--online-augment/--cached-views", help="augment waveforms every step instead of caching views"),
+    truth: Path = typer.Option(None, "--truth", help="JSONL/CSV id,label: candidate-restricted kNN disambiguation accuracy on candidate rows"),
 ):
     """Stage 1: SimCLR contrastive pretraining of an audio encoder on all the audio.
 
     Writes RUN_DIR/config.yaml, checkpoints/last.ckpt (and best), metrics.json, logs/metrics.csv
-    and encoder.pt (plain weights). With exactly labelled rows, a kNN probe reports accuracy each epoch.
+    and encoder.pt (plain weights). Each epoch, kNN probes report with their chance levels: accuracy
+    on exact rows, and a candidate-restricted kNN disambiguation of the candidate rows (against
+    --truth, and against the exact labels of exact rows with candidates).
     """
     return {"encoder": encoder, "temperature": temperature, "proj_dim": proj_dim, "proj_layers": proj_layers,
-            "views": views, "online_augment": online_augment}
+            "views": views, "online_augment": online_augment, "truth": str(truth) if truth else None}
 
 
 @_stage_command("finetune")

@@ -53,6 +53,17 @@ def within_candidate_accuracy(probs: np.ndarray, y: np.ndarray, mask: np.ndarray
     return accuracy(restricted_predictions(probs, mask)[has], np.asarray(y)[has])
 
 
+def candidate_chance(mask: np.ndarray) -> float:
+    """Expected accuracy of a uniform guess among each row's candidates: mean of ``1 / |set|`` over the
+    rows that have candidates (the chance level of any candidate-restricted prediction).
+
+    Also takes a torch bool mask.
+    """
+    sizes = mask.sum(1)
+    sizes = np.asarray(sizes.cpu() if hasattr(sizes, "cpu") else sizes, dtype=np.float64)
+    return _mean(1.0 / sizes[sizes > 0])
+
+
 def covering_rate(pred: np.ndarray, mask: np.ndarray) -> float:
     """Share of rows with candidates whose (unrestricted) prediction lies in their candidate set."""
     pred, mask = np.asarray(pred), np.asarray(mask, dtype=bool)

@@ -6,6 +6,11 @@ views per clip and applies cheap batched spectrogram augmentations (masking, mix
 on the fly. The data side of a step is then one memory-mapped read, so end-to-end throughput
 is close to the model's own. ``--online-augment`` instead augments waveforms in DataLoader
 workers every step (for machines with many cores).
+
+Validation is a representation probe on the clean features, every epoch: a leave-one-out kNN over
+the exact rows (``probe/knn_acc``), and a candidate-restricted kNN disambiguation of the rows with
+candidates that needs no exact labels (``probe/cand_knn_*``, scored against ``--truth`` or the exact
+labels), each with its chance level.
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
@@ -24,20 +28,24 @@ from plcli.data.augment import AugmentConfig, SpecAugmentConfig, SpectrogramAugm
 from plcli.data.datasets import (
     FeatureRows,
     ViewPairs,
+    candidate_matrix,
     label_vector,
     load_training_rows,
     open_cache,
+    truth_vector,
     view_workers,
 )
 from plcli.data.labels import LabelNormalizer, Vocabulary
 from plcli.errors import UserError
 from plcli.losses import NTXentLoss
+from plcli.metrics import candidate_chance
 from plcli.models.encoders import ENCODERS, build_encoder
 from plcli.models.heads import ProjectionHead
 from plcli.runs import Timer, jsonable, logged_history, resolve_resume, set_threads, start_run, write_metrics
 from plcli.training import adamw_cosine, build_trainer, fit
 
 STAGE = "pretrain"
+PROG_BAR = ("probe/knn_acc", "probe/cand_knn_acc")
 
 
 @dataclass
@@ -56,7 +64,9 @@ class PretrainConfig(Config):
     temperature: float = opt(0.2, "NT-Xent temperature", min=1e-3)
     views: int = opt(8, "augmented views per clip pre-computed into the feature cache", min=2)
     online_augment: bool = opt(False, "augment waveforms every step in DataLoader workers instead of caching views")
-    probe_k: int = opt(5, "k of the kNN probe on exact rows", min=1)
+    probe_k: int = opt(5, "k of the kNN probes (exact rows; candidate-restricted disambiguation)", min=1)
+    truth: str | None = opt(None, "optional JSONL/CSV of id,label: accuracy of the candidate-restricted kNN "
+                                  "disambiguation probe on the candidate rows, every epoch")
     overwrite: bool = opt(False, "replace an existing run in out")
 
     def check(self) -> None:
@@ -65,7 +75,7 @@ class PretrainConfig(Config):
 
 
 class PretrainModule(L.LightningModule):
-    """Encoder + SimCLRv2 projection head trained with NT-Xent; a kNN probe on exact rows as validation."""
+    """Encoder + SimCLRv2 projection head trained with NT-Xent; kNN probes (``probe_metrics``) as validation."""
 
     def __init__(self, encoder: str = "tcresnet", n_mels: int = 64, proj_hidden_dim: int = 256, proj_dim: int = 128,
                  proj_layers: int = 3, temperature: float = 0.2, lr: float = 2e-3, weight_decay: float = 1e-4,
@@ -77,7 +87,7 @@ class PretrainModule(L.LightningModule):
         self.projector = ProjectionHead(self.encoder.embed_dim, proj_hidden_dim, proj_dim, proj_layers)
         self.spec_aug = SpectrogramAugment(SpecAugmentConfig.from_dict(spec_augment or {}))
         self.criterion = NTXentLoss(temperature)
-        self._probe: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._probe: list[dict[str, torch.Tensor]] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, n_mels, T) log-mel -> (B, embed_dim) representation."""
@@ -99,23 +109,33 @@ class PretrainModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         emb = F.normalize(self.encoder(batch["x"]), dim=1)
-        self._probe.append((emb.float(), batch["y"]))
+        self._probe.append({"emb": emb.float(), **{k: batch[k] for k in ("i", "y", "mask", "truth")}})
 
     def on_validation_epoch_end(self):
         if not self._probe:
             return
-        emb = torch.cat([e for e, _ in self._probe])
-        y = torch.cat([t for _, t in self._probe])
+        cat = {k: torch.cat([b[k] for b in self._probe]) for k in self._probe[0]}
         self._probe.clear()
         if self.trainer.world_size > 1:
-            emb = self.all_gather(emb).flatten(0, 1)
-            y = self.all_gather(y).flatten(0, 1)
-        acc = knn_accuracy(emb, y, self.hparams.probe_k)
-        self.log("probe/knn_acc", acc, prog_bar=True, sync_dist=False, rank_zero_only=True)
+            cat = {k: self.all_gather(v).flatten(0, 1) for k, v in cat.items()}
+            # the distributed sampler pads with repeated rows: keep each once, or it is its own neighbour
+            keep = unique_rows(cat["i"])
+            cat = {k: v[keep] for k, v in cat.items()}
+        metrics = probe_metrics(cat["emb"], cat["y"], cat["mask"], cat["truth"], self.hparams.probe_k)
+        for key, value in metrics.items():
+            self.log(key, value, prog_bar=key in PROG_BAR, sync_dist=False, rank_zero_only=True)
 
     def configure_optimizers(self):
         hp = self.hparams
         return adamw_cosine([(self.parameters(), hp.lr)], hp.weight_decay, self.trainer.estimated_stepping_batches)
+
+
+def unique_rows(i: torch.Tensor) -> torch.Tensor:
+    """Positions of the first occurrence of each distinct value of ``i`` (N,), ordered by value."""
+    order = torch.argsort(i, stable=True)
+    first = torch.ones_like(order, dtype=torch.bool)
+    first[1:] = i[order[1:]] != i[order[:-1]]
+    return order[first]
 
 
 def knn_accuracy(emb: torch.Tensor, y: torch.Tensor, k: int) -> float:
@@ -128,9 +148,114 @@ def knn_accuracy(emb: torch.Tensor, y: torch.Tensor, k: int) -> float:
     k = min(k, n - 1)
     top, idx = sim.topk(k, dim=1)
     num_classes = int(y.max()) + 1
-    votes = torch.zeros(n, num_classes, device=emb.device)
+    votes = torch.zeros(n, num_classes, dtype=emb.dtype, device=emb.device)
     votes.scatter_add_(1, y[idx], (top + 1).clamp_min(0))  # shift cosine to [0, 2] so weights are >= 0
     return (votes.argmax(1) == y).float().mean().item()
+
+
+def knn_chance(y: torch.Tensor) -> float:
+    """Share of the most common class among the labelled rows (``y`` >= 0): what always guessing it
+    scores, the level ``knn_accuracy`` has to beat (never below 1 / classes)."""
+    y = y[y >= 0]
+    if not len(y):
+        return float("nan")
+    return (torch.bincount(y).max() / len(y)).item()
+
+
+def _ballots(mask: torch.Tensor, y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(N, C) what each row votes for: its exact label if it has one, else its candidate set."""
+    one_hot = F.one_hot(y.clamp_min(0), mask.shape[1]).bool()
+    return torch.where((y >= 0)[:, None], one_hot, mask).to(dtype)
+
+
+def _check_sets(mask: torch.Tensor, y: torch.Tensor) -> None:
+    if mask.ndim != 2 or mask.dtype != torch.bool or y.shape != mask.shape[:1]:
+        raise ValueError(f"need a bool mask (N, C) and y (N,), got {mask.dtype} {tuple(mask.shape)} and "
+                         f"{tuple(y.shape)}")
+    if len(y) and int(y.max()) >= mask.shape[1]:
+        raise ValueError(f"label {int(y.max())} outside the {mask.shape[1]} classes of mask")
+
+
+@torch.no_grad()
+def candidate_knn_predictions(emb: torch.Tensor, mask: torch.Tensor, y: torch.Tensor, k: int,
+                              chunk: int = 2048) -> torch.Tensor:
+    """Candidate-restricted leave-one-out kNN disambiguation: (N,) predicted class, -1 without candidates.
+
+    Needs no exact labels. Each row's ``k`` nearest other rows (cosine of the unit-norm ``emb``
+    (N, D)) vote, weighted by their similarity shifted to [0, 2] as in ``knn_accuracy``, for every
+    class in their own candidate set (``mask`` (N, C) bool) or, if exactly labelled (``y`` (N,)
+    >= 0; -1 none), for their label only; rows with neither are never neighbours. A row's
+    prediction is the most voted class of its own candidate set. Ties are common (neighbours whose
+    sets hold both classes, or no neighbour voting for any candidate) and go to the candidate of
+    ``candidate_prior_predictions``, then to the lowest index, so a row without evidence from its
+    neighbours scores the prior's level rather than an artefact of the class order.
+    Similarities are computed ``chunk`` query rows at a time: memory O(chunk * (N + C)).
+    """
+    _check_sets(mask, y)
+    if emb.ndim != 2 or emb.shape[0] != mask.shape[0]:
+        raise ValueError(f"need emb (N, D) with the {mask.shape[0]} rows of mask, got {tuple(emb.shape)}")
+    if k < 1 or chunk < 1:
+        raise ValueError(f"k and chunk must be >= 1, got {k} and {chunk}")
+    n, c = mask.shape
+    ballots = _ballots(mask, y, emb.dtype)
+    total = ballots.sum(0)  # (C,) every row's ballot, for the tie-break
+    not_voter = ~ballots.bool().any(1)
+    k = min(k, n - 1)
+    pred = torch.full((n,), -1, dtype=torch.long, device=emb.device)
+    queries = mask.any(1).nonzero().flatten()
+    for q in queries.split(chunk):
+        sim = (emb[q] @ emb.T).masked_fill_(not_voter, -float("inf"))  # (B, N)
+        sim[torch.arange(len(q), device=q.device), q] = -float("inf")  # leave one out
+        top, idx = sim.topk(k, dim=1)  # (B, k); fewer voters than k: -inf entries, weight 0
+        weight = (top + 1).clamp_min(0)
+        votes = torch.zeros(len(q), c, dtype=emb.dtype, device=emb.device)
+        for r in range(k):  # k (B, C) gathers rather than one (B, k, C): memory stays O(B * C)
+            votes += weight[:, r, None] * ballots[idx[:, r]]
+        votes.masked_fill_(~mask[q], -float("inf"))
+        tied = votes == votes.max(1, keepdim=True).values  # (B, C), within the candidates
+        pred[q] = (total - ballots[q]).masked_fill_(~tied, -float("inf")).argmax(1)
+    return pred
+
+
+@torch.no_grad()
+def candidate_prior_predictions(mask: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The same vote with every other row an equal neighbour, i.e. no representation: (N,) the class
+    of each row's candidate set that the other rows vote for most (-1 without candidates). Above
+    ``candidate_chance`` when some classes are more frequent; the kNN probe should beat it."""
+    _check_sets(mask, y)
+    ballots = _ballots(mask, y, torch.float64)
+    votes = ballots.sum(0, keepdim=True) - ballots  # (N, C) leave one out
+    pred = votes.masked_fill_(~mask, -float("inf")).argmax(1)
+    return torch.where(mask.any(1), pred, -1)
+
+
+def probe_metrics(emb: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, truth: torch.Tensor, k: int) -> dict:
+    """Pretrain's validation figures from unit-norm embeddings (N, D), exact labels ``y`` (N,; -1 none),
+    candidate sets ``mask`` (N, C) and ``truth`` (N,; -1 none or unknown); a figure is left out when
+    no row can measure it.
+
+    - ``probe/knn_acc``: leave-one-out kNN over the exact rows; ``probe/knn_chance`` the majority share.
+    - ``probe/cand_knn_acc``: ``candidate_knn_predictions`` against ``truth`` on the rows with
+      candidates and a truth; ``probe/cand_knn_exact_acc`` against ``y`` on exact rows with candidates.
+      Each comes with ``..._chance`` (mean 1 / candidates) and ``..._prior`` (the representation-free
+      vote of ``candidate_prior_predictions``).
+    """
+    out = {}
+    exact = y >= 0
+    if int(exact.sum()) >= 2:
+        out["probe/knn_acc"] = knn_accuracy(emb[exact], y[exact], k)
+        out["probe/knn_chance"] = knn_chance(y[exact])
+    has = mask.any(1)
+    scored = {"probe/cand_knn": (has & (truth >= 0), truth), "probe/cand_knn_exact": (has & exact, y)}
+    if any(bool(rows.any()) for rows, _ in scored.values()):
+        pred = candidate_knn_predictions(emb, mask, y, k)
+        prior = candidate_prior_predictions(mask, y)
+        for name, (rows, target) in scored.items():
+            if rows.any():
+                out[f"{name}_acc"] = (pred[rows] == target[rows]).float().mean().item()
+                out[f"{name}_chance"] = candidate_chance(mask[rows])
+                out[f"{name}_prior"] = (prior[rows] == target[rows]).float().mean().item()
+    return out
 
 
 def encoder_payload(module: PretrainModule) -> dict:
@@ -147,21 +272,27 @@ def encoder_payload(module: PretrainModule) -> dict:
 
 
 def run(cfg: PretrainConfig, log=print) -> dict:
-    """Pretrain an encoder as ``cfg`` says; returns the final metrics (also in RUN_DIR/metrics.json)."""
+    """Pretrain an encoder as ``cfg`` says; returns the final metrics (also in RUN_DIR/metrics.json).
+
+    The metrics hold the last epoch's ``probe_metrics`` (``probe/x`` as ``probe_x``: kNN accuracy on
+    exact rows, candidate kNN disambiguation vs --truth and exact labels, their chance and prior levels).
+    """
     from plcli.io import atomic_torch_save
 
     timer = Timer()
     set_threads()
     rows = load_training_rows(cfg.data, Path(cfg.out), log=log).rows
     vocab = Vocabulary.from_rows(rows, LabelNormalizer(cfg.data.labels))
+    probe = _probe_fields(cfg, rows, vocab)
     out = start_run(cfg.out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite, vocab)
     L.seed_everything(cfg.trainer.seed, workers=True)
     cache = open_cache(cfg.data, cfg.features)
     t_feat = Timer()
-    train_loader, val_loader = _loaders(cfg, rows, vocab, cache, log)
+    train_loader, val_loader = _loaders(cfg, rows, probe, cache, log)
     feature_seconds = t_feat.seconds
     module = _module(cfg, len(vocab))
-    monitor = "probe/knn_acc" if val_loader is not None else None
+    exact_rows = int((probe["y"] >= 0).sum())
+    monitor = "probe/knn_acc" if val_loader is not None and exact_rows >= 2 else None
     trainer = build_trainer(cfg.trainer, out, monitor=monitor, mode="max")
     t_fit = Timer()
     fit(trainer, module, train_loader, val_loader, resolve_resume(out, cfg.trainer.resume), out)
@@ -173,13 +304,16 @@ def run(cfg: PretrainConfig, log=print) -> dict:
     metrics = {
         "stage": STAGE,
         "rows": len(rows),
-        "exact_rows": int((label_vector(rows, vocab) >= 0).sum()),
+        "exact_rows": exact_rows,
         "classes": len(vocab),
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "train_loss": logged.get("train/loss_epoch"),
         "probe_knn_acc": logged.get("probe/knn_acc"),
+        **{k.replace("/", "_"): v for k, v in logged.items() if k.startswith("probe/")},
         "probe_knn_acc_history": logged_history(out, "probe/knn_acc"),
+        "probe_cand_knn_acc_history": logged_history(out, "probe/cand_knn_acc"),
+        "probe_cand_knn_rows": int((probe["mask"].any(1) & (probe["truth"] >= 0)).sum()),
         "probe_chance": (1.0 / len(vocab)) if len(vocab) else None,
         "feature_seconds": feature_seconds,
         "fit_seconds": fit_seconds,
@@ -190,8 +324,19 @@ def run(cfg: PretrainConfig, log=print) -> dict:
     return write_metrics(out, metrics) if trainer.is_global_zero else jsonable(metrics)
 
 
-def _loaders(cfg: PretrainConfig, rows, vocab, cache, log) -> tuple[DataLoader, DataLoader | None]:
-    """Pairs of views to train on; the exact rows' clean features for the kNN probe (None without)."""
+def _probe_fields(cfg: PretrainConfig, rows, vocab) -> dict[str, torch.Tensor]:
+    """Per-row probe inputs: exact label ``y`` and ``truth`` (N,; -1 none or unknown), candidates ``mask`` (N, C)."""
+    y = torch.from_numpy(label_vector(rows, vocab))
+    truth = torch.full_like(y, -1)
+    if cfg.truth:
+        from plcli.data.manifest import read_truth
+
+        truth = torch.from_numpy(truth_vector(rows, read_truth(cfg.truth), vocab)).clamp_min(-1)
+    return {"y": y, "truth": truth, "mask": torch.from_numpy(candidate_matrix(rows, vocab))}
+
+
+def _loaders(cfg: PretrainConfig, rows, probe: dict, cache, log) -> tuple[DataLoader, DataLoader | None]:
+    """Pairs of views to train on; the probe rows' clean features (None when no probe can report)."""
     paths = [r.audio for r in rows]
     keys = cache.keys(paths)
     log(f"pretraining on {len(rows)} recordings; caching {cfg.views} augmented views per clip ...")
@@ -205,16 +350,21 @@ def _loaders(cfg: PretrainConfig, rows, vocab, cache, log) -> tuple[DataLoader, 
                                workers=view_workers(len(paths) * cfg.views, cfg.trainer.num_workers), keys=keys)
         train_ds = ViewPairs(views)
         collate = ViewPairs.collate_fn
-    y = label_vector(rows, vocab)
-    exact = np.flatnonzero(y >= 0)
     val_loader = None
-    # clean features of every clip: the probe uses the exact ones, later stages reuse them all
+    # clean features of every clip: the probes use the labelled ones, later stages reuse them all
     _, clean = cache.features(paths, keys=keys)
-    if len(exact) >= 2:
-        val_ds = FeatureRows(clean, index=exact, y=y[exact])
-        val_loader = DataLoader(val_ds, batch_size=512, shuffle=False, collate_fn=FeatureRows.collate_fn)
+    exact, has = probe["y"] >= 0, probe["mask"].any(1)
+    if bool((has & ((probe["truth"] >= 0) | exact)).any()):  # the candidate probe can score some row
+        keep = exact | has
     else:
-        log("no exact labels: the kNN probe is off")
+        keep = exact if int(exact.sum()) >= 2 else torch.zeros_like(exact)
+        log("no candidate row has a truth (--truth) or an exact label: the candidate kNN probe is off")
+    if int(exact.sum()) < 2:
+        log("fewer than 2 exact labels: the exact-row kNN probe is off")
+    if keep.any():
+        idx = keep.nonzero().flatten()
+        val_ds = FeatureRows(clean, index=idx.numpy(), **{k: v[idx] for k, v in probe.items()})
+        val_loader = DataLoader(val_ds, batch_size=512, shuffle=False, collate_fn=FeatureRows.collate_fn)
     bs = min(cfg.trainer.batch_size, len(train_ds))
     train_loader = DataLoader(
         train_ds, batch_size=bs, shuffle=True, drop_last=len(train_ds) >= 2 * bs, collate_fn=collate,

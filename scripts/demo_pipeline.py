@@ -46,8 +46,8 @@ def main() -> int:
         sh([plcli, "demo-data", str(demo), *a.demo_args], times)
     sh([plcli, "validate", str(demo / "train.jsonl"), str(demo / "test.jsonl")], times)
     if not (runs / "pretrain" / "encoder.pt").exists():
-        sh([plcli, "pretrain", str(demo / "train.jsonl"), "--out", str(runs / "pretrain"), "--resume", "auto",
-            *epochs(a.pretrain_epochs)], times)
+        sh([plcli, "pretrain", str(demo / "train.jsonl"), "--out", str(runs / "pretrain"), "--truth",
+            str(demo / "truth.jsonl"), "--resume", "auto", *epochs(a.pretrain_epochs)], times)
     if not (runs / "finetune" / "model.pt").exists():
         sh([plcli, "finetune", str(demo / "train.jsonl"), "--pretrained", str(runs / "pretrain"), "--out",
             str(runs / "finetune"), "--truth", str(demo / "truth.jsonl"), "--resume", "auto",
