@@ -266,7 +266,7 @@ def test_report_goes_between_markers(tmp_path):
     assert curve.MARK_START in (tmp_path / "fresh.md").read_text()
     a = curve.parse(["--sizes", "600", "1200", "2400", "--extra", "--dists", "zipf"])
     md = curve.report_markdown(_hand_cells(), a, {"zipf": {"fit": 1}}, "2026-01-01 00:00", "c.png")
-    assert "### Zipf messages (`--zipf 1`)" in md and "![accuracy against N](c.png)" in md
+    assert "#### Zipf messages (`--zipf 1`)" in md and "![accuracy against N](c.png)" in md
     assert "Targets: fail 3, pass 6." in md
 
 

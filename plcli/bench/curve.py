@@ -550,7 +550,7 @@ def report_markdown(
         parts += [f"The pocketsphinx-grammar row is not available: {grammar_unavailable}.", ""]
     for dist in a.dists:
         parts += [
-            f"### {dist.capitalize()} messages (`--zipf {DISTS[dist]:g}`)",
+            f"#### {dist.capitalize()} messages (`--zipf {DISTS[dist]:g}`)",
             "",
             f"Data: {json.dumps(counts.get(dist, {}))}.",
             "",
