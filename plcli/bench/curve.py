@@ -220,9 +220,9 @@ def grammar_available() -> str | None:
     for mod in ("plcli.bench.grammar", "pocketsphinx"):
         try:
             if importlib.util.find_spec(mod) is None:
-                return f"{mod} is not installed"
+                return f"module {mod} not found"
         except ModuleNotFoundError:
-            return f"{mod} is not installed"
+            return f"module {mod} not found"
     return None
 
 
