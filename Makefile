@@ -12,13 +12,15 @@ DEMO_ARGS ?= --train 2000
 PIPELINE_ARGS ?=
 # the published grid: 3 seeds for plcli and the oracle, 1 for the other rows (BENCH_ARGS= for all 3)
 BENCH_ARGS ?= --single-seed-rows exact indicator-mse simclrv2
+# the learning curve (docs/benchmark.md, "Learning curve"): resumable in bench-curve/
+CURVE_ARGS ?= --report docs/benchmark.md --png docs/benchmark-curve.png
 
 LOCK := requirements.lock
 
-.PHONY: help install reinstall check-install lock demo test test-full bench lint clean
+.PHONY: help install reinstall check-install lock demo test test-full bench bench-curve lint clean
 
 help:  ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 # The venv gets exactly the locked set (hash-checked); plcli itself goes in editable, without
 # resolving anything again. The stamp is only touched once the smoke check has passed.
@@ -57,6 +59,10 @@ bench: install  ## throughput benchmark and the accuracy benchmark
 	$(PY) -m pip install -q -e ".[dev,bench]"
 	$(PY) scripts/bench_pretrain.py
 	$(PY) scripts/benchmark.py $(BENCH_ARGS)
+
+bench-curve: install  ## learning curve: accuracy against training recordings (hours; resumes)
+	$(PY) -m pip install -q -e ".[dev,bench]"
+	$(PY) scripts/bench_curve.py $(CURVE_ARGS)
 
 lint: install  ## ruff
 	$(VENV)/bin/ruff check plcli tests scripts

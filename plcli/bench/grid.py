@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -62,8 +63,9 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def make_demo(a, data: Path) -> Path:
-    """``plcli demo-data`` output (generated once; an existing folder given with --data is used as is)."""
+def make_demo(a, data: Path, extra: Sequence[str] = ()) -> Path:
+    """``plcli demo-data`` output (generated once; an existing folder given with --data is used as is);
+    ``extra`` are more ``plcli demo-data`` options (``--zipf 0``)."""
     if a.data:
         return Path(a.data)
     demo = data / "demo"
@@ -81,6 +83,7 @@ def make_demo(a, data: Path) -> Path:
             str(a.test),
             "--seed",
             str(a.data_seed),
+            *extra,
         ]
         log("$ " + " ".join(shlex.quote(c) for c in cmd))
         subprocess.run(cmd, check=True)
@@ -215,7 +218,7 @@ def run_stage(name: str, out: Path, overrides: dict) -> dict:
 def pretrain(a, bench: Path, paths: dict, seed: int) -> dict:
     """One SimCLR encoder per seed, shared by every label rate and by rows 4 and 6 (pretraining uses no
     labels; its kNN probe only monitors, and the last epoch's encoder is kept)."""
-    manifest = paths["manifests"][(max(a.rates), seed)][0]
+    manifest = paths["manifests"][(max(r for r, s in paths["manifests"] if s == seed), seed)][0]
     out = bench / "runs" / f"pretrain-s{seed}"
     m = run_stage(
         "pretrain",
@@ -230,11 +233,17 @@ def pretrain(a, bench: Path, paths: dict, seed: int) -> dict:
     return {"dir": out, "seconds": m.get("total_seconds")}
 
 
-def pipeline_cell(a, bench: Path, paths: dict, row: str, rate: float, seed: int) -> dict:
-    """Rows 4 (``simclrv2``) and 6 (``plcli``): pretrain -> finetune -> distill, evaluated on val and test."""
+def pipeline_cell(
+    a, bench: Path, paths: dict, row: str, rate: float, seed: int, pretrained: bool = True, teacher: bool = False
+) -> dict:
+    """Rows 4 (``simclrv2``) and 6 (``plcli``): pretrain -> finetune -> distill, evaluated on val and test.
+
+    ``pretrained=False``: finetune ``--pretrained none`` (a random frozen encoder), no pretrain run;
+    ``teacher=True``: the cell also holds the finetune model's own cell under ``"teacher"``.
+    """
     from plcli.models.classifier import load_model
 
-    pre = pretrain(a, bench, paths, seed)
+    pre = pretrain(a, bench, paths, seed) if pretrained else None
     manifest, nocand = paths["manifests"][(rate, seed)]
     tag = f"{row}-r{rate:g}-s{seed}"
     ft_dir, ds_dir = bench / "runs" / f"{tag}-finetune", bench / "runs" / f"{tag}-distill"
@@ -244,7 +253,7 @@ def pipeline_cell(a, bench: Path, paths: dict, row: str, rate: float, seed: int)
         {
             "data.manifests": [str(manifest)],
             "data.cache_dir": str(a.cache),
-            "pretrained": str(pre["dir"]),
+            "pretrained": str(pre["dir"]) if pre else "none",
             "truth": str(paths["truth"]),
             "loss": "ce-only" if row == "simclrv2" else None,
             **trainer_opts(a, a.finetune_epochs, seed),
@@ -267,8 +276,14 @@ def pipeline_cell(a, bench: Path, paths: dict, row: str, rate: float, seed: int)
         },
     )
     model, vocab, features = load_model(ds_dir)
-    seconds = {"pretrain": pre["seconds"], "finetune": ft.get("total_seconds"), "distill": ds.get("total_seconds")}
-    return finish_cell(a, paths, row, rate, seed, model, vocab, features, seconds)
+    seconds = {"pretrain": pre["seconds"]} if pre else {}
+    seconds.update(finetune=ft.get("total_seconds"), distill=ds.get("total_seconds"))
+    cell = finish_cell(a, paths, row, rate, seed, model, vocab, features, seconds)
+    if teacher:
+        model, vocab, features = load_model(ft_dir)
+        t_seconds = {k: v for k, v in seconds.items() if k != "distill"}
+        cell["teacher"] = finish_cell(a, paths, "teacher", rate, seed, model, vocab, features, t_seconds)
+    return cell
 
 
 def finish_cell(a, paths, row, rate, seed, model, vocab, features, seconds) -> dict:
@@ -534,10 +549,10 @@ SETTINGS = (
 )
 
 
-def check_settings(a, bench: Path) -> None:
+def check_settings(a, bench: Path, keys: Sequence[str] = SETTINGS) -> None:
     """Cells and run directories are reused by name, so a bench folder holds one set of settings
-    (the grid itself, rows, rates and seeds, may grow)."""
-    now = {k: getattr(a, k) for k in SETTINGS}
+    (the grid itself, rows, rates and seeds, may grow): the options named in ``keys``."""
+    now = {k: getattr(a, k) for k in keys}
     path = bench / "settings.json"
     if path.exists():
         old = json.loads(path.read_text(encoding="utf-8"))
@@ -545,7 +560,7 @@ def check_settings(a, bench: Path) -> None:
         if diff:
             sys.exit(
                 f"{bench} holds a benchmark run with other settings "
-                f"({', '.join(f'{k}: {o} -> {n}' for k, (o, n) in diff.items())}); use another --bench-dir"
+                f"({', '.join(f'{k}: {o} -> {n}' for k, (o, n) in diff.items())}); use another output folder"
             )
     else:
         atomic_write_json(path, now)

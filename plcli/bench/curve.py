@@ -1,0 +1,711 @@
+"""The learning-curve benchmark (``make bench-curve`` runs it through ``scripts/bench_curve.py``).
+
+Accuracy against the number N of training recordings, under a Zipf and a uniform message
+distribution (see docs/benchmark.md, "Learning curve"). For each distribution ONE demo data set is
+generated with enough training recordings for the largest N, plus a fixed test set from unseen
+speakers; a share of the training speakers is held out for validation (``grid.split_speakers``).
+Each smaller N is a seeded subset of the remaining training rows, nested (N = 600 is part of
+N = 1200 for the same seed), so the feature cache computes each clip once. The exact labels are
+drawn again for every (N, rate, seed) (``grid.label_rows``).
+
+Rows: the oracle (``grid.baseline_cell``), plcli with its defaults and its teacher alone (one
+``grid.pipeline_cell`` run gives both), plcli without pretraining (``finetune --pretrained none``,
+then distill) and pocketsphinx with a per-recording grammar of the recording's candidates
+(``plcli.bench.grammar``, no training: one cell per distribution, reported as not available when
+that module or its recogniser is missing). Every cell is a JSON file under
+OUT/<dist>/n<N>/cells (the recogniser's under OUT/<dist>/cells), so an interrupted run continues.
+
+Cells (flat dicts, as in ``plcli.bench.report``) carry ``dist`` and ``n``; the oracle's ``rate`` is
+None (it does not use the exact labels) and the recogniser's ``n``, ``rate`` and ``seed`` are None.
+The report functions here are pure (cells in, text or a PNG out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+from plcli.bench.grid import (
+    _now,
+    absolute_audio,
+    baseline_cell,
+    check_settings,
+    log,
+    machine,
+    make_demo,
+    pipeline_cell,
+    read_jsonl,
+    split_speakers,
+    stamped,
+)
+from plcli.bench.grid import label_rows as _label_rows
+from plcli.bench.report import cached_cell, fmt_mean_std, mean_std
+from plcli.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+
+ROW_NAMES = {
+    "oracle": "Oracle (true labels)",
+    "plcli": "plcli (defaults)",
+    "teacher": "plcli teacher alone (pretrain → finetune)",
+    "no-pretrain": "plcli without pretraining (finetune --pretrained none → distill)",
+    "grammar": "pocketsphinx, grammar of the candidates",
+}
+ROWS = tuple(ROW_NAMES)
+DISTS = {"zipf": 1.0, "uniform": 0.0}  # plcli demo-data --zipf exponent
+MARK_START, MARK_END = "<!-- curve:start -->", "<!-- curve:end -->"
+
+# the issue's targets: (smallest N, ratio to the oracle), largest N first
+PLCLI_RATIO = ((2400, 0.95), (1200, 0.90))
+TEACHER_RATIO = ((1200, 0.70),)
+PRETRAIN_UPTO = 1200  # pretraining must beat no pretraining by more than SD_MARGIN sd up to here
+SD_MARGIN = 2.0
+TARGETS = {
+    "plcli": "plcli ≥ 0.90 × oracle (N = 1200), ≥ 0.95 × oracle (N ≥ 2400)",
+    "teacher": "teacher ≥ 0.70 × oracle (N ≥ 1200)",
+    "pretraining": "plcli − no-pretrain > 2 sd (N ≤ 1200)",
+    "grammar": "plcli > pocketsphinx grammar, within candidates (every N)",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+
+def nested_subset(rows: Sequence[dict], n: int, seed: int) -> list[dict]:
+    """The ``n`` rows with the smallest seeded hash of their id, in their original order.
+
+    The ranking depends only on the ids and the seed, so for one seed the subset of a smaller
+    ``n`` is part of every larger one.
+    """
+    if n > len(rows):
+        raise ValueError(f"{n} rows asked for, {len(rows)} available")
+    rank = sorted(
+        rows, key=lambda r: hashlib.blake2b(f"subset-{seed}:{r['id']}".encode(), digest_size=8).digest()
+    )
+    keep = {r["id"] for r in rank[:n]}
+    return [r for r in rows if r["id"] in keep]
+
+
+def rates_at(a, n: int) -> list[float]:
+    """The exact-label rates run at training size ``n``: ``--rates`` plus the ``--extra`` ones for ``n``."""
+    return sorted(set(a.rates) | {rate for m, rate in a.extra if m == n})
+
+
+def seeds_at(a, n: int) -> list[int]:
+    """Every seed up to ``--three-seeds-upto``, the first one above it."""
+    return list(a.seeds) if n <= a.three_seeds_upto else list(a.seeds[:1])
+
+
+def pairs(a) -> list[tuple[int, float]]:
+    """Every (N, rate) of the curve, in order."""
+    return [(n, rate) for n in sorted(a.sizes) for rate in rates_at(a, n)]
+
+
+def demo_train_size(sizes: Sequence[int], val_speakers: float) -> int:
+    """Training recordings to generate so that, after the validation speakers are held out, the
+    largest size still fits: a quarter more than the expected share (speakers differ in activity)."""
+    return int(math.ceil(max(sizes) / (1.0 - val_speakers) * 1.25))
+
+
+def prepare_dist(a, root: Path, dist: str) -> dict:
+    """Generate (once) one distribution's demo data; write its test, validation and truth files and
+    the label-rate manifests of every (N, seed, rate). Returns ``{"sizes": {N: grid paths}, ...}``."""
+    from plcli.data.labels import LabelNormalizer
+
+    data = root / "data"
+    demo = make_demo(a, data, ["--zipf", f"{DISTS[dist]:g}", "--engines", a.engines])
+    train = absolute_audio(read_jsonl(demo / "train.jsonl"), demo)
+    test = absolute_audio(read_jsonl(demo / "test.jsonl"), demo)
+    truth = {r["id"]: r["label"] for r in read_jsonl(demo / "truth.jsonl")}
+    fit, val = split_speakers(train, a.val_speakers, a.data_seed)
+    if len(fit) < max(a.sizes):
+        sys.exit(
+            f"{dist}: {len(fit)} training rows after holding out the validation speakers, fewer than "
+            f"N = {max(a.sizes)}; generate more with --train (in a new --out folder)"
+        )
+    val = [
+        {**{k: v for k, v in r.items() if k != "label"}, "label": truth[r["id"]]}
+        for r in val
+        if r["id"] in truth
+    ]
+    base = {"test": data / "test.jsonl", "val": data / "val.jsonl", "truth": data / "truth.jsonl"}
+    atomic_write_jsonl(base["test"], test)
+    atomic_write_jsonl(base["val"], val)
+    atomic_write_jsonl(base["truth"], [{"id": k, "label": v} for k, v in truth.items()])
+    norm = LabelNormalizer()
+    sizes = {}
+    for n in sorted(a.sizes):
+        paths = {**base, "manifests": {}}
+        for seed in seeds_at(a, n):
+            sub = nested_subset(fit, n, seed)
+            for rate in rates_at(a, n):
+                p = data / f"n{n}" / f"train-r{rate:g}-s{seed}.jsonl"
+                atomic_write_jsonl(p, _label_rows(sub, truth, rate, seed, norm))
+                paths["manifests"][(rate, seed)] = (p, None)
+        sizes[n] = paths
+    meta = (
+        json.loads((demo / "meta.json").read_text(encoding="utf-8")) if (demo / "meta.json").exists() else {}
+    )
+    counts = {
+        "train_generated": len(train),
+        "fit": len(fit),
+        "val": len(val),
+        "test": len(test),
+        "fit_speakers": len({r.get("speaker") for r in fit}),
+        "val_speakers": len({r.get("speaker") for r in val}),
+        "test_speakers": len({r.get("speaker") for r in test}),
+        "speaker_overlap_train_test": len(
+            {r.get("speaker") for r in train} & {r.get("speaker") for r in test}
+        ),
+        "voices": meta.get("voices"),
+    }
+    log(f"{dist} data: {counts}")
+    return {"sizes": sizes, "test": base["test"], "counts": counts}
+
+
+# ---------------------------------------------------------------------------------------------
+# Cells
+# ---------------------------------------------------------------------------------------------
+
+
+def cell_key(row: str, rate: float | None, seed: int) -> str:
+    """File name (without .json) of a trained row's cell; the oracle's has no rate."""
+    return f"oracle-s{seed}" if row == "oracle" else f"{row}-r{rate:g}-s{seed}"
+
+
+def grammar_cell(a, test: Path) -> dict:
+    """pocketsphinx restricted to each test recording's candidates (``plcli.bench.grammar``)."""
+    from plcli.bench.grammar import choose_with_grammar
+    from plcli.data.labels import LabelNormalizer
+
+    norm = LabelNormalizer()
+    rows = [r for r in read_jsonl(test) if r.get("label")]
+    cand = [r for r in rows if r.get("candidates")]
+    log(f"pocketsphinx grammar: {len(cand)} test clips with {a.asr_workers} processes ...")
+    chosen, timing = choose_with_grammar(
+        [r["audio"] for r in cand], [r["candidates"] for r in cand], workers=a.asr_workers
+    )
+    right = sum(
+        0 <= i < len(r["candidates"]) and norm(r["candidates"][i]) == norm(r["label"])
+        for r, i in zip(cand, chosen, strict=True)
+    )
+    return {
+        "row": "grammar",
+        "n": None,
+        "rate": None,
+        "seed": None,
+        "accuracy": right / max(1, len(rows)),
+        "accuracy_within": right / max(1, len(cand)),
+        "test_rows": len(rows),
+        "no_choice": sum(i < 0 for i in chosen),
+        "timing": timing,
+        "clips_per_second": timing.get("clips_per_second"),
+    }
+
+
+def grammar_available() -> str | None:
+    """None when the grammar row can run, else why not."""
+    import importlib.util
+
+    for mod in ("plcli.bench.grammar", "pocketsphinx"):
+        try:
+            if importlib.util.find_spec(mod) is None:
+                return f"module {mod} not found"
+        except ModuleNotFoundError:
+            return f"module {mod} not found"
+    return None
+
+
+def _done(kind: str, key: str, c: dict, t: float, t0: float) -> None:
+    log(
+        f"{kind} {key}: accuracy {c['accuracy']:.3f}, within {c['accuracy_within']:.3f} "
+        f"({time.perf_counter() - t:.0f} s; {time.perf_counter() - t0:.0f} s so far)"
+    )
+
+
+def compute_cell(a, bench: Path, paths: dict, row: str, rate: float, seed: int) -> dict:
+    """Train and evaluate one cell: ``plcli`` (its teacher under ``"teacher"``), ``no-pretrain`` or ``oracle``."""
+    if row == "plcli":
+        return pipeline_cell(a, bench, paths, "plcli", rate, seed, teacher=True)
+    if row == "no-pretrain":
+        return pipeline_cell(a, bench, paths, "no-pretrain", rate, seed, pretrained=False)
+    return baseline_cell(a, bench, paths, row, rate, seed)
+
+
+def dist_cells(a, root: Path, dist: str, sizes: dict) -> list[dict]:
+    """Every trained cell of one distribution (computed, or read back from its JSON file).
+
+    ``sizes``: N -> the grid's ``paths`` (test, val, truth, manifests[(rate, seed)]). plcli's cells
+    come first at each N, so an interrupted run already has plcli against the oracle.
+    """
+    train = [
+        r for r in ("plcli", "oracle", "no-pretrain") if r in a.rows or (r == "plcli" and "teacher" in a.rows)
+    ]
+    out: list[dict] = []
+    t0 = time.perf_counter()
+    for n in sorted(sizes):
+        bench, paths = root / f"n{n}", sizes[n]
+        for seed in seeds_at(a, n):
+            for rate in rates_at(a, n):
+                for row in train:
+                    if row == "oracle" and rate != rates_at(a, n)[0]:
+                        continue  # one oracle per (N, seed): it does not use the exact labels
+                    key = cell_key(row, rate, seed)
+                    t = time.perf_counter()
+                    c = cached_cell(
+                        bench / "cells" / f"{key}.json",
+                        stamped(partial(compute_cell, a, bench, paths, row, rate, seed)),
+                    )
+                    _done(f"{dist} N={n}", key, c, t, t0)
+                    tag = {"dist": dist, "n": n, "rate": None if row == "oracle" else rate, "seed": seed}
+                    if row == "plcli" and "teacher" in a.rows:
+                        out.append({**c["teacher"], "finished": c.get("finished"), **tag})
+                    if row in a.rows:
+                        out.append({**{k: v for k, v in c.items() if k != "teacher"}, **tag})
+    return out
+
+
+def run_grammar(a, root: Path, dist: str, test: Path) -> dict | None:
+    """The recogniser's cell of one distribution, or None when it cannot run (nothing is cached then)."""
+    if "grammar" not in a.rows or grammar_available():
+        return None
+    t = time.perf_counter()
+    c = cached_cell(root / "cells" / "grammar.json", stamped(lambda: grammar_cell(a, test)))
+    _done(dist, "grammar", c, t, t)
+    return {**c, "dist": dist, "n": None, "rate": None, "seed": None}
+
+
+# ---------------------------------------------------------------------------------------------
+# Report (pure)
+# ---------------------------------------------------------------------------------------------
+
+
+def select(cells: Sequence[dict], dist: str, row: str, n: int, rate: float) -> list[dict]:
+    """The cells of ``row`` at (dist, N, rate); a cell whose ``n`` or ``rate`` is None fits every one."""
+    return [
+        c
+        for c in cells
+        if c["dist"] == dist
+        and c["row"] == row
+        and (c.get("n") is None or c["n"] == n)
+        and (c.get("rate") is None or math.isclose(c["rate"], rate))
+    ]
+
+
+def _mean(cells: Sequence[dict], key: str = "accuracy") -> tuple[float, float, int]:
+    return mean_std(c.get(key) for c in cells)
+
+
+def _threshold(table: tuple, n: int) -> float | None:
+    return next((r for m, r in table if n >= m), None)
+
+
+def _ratio_check(cells, dist, row, n, rate, table) -> dict:
+    need = _threshold(table, n)
+    if need is None:
+        return {"status": "-", "text": "no target"}
+    acc, oracle = (
+        _mean(select(cells, dist, row, n, rate))[0],
+        _mean(select(cells, dist, "oracle", n, rate))[0],
+    )
+    if not (math.isfinite(acc) and math.isfinite(oracle) and oracle > 0):
+        return {"status": "missing", "text": "not measured"}
+    ratio = acc / oracle
+    ok = ratio >= need
+    return {"status": "pass" if ok else "fail", "text": f"{ratio:.3f} {'≥' if ok else '<'} {need:.2f}"}
+
+
+def _pretraining_check(cells, dist, n, rate) -> dict:
+    if n > PRETRAIN_UPTO:
+        return {"status": "-", "text": "no target"}
+    (ma, sa, na), (mb, sb, nb) = (_mean(select(cells, dist, r, n, rate)) for r in ("plcli", "no-pretrain"))
+    if na == 0 or nb == 0:
+        return {"status": "missing", "text": "not measured"}
+    if na < 2 or nb < 2:
+        return {"status": "n/a", "text": f"{ma - mb:+.3f}, sd needs ≥ 2 seeds"}
+    margin = SD_MARGIN * max(sa, sb)
+    ok = ma - mb > margin
+    return {"status": "pass" if ok else "fail", "text": f"{ma - mb:+.3f} {'>' if ok else '≤'} {margin:.3f}"}
+
+
+def _grammar_check(cells, dist, n, rate, unavailable: str | None) -> dict:
+    mg = _mean(select(cells, dist, "grammar", n, rate), "accuracy_within")[0]
+    mp = _mean(select(cells, dist, "plcli", n, rate), "accuracy_within")[0]
+    if not math.isfinite(mg):
+        return {
+            "status": "n/a" if unavailable else "missing",
+            "text": "grammar row not available" if unavailable else "not measured",
+        }
+    if not math.isfinite(mp):
+        return {"status": "missing", "text": "not measured"}
+    ok = mp > mg
+    return {"status": "pass" if ok else "fail", "text": f"{mp:.3f} {'>' if ok else '≤'} {mg:.3f}"}
+
+
+def check_targets(
+    cells: Sequence[dict], dist: str, n: int, rate: float, grammar_unavailable: str | None = None
+) -> dict:
+    """Target name (``TARGETS``) -> {"status": pass | fail | - (no target here) | n/a | missing, "text"}.
+
+    Ratios are of mean all-class accuracies; the pretraining margin is ``SD_MARGIN`` times the larger
+    of the two rows' sample standard deviations; plcli and the recogniser are compared within candidates.
+    """
+    return {
+        "plcli": _ratio_check(cells, dist, "plcli", n, rate, PLCLI_RATIO),
+        "teacher": _ratio_check(cells, dist, "teacher", n, rate, TEACHER_RATIO),
+        "pretraining": _pretraining_check(cells, dist, n, rate),
+        "grammar": _grammar_check(cells, dist, n, rate, grammar_unavailable),
+    }
+
+
+def curve_table(
+    cells: Sequence[dict],
+    dist: str,
+    grid: Sequence[tuple[int, float]],
+    rows: Sequence[str] = ROWS,
+    grammar_unavailable: str | None = None,
+) -> str:
+    """Markdown: one line per (N, rate, row) with test accuracy (mean ± sd), within-candidate
+    accuracy, seeds and the ratio to the oracle's mean accuracy."""
+    lines = [
+        "| N | exact labels | row | accuracy (all classes) | accuracy (within candidates) | seeds | ratio to oracle |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for n, rate in grid:
+        oracle = _mean(select(cells, dist, "oracle", n, rate))[0]
+        for row in rows:
+            cs = select(cells, dist, row, n, rate)
+            head = f"| {n} | {rate * 100:g}% | {ROW_NAMES.get(row, row)} "
+            if not cs:
+                why = (
+                    f"not available ({grammar_unavailable})"
+                    if row == "grammar" and grammar_unavailable
+                    else "not measured"
+                )
+                lines.append(head + f"| {why} | | | |")
+                continue
+            acc = _mean(cs)[0]
+            ratio = (
+                f"{acc / oracle:.3f}" if math.isfinite(oracle) and oracle > 0 and math.isfinite(acc) else "-"
+            )
+            seeds = "no training" if row == "grammar" else str(len(cs))
+            lines.append(
+                head
+                + f"| {fmt_mean_std(c['accuracy'] for c in cs)} | {fmt_mean_std(c['accuracy_within'] for c in cs)} "
+                f"| {seeds} | {ratio} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def targets_table(
+    cells: Sequence[dict],
+    dist: str,
+    grid: Sequence[tuple[int, float]],
+    grammar_unavailable: str | None = None,
+) -> str:
+    """Markdown: one line per (N, rate), one column per target (``TARGETS``), each 'pass'/'fail' with the numbers."""
+    lines = [
+        "| N | exact labels | " + " | ".join(TARGETS.values()) + " |",
+        "|---|---|" + "---|" * len(TARGETS),
+    ]
+    for n, rate in grid:
+        checks = check_targets(cells, dist, n, rate, grammar_unavailable)
+        parts = [
+            "-"
+            if c["status"] == "-"
+            else (
+                f"**{c['status']}**: {c['text']}"
+                if c["status"] in ("pass", "fail")
+                else f"{c['status']}: {c['text']}"
+            )
+            for c in checks.values()
+        ]
+        lines.append(f"| {n} | {rate * 100:g}% | " + " | ".join(parts) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def targets_summary(
+    cells: Sequence[dict],
+    dists: Sequence[str],
+    grid: Sequence[tuple[int, float]],
+    grammar_unavailable: str | None = None,
+) -> dict:
+    """Counts of each status over every (dist, N, rate, target) that has a target."""
+    out: dict[str, int] = {}
+    for dist in dists:
+        for n, rate in grid:
+            for c in check_targets(cells, dist, n, rate, grammar_unavailable).values():
+                if c["status"] != "-":
+                    out[c["status"]] = out.get(c["status"], 0) + 1
+    return out
+
+
+def curve_chart(
+    cells: Sequence[dict],
+    path: str | Path,
+    dists: Sequence[str],
+    grid: Sequence[tuple[int, float]],
+    rows: Sequence[str] = ROWS,
+) -> Path:
+    """PNG: test accuracy (all classes) against N, one line per row at each rate, one panel per
+    distribution, sample standard deviation over seeds as error bars; the recogniser (no training)
+    is a dashed horizontal line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    sizes = sorted({n for n, _ in grid})
+    rates = sorted({r for _, r in grid}, reverse=True)
+    styles = ["-o", "--s", ":^", "-.v"]
+    fig, axes = plt.subplots(1, len(dists), figsize=(5.5 * len(dists) + 2.5, 4.5), sharey=True, squeeze=False)
+    for ax, dist in zip(axes[0], dists, strict=True):
+        for k, row in enumerate(r for r in rows if r != "grammar"):
+            color = f"C{k}"
+            for j, rate in enumerate(rates[:1] if row == "oracle" else rates):
+                # the oracle does not use the exact labels: one line through every N
+                ns = [n for n in sizes if row == "oracle" or (n, rate) in grid]
+                stats = [_mean(select(cells, dist, row, n, rate)) for n in ns]
+                keep = [(n, m, s) for n, (m, s, c) in zip(ns, stats, strict=True) if c]
+                if not keep:
+                    continue
+                x, m, s = (np.array(v, dtype=float) for v in zip(*keep, strict=True))
+                ax.errorbar(
+                    x,
+                    m,
+                    yerr=np.nan_to_num(s),
+                    fmt=styles[j % len(styles)],
+                    color=color,
+                    mfc="none" if j else color,
+                    capsize=3,
+                    label=ROW_NAMES[row].split(" (")[0] + ("" if row == "oracle" else f", {rate * 100:g}%"),
+                )
+        g = select(cells, dist, "grammar", sizes[0], rates[0]) if "grammar" in rows and sizes else []
+        if g:
+            ax.axhline(_mean(g, "accuracy_within")[0], color="grey", ls="--", label="pocketsphinx grammar")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.minorticks_off()
+        ax.set_xlabel("training recordings N")
+        ax.set_title(f"{dist} message distribution")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy (mean over seeds)")
+    legend = {}
+    for ax in axes[0]:
+        legend.update(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+    if legend:
+        axes[0][-1].legend(
+            legend.values(), legend.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0)
+        )
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def report_markdown(
+    cells: Sequence[dict],
+    a,
+    counts: dict,
+    started: str,
+    png_name: str,
+    grammar_unavailable: str | None = None,
+) -> str:
+    """The whole report: provenance, then per distribution the results and the targets table."""
+    stamps = [c.get("finished") or started for c in cells] or [started]
+    grid = pairs(a)
+    rows = [r for r in ROWS if r in a.rows]
+    summary = targets_summary(cells, a.dists, grid, grammar_unavailable)
+    parts = [
+        f"Cells finished between {min(stamps)} and {max(stamps)} UTC; report written {_now()} on: {machine()}.",
+        "",
+        "Command: `" + " ".join(shlex.quote(x) for x in [Path(sys.executable).name, *sys.argv]) + "`",
+        "",
+        (
+            f"Seeds {', '.join(map(str, a.seeds))} up to N = {a.three_seeds_upto}, seed {a.seeds[0]} above. "
+            if len(a.seeds) > 1
+            else f"Seed {a.seeds[0]}. "
+        )
+        + "Every (N, seed) trains on its own seeded subset of the training speakers' recordings (nested in N). "
+        "Accuracy is on each distribution's fixed test set (speakers unseen in training), mean ± sample "
+        "standard deviation over seeds; the ratio is to the oracle's mean at the same N. "
+        "Targets: " + (", ".join(f"{k} {v}" for k, v in sorted(summary.items())) or "none at these N") + ".",
+        "",
+    ]
+    if grammar_unavailable:
+        parts += [f"The pocketsphinx-grammar row is not available: {grammar_unavailable}.", ""]
+    for dist in a.dists:
+        parts += [
+            f"#### {dist.capitalize()} messages (`--zipf {DISTS[dist]:g}`)",
+            "",
+            f"Data: {json.dumps(counts.get(dist, {}))}.",
+            "",
+            curve_table(cells, dist, grid, rows, grammar_unavailable),
+            "Targets:",
+            "",
+            targets_table(cells, dist, grid, grammar_unavailable),
+        ]
+    parts += [f"![accuracy against N]({png_name})", ""]
+    return "\n".join(parts)
+
+
+def write_into(doc: Path, text: str) -> None:
+    """Put ``text`` between the curve markers of ``doc`` (markers appended, or the file created, when missing)."""
+    body = (
+        doc.read_text(encoding="utf-8") if doc.exists() else f"# Learning curve\n\n{MARK_START}\n{MARK_END}\n"
+    )
+    if MARK_START not in body or MARK_END not in body:
+        body += f"\n{MARK_START}\n{MARK_END}\n"
+    head, rest = body.split(MARK_START, 1)
+    atomic_write_text(doc, f"{head}{MARK_START}\n{text}{MARK_END}{rest.split(MARK_END, 1)[1]}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def _extra(text: str) -> tuple[int, float]:
+    try:
+        n, rate = text.split(":")
+        return int(n), float(rate)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected N:RATE, e.g. 1200:0.01") from None
+
+
+def parse(argv=None):
+    """The benchmark's options (``scripts/bench_curve.py --help``)."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="bench-curve", help="work folder: data, runs, cells and the report")
+    ap.add_argument(
+        "--sizes", type=int, nargs="+", default=[600, 1200, 2400, 4800], help="training recordings N"
+    )
+    ap.add_argument("--rates", type=float, nargs="+", default=[0.05], help="exact-label rates at every N")
+    ap.add_argument(
+        "--extra",
+        type=_extra,
+        nargs="*",
+        default=[(1200, 0.01)],
+        help="more N:RATE cells (default 1200:0.01; give none to drop it)",
+    )
+    ap.add_argument(
+        "--dists", nargs="+", default=list(DISTS), choices=list(DISTS), help="message distributions"
+    )
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument(
+        "--three-seeds-upto",
+        type=int,
+        default=1200,
+        help="N up to which every seed runs; larger N use the first seed only",
+    )
+    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+    ap.add_argument("--phrases", type=int, default=40, help="messages in the demo vocabulary")
+    ap.add_argument(
+        "--train",
+        type=int,
+        default=None,
+        help="training recordings to generate (default: enough for the largest N after the "
+        "validation speakers are held out, with a 25%% margin)",
+    )
+    ap.add_argument("--test", type=int, default=1000, help="fixed test recordings (unseen speakers)")
+    ap.add_argument("--engines", default="auto", help="plcli demo-data --engines (auto: every installed one)")
+    ap.add_argument("--data-seed", type=int, default=0, help="demo-data seed and speaker-split seed")
+    ap.add_argument(
+        "--val-speakers", type=float, default=0.1, help="share of training speakers held out for validation"
+    )
+    ap.add_argument(
+        "--views", type=int, default=8, help="cached augmented views per clip (the pretrain default)"
+    )
+    ap.add_argument("--pretrain-epochs", type=int, default=None, help="default: the stage's own")
+    ap.add_argument("--finetune-epochs", type=int, default=None)
+    ap.add_argument("--distill-epochs", type=int, default=None)
+    ap.add_argument(
+        "--baseline-epochs", type=int, default=None, help="oracle epochs (default: --distill-epochs)"
+    )
+    ap.add_argument("--baseline-min-steps", type=int, default=300)
+    ap.add_argument("--asr-workers", type=int, default=2, help="pocketsphinx processes")
+    ap.add_argument("--accelerator", default="auto")
+    ap.add_argument("--cache", default=None, help="feature cache (default: $PLCLI_CACHE, else OUT/cache)")
+    ap.add_argument(
+        "--report",
+        default=None,
+        help="also write the results into this markdown file (between curve markers)",
+    )
+    ap.add_argument(
+        "--png",
+        default=None,
+        help="copy the chart here (default with --report: benchmark-curve.png beside it)",
+    )
+    a = ap.parse_args(argv)
+    a.data = None
+    if a.baseline_epochs is None:
+        a.baseline_epochs = a.distill_epochs
+    a.cache = Path(a.cache or os.environ.get("PLCLI_CACHE") or Path(a.out) / "cache").resolve()
+    return a
+
+
+SETTINGS = (
+    "phrases", "train", "test", "engines", "data_seed", "val_speakers", "views", "pretrain_epochs",
+    "finetune_epochs", "distill_epochs", "baseline_epochs", "baseline_min_steps",
+)  # fmt: skip
+
+
+def resolve_train(a, out: Path) -> None:
+    """``--train``, else the size an earlier run in ``out`` generated, else ``demo_train_size``."""
+    if a.train is None:
+        old = out / "settings.json"
+        a.train = (
+            json.loads(old.read_text(encoding="utf-8")).get("train") if old.exists() else None
+        ) or demo_train_size(a.sizes, a.val_speakers)
+
+
+def main(argv=None) -> int:
+    """Prepare the data, compute (or read back) every cell, write the report and the chart."""
+    a = parse(argv)
+    out = Path(a.out).resolve()
+    started = _now()
+    os.environ.setdefault("PLCLI_CACHE", str(a.cache))
+    resolve_train(a, out)
+    check_settings(a, out, SETTINGS)
+    unavailable = grammar_available() if "grammar" in a.rows else None
+    cells: list[dict] = []
+    counts = {}
+    for dist in a.dists:
+        root = out / dist
+        prep = prepare_dist(a, root, dist)
+        counts[dist] = prep["counts"]
+        cells += dist_cells(a, root, dist, prep["sizes"])
+        g = run_grammar(a, root, dist, prep["test"])
+        if g:
+            cells.append(g)
+    chart = curve_chart(cells, out / "curve.png", a.dists, pairs(a), [r for r in ROWS if r in a.rows])
+    atomic_write_json(out / "results.json", cells)
+    atomic_write_text(out / "results.md", report_markdown(cells, a, counts, started, chart.name, unavailable))
+    if a.report:
+        doc = Path(a.report)
+        png = Path(a.png) if a.png else doc.with_name("benchmark-curve.png")
+        png.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(chart, png)
+        write_into(
+            doc, report_markdown(cells, a, counts, started, os.path.relpath(png, doc.parent), unavailable)
+        )
+        log(f"results written into {doc} and {png}")
+    elif a.png:
+        Path(a.png).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(chart, a.png)
+    print((out / "results.md").read_text(encoding="utf-8"))
+    return 0
