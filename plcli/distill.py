@@ -351,7 +351,7 @@ class DistillModule(L.LightningModule):
         x = self.spec_aug(batch["x"])
         use_ctc = hp.ctc_weight > 0 and self.model.has_ctc
         if use_ctc:
-            logits, log_probs = self.model.forward_both(x)  # (B, C), (T', B, V)
+            logits, frames = self.model.forward_frames(x)  # (B, C), (B, C', T')
             logits = logits.float()
         else:
             logits = self.model(x).float()  # (B, C)
@@ -365,7 +365,7 @@ class DistillModule(L.LightningModule):
             "train/soft": (soft * ~exact).sum() / (~exact).sum().clamp_min(1),
         }
         if use_ctc:
-            ctc = self.ctc_loss(log_probs.float(), t)
+            ctc = self.ctc_loss(frames, t)
             logs["train/ctc"] = ctc
             loss = loss + hp.ctc_weight * ctc
         logs["train/loss"] = loss
@@ -388,8 +388,9 @@ class DistillModule(L.LightningModule):
         per_row = torch.where(exact, hard, soft) * w
         return per_row.sum() / w.sum().clamp_min(1e-12), soft, hard
 
-    def ctc_loss(self, log_probs: Tensor, t: Tensor) -> Tensor:
-        """Mean CTC loss of ``ctc_rows`` random rows, each on one text drawn from its target row.
+    def ctc_loss(self, frames: Tensor, t: Tensor) -> Tensor:
+        """Mean CTC loss of ``ctc_rows`` random rows (``frames`` (B, C', T') of the batch; the head
+        runs on those rows only), each on one text drawn from its target row.
 
         ``t`` (B, C) are the rows' targets at temperature T; ``t ** T`` renormalised is the teacher's
         candidate-restricted distribution at T = 1 (one-hot on exact rows), so the draw is an unbiased
@@ -401,16 +402,17 @@ class DistillModule(L.LightningModule):
         w = t[sel].clamp_min(0).pow(hp.temperature)
         ok = w.sum(1) > 0
         sel, w = sel[ok], w[ok]
+        zero = frames.sum() * 0.0 + sum(p.sum() for p in self.model.ctc_head.parameters()) * 0.0  # DDP: every parameter in the graph
         if not len(sel):
-            return log_probs.sum() * 0.0
+            return zero
         c = torch.multinomial(w / w.sum(1, keepdim=True), 1).squeeze(1)  # (B',) drawn classes
-        lengths = self.class_lengths[c]
-        keep = lengths > 0  # a text without tokens has no CTC path
+        keep = self.class_lengths[c] > 0  # a text without tokens has no CTC path
         if not bool(keep.any()):
-            return log_probs.sum() * 0.0
+            return zero
         sel, c = sel[keep], c[keep]
+        log_probs = self.model.ctc_head(frames[sel]).float()  # (T', B', V)
         T = log_probs.shape[0]
-        return F.ctc_loss(log_probs[:, sel], self.class_tokens[c], torch.full((len(sel),), T, dtype=torch.long),
+        return F.ctc_loss(log_probs, self.class_tokens[c], torch.full((len(sel),), T, dtype=torch.long),
                           self.class_lengths[c], reduction="mean", zero_infinity=True)
 
     @torch.no_grad()

@@ -145,24 +145,25 @@ class FinetuneModule(L.LightningModule):
         return self.model(self.spec_aug(batch["x"]) if self.training else batch["x"])
 
     def both(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, C) logits and (T', B, V) CTC log-probabilities."""
+        """(B, C) logits and the (B, C', T') frames the CTC head reads."""
         if self.hparams.frozen:
-            return self.model.head(batch["x"]), self.model.ctc_head(batch["f"].float())
-        return self.model.forward_both(self.spec_aug(batch["x"]) if self.training else batch["x"])
+            return self.model.head(batch["x"]), batch["f"].float()
+        return self.model.forward_frames(self.spec_aug(batch["x"]) if self.training else batch["x"])
 
-    def ctc_loss(self, log_probs: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean CTC loss of up to ``ctc_rows`` random rows with a label or candidates: plain CTC on
-        the label, the (prior-corrected) candidate set's likelihood otherwise."""
+    def ctc_loss(self, frames: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean CTC loss of up to ``ctc_rows`` random rows with a label or candidates (the head runs
+        on those rows only): plain CTC on the label, the (prior-corrected) candidate set's
+        likelihood otherwise."""
         from plcli.models.ctc import class_candidates, class_ctc_loss
 
         usable = ((y >= 0) | mask.any(1)).nonzero().squeeze(1)
         sel = usable[torch.randperm(len(usable), device=y.device)[: self.hparams.ctc_rows]]
         if not len(sel):
-            return log_probs.sum() * 0.0
+            return frames.sum() * 0.0 + sum(p.sum() for p in self.model.ctc_head.parameters()) * 0.0
         idx, valid = class_candidates(mask[sel], y[sel])
         prior = self.log_prior if self.hparams.ctc_prior_correction else None
-        per_row = class_ctc_loss(log_probs[:, sel].float(), idx, valid, self.class_tokens, self.class_lengths,
-                                 log_prior=prior)
+        log_probs = self.model.ctc_head(frames[sel]).float()  # (T', B', V)
+        per_row = class_ctc_loss(log_probs, idx, valid, self.class_tokens, self.class_lengths, log_prior=prior)
         return per_row.mean()
 
     def on_train_epoch_start(self) -> None:
@@ -178,7 +179,7 @@ class FinetuneModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         if self.use_ctc:
-            logits, log_probs = self.both(batch)
+            logits, frames = self.both(batch)
         else:
             logits = self.logits(batch)  # (B, C)
         y, mask = batch["y"], batch["mask"]
@@ -198,7 +199,7 @@ class FinetuneModule(L.LightningModule):
         loss = ce + self.hparams.candidate_weight * pl
         logs = {"train/ce": ce, "train/partial": pl}
         if self.use_ctc:
-            logs["train/ctc"] = ctc = self.ctc_loss(log_probs, y, mask)
+            logs["train/ctc"] = ctc = self.ctc_loss(frames, y, mask)
             loss = loss + self.hparams.ctc_weight * ctc
         bs = logits.shape[0]
         self.log_dict({"train/loss": loss, **logs}, on_step=False, on_epoch=True, batch_size=bs, prog_bar=False)
@@ -213,8 +214,8 @@ class FinetuneModule(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         item = {"y": batch["y"], "mask": batch["mask"], "truth": batch["truth"]}
         if self.use_ctc:
-            logits, lp = self.both(batch)
-            item["ctc_pick"] = self._ctc_pick(lp.float(), batch["mask"])
+            logits, frames = self.both(batch)
+            item["ctc_pick"] = self._ctc_pick(self.model.ctc_head(frames).float(), batch["mask"])
         else:
             logits = self.logits(batch)
         item["logits"] = logits.float()

@@ -78,8 +78,9 @@ class Classifier(nn.Module):
             raise ValueError("this classifier has no CTC head")
         return self.ctc_head(encoder_frames(self.encoder, x, self.tap))
 
-    def forward_both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, num_classes) logits and (T', B, V) CTC log-probabilities from one encoder pass."""
+    def forward_frames(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, num_classes) logits and the (B, C, T') frames the CTC head reads, from one encoder pass
+        (training runs the CTC head on a subset of the rows: it costs more than the small encoder)."""
         from plcli.models.ctc import encoder_pass
 
         if self.ctc_head is None:
@@ -87,7 +88,12 @@ class Classifier(nn.Module):
         h, frames = encoder_pass(self.encoder, x, self.tap)
         if self.projector is not None:
             h = self.projector(h, upto=self.from_layer)
-        return self.head(h), self.ctc_head(frames)
+        return self.head(h), frames
+
+    def forward_both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, num_classes) logits and (T', B, V) CTC log-probabilities from one encoder pass."""
+        logits, frames = self.forward_frames(x)
+        return logits, self.ctc_head(frames)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, n_mels, T) -> (B, embed_dim): the input of the head."""
