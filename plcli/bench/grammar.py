@@ -23,7 +23,10 @@ alternative left empty is dropped from the grammar. ``choose_with_grammar`` coun
 Decoder settings (``DECODER_OPTIONS``): the bundled model with wider beams than the defaults and
 no lattice best-path pass. With the defaults a fifth of the grammar searches reached no final state
 (no result) and the lattice pass returned word prefixes that are not candidates; these settings
-were chosen on 80 training recordings of a 40-phrase demo set (never on test recordings).
+were chosen on 80 training recordings of a 40-phrase demo set. pocketsphinx's feature extraction
+carries estimates from one utterance into the next, so a recording's result depended on the one
+decoded before it (and so on the number of workers); it is re-initialised before every recording
+(0.1 ms), which makes each decode the same as a fresh decoder's.
 
 A recording for which the decoder returns nothing (or all of whose candidates are empty) gets the
 index ``-1``; the caller replaces it with a seeded random candidate (``grid.grammar_cell`` does), so
@@ -306,6 +309,7 @@ class GrammarDecoder:
             return -1, stats
         d.activate_search(GRAMMAR)
         pcm = (np.clip(wave, -1.0, 1.0) * 32767.0).astype("<i2")
+        d.reinit_feat()  # forget the previous recording's noise and cepstral-mean estimates
         d.start_utt()
         d.process_raw(pcm.tobytes(), no_search=False, full_utt=True)
         d.end_utt()
