@@ -266,6 +266,34 @@ def test_results_table_values():
     assert "| - |" in no_oracle and "| 9.5 |" in no_oracle.splitlines()[2]
 
 
+def test_grammar_row_without_all_class_accuracy(tmp_path):
+    """The grammar row has no all-class accuracy (None): '-' in the table, no ratio, a never-heard line."""
+    from plcli.bench.report import results_markdown, unseen_note
+
+    g = {
+        "row": "asr-grammar",
+        "rate": 0.01,
+        "seed": 0,
+        "accuracy": None,
+        "accuracy_within": 0.62,
+        "accuracy_within_unseen": 0.5,
+        "accuracy_within_seen": 0.64,
+        "unseen_rows": 40,
+        "seconds": {"decode": 8.0},
+        "clips_per_second": 30.0,
+        "finished": "2026-12-02 04:00",
+    }
+    cells = [*_cells(), g, {**g, "rate": 0.05}]
+    line = [ln for ln in results_table(cells, 0.01).splitlines() if ROW_NAMES["asr-grammar"] in ln][0]
+    cols = [c.strip() for c in line.strip("|").split("|")]
+    assert cols[1] == "-" and cols[2] == "0.620" and cols[3] == "-" and cols[6] == "30.0"
+    note = unseen_note(cells)
+    assert note.count("\n- ") == 1  # one line although the cell is repeated at both rates
+    assert "0.500 within candidates on the 40 never-heard test recordings (heard messages: 0.640)" in note
+    assert results_markdown(cells).endswith(note) and unseen_note(_cells()) == ""
+    assert accuracy_chart(cells, tmp_path / "acc.png").exists()
+
+
 def test_accuracy_chart(tmp_path):
     path = accuracy_chart(_cells(), tmp_path / "sub" / "acc.png")
     assert path.exists() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
@@ -378,6 +406,34 @@ def test_prepare_writes_the_grid_manifests(tmp_path):
         assert [r.label for r in stripped] == [r.label for r in rows]
 
 
+def test_grammar_row_alone_is_cached_and_reported(tmp_path):
+    """``--rows asr-grammar``: real pocketsphinx grammar decodes of tone clips (any valid choice),
+    the never-heard split (one test message is not among the training ones), cached choices."""
+    pytest.importorskip("pocketsphinx")
+    from tests.conftest import write_dataset, write_truth
+
+    bench = _script()
+    demo = tmp_path / "demo"
+    _, truth = write_dataset(demo, n=24, name="train.jsonl")
+    write_dataset(demo, n=10, n_classes=5, name="test.jsonl", seed=1, unlabelled=0, exact_every=1)
+    write_truth(demo / "truth.jsonl", truth)
+    args = ["--data", str(demo), "--bench-dir", str(tmp_path / "b"), "--rates", "0.25", "--seeds", "0",
+            "--val-speakers", "0.34", "--rows", "asr-grammar", "--asr-workers", "1", "--asr-val-rows", "4"]  # fmt: skip
+    assert bench.main(args) == 0
+    cells = tmp_path / "b" / "cells"
+    cell = json.loads((cells / "asr-grammar.json").read_text())
+    assert cell["accuracy"] is None and 0.0 <= cell["accuracy_within"] <= 1.0 and cell["test_rows"] == 10
+    assert cell["unseen_rows"] == 2 and 0.0 <= cell["accuracy_within_unseen"] <= 1.0  # rows 4 and 9
+    assert cell["val_accuracy_within"] is not None and cell["oov_rate"] == 0.0 and cell["clips_per_second"] > 0
+    choices = json.loads((cells / "asr-grammar-choices-test.json").read_text())
+    assert len(choices["chosen"]) == 10 and all(-1 <= j < 3 for j in choices["chosen"])
+    report = (tmp_path / "b" / "results.md").read_text()
+    assert ROW_NAMES["asr-grammar"] in report and "never-heard test recordings" in report
+    stamps = [p.stat().st_mtime_ns for p in sorted(cells.glob("*.json"))]
+    assert bench.main(args) == 0
+    assert [p.stat().st_mtime_ns for p in sorted(cells.glob("*.json"))] == stamps
+
+
 def test_settings_guard(tmp_path):
     bench = _script()
     a = bench.parse(["--bench-dir", str(tmp_path), "--quick"])
@@ -437,7 +493,11 @@ def test_benchmark_end_to_end_resumes(tmp_path, one_thread):
     cells = json.loads((tmp_path / "b" / "results.json").read_text())
     assert sorted(c["row"] for c in cells) == sorted(ROW_NAMES)
     for c in cells:
-        assert 0.0 <= c["accuracy"] <= 1.0 and 0.0 <= c["accuracy_within"] <= 1.0, c
+        if c["row"] == "asr-grammar":  # a grammar of the candidates has no all-class accuracy
+            assert c["accuracy"] is None and c["oov_rate"] >= 0.0 and c["unseen_rows"] >= 0
+        else:
+            assert 0.0 <= c["accuracy"] <= 1.0, c
+        assert 0.0 <= c["accuracy_within"] <= 1.0, c
         assert c["clips_per_second"] > 0
     files = sorted((tmp_path / "b" / "cells").glob("*.json"))
     stamps = [p.stat().st_mtime_ns for p in files]

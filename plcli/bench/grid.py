@@ -2,7 +2,8 @@
 
 Rows: oracle, exact-only, candidate-indicator MSE (same student as distill, trained directly),
 SimCLRv2 without candidates (pretrain -> finetune --loss ce-only -> distill on the teacher's full
-softmax), pocketsphinx + fuzzy matching, and plcli with its defaults; at each exact-label rate and
+softmax), pocketsphinx + fuzzy matching, pocketsphinx with a grammar of each recording's
+candidates, and plcli with its defaults; at each exact-label rate and
 seed. Every finished cell is a JSON file under BENCH/cells and every stage run a run directory
 under BENCH/runs (continued with --resume auto), so an interrupted benchmark continues where it
 stopped. Settings are chosen on a validation split of the training speakers, never on the test
@@ -406,6 +407,76 @@ def asr_cell(a, bench: Path, paths: dict) -> dict:
     }
 
 
+def heard_labels(paths: dict, rate: float, seed: int, normalizer) -> set[str]:
+    """Normalised true messages of the training manifest's recordings (its labels and their truth):
+    a test message outside this set is "never heard"."""
+    from plcli.data.manifest import read_truth
+    from plcli.data.validate import load_rows
+
+    truth = read_truth(paths["truth"])
+    rows = load_rows([paths["manifests"][(rate, seed)][0]], log=lambda *m: None).rows
+    labels = [r.label for r in rows if r.label] + [truth[r.id] for r in rows if r.id in truth]
+    return {normalizer(t) for t in labels}
+
+
+def grammar_cell(a, bench: Path, paths: dict) -> dict:
+    """Row 5b: pocketsphinx with a grammar of each recording's own candidates (choices cached per
+    split); within-candidate accuracy on test and validation, and on the never-heard test messages.
+
+    All-class accuracy is not defined (the decoder can only answer one of the candidates): None.
+    A recording the decoder returns nothing for gets a seeded random candidate (``score_choices``).
+    """
+    from plcli.bench.grammar import choose_with_grammar, score_choices
+    from plcli.data.labels import LabelNormalizer
+    from plcli.data.validate import load_rows
+
+    key = LabelNormalizer()
+    heard = heard_labels(paths, max(a.rates), a.seeds[0], key)
+    out = {}
+    for split in ("val", "test"):
+        rows = load_rows([paths[split]], log=lambda *m: None).rows
+        if split == "val":
+            rows = rows[: a.asr_val_rows]
+
+        def decode(rows=rows, split=split):
+            log(f"pocketsphinx grammar: {len(rows)} {split} clips with {a.asr_workers} processes ...")
+            chosen, timing = choose_with_grammar(
+                [r.audio for r in rows], [r.candidates for r in rows], workers=a.asr_workers
+            )
+            return {"ids": [r.id for r in rows], "chosen": chosen, **timing}
+
+        path = bench / "cells" / f"asr-grammar-choices-{split}.json"
+        ch = cached_cell(path, decode)
+        if ch["ids"] != [r.id for r in rows]:
+            path.unlink()
+            ch = cached_cell(path, decode)
+        scores = score_choices(
+            [r.candidates for r in rows], [r.label for r in rows], ch["chosen"], heard, seed=0, normalizer=key
+        )
+        out[split] = (rows, ch, scores)
+    _, ch, test = out["test"]
+    val = out["val"][2]
+    return {
+        "row": "asr-grammar",
+        "rate": None,
+        "seed": None,
+        "accuracy": None,
+        "accuracy_within": test["accuracy_within"],
+        "accuracy_within_unseen": test["accuracy_within_unseen"],
+        "accuracy_within_seen": test["accuracy_within_seen"],
+        "unseen_rows": test["unseen_rows"],
+        "val_accuracy": None,
+        "val_accuracy_within": val["accuracy_within"],
+        "test_rows": test["rows"],
+        "random_fallbacks": test["random_fallbacks"],
+        "oov_rate": ch["oov_rate"],
+        "oov_words": ch["oov_words"],
+        "oov_dropped": ch["oov_dropped"],
+        "seconds": {"decode": ch["decode_seconds"] / ch["workers"]},
+        "clips_per_second": ch["clips_per_second"],
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # The grid and the report
 # ---------------------------------------------------------------------------------------------
@@ -453,8 +524,8 @@ def write_report(a, bench: Path, cells: list[dict], counts: dict, started: str) 
             f"Data: {json.dumps(counts)}. Label rates {', '.join(f'{r * 100:g}%' for r in a.rates)}; seeds "
             f"{', '.join(map(str, a.seeds))}"
             + (f" (rows {', '.join(single)}: seed {a.seeds[0]} only)" if single else "")
-            + ". The oracle and the recogniser do not depend on the label rate (same cells in every table); the "
-            "recogniser does not depend on the seed. Accuracy is on the test manifest (speakers unseen in training), "
+            + ". The oracle and the recognisers do not depend on the label rate (same cells in every table); the "
+            "recognisers do not depend on the seed. Accuracy is on the test manifest (speakers unseen in training), "
             "mean ± sample standard deviation over seeds.",
             "",
             results_markdown(cells, rows),
@@ -512,7 +583,7 @@ def parse(argv=None):
     ap.add_argument("--baseline-min-steps", type=int, default=300)
     ap.add_argument("--asr-workers", type=int, default=2)
     ap.add_argument(
-        "--asr-val-rows", type=int, default=300, help="validation clips for choosing the match scorer"
+        "--asr-val-rows", type=int, default=300, help="validation clips of the recogniser rows (row 5 chooses its match scorer on them)"
     )
     ap.add_argument("--accelerator", default="auto")
     ap.add_argument(
@@ -601,6 +672,14 @@ def main(argv=None) -> int:
         c = cached_cell(bench / "cells" / "asr.json", stamped(lambda: asr_cell(a, bench, paths)))
         cells.extend({**c, "rate": rate, "seed": a.seeds[0]} for rate in a.rates)
         log(f"asr ({c['scorer']}): accuracy {c['accuracy']:.3f}, within {c['accuracy_within']:.3f}")
+    if "asr-grammar" in a.rows:
+        c = cached_cell(bench / "cells" / "asr-grammar.json", stamped(lambda: grammar_cell(a, bench, paths)))
+        cells.extend({**c, "rate": rate, "seed": a.seeds[0]} for rate in a.rates)
+        unseen = c.get("accuracy_within_unseen")
+        log(
+            f"asr-grammar: within {c['accuracy_within']:.3f}, never heard "
+            f"{'-' if unseen is None else f'{unseen:.3f}'} ({c.get('unseen_rows', 0)} rows)"
+        )
     report = write_report(a, bench, cells, paths["counts"], started)
     print(report.read_text(encoding="utf-8"))
     return 0

@@ -9,7 +9,10 @@ A *cell* is one (row, label rate, seed) result, a flat dict::
 Every function here is pure (cells in, text or a file out) so it is tested without training.
 Means and standard deviations are over seeds; the standard deviation is the sample one (ddof=1)
 and is left out when a row has one seed. The ratio to the oracle is the ratio of the mean
-all-class accuracies at the same label rate.
+all-class accuracies at the same label rate. A cell may hold ``None`` for a figure its row does not
+define (the grammar-constrained recogniser has no all-class accuracy); tables show ``-`` for it.
+A cell with ``accuracy_within_unseen`` (test recordings whose message no training recording has)
+gets a line under the tables.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ ROW_NAMES = {
     "indicator-mse": "3. Candidate-indicator MSE",
     "simclrv2": "4. SimCLRv2, no candidates",
     "asr": "5. Speech recogniser (pocketsphinx)",
+    "asr-grammar": "5b. Speech recogniser, grammar of the candidates (pocketsphinx)",
     "plcli": "6. plcli (defaults)",
 }
 ROWS = tuple(ROW_NAMES)
@@ -109,7 +113,29 @@ def results_markdown(cells: Sequence[dict], rows: Sequence[str] = ROWS, title_le
     rates = sorted({c["rate"] for c in cells})
     h = "#" * title_level
     parts = [f"{h} {rate * 100:g}% exact labels\n\n{results_table(cells, rate, rows)}" for rate in rates]
-    return "\n".join(parts)
+    note = unseen_note(cells, rows)
+    return "\n".join(parts + ([note] if note else []))
+
+
+def unseen_note(cells: Sequence[dict], rows: Sequence[str] = ROWS) -> str:
+    """One line per row whose cells report ``accuracy_within_unseen``: within-candidate accuracy on
+    the test recordings whose message never occurs in training ("" when no cell has it)."""
+    lines = []
+    for row in rows:
+        cs = [c for c in cells if c["row"] == row and "accuracy_within_unseen" in c]
+        if not cs:
+            continue
+        # a row that does not depend on the label rate repeats one cell per rate: count it once
+        cs = list({(c.get("seed"), c.get("finished"), c.get("accuracy_within_unseen")): c for c in cs}.values())
+        n = max(c.get("unseen_rows") or 0 for c in cs)
+        seen = fmt_mean_std(c.get("accuracy_within_seen") for c in cs)
+        lines.append(
+            f"- {ROW_NAMES.get(row, row)}: {fmt_mean_std(c['accuracy_within_unseen'] for c in cs)} within "
+            f"candidates on the {n} never-heard test recordings (heard messages: {seen})."
+        )
+    if not lines:
+        return ""
+    return "Messages never heard in training (no training recording has them):\n\n" + "\n".join(lines) + "\n"
 
 
 def accuracy_chart(cells: Sequence[dict], path: str | Path, rows: Sequence[str] = ROWS) -> Path:
