@@ -286,9 +286,9 @@ class CTCConfig(Config):
 
     weight: float = opt(0.0, "weight of the CTC loss next to the closed-set loss (0: no CTC head)", min=0.0)
     tokens: str = opt("phoneme", "what the head emits: phoneme (espeak-ng, offline) or char", choices=("phoneme", "char"))
-    tap: int = opt(1, "encoder stage the head reads: 0 = after the stem (20 ms frames), 1 = first stage (40 ms)", min=0, max=3)
-    hidden: int = opt(64, "channels of the head's temporal convolutions", min=4)
-    layers: int = opt(2, "residual blocks of the head", min=0)
+    tap: int = opt(-1, "what the head reads: -1 = the log-mel, through its own stride-2 front end (40 ms); 0 = the encoder after its stem (20 ms frames); 1 = after its first stage (40 ms)", min=-1, max=3)
+    hidden: int = opt(96, "channels of the head's temporal convolutions", min=4)
+    layers: int = opt(3, "residual blocks of the head", min=0)
     kernel_size: int = opt(9, "temporal kernel of the head (odd)", min=1)
     dropout: float = opt(0.1, "dropout before the head's output layer", min=0.0, max=0.9)
     prior_correction: bool = opt(True, "candidate rows: divide each candidate's CTC likelihood by its message's share of candidate slots (as the closed-set losses do)")

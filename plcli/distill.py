@@ -177,7 +177,7 @@ class DistillConfig(Config):
         factory=AugmentConfig, help="augmentations (inherited from the teacher by default)"
     )
     ctc: CTCConfig = opt(factory=lambda: CTCConfig(weight=1.0), help="the student's CTC head (scores any candidate text)")
-    ctc_rows: int = opt(64, "rows per batch that get the CTC loss, a random subset (the CTC loss is the slow part of a CPU step)", min=1)
+    ctc_rows: int = opt(256, "rows per batch that get the CTC loss, a random subset (the CTC branch is the slow part of a CPU step)", min=1)
     ctc_all_rounds: bool = opt(False, "train the CTC head in every self-training round, not only in the last (the student that is kept)")
     ranking_manifest: str | None = opt(None, "labelled rows (e.g. speakers held out from training) on which the combined ranking's CTC weight is chosen (default: the held-out exact rows)")
     truth: str | None = opt(None, "optional JSONL/CSV of id,label: disambiguation accuracy on candidate rows")
@@ -348,13 +348,8 @@ class DistillModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         hp = self.hparams
-        x = self.spec_aug(batch["x"])
         use_ctc = hp.ctc_weight > 0 and self.model.has_ctc
-        if use_ctc:
-            logits, frames = self.model.forward_frames(x)  # (B, C), (B, C', T')
-            logits = logits.float()
-        else:
-            logits = self.model(x).float()  # (B, C)
+        logits = self.model(self.spec_aug(batch["x"])).float()  # (B, C)
         i, kind, y, mask = batch["i"], batch["kind"], batch["y"], batch["mask"]
         t = self.targets[i]  # (B, C), a copy
         exact = kind == EXACT
@@ -365,7 +360,7 @@ class DistillModule(L.LightningModule):
             "train/soft": (soft * ~exact).sum() / (~exact).sum().clamp_min(1),
         }
         if use_ctc:
-            ctc = self.ctc_loss(frames, t)
+            ctc = self.ctc_loss(batch["x"], t)
             logs["train/ctc"] = ctc
             loss = loss + hp.ctc_weight * ctc
         logs["train/loss"] = loss
@@ -388,9 +383,13 @@ class DistillModule(L.LightningModule):
         per_row = torch.where(exact, hard, soft) * w
         return per_row.sum() / w.sum().clamp_min(1e-12), soft, hard
 
-    def ctc_loss(self, frames: Tensor, t: Tensor) -> Tensor:
-        """Mean CTC loss of ``ctc_rows`` random rows (``frames`` (B, C', T') of the batch; the head
-        runs on those rows only), each on one text drawn from its target row.
+    def ctc_loss(self, x: Tensor, t: Tensor) -> Tensor:
+        """Mean CTC loss of ``ctc_rows`` random rows of the batch's cached views ``x`` (B, F, T), each
+        on one text drawn from its target row.
+
+        The CTC branch reads the view without the spectrogram augmentations: a random resized crop
+        cuts words out of the clip and mixup blends in another recording's words, which breaks the
+        alignment with the transcript (the closed-set head only needs the message's identity).
 
         ``t`` (B, C) are the rows' targets at temperature T; ``t ** T`` renormalised is the teacher's
         candidate-restricted distribution at T = 1 (one-hot on exact rows), so the draw is an unbiased
@@ -402,7 +401,7 @@ class DistillModule(L.LightningModule):
         w = t[sel].clamp_min(0).pow(hp.temperature)
         ok = w.sum(1) > 0
         sel, w = sel[ok], w[ok]
-        zero = frames.sum() * 0.0 + sum(p.sum() for p in self.model.ctc_head.parameters()) * 0.0  # DDP: every parameter in the graph
+        zero = sum(p.sum() for p in self.model.ctc_head.parameters()) * 0.0  # DDP: every parameter in the graph
         if not len(sel):
             return zero
         c = torch.multinomial(w / w.sum(1, keepdim=True), 1).squeeze(1)  # (B',) drawn classes
@@ -410,7 +409,10 @@ class DistillModule(L.LightningModule):
         if not bool(keep.any()):
             return zero
         sel, c = sel[keep], c[keep]
-        log_probs = self.model.ctc_head(frames[sel]).float()  # (T', B', V)
+        from plcli.models.ctc import encoder_frames
+
+        frames = encoder_frames(self.model.encoder, x[sel], self.model.tap)  # (B', C', T')
+        log_probs = self.model.ctc_head(frames).float()  # (T', B', V)
         T = log_probs.shape[0]
         return F.ctc_loss(log_probs, self.class_tokens[c], torch.full((len(sel),), T, dtype=torch.long),
                           self.class_lengths[c], reduction="mean", zero_infinity=True)

@@ -89,7 +89,7 @@ class FinetuneConfig(Config):
     encoder_lr_scale: float = opt(0.1, "encoder learning rate = lr x this, with --unfreeze", min=0.0)
     truth: str | None = opt(None, "optional JSONL/CSV of id,label: disambiguation accuracy on candidate rows")
     encoder: str = opt("tcresnet", "encoder for --pretrained none", choices=sorted(ENCODERS))
-    ctc: CTCConfig = opt(factory=CTCConfig, help="a CTC head on the encoder's frames (off by default here; the distill student has one)")
+    ctc: CTCConfig = opt(factory=lambda: CTCConfig(tap=1), help="a CTC head on the frozen encoder's frames (off by default here; the distill student has one)")
     ctc_rows: int = opt(64, "rows per batch that get the CTC loss, a random subset", min=1)
     ranking_manifest: str | None = opt(None, "labelled rows (speakers held out from training) on which the combined ranking's CTC weight is chosen (default: the held-out exact rows)")
     features: FeatureConfig = opt(factory=FeatureConfig, help="log-mel front end (inherited from the pretrain run)")

@@ -64,7 +64,8 @@ class Classifier(nn.Module):
             self.tokenizer = Tokenizer.from_dict(ctc["tokenizer"])
             self.tap = int(ctc.get("tap", 1))
             head_args = {k: ctc[k] for k in ("hidden", "layers", "kernel_size", "dropout") if k in ctc}
-            self.ctc_head = CTCHead(frames_channels(self.encoder, self.tap), self.tokenizer.size, **head_args)
+            self.ctc_head = CTCHead(frames_channels(self.encoder, self.tap), self.tokenizer.size, **head_args,
+                                    stride=2 if self.tap == -1 else 1)
 
     @property
     def has_ctc(self) -> bool:

@@ -7,7 +7,9 @@ CTC likelihood -- including messages never heard in training.
 
 Frame rates: with the default 20 ms hop a 3-s clip has 151 frames. The TC-ResNet stem keeps that
 rate, each stage halves it; ``tap`` chooses where the head reads (0: after the stem, 20 ms;
-1: after the first stage, 40 ms -- a phoneme lasts ~80 ms, so 40 ms leaves room for CTC's blanks).
+1: after the first stage, 40 ms -- a phoneme lasts ~80 ms, so 40 ms leaves room for CTC's blanks;
+-1: the encoder's normalised log-mel itself, and the head's first convolution has stride 2, so it
+has its own front end at 40 ms and does not share the small student's thin early channels).
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ def encoder_frames(encoder: nn.Module, x: torch.Tensor, tap: int = 1) -> torch.T
         raise ValueError(f"frames are read from a TCResNet encoder, got {type(encoder).__name__}")
     blocks = list(encoder.blocks)
     per_stage = len(blocks) // 3
-    if not 0 <= tap <= 3:
-        raise ValueError(f"tap must be 0-3 (stages after the stem), got {tap}")
+    if not -1 <= tap <= 3:
+        raise ValueError(f"tap must be -1 (the log-mel) or 0-3 (stages after the stem), got {tap}")
+    if tap == -1:
+        return encoder.norm(x)
     h = encoder.stem(encoder.norm(x))
     for b in blocks[: tap * per_stage]:
         h = b(h)
@@ -38,12 +42,13 @@ def encoder_pass(encoder: nn.Module, x: torch.Tensor, tap: int = 1) -> tuple[tor
     equal to ``encoder(x)`` and ``encoder_frames(encoder, x, tap)``."""
     if not isinstance(encoder, TCResNet):
         raise ValueError(f"frames are read from a TCResNet encoder, got {type(encoder).__name__}")
-    if not 0 <= tap <= 3:
-        raise ValueError(f"tap must be 0-3 (stages after the stem), got {tap}")
+    if not -1 <= tap <= 3:
+        raise ValueError(f"tap must be -1 (the log-mel) or 0-3 (stages after the stem), got {tap}")
     blocks = list(encoder.blocks)
     upto = tap * (len(blocks) // 3)
-    h = encoder.stem(encoder.norm(x))
-    frames = h
+    xn = encoder.norm(x)
+    h = encoder.stem(xn)
+    frames = xn if tap == -1 else h
     for i, b in enumerate(blocks, 1):
         h = b(h)
         if i == upto:
@@ -83,6 +88,8 @@ def class_candidates(mask: torch.Tensor, y: torch.Tensor | None = None) -> tuple
 
 def frames_channels(encoder: nn.Module, tap: int = 1) -> int:
     """Channels of ``encoder_frames(encoder, x, tap)``."""
+    if tap == -1:
+        return encoder.stem[0].in_channels
     if tap == 0:
         return encoder.stem[0].out_channels
     return list(encoder.blocks)[tap * (len(encoder.blocks) // 3) - 1].conv2.out_channels
@@ -101,10 +108,12 @@ class CTCHead(nn.Module):
         layers: residual blocks.
         kernel_size: temporal kernel (odd).
         dropout: dropout before the output layer.
+        stride: 1, or 2 for a head reading the log-mel (its input convolution then has kernel 5
+            and halves the frame rate).
     """
 
     def __init__(self, in_channels: int, vocab_size: int, hidden: int = 96, layers: int = 3,
-                 kernel_size: int = 9, dropout: float = 0.1):
+                 kernel_size: int = 9, dropout: float = 0.1, stride: int = 1):
         super().__init__()
         for name, v in (("in_channels", in_channels), ("vocab_size", vocab_size), ("hidden", hidden)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -117,10 +126,13 @@ class CTCHead(nn.Module):
             raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if stride not in (1, 2):
+            raise ValueError(f"stride must be 1 or 2, got {stride}")
         self.kwargs = dict(in_channels=in_channels, vocab_size=vocab_size, hidden=hidden, layers=layers,
-                           kernel_size=kernel_size, dropout=dropout)
-        self.proj = nn.Sequential(nn.Conv1d(in_channels, hidden, 1, bias=False), nn.BatchNorm1d(hidden),
-                                  nn.ReLU(inplace=True))
+                           kernel_size=kernel_size, dropout=dropout, stride=stride)
+        k = 5 if stride == 2 else 1
+        self.proj = nn.Sequential(nn.Conv1d(in_channels, hidden, k, stride=stride, padding=k // 2, bias=False),
+                                  nn.BatchNorm1d(hidden), nn.ReLU(inplace=True))
         self.blocks = nn.Sequential(*[ResidualBlock(hidden, hidden, kernel_size, 1) for _ in range(layers)])
         self.out = nn.Sequential(nn.Dropout(dropout), nn.Conv1d(hidden, vocab_size, 1))
 
