@@ -310,7 +310,7 @@ def finetune(
     truth: Path = typer.Option(None, "--truth", help="JSONL/CSV id,label: disambiguation accuracy on candidate rows"),
     val_fraction: float = typer.Option(None, "--val-fraction", help="share of exact rows held out"),
     ctc_weight: float = typer.Option(None, "--ctc-weight", help="weight of a CTC head on the frozen encoder's frames, which scores any candidate text (default 0: none)"),
-    ctc_tokens: str = typer.Option(None, "--ctc-tokens", help="CTC units: phoneme (espeak-ng, default) or char"),
+    ctc_tokens: str = typer.Option(None, "--ctc-tokens", help="CTC units: char (default) or phoneme (espeak-ng)"),
     ranking_manifest: Path = typer.Option(None, "--ranking-manifest", help="labelled rows (speakers held out from training) that choose the CTC weight of the combined ranking"),
 ):
     """Stage 2: MLP head on the frozen encoder, trained on exact labels and candidate sets.
@@ -338,7 +338,7 @@ def distill(
     cc_weight: float = typer.Option(None, "--cc-weight", help="share of the candidate-set likelihood (prior-corrected CC) in candidate rows' loss, 0..1 (default 0.8)"),
     rounds: int = typer.Option(None, "--rounds", help="self-training rounds; round k distils round k-1's student (default 3)"),
     ctc_weight: float = typer.Option(None, "--ctc-weight", help="weight of the student's CTC head loss, which scores any candidate text (default 1; 0: no CTC head)"),
-    ctc_tokens: str = typer.Option(None, "--ctc-tokens", help="CTC units: phoneme (espeak-ng, default) or char"),
+    ctc_tokens: str = typer.Option(None, "--ctc-tokens", help="CTC units: char (default) or phoneme (espeak-ng)"),
     ranking_manifest: Path = typer.Option(None, "--ranking-manifest", help="labelled rows (speakers held out from training) that choose the CTC weight of the combined ranking (default: the held-out exact rows)"),
     truth: Path = typer.Option(None, "--truth", help="JSONL/CSV id,label: disambiguation accuracy on candidate rows"),
 ):

@@ -285,7 +285,7 @@ class CTCConfig(Config):
     its CTC likelihood, so messages never heard in training can still be recognised."""
 
     weight: float = opt(0.0, "weight of the CTC loss next to the closed-set loss (0: no CTC head)", min=0.0)
-    tokens: str = opt("phoneme", "what the head emits: phoneme (espeak-ng, offline) or char", choices=("phoneme", "char"))
+    tokens: str = opt("char", "what the head emits: char (letters, digits, apostrophe, space; chosen on validation speakers, docs/ctc.md) or phoneme (espeak-ng, offline)", choices=("phoneme", "char"))
     tap: int = opt(-1, "what the head reads: -1 = the log-mel, through its own stride-2 front end (40 ms); 0 = the encoder after its stem (20 ms frames); 1 = after its first stage (40 ms)", min=-1, max=3)
     hidden: int = opt(96, "channels of the head's temporal convolutions", min=4)
     layers: int = opt(3, "residual blocks of the head", min=0)

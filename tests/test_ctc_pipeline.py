@@ -73,7 +73,7 @@ def test_distill_student_has_a_ctc_head_and_a_ranking(runs):
     m = json.loads((root / "di" / "metrics.json").read_text())
     assert m["ranking"]["chosen_on"].startswith(str(test_manifest))
     model, vocab, _ = load_model(root / "di")
-    assert model.has_ctc and model.tokenizer.kind == "phoneme"
+    assert model.has_ctc and model.tokenizer.kind == "char"
     x = torch.randn(2, 64, 51)
     logits, lp = model.forward_both(x)
     assert torch.allclose(logits, model(x), atol=1e-5)
