@@ -60,15 +60,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def infer(
-    model: Classifier,
-    features: FeatureConfig,
-    audio: list,
-    cache: str | None = None,
-    batch_size: int = 1024,
-    log=print,
-) -> tuple[np.ndarray, dict]:
-    """(N, C) probabilities for the audio files (through the feature cache) and timing figures."""
+def _timed_through_cache(features: FeatureConfig, audio: list, cache: str | None, run_model, log):
+    """Features of ``audio`` through the feature cache, then ``run_model(feats)``; its result and the
+    timing figures (feature and model seconds, model clips/s, threads)."""
     from plcli.data.features import FeatureCache
     from plcli.runs import Timer, set_threads
 
@@ -78,16 +72,29 @@ def infer(
     _, feats = fc.features(audio)
     feature_seconds = t.seconds
     t = Timer()
-    probs = softmax(predict_logits(model, feats, batch_size))
+    out = run_model(feats)
     model_seconds = t.seconds
     if fc.computed:
         log(f"computed features of {fc.computed} new clip(s), reused {fc.reused}")
-    return probs, {
+    return out, {
         "feature_seconds": feature_seconds,
         "model_seconds": model_seconds,
         "clips_per_second": len(audio) / max(model_seconds, 1e-9),
         "threads": torch.get_num_threads(),
     }
+
+
+def infer(
+    model: Classifier,
+    features: FeatureConfig,
+    audio: list,
+    cache: str | None = None,
+    batch_size: int = 1024,
+    log=print,
+) -> tuple[np.ndarray, dict]:
+    """(N, C) probabilities for the audio files (through the feature cache) and timing figures."""
+    logits, timing = _timed_through_cache(features, audio, cache, lambda f: predict_logits(model, f, batch_size), log)
+    return softmax(logits), timing
 
 
 def infer_ranked(
@@ -101,27 +108,12 @@ def infer_ranked(
 ) -> tuple[np.ndarray, dict, dict]:
     """Like ``infer``, plus the CTC scores of every candidate text for a model with a CTC head
     (``plcli.ranking.model_scores``): (N, C) probabilities, the scores and timing figures."""
-    from plcli.data.features import FeatureCache
     from plcli.ranking import model_scores
-    from plcli.runs import Timer, set_threads
 
-    set_threads()
-    fc = FeatureCache(cache_dir(cache), features)
-    t = Timer()
-    _, feats = fc.features(audio)
-    feature_seconds = t.seconds
-    t = Timer()
-    scores = model_scores(model, feats, candidates, batch_size)
-    model_seconds = t.seconds
-    if fc.computed:
-        log(f"computed features of {fc.computed} new clip(s), reused {fc.reused}")
-    return softmax(scores["logits"]), scores, {
-        "feature_seconds": feature_seconds,
-        "model_seconds": model_seconds,
-        "clips_per_second": len(audio) / max(model_seconds, 1e-9),
-        "candidates_scored": int(scores["valid"].sum()) if "valid" in scores else 0,
-        "threads": torch.get_num_threads(),
-    }
+    scores, timing = _timed_through_cache(features, audio, cache,
+                                          lambda f: model_scores(model, f, candidates, batch_size), log)
+    timing["candidates_scored"] = int(scores["valid"].sum()) if "valid" in scores else 0
+    return softmax(scores["logits"]), scores, timing
 
 
 class RowView:
