@@ -45,12 +45,14 @@ targets more accurate but the student less accurate on average, with a larger sp
 ``--truth``).
 
 CTC head (``--ctc-weight``, on by default; ``plcli.models.ctc``): the student also carries a CTC
-head on its encoder's frames, so ``predict`` can score candidate texts it never heard. Each step,
-``ctc.rows`` random rows of the batch draw one message from their target row sharpened back to
-T = 1 (the teacher's candidate-restricted distribution; the label itself on exact rows) and add
-``ctc.weight`` x that text's CTC loss: an unbiased estimate of the teacher-weighted CTC loss
-``sum_k w_k * -log p_CTC(c_k|x)`` at a tenth of its cost (the CTC loss dominates a CPU step). With
-several rounds only the last student, the one that is kept, trains the head (``ctc.all_rounds``).
+head, by default with its own front end on the log-mel (``ctc.tap = -1``), so ``predict`` can
+score candidate texts it never heard. Each step, ``ctc_rows`` random rows of the batch draw one
+message from their target row sharpened back to T = 1 (the teacher's candidate-restricted
+distribution; the label itself on exact rows) and add ``ctc.weight`` x that text's CTC loss on the
+cached view without the spectrogram augmentations: an unbiased estimate of the teacher-weighted
+CTC loss ``sum_k w_k * -log p_CTC(c_k|x)`` at a tenth of the cost of scoring every candidate.
+With several rounds only the last student, the one that is kept, trains the head
+(``ctc_all_rounds``).
 After training, the weight of the CTC score against the closed-set posterior in the combined
 ranking (``plcli.ranking``) is chosen on validation rows (``--ranking-manifest``, else the
 held-out exact rows) and stored in ``model.pt``.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,13 +58,13 @@ def run(cfg: EvaluateConfig, log=print, console=None) -> dict:
 
     model, vocab, features, stage = load_predictor(cfg.model)
     rows = _load_rows(cfg, vocab, log)
-    y = truth_vector(rows, _truth(cfg, rows, vocab, lambda *a: None), vocab)  # -2 no truth, -1 outside the vocabulary
+    truth = _truth(cfg, rows, vocab, log)
+    y = truth_vector(rows, truth, vocab)  # -2 no truth, -1 outside the vocabulary
     if not (y != -2).any():
         log(
             "warning: no row has a label (give --truth or label the manifest): only the covering rate is measured"
         )
 
-    truth = _truth(cfg, rows, vocab, log)
     if model.has_ctc:
         from plcli.inference import infer_ranked
 
@@ -119,11 +120,7 @@ def ranked_metrics(rows, truth: dict[str, str], probs: np.ndarray, scores: dict,
         out[f"accuracy_within_candidates{key}_known"] = _share(hit, use & known)
         out[f"accuracy_within_candidates{key}_unknown"] = _share(hit, use & ~known)
     out["unknown_truth_rows"] = int((use & ~known).sum())
-    decided: dict[str, int] = {}
-    for d, u in zip(ranked["decided_by"], use, strict=True):
-        if u:
-            decided[d] = decided.get(d, 0) + 1
-    out["decided_by"] = decided
+    out["decided_by"] = dict(Counter(d for d, u in zip(ranked["decided_by"], use, strict=True) if u))
     return out
 
 

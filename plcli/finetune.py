@@ -314,29 +314,28 @@ def recalibrate_bn(model: Classifier, feats: np.ndarray, batch: int = 256, max_i
 
 
 @torch.no_grad()
-def embed_all(model: Classifier, feats: np.ndarray, batch: int = 512) -> torch.Tensor:
-    """(N, F, T) or (N, V, F, T) features -> (N, D) or (N, V, D) embeddings, in eval mode."""
+def _map_clips(model: Classifier, fn, feats: np.ndarray, batch: int) -> torch.Tensor:
+    """``fn`` over (N, F, T) or (N, V, F, T) features in batches of clips, in eval mode; the result
+    keeps the leading (N,) or (N, V) dimensions."""
     model.eval()
     lead = feats.shape[:-2]
     flat = feats.reshape(-1, *feats.shape[-2:])
-    out = [model.embed(torch.from_numpy(np.asarray(flat[i:i + batch], dtype=np.float32)))
-           for i in range(0, flat.shape[0], batch)]
-    return torch.cat(out).reshape(*lead, -1)
+    out = torch.cat([fn(torch.from_numpy(np.asarray(flat[i:i + batch], dtype=np.float32)))
+                     for i in range(0, flat.shape[0], batch)])
+    return out.reshape(*lead, *out.shape[1:])
 
 
-@torch.no_grad()
+def embed_all(model: Classifier, feats: np.ndarray, batch: int = 512) -> torch.Tensor:
+    """(N, F, T) or (N, V, F, T) features -> (N, D) or (N, V, D) embeddings, in eval mode."""
+    return _map_clips(model, model.embed, feats, batch)
+
+
 def frames_all(model: Classifier, feats: np.ndarray, batch: int = 512) -> torch.Tensor:
     """(N, F, T) or (N, V, F, T) features -> (N, C, T') or (N, V, C, T') float16 encoder frames at the
     CTC head's tap, in eval mode (half precision: they are the largest tensors the stage keeps)."""
     from plcli.models.ctc import encoder_frames
 
-    model.eval()
-    lead = feats.shape[:-2]
-    flat = feats.reshape(-1, *feats.shape[-2:])
-    out = [encoder_frames(model.encoder, torch.from_numpy(np.asarray(flat[i:i + batch], dtype=np.float32)),
-                          model.tap).half() for i in range(0, flat.shape[0], batch)]
-    f = torch.cat(out)
-    return f.reshape(*lead, *f.shape[1:])
+    return _map_clips(model, lambda x: encoder_frames(model.encoder, x, model.tap).half(), feats, batch)
 
 
 class EmbeddingCopies(FeatureRows):
@@ -455,7 +454,8 @@ def _module(cfg: FinetuneConfig, inp: _Inputs) -> FinetuneModule:
 
 
 def _datasets(cfg: FinetuneConfig, inp: _Inputs, module: FinetuneModule, cache):
-    """(train, validation) datasets and the clean embeddings (None with --unfreeze).
+    """(train, validation) datasets, the clean embeddings (None with --unfreeze) and the clean
+    features of every row.
 
     Frozen: embeddings of the clean clip and ``copies`` cached views; else the cached views themselves.
     """
@@ -494,7 +494,7 @@ def _datasets(cfg: FinetuneConfig, inp: _Inputs, module: FinetuneModule, cache):
         train_ds = ViewRows(views, index=inp.train_idx, **fields_train)
         val_ds = FeatureRows(clean, index=val_idx, **fields_val)
     train_ds.fields["i"] = torch.as_tensor(inp.train_idx)  # training rows index the full target table
-    return train_ds, val_ds, e_clean
+    return train_ds, val_ds, e_clean, clean
 
 
 def run(cfg: FinetuneConfig, log=print) -> dict:
@@ -508,7 +508,7 @@ def run(cfg: FinetuneConfig, log=print) -> dict:
     ckpt = resolve_resume(out, cfg.trainer.resume)
     cache = open_cache(cfg.data, cfg.features)
     t_feat = Timer()
-    train_ds, val_ds, e_clean = _datasets(cfg, inp, module, cache)
+    train_ds, val_ds, e_clean, clean = _datasets(cfg, inp, module, cache)
     feature_seconds = t_feat.seconds
     bs = min(cfg.trainer.batch_size, len(train_ds))
     train_loader = DataLoader(train_ds, batch_size=bs, shuffle=True, collate_fn=collate_identity,
@@ -540,7 +540,7 @@ def run(cfg: FinetuneConfig, log=print) -> dict:
 
         held_idx = np.array([i for i, r in enumerate(inp.rows) if r.id in inp.held], dtype=np.int64)
         result["ranking"] = tune_ranking(module.model.cpu().eval(), inp.vocab, cfg.features,
-                                         [inp.rows[i] for i in held_idx], RowView(cache.features([r.audio for r in inp.rows])[1], held_idx),
+                                         [inp.rows[i] for i in held_idx], RowView(clean, held_idx),
                                          cfg.ranking_manifest, cfg.data, log)
     if trainer.is_global_zero:
         ranking = {k: v for k, v in result.get("ranking", {}).items() if k != "grid"}

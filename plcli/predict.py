@@ -30,6 +30,7 @@ the record says which scorer decided::
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,10 +159,7 @@ def run(cfg: PredictConfig, log=print) -> dict:
     with atomic_open(out, "w") as f:
         for rec in records:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    decided: dict[str, int] = {}
-    for r in records:
-        if "decided_by" in r:
-            decided[r["decided_by"]] = decided.get(r["decided_by"], 0) + 1
+    decided = dict(Counter(r["decided_by"] for r in records if "decided_by" in r))
     return {
         "rows": len(rows),
         "restricted": sum(r["restricted"] for r in records),

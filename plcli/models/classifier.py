@@ -71,14 +71,6 @@ class Classifier(nn.Module):
     def has_ctc(self) -> bool:
         return self.ctc_head is not None
 
-    def ctc_log_probs(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, n_mels, T) -> (T', B, V) CTC log-probabilities (needs the CTC head)."""
-        from plcli.models.ctc import encoder_frames
-
-        if self.ctc_head is None:
-            raise ValueError("this classifier has no CTC head")
-        return self.ctc_head(encoder_frames(self.encoder, x, self.tap))
-
     def forward_frames(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, num_classes) logits and the (B, C, T') frames the CTC head reads, from one encoder pass
         (training runs the CTC head on a subset of the rows: it costs more than the small encoder)."""
