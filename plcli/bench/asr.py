@@ -144,6 +144,29 @@ def _transcribe_file(path: str) -> tuple[str, float]:
     return text, time.perf_counter() - t
 
 
+def map_decoders(fn: Callable, init: Callable[[], None], jobs: Sequence, workers: int,
+                 progress: Callable[[int, int], None] | None = None) -> tuple[list, int]:
+    """``fn`` over ``jobs`` in order, with ``init`` run once per decoder process: in this process for
+    one worker or fewer than 4 jobs, else in a "spawn" pool of ``workers``. Returns the results and
+    the number of decoders that ran. Shared by the recogniser rows (free transcription, grammar)."""
+    out: list = []
+    if workers <= 1 or len(jobs) < 4:
+        init()
+        for i, job in enumerate(jobs, 1):
+            out.append(fn(job))
+            if progress:
+                progress(i, len(jobs))
+        return out, 1
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(workers, initializer=init) as pool:
+        for i, r in enumerate(pool.imap(fn, jobs, chunksize=8), 1):
+            out.append(r)
+            if progress:
+                progress(i, len(jobs))
+    return out, workers
+
+
 def transcribe_files(
     paths: Sequence[str], workers: int = 2, progress: Callable[[int, int], None] | None = None
 ) -> tuple[list[str], dict]:
@@ -154,22 +177,7 @@ def transcribe_files(
     parallel decoders, ``N / (decode_seconds / workers)``.
     """
     paths = [str(p) for p in paths]
-    out: list[tuple[str, float]] = []
-    if workers <= 1 or len(paths) < 4:
-        _init_worker()
-        for i, p in enumerate(paths, 1):
-            out.append(_transcribe_file(p))
-            if progress:
-                progress(i, len(paths))
-        workers = 1
-    else:
-        import multiprocessing as mp
-
-        with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
-            for i, r in enumerate(pool.imap(_transcribe_file, paths, chunksize=8), 1):
-                out.append(r)
-                if progress:
-                    progress(i, len(paths))
+    out, workers = map_decoders(_transcribe_file, _init_worker, paths, workers, progress)
     decode = sum(s for _, s in out)
     return [t for t, _ in out], {
         "decode_seconds": decode,

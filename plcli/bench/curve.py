@@ -45,11 +45,12 @@ from plcli.bench.grid import (
     make_demo,
     pipeline_cell,
     read_jsonl,
+    split_counts,
     split_speakers,
     stamped,
 )
 from plcli.bench.grid import label_rows as _label_rows
-from plcli.bench.report import cached_cell, fmt_mean_std, mean_std
+from plcli.bench.report import cached_cell, fmt_mean_std, mean_std, save_figure
 from plcli.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 
 ROW_NAMES = {
@@ -157,16 +158,7 @@ def prepare_dist(a, root: Path, dist: str) -> dict:
         json.loads((demo / "meta.json").read_text(encoding="utf-8")) if (demo / "meta.json").exists() else {}
     )
     counts = {
-        "train_generated": len(train),
-        "fit": len(fit),
-        "val": len(val),
-        "test": len(test),
-        "fit_speakers": len({r.get("speaker") for r in fit}),
-        "val_speakers": len({r.get("speaker") for r in val}),
-        "test_speakers": len({r.get("speaker") for r in test}),
-        "speaker_overlap_train_test": len(
-            {r.get("speaker") for r in train} & {r.get("speaker") for r in test}
-        ),
+        **split_counts(train, fit, val, test, train_key="train_generated"),
         "voices": meta.get("voices"),
     }
     log(f"{dist} data: {counts}")
@@ -509,12 +501,7 @@ def curve_chart(
         axes[0][-1].legend(
             legend.values(), legend.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0)
         )
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def report_markdown(

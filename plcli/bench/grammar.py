@@ -367,22 +367,9 @@ def choose_with_grammar(
     jobs = [(p, list(cs)) for p, cs in zip(paths, candidates, strict=True)]
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
-    out: list[tuple[int, dict, float]] = []
-    if workers == 1 or len(paths) < 4:
-        _init_worker()
-        for i, job in enumerate(jobs, 1):
-            out.append(_choose_file(job))
-            if progress:
-                progress(i, len(jobs))
-        workers = 1
-    else:
-        import multiprocessing as mp
+    from plcli.bench.asr import map_decoders
 
-        with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
-            for i, r in enumerate(pool.imap(_choose_file, jobs, chunksize=8), 1):
-                out.append(r)
-                if progress:
-                    progress(i, len(jobs))
+    out, workers = map_decoders(_choose_file, _init_worker, jobs, workers, progress)
     decode = sum(s for _, _, s in out)
     words = sum(st["words"] for _, st, _ in out)
     oov = sum(st["oov"] for _, st, _ in out)

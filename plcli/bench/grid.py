@@ -111,6 +111,18 @@ def split_speakers(rows: list[dict], fraction: float, seed: int) -> tuple[list[d
     )
 
 
+def split_counts(train: list[dict], fit: list[dict], val: list[dict], test: list[dict],
+                 train_key: str = "train") -> dict:
+    """Rows and speakers per split, and the speakers training and test share (must be none)."""
+    spk = {name: {r.get("speaker") for r in rows} for name, rows in
+           (("train", train), ("fit", fit), ("val", val), ("test", test))}
+    return {
+        train_key: len(train), "fit": len(fit), "val": len(val), "test": len(test),
+        "fit_speakers": len(spk["fit"]), "val_speakers": len(spk["val"]), "test_speakers": len(spk["test"]),
+        "speaker_overlap_train_test": len(spk["train"] & spk["test"]),
+    }
+
+
 def label_rows(rows: list[dict], truth: dict[str, str], rate: float, seed: int, normalizer) -> list[dict]:
     """The rows with an exact label on a seeded ``rate`` share of them (labels from the truth file).
 
@@ -169,18 +181,7 @@ def prepare(a, bench: Path) -> dict:
             nocand = data / f"train-r{rate:g}-s{seed}-nocand.jsonl"
             atomic_write_jsonl(nocand, [{**r, "candidates": []} for r in rows])
             paths["manifests"][(rate, seed)] = (p, nocand)
-    paths["counts"] = {
-        "train": len(train),
-        "fit": len(fit),
-        "val": len(val),
-        "test": len(test),
-        "fit_speakers": len({r.get("speaker") for r in fit}),
-        "val_speakers": len({r.get("speaker") for r in val}),
-        "test_speakers": len({r.get("speaker") for r in test}),
-        "speaker_overlap_train_test": len(
-            {r.get("speaker") for r in train} & {r.get("speaker") for r in test}
-        ),
-    }
+    paths["counts"] = split_counts(train, fit, val, test)
     log(f"data: {paths['counts']}")
     return paths
 

@@ -175,6 +175,13 @@ def accuracy_chart(cells: Sequence[dict], path: str | Path, rows: Sequence[str] 
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("accuracy (mean over seeds)")
     axes[0].legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out ``fig``, write it as a PNG at ``path`` (folders created) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
