@@ -28,8 +28,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
 from plcli.bench.grid import absolute_audio, split_speakers
 from plcli.data.labels import LabelNormalizer
+from plcli.metrics import per_class_metrics
 
 
 def read(path: Path) -> list[dict]:
@@ -49,18 +52,13 @@ def sh(args: list[str], times: dict, name: str) -> None:
 
 
 def macro_f1(pred: list[str], true: list[str], classes: set[str]) -> float:
-    """Mean F1 over ``classes`` that occur in ``true``; predictions of any class count as false positives."""
-    f1s = []
-    for c in classes:
-        tp = sum(p == c and t == c for p, t in zip(pred, true, strict=True))
-        support = sum(t == c for t in true)
-        if not support:
-            continue
-        predicted = sum(p == c for p in pred)
-        prec = tp / predicted if predicted else 0.0
-        rec = tp / support
-        f1s.append(0.0 if tp == 0 else 2 * prec * rec / (prec + rec))
-    return sum(f1s) / len(f1s) if f1s else float("nan")
+    """Mean F1 (``plcli.metrics.per_class_metrics``) over ``classes`` that occur in ``true``;
+    predictions of any class count as false positives."""
+    index = {k: i for i, k in enumerate(sorted(set(pred) | set(true)))}
+    pc = per_class_metrics(np.array([index[k] for k in pred], dtype=np.int64),
+                           np.array([index[k] for k in true], dtype=np.int64), len(index))
+    f1 = [pc["f1"][index[c]] for c in classes if c in index and pc["support"][index[c]] > 0]
+    return float(np.mean(f1)) if f1 else float("nan")
 
 
 def main() -> int:
