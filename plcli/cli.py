@@ -336,9 +336,11 @@ def distill(
     refine_start: float = typer.Option(None, "--refine-start", help="share of training before refinement starts (default 0.5)"),
     exact_weight: float = typer.Option(None, "--exact-weight", help="weight of exact rows' cross-entropy (default 1)"),
     cc_weight: float = typer.Option(None, "--cc-weight", help="share of the candidate-set likelihood (prior-corrected CC) in candidate rows' loss, 0..1 (default 0.8)"),
-    rounds: int = typer.Option(None, "--rounds", help="self-training rounds; round k distils round k-1's student (default 3)"),
+    rounds: int = typer.Option(None, "--rounds", help="self-training rounds; round k distils round k-1's student (default 10)"),
+    warm_start: bool = typer.Option(None, "--warm-start/--no-warm-start", help="rounds after the first start from the previous student and train a third of --epochs (default on)"),
     ctc_weight: float = typer.Option(None, "--ctc-weight", help="weight of the student's CTC head loss, which scores any candidate text (default 1; 0: no CTC head)"),
     ctc_tokens: str = typer.Option(None, "--ctc-tokens", help="CTC units: char (default) or phoneme (espeak-ng)"),
+    ctc_epochs: int = typer.Option(None, "--ctc-epochs", help="epochs of the CTC phase after the last round: the CTC head alone, on the last student's targets (default 40; 0: jointly within the last round)"),
     ranking_manifest: Path = typer.Option(None, "--ranking-manifest", help="labelled rows (speakers held out from training) that choose the CTC weight of the combined ranking (default: the held-out exact rows)"),
     truth: Path = typer.Option(None, "--truth", help="JSONL/CSV id,label: disambiguation accuracy on candidate rows"),
 ):
@@ -350,7 +352,7 @@ def distill(
     return {"teacher": teacher, "student": student, "temperature": temperature, "confidence": confidence,
             "teacher_views": teacher_views, "refine": refine, "refine_momentum": refine_momentum,
             "refine_start": refine_start, "exact_weight": exact_weight, "cc_weight": cc_weight, "rounds": rounds,
-            "ctc.weight": ctc_weight, "ctc.tokens": ctc_tokens,
+            "warm_start": warm_start, "ctc.weight": ctc_weight, "ctc.tokens": ctc_tokens, "ctc_epochs": ctc_epochs,
             "ranking_manifest": str(ranking_manifest) if ranking_manifest else None,
             "truth": str(truth) if truth else None}
 

@@ -159,8 +159,10 @@ class DistillConfig(Config):
         max=1.0,
     )
     rounds: int = opt(
-        3, "self-training rounds: round k's teacher is round k-1's student (each in RUN_DIR/round<k>)", min=1
+        10, "self-training rounds: round k's teacher is round k-1's student (each in RUN_DIR/round<k>)", min=1
     )
+    warm_start: bool = opt(True, "rounds after the first start from the previous round's student instead of a fresh network (and train warm_epochs)")
+    warm_epochs: int | None = opt(None, "epochs of a warm-started round (default: a third of trainer.epochs; the first round trains trainer.epochs)", min=1)
     refine: bool = opt(False, "progressively refine candidate rows' targets from the student (PRODEN-style)")
     refine_momentum: float = opt(
         0.1, "refinement step m: target <- (1-m) target + m student", min=0.0, max=1.0
@@ -179,8 +181,12 @@ class DistillConfig(Config):
         factory=AugmentConfig, help="augmentations (inherited from the teacher by default)"
     )
     ctc: CTCConfig = opt(factory=lambda: CTCConfig(weight=1.0), help="the student's CTC head (scores any candidate text)")
-    ctc_rows: int = opt(256, "rows per batch that get the CTC loss, a random subset (the CTC branch is the slow part of a CPU step)", min=1)
-    ctc_all_rounds: bool = opt(False, "train the CTC head in every self-training round, not only in the last (the student that is kept)")
+    ctc_rows: int = opt(128, "rows per batch that get the CTC loss, a random subset (the CTC branch is the slow part of a CPU step)", min=1)
+    ctc_epochs: int | None = opt(
+        None, "epochs of the CTC phase: after the last round the CTC head alone is trained on that round's student's "
+        "candidate-restricted targets, the classifier frozen (RUN_DIR/ctc); default: trainer.epochs; "
+        "0 = train it jointly within the last round", min=0)
+    ctc_all_rounds: bool = opt(False, "with ctc_epochs 0: train the CTC head in every self-training round, not only in the last")
     ranking_manifest: str | None = opt(None, "labelled rows (e.g. speakers held out from training) on which the combined ranking's CTC weight is chosen (default: the held-out exact rows)")
     truth: str | None = opt(None, "optional JSONL/CSV of id,label: disambiguation accuracy on candidate rows")
     overwrite: bool = opt(False, "replace an existing run in out")
@@ -190,6 +196,8 @@ class DistillConfig(Config):
             raise UserError("no training manifest given")
         if not self.teacher:
             raise UserError("--teacher is required (a finetune run directory)")
+        if self.ctc_all_rounds and self.ctc_epochs != 0:
+            raise UserError("ctc_all_rounds trains the CTC head jointly in every round: it needs ctc_epochs 0")
         if self.teacher_views > self.views:
             raise UserError(f"teacher_views={self.teacher_views} exceeds the {self.views} cached views")
 
@@ -231,7 +239,10 @@ def teacher_targets(
     # (V*N, C) -> (V, N, C) -> (N, C): a mean of distributions that are each 0 outside the candidates
     has = mask.any(dim=1)
     if log_prior is not None:
-        # softmax((z - T log pi) / T) = softmax(z / T) / pi, renormalised; rows without candidates keep z
+        # softmax((z - T log pi) / T) = softmax(z / T) / pi, renormalised; rows without candidates keep z.
+        # Its favourite is that of z - T log pi, a stronger correction than finetune's z - log pi: on the
+        # demo data (2026-12-02) (p / pi)^(1/T) made the targets' favourite right more often (0.41 vs 0.35
+        # of the round-1 candidate rows) but the round-1 student worse (0.55 vs 0.61 disambiguated).
         logits = logits - temperature * log_prior.float() * has[None, :, None]
     soft = (
         candidate_targets(logits.reshape(v * n, c), mask.repeat(v, 1), temperature).reshape(v, n, c).mean(0)
@@ -325,6 +336,7 @@ class DistillModule(L.LightningModule):
         cc_weight: float = 0.0,
         ctc_weight: float = 0.0,
         ctc_rows: int = 64,
+        ctc_only: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -351,6 +363,16 @@ class DistillModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         hp = self.hparams
         use_ctc = hp.ctc_weight > 0 and self.model.has_ctc
+        if hp.ctc_only:
+            # the classifier is frozen, BatchNorm statistics included (Lightning sets every submodule's
+            # mode itself after validation, so this is done per step)
+            for name, child in self.model.named_children():
+                if name != "ctc_head":
+                    child.eval()
+            ctc = self.ctc_loss(batch["x"], self.targets[batch["i"]])
+            self.log_dict({"train/ctc": ctc, "train/loss": ctc}, on_step=False, on_epoch=True,
+                          batch_size=batch["x"].shape[0])
+            return ctc
         logits = self.model(self.spec_aug(batch["x"])).float()  # (B, C)
         i, kind, y, mask = batch["i"], batch["kind"], batch["y"], batch["mask"]
         t = self.targets[i]  # (B, C), a copy
@@ -463,7 +485,8 @@ class DistillModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        return adamw_cosine([(self.model.parameters(), hp.lr)], hp.weight_decay, self.trainer.estimated_stepping_batches)
+        params = self.model.ctc_head.parameters() if hp.ctc_only else self.model.parameters()
+        return adamw_cosine([(params, hp.lr)], hp.weight_decay, self.trainer.estimated_stepping_batches)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -547,9 +570,19 @@ def run(cfg: DistillConfig, log=print, callbacks: list | None = None) -> dict:
     With ``cfg.rounds > 1`` every round is an ordinary distill run in ``RUN_DIR/round<k>`` whose
     teacher is the previous round's student; the last student is copied to ``RUN_DIR``.
     """
-    if cfg.rounds == 1:
+    if cfg.rounds == 1 and not _ctc_phase(cfg):
         return _run_round(cfg, log, callbacks)
     return _run_rounds(cfg, log, callbacks)
+
+
+def _ctc_phase(cfg: DistillConfig) -> bool:
+    """Whether the CTC head is trained in a phase of its own after the rounds (``RUN_DIR/ctc``)."""
+    return cfg.ctc.enabled and cfg.ctc_epochs != 0
+
+
+def warm_epochs(cfg: DistillConfig) -> int:
+    """Epochs of a warm-started round."""
+    return cfg.warm_epochs or max(1, cfg.trainer.epochs // 3)
 
 
 def _run_rounds(cfg: DistillConfig, log, callbacks: list | None) -> dict:
@@ -565,26 +598,41 @@ def _run_rounds(cfg: DistillConfig, log, callbacks: list | None) -> dict:
         if opened[0] is None:
             opened[0] = start_run(out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite)
 
+    phase = _ctc_phase(cfg)
     teacher, summary, m = cfg.teacher, [], {}
-    for k in range(1, cfg.rounds + 1):
+    steps = [(f"round{k}", f"round {k}/{cfg.rounds}") for k in range(1, cfg.rounds + 1)]
+    if phase:
+        steps.append(("ctc", "CTC phase"))
+    for k, (name, what) in enumerate(steps, 1):
         sub = DistillConfig.from_dict({**cfg.to_dict(), "rounds": 1, "teacher": str(teacher)})
-        sub.out = str(out / f"round{k}")
-        if k < cfg.rounds and not cfg.ctc_all_rounds:
+        sub.out = str(out / name)
+        ctc_only = phase and name == "ctc"
+        warm = cfg.warm_start and 1 < k <= cfg.rounds
+        if warm:
+            sub.trainer.epochs = warm_epochs(cfg)
+        if ctc_only:
+            sub.trainer.epochs = cfg.ctc_epochs or cfg.trainer.epochs
+        elif phase or (k < cfg.rounds and not cfg.ctc_all_rounds):
             sub.ctc.weight = 0.0  # only the student that is kept needs the CTC head
         done = Path(sub.out) / "metrics.json"
         if cfg.trainer.resume is not None and done.exists() and (Path(sub.out) / "model.pt").exists():
-            log(f"round {k}/{cfg.rounds}: already done, reusing {sub.out}")
+            log(f"{what}: already done, reusing {sub.out}")
             m = json.loads(done.read_text(encoding="utf-8"))
         else:
-            log(f"round {k}/{cfg.rounds}: teacher {teacher}")
+            log(f"{what}: teacher {teacher}")
             # a fresh top-level run replaces stale rounds; a resumed one continues them
             sub.overwrite = cfg.trainer.resume is None
-            m = _run_round(sub, log, callbacks, on_start=open_parent)
-        summary.append({key: m.get(key) for key in
-                        ("val_acc", "val_acc_within", "disambiguation_acc", "fit_seconds", "total_seconds")})
+            m = _run_round(sub, log, callbacks, on_start=open_parent, ctc_only=ctc_only, warm=warm)
+        entry = {key: m.get(key) for key in
+                 ("val_acc", "val_acc_within", "disambiguation_acc", "fit_seconds", "total_seconds")}
+        if ctc_only:
+            ctc_phase = {key: m.get(key) for key in ("fit_seconds", "total_seconds", "epochs", "ranking")}
+        else:
+            summary.append(entry)
         teacher = Path(sub.out)
     open_parent()
-    return _finish_rounds(cfg, out, teacher, summary, m)
+    extra = {"ctc_phase": ctc_phase} if phase else {}
+    return _finish_rounds(cfg, out, teacher, summary, {**m, **extra})
 
 
 def _finish_rounds(cfg: DistillConfig, out: Path, last_round: Path, summary: list[dict], m: dict) -> dict:
@@ -600,7 +648,7 @@ def _finish_rounds(cfg: DistillConfig, out: Path, last_round: Path, summary: lis
     save_config(out, DistillConfig.from_dict({**last, "out": str(out), "teacher": cfg.teacher, "rounds": cfg.rounds,
                                               "overwrite": cfg.overwrite}), STAGE)
     # the stage's time is its rounds' (also when some of them ran before a resume)
-    seconds = sum(r["total_seconds"] or 0.0 for r in summary)
+    seconds = sum(r["total_seconds"] or 0.0 for r in summary) + ((m.get("ctc_phase") or {}).get("total_seconds") or 0.0)
     return write_metrics(out, {**m, "teacher": str(cfg.teacher), "rounds": summary, "total_seconds": seconds})
 
 
@@ -652,7 +700,8 @@ def _targets(cfg: DistillConfig, teacher: _Teacher, d: _Rows, clean, views, view
     return tgt.numpy(), kind.numpy(), key, False
 
 
-def _module(cfg: DistillConfig, teacher: _Teacher, targets: Tensor, log_prior: Tensor | None) -> DistillModule:
+def _module(cfg: DistillConfig, teacher: _Teacher, targets: Tensor, log_prior: Tensor | None,
+            ctc_only: bool = False, warm: bool = False) -> DistillModule:
     from plcli.models.ctc import text_targets
     from plcli.text import build_tokenizer
 
@@ -665,8 +714,19 @@ def _module(cfg: DistillConfig, teacher: _Teacher, targets: Tensor, log_prior: T
         temperature=cfg.temperature, exact_weight=cfg.exact_weight, lr=cfg.trainer.lr,
         weight_decay=cfg.trainer.weight_decay, spec_augment=cfg.augment.spec.to_dict(), refine=cfg.refine,
         refine_momentum=cfg.refine_momentum, refine_start=cfg.refine_start, cc_weight=cfg.cc_weight,
-        ctc_weight=cfg.ctc.weight, ctc_rows=cfg.ctc_rows,
+        ctc_weight=cfg.ctc.weight, ctc_rows=cfg.ctc_rows, ctc_only=ctc_only,
     )
+    if ctc_only or warm:
+        # start from the teacher's classifier (a CTC head is only ever new, or left out)
+        state = {k: v for k, v in teacher.model.state_dict().items() if not k.startswith("ctc_head.")}
+        missing, unexpected = module.model.load_state_dict(state, strict=False)
+        if unexpected or any(not k.startswith("ctc_head.") for k in missing):
+            raise UserError(f"{cfg.teacher}: its classifier does not fit the student's settings "
+                            f"({len(unexpected)} unexpected, {len(missing)} missing weights)")
+    if ctc_only:
+        # the CTC phase: the teacher's classifier, frozen; only the new CTC head trains
+        for name, param in module.model.named_parameters():
+            param.requires_grad_(name.startswith("ctc_head."))
     if tok is not None:
         tokens, lengths = text_targets(tok, teacher.vocab.display)
         module.class_tokens, module.class_lengths = tokens, lengths
@@ -711,7 +771,7 @@ class _Round:
     seconds: dict
 
 
-def _prepare_round(cfg: DistillConfig, log) -> _Round:
+def _prepare_round(cfg: DistillConfig, log, ctc_only: bool = False) -> _Round:
     """Read and check everything, and compute (or reuse) the teacher's targets; writes no run."""
     check_run_dir(cfg.out, STAGE, cfg.trainer.resume, cfg.overwrite)
     teacher = _open_teacher(cfg.teacher)
@@ -730,7 +790,10 @@ def _prepare_round(cfg: DistillConfig, log) -> _Round:
     t_teach = Timer()
     # (C,) log share of candidate slots over every row: the teacher's targets and the student's loss
     log_prior = candidate_log_prior(torch.from_numpy(d.mask)) if cfg.prior_correction else None
-    targets, kind, key, reused = _targets(cfg, teacher, d, clean, views, view_seed, log_prior)
+    # the CTC phase draws texts from targets ** T: with log pi / T they are p / pi restricted, the
+    # correction whose favourite is most often right (the rounds' T-fold one trains better students)
+    target_prior = log_prior / cfg.temperature if ctc_only and log_prior is not None else log_prior
+    targets, kind, key, reused = _targets(cfg, teacher, d, clean, views, view_seed, target_prior)
     log(("reused" if reused else "computed") + " the teacher's targets: "
         + ", ".join(f"{(kind == k).sum()} {name}" for k, name in enumerate(KINDS)))
     if (kind != DROPPED).sum() < 2:
@@ -741,15 +804,17 @@ def _prepare_round(cfg: DistillConfig, log) -> _Round:
                   key, reused, seconds)
 
 
-def _run_round(cfg: DistillConfig, log=print, callbacks: list | None = None, on_start=None) -> dict:
-    """One distillation of ``cfg.teacher`` into a fresh student.
+def _run_round(cfg: DistillConfig, log=print, callbacks: list | None = None, on_start=None,
+               ctc_only: bool = False, warm: bool = False) -> dict:
+    """One distillation of ``cfg.teacher`` into a fresh student (``ctc_only``: the CTC phase, which
+    keeps the teacher's classifier and trains only a CTC head on the teacher's targets).
 
     Everything is read and checked, and the teacher's targets computed, before ``RUN_DIR`` is
     written (``on_start`` runs just before that, for the rounds' parent folder).
     """
     timer = Timer()
     set_threads()
-    r = _prepare_round(cfg, log)
+    r = _prepare_round(cfg, log, ctc_only)
     if on_start is not None:
         on_start()
     out = start_run(cfg.out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite, r.teacher.vocab)
@@ -757,7 +822,7 @@ def _run_round(cfg: DistillConfig, log=print, callbacks: list | None = None, on_
         save_targets(out, r.key, r.targets, r.kind)
     L.seed_everything(cfg.trainer.seed, workers=True)
     train_pos = np.flatnonzero(r.kind != DROPPED)  # positions in the pool
-    module = _module(cfg, r.teacher, torch.from_numpy(r.targets[train_pos]), r.log_prior)
+    module = _module(cfg, r.teacher, torch.from_numpy(r.targets[train_pos]), r.log_prior, ctc_only, warm)
     initial_targets = module.targets.clone().numpy()
     train_loader, val_loader = _loaders(cfg, r.d, r.clean, r.views, r.kind, train_pos, log)
     monitor = "val/acc" if val_loader is not None else None
@@ -766,7 +831,7 @@ def _run_round(cfg: DistillConfig, log=print, callbacks: list | None = None, on_
     fit(trainer, module, train_loader, val_loader, resolve_resume(out, cfg.trainer.resume), out)
     fit_seconds = t_fit.seconds
 
-    student = module.model.cpu().eval()
+    student = module.model.cpu().eval().requires_grad_(True)  # the CTC phase froze the classifier
     result = _summary(cfg, r, student, trainer, train_pos)
     t_inf = Timer()
     s_logits = predict_logits(student, r.clean)  # (N, C) every row

@@ -82,6 +82,26 @@ def test_distill_student_has_a_ctc_head_and_a_ranking(runs):
     assert cfg["ctc"]["weight"] == 1.0
 
 
+def test_distill_trains_the_ctc_head_in_a_phase_of_its_own(runs):
+    """The CTC phase (RUN_DIR/ctc) keeps the last round's classifier exactly, BatchNorm statistics
+    included, trains only the new CTC head, and its model is the run's."""
+    root = runs[0]
+    m = json.loads((root / "di" / "metrics.json").read_text())
+    assert m["ctc_phase"]["epochs"] == 2 and len(m["rounds"]) == 1
+    assert m["total_seconds"] == pytest.approx(m["rounds"][0]["total_seconds"] + m["ctc_phase"]["total_seconds"])
+    last = load_model(root / "di" / "round1")[0]
+    phase = load_model(root / "di" / "ctc")[0]
+    assert not last.has_ctc and phase.has_ctc
+    ref = last.state_dict()
+    for k, v in phase.state_dict().items():
+        if not k.startswith("ctc_head."):
+            assert torch.equal(v, ref[k]), k
+    fresh = type(phase.ctc_head)(**phase.ctc_head.kwargs)
+    assert any(not torch.equal(a, b) for a, b in zip(phase.ctc_head.state_dict().values(),
+                                                     fresh.state_dict().values(), strict=True))
+    assert (root / "di" / "model.pt").read_bytes() == (root / "di" / "ctc" / "model.pt").read_bytes()
+
+
 def test_predict_ranks_texts_the_model_never_saw(runs, tmp_path):
     root, _, test_manifest, _ = runs
     rows = [json.loads(line) for line in test_manifest.read_text().splitlines()]

@@ -203,7 +203,9 @@ def world(tmp_path_factory):
 
 
 def _cfg(world, out, **over) -> DistillConfig:
-    cfg = DistillConfig(out=str(out), teacher=str(world["teacher"]), truth=str(world["truth"]), views=2, rounds=1)
+    # ctc_epochs 0: a one-round run stays one flat run directory (the CTC phase: tests/test_ctc_pipeline.py)
+    cfg = DistillConfig(out=str(out), teacher=str(world["teacher"]), truth=str(world["truth"]), views=2, rounds=1,
+                        ctc_epochs=0)
     cfg.data.manifests = [str(world["manifest"])]
     cfg.data.cache_dir = str(world["cache"])
     cfg.trainer = TrainerConfig(
@@ -450,3 +452,31 @@ def test_distill_rounds(world, tmp_path):
     # the multi-round run is itself a valid teacher
     m3 = run(_cfg(world, tmp_path / "next", teacher=str(out)), log=lambda *_: None)
     assert m3["held_out"] == {"fraction": 0.25, "seed": 3}
+
+
+class _StartOfEachRound(L.Callback):
+    """The student's weights and the epoch budget when each round's training starts."""
+
+    def __init__(self):
+        self.starts = []
+
+    def on_train_start(self, trainer, module):
+        self.starts.append(({k: v.detach().clone() for k, v in module.model.state_dict().items()}, trainer.max_epochs))
+
+
+def test_warm_started_rounds_begin_from_the_previous_student(world, tmp_path):
+    """warm_start: round 2 starts from round 1's student (not a fresh network) and trains warm_epochs."""
+    out = tmp_path / "warm"
+    rec = _StartOfEachRound()
+    cfg = _cfg(world, out, rounds=2, warm_start=True, warm_epochs=2, **{"ctc.weight": 0.0, "trainer.epochs": 1})
+    m = run(cfg, log=lambda *_: None, callbacks=[rec])
+    assert [e for _, e in rec.starts] == [1, 2]
+    r1 = load_model(out / "round1")[0].state_dict()
+    assert all(torch.equal(rec.starts[1][0][k], v) for k, v in r1.items())
+    assert json.loads((out / "round2" / "metrics.json").read_text())["epochs"] == 2
+    assert len(m["rounds"]) == 2
+    # and a cold run's round 2 does not start from round 1
+    rec = _StartOfEachRound()
+    run(_cfg(world, tmp_path / "cold", rounds=2, warm_start=False, **{"ctc.weight": 0.0}), log=lambda *_: None, callbacks=[rec])
+    r1 = load_model(tmp_path / "cold" / "round1")[0].state_dict()
+    assert not all(torch.equal(rec.starts[1][0][k], v) for k, v in r1.items() if v.is_floating_point())
