@@ -645,8 +645,10 @@ def _finish_rounds(cfg: DistillConfig, out: Path, last_round: Path, summary: lis
     # the resolved (inherited) settings, so this run can itself be a teacher or be resumed
     last = read_upstream(last_round, "--teacher").config
     last = {k: v for k, v in last.items() if k in DistillConfig.__dataclass_fields__}
+    # the run's own epochs and CTC settings, not those of its last (warm or CTC-only) step
     save_config(out, DistillConfig.from_dict({**last, "out": str(out), "teacher": cfg.teacher, "rounds": cfg.rounds,
-                                              "overwrite": cfg.overwrite}), STAGE)
+                                              "overwrite": cfg.overwrite, "trainer": cfg.to_dict()["trainer"],
+                                              "ctc": cfg.to_dict()["ctc"]}), STAGE)
     # the stage's time is its rounds' (also when some of them ran before a resume)
     seconds = sum(r["total_seconds"] or 0.0 for r in summary) + ((m.get("ctc_phase") or {}).get("total_seconds") or 0.0)
     return write_metrics(out, {**m, "teacher": str(cfg.teacher), "rounds": summary, "total_seconds": seconds})

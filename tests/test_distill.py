@@ -475,6 +475,8 @@ def test_warm_started_rounds_begin_from_the_previous_student(world, tmp_path):
     assert all(torch.equal(rec.starts[1][0][k], v) for k, v in r1.items())
     assert json.loads((out / "round2" / "metrics.json").read_text())["epochs"] == 2
     assert len(m["rounds"]) == 2
+    # the run's config keeps its own epochs (a resume trains round 1 the same way)
+    assert yaml.safe_load((out / "config.yaml").read_text())["trainer"]["epochs"] == 1
     # and a cold run's round 2 does not start from round 1
     rec = _StartOfEachRound()
     run(_cfg(world, tmp_path / "cold", rounds=2, warm_start=False, **{"ctc.weight": 0.0}), log=lambda *_: None, callbacks=[rec])
