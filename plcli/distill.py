@@ -591,7 +591,8 @@ def _run_rounds(cfg: DistillConfig, log, callbacks: list | None) -> dict:
     ``RUN_DIR`` is opened by the first round that runs, once its inputs passed every check.
     """
     out = Path(cfg.out)
-    check_run_dir(out, STAGE, cfg.trainer.resume, cfg.overwrite)
+    # a resumed run must keep the teacher's label vocabulary (checked before any round runs)
+    check_run_dir(out, STAGE, cfg.trainer.resume, cfg.overwrite, _open_teacher(cfg.teacher).vocab)
     opened = [out / "config.yaml" if cfg.trainer.resume is not None and (out / "config.yaml").exists() else None]
 
     def open_parent() -> None:
