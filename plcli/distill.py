@@ -624,12 +624,11 @@ def _run_rounds(cfg: DistillConfig, log, callbacks: list | None) -> dict:
             # a fresh top-level run replaces stale rounds; a resumed one continues them
             sub.overwrite = cfg.trainer.resume is None
             m = _run_round(sub, log, callbacks, on_start=open_parent, ctc_only=ctc_only, warm=warm)
-        entry = {key: m.get(key) for key in
-                 ("val_acc", "val_acc_within", "disambiguation_acc", "fit_seconds", "total_seconds")}
         if ctc_only:
             ctc_phase = {key: m.get(key) for key in ("fit_seconds", "total_seconds", "epochs", "ranking")}
         else:
-            summary.append(entry)
+            summary.append({key: m.get(key) for key in
+                            ("val_acc", "val_acc_within", "disambiguation_acc", "fit_seconds", "total_seconds")})
         teacher = Path(sub.out)
     open_parent()
     extra = {"ctc_phase": ctc_phase} if phase else {}
