@@ -337,7 +337,7 @@ def distill(
     exact_weight: float = typer.Option(None, "--exact-weight", help="weight of exact rows' cross-entropy (default 1)"),
     cc_weight: float = typer.Option(None, "--cc-weight", help="share of the candidate-set likelihood (prior-corrected CC) in candidate rows' loss, 0..1 (default 0.8)"),
     rounds: int = typer.Option(None, "--rounds", help="self-training rounds; round k distils round k-1's student (default 10)"),
-    warm_start: bool = typer.Option(None, "--warm-start/--no-warm-start", help="rounds after the first start from the previous student and train a third of --epochs (default on)"),
+    warm_start: bool = typer.Option(None, "--warm-start/--no-warm-start", help="rounds after the first start from the previous student and train a fifth of --epochs (default on)"),
     ctc_weight: float = typer.Option(None, "--ctc-weight", help="weight of the student's CTC head loss, which scores any candidate text (default 1; 0: no CTC head)"),
     ctc_tokens: str = typer.Option(None, "--ctc-tokens", help="CTC units: char (default) or phoneme (espeak-ng)"),
     ctc_epochs: int = typer.Option(None, "--ctc-epochs", help="epochs of the CTC phase after the last round: the CTC head alone, on the last student's targets (default: --epochs; 0: jointly within the last round)"),

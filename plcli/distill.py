@@ -162,7 +162,7 @@ class DistillConfig(Config):
         10, "self-training rounds: round k's teacher is round k-1's student (each in RUN_DIR/round<k>)", min=1
     )
     warm_start: bool = opt(True, "rounds after the first start from the previous round's student instead of a fresh network (and train warm_epochs)")
-    warm_epochs: int | None = opt(None, "epochs of a warm-started round (default: a third of trainer.epochs; the first round trains trainer.epochs)", min=1)
+    warm_epochs: int | None = opt(None, "epochs of a warm-started round (default: a fifth of trainer.epochs, 24 of 120; the first round trains trainer.epochs)", min=1)
     refine: bool = opt(False, "progressively refine candidate rows' targets from the student (PRODEN-style)")
     refine_momentum: float = opt(
         0.1, "refinement step m: target <- (1-m) target + m student", min=0.0, max=1.0
@@ -181,7 +181,7 @@ class DistillConfig(Config):
         factory=AugmentConfig, help="augmentations (inherited from the teacher by default)"
     )
     ctc: CTCConfig = opt(factory=lambda: CTCConfig(weight=1.0), help="the student's CTC head (scores any candidate text)")
-    ctc_rows: int = opt(128, "rows per batch that get the CTC loss, a random subset (the CTC branch is the slow part of a CPU step)", min=1)
+    ctc_rows: int = opt(64, "rows per batch that get the CTC loss, a random subset (the CTC branch is the slow part of a CPU step)", min=1)
     ctc_epochs: int | None = opt(
         None, "epochs of the CTC phase: after the last round the CTC head alone is trained on that round's student's "
         "candidate-restricted targets, the classifier frozen (RUN_DIR/ctc); default: trainer.epochs; "
@@ -582,7 +582,7 @@ def _ctc_phase(cfg: DistillConfig) -> bool:
 
 def warm_epochs(cfg: DistillConfig) -> int:
     """Epochs of a warm-started round."""
-    return cfg.warm_epochs or max(1, cfg.trainer.epochs // 3)
+    return cfg.warm_epochs or max(1, cfg.trainer.epochs // 5)
 
 
 def _run_rounds(cfg: DistillConfig, log, callbacks: list | None) -> dict:
