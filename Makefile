@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PLCLI := $(VENV)/bin/plcli
 DEMO ?= demo
 RUNS ?= runs
-# demo size: 2000 training recordings keep `make demo` (defaults: 3 distillation rounds) under
+# demo size: 2000 training recordings keep `make demo` (defaults: 10 warm-started rounds) under
 # 10 minutes on 2 CPU cores; `make demo DEMO_ARGS="--train 4000"` for the plcli demo-data default
 DEMO_ARGS ?= --train 2000
 PIPELINE_ARGS ?=
