@@ -287,6 +287,8 @@ def pretrain(
     views: int = typer.Option(None, "--views", help="augmented views per clip cached for training"),
     online_augment: bool = typer.Option(None, "--online-augment/--cached-views", help="augment waveforms every step instead of caching views"),
     truth: Path = typer.Option(None, "--truth", help="JSONL/CSV id,label: candidate-restricted kNN disambiguation accuracy on candidate rows"),
+    min_steps: int = typer.Option(None, "--min-steps", help="optimiser steps at least: a small data set trains more epochs than --epochs (default 1000; 0: off)"),
+    input_norm: str = typer.Option(None, "--input-norm", help="encoder input normalisation: cmn (default: each mel bin's mean over the clip removed), utterance, batch, none"),
 ):
     """Stage 1: SimCLR contrastive pretraining of an audio encoder on all the audio.
 
@@ -296,7 +298,8 @@ def pretrain(
     --truth, and against the exact labels of exact rows with candidates).
     """
     return {"encoder": encoder, "temperature": temperature, "proj_dim": proj_dim, "proj_layers": proj_layers,
-            "views": views, "online_augment": online_augment, "truth": str(truth) if truth else None}
+            "views": views, "online_augment": online_augment, "truth": str(truth) if truth else None,
+            "min_steps": min_steps, "input_norm": input_norm}
 
 
 @_stage_command("finetune")
@@ -328,6 +331,7 @@ def finetune(
 def distill(
     teacher: str = typer.Option(..., "--teacher", help="teacher run directory (finetune)"),
     student: str = typer.Option(None, "--student", help="student encoder: tcresnet-small (default), tcresnet, tcresnet-wide, resnet2d"),
+    student_init: str = typer.Option(None, "--student-init", help="first-round student's encoder: scratch (default) or teacher (a copy of the teacher's, pretrained, encoder; --student must match it)"),
     temperature: float = typer.Option(None, "--temperature", help="distillation temperature T (default 2)"),
     confidence: float = typer.Option(None, "--confidence", help="keep rows without candidates when the teacher's top-1 probability is at least this (default 0.5)"),
     teacher_views: int = typer.Option(None, "--teacher-views", help="cached augmented views averaged into the teacher's targets (default 0)"),
@@ -349,7 +353,7 @@ def distill(
     Writes model.pt, vocab.json (the teacher's), targets.npy, config.yaml, metrics.json (held-out
     accuracy, covering rate, disambiguation accuracy with --truth) and checkpoints.
     """
-    return {"teacher": teacher, "student": student, "temperature": temperature, "confidence": confidence,
+    return {"teacher": teacher, "student": student, "student_init": student_init, "temperature": temperature, "confidence": confidence,
             "teacher_views": teacher_views, "refine": refine, "refine_momentum": refine_momentum,
             "refine_start": refine_start, "exact_weight": exact_weight, "cc_weight": cc_weight, "rounds": rounds,
             "warm_start": warm_start, "ctc.weight": ctc_weight, "ctc.tokens": ctc_tokens, "ctc_epochs": ctc_epochs,

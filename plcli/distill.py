@@ -96,7 +96,7 @@ from plcli.io import atomic_open, atomic_write_json
 from plcli.losses import CandidateLoss, SoftTargetCrossEntropy, candidate_log_prior, candidate_targets
 from plcli.metrics import classification_metrics, covering_rate, restricted_predictions
 from plcli.models.classifier import Classifier, save_model
-from plcli.models.encoders import ENCODERS, count_parameters
+from plcli.models.encoders import DEFAULT_INPUT_NORM, ENCODERS, count_parameters
 from plcli.ranking import tune_ranking
 from plcli.runs import (
     Timer,
@@ -133,6 +133,7 @@ class DistillConfig(Config):
         factory=lambda: TrainerConfig(epochs=120, batch_size=256, lr=3e-3), help="training (per round)"
     )
     student: str = opt("tcresnet-small", "student encoder", choices=sorted(ENCODERS))
+    student_init: str = opt("scratch", "where a fresh (first-round) student's encoder starts: scratch (random) or teacher (a copy of the teacher's encoder, the pretrained one; needs --student to be the teacher's encoder)", choices=("scratch", "teacher"))
     head_hidden_dim: int = opt(128, "student head hidden width", min=1)
     head_layers: int = opt(2, "student head depth (1 = linear)", min=1)
     dropout: float = opt(0.1, "student head dropout", min=0.0, max=0.9)
@@ -337,6 +338,7 @@ class DistillModule(L.LightningModule):
         ctc_weight: float = 0.0,
         ctc_rows: int = 64,
         ctc_only: bool = False,
+        mel_range: list[float] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -346,7 +348,7 @@ class DistillModule(L.LightningModule):
         self.register_buffer("class_tokens", torch.ones(student["num_classes"], 1, dtype=torch.long), persistent=False)
         self.register_buffer("class_lengths", torch.zeros(student["num_classes"], dtype=torch.long), persistent=False)
         self.model = Classifier(**student)
-        self.spec_aug = SpectrogramAugment(SpecAugmentConfig.from_dict(spec_augment or {}))
+        self.spec_aug = SpectrogramAugment(SpecAugmentConfig.from_dict(spec_augment or {}), mel_range=mel_range)
         self.soft_ce = SoftTargetCrossEntropy(temperature, reduction="none")
         self.cc = CandidateLoss(reduction="none")
         # (num_train, C) target table; persistent only when refinement changes it
@@ -553,12 +555,15 @@ def _pretrain_run(finetune_run: UpstreamRun) -> UpstreamRun | None:
     return pre if pre.stage == "pretrain" else None
 
 
-def student_args(cfg, n_mels: int, num_classes: int, ctc: dict | None = None) -> dict:
+def student_args(cfg, n_mels: int, num_classes: int, ctc: dict | None = None,
+                 input_norm: str = DEFAULT_INPUT_NORM) -> dict:
     """``Classifier`` arguments of the student (``cfg``: a ``DistillConfig`` or the benchmark's
     ``BaselineConfig``, anything with ``student``, ``head_hidden_dim``, ``head_layers``, ``dropout``);
-    ``ctc``: the CTC head's settings (``CTCConfig.head_args``), or None for none."""
+    ``ctc``: the CTC head's settings (``CTCConfig.head_args``), or None for none; ``input_norm``: the
+    encoder's (distill passes its teacher's)."""
     args = dict(encoder=cfg.student, n_mels=n_mels, num_classes=num_classes, from_layer=0,
-                head_hidden_dim=cfg.head_hidden_dim, head_layers=cfg.head_layers, dropout=cfg.dropout)
+                head_hidden_dim=cfg.head_hidden_dim, head_layers=cfg.head_layers, dropout=cfg.dropout,
+                input_norm=input_norm)
     if ctc is not None:
         args["ctc"] = ctc
     return args
@@ -712,11 +717,13 @@ def _module(cfg: DistillConfig, teacher: _Teacher, targets: Tensor, log_prior: T
         tok = build_tokenizer(cfg.ctc.tokens, teacher.vocab.display)
         ctc = cfg.ctc.head_args(tok)
     module = DistillModule(
-        student_args(cfg, teacher.features.n_mels, len(teacher.vocab), ctc), num_train=len(targets),
+        student_args(cfg, teacher.features.n_mels, len(teacher.vocab), ctc,
+                     input_norm=teacher.model.kwargs.get("input_norm", "utterance")), num_train=len(targets),
         temperature=cfg.temperature, exact_weight=cfg.exact_weight, lr=cfg.trainer.lr,
         weight_decay=cfg.trainer.weight_decay, spec_augment=cfg.augment.spec.to_dict(), refine=cfg.refine,
         refine_momentum=cfg.refine_momentum, refine_start=cfg.refine_start, cc_weight=cfg.cc_weight,
         ctc_weight=cfg.ctc.weight, ctc_rows=cfg.ctc_rows, ctc_only=ctc_only,
+        mel_range=[teacher.features.f_min, teacher.features.f_max],
     )
     if ctc_only or warm:
         # start from the teacher's classifier (a CTC head is only ever new, or left out)
@@ -725,6 +732,14 @@ def _module(cfg: DistillConfig, teacher: _Teacher, targets: Tensor, log_prior: T
         if unexpected or any(not k.startswith("ctc_head.") for k in missing):
             raise UserError(f"{cfg.teacher}: its classifier does not fit the student's settings "
                             f"({len(unexpected)} unexpected, {len(missing)} missing weights)")
+    elif cfg.student_init == "teacher":
+        # a fresh student whose encoder starts as the teacher's (SimCLRv2's pretrained network); the head is new
+        state = teacher.model.encoder.state_dict()
+        try:
+            module.model.encoder.load_state_dict(state)
+        except RuntimeError:
+            raise UserError(f"--student-init teacher: the teacher's encoder does not fit --student {cfg.student} "
+                            "(use the teacher's encoder architecture)") from None
     if ctc_only:
         # the CTC phase: the teacher's classifier, frozen; only the new CTC head trains
         for name, param in module.model.named_parameters():

@@ -109,7 +109,8 @@ class FinetuneModule(L.LightningModule):
     def __init__(self, classifier: dict, num_train: int = 0, loss: str = "proden", candidate_weight: float = 1.0,
                  lr: float = 2e-3, weight_decay: float = 1e-4, frozen: bool = True, encoder_lr_scale: float = 0.1,
                  label_smoothing: float = 0.0, spec_augment: dict | None = None, prior_correction: bool = True,
-                 ctc_weight: float = 0.0, ctc_rows: int = 64, ctc_prior_correction: bool = True):
+                 ctc_weight: float = 0.0, ctc_rows: int = 64, ctc_prior_correction: bool = True,
+                 mel_range: list[float] | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.model = Classifier(**classifier)
@@ -117,7 +118,7 @@ class FinetuneModule(L.LightningModule):
             head = {id(p) for p in self._heads()}
             for p in self.model.parameters():
                 p.requires_grad_(id(p) in head)
-        self.spec_aug = SpectrogramAugment(SpecAugmentConfig.from_dict(spec_augment or {}))
+        self.spec_aug = SpectrogramAugment(SpecAugmentConfig.from_dict(spec_augment or {}), mel_range=mel_range)
         self.cc = CandidateLoss()
         self.soft_ce = SoftTargetCrossEntropy()
         # PRODEN's target table (num_train, C): part of the checkpoint so --resume continues it
@@ -378,7 +379,10 @@ def _inherit(cfg: FinetuneConfig) -> PretrainConfig | None:
     """Take features/augment from the pretrain run so the caches are reused."""
     if cfg.pretrained.lower() == "none":
         return None
-    pre = read_upstream(cfg.pretrained, "--pretrained", ("pretrain",)).as_config(PretrainConfig)
+    upstream = read_upstream(cfg.pretrained, "--pretrained", ("pretrain",))
+    pre = upstream.as_config(PretrainConfig)
+    # a run from before the option existed normalised each clip as a whole
+    pre.input_norm = upstream.get("input_norm", "utterance")
     cfg.features, cfg.augment = pre.features, pre.augment
     return pre
 
@@ -427,7 +431,7 @@ def _classifier_args(cfg: FinetuneConfig, pre: PretrainConfig | None, num_classe
     return dict(encoder=arch.encoder, n_mels=cfg.features.n_mels, num_classes=num_classes,
                 from_layer=cfg.from_layer, proj_hidden_dim=arch.proj_hidden_dim, proj_dim=arch.proj_dim,
                 proj_layers=arch.proj_layers, head_hidden_dim=cfg.head_hidden_dim,
-                head_layers=cfg.head_layers, dropout=cfg.dropout)
+                head_layers=cfg.head_layers, dropout=cfg.dropout, input_norm=arch.input_norm)
 
 
 def _module(cfg: FinetuneConfig, inp: _Inputs) -> FinetuneModule:
@@ -438,7 +442,8 @@ def _module(cfg: FinetuneConfig, inp: _Inputs) -> FinetuneModule:
                             encoder_lr_scale=cfg.encoder_lr_scale, label_smoothing=cfg.label_smoothing,
                             spec_augment=cfg.augment.spec.to_dict(), prior_correction=cfg.prior_correction,
                             ctc_weight=cfg.ctc.weight, ctc_rows=cfg.ctc_rows,
-                            ctc_prior_correction=cfg.ctc.prior_correction)
+                            ctc_prior_correction=cfg.ctc.prior_correction,
+                            mel_range=[cfg.features.f_min, cfg.features.f_max])
     if cfg.prior_correction or cfg.ctc.prior_correction:
         module.log_prior.copy_(candidate_log_prior(inp.mask))
     if module.model.has_ctc:

@@ -15,6 +15,8 @@ labels), each with its chance level.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +41,7 @@ from plcli.data.labels import LabelNormalizer, Vocabulary
 from plcli.errors import UserError
 from plcli.losses import NTXentLoss
 from plcli.metrics import candidate_chance
-from plcli.models.encoders import ENCODERS, build_encoder
+from plcli.models.encoders import DEFAULT_INPUT_NORM, ENCODERS, INPUT_NORMS, build_encoder
 from plcli.models.heads import ProjectionHead
 from plcli.runs import Timer, jsonable, logged_history, resolve_resume, set_threads, start_run, write_metrics
 from plcli.training import adamw_cosine, build_trainer, fit
@@ -55,9 +57,11 @@ class PretrainConfig(Config):
     out: str = opt("", "run directory")
     data: DataConfig = opt(factory=DataConfig, help="inputs")
     features: FeatureConfig = opt(factory=FeatureConfig, help="log-mel front end (inherited by later stages)")
-    trainer: TrainerConfig = opt(factory=lambda: TrainerConfig(epochs=30, batch_size=256, lr=2e-3), help="training")
+    trainer: TrainerConfig = opt(factory=lambda: TrainerConfig(epochs=30, batch_size=64, lr=2e-3), help="training")
+    min_steps: int = opt(1000, "train at least this many optimiser steps (counted on one device): a small data set trains more epochs than trainer.epochs; 0 = off", min=0)
     augment: AugmentConfig = opt(factory=AugmentConfig, help="waveform and spectrogram augmentations")
     encoder: str = opt("tcresnet", "encoder architecture", choices=sorted(ENCODERS))
+    input_norm: str = opt(DEFAULT_INPUT_NORM, "the encoder's input normalisation: cmn (each mel bin's mean over the clip removed, then the clip's variance; speaker- and channel-invariant), utterance (the clip's mean and variance only), batch, none", choices=INPUT_NORMS)
     proj_hidden_dim: int = opt(256, "projection head hidden width", min=8)
     proj_dim: int = opt(128, "projection output size (the NT-Xent space)", min=8)
     proj_layers: int = opt(3, "projection head depth (SimCLRv2 uses 3)", min=1)
@@ -80,12 +84,14 @@ class PretrainModule(L.LightningModule):
     def __init__(self, encoder: str = "tcresnet", n_mels: int = 64, proj_hidden_dim: int = 256, proj_dim: int = 128,
                  proj_layers: int = 3, temperature: float = 0.2, lr: float = 2e-3, weight_decay: float = 1e-4,
                  spec_augment: dict | None = None, feature_config: dict | None = None, probe_k: int = 5,
-                 num_classes: int = 0):
+                 num_classes: int = 0, input_norm: str = "utterance"):
         super().__init__()
         self.save_hyperparameters()  # primitives only: checkpoints load with weights_only
-        self.encoder = build_encoder(encoder, n_mels)
+        self.encoder = build_encoder(encoder, n_mels, input_norm=input_norm)
         self.projector = ProjectionHead(self.encoder.embed_dim, proj_hidden_dim, proj_dim, proj_layers)
-        self.spec_aug = SpectrogramAugment(SpecAugmentConfig.from_dict(spec_augment or {}))
+        fc = feature_config or {}
+        mel_range = [fc["f_min"], fc["f_max"]] if "f_min" in fc and "f_max" in fc else None
+        self.spec_aug = SpectrogramAugment(SpecAugmentConfig.from_dict(spec_augment or {}), mel_range=mel_range)
         self.criterion = NTXentLoss(temperature)
         self._probe: list[dict[str, torch.Tensor]] = []
 
@@ -265,10 +271,20 @@ def encoder_payload(module: PretrainModule) -> dict:
         "format": 1,
         "encoder": hp["encoder"],
         "n_mels": hp["n_mels"],
+        "input_norm": hp.get("input_norm", "utterance"),
         "embed_dim": module.encoder.embed_dim,
         "features": hp["feature_config"],
         "state_dict": {k: v.detach().cpu() for k, v in module.encoder.state_dict().items()},
     }
+
+
+def train_epochs(cfg: PretrainConfig, steps_per_epoch: int) -> int:
+    """``trainer.epochs``, or more where that many epochs would stay under ``min_steps`` steps.
+
+    Contrastive pretraining improves with optimiser steps far beyond 30 epochs of a small data set
+    (docs/benchmark.md, "Pretraining levers"), while a large one reaches the steps in fewer epochs.
+    """
+    return max(cfg.trainer.epochs, math.ceil(cfg.min_steps / max(1, steps_per_epoch)))
 
 
 def run(cfg: PretrainConfig, log=print) -> dict:
@@ -293,7 +309,10 @@ def run(cfg: PretrainConfig, log=print) -> dict:
     module = _module(cfg, len(vocab))
     exact_rows = int((probe["y"] >= 0).sum())
     monitor = "probe/knn_acc" if val_loader is not None and exact_rows >= 2 else None
-    trainer = build_trainer(cfg.trainer, out, monitor=monitor, mode="max")
+    epochs = train_epochs(cfg, len(train_loader))
+    if epochs > cfg.trainer.epochs:
+        log(f"training {epochs} epochs ({len(train_loader)} steps each) to reach min_steps={cfg.min_steps}")
+    trainer = build_trainer(dataclasses.replace(cfg.trainer, epochs=epochs), out, monitor=monitor, mode="max")
     t_fit = Timer()
     fit(trainer, module, train_loader, val_loader, resolve_resume(out, cfg.trainer.resume), out)
     fit_seconds = t_fit.seconds
@@ -379,6 +398,7 @@ def _module(cfg: PretrainConfig, num_classes: int) -> PretrainModule:
         proj_layers=cfg.proj_layers, temperature=cfg.temperature, lr=cfg.trainer.lr,
         weight_decay=cfg.trainer.weight_decay, spec_augment=cfg.augment.spec.to_dict(),
         feature_config=cfg.features.to_dict(), probe_k=cfg.probe_k, num_classes=num_classes,
+        input_norm=cfg.input_norm,
     )
 
 

@@ -14,6 +14,7 @@ from plcli.data.augment import (
     SpecAugment,
     SpecAugmentConfig,
     SpectrogramAugment,
+    VocalTractWarp,
     WaveformAugment,
 )
 from plcli.errors import UserError
@@ -242,6 +243,7 @@ def test_specaugment_default_fill_is_item_mean_and_widths_bounded():
         SpecAugment(freq_masks=1, freq_width=4, time_masks=0, p=0.5, min_freq_width=4),
         Mixup(ratio=0.4, p=0.5),
         RandomResizeCrop(p=0.5),
+        VocalTractWarp(max_warp=0.2, p=0.5),
     ],
 )
 def test_probability_applies_to_a_share_of_items(module):
@@ -302,10 +304,75 @@ def test_random_resize_crop_zoom_out_fills_with_mean():
     torch.testing.assert_close(out[:, :, -9:], means.view(3, 1, 1).expand(3, 20, 9), atol=1e-5, rtol=0)
 
 
+def _vtlp_reference(x: torch.Tensor, alpha: float, f_min: float, f_max: float) -> torch.Tensor:
+    """One item, band by band: the output band at centre frequency f reads the input at f / alpha,
+    interpolated linearly on the mel scale between the two neighbouring bands (HTK scale, as torchaudio)."""
+    import torchaudio.functional as AF
+
+    n = x.shape[0]
+    edges = AF.melscale_fbanks(257, f_min, f_max, n, 16000).argmax(0)  # peak bin of each filter
+    m = torch.linspace(2595 * math.log10(1 + f_min / 700), 2595 * math.log10(1 + f_max / 700), n + 2)
+    centres = (700 * (10 ** (m / 2595) - 1))[1:-1].double().numpy()
+    # sanity: these are the filters' centres (each filter peaks within one FFT bin of its centre)
+    assert np.abs(edges.numpy() * 8000 / 256 - centres).max() < 8000 / 256 + 1e-6
+    mel = lambda hz: 2595 * np.log10(1 + hz / 700)  # noqa: E731
+    out = torch.empty_like(x)
+    for band in range(n):
+        src = centres[band] / alpha
+        for t in range(x.shape[1]):
+            out[band, t] = float(np.interp(mel(src), mel(centres), x[:, t].double().numpy()))
+    return out
+
+
+@pytest.mark.parametrize("alpha", [0.85, 1.0, 1.12])
+def test_vocal_tract_warp_matches_a_band_by_band_reference(alpha):
+    x = _spec(b=2, f=24, t=5)
+    out = _warp_with(VocalTractWarp(f_min=40.0, f_max=7600.0, max_warp=0.2, p=1.0).train(), x, alpha)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    for i in range(2):
+        torch.testing.assert_close(out[i], _vtlp_reference(x[i], alpha, 40.0, 7600.0), atol=1e-4, rtol=1e-4)
+
+
+def test_vocal_tract_warp_moves_a_formant_the_right_way():
+    # one bright band: alpha > 1 (a shorter vocal tract) moves it up, alpha < 1 moves it down
+    x = torch.zeros(1, 64, 3)
+    x[0, 30] = 5.0
+    m = VocalTractWarp(max_warp=0.3, p=1.0).train()
+    low, high = (_centre_of_mass(_warp_with(m, x, a)) for a in (0.8, 1.25))
+    assert low < 29 and high > 31
+    assert torch.equal(m.eval()(x), x)
+
+
+class _Pinned:
+    """Stands in for the tensor that ``torch.empty`` returns, so that ``uniform_`` gives ``value``."""
+
+    def __init__(self, t, value):
+        self.t, self.value = t, value
+
+    def uniform_(self, *_):
+        return self.t.fill_(self.value)
+
+
+def _warp_with(m: VocalTractWarp, x: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``m(x)`` with every item's scale pinned to ``alpha`` (the module draws it with torch.empty().uniform_)."""
+    real_empty = torch.empty
+    torch.empty = lambda *a, **k: _Pinned(real_empty(*a, **k), alpha)
+    try:
+        return m(x)
+    finally:
+        torch.empty = real_empty
+
+
+def _centre_of_mass(x: torch.Tensor) -> float:
+    w = x[0, :, 0].clamp(min=0)
+    return float((w * torch.arange(len(w))).sum() / w.sum())
+
+
 def test_eval_mode_is_identity_and_train_is_not():
     x = _spec()
-    cfg = SpecAugmentConfig(p_mixup=1.0, p_rrc=1.0, p_specaugment=1.0)
-    for m in (SpectrogramAugment(cfg), Mixup(p=1.0), RandomResizeCrop(p=1.0), SpecAugment(p=1.0)):
+    cfg = SpecAugmentConfig(p_vtlp=1.0, p_mixup=1.0, p_rrc=1.0, p_specaugment=1.0)
+    for m in (SpectrogramAugment(cfg), Mixup(p=1.0), RandomResizeCrop(p=1.0), SpecAugment(p=1.0),
+              VocalTractWarp(p=1.0)):
         m.eval()
         assert m(x) is x
         m.train()
@@ -345,6 +412,9 @@ def test_spectrogram_augment_is_seeded_by_torch():
         lambda: SpecAugment(freq_masks=-1),
         lambda: SpecAugment(freq_width=2, min_freq_width=3),
         lambda: SpectrogramAugment(SpecAugmentConfig(rrc_min_scale=2.0, rrc_max_scale=1.0)),
+        lambda: VocalTractWarp(max_warp=1.0),
+        lambda: VocalTractWarp(f_min=8000.0, f_max=4000.0),
+        lambda: VocalTractWarp(p=-0.1),
     ],
 )
 def test_spec_invalid_parameters(make):

@@ -31,7 +31,7 @@ def runs(tmp_path_factory):
     os.environ["PLCLI_CACHE"] = str(root / "cache")
     manifest, truth = write_dataset(root / "data", n=48)
     test_manifest, test_truth = write_dataset(root / "data", n=12, seed=1, unlabelled=0, name="test.jsonl")
-    (root / "pre.yaml").write_text(yaml.safe_dump({"features": {"clip_seconds": 1.0}, "views": 2, "trainer": TRAINER}))
+    (root / "pre.yaml").write_text(yaml.safe_dump({"features": {"clip_seconds": 1.0}, "views": 2, "min_steps": 0, "trainer": TRAINER}))
     run = CliRunner().invoke
     res = run(app, ["pretrain", str(manifest), "--out", str(root / "pre"), "--config", str(root / "pre.yaml"),
                     "--epochs", "1"])

@@ -18,6 +18,7 @@ from plcli.data.datasets import candidate_matrix
 from plcli.data.labels import Vocabulary
 from plcli.data.manifest import Row
 from plcli.data.validate import load_rows
+from plcli.errors import UserError
 from plcli.distill import (
     CANDIDATE,
     DROPPED,
@@ -462,6 +463,32 @@ class _StartOfEachRound(L.Callback):
 
     def on_train_start(self, trainer, module):
         self.starts.append(({k: v.detach().clone() for k, v in module.model.state_dict().items()}, trainer.max_epochs))
+
+
+def test_student_init_teacher_starts_from_the_teachers_encoder(world, tmp_path):
+    """--student-init teacher: a fresh student's encoder is a copy of the teacher's; its head is new."""
+    teacher = load_model(world["teacher"])[0]
+    rec = _StartOfEachRound()
+    # seed 1: the fixture's teacher was drawn with seed 0, as a seed-0 student of its architecture would be
+    cfg = _cfg(world, tmp_path / "init", student="tcresnet", student_init="teacher",
+               **{"ctc.weight": 0.0, "trainer.seed": 1})
+    run(cfg, log=lambda *_: None, callbacks=[rec])
+    start = rec.starts[0][0]
+    enc = {k: v for k, v in teacher.state_dict().items() if k.startswith("encoder.")}
+    assert enc and all(torch.equal(start[k], v) for k, v in enc.items())
+    # the student inherits the teacher's input normalisation (this teacher predates the option: utterance)
+    assert load_model(tmp_path / "init")[0].encoder.norm.mode == "utterance"
+    # from scratch, the same student does not start from the teacher's weights
+    rec = _StartOfEachRound()
+    run(_cfg(world, tmp_path / "scratch", student="tcresnet", **{"ctc.weight": 0.0, "trainer.seed": 1}),
+        log=lambda *_: None, callbacks=[rec])
+    assert not all(torch.equal(rec.starts[0][0][k], v) for k, v in enc.items() if v.is_floating_point())
+
+
+def test_student_init_teacher_needs_the_teachers_architecture(world, tmp_path):
+    cfg = _cfg(world, tmp_path / "bad", student="tcresnet-small", student_init="teacher", **{"ctc.weight": 0.0})
+    with pytest.raises(UserError, match="student-init"):
+        run(cfg, log=lambda *_: None)
 
 
 def test_warm_started_rounds_begin_from_the_previous_student(world, tmp_path):

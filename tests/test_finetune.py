@@ -26,7 +26,7 @@ def pretrained(tmp_path_factory):
     os.environ["PLCLI_CACHE"] = str(root / "cache")
     manifest, truth = write_dataset(root / "data", n=48)
     cfg = root / "pre.yaml"
-    cfg.write_text(yaml.safe_dump({"features": {"clip_seconds": 1.0}, "views": 2,
+    cfg.write_text(yaml.safe_dump({"features": {"clip_seconds": 1.0}, "views": 2, "min_steps": 0,
                                    "trainer": {"batch_size": 16, "accelerator": "cpu", "devices": "1",
                                                "progress": False}}))
     res = CliRunner().invoke(app, ["pretrain", str(manifest), "--out", str(root / "pre"), "--config", str(cfg),
@@ -79,6 +79,23 @@ def test_finetune_resume_and_random_baseline(pretrained, monkeypatch):
     assert m["global_step"] == 2 * step1
     base = _finetune(root, manifest, "ft-none", "--epochs", "1", pretrained="none")
     assert base["epochs"] == 1
+
+
+def test_finetune_takes_the_pretrain_runs_input_norm(pretrained, monkeypatch, tmp_path):
+    import shutil
+
+    root, manifest, _ = pretrained
+    monkeypatch.setenv("PLCLI_CACHE", str(root / "cache"))
+    pre_cfg = yaml.safe_load((root / "pre" / "config.yaml").read_text())
+    assert pre_cfg["input_norm"] == "cmn"  # the default of new runs
+    _finetune(root, manifest, "ft-norm", "--epochs", "1")
+    assert load_model(root / "ft-norm")[0].encoder.norm.mode == "cmn"
+    # a pretrain run from before the option (no input_norm in its config) normalised whole clips
+    old = root / "pre-old"
+    shutil.copytree(root / "pre", old)
+    (old / "config.yaml").write_text(yaml.safe_dump({k: v for k, v in pre_cfg.items() if k != "input_norm"}))
+    _finetune(root, manifest, "ft-old", "--epochs", "1", pretrained="pre-old")
+    assert load_model(root / "ft-old")[0].encoder.norm.mode == "utterance"
 
 
 def test_finetune_rejects_wrong_pretrained(pretrained, monkeypatch):

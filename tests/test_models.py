@@ -48,6 +48,33 @@ def test_utterance_norm_removes_gain(name):
         torch.testing.assert_close(enc(x), enc(x + 3.0), atol=1e-4, rtol=1e-4)
 
 
+def test_cmn_removes_each_bins_offset_and_utterance_norm_does_not():
+    # a fixed spectral tilt (voice or microphone) adds a per-bin constant to every frame of a log-mel
+    x = torch.randn(2, 32, 60)
+    tilt = torch.linspace(-2.0, 2.0, 32).view(1, 32, 1)
+    cmn = TCResNet(n_mels=32, input_norm="cmn").eval()
+    utt = TCResNet(n_mels=32, input_norm="utterance").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(cmn(x), cmn(x + tilt), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(cmn(x), cmn(3.0 * x - 1.0), atol=1e-4, rtol=1e-4)  # gain and range too
+        assert not torch.allclose(utt(x), utt(x + tilt), atol=1e-3)
+        # the normalised input itself: every bin has zero mean over time, unit variance over the clip
+        z = cmn.norm.__class__(32, "cmn").eval()
+        z.bn = torch.nn.Identity()
+        out = z(x + tilt)
+        torch.testing.assert_close(out.mean(dim=2), torch.zeros(2, 32), atol=1e-5, rtol=0)
+        torch.testing.assert_close(out.square().mean(dim=(1, 2)), torch.ones(2), atol=1e-4, rtol=0)
+
+
+def test_classifier_keeps_its_input_norm_and_old_models_load_as_utterance():
+    from plcli.models.classifier import Classifier
+
+    c = Classifier("tcresnet-small", 32, 5, input_norm="cmn")
+    assert c.kwargs["input_norm"] == "cmn" and c.encoder.norm.mode == "cmn"
+    old = {k: v for k, v in c.kwargs.items() if k != "input_norm"}  # a model.pt from before the option
+    assert Classifier(**old).encoder.norm.mode == "utterance"
+
+
 def test_no_input_norm_is_gain_sensitive():
     enc = TCResNet(n_mels=32, input_norm="none").eval()
     x = torch.randn(2, 32, 60)

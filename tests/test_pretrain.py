@@ -16,6 +16,7 @@ TINY = {
     "features": {"clip_seconds": 1.0},
     "trainer": {"batch_size": 16, "accelerator": "cpu", "devices": "1", "progress": False, "num_workers": 0},
     "views": 2,
+    "min_steps": 0,  # the tests count epochs; min_steps has its own test
 }
 
 
@@ -52,6 +53,24 @@ def test_pretrain_cli_writes_run_dir(tmp_path, tiny_data):
     # checkpoints hold primitives only: they load with weights_only
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["hyper_parameters"]["encoder"] == "tcresnet"
+
+
+def test_min_steps_adds_epochs_on_small_data(tmp_path, tiny_data):
+    from plcli.pretrain import PretrainConfig, train_epochs
+
+    cfg = PretrainConfig()
+    assert cfg.trainer.epochs == 30 and cfg.min_steps == 1000 and cfg.input_norm == "cmn"
+    assert train_epochs(cfg, 17) == 59  # 1117 clips at batch 64: 30 epochs would be 510 steps
+    assert train_epochs(cfg, 40) == 30  # 30 x 40 steps already exceed 1000
+    cfg.min_steps = 0
+    assert train_epochs(cfg, 1) == 30
+    # through the CLI: 2 steps an epoch (32 clips, batch 16), at least 6 steps -> 3 epochs, not 1
+    manifest, _ = tiny_data
+    out = tmp_path / "pre"
+    _pretrain(tmp_path, manifest, out, "--epochs", "1", "--min-steps", "6")
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["epochs"] == 3 and m["global_step"] == 6
+    assert yaml.safe_load((out / "config.yaml").read_text())["min_steps"] == 6
 
 
 def test_pretrain_refuses_existing_run_and_resumes(tmp_path, tiny_data):

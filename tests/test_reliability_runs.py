@@ -31,6 +31,7 @@ from plcli.runs import logged_history
 STEPS_CFG = {
     "features": {"clip_seconds": 1.0},
     "views": 2,
+    "min_steps": 0,
     "trainer": {"batch_size": 4, "accelerator": "cpu", "devices": "1", "progress": False, "num_workers": 0},
 }
 

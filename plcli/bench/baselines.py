@@ -115,13 +115,14 @@ class SupervisedModule(L.LightningModule):
         lr: float = 3e-3,
         weight_decay: float = 1e-4,
         spec_augment: dict | None = None,
+        mel_range: list[float] | None = None,
     ):
         super().__init__()
         if loss not in ("ce", "indicator-mse"):
             raise ValueError(f"loss must be 'ce' or 'indicator-mse', got {loss!r}")
         self.save_hyperparameters()
         self.model = Classifier(**classifier)
-        self.spec_aug = SpectrogramAugment(SpecAugmentConfig.from_dict(spec_augment or {}))
+        self.spec_aug = SpectrogramAugment(SpecAugmentConfig.from_dict(spec_augment or {}), mel_range=mel_range)
         self.mse = CandidateIndicatorMSELoss()
 
     def training_step(self, batch, batch_idx):
@@ -147,10 +148,12 @@ def train_baseline(
     cfg: BaselineConfig | None = None,
     truth: dict[str, str] | None = None,
     spec_augment: dict | None = None,
+    mel_range: list[float] | None = None,
 ) -> tuple[Classifier, dict]:
     """Train one baseline row; returns the classifier (CPU, eval mode) and a summary.
 
-    ``views`` is the (N, V, n_mels, frames) pack of augmented views of ``rows`` (same order).
+    ``views`` is the (N, V, n_mels, frames) pack of augmented views of ``rows`` (same order);
+    ``mel_range`` the features' ``[f_min, f_max]`` (for VTLP).
     """
     from plcli.distill import student_args
     from plcli.runs import Timer
@@ -171,6 +174,7 @@ def train_baseline(
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
         spec_augment=spec_augment,
+        mel_range=mel_range,
     )
     trainer = L.Trainer(
         max_steps=steps,

@@ -617,7 +617,7 @@ def parse(argv=None):
     ap.add_argument(
         "--views", type=int, default=8, help="cached augmented views per clip (the pretrain default)"
     )
-    ap.add_argument("--pretrain-epochs", type=int, default=None, help="default: the stage's own")
+    ap.add_argument("--pretrain-epochs", type=int, default=None, help="exactly this many epochs (min_steps off); default: the stage's own")
     ap.add_argument("--finetune-epochs", type=int, default=None)
     ap.add_argument("--distill-epochs", type=int, default=None)
     ap.add_argument(

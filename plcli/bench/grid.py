@@ -230,6 +230,8 @@ def pretrain(a, bench: Path, paths: dict, seed: int) -> dict:
             "data.cache_dir": str(a.cache),
             "views": a.views,
             **trainer_opts(a, a.pretrain_epochs, seed),
+            # --pretrain-epochs means that many epochs (a smoke run), not at least min_steps
+            **({"min_steps": 0} if a.pretrain_epochs else {}),
         },
     )
     return {"dir": out, "seconds": m.get("total_seconds")}
@@ -348,6 +350,7 @@ def baseline_cell(a, bench: Path, paths: dict, row: str, rate: float, seed: int)
         cfg,
         truth=read_truth(paths["truth"]),
         spec_augment=augment.spec.to_dict(),
+        mel_range=[features.f_min, features.f_max],
     )
     log(f"{row} r={rate:g} s={seed}: {info}")
     return finish_cell(a, paths, row, rate, seed, model, vocab, features, {"views": feat_s, "train": info["fit_seconds"]})
@@ -577,7 +580,7 @@ def parse(argv=None):
     ap.add_argument(
         "--views", type=int, default=8, help="cached augmented views per clip (the pretrain default)"
     )
-    ap.add_argument("--pretrain-epochs", type=int, default=None, help="default: the stage's own")
+    ap.add_argument("--pretrain-epochs", type=int, default=None, help="exactly this many epochs (min_steps off); default: the stage's own")
     ap.add_argument("--finetune-epochs", type=int, default=None)
     ap.add_argument("--distill-epochs", type=int, default=None)
     ap.add_argument("--baseline-epochs", type=int, default=None, help="default: the distill stage's epochs")

@@ -65,6 +65,10 @@ from plcli.errors import UserError
 class SpecAugmentConfig(Config):
     """Batched augmentations of log-mel spectrograms (applied on the training device)."""
 
+    p_vtlp: float = opt(
+        0.0, "share of items given a vocal tract length perturbation (frequency axis scaled in Hz)", min=0.0, max=1.0
+    )
+    vtlp_max_warp: float = opt(0.1, "largest relative frequency scaling of VTLP (0.1 = +-10 %)", min=0.0, max=0.5)
     p_mixup: float = opt(
         0.5, "share of items mixed with another item of the batch (BYOL-A mixup)", min=0.0, max=1.0
     )
@@ -394,6 +398,70 @@ def _scatter(x: torch.Tensor, sel: torch.Tensor | None, out: torch.Tensor) -> to
     return res
 
 
+class VocalTractWarp(nn.Module):
+    """Vocal tract length perturbation (VTLP; Jaitly & Hinton 2013) applied to a log-mel: each
+    item's frequency axis is scaled by ``alpha ~ U(1 - max_warp, 1 + max_warp)`` in Hz, as a
+    shorter or longer vocal tract scales the formants, and read back at the mel-band centres by
+    linear interpolation (on the mel scale) between the two nearest bands.
+
+    Unlike the channel augmentations this changes the apparent speaker, so views of one clip
+    no longer share the voice's exact spectral envelope. Assumes torchaudio's HTK mel scale over
+    ``[f_min, f_max]`` (``plcli.data.features.LogMel``). Output band ``m`` takes the input at
+    ``hz(m) / alpha``; above ``f_max`` the top band is repeated.
+
+    Args:
+        f_min, f_max: the mel filterbank's range in Hz.
+        max_warp: largest relative change of the frequency scale (0.1 = +-10 %).
+        p: share of items that are warped.
+    """
+
+    def __init__(self, f_min: float = 20.0, f_max: float = 7600.0, max_warp: float = 0.1, p: float = 1.0):
+        super().__init__()
+        if not 0 <= f_min < f_max:
+            raise ValueError(f"need 0 <= f_min < f_max, got {f_min}, {f_max}")
+        if not 0 <= max_warp < 1:
+            raise ValueError(f"max_warp must be in [0, 1), got {max_warp}")
+        _check_prob(p)
+        self.f_min, self.f_max, self.max_warp, self.p = f_min, f_max, max_warp, p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, F, T) -> (B, F, T)."""
+        if not self.training or self.p == 0 or self.max_warp == 0:
+            return x
+        n_mels = x.shape[1]
+        if n_mels < 2:
+            raise ValueError(f"need at least 2 mel bands, got {n_mels}")
+        sel = _selected(x.shape[0], self.p, x.device)
+        xs = x if sel is None else x[sel]
+        b = xs.shape[0]
+        if b == 0:
+            return x
+        m_lo, m_hi = _hz_to_mel(self.f_min), _hz_to_mel(self.f_max)
+        step = (m_hi - m_lo) / (n_mels + 1)  # band m's centre is m_lo + (m + 1) * step
+        centre_hz = _mel_to_hz(m_lo + step * torch.arange(1, n_mels + 1, device=x.device, dtype=torch.float32))
+        alpha = torch.empty(b, 1, device=x.device).uniform_(1 - self.max_warp, 1 + self.max_warp)
+        src_hz = centre_hz[None, :] / alpha  # (b, F): where each output band reads from
+        pos = ((_hz_to_mel(src_hz) - m_lo) / step - 1).clamp(0, n_mels - 1)  # fractional band index
+        lo = pos.floor().long().clamp(max=n_mels - 2)
+        w = (pos - lo).unsqueeze(-1)  # (b, F, 1)
+        xf = xs.float()
+        t = xf.shape[-1]
+        below = torch.gather(xf, 1, lo.unsqueeze(-1).expand(-1, -1, t))  # (b, F, T)
+        above = torch.gather(xf, 1, (lo + 1).unsqueeze(-1).expand(-1, -1, t))
+        return _scatter(x, sel, torch.lerp(below, above, w))
+
+
+def _hz_to_mel(hz):
+    """HTK mel scale (torchaudio's default)."""
+    if isinstance(hz, torch.Tensor):
+        return 2595.0 * torch.log10(1.0 + hz / 700.0)
+    return 2595.0 * math.log10(1.0 + hz / 700.0)
+
+
+def _mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
+    return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
+
+
 class Mixup(nn.Module):
     """BYOL-A mixup (Niizumi et al. 2021, "BYOL for Audio"): mix each item with another item of
     the batch in the linear power domain.
@@ -575,17 +643,21 @@ class SpecAugment(nn.Module):
 
 
 class SpectrogramAugment(nn.Module):
-    """Mixup, random resized crop and SpecAugment in that order, as configured; ``eval()`` = identity.
+    """VTLP, mixup, random resized crop and SpecAugment in that order, as configured; ``eval()`` = identity.
 
     Args:
         cfg: the parameters (each step with probability 0 is left out).
         log_scale: see ``Mixup`` (1 for the natural-log features of ``plcli.data.features.LogMel``).
+        mel_range: ``[f_min, f_max]`` of the mel filterbank in Hz, for VTLP (default: FeatureConfig's).
     """
 
-    def __init__(self, cfg: SpecAugmentConfig, log_scale: float = 1.0):
+    def __init__(self, cfg: SpecAugmentConfig, log_scale: float = 1.0, mel_range: list[float] | None = None):
         super().__init__()
         _check_spec_config(cfg)
         steps: list[nn.Module] = []
+        if cfg.p_vtlp > 0 and cfg.vtlp_max_warp > 0:
+            f_min, f_max = mel_range or (20.0, 7600.0)
+            steps.append(VocalTractWarp(f_min, f_max, cfg.vtlp_max_warp, cfg.p_vtlp))
         if cfg.p_mixup > 0 and cfg.mixup_ratio > 0:
             steps.append(Mixup(cfg.mixup_ratio, cfg.p_mixup, log_scale))
         if cfg.p_rrc > 0:

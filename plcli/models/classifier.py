@@ -34,14 +34,15 @@ class Classifier(nn.Module):
 
     def __init__(self, encoder: str, n_mels: int, num_classes: int, from_layer: int = 0, proj_hidden_dim: int = 256,
                  proj_dim: int = 128, proj_layers: int = 3, head_hidden_dim: int = 256, head_layers: int = 2,
-                 dropout: float = 0.1, ctc: dict | None = None):
+                 dropout: float = 0.1, ctc: dict | None = None, input_norm: str = "utterance"):
         super().__init__()
         self.kwargs = dict(encoder=encoder, n_mels=n_mels, num_classes=num_classes, from_layer=from_layer,
                            proj_hidden_dim=proj_hidden_dim, proj_dim=proj_dim, proj_layers=proj_layers,
-                           head_hidden_dim=head_hidden_dim, head_layers=head_layers, dropout=dropout)
+                           head_hidden_dim=head_hidden_dim, head_layers=head_layers, dropout=dropout,
+                           input_norm=input_norm)
         if ctc is not None:
             self.kwargs["ctc"] = ctc
-        self.encoder = build_encoder(encoder, n_mels)
+        self.encoder = build_encoder(encoder, n_mels, input_norm=input_norm)
         self.from_layer = from_layer
         if from_layer > 0:
             if from_layer > proj_layers:
