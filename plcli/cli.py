@@ -331,7 +331,7 @@ def finetune(
 def distill(
     teacher: str = typer.Option(..., "--teacher", help="teacher run directory (finetune)"),
     student: str = typer.Option(None, "--student", help="student encoder: tcresnet-small (default), tcresnet, tcresnet-wide, resnet2d"),
-    student_init: str = typer.Option(None, "--student-init", help="first-round student's encoder: scratch (default) or teacher (a copy of the teacher's, pretrained, encoder; --student must match it)"),
+    student_init: str = typer.Option(None, "--student-init", help="a fresh student's encoder (round 1; every round with --no-warm-start): scratch (default) or teacher (a copy of the teacher's, pretrained, encoder; --student must match it)"),
     temperature: float = typer.Option(None, "--temperature", help="distillation temperature T (default 2)"),
     confidence: float = typer.Option(None, "--confidence", help="keep rows without candidates when the teacher's top-1 probability is at least this (default 0.5)"),
     teacher_views: int = typer.Option(None, "--teacher-views", help="cached augmented views averaged into the teacher's targets (default 0)"),

@@ -133,7 +133,7 @@ class DistillConfig(Config):
         factory=lambda: TrainerConfig(epochs=120, batch_size=256, lr=3e-3), help="training (per round)"
     )
     student: str = opt("tcresnet-small", "student encoder", choices=sorted(ENCODERS))
-    student_init: str = opt("scratch", "where a fresh (first-round) student's encoder starts: scratch (random) or teacher (a copy of the teacher's encoder, the pretrained one; needs --student to be the teacher's encoder)", choices=("scratch", "teacher"))
+    student_init: str = opt("scratch", "where a fresh student's encoder starts (round 1; every round with --no-warm-start): scratch (random) or teacher (a copy of the teacher's encoder, the pretrained one; needs --student to be the teacher's encoder)", choices=("scratch", "teacher"))
     head_hidden_dim: int = opt(128, "student head hidden width", min=1)
     head_layers: int = opt(2, "student head depth (1 = linear)", min=1)
     dropout: float = opt(0.1, "student head dropout", min=0.0, max=0.9)
@@ -718,7 +718,7 @@ def _module(cfg: DistillConfig, teacher: _Teacher, targets: Tensor, log_prior: T
         ctc = cfg.ctc.head_args(tok)
     module = DistillModule(
         student_args(cfg, teacher.features.n_mels, len(teacher.vocab), ctc,
-                     input_norm=teacher.model.kwargs.get("input_norm", "utterance")), num_train=len(targets),
+                     input_norm=teacher.model.kwargs["input_norm"]), num_train=len(targets),
         temperature=cfg.temperature, exact_weight=cfg.exact_weight, lr=cfg.trainer.lr,
         weight_decay=cfg.trainer.weight_decay, spec_augment=cfg.augment.spec.to_dict(), refine=cfg.refine,
         refine_momentum=cfg.refine_momentum, refine_start=cfg.refine_start, cc_weight=cfg.cc_weight,

@@ -271,7 +271,7 @@ def encoder_payload(module: PretrainModule) -> dict:
         "format": 1,
         "encoder": hp["encoder"],
         "n_mels": hp["n_mels"],
-        "input_norm": hp.get("input_norm", "utterance"),
+        "input_norm": hp["input_norm"],
         "embed_dim": module.encoder.embed_dim,
         "features": hp["feature_config"],
         "state_dict": {k: v.detach().cpu() for k, v in module.encoder.state_dict().items()},

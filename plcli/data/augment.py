@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plcli.config import Config, opt
+from plcli.config import Config, FeatureConfig, opt
 from plcli.errors import UserError
 
 
@@ -656,7 +656,7 @@ class SpectrogramAugment(nn.Module):
         _check_spec_config(cfg)
         steps: list[nn.Module] = []
         if cfg.p_vtlp > 0 and cfg.vtlp_max_warp > 0:
-            f_min, f_max = mel_range or (20.0, 7600.0)
+            f_min, f_max = mel_range or (FeatureConfig.f_min, FeatureConfig.f_max)
             steps.append(VocalTractWarp(f_min, f_max, cfg.vtlp_max_warp, cfg.p_vtlp))
         if cfg.p_mixup > 0 and cfg.mixup_ratio > 0:
             steps.append(Mixup(cfg.mixup_ratio, cfg.p_mixup, log_scale))
