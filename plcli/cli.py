@@ -308,7 +308,8 @@ def finetune(
     loss: str = typer.Option(None, "--loss", help="candidate-row loss: proden (default), cc, ce-only"),
     candidate_weight: float = typer.Option(None, "--candidate-weight", help="weight of the candidate term"),
     from_layer: int = typer.Option(None, "--from-layer", help="projection-head layer feeding the head (0 = encoder)"),
-    copies: int = typer.Option(None, "--copies", help="augmented embedding copies per clip"),
+    copies: int = typer.Option(None, "--copies", help="augmented embedding copies per clip as extra head inputs (default 0: the clean clip only)"),
+    min_steps: int = typer.Option(None, "--min-steps", help="optimiser steps at least: a small data set trains more epochs than --epochs (default 1000; 0: off)"),
     unfreeze: bool = typer.Option(None, "--unfreeze/--frozen", help="also fine-tune the encoder"),
     truth: Path = typer.Option(None, "--truth", help="JSONL/CSV id,label: disambiguation accuracy on candidate rows"),
     val_fraction: float = typer.Option(None, "--val-fraction", help="share of exact rows held out"),
@@ -322,7 +323,7 @@ def finetune(
     config.yaml, metrics.json and checkpoints.
     """
     return {"pretrained": pretrained, "loss": loss, "candidate_weight": candidate_weight, "from_layer": from_layer,
-            "copies": copies, "unfreeze": unfreeze, "truth": str(truth) if truth else None,
+            "copies": copies, "min_steps": min_steps, "unfreeze": unfreeze, "truth": str(truth) if truth else None,
             "data.val_fraction": val_fraction, "ctc.weight": ctc_weight, "ctc.tokens": ctc_tokens,
             "ranking_manifest": str(ranking_manifest) if ranking_manifest else None}
 

@@ -21,6 +21,7 @@ network on augmented views with a lower encoder learning rate.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +62,7 @@ from plcli.runs import (
     start_run,
     write_metrics,
 )
-from plcli.training import adamw_cosine, build_trainer, fit
+from plcli.training import adamw_cosine, build_trainer, epochs_for_steps, fit
 
 STAGE = "finetune"
 LOSSES = ("proden", "cc", "ce-only")
@@ -74,7 +75,8 @@ class FinetuneConfig(Config):
     out: str = opt("", "run directory")
     pretrained: str = opt("", "pretrain run directory, or 'none' for a random-encoder baseline")
     data: DataConfig = opt(factory=DataConfig, help="inputs")
-    trainer: TrainerConfig = opt(factory=lambda: TrainerConfig(epochs=40, batch_size=256, lr=2e-3), help="training")
+    trainer: TrainerConfig = opt(factory=lambda: TrainerConfig(epochs=40, batch_size=64, lr=2e-3), help="training")
+    min_steps: int = opt(1000, "train at least this many optimiser steps (counted on one device): a small data set trains more epochs than trainer.epochs; 0 = off", min=0)
     loss: str = opt("proden", "candidate-row loss: proden, cc or ce-only", choices=LOSSES)
     candidate_weight: float = opt(1.0, "weight of the candidate-row term against the exact-row term", min=0.0)
     from_layer: int = opt(0, "feed the head from this projection-head layer (0 = encoder output; SimCLRv2 uses 1)", min=0)
@@ -83,7 +85,7 @@ class FinetuneConfig(Config):
     dropout: float = opt(0.1, "head dropout", min=0.0, max=0.9)
     prior_correction: bool = opt(True, "divide probabilities by each class's share of candidate slots before restricting to a candidate set (frequent messages are frequent distractors)")
     label_smoothing: float = opt(0.0, "label smoothing of the exact-row cross-entropy", min=0.0, max=0.5)
-    copies: int = opt(8, "augmented copies per clip used as head inputs (0 = clean only)", min=0)
+    copies: int = opt(0, "augmented copies per clip used as head inputs, from the pretrain run's cached views (0 = the clean clip only, which measured better: docs/benchmark.md, 'Teacher levers')", min=0)
     bn_recalibrate: bool = opt(True, "re-estimate the frozen encoder's BatchNorm statistics on the clean training clips (pretraining saw only augmented views)")
     unfreeze: bool = opt(False, "fine-tune the encoder too (slower; uses augmented views every step)")
     encoder_lr_scale: float = opt(0.1, "encoder learning rate = lr x this, with --unfreeze", min=0.0)
@@ -521,7 +523,11 @@ def run(cfg: FinetuneConfig, log=print) -> dict:
     val_loader = DataLoader(val_ds, batch_size=1024, shuffle=False, collate_fn=collate_identity)
     monitor = "val/acc" if inp.held else "val/covering"
     extra = [_ProdenEpochRefresh(e_clean, inp.mask)] if cfg.loss == "proden" else []
-    trainer = build_trainer(cfg.trainer, out, monitor=monitor, mode="max", extra_callbacks=extra)
+    epochs = epochs_for_steps(cfg.trainer.epochs, cfg.min_steps, len(train_loader))
+    if epochs > cfg.trainer.epochs:
+        log(f"training {epochs} epochs ({len(train_loader)} steps each) to reach min_steps={cfg.min_steps}")
+    trainer = build_trainer(dataclasses.replace(cfg.trainer, epochs=epochs), out, monitor=monitor, mode="max",
+                            extra_callbacks=extra)
     fit(trainer, module, train_loader, val_loader, ckpt, out)
 
     metrics = {k.replace("val/", ""): v for k, v in trainer.callback_metrics.items() if k.startswith("val/")}

@@ -16,7 +16,6 @@ labels), each with its chance level.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +43,7 @@ from plcli.metrics import candidate_chance
 from plcli.models.encoders import DEFAULT_INPUT_NORM, ENCODERS, INPUT_NORMS, build_encoder
 from plcli.models.heads import ProjectionHead
 from plcli.runs import Timer, jsonable, logged_history, resolve_resume, set_threads, start_run, write_metrics
-from plcli.training import adamw_cosine, build_trainer, fit
+from plcli.training import adamw_cosine, build_trainer, epochs_for_steps, fit
 
 STAGE = "pretrain"
 PROG_BAR = ("probe/knn_acc", "probe/cand_knn_acc")
@@ -279,12 +278,8 @@ def encoder_payload(module: PretrainModule) -> dict:
 
 
 def train_epochs(cfg: PretrainConfig, steps_per_epoch: int) -> int:
-    """``trainer.epochs``, or more where that many epochs would stay under ``min_steps`` steps.
-
-    Contrastive pretraining improves with optimiser steps far beyond 30 epochs of a small data set
-    (docs/benchmark.md, "Pretraining levers"), while a large one reaches the steps in fewer epochs.
-    """
-    return max(cfg.trainer.epochs, math.ceil(cfg.min_steps / max(1, steps_per_epoch)))
+    """``trainer.epochs``, or more where that many epochs would stay under ``min_steps`` steps."""
+    return epochs_for_steps(cfg.trainer.epochs, cfg.min_steps, steps_per_epoch)
 
 
 def run(cfg: PretrainConfig, log=print) -> dict:

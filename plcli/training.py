@@ -118,6 +118,16 @@ def fit(trainer: L.Trainer, module, train_loader, val_loader, ckpt_path: str | N
         raise
 
 
+def epochs_for_steps(epochs: int, min_steps: int, steps_per_epoch: int) -> int:
+    """``epochs``, or more where that many epochs would stay under ``min_steps`` optimiser steps.
+
+    A small data set gives few steps per epoch; both pretraining and the head on the frozen encoder
+    kept improving well past the steps that a fixed epoch count gives it (docs/benchmark.md,
+    "Pretraining levers" and "Teacher levers"), while a large data set reaches them in fewer epochs.
+    """
+    return max(epochs, math.ceil(min_steps / max(1, steps_per_epoch)))
+
+
 def cosine_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int, warmup_frac: float = 0.05):
     """Linear warm-up then cosine decay to 0, stepped every optimizer step."""
     total = max(1, int(total_steps))

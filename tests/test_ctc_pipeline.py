@@ -36,7 +36,7 @@ def runs(tmp_path_factory):
     res = run(app, ["pretrain", str(manifest), "--out", str(root / "pre"), "--config", str(root / "pre.yaml"),
                     "--epochs", "1"])
     assert res.exit_code == 0, res.output
-    (root / "ft.yaml").write_text(yaml.safe_dump({"trainer": TRAINER, "copies": 2}))
+    (root / "ft.yaml").write_text(yaml.safe_dump({"trainer": TRAINER, "copies": 2, "min_steps": 0}))
     tf = write_truth(root / "truth.jsonl", truth)
     res = run(app, ["finetune", str(manifest), "--pretrained", str(root / "pre"), "--out", str(root / "ft"),
                     "--config", str(root / "ft.yaml"), "--epochs", "2", "--ctc-weight", "1", "--truth", str(tf)])

@@ -45,7 +45,7 @@ def runs(tmp_path_factory):
     truth_file = write_truth(root / "truth.jsonl", truth)
     conf = {}
     for stage, extra in (("pretrain", {"features": {"clip_seconds": 0.7}, "views": 2, "min_steps": 0, "trainer": {"epochs": 2}}),
-                         ("finetune", {"copies": 2, "trainer": {"epochs": 10}}),
+                         ("finetune", {"copies": 2, "min_steps": 0, "trainer": {"epochs": 10}}),
                          ("distill", {"rounds": 1, "trainer": {"epochs": 4}})):
         extra["trainer"].update(TRAINER)
         conf[stage] = root / f"{stage}.yaml"

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from plcli.cli import app
 from plcli.models.classifier import load_model
 
-TINY_FT = {"trainer": {"batch_size": 16, "accelerator": "cpu", "devices": "1", "progress": False}, "copies": 2}
+TINY_FT = {"trainer": {"batch_size": 16, "accelerator": "cpu", "devices": "1", "progress": False}, "copies": 2,
+           "min_steps": 0}  # the tests count epochs; min_steps has its own test
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +104,19 @@ def test_finetune_rejects_wrong_pretrained(pretrained, monkeypatch):
     res = CliRunner().invoke(app, ["finetune", str(manifest), "--pretrained", str(root / "nope"), "--out",
                                    str(root / "x")])
     assert res.exit_code == 2 and "not a plcli run directory" in res.output
+
+
+def test_finetune_min_steps_adds_epochs_on_small_data(pretrained, monkeypatch):
+    from plcli.finetune import FinetuneConfig
+
+    cfg = FinetuneConfig()
+    # the defaults chosen on validation speakers (docs/benchmark.md, "Teacher levers")
+    assert cfg.trainer.batch_size == 64 and cfg.min_steps == 1000 and cfg.copies == 0
+    root, manifest, _ = pretrained
+    monkeypatch.setenv("PLCLI_CACHE", str(root / "cache"))
+    # 48 rows less the held-out exact rows, batch 16: 3 steps per epoch; 1 epoch would be 3 steps
+    m = _finetune(root, manifest, "ft-steps", "--epochs", "1", "--min-steps", "7")
+    assert m["global_step"] >= 7 and m["epochs"] == -(-7 // (m["global_step"] // m["epochs"]))
+    assert yaml.safe_load((root / "ft-steps" / "config.yaml").read_text())["min_steps"] == 7
+    m0 = _finetune(root, manifest, "ft-steps0", "--epochs", "1", "--min-steps", "0")
+    assert m0["epochs"] == 1

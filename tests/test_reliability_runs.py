@@ -487,7 +487,7 @@ def test_same_seed_same_metrics(tmp_path, steps_data, monkeypatch):
         d = tmp_path / f"try{i}"
         d.mkdir()
         cfg = write_config(d / "pre.yaml")
-        ft = write_config(d / "ft.yaml", {"trainer": STEPS_CFG["trainer"], "copies": 2})
+        ft = write_config(d / "ft.yaml", {"trainer": STEPS_CFG["trainer"], "copies": 2, "min_steps": 0})
         monkeypatch.setenv("PLCLI_CACHE", str(d / "cache"))
         cache = []
         res = CliRunner().invoke(
@@ -538,7 +538,7 @@ def test_resume_with_another_vocabulary_is_refused(tmp_path, steps_data):
     from tests.conftest import write_dataset
 
     other, _ = write_dataset(tmp_path / "other", n=48, n_classes=5)
-    ft = write_config(tmp_path / "ft.yaml", {"trainer": STEPS_CFG["trainer"], "copies": 0})
+    ft = write_config(tmp_path / "ft.yaml", {"trainer": STEPS_CFG["trainer"], "copies": 0, "min_steps": 0})
     out = tmp_path / "ft"
     args = ["--pretrained", "none", "--out", str(out), "--config", str(ft)]
     res = CliRunner().invoke(app, ["finetune", str(steps_data), *args, "--epochs", "1"])

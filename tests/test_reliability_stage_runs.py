@@ -43,7 +43,7 @@ def world(tmp_path_factory):
     conf = root / "tiny.yaml"
     conf.write_text(yaml.safe_dump({"views": 2, "rounds": 1, "trainer": TRAINER}))
     ft_conf = root / "ft.yaml"
-    ft_conf.write_text(yaml.safe_dump({"copies": 0, "features": {"clip_seconds": 0.7}, "trainer": TRAINER}))
+    ft_conf.write_text(yaml.safe_dump({"copies": 0, "min_steps": 0, "features": {"clip_seconds": 0.7}, "trainer": TRAINER}))
     return {"manifest": manifest, "bad": bad, "teacher": teacher, "conf": conf, "ft_conf": ft_conf, "root": root}
 
 

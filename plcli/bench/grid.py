@@ -261,6 +261,7 @@ def pipeline_cell(
             "truth": str(paths["truth"]),
             "loss": "ce-only" if row == "simclrv2" else None,
             **trainer_opts(a, a.finetune_epochs, seed),
+            **({"min_steps": 0} if a.finetune_epochs else {}),
         },
     )
     if row == "simclrv2":
