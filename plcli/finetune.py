@@ -21,7 +21,6 @@ network on augmented views with a lower encoder learning rate.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +61,7 @@ from plcli.runs import (
     start_run,
     write_metrics,
 )
-from plcli.training import adamw_cosine, build_trainer, epochs_for_steps, fit
+from plcli.training import adamw_cosine, build_trainer, fit, with_min_steps
 
 STAGE = "finetune"
 LOSSES = ("proden", "cc", "ce-only")
@@ -523,11 +522,8 @@ def run(cfg: FinetuneConfig, log=print) -> dict:
     val_loader = DataLoader(val_ds, batch_size=1024, shuffle=False, collate_fn=collate_identity)
     monitor = "val/acc" if inp.held else "val/covering"
     extra = [_ProdenEpochRefresh(e_clean, inp.mask)] if cfg.loss == "proden" else []
-    epochs = epochs_for_steps(cfg.trainer.epochs, cfg.min_steps, len(train_loader))
-    if epochs > cfg.trainer.epochs:
-        log(f"training {epochs} epochs ({len(train_loader)} steps each) to reach min_steps={cfg.min_steps}")
-    trainer = build_trainer(dataclasses.replace(cfg.trainer, epochs=epochs), out, monitor=monitor, mode="max",
-                            extra_callbacks=extra)
+    trainer = build_trainer(with_min_steps(cfg.trainer, cfg.min_steps, len(train_loader), log), out,
+                            monitor=monitor, mode="max", extra_callbacks=extra)
     fit(trainer, module, train_loader, val_loader, ckpt, out)
 
     metrics = {k.replace("val/", ""): v for k, v in trainer.callback_metrics.items() if k.startswith("val/")}

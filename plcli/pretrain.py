@@ -15,7 +15,6 @@ labels), each with its chance level.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +42,7 @@ from plcli.metrics import candidate_chance
 from plcli.models.encoders import DEFAULT_INPUT_NORM, ENCODERS, INPUT_NORMS, build_encoder
 from plcli.models.heads import ProjectionHead
 from plcli.runs import Timer, jsonable, logged_history, resolve_resume, set_threads, start_run, write_metrics
-from plcli.training import adamw_cosine, build_trainer, epochs_for_steps, fit
+from plcli.training import adamw_cosine, build_trainer, fit, with_min_steps
 
 STAGE = "pretrain"
 PROG_BAR = ("probe/knn_acc", "probe/cand_knn_acc")
@@ -277,11 +276,6 @@ def encoder_payload(module: PretrainModule) -> dict:
     }
 
 
-def train_epochs(cfg: PretrainConfig, steps_per_epoch: int) -> int:
-    """``trainer.epochs``, or more where that many epochs would stay under ``min_steps`` steps."""
-    return epochs_for_steps(cfg.trainer.epochs, cfg.min_steps, steps_per_epoch)
-
-
 def run(cfg: PretrainConfig, log=print) -> dict:
     """Pretrain an encoder as ``cfg`` says; returns the final metrics (also in RUN_DIR/metrics.json).
 
@@ -304,10 +298,8 @@ def run(cfg: PretrainConfig, log=print) -> dict:
     module = _module(cfg, len(vocab))
     exact_rows = int((probe["y"] >= 0).sum())
     monitor = "probe/knn_acc" if val_loader is not None and exact_rows >= 2 else None
-    epochs = train_epochs(cfg, len(train_loader))
-    if epochs > cfg.trainer.epochs:
-        log(f"training {epochs} epochs ({len(train_loader)} steps each) to reach min_steps={cfg.min_steps}")
-    trainer = build_trainer(dataclasses.replace(cfg.trainer, epochs=epochs), out, monitor=monitor, mode="max")
+    trainer = build_trainer(with_min_steps(cfg.trainer, cfg.min_steps, len(train_loader), log), out,
+                            monitor=monitor, mode="max")
     t_fit = Timer()
     fit(trainer, module, train_loader, val_loader, resolve_resume(out, cfg.trainer.resume), out)
     fit_seconds = t_fit.seconds

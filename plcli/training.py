@@ -6,6 +6,7 @@ use them too.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 from collections.abc import Iterable
@@ -126,6 +127,14 @@ def epochs_for_steps(epochs: int, min_steps: int, steps_per_epoch: int) -> int:
     "Pretraining levers" and "Teacher levers"), while a large data set reaches them in fewer epochs.
     """
     return max(epochs, math.ceil(min_steps / max(1, steps_per_epoch)))
+
+
+def with_min_steps(tc: TrainerConfig, min_steps: int, steps_per_epoch: int, log=print) -> TrainerConfig:
+    """``tc`` with as many epochs as ``epochs_for_steps`` gives, saying so where it adds epochs."""
+    epochs = epochs_for_steps(tc.epochs, min_steps, steps_per_epoch)
+    if epochs > tc.epochs:
+        log(f"training {epochs} epochs ({steps_per_epoch} steps each) to reach min_steps={min_steps}")
+    return dataclasses.replace(tc, epochs=epochs)
 
 
 def cosine_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int, warmup_frac: float = 0.05):

@@ -56,9 +56,14 @@ def test_pretrain_cli_writes_run_dir(tmp_path, tiny_data):
 
 
 def test_min_steps_adds_epochs_on_small_data(tmp_path, tiny_data):
-    from plcli.pretrain import PretrainConfig, train_epochs
+    from plcli.pretrain import PretrainConfig
+    from plcli.training import epochs_for_steps
 
     cfg = PretrainConfig()
+
+    def train_epochs(cfg, steps_per_epoch):
+        return epochs_for_steps(cfg.trainer.epochs, cfg.min_steps, steps_per_epoch)
+
     assert cfg.trainer.epochs == 30 and cfg.min_steps == 1000 and cfg.input_norm == "cmn"
     assert train_epochs(cfg, 17) == 59  # 1117 clips at batch 64: 30 epochs would be 510 steps
     assert train_epochs(cfg, 40) == 30  # 30 x 40 steps already exceed 1000
