@@ -52,7 +52,10 @@ distribution; the label itself on exact rows) and add ``ctc.weight`` x that text
 cached view without the spectrogram augmentations: an unbiased estimate of the teacher-weighted
 CTC loss ``sum_k w_k * -log p_CTC(c_k|x)`` at a tenth of the cost of scoring every candidate.
 With several rounds only the last student, the one that is kept, trains the head
-(``ctc_all_rounds``).
+(``ctc_all_rounds``), by default in a CTC phase of its own after the rounds (``ctc_epochs``).
+A CTC refit (``ctc_refits``) then continues that head on the phase model's own combined ranking
+of each training row's candidates, which uses the CTC scores and so picks the right text more
+often than the classifier's targets on rare messages.
 After training, the weight of the CTC score against the closed-set posterior in the combined
 ranking (``plcli.ranking``) is chosen on validation rows (``--ranking-manifest``, else the
 held-out exact rows) and stored in ``model.pt``.
@@ -188,6 +191,11 @@ class DistillConfig(Config):
         "candidate-restricted targets, the classifier frozen (RUN_DIR/ctc); default: trainer.epochs; "
         "0 = train it jointly within the last round", min=0)
     ctc_all_rounds: bool = opt(False, "with ctc_epochs 0: train the CTC head in every self-training round, not only in the last")
+    ctc_refits: int = opt(
+        0, "CTC refits after the CTC phase (RUN_DIR/ctc2, ...): each continues the previous CTC head on that "
+        "model's combined ranking of every training row's candidates (both heads) instead of the classifier's "
+        "targets", min=0)
+    ctc_refit_epochs: int | None = opt(None, "epochs of a CTC refit (default: those of the CTC phase)", min=1)
     ranking_manifest: str | None = opt(None, "labelled rows (e.g. speakers held out from training) on which the combined ranking's CTC weight is chosen (default: the held-out exact rows)")
     truth: str | None = opt(None, "optional JSONL/CSV of id,label: disambiguation accuracy on candidate rows")
     overwrite: bool = opt(False, "replace an existing run in out")
@@ -199,6 +207,8 @@ class DistillConfig(Config):
             raise UserError("--teacher is required (a finetune run directory)")
         if self.ctc_all_rounds and self.ctc_epochs != 0:
             raise UserError("ctc_all_rounds trains the CTC head jointly in every round: it needs ctc_epochs 0")
+        if self.ctc_refits and (not self.ctc.enabled or self.ctc_epochs == 0):
+            raise UserError("ctc_refits continue the CTC phase: they need the CTC head (ctc.weight > 0) and ctc_epochs != 0")
         if self.teacher_views > self.views:
             raise UserError(f"teacher_views={self.teacher_views} exceeds the {self.views} cached views")
 
@@ -271,7 +281,8 @@ def refine_targets(targets: Tensor, logits: Tensor, mask: Tensor, momentum: floa
 
 
 def _targets_key(
-    teacher_file: Path, ids: list[str], mask: np.ndarray, y: np.ndarray, cfg: DistillConfig, view_tag: str
+    teacher_file: Path, ids: list[str], mask: np.ndarray, y: np.ndarray, cfg: DistillConfig, view_tag: str,
+    ranked: bool = False,
 ) -> str:
     h = hashlib.blake2b(digest_size=16)
     h.update(
@@ -283,7 +294,7 @@ def _targets_key(
                 "confidence": cfg.confidence,
                 "teacher_views": cfg.teacher_views,
                 "prior_correction": cfg.prior_correction,
-                "views": view_tag if cfg.teacher_views else None,
+                "views": view_tag if cfg.teacher_views or ranked else None,
                 "ids": ids,
             }
         ).encode()
@@ -609,15 +620,18 @@ def _run_rounds(cfg: DistillConfig, log, callbacks: list | None) -> dict:
     steps = [(f"round{k}", f"round {k}/{cfg.rounds}") for k in range(1, cfg.rounds + 1)]
     if phase:
         steps.append(("ctc", "CTC phase"))
+        steps += [(f"ctc{j}", f"CTC refit {j - 1}/{cfg.ctc_refits}") for j in range(2, cfg.ctc_refits + 2)]
+    ctc_steps: list[dict] = []
     for k, (name, what) in enumerate(steps, 1):
-        sub = DistillConfig.from_dict({**cfg.to_dict(), "rounds": 1, "teacher": str(teacher)})
+        sub = DistillConfig.from_dict({**cfg.to_dict(), "rounds": 1, "teacher": str(teacher), "ctc_refits": 0})
         sub.out = str(out / name)
-        ctc_only = phase and name == "ctc"
+        ctc_only = phase and name.startswith("ctc")
+        refit = ctc_only and name != "ctc"
         warm = cfg.warm_start and 1 < k <= cfg.rounds
         if warm:
             sub.trainer.epochs = warm_epochs(cfg)
         if ctc_only:
-            sub.trainer.epochs = cfg.ctc_epochs or cfg.trainer.epochs
+            sub.trainer.epochs = (refit and cfg.ctc_refit_epochs) or cfg.ctc_epochs or cfg.trainer.epochs
         elif phase or (k < cfg.rounds and not cfg.ctc_all_rounds):
             sub.ctc.weight = 0.0  # only the student that is kept needs the CTC head
         done = Path(sub.out) / "metrics.json"
@@ -628,15 +642,16 @@ def _run_rounds(cfg: DistillConfig, log, callbacks: list | None) -> dict:
             log(f"{what}: teacher {teacher}")
             # a fresh top-level run replaces stale rounds; a resumed one continues them
             sub.overwrite = cfg.trainer.resume is None
-            m = _run_round(sub, log, callbacks, on_start=open_parent, ctc_only=ctc_only, warm=warm)
+            m = _run_round(sub, log, callbacks, on_start=open_parent, ctc_only=ctc_only, warm=warm, refit=refit)
         if ctc_only:
-            ctc_phase = {key: m.get(key) for key in ("fit_seconds", "total_seconds", "epochs", "ranking")}
+            ctc_steps.append({key: m.get(key) for key in
+                              ("fit_seconds", "total_seconds", "epochs", "ranking", "targets_disambiguation_acc_initial")})
         else:
             summary.append({key: m.get(key) for key in
                             ("val_acc", "val_acc_within", "disambiguation_acc", "fit_seconds", "total_seconds")})
         teacher = Path(sub.out)
     open_parent()
-    extra = {"ctc_phase": ctc_phase} if phase else {}
+    extra = {"ctc_phase": ctc_steps[0], "ctc_refits": ctc_steps[1:]} if phase else {}
     return _finish_rounds(cfg, out, teacher, summary, {**m, **extra})
 
 
@@ -653,9 +668,10 @@ def _finish_rounds(cfg: DistillConfig, out: Path, last_round: Path, summary: lis
     # the run's own epochs and CTC settings, not those of its last (warm or CTC-only) step
     save_config(out, DistillConfig.from_dict({**last, "out": str(out), "teacher": cfg.teacher, "rounds": cfg.rounds,
                                               "overwrite": cfg.overwrite, "trainer": cfg.to_dict()["trainer"],
-                                              "ctc": cfg.to_dict()["ctc"]}), STAGE)
+                                              "ctc": cfg.to_dict()["ctc"], "ctc_refits": cfg.ctc_refits}), STAGE)
     # the stage's time is its rounds' (also when some of them ran before a resume)
-    seconds = sum(r["total_seconds"] or 0.0 for r in summary) + ((m.get("ctc_phase") or {}).get("total_seconds") or 0.0)
+    ctc_steps = ([m["ctc_phase"]] if m.get("ctc_phase") else []) + (m.get("ctc_refits") or [])
+    seconds = sum(r["total_seconds"] or 0.0 for r in summary + ctc_steps)
     return write_metrics(out, {**m, "teacher": str(cfg.teacher), "rounds": summary, "total_seconds": seconds})
 
 
@@ -690,25 +706,56 @@ def _load_rows(cfg: DistillConfig, vocab: Vocabulary, fraction: float, split_see
 
 
 def _targets(cfg: DistillConfig, teacher: _Teacher, d: _Rows, clean, views, view_seed: int,
-             log_prior: Tensor | None) -> tuple[np.ndarray, np.ndarray, str, bool]:
+             log_prior: Tensor | None, ranked: bool = False) -> tuple[np.ndarray, np.ndarray, str, bool]:
     """The teacher's target table over the pool (reused from RUN_DIR when its key matches), its
-    kinds, the cache key and whether it was reused. Writes nothing."""
+    kinds, the cache key and whether it was reused. Writes nothing.
+
+    ``ranked`` (a CTC refit): candidate rows' targets are the softmax of the teacher's combined
+    ranking scores (``plcli.ranking``, its stored setting) over their candidates, clean clips only.
+    """
     view_tag = hashlib.blake2b(
-        json.dumps([cfg.augment.waveform_params(), cfg.views, view_seed]).encode(), digest_size=8
+        json.dumps([cfg.augment.waveform_params(), cfg.views, view_seed, "ranked" if ranked else ""]).encode(),
+        digest_size=8,
     ).hexdigest()
-    key = _targets_key(teacher.file, [d.rows[i].id for i in d.pool], d.mask[d.pool], d.y[d.pool], cfg, view_tag)
+    key = _targets_key(teacher.file, [d.rows[i].id for i in d.pool], d.mask[d.pool], d.y[d.pool], cfg, view_tag,
+                       ranked)
     cached = load_targets(Path(cfg.out), key)
     if cached is not None:
         return *cached, key, True
-    logits = [predict_logits(teacher.model, RowView(clean, d.pool))]
-    logits += [predict_logits(teacher.model, RowView(views, None, v)) for v in range(cfg.teacher_views)]
+    if ranked:
+        logits = [ranked_logits(teacher, [d.rows[i] for i in d.pool], RowView(clean, d.pool))]
+        log_prior = None  # the ranking's setting was chosen on validation rows as it is
+    else:
+        logits = [predict_logits(teacher.model, RowView(clean, d.pool))]
+        logits += [predict_logits(teacher.model, RowView(views, None, v)) for v in range(cfg.teacher_views)]
     tgt, kind, _ = teacher_targets(torch.from_numpy(np.stack(logits)), torch.from_numpy(d.mask[d.pool]),
                                    torch.from_numpy(d.y[d.pool]), cfg.temperature, cfg.confidence, log_prior)
     return tgt.numpy(), kind.numpy(), key, False
 
 
+def ranked_logits(teacher: _Teacher, rows: list, feats) -> np.ndarray:
+    """(N, C) logits whose candidate-restricted softmax is the teacher's combined ranking of each
+    row's candidates (``plcli.ranking.rank`` with the setting stored in its ``model.pt``).
+
+    Rows without a known candidate keep the closed-set logits; a class that is several of a row's
+    candidate texts takes the best of their scores. ``feats``: (N, F, T), aligned with ``rows``.
+    """
+    from plcli.ranking import candidate_classes, model_scores, rank, ranking_of
+
+    cands = [r.candidates or [] for r in rows]
+    scores = model_scores(teacher.model, feats, cands)
+    logits = scores["logits"].astype(np.float32)
+    classes = candidate_classes(cands, teacher.vocab)  # (N, K)
+    combined = rank(softmax(logits), scores, classes, ranking_of(getattr(teacher.model, "extra", None)))["combined"]
+    out = np.full_like(logits, -1e4)
+    for i, k in zip(*np.nonzero(classes >= 0), strict=True):
+        out[i, classes[i, k]] = max(out[i, classes[i, k]], combined[i, k])
+    has = (classes >= 0).any(1)
+    return np.where(has[:, None], out, logits)
+
+
 def _module(cfg: DistillConfig, teacher: _Teacher, targets: Tensor, log_prior: Tensor | None,
-            ctc_only: bool = False, warm: bool = False) -> DistillModule:
+            ctc_only: bool = False, warm: bool = False, refit: bool = False) -> DistillModule:
     from plcli.models.ctc import text_targets
     from plcli.text import build_tokenizer
 
@@ -726,10 +773,10 @@ def _module(cfg: DistillConfig, teacher: _Teacher, targets: Tensor, log_prior: T
         mel_range=[teacher.features.f_min, teacher.features.f_max],
     )
     if ctc_only or warm:
-        # start from the teacher's classifier (a CTC head is only ever new, or left out)
-        state = {k: v for k, v in teacher.model.state_dict().items() if not k.startswith("ctc_head.")}
+        # start from the teacher's classifier; a CTC refit also continues the teacher's CTC head
+        state = {k: v for k, v in teacher.model.state_dict().items() if refit or not k.startswith("ctc_head.")}
         missing, unexpected = module.model.load_state_dict(state, strict=False)
-        if unexpected or any(not k.startswith("ctc_head.") for k in missing):
+        if unexpected or any(not k.startswith("ctc_head.") for k in missing) or (refit and missing):
             raise UserError(f"{cfg.teacher}: its classifier does not fit the student's settings "
                             f"({len(unexpected)} unexpected, {len(missing)} missing weights)")
     elif cfg.student_init == "teacher":
@@ -788,7 +835,7 @@ class _Round:
     seconds: dict
 
 
-def _prepare_round(cfg: DistillConfig, log, ctc_only: bool = False) -> _Round:
+def _prepare_round(cfg: DistillConfig, log, ctc_only: bool = False, refit: bool = False) -> _Round:
     """Read and check everything, and compute (or reuse) the teacher's targets; writes no run."""
     check_run_dir(cfg.out, STAGE, cfg.trainer.resume, cfg.overwrite)
     teacher = _open_teacher(cfg.teacher)
@@ -810,7 +857,9 @@ def _prepare_round(cfg: DistillConfig, log, ctc_only: bool = False) -> _Round:
     # the CTC phase draws texts from targets ** T: with log pi / T they are p / pi restricted, the
     # correction whose favourite is most often right (the rounds' T-fold one trains better students)
     target_prior = log_prior / cfg.temperature if ctc_only and log_prior is not None else log_prior
-    targets, kind, key, reused = _targets(cfg, teacher, d, clean, views, view_seed, target_prior)
+    if refit and not teacher.model.has_ctc:
+        raise UserError(f"{cfg.teacher}: a CTC refit needs a teacher with a CTC head")
+    targets, kind, key, reused = _targets(cfg, teacher, d, clean, views, view_seed, target_prior, ranked=refit)
     log(("reused" if reused else "computed") + " the teacher's targets: "
         + ", ".join(f"{(kind == k).sum()} {name}" for k, name in enumerate(KINDS)))
     if (kind != DROPPED).sum() < 2:
@@ -822,7 +871,7 @@ def _prepare_round(cfg: DistillConfig, log, ctc_only: bool = False) -> _Round:
 
 
 def _run_round(cfg: DistillConfig, log=print, callbacks: list | None = None, on_start=None,
-               ctc_only: bool = False, warm: bool = False) -> dict:
+               ctc_only: bool = False, warm: bool = False, refit: bool = False) -> dict:
     """One distillation of ``cfg.teacher`` into a fresh student (``ctc_only``: the CTC phase, which
     keeps the teacher's classifier and trains only a CTC head on the teacher's targets).
 
@@ -831,7 +880,7 @@ def _run_round(cfg: DistillConfig, log=print, callbacks: list | None = None, on_
     """
     timer = Timer()
     set_threads()
-    r = _prepare_round(cfg, log, ctc_only)
+    r = _prepare_round(cfg, log, ctc_only, refit)
     if on_start is not None:
         on_start()
     out = start_run(cfg.out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite, r.teacher.vocab)
@@ -839,7 +888,7 @@ def _run_round(cfg: DistillConfig, log=print, callbacks: list | None = None, on_
         save_targets(out, r.key, r.targets, r.kind)
     L.seed_everything(cfg.trainer.seed, workers=True)
     train_pos = np.flatnonzero(r.kind != DROPPED)  # positions in the pool
-    module = _module(cfg, r.teacher, torch.from_numpy(r.targets[train_pos]), r.log_prior, ctc_only, warm)
+    module = _module(cfg, r.teacher, torch.from_numpy(r.targets[train_pos]), r.log_prior, ctc_only, warm, refit)
     initial_targets = module.targets.clone().numpy()
     train_loader, val_loader = _loaders(cfg, r.d, r.clean, r.views, r.kind, train_pos, log)
     monitor = "val/acc" if val_loader is not None else None

@@ -153,3 +153,83 @@ def test_export_says_it_leaves_the_ctc_head_out(runs, tmp_path):
     ts = torch.jit.load(str(out))
     probs = ts(torch.zeros(16000))
     assert probs.shape == (1, len(meta["labels"]))
+
+
+def test_ranked_logits_follow_the_teachers_combined_ranking(runs):
+    """A CTC refit's targets: the candidate-restricted softmax of ``ranked_logits`` is the softmax of
+    the combined ranking's scores (a class named by two candidate texts takes the better score); a
+    row without known candidates keeps the closed-set logits."""
+    from plcli.data.manifest import Row
+    from plcli.distill import _open_teacher, ranked_logits
+    from plcli.ranking import candidate_classes, model_scores, rank, ranking_of, softmax_rows
+
+    root = runs[0]
+    teacher = _open_teacher(str(root / "di"))
+    names = teacher.vocab.display
+    cands = [names[:3], [names[1], names[1].upper(), names[2]], ["never heard of it"], []]
+    rows = [Row(id=f"r{i}", audio="x.wav", candidates=c) for i, c in enumerate(cands)]
+    feats = torch.randn(len(rows), 64, 51).numpy()
+    out = ranked_logits(teacher, rows, feats)
+    assert out.shape == (len(rows), len(names))
+
+    scores = model_scores(teacher.model, feats, [r.candidates for r in rows])
+    probs = np.exp(scores["logits"] - scores["logits"].max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    classes = candidate_classes([r.candidates for r in rows], teacher.vocab)
+    combined = rank(probs, scores, classes, ranking_of(teacher.model.extra))["combined"]
+    # row 0: three distinct known candidates
+    restricted = torch.softmax(torch.from_numpy(out[0, [0, 1, 2]]), 0).numpy()
+    np.testing.assert_allclose(restricted, softmax_rows(combined[:1, :3])[0], rtol=1e-4, atol=1e-6)
+    # row 1: the same class twice (text normalisation), the better of its two scores
+    assert out[1, 1] == pytest.approx(float(max(combined[1, 0], combined[1, 1])), rel=1e-5)
+    assert out[1, 2] == pytest.approx(float(combined[1, 2]), rel=1e-5)
+    # rows 2 and 3: no known candidate, the closed-set logits
+    np.testing.assert_allclose(out[2:], scores["logits"][2:], rtol=1e-5)
+
+
+def test_distill_ctc_refit_continues_the_ctc_head_on_the_ranking(runs, tmp_path):
+    """``--ctc-refits 1``: RUN_DIR/ctc2 keeps the classifier of the last round, its targets are the CTC
+    phase's ranking (each candidate row's favourite is that model's top candidate), and its model is the run's."""
+    root, manifest, test_manifest, _ = runs
+    res = CliRunner().invoke(app, ["distill", str(manifest), "--teacher", str(root / "ft"), "--out", str(tmp_path / "di"),
+                                   "--config", str(root / "di.yaml"), "--epochs", "1", "--rounds", "1",
+                                   "--ctc-refits", "1", "--ctc-refit-epochs", "2",
+                                   "--ranking-manifest", str(test_manifest)])
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "di"
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["ctc_phase"]["epochs"] == 1 and [r["epochs"] for r in m["ctc_refits"]] == [2]
+    assert m["total_seconds"] == pytest.approx(m["rounds"][0]["total_seconds"] + m["ctc_phase"]["total_seconds"]
+                                               + m["ctc_refits"][0]["total_seconds"])
+    assert yaml.safe_load((run / "config.yaml").read_text())["ctc_refits"] == 1
+    last, phase, refit = (load_model(run / n)[0] for n in ("round1", "ctc", "ctc2"))
+    ref = last.state_dict()
+    for k, v in refit.state_dict().items():
+        if not k.startswith("ctc_head."):
+            assert torch.equal(v, ref[k]), k
+    assert any(not torch.equal(a, b) for a, b in zip(refit.ctc_head.state_dict().values(),
+                                                     phase.ctc_head.state_dict().values(), strict=True))
+    assert (run / "model.pt").read_bytes() == (run / "ctc2" / "model.pt").read_bytes()
+    # the targets follow the CTC phase's ranking: each candidate row's favourite is its top candidate
+    from plcli.config import DataConfig
+    from plcli.data.datasets import holdout_ids, open_cache
+    from plcli.data.validate import load_rows
+    from plcli.distill import load_targets
+    from plcli.inference import load_predictor, softmax
+    from plcli.ranking import candidate_classes, model_scores, rank, ranking_of
+
+    meta = json.loads((run / "ctc2" / "targets.json").read_text())
+    tgt, kind = load_targets(run / "ctc2", meta["key"])
+    model, vocab, features, _ = load_predictor(run / "ctc")
+    rows = load_rows([str(manifest)], vocab.normalizer).rows
+    held = holdout_ids([r.id for r in rows if r.label is not None], m["held_out"]["fraction"], m["held_out"]["seed"])
+    pool = [r for r in rows if r.id not in held]
+    assert len(pool) == len(kind)
+    feats = open_cache(DataConfig(), features).features([r.audio for r in pool])[1]
+    cands = [r.candidates for r in pool]
+    scores = model_scores(model, feats, cands)
+    classes = candidate_classes(cands, vocab)
+    top = rank(softmax(scores["logits"]), scores, classes, ranking_of(model.extra))["top"]
+    cand = np.flatnonzero(kind == 1)  # CANDIDATE
+    assert len(cand) > 0
+    assert all(tgt[i].argmax() == classes[i, top[i]] for i in cand)
