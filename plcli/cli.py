@@ -315,8 +315,8 @@ def finetune(
     val_fraction: float = typer.Option(None, "--val-fraction", help="share of exact rows held out"),
     ctc_weight: float = typer.Option(None, "--ctc-weight", help="weight of a CTC head on the frozen encoder's frames, which scores any candidate text (default 0: none)"),
     ctc_tokens: str = typer.Option(None, "--ctc-tokens", help="CTC units: char (default) or phoneme (espeak-ng)"),
-    ctc_refits: int = typer.Option(None, "--ctc-refits", help="CTC refits after the CTC phase: each continues the CTC head on the previous model's combined ranking of the candidates (default 0)"),
-    ctc_refit_epochs: int = typer.Option(None, "--ctc-refit-epochs", help="epochs of a CTC refit (default: those of the CTC phase)"),
+    ctc_refits: int = typer.Option(None, "--ctc-refits", help="CTC refits after the CTC phase: each continues the CTC head on the previous model's combined ranking of the candidates (default 1)"),
+    ctc_refit_epochs: int = typer.Option(None, "--ctc-refit-epochs", help="epochs of a CTC refit (default: a third of the CTC phase's)"),
     ranking_manifest: Path = typer.Option(None, "--ranking-manifest", help="labelled rows (speakers held out from training) that choose the CTC weight of the combined ranking"),
 ):
     """Stage 2: MLP head on the frozen encoder, trained on exact labels and candidate sets.
@@ -348,8 +348,8 @@ def distill(
     ctc_weight: float = typer.Option(None, "--ctc-weight", help="weight of the student's CTC head loss, which scores any candidate text (default 1; 0: no CTC head)"),
     ctc_tokens: str = typer.Option(None, "--ctc-tokens", help="CTC units: char (default) or phoneme (espeak-ng)"),
     ctc_epochs: int = typer.Option(None, "--ctc-epochs", help="epochs of the CTC phase after the last round: the CTC head alone, on the last student's targets (default: --epochs; 0: jointly within the last round)"),
-    ctc_refits: int = typer.Option(None, "--ctc-refits", help="CTC refits after the CTC phase: each continues the CTC head on the previous model's combined ranking of the candidates (default 0)"),
-    ctc_refit_epochs: int = typer.Option(None, "--ctc-refit-epochs", help="epochs of a CTC refit (default: those of the CTC phase)"),
+    ctc_refits: int = typer.Option(None, "--ctc-refits", help="CTC refits after the CTC phase: each continues the CTC head on the previous model's combined ranking of the candidates (default 1)"),
+    ctc_refit_epochs: int = typer.Option(None, "--ctc-refit-epochs", help="epochs of a CTC refit (default: a third of the CTC phase's)"),
     ranking_manifest: Path = typer.Option(None, "--ranking-manifest", help="labelled rows (speakers held out from training) that choose the CTC weight of the combined ranking (default: the held-out exact rows)"),
     truth: Path = typer.Option(None, "--truth", help="JSONL/CSV id,label: disambiguation accuracy on candidate rows"),
 ):

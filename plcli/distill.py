@@ -192,10 +192,10 @@ class DistillConfig(Config):
         "0 = train it jointly within the last round", min=0)
     ctc_all_rounds: bool = opt(False, "with ctc_epochs 0: train the CTC head in every self-training round, not only in the last")
     ctc_refits: int = opt(
-        0, "CTC refits after the CTC phase (RUN_DIR/ctc2, ...): each continues the previous CTC head on that "
+        1, "CTC refits after the CTC phase (RUN_DIR/ctc2, ...): each continues the previous CTC head on that "
         "model's combined ranking of every training row's candidates (both heads) instead of the classifier's "
-        "targets", min=0)
-    ctc_refit_epochs: int | None = opt(None, "epochs of a CTC refit (default: those of the CTC phase)", min=1)
+        "targets; none without a CTC phase (ctc_epochs 0 or no CTC head)", min=0)
+    ctc_refit_epochs: int | None = opt(None, "epochs of a CTC refit (default: a third of the CTC phase's, 40 of 120)", min=1)
     ranking_manifest: str | None = opt(None, "labelled rows (e.g. speakers held out from training) on which the combined ranking's CTC weight is chosen (default: the held-out exact rows)")
     truth: str | None = opt(None, "optional JSONL/CSV of id,label: disambiguation accuracy on candidate rows")
     overwrite: bool = opt(False, "replace an existing run in out")
@@ -207,8 +207,6 @@ class DistillConfig(Config):
             raise UserError("--teacher is required (a finetune run directory)")
         if self.ctc_all_rounds and self.ctc_epochs != 0:
             raise UserError("ctc_all_rounds trains the CTC head jointly in every round: it needs ctc_epochs 0")
-        if self.ctc_refits and (not self.ctc.enabled or self.ctc_epochs == 0):
-            raise UserError("ctc_refits continue the CTC phase: they need the CTC head (ctc.weight > 0) and ctc_epochs != 0")
         if self.teacher_views > self.views:
             raise UserError(f"teacher_views={self.teacher_views} exceeds the {self.views} cached views")
 
@@ -631,7 +629,9 @@ def _run_rounds(cfg: DistillConfig, log, callbacks: list | None) -> dict:
         if warm:
             sub.trainer.epochs = warm_epochs(cfg)
         if ctc_only:
-            sub.trainer.epochs = (refit and cfg.ctc_refit_epochs) or cfg.ctc_epochs or cfg.trainer.epochs
+            sub.trainer.epochs = cfg.ctc_epochs or cfg.trainer.epochs
+            if refit:
+                sub.trainer.epochs = cfg.ctc_refit_epochs or max(1, sub.trainer.epochs // 3)
         elif phase or (k < cfg.rounds and not cfg.ctc_all_rounds):
             sub.ctc.weight = 0.0  # only the student that is kept needs the CTC head
         done = Path(sub.out) / "metrics.json"

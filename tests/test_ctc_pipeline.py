@@ -88,7 +88,10 @@ def test_distill_trains_the_ctc_head_in_a_phase_of_its_own(runs):
     root = runs[0]
     m = json.loads((root / "di" / "metrics.json").read_text())
     assert m["ctc_phase"]["epochs"] == 2 and len(m["rounds"]) == 1
-    assert m["total_seconds"] == pytest.approx(m["rounds"][0]["total_seconds"] + m["ctc_phase"]["total_seconds"])
+    # the default CTC refit: one, a third of the phase's epochs (at least 1)
+    assert [r["epochs"] for r in m["ctc_refits"]] == [1]
+    assert m["total_seconds"] == pytest.approx(m["rounds"][0]["total_seconds"] + m["ctc_phase"]["total_seconds"]
+                                               + m["ctc_refits"][0]["total_seconds"])
     last = load_model(root / "di" / "round1")[0]
     phase = load_model(root / "di" / "ctc")[0]
     assert not last.has_ctc and phase.has_ctc
@@ -99,7 +102,7 @@ def test_distill_trains_the_ctc_head_in_a_phase_of_its_own(runs):
     fresh = type(phase.ctc_head)(**phase.ctc_head.kwargs)
     assert any(not torch.equal(a, b) for a, b in zip(phase.ctc_head.state_dict().values(),
                                                      fresh.state_dict().values(), strict=True))
-    assert (root / "di" / "model.pt").read_bytes() == (root / "di" / "ctc" / "model.pt").read_bytes()
+    assert (root / "di" / "model.pt").read_bytes() == (root / "di" / "ctc2" / "model.pt").read_bytes()
 
 
 def test_predict_ranks_texts_the_model_never_saw(runs, tmp_path):
