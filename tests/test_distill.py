@@ -18,7 +18,6 @@ from plcli.data.datasets import candidate_matrix
 from plcli.data.labels import Vocabulary
 from plcli.data.manifest import Row
 from plcli.data.validate import load_rows
-from plcli.errors import UserError
 from plcli.distill import (
     CANDIDATE,
     DROPPED,
@@ -29,6 +28,7 @@ from plcli.distill import (
     run,
     teacher_targets,
 )
+from plcli.errors import UserError
 from plcli.models.classifier import Classifier, load_model, save_model
 from plcli.runs import save_config
 
