@@ -37,7 +37,7 @@ class EvaluateConfig(Config):
     truth: str | None = opt(None, "JSONL or CSV of id,label; overrides the manifest's labels")
     json_out: str | None = opt(None, "write the metrics as JSON here")
     report_dir: str | None = opt(None, "folder for confusion_matrix.png, reliability.png and per_class.csv")
-    batch_size: int = opt(1024, "inference batch size", min=1)
+    batch_size: int = opt(256, "inference batch size (256 ranked fastest on 2 CPU cores, scripts/bench_ranking.py)", min=1)
     cache_dir: str | None = opt(None, "feature cache folder (default: $PLCLI_CACHE or ~/.cache/plcli)")
     skip_invalid: bool = opt(False, "drop invalid manifest rows instead of stopping")
     rejects: str | None = opt(None, "where --skip-invalid writes rejected rows")

@@ -103,7 +103,7 @@ def infer_ranked(
     audio: list,
     candidates: list[list[str]],
     cache: str | None = None,
-    batch_size: int = 512,
+    batch_size: int = 256,
     log=print,
 ) -> tuple[np.ndarray, dict, dict]:
     """Like ``infer``, plus the CTC scores of every candidate text for a model with a CTC head

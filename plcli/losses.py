@@ -384,12 +384,65 @@ def candidate_ctc_nll(log_probs: Tensor, input_lengths: Tensor, targets: Tensor,
     ok = mask & ctc_feasible(input_lengths, targets, target_lengths)  # (B, K)
     nll = torch.full((B, K), math.inf, dtype=log_probs.dtype, device=log_probs.device)
     b, k = ok.nonzero(as_tuple=True)
-    if b.numel():
+    if not b.numel():
+        return nll
+    if not (torch.is_grad_enabled() and log_probs.requires_grad) and bool((input_lengths[b] == T).all()):
+        # scoring: the scaled forward pass, with F.ctc_loss only for the pairs it cannot resolve
+        per_pair = scaled_ctc_nll(log_probs, b, targets[b, k], target_lengths[b, k], blank).to(log_probs.dtype)
+        redo = ~torch.isfinite(per_pair)
+        if bool(redo.any()):
+            r = redo.nonzero().squeeze(1)
+            per_pair[r] = F.ctc_loss(log_probs[:, b[r]], targets[b[r], k[r]], input_lengths[b[r]],
+                                     target_lengths[b[r], k[r]], blank=blank, reduction="none", zero_infinity=False)
+    else:
         # (T, N, V) with one column per valid (row, candidate) pair
         per_pair = F.ctc_loss(log_probs[:, b], targets[b, k], input_lengths[b], target_lengths[b, k],
                               blank=blank, reduction="none", zero_infinity=False)
-        nll = nll.index_put((b, k), per_pair)
-    return nll
+    return nll.index_put((b, k), per_pair)
+
+
+def scaled_ctc_nll(log_probs: Tensor, rows: Tensor, targets: Tensor, target_lengths: Tensor,
+                   blank: int = 0) -> Tensor:
+    """``(N,)`` CTC negative log-likelihood of ``targets[n]`` under column ``rows[n]`` of
+    ``log_probs`` (T, B, V), over all T frames; no gradient.
+
+    The CTC forward recursion (Graves et al. 2006) in the probability domain, rescaled to sum 1 at
+    every frame with the log scales summed, as for HMMs (Rabiner 1989), in float64. It gives what
+    ``F.ctc_loss(reduction="none")`` gives, several times faster on CPU: no exp/log per lattice
+    cell, and no log-alpha table kept for a backward pass. Scoring 10 candidates per clip spends most
+    of its time here. A pair whose mass underflows comes out as inf or NaN; ``candidate_ctc_nll``
+    recomputes those with ``F.ctc_loss``.
+
+    ``targets`` (N, L) long, padded; ``target_lengths`` (N,) >= 1, each feasible in T frames.
+    """
+    T, B, V = log_probs.shape
+    N, L = targets.shape
+    S = 2 * L + 1
+    # (N, S) extended labels: blank, c1, blank, c2, ..., blank
+    ext = torch.full((N, S), blank, dtype=torch.long, device=targets.device)
+    ext[:, 1::2] = targets
+    # a state may be entered from two back (skipping a blank) when it is a label unlike the one before
+    skip = ((ext[:, 2:] != blank) & (ext[:, 2:] != ext[:, :-2])).double()  # (N, S - 2)
+    flat = (rows.view(N, 1) * V + ext).view(-1)  # (N * S,) indices into a flattened (B, V) frame
+    p = log_probs.detach().double().exp().reshape(T, B * V)
+    alpha = torch.zeros(N, S, dtype=torch.float64, device=log_probs.device)
+    alpha[:, :2] = p[0].index_select(0, flat).view(N, S)[:, :2]
+    scale = alpha.sum(1)
+    alpha /= scale.unsqueeze(1)
+    log_scale = scale.log()
+    nxt = torch.empty_like(alpha)
+    for t in range(1, T):
+        nxt[:, 0] = alpha[:, 0]
+        torch.add(alpha[:, 1:], alpha[:, :-1], out=nxt[:, 1:])
+        nxt[:, 2:].addcmul_(alpha[:, :-2], skip)
+        nxt.mul_(p[t].index_select(0, flat).view(N, S))
+        scale = nxt.sum(1)
+        nxt /= scale.unsqueeze(1)
+        log_scale += scale.log()
+        alpha, nxt = nxt, alpha
+    end = (2 * target_lengths).view(N, 1)  # the final blank; the final label is one before it
+    last = alpha.gather(1, end).squeeze(1) + alpha.gather(1, end - 1).squeeze(1)
+    return -(last.log() + log_scale)
 
 
 def _allowed(mask: Tensor) -> Tensor:

@@ -117,7 +117,7 @@ class PredictConfig(Config):
     model: str = opt("", "run directory with a classifier (finetune or distill)")
     out: str = opt("", "predictions file to write (JSONL)")
     top_k: int = opt(5, "labels per recording", min=1)
-    batch_size: int = opt(1024, "inference batch size", min=1)
+    batch_size: int = opt(256, "inference batch size (256 ranked fastest on 2 CPU cores, scripts/bench_ranking.py)", min=1)
     cache_dir: str | None = opt(None, "feature cache folder (default: $PLCLI_CACHE or ~/.cache/plcli)")
     skip_invalid: bool = opt(False, "drop invalid manifest rows (written to --rejects) instead of stopping")
     rejects: str | None = opt(None, "where --skip-invalid writes rejected rows (default: OUT.rejects.jsonl)")

@@ -140,7 +140,7 @@ def choose_ranking(cls: np.ndarray, ctc_by_norm: dict[bool, np.ndarray], truth_p
 
 
 @torch.inference_mode()
-def model_scores(model, feats, candidates: Sequence[Sequence[str]], batch_size: int = 512) -> dict:
+def model_scores(model, feats, candidates: Sequence[Sequence[str]], batch_size: int = 256) -> dict:
     """Closed-set logits and the CTC log-likelihood of every candidate text, batch by batch.
 
     ``feats``: (N, F, T) features (array or memmap). Returns ``logits`` (N, C) float32 and, for a
@@ -168,23 +168,25 @@ def model_scores(model, feats, candidates: Sequence[Sequence[str]], batch_size: 
         z, lp = model.forward_both(x)
         logits.append(z.float().cpu().numpy())
         rows = candidates[s : s + batch_size]
-        texts = [t for r in rows for t in r if t not in cache]
-        if texts:
-            tok, ln = text_targets(model.tokenizer, list(dict.fromkeys(texts)))
-            for t, ids, m in zip(dict.fromkeys(texts), tok.tolist(), ln.tolist(), strict=True):
+        new = [t for t in dict.fromkeys(t for r in rows for t in r) if t not in cache]
+        if new:
+            tok, ln = text_targets(model.tokenizer, new)
+            for t, ids, m in zip(new, tok.tolist(), ln.tolist(), strict=True):
                 cache[t] = ids[:m]
+        # the batch's distinct texts as one (U, L) token table; (b, k) indices into it, -1 = no candidate
+        texts = list(dict.fromkeys(t for r in rows for t in r))
+        pos = {t: i for i, t in enumerate(texts)}
         b = len(rows)
-        L = max([1, *(len(cache[t]) for r in rows for t in r)])
-        tg = torch.ones(b, k, L, dtype=torch.long)
-        tl = torch.zeros(b, k, dtype=torch.long)
-        mk = torch.zeros(b, k, dtype=torch.bool)
-        for i, r in enumerate(rows):
-            for j, t in enumerate(r):
-                ids = cache[t]
-                if ids:
-                    tg[i, j, : len(ids)] = torch.tensor(ids)
-                tl[i, j] = len(ids)
-                mk[i, j] = True
+        L = max([1, *(len(cache[t]) for t in texts)])
+        table = torch.ones(len(texts) + 1, L, dtype=torch.long)
+        table_len = torch.zeros(len(texts) + 1, dtype=torch.long)
+        for i, t in enumerate(texts):
+            if cache[t]:
+                table[i, : len(cache[t])] = torch.tensor(cache[t])
+            table_len[i] = len(cache[t])
+        at = torch.tensor([[pos[t] for t in r] + [-1] * (k - len(r)) for r in rows], dtype=torch.long).view(b, k)
+        mk = at >= 0
+        tg, tl = table[at], table_len[at]  # -1 reads the extra last row: no tokens, length 0
         out = candidate_ctc_nll(lp.float(), torch.full((b,), lp.shape[0], dtype=torch.long),
                                 tg.to(device), tl.to(device), (mk & (tl > 0)).to(device))
         nll[s : s + b] = out.double().cpu().numpy()

@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="a finetune/distill run directory (default: an untrained default student)")
     ap.add_argument("--clips", type=int, default=2048)
     ap.add_argument("--candidates", type=int, default=10)
-    ap.add_argument("--batch-size", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--tokens", default="phoneme", choices=("phoneme", "char"))

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from plcli.losses import CandidateCTCLoss, candidate_ctc_nll, ctc_feasible
+from plcli.losses import CandidateCTCLoss, candidate_ctc_nll, ctc_feasible, scaled_ctc_nll
 
 
 def _batch(seed=0, T=12, B=4, K=3, L=5, V=6):
@@ -129,3 +129,56 @@ def test_argument_checks():
         loss(lp, inputs, targets, lengths, mask, weights=-torch.ones(mask.shape, dtype=torch.float64))
     with pytest.raises(ValueError, match="not both"):
         loss(lp, inputs, targets, lengths, mask, log_prior=torch.zeros(mask.shape), weights=torch.zeros(mask.shape))
+
+
+def _one_by_one(lp, rows, targets, lengths):
+    """Slow and obvious: one F.ctc_loss call per pair, over all frames."""
+    T = lp.shape[0]
+    return torch.stack([
+        F.ctc_loss(lp[:, r : r + 1], targets[n : n + 1, : lengths[n]], torch.tensor([T]), lengths[n : n + 1],
+                   blank=0, reduction="sum", zero_infinity=False)
+        for n, r in enumerate(rows.tolist())
+    ])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_scaled_forward_matches_ctc_loss(dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    T, B, V, N, L = 30, 3, 5, 12, 6
+    lp = torch.randn(T, B, V, generator=g, dtype=dtype).mul(3).log_softmax(-1)
+    rows = torch.randint(0, B, (N,), generator=g)
+    targets = torch.randint(1, V, (N, L), generator=g)
+    targets[0, :3] = 2  # repeated labels: the skip over the blank between them is not allowed
+    lengths = torch.randint(1, L + 1, (N,), generator=g)
+    lengths[1] = 1
+    got = scaled_ctc_nll(lp, rows, targets, lengths)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got.to(dtype), _one_by_one(lp, rows, targets, lengths))
+
+
+def test_scoring_path_matches_the_training_path():
+    """Without gradients candidate_ctc_nll takes the scaled forward pass; with them F.ctc_loss."""
+    logits, _, targets, lengths, mask = _batch(3)
+    inputs = torch.full((logits.shape[1],), logits.shape[0], dtype=torch.long)
+    lp = logits.log_softmax(-1)
+    want = candidate_ctc_nll(lp, inputs, targets, lengths, mask)  # requires grad: F.ctc_loss
+    with torch.no_grad():
+        got = candidate_ctc_nll(lp, inputs, targets, lengths, mask)
+    torch.testing.assert_close(got, want.detach())
+    assert (torch.isinf(got) == ~mask).all()
+
+
+def test_scoring_falls_back_where_the_scaled_pass_underflows():
+    T, V = 6, 4
+    lp = torch.full((T, 1, V), -1e5).index_fill(2, torch.tensor([0]), 0.0)  # blank only: labels at e^-100000
+    targets = torch.tensor([[[1, 2], [3, 0]]])
+    lengths = torch.tensor([[2, 1]])
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    inputs = torch.tensor([T])
+    assert not torch.isfinite(scaled_ctc_nll(lp, torch.tensor([0]), torch.tensor([[1, 2]]), torch.tensor([2]))).all()
+    with torch.no_grad():
+        got = candidate_ctc_nll(lp, inputs, targets, lengths, mask)
+    want = _one_by_one(lp, torch.tensor([0, 0]), targets[0], lengths[0]).view(1, 2)
+    assert torch.isfinite(want).all()
+    torch.testing.assert_close(got, want)
