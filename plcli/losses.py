@@ -386,18 +386,20 @@ def candidate_ctc_nll(log_probs: Tensor, input_lengths: Tensor, targets: Tensor,
     b, k = ok.nonzero(as_tuple=True)
     if not b.numel():
         return nll
+
+    def exact(sel) -> Tensor:
+        # F.ctc_loss on the pairs ``sel`` of (b, k): (T, N, V) with one column per pair
+        return F.ctc_loss(log_probs[:, b[sel]], targets[b[sel], k[sel]], input_lengths[b[sel]],
+                          target_lengths[b[sel], k[sel]], blank=blank, reduction="none", zero_infinity=False)
+
     if not (torch.is_grad_enabled() and log_probs.requires_grad) and bool((input_lengths[b] == T).all()):
         # scoring: the scaled forward pass, with F.ctc_loss only for the pairs it cannot resolve
         per_pair = scaled_ctc_nll(log_probs, b, targets[b, k], target_lengths[b, k], blank).to(log_probs.dtype)
         redo = ~torch.isfinite(per_pair)
         if bool(redo.any()):
-            r = redo.nonzero().squeeze(1)
-            per_pair[r] = F.ctc_loss(log_probs[:, b[r]], targets[b[r], k[r]], input_lengths[b[r]],
-                                     target_lengths[b[r], k[r]], blank=blank, reduction="none", zero_infinity=False)
+            per_pair[redo] = exact(redo)
     else:
-        # (T, N, V) with one column per valid (row, candidate) pair
-        per_pair = F.ctc_loss(log_probs[:, b], targets[b, k], input_lengths[b], target_lengths[b, k],
-                              blank=blank, reduction="none", zero_infinity=False)
+        per_pair = exact(slice(None))
     return nll.index_put((b, k), per_pair)
 
 

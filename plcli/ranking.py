@@ -168,13 +168,13 @@ def model_scores(model, feats, candidates: Sequence[Sequence[str]], batch_size: 
         z, lp = model.forward_both(x)
         logits.append(z.float().cpu().numpy())
         rows = candidates[s : s + batch_size]
-        new = [t for t in dict.fromkeys(t for r in rows for t in r) if t not in cache]
+        texts = list(dict.fromkeys(t for r in rows for t in r))  # the batch's distinct texts
+        new = [t for t in texts if t not in cache]
         if new:
             tok, ln = text_targets(model.tokenizer, new)
             for t, ids, m in zip(new, tok.tolist(), ln.tolist(), strict=True):
                 cache[t] = ids[:m]
-        # the batch's distinct texts as one (U, L) token table; (b, k) indices into it, -1 = no candidate
-        texts = list(dict.fromkeys(t for r in rows for t in r))
+        # the texts as one (U, L) token table; (b, k) indices into it, -1 = no candidate
         pos = {t: i for i, t in enumerate(texts)}
         b = len(rows)
         L = max([1, *(len(cache[t]) for t in texts)])
