@@ -256,6 +256,30 @@ def test_curve_and_targets_tables(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
+def test_cells_record_cpu_and_code_and_the_report_counts_them(tmp_path):
+    from plcli.bench.grid import code_version, provenance, stamped
+
+    cell = stamped(lambda: {"row": "plcli", "accuracy": 0.5})()
+    assert cell["accuracy"] == 0.5 and cell["finished"] and "cores" in cell["cpu"]
+    # a checkout gives the short commit (maybe +dirty); an installed package its version
+    assert cell["code"] == code_version() and cell["code"]
+    cells = [
+        {"cpu": "A, 2 cores", "code": "abc1234"},
+        {"cpu": "A, 2 cores", "code": "def5678+dirty"},
+        {"cpu": "B, 2 cores", "code": "abc1234"},
+        {},  # a cell from before the stamps existed
+    ]
+    text = provenance(cells)
+    assert text == (
+        "CPU: A, 2 cores (2 cells); B, 2 cores (1 cells); not recorded (1 cells). "
+        "code: abc1234 (2 cells); def5678+dirty (1 cells); not recorded (1 cells)."
+    )
+    a = curve.parse(["--sizes", "600", "--extra", "--dists", "zipf"])
+    hand = [{**c, **h} for c, h in zip(cells, _hand_cells())]
+    md = curve.report_markdown(hand, a, {}, "2026-01-01 00:00", "c.png")
+    assert "Cells computed on CPU: A, 2 cores (2 cells)" in md
+
+
 def test_report_goes_between_markers(tmp_path):
     doc = tmp_path / "b.md"
     doc.write_text(f"# B\n\nbefore\n\n{curve.MARK_START}\nold\n{curve.MARK_END}\n\nafter\n")

@@ -44,6 +44,7 @@ from plcli.bench.grid import (
     machine,
     make_demo,
     pipeline_cell,
+    provenance,
     read_jsonl,
     split_counts,
     split_speakers,
@@ -519,6 +520,8 @@ def report_markdown(
     summary = targets_summary(cells, a.dists, grid, grammar_unavailable)
     parts = [
         f"Cells finished between {min(stamps)} and {max(stamps)} UTC; report written {_now()} on: {machine()}.",
+        "",
+        "Cells computed on " + provenance(cells),
         "",
         "Command: `" + " ".join(shlex.quote(x) for x in [Path(sys.executable).name, *sys.argv]) + "`",
         "",

@@ -487,9 +487,8 @@ def grammar_cell(a, bench: Path, paths: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def machine() -> str:
-    import torch
-
+def cpu_name() -> str:
+    """The CPU model (from /proc/cpuinfo where there is one) and the core count."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -498,11 +497,33 @@ def machine() -> str:
                 break
     except OSError:
         pass
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def machine() -> str:
+    import torch
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return (
-        f"{cpu}, {os.cpu_count()} cores, GPU: {gpu}; Python {platform.python_version()}, torch {torch.__version__}, "
+        f"{cpu_name()}, GPU: {gpu}; Python {platform.python_version()}, torch {torch.__version__}, "
         f"{platform.system()} {platform.release()}"
     )
+
+
+def code_version() -> str:
+    """The git commit of the plcli source tree (with ``+dirty`` when plcli/ has uncommitted
+    changes), or the package version outside a checkout."""
+    import plcli
+
+    src = Path(plcli.__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True, timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--", "."], capture_output=True,
+                               text=True, check=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return f"plcli {plcli.__version__}"
+    return head + ("+dirty" if dirty else "")
 
 
 def _now() -> str:
@@ -510,8 +531,20 @@ def _now() -> str:
 
 
 def stamped(compute):
-    """``compute`` whose cell records when it finished (the report gives the range of dates)."""
-    return lambda: {**compute(), "finished": _now()}
+    """``compute`` whose cell records when it finished, on which CPU and with which plcli code: a
+    benchmark folder can be completed over several sessions, and the report says what it mixes."""
+    return lambda: {**compute(), "finished": _now(), "cpu": cpu_name(), "code": code_version()}
+
+
+def provenance(cells: Sequence[dict]) -> str:
+    """One sentence: the CPUs and code versions the cells were computed with, and how many each."""
+    from collections import Counter
+
+    parts = []
+    for key, what in (("cpu", "CPU"), ("code", "code")):
+        counts = Counter(c.get(key) or "not recorded" for c in cells)
+        parts.append(f"{what}: " + "; ".join(f"{k} ({n} cells)" for k, n in sorted(counts.items())))
+    return ". ".join(parts) + "."
 
 
 def write_report(a, bench: Path, cells: list[dict], counts: dict, started: str) -> Path:
@@ -523,6 +556,8 @@ def write_report(a, bench: Path, cells: list[dict], counts: dict, started: str) 
         [
             f"Cells finished between {min(stamps)} and {max(stamps)} UTC; report written "
             f"{_now()} on: {machine()}.",
+            "",
+            "Cells computed on " + provenance(cells),
             "",
             "Command: `" + " ".join(shlex.quote(x) for x in [Path(sys.executable).name, *sys.argv]) + "`",
             "",
