@@ -12,8 +12,9 @@ DEMO_ARGS ?= --train 2000
 PIPELINE_ARGS ?=
 # the published grid: 3 seeds for plcli and the oracle, 1 for the other rows (BENCH_ARGS= for all 3)
 BENCH_ARGS ?= --single-seed-rows exact indicator-mse simclrv2
-# the learning curve (docs/benchmark.md, "Learning curve"): resumable in bench-curve/
-CURVE_ARGS ?= --report docs/benchmark.md --png docs/benchmark-curve.png
+# the learning curve (docs/benchmark.md, "Learning curve"): resumable in bench-curve/, whose cells are
+# kept in git; the widest voice pool, so it needs `scripts/install_voices.sh --non-free` first
+CURVE_ARGS ?= --engines espeak,flite,festival,pico,mbrola --report docs/benchmark.md --png docs/benchmark-curve.png
 
 LOCK := requirements.lock
 
