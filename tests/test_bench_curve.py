@@ -256,6 +256,26 @@ def test_curve_and_targets_tables(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
+def test_report_only_computes_nothing_and_keeps_the_finished_cells(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(curve, "compute_cell", _fake_compute(calls))
+    curve.dist_cells(curve.parse(["--sizes", "40", "--extra", "--seeds", "0"]), tmp_path, "zipf", {40: {}})
+    assert len(calls) == 3
+    a = curve.parse(["--sizes", "40", "80", "--extra", "--seeds", "0", "1", "--report-only"])
+    cells = curve.dist_cells(a, tmp_path, "zipf", {40: {}, 80: {}})
+    assert len(calls) == 3  # nothing computed
+    assert sorted((c["row"], c["n"], c["seed"]) for c in cells) == [
+        ("no-pretrain", 40, 0), ("oracle", 40, 0), ("plcli", 40, 0), ("teacher", 40, 0)
+    ]
+    assert curve.run_grammar(a, tmp_path, "zipf", tmp_path / "test.jsonl") is None
+    assert not (tmp_path / "cells" / "grammar.json").exists()
+    # the teacher's cell carries the plcli cell's stamps
+    teacher = next(c for c in cells if c["row"] == "teacher")
+    assert teacher["cpu"] and teacher["code"] and teacher["finished"]
+    table = curve.curve_table(cells, "zipf", curve.pairs(a))
+    assert "| 80 | 5% | plcli (defaults) | not measured |" in table
+
+
 def test_cells_record_cpu_and_code_and_the_report_counts_them(tmp_path):
     from plcli.bench.grid import code_version, provenance, stamped
 

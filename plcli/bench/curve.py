@@ -254,15 +254,16 @@ def dist_cells(a, root: Path, dist: str, sizes: dict) -> list[dict]:
                     if row == "oracle" and rate != rates_at(a, n)[0]:
                         continue  # one oracle per (N, seed): it does not use the exact labels
                     key = cell_key(row, rate, seed)
+                    path = bench / "cells" / f"{key}.json"
+                    if a.report_only and not path.exists():
+                        continue
                     t = time.perf_counter()
-                    c = cached_cell(
-                        bench / "cells" / f"{key}.json",
-                        stamped(partial(compute_cell, a, bench, paths, row, rate, seed)),
-                    )
+                    c = cached_cell(path, stamped(partial(compute_cell, a, bench, paths, row, rate, seed)))
                     _done(f"{dist} N={n}", key, c, t, t0)
                     tag = {"dist": dist, "n": n, "rate": None if row == "oracle" else rate, "seed": seed}
                     if row == "plcli" and "teacher" in a.rows:
-                        out.append({**c["teacher"], "finished": c.get("finished"), **tag})
+                        stamp = {k: c[k] for k in ("finished", "cpu", "code") if k in c}
+                        out.append({**c["teacher"], **stamp, **tag})
                     if row in a.rows:
                         out.append({**{k: v for k, v in c.items() if k != "teacher"}, **tag})
     return out
@@ -270,10 +271,11 @@ def dist_cells(a, root: Path, dist: str, sizes: dict) -> list[dict]:
 
 def run_grammar(a, root: Path, dist: str, test: Path) -> dict | None:
     """The recogniser's cell of one distribution, or None when it cannot run (nothing is cached then)."""
-    if "grammar" not in a.rows or grammar_available():
+    path = root / "cells" / "grammar.json"
+    if "grammar" not in a.rows or grammar_available() or (a.report_only and not path.exists()):
         return None
     t = time.perf_counter()
-    c = cached_cell(root / "cells" / "grammar.json", stamped(lambda: grammar_cell(a, test)))
+    c = cached_cell(path, stamped(lambda: grammar_cell(a, test)))
     _done(dist, "grammar", c, t, t)
     return {**c, "dist": dist, "n": None, "rate": None, "seed": None}
 
@@ -630,6 +632,11 @@ def parse(argv=None):
     ap.add_argument("--asr-workers", type=int, default=2, help="pocketsphinx processes")
     ap.add_argument("--accelerator", default="auto")
     ap.add_argument("--cache", default=None, help="feature cache (default: $PLCLI_CACHE, else OUT/cache)")
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="compute nothing: write the report from the cells already in OUT (missing ones are left out)",
+    )
     ap.add_argument(
         "--report",
         default=None,
