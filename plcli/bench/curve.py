@@ -27,7 +27,6 @@ import hashlib
 import json
 import math
 import os
-import shlex
 import shutil
 import sys
 import time
@@ -36,16 +35,16 @@ from functools import partial
 from pathlib import Path
 
 from plcli.bench.grid import (
+    STAMPS,
     _now,
     absolute_audio,
     baseline_cell,
     check_settings,
     log,
-    machine,
     make_demo,
     pipeline_cell,
-    provenance,
     read_jsonl,
+    report_header,
     split_counts,
     split_speakers,
     stamped,
@@ -262,7 +261,7 @@ def dist_cells(a, root: Path, dist: str, sizes: dict) -> list[dict]:
                     _done(f"{dist} N={n}", key, c, t, t0)
                     tag = {"dist": dist, "n": n, "rate": None if row == "oracle" else rate, "seed": seed}
                     if row == "plcli" and "teacher" in a.rows:
-                        stamp = {k: c[k] for k in ("finished", "cpu", "code") if k in c}
+                        stamp = {k: c[k] for k in STAMPS if k in c}
                         out.append({**c["teacher"], **stamp, **tag})
                     if row in a.rows:
                         out.append({**{k: v for k, v in c.items() if k != "teacher"}, **tag})
@@ -516,17 +515,11 @@ def report_markdown(
     grammar_unavailable: str | None = None,
 ) -> str:
     """The whole report: provenance, then per distribution the results and the targets table."""
-    stamps = [c.get("finished") or started for c in cells] or [started]
     grid = pairs(a)
     rows = [r for r in ROWS if r in a.rows]
     summary = targets_summary(cells, a.dists, grid, grammar_unavailable)
     parts = [
-        f"Cells finished between {min(stamps)} and {max(stamps)} UTC; report written {_now()} on: {machine()}.",
-        "",
-        "Cells computed on " + provenance(cells),
-        "",
-        "Command: `" + " ".join(shlex.quote(x) for x in [Path(sys.executable).name, *sys.argv]) + "`",
-        "",
+        *report_header(cells, started),
         (
             f"Seeds {', '.join(map(str, a.seeds))} up to N = {a.three_seeds_upto}, seed {a.seeds[0]} above. "
             if len(a.seeds) > 1

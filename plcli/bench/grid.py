@@ -530,10 +530,13 @@ def _now() -> str:
     return f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M}"
 
 
+STAMPS = ("finished", "cpu", "code")  # what ``stamped`` adds to a cell
+
+
 def stamped(compute):
     """``compute`` whose cell records when it finished, on which CPU and with which plcli code: a
     benchmark folder can be completed over several sessions, and the report says what it mixes."""
-    return lambda: {**compute(), "finished": _now(), "cpu": cpu_name(), "code": code_version()}
+    return lambda: {**compute(), **dict(zip(STAMPS, (_now(), cpu_name(), code_version())))}
 
 
 def provenance(cells: Sequence[dict]) -> str:
@@ -547,20 +550,27 @@ def provenance(cells: Sequence[dict]) -> str:
     return ". ".join(parts) + "."
 
 
-def write_report(a, bench: Path, cells: list[dict], counts: dict, started: str) -> Path:
+def report_header(cells: Sequence[dict], started: str) -> list[str]:
+    """A report's first lines: when its cells finished, where it was written, where the cells were
+    computed, and the command."""
     stamps = [c.get("finished") or started for c in cells] or [started]
+    return [
+        f"Cells finished between {min(stamps)} and {max(stamps)} UTC; report written {_now()} on: {machine()}.",
+        "",
+        "Cells computed on " + provenance(cells),
+        "",
+        "Command: `" + " ".join(shlex.quote(x) for x in [Path(sys.executable).name, *sys.argv]) + "`",
+        "",
+    ]
+
+
+def write_report(a, bench: Path, cells: list[dict], counts: dict, started: str) -> Path:
     rows = [r for r in ROWS if r in a.rows]
     chart = accuracy_chart(cells, bench / "accuracy.png", rows)
     single = [r for r in a.single_seed_rows if r in a.rows]
     text = "\n".join(
         [
-            f"Cells finished between {min(stamps)} and {max(stamps)} UTC; report written "
-            f"{_now()} on: {machine()}.",
-            "",
-            "Cells computed on " + provenance(cells),
-            "",
-            "Command: `" + " ".join(shlex.quote(x) for x in [Path(sys.executable).name, *sys.argv]) + "`",
-            "",
+            *report_header(cells, started),
             f"Data: {json.dumps(counts)}. Label rates {', '.join(f'{r * 100:g}%' for r in a.rates)}; seeds "
             f"{', '.join(map(str, a.seeds))}"
             + (f" (rows {', '.join(single)}: seed {a.seeds[0]} only)" if single else "")
