@@ -276,6 +276,25 @@ def test_report_only_computes_nothing_and_keeps_the_finished_cells(tmp_path, mon
     assert "| 80 | 5% | plcli (defaults) | not measured |" in table
 
 
+def test_report_only_generates_no_data_and_reads_the_data_counts_kept_with_the_cells(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(curve, "compute_cell", _fake_compute([]))
+    out = tmp_path / "o"
+    args = ["--out", str(out), "--sizes", "40", "--extra", "--seeds", "0", "--dists", "zipf", "--cache", str(tmp_path / "c")]
+    curve.dist_cells(curve.parse(args), out / "zipf", "zipf", {40: {}})
+    curve.data_cell(out / "zipf").parent.mkdir(parents=True)
+    curve.data_cell(out / "zipf").write_text(json.dumps({"fit": 7, "test": 3}))
+
+    def no_data(*_, **__):
+        raise AssertionError("--report-only generated data")
+
+    monkeypatch.setattr(curve, "make_demo", no_data)
+    assert curve.main([*args, "--report-only"]) == 0
+    report = (out / "results.md").read_text()
+    assert 'Data: {"fit": 7, "test": 3}.' in report
+    assert "| 40 | 5% | plcli (defaults) | 0." in report  # read back, not "not measured"
+
+
 def test_cells_record_cpu_and_code_and_the_report_counts_them(tmp_path):
     from plcli.bench.grid import code_version, provenance, stamped
 

@@ -162,7 +162,21 @@ def prepare_dist(a, root: Path, dist: str) -> dict:
         "voices": meta.get("voices"),
     }
     log(f"{dist} data: {counts}")
+    atomic_write_json(data_cell(root), counts)  # kept in git with the cells, for --report-only
     return {"sizes": sizes, "test": base["test"], "counts": counts}
+
+
+def data_cell(root: Path) -> Path:
+    """Where one distribution's data counts are kept beside its cells."""
+    return root / "cells" / "data.json"
+
+
+def prepared(a, root: Path) -> dict:
+    """``prepare_dist``'s answer for --report-only, from what is on disk: no data is generated, and
+    the data counts come from the last run that prepared it (empty where none did)."""
+    path = data_cell(root)
+    counts = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    return {"sizes": {n: {} for n in a.sizes}, "test": None, "counts": counts}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -628,7 +642,7 @@ def parse(argv=None):
     ap.add_argument(
         "--report-only",
         action="store_true",
-        help="compute nothing: write the report from the cells already in OUT (missing ones are left out)",
+        help="compute nothing and generate no data: write the report from the cells already in OUT (missing ones are left out)",
     )
     ap.add_argument(
         "--report",
@@ -676,7 +690,7 @@ def main(argv=None) -> int:
     counts = {}
     for dist in a.dists:
         root = out / dist
-        prep = prepare_dist(a, root, dist)
+        prep = prepared(a, root) if a.report_only else prepare_dist(a, root, dist)
         counts[dist] = prep["counts"]
         cells += dist_cells(a, root, dist, prep["sizes"])
         g = run_grammar(a, root, dist, prep["test"])
