@@ -19,9 +19,11 @@ teacher's). Candidates unknown to the teacher are dropped from a row's set; a ro
 are all unknown becomes a row without candidates; an exact row whose label is unknown is left out
 (its known candidates cannot contain the truth).
 
-Student: an encoder from ``ENCODERS`` (default ``tcresnet-small``) plus an MLP head, trained from
-scratch on the cached augmented views (the pretrain stage's waveform augmentations, inherited from
-the teacher's run so the cache is reused) with the batched spectrogram augmentations on top. Loss
+Student: an encoder from ``ENCODERS`` plus an MLP head. By default (``--student auto``) it is a
+``tcresnet-small`` trained from scratch, or, below ``small_data`` training recordings, the teacher's
+pretrained encoder fine-tuned with a new head (``resolve_student``). It trains on the cached
+augmented views (the pretrain stage's waveform augmentations, inherited from the teacher's run so
+the cache is reused) with the batched spectrogram augmentations on top. Loss
 per row: soft-target cross-entropy at ``T`` scaled by ``T**2`` (Hinton et al. 2015) on pseudo-labelled
 rows, cross-entropy on exact rows (weighted by ``--exact-weight``); the batch loss is their
 weighted mean.
@@ -117,6 +119,8 @@ from plcli.runs import (
 from plcli.training import adamw_cosine, build_trainer, fit
 
 STAGE = "distill"
+# the default student of a data set large enough to train one from scratch
+SMALL_STUDENT = "tcresnet-small"
 # row kinds in the target table
 EXACT, CANDIDATE, FREE, DROPPED = 0, 1, 2, 3
 KINDS = ("exact", "candidate", "no_candidate", "dropped")
@@ -135,8 +139,9 @@ class DistillConfig(Config):
     trainer: TrainerConfig = opt(
         factory=lambda: TrainerConfig(epochs=120, batch_size=256, lr=3e-3), help="training (per round)"
     )
-    student: str = opt("tcresnet-small", "student encoder", choices=sorted(ENCODERS))
-    student_init: str = opt("scratch", "where a fresh student's encoder starts (round 1; every round with --no-warm-start): scratch (random) or teacher (a copy of the teacher's encoder, the pretrained one; needs --student to be the teacher's encoder)", choices=("scratch", "teacher"))
+    student: str = opt("auto", "student encoder; auto: the teacher's encoder, started from its weights, when the teacher's encoder was pretrained and the training manifests hold fewer than small_data recordings, else tcresnet-small from scratch", choices=("auto", *sorted(ENCODERS)))
+    student_init: str = opt("auto", "where a fresh student's encoder starts (round 1; every round with --no-warm-start): scratch (random) or teacher (a copy of the teacher's encoder, the pretrained one; needs --student to be the teacher's encoder); auto: teacher when --student auto chose the teacher's encoder, else scratch", choices=("auto", "scratch", "teacher"))
+    small_data: int = opt(1600, "with --student auto: below this many training recordings the student is the teacher's pretrained encoder, fine-tuned, not a small network from scratch", min=0)
     head_hidden_dim: int = opt(128, "student head hidden width", min=1)
     head_layers: int = opt(2, "student head depth (1 = linear)", min=1)
     dropout: float = opt(0.1, "student head dropout", min=0.0, max=0.9)
@@ -584,9 +589,43 @@ def run(cfg: DistillConfig, log=print, callbacks: list | None = None) -> dict:
     With ``cfg.rounds > 1`` every round is an ordinary distill run in ``RUN_DIR/round<k>`` whose
     teacher is the previous round's student; the last student is copied to ``RUN_DIR``.
     """
+    resolve_student(cfg, log)
     if cfg.rounds == 1 and not _ctc_phase(cfg):
         return _run_round(cfg, log, callbacks)
     return _run_rounds(cfg, log, callbacks)
+
+
+def resolve_student(cfg: DistillConfig, log=print) -> None:
+    """Settle ``student`` and ``student_init`` when they are ``auto`` (in place, so the run's
+    config.yaml records the choice).
+
+    A small training set is where a from-scratch student lacks data and distillation is cheap: there
+    the student is the teacher's pretrained encoder, fine-tuned with a new head (SimCLRv2's own
+    student). On the learning curve's validation speakers this lifted uniform-message students by
+    0.06-0.09 at 600 and 1200 recordings and left Zipf ones level (docs/benchmark.md). A teacher
+    without pretraining (``finetune --pretrained none``) has nothing to pass on: its student starts
+    from scratch.
+    """
+    from plcli.data.manifest import read_manifest
+
+    if cfg.student == "auto":
+        teacher = _open_teacher(cfg.teacher)
+        run = teacher.run
+        pretrained = (run is not None and run.stage == "finetune"
+                      and str(run.get("pretrained", "none") or "none").lower() != "none")
+        n = sum(len(read_manifest(p)[0]) for p in cfg.data.manifests)
+        encoder = teacher.model.kwargs.get("encoder")
+        if pretrained and n < cfg.small_data and encoder in ENCODERS:
+            cfg.student = encoder
+            cfg.student_init = "teacher" if cfg.student_init == "auto" else cfg.student_init
+            log(f"student: the teacher's pretrained encoder ({encoder}), {cfg.student_init} start "
+                f"({n} training recordings < small_data {cfg.small_data})")
+        else:
+            cfg.student = SMALL_STUDENT
+            why = "the teacher's encoder was not pretrained" if not pretrained else f"{n} training recordings"
+            log(f"student: {SMALL_STUDENT} ({why})")
+    if cfg.student_init == "auto":
+        cfg.student_init = "scratch"
 
 
 def _ctc_phase(cfg: DistillConfig) -> bool:

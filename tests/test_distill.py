@@ -25,6 +25,7 @@ from plcli.distill import (
     FREE,
     DistillConfig,
     refine_targets,
+    resolve_student,
     run,
     teacher_targets,
 )
@@ -483,6 +484,52 @@ def test_student_init_teacher_starts_from_the_teachers_encoder(world, tmp_path):
     run(_cfg(world, tmp_path / "scratch", student="tcresnet", **{"ctc.weight": 0.0, "trainer.seed": 1}),
         log=lambda *_: None, callbacks=[rec])
     assert not all(torch.equal(rec.starts[0][0][k], v) for k, v in enc.items() if v.is_floating_point())
+
+
+@dataclass
+class _PretrainedTeacherConfig(_TeacherConfig):
+    pretrained: str = opt("", "the pretrain run the teacher's encoder came from")
+
+
+def _teacher_copy(world, path, pretrained: str):
+    """The fixture's teacher, its config.yaml saying which pretrain run (or none) its encoder came from."""
+    import shutil
+
+    shutil.copytree(world["teacher"], path)
+    save_config(path, _PretrainedTeacherConfig(pretrained=pretrained), "finetune")
+    return str(path)
+
+
+def test_student_auto_takes_the_pretrained_encoder_on_small_data(world, tmp_path):
+    """--student auto: the teacher's encoder, started from its weights, below small_data recordings
+    when the teacher's encoder was pretrained; tcresnet-small from scratch otherwise."""
+    pre = _teacher_copy(world, tmp_path / "pre", pretrained=str(tmp_path / "pretrain-run"))
+    rand = _teacher_copy(world, tmp_path / "rand", pretrained="none")
+    cases = [  # (teacher, small_data, student_init given) -> (student, init); the manifest has 30 rows
+        (pre, 31, "auto", "tcresnet", "teacher"),
+        (pre, 30, "auto", "tcresnet-small", "scratch"),  # not below
+        (rand, 10_000, "auto", "tcresnet-small", "scratch"),  # nothing pretrained to pass on
+        (str(world["teacher"]), 10_000, "auto", "tcresnet-small", "scratch"),  # a config without the field
+        (pre, 31, "scratch", "tcresnet", "scratch"),  # an explicit init is kept
+    ]
+    for teacher, small, init, student, want_init in cases:
+        cfg = _cfg(world, tmp_path / "x", teacher=teacher, small_data=small, student_init=init)
+        assert (cfg.student, cfg.student_init if init != "auto" else "auto") == ("auto", init)
+        resolve_student(cfg, log=lambda *_: None)
+        assert (cfg.student, cfg.student_init) == (student, want_init), (teacher, small, init)
+    # an explicit student is never changed, and auto init then means scratch
+    cfg = _cfg(world, tmp_path / "x", teacher=pre, small_data=10_000, student="tcresnet-wide")
+    resolve_student(cfg, log=lambda *_: None)
+    assert (cfg.student, cfg.student_init) == ("tcresnet-wide", "scratch")
+    # a run records the resolved choice and starts from the teacher's encoder
+    out = tmp_path / "run"
+    rec = _StartOfEachRound()
+    run(_cfg(world, out, teacher=pre, small_data=31, **{"ctc.weight": 0.0, "trainer.seed": 1}),
+        log=lambda *_: None, callbacks=[rec])
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (saved["student"], saved["student_init"]) == ("tcresnet", "teacher")
+    enc = {k: v for k, v in load_model(world["teacher"])[0].state_dict().items() if k.startswith("encoder.")}
+    assert enc and all(torch.equal(rec.starts[0][0][k], v) for k, v in enc.items())
 
 
 def test_student_init_teacher_needs_the_teachers_architecture(world, tmp_path):

@@ -37,11 +37,11 @@ SOURCES = ("oracle", "exact", "indicator-mse")
 
 
 def _student_defaults() -> dict[str, Any]:
-    from plcli.distill import DistillConfig
+    from plcli.distill import SMALL_STUDENT, DistillConfig
 
     d = DistillConfig()
     return {
-        "student": d.student,
+        "student": SMALL_STUDENT,  # trained from scratch: no teacher to start from
         "head_hidden_dim": d.head_hidden_dim,
         "head_layers": d.head_layers,
         "dropout": d.dropout,
