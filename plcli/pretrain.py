@@ -65,6 +65,7 @@ class PretrainConfig(Config):
     proj_layers: int = opt(3, "projection head depth (SimCLRv2 uses 3)", min=1)
     temperature: float = opt(0.2, "NT-Xent temperature", min=1e-3)
     views: int = opt(8, "augmented views per clip pre-computed into the feature cache", min=2)
+    speaker_batches: int = opt(0, "speakers per batch (the manifest's speaker field): each batch holds chunks of this many speakers' clips, so most negatives share the anchor's voice and the encoder must learn what is said, not who says it (CPC's within-speaker negatives); 0 = random batches", min=0)
     online_augment: bool = opt(False, "augment waveforms every step in DataLoader workers instead of caching views")
     probe_k: int = opt(5, "k of the kNN probes (exact rows; candidate-restricted disambiguation)", min=1)
     truth: str | None = opt(None, "optional JSONL/CSV of id,label: accuracy of the candidate-restricted kNN "
@@ -372,9 +373,16 @@ def _loaders(cfg: PretrainConfig, rows, probe: dict, cache, log) -> tuple[DataLo
         val_ds = FeatureRows(clean, index=idx.numpy(), **{k: v[idx] for k, v in probe.items()})
         val_loader = DataLoader(val_ds, batch_size=512, shuffle=False, collate_fn=FeatureRows.collate_fn)
     bs = min(cfg.trainer.batch_size, len(train_ds))
+    sampler = None
+    if cfg.speaker_batches:
+        from plcli.data.datasets import SpeakerGroupedSampler
+
+        sampler = SpeakerGroupedSampler([r.speaker for r in rows], bs, cfg.speaker_batches, cfg.trainer.seed)
+        log(f"batches of {cfg.speaker_batches} speakers' clips ({len(sampler.groups)} speakers, "
+            f"{len(sampler.loose)} clips without one)")
     train_loader = DataLoader(
-        train_ds, batch_size=bs, shuffle=True, drop_last=len(train_ds) >= 2 * bs, collate_fn=collate,
-        num_workers=cfg.trainer.num_workers, persistent_workers=cfg.trainer.num_workers > 0,
+        train_ds, batch_size=bs, shuffle=sampler is None, sampler=sampler, drop_last=len(train_ds) >= 2 * bs,
+        collate_fn=collate, num_workers=cfg.trainer.num_workers, persistent_workers=cfg.trainer.num_workers > 0,
     )
     return train_loader, val_loader
 

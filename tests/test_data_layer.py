@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from plcli.config import FeatureConfig, LabelConfig
 from plcli.data.audio import fix_length, load_audio
@@ -102,3 +103,25 @@ def test_feature_cache_recovers_from_corrupt_entry(tmp_path, tiny_data):
     again = FeatureCache(tmp_path / "c", FeatureConfig(clip_seconds=1.0))
     again.ensure(paths, keys)
     assert again.computed == 1
+
+
+def test_speaker_grouped_sampler_orders_every_row_in_speaker_chunks():
+    from plcli.data.datasets import SpeakerGroupedSampler
+
+    speakers = [f"s{i % 5}" for i in range(100)] + [None] * 7  # 5 speakers of 20 rows, 7 rows without one
+    s = SpeakerGroupedSampler(speakers, batch_size=16, speakers=2, seed=3)
+    first, second = list(s), list(s)
+    assert sorted(first) == sorted(second) == list(range(107)) and len(s) == 107
+    assert first != second  # each epoch draws a new order
+    assert list(SpeakerGroupedSampler(speakers, 16, 2, seed=3)) == first  # deterministic in (seed, epoch)
+    # chunks of batch_size // speakers = 8 rows of one speaker: the order changes speaker seldom
+    named = [speakers[i] for i in first if speakers[i] is not None]
+    runs = 1 + sum(a != b for a, b in zip(named, named[1:]))
+    assert runs <= 5 * 3 + 7  # 5 speakers x ceil(20 / 8) chunks, plus a break for each loose row
+    batches = [first[k:k + 16] for k in range(0, 96, 16)]
+    assert max(len({speakers[i] for i in b if speakers[i]}) for b in batches) <= 4
+    # a random permutation of the same rows mixes about every speaker into every batch
+    rand = torch.randperm(107, generator=torch.Generator().manual_seed(0)).tolist()
+    assert min(len({speakers[i] for i in rand[k:k + 16] if speakers[i]}) for k in range(0, 96, 16)) >= 4
+    with pytest.raises(ValueError):
+        SpeakerGroupedSampler(speakers, batch_size=16, speakers=0)

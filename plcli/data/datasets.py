@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from plcli.config import DataConfig, FeatureConfig, cache_dir
 from plcli.data.features import FeatureCache
@@ -61,6 +61,43 @@ def truth_vector(rows: Sequence[Row], truth: dict[str, str], vocab: Vocabulary) 
 def collate_identity(batch):
     """The collate function of the batched datasets: ``__getitems__`` already made the batch."""
     return batch
+
+
+class SpeakerGroupedSampler(Sampler[int]):
+    """An order of the rows in which every ``batch_size`` consecutive rows come from about
+    ``speakers`` speakers: each speaker's rows are shuffled and cut into chunks of
+    ``batch_size // speakers``, and the chunks are shuffled. Use with ``shuffle=False``.
+
+    In a contrastive batch the negatives then mostly share the anchor's voice, so the voice cannot
+    tell the positive apart and the encoder must use what is said (within-speaker negatives, as in
+    CPC: Rivière et al. 2020, arXiv 2002.02848). Rows without a speaker are chunks of one (random
+    mixing). Deterministic in (``seed``, epoch); the epoch counts the calls to ``__iter__``.
+    """
+
+    def __init__(self, speakers_of_rows: Sequence[str | None], batch_size: int, speakers: int, seed: int = 0):
+        if batch_size < 1 or speakers < 1:
+            raise ValueError(f"batch_size and speakers must be >= 1, got {batch_size}, {speakers}")
+        self.chunk = max(1, batch_size // speakers)
+        self.seed, self.epoch = seed, 0
+        groups: dict[str, list[int]] = {}
+        self.loose: list[int] = []
+        for i, spk in enumerate(speakers_of_rows):
+            (groups.setdefault(spk, []) if spk else self.loose).append(i)
+        self.groups = list(groups.values())
+        self.n = len(speakers_of_rows)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        self.epoch += 1
+        chunks = [[i] for i in self.loose]
+        for rows in self.groups:
+            perm = torch.randperm(len(rows), generator=g).tolist()
+            chunks += [[rows[j] for j in perm[k:k + self.chunk]] for k in range(0, len(rows), self.chunk)]
+        for c in torch.randperm(len(chunks), generator=g).tolist():
+            yield from chunks[c]
 
 
 class BatchedDataset(Dataset):
