@@ -115,7 +115,25 @@ def test_indicator_mse_baseline_learns_and_ce_rows_train(tmp_path, one_thread):
         BaselineConfig(student="tcresnet-small", epochs=1, batch_size=16, min_steps=3, accelerator="cpu"),
         spec_augment=spec_off,
     )
-    assert info_e["training_rows"] == 8 and info_e["steps"] == 3
+    assert info_e["training_rows"] == 8 and info_e["steps"] == 3 and info_e["student_init"] == "scratch"
+    # init_encoder: the student is a pretrain run's encoder (architecture, input norm, weights), new head
+    from plcli.models.encoders import build_encoder
+
+    torch.manual_seed(5)
+    enc = build_encoder("tcresnet", f, input_norm="utterance")
+    payload = {"encoder": "tcresnet", "input_norm": "utterance", "state_dict": enc.state_dict()}
+    torch.save(payload, tmp_path / "encoder.pt")
+    model_i, info_i = train_baseline(
+        "exact", rows, vocab, views, f,
+        BaselineConfig(student="tcresnet-small", epochs=1, batch_size=16, lr=0.0, weight_decay=0.0, min_steps=2,
+                       accelerator="cpu", init_encoder=str(tmp_path / "encoder.pt")),
+        spec_augment=spec_off,
+    )
+    assert (info_i["student"], info_i["student_init"]) == ("tcresnet", "pretrained encoder")
+    assert model_i.encoder.norm.mode == "utterance"
+    # lr 0: the parameters are still the pretrain run's (BatchNorm statistics do move in training)
+    params = dict(model_i.encoder.named_parameters())
+    assert params and all(torch.equal(params[k], v) for k, v in enc.named_parameters())
     fc = FeatureConfig(clip_seconds=0.2, n_mels=f)
     cps = clips_per_second(model, fc, [np.zeros(fc.num_samples, np.float32)] * 8, threads=1, repeats=1)
     assert cps > 0 and math.isfinite(cps)

@@ -113,7 +113,7 @@ def test_train_size_is_kept_between_runs(tmp_path):
 
 
 def _fake_compute(calls):
-    def compute(a, bench, paths, row, rate, seed):
+    def compute(a, bench, paths, row, rate, seed, n):
         calls.append((bench.name, row, rate, seed))
         cell = {"row": row, "rate": rate, "seed": seed, "accuracy": 0.5, "accuracy_within": 0.6}
         if row == "plcli":
@@ -368,3 +368,18 @@ def test_curve_end_to_end_resumes(tmp_path, monkeypatch):
     assert curve.main(args) == 0
     assert [p.stat().st_mtime_ns for p in files] == stamps
     assert (tmp_path / "benchmark-curve.png").exists() and "| 80 | 10% |" in (tmp_path / "doc.md").read_text()
+
+
+def test_the_oracle_starts_from_the_pretrained_encoder_where_plclis_student_does(tmp_path, monkeypatch):
+    """Below distill's small_data the oracle is plcli's student (the pretrained encoder, new head) on
+    true labels; above, the small student from scratch."""
+    from plcli.distill import DistillConfig
+
+    seen = {}
+    monkeypatch.setattr(curve, "pretrain", lambda a, bench, paths, seed: {"dir": tmp_path / f"pre-s{seed}"})
+    monkeypatch.setattr(curve, "baseline_cell", lambda *args, init_encoder=None: seen.setdefault(args[-1], init_encoder))
+    small = DistillConfig().small_data
+    curve.compute_cell(None, tmp_path, {}, "oracle", 0.05, 1, small - 1)
+    assert seen.pop(1) == tmp_path / "pre-s1" / "encoder.pt"
+    curve.compute_cell(None, tmp_path, {}, "oracle", 0.05, 2, small)
+    assert seen.pop(2) is None

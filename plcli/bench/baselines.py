@@ -67,6 +67,9 @@ class BaselineConfig:
     min_steps: int = 300
     seed: int = 0
     accelerator: str = "auto"
+    # a pretrain run's encoder.pt: the student is that encoder (architecture, input normalisation and
+    # weights) with a new head, as plcli's own student on small data (distill --student auto)
+    init_encoder: str | None = None
 
     def resolved(self) -> BaselineConfig:
         defaults = _student_defaults()
@@ -159,6 +162,9 @@ def train_baseline(
     from plcli.runs import Timer
 
     cfg = (cfg or BaselineConfig()).resolved()
+    init = torch.load(cfg.init_encoder, map_location="cpu", weights_only=True) if cfg.init_encoder else None
+    if init is not None:
+        cfg.student = init["encoder"]
     if views.shape[0] != len(rows):
         raise ValueError(f"{views.shape[0]} view rows for {len(rows)} manifest rows")
     src = label_source(source, rows, vocab, truth)
@@ -168,14 +174,17 @@ def train_baseline(
     steps_per_epoch = max(1, len(ds) // bs)
     steps = max(cfg.epochs * steps_per_epoch, cfg.min_steps)
     loader = DataLoader(ds, batch_size=bs, shuffle=True, drop_last=True, collate_fn=FeatureRows.collate_fn)
+    args = student_args(cfg, n_mels, len(vocab), **({"input_norm": init["input_norm"]} if init else {}))
     module = SupervisedModule(
-        student_args(cfg, n_mels, len(vocab)),
+        args,
         loss="indicator-mse" if source == "indicator-mse" else "ce",
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
         spec_augment=spec_augment,
         mel_range=mel_range,
     )
+    if init is not None:
+        module.model.encoder.load_state_dict(init["state_dict"])
     trainer = L.Trainer(
         max_steps=steps,
         max_epochs=-1,
@@ -191,6 +200,8 @@ def train_baseline(
     model = module.model.cpu().eval()
     return model, {
         "source": source,
+        "student": cfg.student,
+        "student_init": "pretrained encoder" if init is not None else "scratch",
         "training_rows": int(len(ds)),
         "steps": int(trainer.global_step),
         "epochs": math.ceil(trainer.global_step / steps_per_epoch),

@@ -8,8 +8,9 @@ Each smaller N is a seeded subset of the remaining training rows, nested (N = 60
 N = 1200 for the same seed), so the feature cache computes each clip once. The exact labels are
 drawn again for every (N, rate, seed) (``grid.label_rows``).
 
-Rows: the oracle (``grid.baseline_cell``), plcli with its defaults and its teacher alone (one
-``grid.pipeline_cell`` run gives both), plcli without pretraining (``finetune --pretrained none``,
+Rows: the oracle (``grid.baseline_cell``: plcli's student trained on true labels, from the
+pretrained encoder where plcli's student starts from it, see ``compute_cell``), plcli with its
+defaults and its teacher alone (one ``grid.pipeline_cell`` run gives both), plcli without pretraining (``finetune --pretrained none``,
 then distill) and pocketsphinx with a per-recording grammar of the recording's candidates
 (``plcli.bench.grammar``, no training: one cell per distribution, reported as not available when
 that module or its recogniser is missing). Every cell is a JSON file under
@@ -43,6 +44,7 @@ from plcli.bench.grid import (
     log,
     make_demo,
     pipeline_cell,
+    pretrain,
     read_jsonl,
     report_header,
     split_counts,
@@ -239,13 +241,21 @@ def _done(kind: str, key: str, c: dict, t: float, t0: float) -> None:
     )
 
 
-def compute_cell(a, bench: Path, paths: dict, row: str, rate: float, seed: int) -> dict:
-    """Train and evaluate one cell: ``plcli`` (its teacher under ``"teacher"``), ``no-pretrain`` or ``oracle``."""
+def compute_cell(a, bench: Path, paths: dict, row: str, rate: float, seed: int, n: int) -> dict:
+    """Train and evaluate one cell: ``plcli`` (its teacher under ``"teacher"``), ``no-pretrain`` or ``oracle``.
+
+    The oracle is plcli's own student on true labels: below ``distill``'s ``small_data`` that
+    student is the pretrained encoder (the plcli cell's pretrain run) with a new head, so the
+    oracle starts from it too; above, both are the small student from scratch.
+    """
+    from plcli.distill import DistillConfig
+
     if row == "plcli":
         return pipeline_cell(a, bench, paths, "plcli", rate, seed, teacher=True)
     if row == "no-pretrain":
         return pipeline_cell(a, bench, paths, "no-pretrain", rate, seed, pretrained=False)
-    return baseline_cell(a, bench, paths, row, rate, seed)
+    init = pretrain(a, bench, paths, seed)["dir"] / "encoder.pt" if n < DistillConfig().small_data else None
+    return baseline_cell(a, bench, paths, row, rate, seed, init_encoder=init)
 
 
 def dist_cells(a, root: Path, dist: str, sizes: dict) -> list[dict]:
@@ -271,7 +281,7 @@ def dist_cells(a, root: Path, dist: str, sizes: dict) -> list[dict]:
                     if a.report_only and not path.exists():
                         continue
                     t = time.perf_counter()
-                    c = cached_cell(path, stamped(partial(compute_cell, a, bench, paths, row, rate, seed)))
+                    c = cached_cell(path, stamped(partial(compute_cell, a, bench, paths, row, rate, seed, n)))
                     _done(f"{dist} N={n}", key, c, t, t0)
                     tag = {"dist": dist, "n": n, "rate": None if row == "oracle" else rate, "seed": seed}
                     if row == "plcli" and "teacher" in a.rows:

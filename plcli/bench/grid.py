@@ -317,8 +317,9 @@ def finish_cell(a, paths, row, rate, seed, model, vocab, features, seconds) -> d
     }
 
 
-def baseline_cell(a, bench: Path, paths: dict, row: str, rate: float, seed: int) -> dict:
-    """Rows 1-3: the student trained directly on its label source (cached augmented views)."""
+def baseline_cell(a, bench: Path, paths: dict, row: str, rate: float, seed: int, init_encoder: Path | None = None) -> dict:
+    """Rows 1-3: the student trained directly on its label source (cached augmented views);
+    ``init_encoder``: a pretrain run's encoder.pt that the student starts from (else from scratch)."""
     from plcli.bench.baselines import BaselineConfig, train_baseline
     from plcli.config import FeatureConfig
     from plcli.data.augment import AugmentConfig
@@ -340,7 +341,8 @@ def baseline_cell(a, bench: Path, paths: dict, row: str, rate: float, seed: int)
     )
     feat_s = t.seconds
     cfg = BaselineConfig(
-        seed=seed, epochs=a.baseline_epochs, min_steps=a.baseline_min_steps, accelerator=a.accelerator
+        seed=seed, epochs=a.baseline_epochs, min_steps=a.baseline_min_steps, accelerator=a.accelerator,
+        init_encoder=str(init_encoder) if init_encoder else None,
     )
     model, info = train_baseline(
         row,
@@ -354,7 +356,8 @@ def baseline_cell(a, bench: Path, paths: dict, row: str, rate: float, seed: int)
         mel_range=[features.f_min, features.f_max],
     )
     log(f"{row} r={rate:g} s={seed}: {info}")
-    return finish_cell(a, paths, row, rate, seed, model, vocab, features, {"views": feat_s, "train": info["fit_seconds"]})
+    cell = finish_cell(a, paths, row, rate, seed, model, vocab, features, {"views": feat_s, "train": info["fit_seconds"]})
+    return {**cell, "student": info["student"], "student_init": info["student_init"]}
 
 
 def asr_cell(a, bench: Path, paths: dict) -> dict:
