@@ -139,7 +139,7 @@ class DistillConfig(Config):
     trainer: TrainerConfig = opt(
         factory=lambda: TrainerConfig(epochs=120, batch_size=256, lr=3e-3), help="training (per round)"
     )
-    student: str = opt("auto", "student encoder; auto: the teacher's encoder, started from its weights, when the teacher's encoder was pretrained and the training manifests hold fewer than small_data recordings, else tcresnet-small from scratch", choices=("auto", *sorted(ENCODERS)))
+    student: str = opt("auto", "student encoder; auto: the teacher's encoder, started from its weights, when the teacher's encoder was pretrained and the training manifests hold fewer than small_data recordings (or student_init is teacher), else tcresnet-small from scratch", choices=("auto", *sorted(ENCODERS)))
     student_init: str = opt("auto", "where a fresh student's encoder starts (round 1; every round with --no-warm-start): scratch (random) or teacher (a copy of the teacher's encoder, the pretrained one; needs --student to be the teacher's encoder); auto: teacher when --student auto chose the teacher's encoder, else scratch", choices=("auto", "scratch", "teacher"))
     small_data: int = opt(1600, "with --student auto: below this many training recordings the student is the teacher's pretrained encoder, fine-tuned, not a small network from scratch", min=0)
     head_hidden_dim: int = opt(128, "student head hidden width", min=1)
@@ -615,11 +615,13 @@ def resolve_student(cfg: DistillConfig, log=print) -> None:
                       and str(run.get("pretrained", "none") or "none").lower() != "none")
         n = sum(len(read_manifest(p)[0]) for p in cfg.data.manifests)
         encoder = teacher.model.kwargs.get("encoder")
-        if pretrained and n < cfg.small_data and encoder in ENCODERS:
+        # an explicit --student-init teacher asks for the teacher's encoder at any size
+        wanted = cfg.student_init == "teacher" or (pretrained and n < cfg.small_data)
+        if wanted and encoder in ENCODERS:
             cfg.student = encoder
             cfg.student_init = "teacher" if cfg.student_init == "auto" else cfg.student_init
-            log(f"student: the teacher's pretrained encoder ({encoder}), {cfg.student_init} start "
-                f"({n} training recordings < small_data {cfg.small_data})")
+            log(f"student: the teacher's encoder ({encoder}), {cfg.student_init} start "
+                f"({n} training recordings; small_data {cfg.small_data})")
         else:
             cfg.student = SMALL_STUDENT
             why = "the teacher's encoder was not pretrained" if not pretrained else f"{n} training recordings"

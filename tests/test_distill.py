@@ -511,6 +511,7 @@ def test_student_auto_takes_the_pretrained_encoder_on_small_data(world, tmp_path
         (rand, 10_000, "auto", "tcresnet-small", "scratch"),  # nothing pretrained to pass on
         (str(world["teacher"]), 10_000, "auto", "tcresnet-small", "scratch"),  # a config without the field
         (pre, 31, "scratch", "tcresnet", "scratch"),  # an explicit init is kept
+        (pre, 30, "teacher", "tcresnet", "teacher"),  # an explicit teacher init wants the teacher's encoder
     ]
     for teacher, small, init, student, want_init in cases:
         cfg = _cfg(world, tmp_path / "x", teacher=teacher, small_data=small, student_init=init)

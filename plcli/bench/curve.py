@@ -10,10 +10,10 @@ drawn again for every (N, rate, seed) (``grid.label_rows``).
 
 Rows: the oracle (``grid.baseline_cell``: plcli's student trained on true labels, from the
 pretrained encoder where plcli's student starts from it, see ``compute_cell``), plcli with its
-defaults and its teacher alone (one ``grid.pipeline_cell`` run gives both), plcli without pretraining (``finetune --pretrained none``,
-then distill) and pocketsphinx with a per-recording grammar of the recording's candidates
-(``plcli.bench.grammar``, no training: one cell per distribution, reported as not available when
-that module or its recogniser is missing). Every cell is a JSON file under
+defaults and its teacher alone (one ``grid.pipeline_cell`` run gives both), plcli without
+pretraining (``finetune --pretrained none``, then distill) and pocketsphinx with a per-recording
+grammar of the recording's candidates (``plcli.bench.grammar``, no training: one cell per
+distribution, reported as not available when that module or its recogniser is missing). Every cell is a JSON file under
 OUT/<dist>/n<N>/cells (the recogniser's under OUT/<dist>/cells), so an interrupted run continues.
 
 Cells (flat dicts, as in ``plcli.bench.report``) carry ``dist`` and ``n``; the oracle's ``rate`` is

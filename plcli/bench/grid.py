@@ -317,7 +317,9 @@ def finish_cell(a, paths, row, rate, seed, model, vocab, features, seconds) -> d
     }
 
 
-def baseline_cell(a, bench: Path, paths: dict, row: str, rate: float, seed: int, init_encoder: Path | None = None) -> dict:
+def baseline_cell(
+    a, bench: Path, paths: dict, row: str, rate: float, seed: int, init_encoder: Path | None = None
+) -> dict:
     """Rows 1-3: the student trained directly on its label source (cached augmented views);
     ``init_encoder``: a pretrain run's encoder.pt that the student starts from (else from scratch)."""
     from plcli.bench.baselines import BaselineConfig, train_baseline
