@@ -560,10 +560,17 @@ def _inherit(cfg: DistillConfig, teacher: _Teacher, log) -> tuple[float, int, in
     return fraction, split_seed, view_seed
 
 
+def _pretrained_dir(run: UpstreamRun | None) -> str | None:
+    """The pretrain run a finetune teacher's encoder came from, as its config names it (None for
+    ``--pretrained none``, or for a teacher that is not a finetune run)."""
+    pre_dir = run.get("pretrained") if run is not None and run.stage == "finetune" else None
+    return None if not pre_dir or str(pre_dir).lower() == "none" else str(pre_dir)
+
+
 def _pretrain_run(finetune_run: UpstreamRun) -> UpstreamRun | None:
     """The pretrain run a finetune teacher was built on, when it is still there."""
-    pre_dir = finetune_run.get("pretrained")
-    if not pre_dir or str(pre_dir).lower() == "none" or not (Path(pre_dir) / "config.yaml").is_file():
+    pre_dir = _pretrained_dir(finetune_run)
+    if pre_dir is None or not (Path(pre_dir) / "config.yaml").is_file():
         return None
     pre = read_upstream(pre_dir, "--pretrained")
     return pre if pre.stage == "pretrain" else None
@@ -610,9 +617,7 @@ def resolve_student(cfg: DistillConfig, log=print) -> None:
 
     if cfg.student == "auto":
         teacher = _open_teacher(cfg.teacher)
-        run = teacher.run
-        pretrained = (run is not None and run.stage == "finetune"
-                      and str(run.get("pretrained", "none") or "none").lower() != "none")
+        pretrained = _pretrained_dir(teacher.run) is not None
         n = sum(len(read_manifest(p)[0]) for p in cfg.data.manifests)
         encoder = teacher.model.kwargs.get("encoder")
         # an explicit --student-init teacher asks for the teacher's encoder at any size

@@ -13,8 +13,9 @@ pretrained encoder where plcli's student starts from it, see ``compute_cell``), 
 defaults and its teacher alone (one ``grid.pipeline_cell`` run gives both), plcli without
 pretraining (``finetune --pretrained none``, then distill) and pocketsphinx with a per-recording
 grammar of the recording's candidates (``plcli.bench.grammar``, no training: one cell per
-distribution, reported as not available when that module or its recogniser is missing). Every cell is a JSON file under
-OUT/<dist>/n<N>/cells (the recogniser's under OUT/<dist>/cells), so an interrupted run continues.
+distribution, reported as not available when that module or its recogniser is missing). Every
+cell is a JSON file under OUT/<dist>/n<N>/cells (the recogniser's under OUT/<dist>/cells), so an
+interrupted run continues.
 
 Cells (flat dicts, as in ``plcli.bench.report``) carry ``dist`` and ``n``; the oracle's ``rate`` is
 None (it does not use the exact labels) and the recogniser's ``n``, ``rate`` and ``seed`` are None.
