@@ -134,6 +134,13 @@ def test_indicator_mse_baseline_learns_and_ce_rows_train(tmp_path, one_thread):
     # lr 0: the parameters are still the pretrain run's (BatchNorm statistics do move in training)
     params = dict(model_i.encoder.named_parameters())
     assert params and all(torch.equal(params[k], v) for k, v in enc.named_parameters())
+    # with init_encoder it is distill's small-data student, batch included; an explicit batch is kept
+    from plcli.distill import DistillConfig
+
+    cap, full = DistillConfig().small_data_batch, DistillConfig().trainer.batch_size
+    assert BaselineConfig(init_encoder="e.pt").resolved().batch_size == min(cap, full) < full
+    assert BaselineConfig().resolved().batch_size == full
+    assert BaselineConfig(init_encoder="e.pt", batch_size=16).resolved().batch_size == 16
     fc = FeatureConfig(clip_seconds=0.2, n_mels=f)
     cps = clips_per_second(model, fc, [np.zeros(fc.num_samples, np.float32)] * 8, threads=1, repeats=1)
     assert cps > 0 and math.isfinite(cps)

@@ -533,6 +533,27 @@ def test_student_auto_takes_the_pretrained_encoder_on_small_data(world, tmp_path
     assert enc and all(torch.equal(rec.starts[0][0][k], v) for k, v in enc.items())
 
 
+def test_small_data_student_caps_the_batch(world, tmp_path):
+    """The teacher's encoder chosen by --student auto trains with batches of at most small_data_batch;
+    a smaller --batch-size, small_data_batch 0 and the small student from scratch keep theirs."""
+    pre = _teacher_copy(world, tmp_path / "pre", pretrained=str(tmp_path / "pretrain-run"))
+    cases = [  # (small_data, batch_size, small_data_batch) -> batch size of the run; 30 manifest rows
+        (31, 256, 64, 64),
+        (31, 32, 64, 32),
+        (31, 256, 0, 256),
+        (30, 256, 64, 256),  # not small: tcresnet-small from scratch
+    ]
+    for small, bs, cap, want in cases:
+        cfg = _cfg(world, tmp_path / "x", teacher=pre, small_data=small, small_data_batch=cap,
+                   **{"trainer.batch_size": bs})
+        resolve_student(cfg, log=lambda *_: None)
+        assert cfg.trainer.batch_size == want, (small, bs, cap)
+    # an explicit student is not the small-data choice: its batch is left alone
+    cfg = _cfg(world, tmp_path / "x", teacher=pre, small_data=31, student="tcresnet", **{"trainer.batch_size": 256})
+    resolve_student(cfg, log=lambda *_: None)
+    assert cfg.trainer.batch_size == 256
+
+
 def test_student_init_teacher_needs_the_teachers_architecture(world, tmp_path):
     cfg = _cfg(world, tmp_path / "bad", student="tcresnet-small", student_init="teacher", **{"ctc.weight": 0.0})
     with pytest.raises(UserError, match="student-init"):

@@ -74,6 +74,12 @@ class BaselineConfig:
     def resolved(self) -> BaselineConfig:
         defaults = _student_defaults()
         out = BaselineConfig(**{k: getattr(self, k) for k in self.__dataclass_fields__})
+        if out.init_encoder and out.batch_size is None:
+            # the student started from the pretrained encoder is distill's small-data student: same batch cap
+            from plcli.distill import DistillConfig
+
+            cap = DistillConfig().small_data_batch
+            out.batch_size = min(defaults["batch_size"], cap) if cap else defaults["batch_size"]
         for k, v in defaults.items():
             if getattr(out, k) is None:
                 setattr(out, k, v)
