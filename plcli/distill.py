@@ -603,6 +603,11 @@ def run(cfg: DistillConfig, log=print, callbacks: list | None = None) -> dict:
     return _run_rounds(cfg, log, callbacks)
 
 
+def capped_batch(batch_size: int, small_data_batch: int) -> int:
+    """The batch size of the small-data student: at most ``small_data_batch`` (0: no cap)."""
+    return min(batch_size, small_data_batch) if small_data_batch > 0 else batch_size
+
+
 def resolve_student(cfg: DistillConfig, log=print) -> None:
     """Settle ``student`` and ``student_init`` when they are ``auto`` (in place, so the run's
     config.yaml records the choice).
@@ -630,9 +635,10 @@ def resolve_student(cfg: DistillConfig, log=print) -> None:
             cfg.student_init = "teacher" if cfg.student_init == "auto" else cfg.student_init
             log(f"student: the teacher's encoder ({encoder}), {cfg.student_init} start "
                 f"({n} training recordings; small_data {cfg.small_data})")
-            if 0 < cfg.small_data_batch < cfg.trainer.batch_size:
-                cfg.trainer.batch_size = cfg.small_data_batch
-                log(f"batch size {cfg.small_data_batch} per device (small_data_batch; 0 keeps --batch-size)")
+            batch = capped_batch(cfg.trainer.batch_size, cfg.small_data_batch)
+            if batch != cfg.trainer.batch_size:
+                cfg.trainer.batch_size = batch
+                log(f"batch size {batch} per device (small_data_batch; 0 keeps --batch-size)")
         else:
             cfg.student = SMALL_STUDENT
             why = "the teacher's encoder was not pretrained" if not pretrained else f"{n} training recordings"

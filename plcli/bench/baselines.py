@@ -36,17 +36,20 @@ from plcli.training import adamw_cosine
 SOURCES = ("oracle", "exact", "indicator-mse")
 
 
-def _student_defaults() -> dict[str, Any]:
-    from plcli.distill import SMALL_STUDENT, DistillConfig
+def _student_defaults(from_encoder: bool) -> dict[str, Any]:
+    """The distill stage's student settings; ``from_encoder``: its small-data student, the pretrained
+    encoder with a new head, whose batch is capped as ``resolve_student`` caps it."""
+    from plcli.distill import SMALL_STUDENT, DistillConfig, capped_batch
 
     d = DistillConfig()
+    batch = capped_batch(d.trainer.batch_size, d.small_data_batch) if from_encoder else d.trainer.batch_size
     return {
-        "student": SMALL_STUDENT,  # trained from scratch: no teacher to start from
+        "student": SMALL_STUDENT,  # from scratch; with init_encoder the encoder.pt names the architecture
         "head_hidden_dim": d.head_hidden_dim,
         "head_layers": d.head_layers,
         "dropout": d.dropout,
         "epochs": d.trainer.epochs,
-        "batch_size": d.trainer.batch_size,
+        "batch_size": batch,
         "lr": d.trainer.lr,
         "weight_decay": d.trainer.weight_decay,
     }
@@ -72,14 +75,8 @@ class BaselineConfig:
     init_encoder: str | None = None
 
     def resolved(self) -> BaselineConfig:
-        defaults = _student_defaults()
+        defaults = _student_defaults(from_encoder=bool(self.init_encoder))
         out = BaselineConfig(**{k: getattr(self, k) for k in self.__dataclass_fields__})
-        if out.init_encoder and out.batch_size is None:
-            # the student started from the pretrained encoder is distill's small-data student: same batch cap
-            from plcli.distill import DistillConfig
-
-            cap = DistillConfig().small_data_batch
-            out.batch_size = min(defaults["batch_size"], cap) if cap else defaults["batch_size"]
         for k, v in defaults.items():
             if getattr(out, k) is None:
                 setattr(out, k, v)
