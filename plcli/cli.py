@@ -336,7 +336,7 @@ def distill(
     student: str = typer.Option(None, "--student", help="student encoder: auto (default: the teacher's pretrained encoder below --small-data training recordings, else tcresnet-small), tcresnet-small, tcresnet, tcresnet-wide, resnet2d"),
     student_init: str = typer.Option(None, "--student-init", help="a fresh student's encoder (round 1; every round with --no-warm-start): scratch or teacher (a copy of the teacher's, pretrained, encoder; --student must match it); auto (default): teacher where --student auto chose the teacher's encoder"),
     small_data: int = typer.Option(None, "--small-data", help="--student auto takes the teacher's pretrained encoder below this many training recordings (default 1600)"),
-    small_data_batch: int = typer.Option(None, "--small-data-batch", help="that student's batch size per device is at most this (default 64; 0: --batch-size as given)"),
+    small_data_batch: int = typer.Option(None, "--small-data-batch", help="below --small-data training recordings, --student auto's batch size per device is at most this (default 64; 0: --batch-size as given)"),
     temperature: float = typer.Option(None, "--temperature", help="distillation temperature T (default 2)"),
     confidence: float = typer.Option(None, "--confidence", help="keep rows without candidates when the teacher's top-1 probability is at least this (default 0.5)"),
     teacher_views: int = typer.Option(None, "--teacher-views", help="cached augmented views averaged into the teacher's targets (default 0)"),

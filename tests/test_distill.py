@@ -534,20 +534,25 @@ def test_student_auto_takes_the_pretrained_encoder_on_small_data(world, tmp_path
 
 
 def test_small_data_student_caps_the_batch(world, tmp_path):
-    """The teacher's encoder chosen by --student auto trains with batches of at most small_data_batch;
-    a smaller --batch-size, small_data_batch 0 and the small student from scratch keep theirs."""
+    """Below small_data recordings the student that --student auto chooses (the teacher's encoder, or
+    tcresnet-small from scratch after a teacher without pretraining) trains with batches of at most
+    small_data_batch; a smaller --batch-size, small_data_batch 0 and larger data keep theirs."""
     pre = _teacher_copy(world, tmp_path / "pre", pretrained=str(tmp_path / "pretrain-run"))
-    cases = [  # (small_data, batch_size, small_data_batch) -> batch size of the run; 30 manifest rows
-        (31, 256, 64, 64),
-        (31, 32, 64, 32),
-        (31, 256, 0, 256),
-        (30, 256, 64, 256),  # not small: tcresnet-small from scratch
+    rand = _teacher_copy(world, tmp_path / "rand", pretrained="none")
+    cases = [  # (teacher, small_data, batch_size, small_data_batch) -> batch size; 30 manifest rows
+        (pre, 31, 256, 64, 64),
+        (pre, 31, 32, 64, 32),
+        (pre, 31, 256, 0, 256),
+        (pre, 30, 256, 64, 256),  # not small: tcresnet-small from scratch
+        (rand, 31, 256, 64, 64),  # small, nothing pretrained: tcresnet-small from scratch, capped
+        (rand, 31, 256, 0, 256),
+        (rand, 30, 256, 64, 256),
     ]
-    for small, bs, cap, want in cases:
-        cfg = _cfg(world, tmp_path / "x", teacher=pre, small_data=small, small_data_batch=cap,
+    for teacher, small, bs, cap, want in cases:
+        cfg = _cfg(world, tmp_path / "x", teacher=teacher, small_data=small, small_data_batch=cap,
                    **{"trainer.batch_size": bs})
         resolve_student(cfg, log=lambda *_: None)
-        assert cfg.trainer.batch_size == want, (small, bs, cap)
+        assert cfg.trainer.batch_size == want, (teacher, small, bs, cap)
     # an explicit student is not the small-data choice: its batch is left alone
     cfg = _cfg(world, tmp_path / "x", teacher=pre, small_data=31, student="tcresnet", **{"trainer.batch_size": 256})
     resolve_student(cfg, log=lambda *_: None)
