@@ -54,7 +54,9 @@ distribution; the label itself on exact rows) and add ``ctc.weight`` x that text
 cached view without the spectrogram augmentations: an unbiased estimate of the teacher-weighted
 CTC loss ``sum_k w_k * -log p_CTC(c_k|x)`` at a tenth of the cost of scoring every candidate.
 With several rounds only the last student, the one that is kept, trains the head
-(``ctc_all_rounds``), by default in a CTC phase of its own after the rounds (``ctc_epochs``).
+(``ctc_all_rounds``), by default in a CTC phase of its own after the rounds (``ctc_epochs``),
+from ``ctc_starts`` random starts of which the one ranking the validation rows best is kept (a
+second start only where the classifier alone leaves room, ``ctc_starts_below``).
 A CTC refit (``ctc_refits``) then continues that head on the phase model's own combined ranking
 of each training row's candidates, which uses the CTC scores and so picks the right text more
 often than the classifier's targets on rare messages.
@@ -109,6 +111,7 @@ from plcli.runs import (
     check_run_dir,
     jsonable,
     logged_history,
+    read_run_config,
     read_upstream,
     resolve_resume,
     save_config,
@@ -197,6 +200,13 @@ class DistillConfig(Config):
         "candidate-restricted targets, the classifier frozen (RUN_DIR/ctc); default: trainer.epochs; "
         "0 = train it jointly within the last round", min=0)
     ctc_all_rounds: bool = opt(False, "with ctc_epochs 0: train the CTC head in every self-training round, not only in the last")
+    ctc_starts: int = opt(
+        2, "CTC phases from different random starts (RUN_DIR/ctc, ctc-start2, ...; trainer.seed + 1000 per start): "
+        "the one whose combined ranking is best on the validation rows (--ranking-manifest, else the held-out "
+        "exact rows) is kept and refitted; each extra start costs one more CTC phase (see ctc_starts_below)", min=1)
+    ctc_starts_below: float = opt(
+        0.85, "extra CTC phase starts only when the closed-set head alone ranks at most this share of the "
+        "validation rows right (1: always)", min=0.0, max=1.0)
     ctc_refits: int = opt(
         1, "CTC refits after the CTC phase (RUN_DIR/ctc2, ...): each continues the previous CTC head on that "
         "model's combined ranking of every training row's candidates (both heads) instead of the classifier's "
@@ -675,16 +685,25 @@ def _run_rounds(cfg: DistillConfig, log, callbacks: list | None) -> dict:
 
     phase = _ctc_phase(cfg)
     teacher, summary, m = cfg.teacher, [], {}
-    steps = [(f"round{k}", f"round {k}/{cfg.rounds}") for k in range(1, cfg.rounds + 1)]
+    # (folder, description, kind): the rounds, then the CTC phase's starts and its refits
+    steps = [(f"round{k}", f"round {k}/{cfg.rounds}", "round") for k in range(1, cfg.rounds + 1)]
     if phase:
-        steps.append(("ctc", "CTC phase"))
-        steps += [(f"ctc{j}", f"CTC refit {j - 1}/{cfg.ctc_refits}") for j in range(2, cfg.ctc_refits + 2)]
+        steps += [(_start_dir(j), "CTC phase" + (f", start {j}/{cfg.ctc_starts}" if cfg.ctc_starts > 1 else ""),
+                   "start") for j in range(1, cfg.ctc_starts + 1)]
+        steps += [(f"ctc{j}", f"CTC refit {j - 1}/{cfg.ctc_refits}", "refit") for j in range(2, cfg.ctc_refits + 2)]
     ctc_steps: list[dict] = []
-    for k, (name, what) in enumerate(steps, 1):
-        sub = DistillConfig.from_dict({**cfg.to_dict(), "rounds": 1, "teacher": str(teacher), "ctc_refits": 0})
+    starts: list[dict] = []
+    rounds_teacher, wanted = None, cfg.ctc_starts
+    for k, (name, what, kind) in enumerate(steps, 1):
+        if kind == "start":
+            if len(starts) >= wanted:
+                continue
+            rounds_teacher = rounds_teacher or teacher  # every start distils the last round
+            teacher = rounds_teacher
+        sub = DistillConfig.from_dict({**cfg.to_dict(), "rounds": 1, "teacher": str(teacher), "ctc_refits": 0,
+                                       "ctc_starts": 1})
         sub.out = str(out / name)
-        ctc_only = phase and name.startswith("ctc")
-        refit = ctc_only and name != "ctc"
+        ctc_only, refit = kind != "round", kind == "refit"
         warm = cfg.warm_start and 1 < k <= cfg.rounds
         if warm:
             sub.trainer.epochs = warm_epochs(cfg)
@@ -692,10 +711,12 @@ def _run_rounds(cfg: DistillConfig, log, callbacks: list | None) -> dict:
             sub.trainer.epochs = cfg.ctc_epochs or cfg.trainer.epochs
             if refit:
                 sub.trainer.epochs = cfg.ctc_refit_epochs or max(1, sub.trainer.epochs // 3)
+            else:
+                sub.trainer.seed = cfg.trainer.seed + START_SEED_STEP * len(starts)
         elif phase or (k < cfg.rounds and not cfg.ctc_all_rounds):
             sub.ctc.weight = 0.0  # only the student that is kept needs the CTC head
         done = Path(sub.out) / "metrics.json"
-        if cfg.trainer.resume is not None and done.exists() and (Path(sub.out) / "model.pt").exists():
+        if cfg.trainer.resume is not None and _reusable(Path(sub.out), teacher, kind):
             log(f"{what}: already done, reusing {sub.out}")
             m = json.loads(done.read_text(encoding="utf-8"))
         else:
@@ -703,16 +724,84 @@ def _run_rounds(cfg: DistillConfig, log, callbacks: list | None) -> dict:
             # a fresh top-level run replaces stale rounds; a resumed one continues them
             sub.overwrite = cfg.trainer.resume is None
             m = _run_round(sub, log, callbacks, on_start=open_parent, ctc_only=ctc_only, warm=warm, refit=refit)
+        teacher = Path(sub.out)
+        if kind == "start":
+            starts.append({"dir": name, "seed": sub.trainer.seed, "validation_accuracy": _ranking_accuracy(m),
+                           "total_seconds": m.get("total_seconds"), "_m": m})
+            if len(starts) == 1:
+                wanted = _wanted_starts(cfg, m, log)
+            if len(starts) < wanted:
+                continue
+            best = _best_start(starts)
+            if len(starts) > 1:
+                log("CTC phase: kept " + starts[best]["dir"] + " (validation ranking "
+                    + ", ".join(f"{s['dir']} {_fmt(s['validation_accuracy'])}" for s in starts) + ")")
+            teacher, m = out / starts[best]["dir"], starts[best]["_m"]
         if ctc_only:
             ctc_steps.append({key: m.get(key) for key in
                               ("fit_seconds", "total_seconds", "epochs", "ranking", "targets_disambiguation_acc_initial")})
         else:
             summary.append({key: m.get(key) for key in
                             ("val_acc", "val_acc_within", "disambiguation_acc", "fit_seconds", "total_seconds")})
-        teacher = Path(sub.out)
     open_parent()
     extra = {"ctc_phase": ctc_steps[0], "ctc_refits": ctc_steps[1:]} if phase else {}
+    if len(starts) > 1:
+        extra["ctc_starts"] = [{k: v for k, v in s.items() if k != "_m"} for s in starts]
+        extra["ctc_phase"]["dir"] = starts[_best_start(starts)]["dir"]
     return _finish_rounds(cfg, out, teacher, summary, {**m, **extra})
+
+
+START_SEED_STEP = 1000  # seed offset between CTC phase starts (the rounds' seeds stay as they are)
+
+
+def _start_dir(j: int) -> str:
+    """Folder of the CTC phase's ``j``-th start (1-based) in ``RUN_DIR``."""
+    return "ctc" if j == 1 else f"ctc-start{j}"
+
+
+def _reusable(step: Path, teacher, kind: str) -> bool:
+    """Whether a resumed run may reuse the finished step in ``step``; a refit only when it continued
+    the same CTC start as ``teacher`` (the kept start can change when ``--ctc-starts`` does)."""
+    if not ((step / "metrics.json").exists() and (step / "model.pt").exists()):
+        return False
+    return kind != "refit" or Path(str(read_run_config(step).get("teacher"))).name == Path(teacher).name
+
+
+def _wanted_starts(cfg: DistillConfig, first: dict, log) -> int:
+    """How many CTC phase starts to train, given the first start's metrics ``first``: extra ones only
+    where the validation rows can choose between them and the closed-set head alone leaves room
+    (at most ``ctc_starts_below`` of them right; above that, as on a closed vocabulary, the CTC head
+    adds little to the ranking and another start is not worth a CTC phase)."""
+    if cfg.ctc_starts == 1:
+        return 1
+    ranking = first.get("ranking") or {}
+    alone = [g["accuracy"] for g in ranking.get("grid", []) if g["ctc_weight"] == 0]
+    if not ranking.get("rows") or not alone:
+        log("CTC phase: one start (no validation rows to choose between starts)")
+        return 1
+    if alone[0] > cfg.ctc_starts_below:
+        log(f"CTC phase: one start (the closed-set head alone ranks {alone[0]:.3f} of the validation rows right, "
+            f"above ctc_starts_below {cfg.ctc_starts_below})")
+        return 1
+    return cfg.ctc_starts
+
+
+def _ranking_accuracy(m: dict) -> float | None:
+    """The combined ranking's within-candidate accuracy on the validation rows, None without rows."""
+    r = m.get("ranking") or {}
+    return r.get("accuracy") if r.get("rows") else None
+
+
+def _best_start(starts: list[dict]) -> int:
+    """Index of the start with the best validation ranking (the first on ties, or without rows)."""
+    acc = [s["validation_accuracy"] for s in starts]
+    if any(a is None for a in acc):
+        return 0
+    return max(range(len(acc)), key=lambda i: (acc[i], -i))
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 def _finish_rounds(cfg: DistillConfig, out: Path, last_round: Path, summary: list[dict], m: dict) -> dict:
@@ -728,10 +817,12 @@ def _finish_rounds(cfg: DistillConfig, out: Path, last_round: Path, summary: lis
     # the run's own epochs and CTC settings, not those of its last (warm or CTC-only) step
     save_config(out, DistillConfig.from_dict({**last, "out": str(out), "teacher": cfg.teacher, "rounds": cfg.rounds,
                                               "overwrite": cfg.overwrite, "trainer": cfg.to_dict()["trainer"],
-                                              "ctc": cfg.to_dict()["ctc"], "ctc_refits": cfg.ctc_refits}), STAGE)
+                                              "ctc": cfg.to_dict()["ctc"], "ctc_refits": cfg.ctc_refits,
+                                              "ctc_starts": cfg.ctc_starts, "ctc_starts_below": cfg.ctc_starts_below}),
+                STAGE)
     # the stage's time is its rounds' (also when some of them ran before a resume)
-    ctc_steps = ([m["ctc_phase"]] if m.get("ctc_phase") else []) + (m.get("ctc_refits") or [])
-    seconds = sum(r["total_seconds"] or 0.0 for r in summary + ctc_steps)
+    phase = m.get("ctc_starts") or ([m["ctc_phase"]] if m.get("ctc_phase") else [])  # every start took its time
+    seconds = sum(r["total_seconds"] or 0.0 for r in summary + phase + (m.get("ctc_refits") or []))
     return write_metrics(out, {**m, "teacher": str(cfg.teacher), "rounds": summary, "total_seconds": seconds})
 
 

@@ -20,6 +20,11 @@ vocab_key = LabelNormalizer()
 TRAINER = {"batch_size": 16, "accelerator": "cpu", "devices": "1", "progress": False}
 
 
+def phase_seconds(m: dict) -> float:
+    """The CTC phase's time in a distill run's metrics: every start's (one start: ``ctc_phase``)."""
+    return sum(s["total_seconds"] for s in m.get("ctc_starts") or [m["ctc_phase"]])
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """pretrain -> finetune (CTC head) -> distill (1 round, CTC head) on tiny data, shared."""
@@ -90,10 +95,10 @@ def test_distill_trains_the_ctc_head_in_a_phase_of_its_own(runs):
     assert m["ctc_phase"]["epochs"] == 2 and len(m["rounds"]) == 1
     # the default CTC refit: one, a third of the phase's epochs (at least 1)
     assert [r["epochs"] for r in m["ctc_refits"]] == [1]
-    assert m["total_seconds"] == pytest.approx(m["rounds"][0]["total_seconds"] + m["ctc_phase"]["total_seconds"]
+    assert m["total_seconds"] == pytest.approx(m["rounds"][0]["total_seconds"] + phase_seconds(m)
                                                + m["ctc_refits"][0]["total_seconds"])
     last = load_model(root / "di" / "round1")[0]
-    phase = load_model(root / "di" / "ctc")[0]
+    phase = load_model(root / "di" / m["ctc_phase"].get("dir", "ctc"))[0]
     assert not last.has_ctc and phase.has_ctc
     ref = last.state_dict()
     for k, v in phase.state_dict().items():
@@ -202,10 +207,11 @@ def test_distill_ctc_refit_continues_the_ctc_head_on_the_ranking(runs, tmp_path)
     run = tmp_path / "di"
     m = json.loads((run / "metrics.json").read_text())
     assert m["ctc_phase"]["epochs"] == 1 and [r["epochs"] for r in m["ctc_refits"]] == [2]
-    assert m["total_seconds"] == pytest.approx(m["rounds"][0]["total_seconds"] + m["ctc_phase"]["total_seconds"]
+    assert m["total_seconds"] == pytest.approx(m["rounds"][0]["total_seconds"] + phase_seconds(m)
                                                + m["ctc_refits"][0]["total_seconds"])
     assert yaml.safe_load((run / "config.yaml").read_text())["ctc_refits"] == 1
-    last, phase, refit = (load_model(run / n)[0] for n in ("round1", "ctc", "ctc2"))
+    kept = m["ctc_phase"].get("dir", "ctc")
+    last, phase, refit = (load_model(run / n)[0] for n in ("round1", kept, "ctc2"))
     ref = last.state_dict()
     for k, v in refit.state_dict().items():
         if not k.startswith("ctc_head."):
@@ -223,7 +229,7 @@ def test_distill_ctc_refit_continues_the_ctc_head_on_the_ranking(runs, tmp_path)
 
     meta = json.loads((run / "ctc2" / "targets.json").read_text())
     tgt, kind = load_targets(run / "ctc2", meta["key"])
-    model, vocab, features, _ = load_predictor(run / "ctc")
+    model, vocab, features, _ = load_predictor(run / kept)
     rows = load_rows([str(manifest)], vocab.normalizer).rows
     held = holdout_ids([r.id for r in rows if r.label is not None], m["held_out"]["fraction"], m["held_out"]["seed"])
     pool = [r for r in rows if r.id not in held]
@@ -236,3 +242,80 @@ def test_distill_ctc_refit_continues_the_ctc_head_on_the_ranking(runs, tmp_path)
     cand = np.flatnonzero(kind == 1)  # CANDIDATE
     assert len(cand) > 0
     assert all(tgt[i].argmax() == classes[i, top[i]] for i in cand)
+
+
+def test_distill_ctc_starts_keep_the_start_that_ranks_best(runs, tmp_path):
+    """``--ctc-starts 2``: two CTC phases from the last round with different seeds; the one whose
+    ranking is best on the validation rows is kept, refitted and counted in the run's time."""
+    root, manifest, test_manifest, _ = runs
+    res = CliRunner().invoke(app, ["distill", str(manifest), "--teacher", str(root / "ft"), "--out", str(tmp_path / "di"),
+                                   "--config", str(root / "di.yaml"), "--epochs", "1", "--rounds", "1",
+                                   "--ctc-starts", "2", "--ctc-refits", "1", "--ctc-refit-epochs", "1",
+                                   "--set", "ctc_starts_below=1", "--ranking-manifest", str(test_manifest)])
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "di"
+    m = json.loads((run / "metrics.json").read_text())
+    starts = m["ctc_starts"]
+    assert [s["dir"] for s in starts] == ["ctc", "ctc-start2"]
+    cfgs = [yaml.safe_load((run / s["dir"] / "config.yaml").read_text()) for s in starts]
+    assert cfgs[1]["trainer"]["seed"] == cfgs[0]["trainer"]["seed"] + 1000
+    for s, c in zip(starts, cfgs, strict=True):
+        assert c["teacher"] == str(run / "round1")  # both starts distil the last round
+        assert s["validation_accuracy"] == json.loads((run / s["dir"] / "metrics.json").read_text())["ranking"]["accuracy"]
+    a, b = (load_model(run / s["dir"])[0].ctc_head.state_dict() for s in starts)
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # different random starts
+    best = max(range(2), key=lambda i: (starts[i]["validation_accuracy"], -i))
+    assert m["ctc_phase"]["dir"] == starts[best]["dir"]
+    assert yaml.safe_load((run / "ctc2" / "config.yaml").read_text())["teacher"] == str(run / starts[best]["dir"])
+    assert m["total_seconds"] == pytest.approx(m["rounds"][0]["total_seconds"] + sum(s["total_seconds"] for s in starts)
+                                               + m["ctc_refits"][0]["total_seconds"])
+    assert yaml.safe_load((run / "config.yaml").read_text())["ctc_starts"] == 2
+    # resumed: every step is reused and the same start is kept
+    res = CliRunner().invoke(app, ["distill", str(manifest), "--teacher", str(root / "ft"), "--out", str(run),
+                                   "--config", str(root / "di.yaml"), "--epochs", "1", "--rounds", "1",
+                                   "--ctc-starts", "2", "--ctc-refits", "1", "--ctc-refit-epochs", "1",
+                                   "--set", "ctc_starts_below=1", "--ranking-manifest", str(test_manifest),
+                                   "--resume", "auto"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((run / "metrics.json").read_text())["ctc_phase"]["dir"] == starts[best]["dir"]
+
+
+def test_best_start_takes_the_first_on_ties_and_without_validation_rows():
+    from plcli.distill import _best_start
+
+    assert _best_start([{"validation_accuracy": 0.5}, {"validation_accuracy": 0.7}]) == 1
+    assert _best_start([{"validation_accuracy": 0.7}, {"validation_accuracy": 0.7}]) == 0
+    assert _best_start([{"validation_accuracy": None}, {"validation_accuracy": 0.7}]) == 0
+
+
+def test_extra_ctc_starts_only_where_the_classifier_leaves_room_and_rows_can_choose():
+    from plcli.distill import DistillConfig, _wanted_starts
+
+    def first(alone, rows=50):
+        return {"ranking": {"rows": rows, "accuracy": 0.9,
+                            "grid": [{"ctc_weight": 0.0, "length_norm": True, "accuracy": alone},
+                                     {"ctc_weight": 8.0, "length_norm": True, "accuracy": 0.9}]}}
+
+    cfg = DistillConfig.from_dict({"data": {"manifests": ["x.jsonl"]}, "teacher": "t", "ctc_starts": 3})
+    said = []
+    assert _wanted_starts(cfg, first(0.6), said.append) == 3
+    assert _wanted_starts(cfg, first(0.9), said.append) == 1 and "above ctc_starts_below" in said[-1]
+    assert _wanted_starts(cfg, first(0.6, rows=0), said.append) == 1 and "no validation rows" in said[-1]
+    cfg.ctc_starts_below = 1.0
+    assert _wanted_starts(cfg, first(0.9), said.append) == 3
+    cfg.ctc_starts = 1
+    assert _wanted_starts(cfg, first(0.6), said.append) == 1
+
+
+def test_a_resumed_refit_is_reused_only_after_the_same_start(tmp_path):
+    from plcli.distill import _reusable
+
+    step = tmp_path / "run" / "ctc2"
+    step.mkdir(parents=True)
+    assert not _reusable(step, tmp_path / "run" / "ctc", "refit")  # not finished
+    for name in ("metrics.json", "model.pt"):
+        (step / name).write_text("{}")
+    (step / "config.yaml").write_text(yaml.safe_dump({"stage": "distill", "teacher": str(tmp_path / "run" / "ctc")}))
+    assert _reusable(step, tmp_path / "run" / "ctc", "refit")
+    assert not _reusable(step, tmp_path / "run" / "ctc-start2", "refit")
+    assert _reusable(step, tmp_path / "elsewhere", "round")  # rounds and starts: finished is enough
