@@ -350,7 +350,8 @@ def distill(
     ctc_weight: float = typer.Option(None, "--ctc-weight", help="weight of the student's CTC head loss, which scores any candidate text (default 1; 0: no CTC head)"),
     ctc_tokens: str = typer.Option(None, "--ctc-tokens", help="CTC units: char (default) or phoneme (espeak-ng)"),
     ctc_epochs: int = typer.Option(None, "--ctc-epochs", help="epochs of the CTC phase after the last round: the CTC head alone, on the last student's targets (default: --epochs; 0: jointly within the last round)"),
-    ctc_starts: int = typer.Option(None, "--ctc-starts", help="CTC phases from different random starts; the one ranking best on the validation rows is kept (default 2; the second only where the closed-set head alone ranks at most 0.85 of them right)"),
+    ctc_starts: int = typer.Option(None, "--ctc-starts", help="CTC phases from different random starts; the one ranking best on the validation rows is kept (default 2; extra starts only where the closed-set head alone ranks at most 0.85 of them right)"),
+    ctc_other_tokens: bool = typer.Option(None, "--ctc-other-tokens/--no-ctc-other-tokens", help="one more CTC start with the other tokens (phonemes for char), chosen the same way (default on)"),
     ctc_refits: int = typer.Option(None, "--ctc-refits", help="CTC refits after the CTC phase: each continues the CTC head on the previous model's combined ranking of the candidates (default 1)"),
     ctc_refit_epochs: int = typer.Option(None, "--ctc-refit-epochs", help="epochs of a CTC refit (default: a third of the CTC phase's)"),
     ranking_manifest: Path = typer.Option(None, "--ranking-manifest", help="labelled rows (speakers held out from training) that choose the CTC weight of the combined ranking (default: the held-out exact rows)"),
@@ -366,7 +367,8 @@ def distill(
             "teacher_views": teacher_views, "refine": refine, "refine_momentum": refine_momentum,
             "refine_start": refine_start, "exact_weight": exact_weight, "cc_weight": cc_weight, "rounds": rounds,
             "warm_start": warm_start, "ctc.weight": ctc_weight, "ctc.tokens": ctc_tokens, "ctc_epochs": ctc_epochs,
-            "ctc_starts": ctc_starts, "ctc_refits": ctc_refits, "ctc_refit_epochs": ctc_refit_epochs,
+            "ctc_starts": ctc_starts, "ctc_other_tokens": ctc_other_tokens, "ctc_refits": ctc_refits,
+            "ctc_refit_epochs": ctc_refit_epochs,
             "ranking_manifest": str(ranking_manifest) if ranking_manifest else None,
             "truth": str(truth) if truth else None}
 

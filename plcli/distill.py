@@ -55,8 +55,9 @@ cached view without the spectrogram augmentations: an unbiased estimate of the t
 CTC loss ``sum_k w_k * -log p_CTC(c_k|x)`` at a tenth of the cost of scoring every candidate.
 With several rounds only the last student, the one that is kept, trains the head
 (``ctc_all_rounds``), by default in a CTC phase of its own after the rounds (``ctc_epochs``),
-from ``ctc_starts`` random starts of which the one ranking the validation rows best is kept (a
-second start only where the classifier alone leaves room, ``ctc_starts_below``).
+from ``ctc_starts`` random starts and one with the other tokens (``ctc_other_tokens``), of which
+the one ranking the validation rows best is kept (the extra starts only where the classifier alone
+leaves room, ``ctc_starts_below``).
 A CTC refit (``ctc_refits``) then continues that head on the phase model's own combined ranking
 of each training row's candidates, which uses the CTC scores and so picks the right text more
 often than the classifier's targets on rare messages.
@@ -204,6 +205,9 @@ class DistillConfig(Config):
         2, "CTC phases from different random starts (RUN_DIR/ctc, ctc-start2, ...; trainer.seed + 1000 per start): "
         "the one whose combined ranking is best on the validation rows (--ranking-manifest, else the held-out "
         "exact rows) is kept and refitted; each extra start costs one more CTC phase (see ctc_starts_below)", min=1)
+    ctc_other_tokens: bool = opt(
+        True, "one more CTC phase start with the other tokens (phonemes when ctc.tokens is char, and the reverse), "
+        "under the same rule, so the tokens too are chosen on the validation rows")
     ctc_starts_below: float = opt(
         0.85, "extra CTC phase starts only when the closed-set head alone ranks at most this share of the "
         "validation rows right (1: always)", min=0.0, max=1.0)
@@ -688,12 +692,13 @@ def _run_rounds(cfg: DistillConfig, log, callbacks: list | None) -> dict:
     # (folder, description, kind): the rounds, then the CTC phase's starts and its refits
     steps = [(f"round{k}", f"round {k}/{cfg.rounds}", "round") for k in range(1, cfg.rounds + 1)]
     if phase:
-        steps += [(_start_dir(j), "CTC phase" + (f", start {j}/{cfg.ctc_starts}" if cfg.ctc_starts > 1 else ""),
-                   "start") for j in range(1, cfg.ctc_starts + 1)]
+        plan = _start_plan(cfg)
+        steps += [(_start_dir(j), "CTC phase" + (f", start {j}/{len(plan)} ({tokens})" if len(plan) > 1 else ""),
+                   "start") for j, (tokens, _) in enumerate(plan, 1)]
         steps += [(f"ctc{j}", f"CTC refit {j - 1}/{cfg.ctc_refits}", "refit") for j in range(2, cfg.ctc_refits + 2)]
     ctc_steps: list[dict] = []
     starts: list[dict] = []
-    rounds_teacher, wanted = None, cfg.ctc_starts
+    rounds_teacher, wanted, kept_tokens = None, len(_start_plan(cfg)), cfg.ctc.tokens
     for k, (name, what, kind) in enumerate(steps, 1):
         if kind == "start":
             if len(starts) >= wanted:
@@ -701,7 +706,7 @@ def _run_rounds(cfg: DistillConfig, log, callbacks: list | None) -> dict:
             rounds_teacher = rounds_teacher or teacher  # every start distils the last round
             teacher = rounds_teacher
         sub = DistillConfig.from_dict({**cfg.to_dict(), "rounds": 1, "teacher": str(teacher), "ctc_refits": 0,
-                                       "ctc_starts": 1})
+                                       "ctc_starts": 1, "ctc_other_tokens": False})
         sub.out = str(out / name)
         ctc_only, refit = kind != "round", kind == "refit"
         warm = cfg.warm_start and 1 < k <= cfg.rounds
@@ -711,8 +716,9 @@ def _run_rounds(cfg: DistillConfig, log, callbacks: list | None) -> dict:
             sub.trainer.epochs = cfg.ctc_epochs or cfg.trainer.epochs
             if refit:
                 sub.trainer.epochs = cfg.ctc_refit_epochs or max(1, sub.trainer.epochs // 3)
+                sub.ctc.tokens = kept_tokens  # the refit continues the kept start's head
             else:
-                sub.trainer.seed = cfg.trainer.seed + START_SEED_STEP * len(starts)
+                sub.ctc.tokens, sub.trainer.seed = _start_plan(cfg)[len(starts)]
         elif phase or (k < cfg.rounds and not cfg.ctc_all_rounds):
             sub.ctc.weight = 0.0  # only the student that is kept needs the CTC head
         done = Path(sub.out) / "metrics.json"
@@ -726,7 +732,8 @@ def _run_rounds(cfg: DistillConfig, log, callbacks: list | None) -> dict:
             m = _run_round(sub, log, callbacks, on_start=open_parent, ctc_only=ctc_only, warm=warm, refit=refit)
         teacher = Path(sub.out)
         if kind == "start":
-            starts.append({"dir": name, "seed": sub.trainer.seed, "validation_accuracy": _ranking_accuracy(m),
+            starts.append({"dir": name, "tokens": sub.ctc.tokens, "seed": sub.trainer.seed,
+                           "validation_accuracy": _ranking_accuracy(m),
                            "total_seconds": m.get("total_seconds"), "_m": m})
             if len(starts) == 1:
                 wanted = _wanted_starts(cfg, m, log)
@@ -736,7 +743,7 @@ def _run_rounds(cfg: DistillConfig, log, callbacks: list | None) -> dict:
             if len(starts) > 1:
                 log("CTC phase: kept " + starts[best]["dir"] + " (validation ranking "
                     + ", ".join(f"{s['dir']} {_fmt(s['validation_accuracy'])}" for s in starts) + ")")
-            teacher, m = out / starts[best]["dir"], starts[best]["_m"]
+            teacher, m, kept_tokens = out / starts[best]["dir"], starts[best]["_m"], starts[best]["tokens"]
         if ctc_only:
             ctc_steps.append({key: m.get(key) for key in
                               ("fit_seconds", "total_seconds", "epochs", "ranking", "targets_disambiguation_acc_initial")})
@@ -747,11 +754,20 @@ def _run_rounds(cfg: DistillConfig, log, callbacks: list | None) -> dict:
     extra = {"ctc_phase": ctc_steps[0], "ctc_refits": ctc_steps[1:]} if phase else {}
     if len(starts) > 1:
         extra["ctc_starts"] = [{k: v for k, v in s.items() if k != "_m"} for s in starts]
-        extra["ctc_phase"]["dir"] = starts[_best_start(starts)]["dir"]
+        extra["ctc_phase"].update({k: starts[_best_start(starts)][k] for k in ("dir", "tokens")})
     return _finish_rounds(cfg, out, teacher, summary, {**m, **extra})
 
 
 START_SEED_STEP = 1000  # seed offset between CTC phase starts (the rounds' seeds stay as they are)
+
+
+def _start_plan(cfg: DistillConfig) -> list[tuple[str, int]]:
+    """(tokens, trainer seed) of every CTC phase start: ``ctc_starts`` with ``ctc.tokens`` (seed +
+    1000 each), then, with ``ctc_other_tokens``, one with the other tokens (the run's seed)."""
+    plan = [(cfg.ctc.tokens, cfg.trainer.seed + START_SEED_STEP * j) for j in range(cfg.ctc_starts)]
+    if cfg.ctc_other_tokens:
+        plan.append(("phoneme" if cfg.ctc.tokens == "char" else "char", cfg.trainer.seed))
+    return plan
 
 
 def _start_dir(j: int) -> str:
@@ -772,7 +788,8 @@ def _wanted_starts(cfg: DistillConfig, first: dict, log) -> int:
     where the validation rows can choose between them and the closed-set head alone leaves room
     (at most ``ctc_starts_below`` of them right; above that, as on a closed vocabulary, the CTC head
     adds little to the ranking and another start is not worth a CTC phase)."""
-    if cfg.ctc_starts == 1:
+    n = len(_start_plan(cfg))
+    if n == 1:
         return 1
     ranking = first.get("ranking") or {}
     alone = [g["accuracy"] for g in ranking.get("grid", []) if g["ctc_weight"] == 0]
@@ -783,7 +800,7 @@ def _wanted_starts(cfg: DistillConfig, first: dict, log) -> int:
         log(f"CTC phase: one start (the closed-set head alone ranks {alone[0]:.3f} of the validation rows right, "
             f"above ctc_starts_below {cfg.ctc_starts_below})")
         return 1
-    return cfg.ctc_starts
+    return n
 
 
 def _ranking_accuracy(m: dict) -> float | None:
@@ -818,7 +835,8 @@ def _finish_rounds(cfg: DistillConfig, out: Path, last_round: Path, summary: lis
     save_config(out, DistillConfig.from_dict({**last, "out": str(out), "teacher": cfg.teacher, "rounds": cfg.rounds,
                                               "overwrite": cfg.overwrite, "trainer": cfg.to_dict()["trainer"],
                                               "ctc": cfg.to_dict()["ctc"], "ctc_refits": cfg.ctc_refits,
-                                              "ctc_starts": cfg.ctc_starts, "ctc_starts_below": cfg.ctc_starts_below}),
+                                              "ctc_starts": cfg.ctc_starts, "ctc_other_tokens": cfg.ctc_other_tokens,
+                                              "ctc_starts_below": cfg.ctc_starts_below}),
                 STAGE)
     # the stage's time is its rounds' (also when some of them ran before a resume)
     phase = m.get("ctc_starts") or ([m["ctc_phase"]] if m.get("ctc_phase") else [])  # every start took its time

@@ -245,37 +245,43 @@ def test_distill_ctc_refit_continues_the_ctc_head_on_the_ranking(runs, tmp_path)
 
 
 def test_distill_ctc_starts_keep_the_start_that_ranks_best(runs, tmp_path):
-    """``--ctc-starts 2``: two CTC phases from the last round with different seeds; the one whose
-    ranking is best on the validation rows is kept, refitted and counted in the run's time."""
+    """``--ctc-starts 2`` (and the default other-tokens start): three CTC phases from the last round,
+    two with characters (seeds s and s + 1000) and one with phonemes; the one whose ranking is best on
+    the validation rows is kept, refitted with its own tokens, and every start counts in the run's time."""
     root, manifest, test_manifest, _ = runs
-    res = CliRunner().invoke(app, ["distill", str(manifest), "--teacher", str(root / "ft"), "--out", str(tmp_path / "di"),
-                                   "--config", str(root / "di.yaml"), "--epochs", "1", "--rounds", "1",
-                                   "--ctc-starts", "2", "--ctc-refits", "1", "--ctc-refit-epochs", "1",
-                                   "--set", "ctc_starts_below=1", "--ranking-manifest", str(test_manifest)])
+    args = ["distill", str(manifest), "--teacher", str(root / "ft"), "--out", str(tmp_path / "di"),
+            "--config", str(root / "di.yaml"), "--epochs", "1", "--rounds", "1", "--ctc-starts", "2",
+            "--ctc-refits", "1", "--ctc-refit-epochs", "1", "--set", "ctc_starts_below=1",
+            "--ranking-manifest", str(test_manifest)]
+    res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     run = tmp_path / "di"
     m = json.loads((run / "metrics.json").read_text())
     starts = m["ctc_starts"]
-    assert [s["dir"] for s in starts] == ["ctc", "ctc-start2"]
+    assert [s["dir"] for s in starts] == ["ctc", "ctc-start2", "ctc-start3"]
+    assert [s["tokens"] for s in starts] == ["char", "char", "phoneme"]
     cfgs = [yaml.safe_load((run / s["dir"] / "config.yaml").read_text()) for s in starts]
-    assert cfgs[1]["trainer"]["seed"] == cfgs[0]["trainer"]["seed"] + 1000
+    seed = cfgs[0]["trainer"]["seed"]
+    assert [c["trainer"]["seed"] for c in cfgs] == [s["seed"] for s in starts] == [seed, seed + 1000, seed]
     for s, c in zip(starts, cfgs, strict=True):
-        assert c["teacher"] == str(run / "round1")  # both starts distil the last round
+        assert c["teacher"] == str(run / "round1")  # every start distils the last round
+        assert c["ctc"]["tokens"] == s["tokens"]
         assert s["validation_accuracy"] == json.loads((run / s["dir"] / "metrics.json").read_text())["ranking"]["accuracy"]
-    a, b = (load_model(run / s["dir"])[0].ctc_head.state_dict() for s in starts)
+    heads = [load_model(run / s["dir"])[0] for s in starts]
+    assert heads[2].tokenizer.kind == "phoneme" and heads[0].tokenizer.kind == "char"
+    a, b = (h.ctc_head.state_dict() for h in heads[:2])
     assert any(not torch.equal(a[k], b[k]) for k in a)  # different random starts
-    best = max(range(2), key=lambda i: (starts[i]["validation_accuracy"], -i))
-    assert m["ctc_phase"]["dir"] == starts[best]["dir"]
-    assert yaml.safe_load((run / "ctc2" / "config.yaml").read_text())["teacher"] == str(run / starts[best]["dir"])
+    best = max(range(3), key=lambda i: (starts[i]["validation_accuracy"], -i))
+    assert m["ctc_phase"]["dir"] == starts[best]["dir"] and m["ctc_phase"]["tokens"] == starts[best]["tokens"]
+    refit_cfg = yaml.safe_load((run / "ctc2" / "config.yaml").read_text())
+    assert refit_cfg["teacher"] == str(run / starts[best]["dir"]) and refit_cfg["ctc"]["tokens"] == starts[best]["tokens"]
+    assert load_model(run)[0].tokenizer.kind == starts[best]["tokens"]
     assert m["total_seconds"] == pytest.approx(m["rounds"][0]["total_seconds"] + sum(s["total_seconds"] for s in starts)
                                                + m["ctc_refits"][0]["total_seconds"])
-    assert yaml.safe_load((run / "config.yaml").read_text())["ctc_starts"] == 2
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["ctc_starts"] == 2 and saved["ctc_other_tokens"] is True
     # resumed: every step is reused and the same start is kept
-    res = CliRunner().invoke(app, ["distill", str(manifest), "--teacher", str(root / "ft"), "--out", str(run),
-                                   "--config", str(root / "di.yaml"), "--epochs", "1", "--rounds", "1",
-                                   "--ctc-starts", "2", "--ctc-refits", "1", "--ctc-refit-epochs", "1",
-                                   "--set", "ctc_starts_below=1", "--ranking-manifest", str(test_manifest),
-                                   "--resume", "auto"])
+    res = CliRunner().invoke(app, [*args, "--resume", "auto"])
     assert res.exit_code == 0, res.output
     assert json.loads((run / "metrics.json").read_text())["ctc_phase"]["dir"] == starts[best]["dir"]
 
@@ -298,13 +304,27 @@ def test_extra_ctc_starts_only_where_the_classifier_leaves_room_and_rows_can_cho
 
     cfg = DistillConfig.from_dict({"data": {"manifests": ["x.jsonl"]}, "teacher": "t", "ctc_starts": 3})
     said = []
-    assert _wanted_starts(cfg, first(0.6), said.append) == 3
+    assert _wanted_starts(cfg, first(0.6), said.append) == 4  # 3 + the other tokens' start
     assert _wanted_starts(cfg, first(0.9), said.append) == 1 and "above ctc_starts_below" in said[-1]
     assert _wanted_starts(cfg, first(0.6, rows=0), said.append) == 1 and "no validation rows" in said[-1]
     cfg.ctc_starts_below = 1.0
+    assert _wanted_starts(cfg, first(0.9), said.append) == 4
+    cfg.ctc_other_tokens = False
     assert _wanted_starts(cfg, first(0.9), said.append) == 3
     cfg.ctc_starts = 1
     assert _wanted_starts(cfg, first(0.6), said.append) == 1
+
+
+def test_start_plan_gives_each_start_its_tokens_and_seed():
+    from plcli.distill import DistillConfig, _start_plan
+
+    cfg = DistillConfig.from_dict({"data": {"manifests": ["x.jsonl"]}, "teacher": "t", "trainer": {"seed": 5}})
+    assert _start_plan(cfg) == [("char", 5), ("char", 1005), ("phoneme", 5)]
+    cfg.ctc.tokens = "phoneme"
+    cfg.ctc_starts = 1
+    assert _start_plan(cfg) == [("phoneme", 5), ("char", 5)]
+    cfg.ctc_other_tokens = False
+    assert _start_plan(cfg) == [("phoneme", 5)]
 
 
 def test_a_resumed_refit_is_reused_only_after_the_same_start(tmp_path):
