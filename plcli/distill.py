@@ -722,7 +722,7 @@ def _run_rounds(cfg: DistillConfig, log, callbacks: list | None) -> dict:
         elif phase or (k < cfg.rounds and not cfg.ctc_all_rounds):
             sub.ctc.weight = 0.0  # only the student that is kept needs the CTC head
         done = Path(sub.out) / "metrics.json"
-        if cfg.trainer.resume is not None and _reusable(Path(sub.out), teacher, kind):
+        if cfg.trainer.resume is not None and _reusable(Path(sub.out), teacher, kind, sub.ctc.tokens):
             log(f"{what}: already done, reusing {sub.out}")
             m = json.loads(done.read_text(encoding="utf-8"))
         else:
@@ -775,12 +775,18 @@ def _start_dir(j: int) -> str:
     return "ctc" if j == 1 else f"ctc-start{j}"
 
 
-def _reusable(step: Path, teacher, kind: str) -> bool:
-    """Whether a resumed run may reuse the finished step in ``step``; a refit only when it continued
-    the same CTC start as ``teacher`` (the kept start can change when ``--ctc-starts`` does)."""
+def _reusable(step: Path, teacher, kind: str, tokens: str) -> bool:
+    """Whether a resumed run may reuse the finished step in ``step``: a CTC step only with the same
+    tokens, and a refit only when it continued the same CTC start as ``teacher`` (the kept start
+    can change when the starts do)."""
     if not ((step / "metrics.json").exists() and (step / "model.pt").exists()):
         return False
-    return kind != "refit" or Path(str(read_run_config(step).get("teacher"))).name == Path(teacher).name
+    if kind == "round":
+        return True
+    done = read_run_config(step)
+    if (done.get("ctc") or {}).get("tokens") != tokens:
+        return False
+    return kind != "refit" or Path(str(done.get("teacher"))).name == Path(teacher).name
 
 
 def _wanted_starts(cfg: DistillConfig, first: dict, log) -> int:

@@ -327,15 +327,19 @@ def test_start_plan_gives_each_start_its_tokens_and_seed():
     assert _start_plan(cfg) == [("phoneme", 5)]
 
 
-def test_a_resumed_refit_is_reused_only_after_the_same_start(tmp_path):
+def test_a_resumed_ctc_step_is_reused_only_with_its_tokens_and_start(tmp_path):
     from plcli.distill import _reusable
 
     step = tmp_path / "run" / "ctc2"
     step.mkdir(parents=True)
-    assert not _reusable(step, tmp_path / "run" / "ctc", "refit")  # not finished
+    assert not _reusable(step, tmp_path / "run" / "ctc", "refit", "char")  # not finished
     for name in ("metrics.json", "model.pt"):
         (step / name).write_text("{}")
-    (step / "config.yaml").write_text(yaml.safe_dump({"stage": "distill", "teacher": str(tmp_path / "run" / "ctc")}))
-    assert _reusable(step, tmp_path / "run" / "ctc", "refit")
-    assert not _reusable(step, tmp_path / "run" / "ctc-start2", "refit")
-    assert _reusable(step, tmp_path / "elsewhere", "round")  # rounds and starts: finished is enough
+    (step / "config.yaml").write_text(yaml.safe_dump({"stage": "distill", "teacher": str(tmp_path / "run" / "ctc"),
+                                                      "ctc": {"tokens": "char"}}))
+    assert _reusable(step, tmp_path / "run" / "ctc", "refit", "char")
+    assert not _reusable(step, tmp_path / "run" / "ctc-start2", "refit", "char")
+    assert not _reusable(step, tmp_path / "run" / "ctc", "refit", "phoneme")
+    assert _reusable(step, tmp_path / "elsewhere", "start", "char")  # a start: finished, with the same tokens
+    assert not _reusable(step, tmp_path / "elsewhere", "start", "phoneme")
+    assert _reusable(step, tmp_path / "elsewhere", "round", "phoneme")  # a round: finished is enough
