@@ -691,20 +691,19 @@ def _run_rounds(cfg: DistillConfig, log, callbacks: list | None) -> dict:
     teacher, summary, m = cfg.teacher, [], {}
     # (folder, description, kind): the rounds, then the CTC phase's starts and its refits
     steps = [(f"round{k}", f"round {k}/{cfg.rounds}", "round") for k in range(1, cfg.rounds + 1)]
+    plan = _start_plan(cfg) if phase else []  # (tokens, seed) of each CTC phase start
     if phase:
-        plan = _start_plan(cfg)
         steps += [(_start_dir(j), "CTC phase" + (f", start {j}/{len(plan)} ({tokens})" if len(plan) > 1 else ""),
                    "start") for j, (tokens, _) in enumerate(plan, 1)]
         steps += [(f"ctc{j}", f"CTC refit {j - 1}/{cfg.ctc_refits}", "refit") for j in range(2, cfg.ctc_refits + 2)]
     ctc_steps: list[dict] = []
     starts: list[dict] = []
-    rounds_teacher, wanted, kept_tokens = None, len(_start_plan(cfg)), cfg.ctc.tokens
+    wanted, kept = len(plan), None
     for k, (name, what, kind) in enumerate(steps, 1):
         if kind == "start":
             if len(starts) >= wanted:
                 continue
-            rounds_teacher = rounds_teacher or teacher  # every start distils the last round
-            teacher = rounds_teacher
+            teacher = out / f"round{cfg.rounds}"  # every start distils the last round
         sub = DistillConfig.from_dict({**cfg.to_dict(), "rounds": 1, "teacher": str(teacher), "ctc_refits": 0,
                                        "ctc_starts": 1, "ctc_other_tokens": False})
         sub.out = str(out / name)
@@ -716,9 +715,9 @@ def _run_rounds(cfg: DistillConfig, log, callbacks: list | None) -> dict:
             sub.trainer.epochs = cfg.ctc_epochs or cfg.trainer.epochs
             if refit:
                 sub.trainer.epochs = cfg.ctc_refit_epochs or max(1, sub.trainer.epochs // 3)
-                sub.ctc.tokens = kept_tokens  # the refit continues the kept start's head
+                sub.ctc.tokens = kept["tokens"]  # the refit continues the kept start's head
             else:
-                sub.ctc.tokens, sub.trainer.seed = _start_plan(cfg)[len(starts)]
+                sub.ctc.tokens, sub.trainer.seed = plan[len(starts)]
         elif phase or (k < cfg.rounds and not cfg.ctc_all_rounds):
             sub.ctc.weight = 0.0  # only the student that is kept needs the CTC head
         done = Path(sub.out) / "metrics.json"
@@ -739,11 +738,11 @@ def _run_rounds(cfg: DistillConfig, log, callbacks: list | None) -> dict:
                 wanted = _wanted_starts(cfg, m, log)
             if len(starts) < wanted:
                 continue
-            best = _best_start(starts)
+            kept = starts[_best_start(starts)]
             if len(starts) > 1:
-                log("CTC phase: kept " + starts[best]["dir"] + " (validation ranking "
+                log("CTC phase: kept " + kept["dir"] + " (validation ranking "
                     + ", ".join(f"{s['dir']} {_fmt(s['validation_accuracy'])}" for s in starts) + ")")
-            teacher, m, kept_tokens = out / starts[best]["dir"], starts[best]["_m"], starts[best]["tokens"]
+            teacher, m = out / kept["dir"], kept["_m"]
         if ctc_only:
             ctc_steps.append({key: m.get(key) for key in
                               ("fit_seconds", "total_seconds", "epochs", "ranking", "targets_disambiguation_acc_initial")})
@@ -754,7 +753,7 @@ def _run_rounds(cfg: DistillConfig, log, callbacks: list | None) -> dict:
     extra = {"ctc_phase": ctc_steps[0], "ctc_refits": ctc_steps[1:]} if phase else {}
     if len(starts) > 1:
         extra["ctc_starts"] = [{k: v for k, v in s.items() if k != "_m"} for s in starts]
-        extra["ctc_phase"].update({k: starts[_best_start(starts)][k] for k in ("dir", "tokens")})
+        extra["ctc_phase"].update({k: kept[k] for k in ("dir", "tokens")})
     return _finish_rounds(cfg, out, teacher, summary, {**m, **extra})
 
 
@@ -841,8 +840,7 @@ def _finish_rounds(cfg: DistillConfig, out: Path, last_round: Path, summary: lis
     save_config(out, DistillConfig.from_dict({**last, "out": str(out), "teacher": cfg.teacher, "rounds": cfg.rounds,
                                               "overwrite": cfg.overwrite, "trainer": cfg.to_dict()["trainer"],
                                               "ctc": cfg.to_dict()["ctc"], "ctc_refits": cfg.ctc_refits,
-                                              "ctc_starts": cfg.ctc_starts, "ctc_other_tokens": cfg.ctc_other_tokens,
-                                              "ctc_starts_below": cfg.ctc_starts_below}),
+                                              "ctc_starts": cfg.ctc_starts, "ctc_other_tokens": cfg.ctc_other_tokens}),
                 STAGE)
     # the stage's time is its rounds' (also when some of them ran before a resume)
     phase = m.get("ctc_starts") or ([m["ctc_phase"]] if m.get("ctc_phase") else [])  # every start took its time
