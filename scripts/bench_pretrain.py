@@ -51,6 +51,8 @@ class Throughput(L.Callback):
             self.t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, idx):
+        if module.device.type == "cuda":  # kernels run asynchronously: time what has finished
+            torch.cuda.synchronize(module.device)
         if self.t0 is not None:
             self.n += batch[0].shape[0]
 
@@ -72,9 +74,11 @@ class RandomPairs(Dataset):
         return self.x0[idx], self.x1[idx]
 
 
-def measure(module, loader, steps: int, warmup: int) -> float:
+def measure(module, loader, steps: int, warmup: int, accelerator: str = "cpu",
+            precision: str = "32-true") -> float:
     cb = Throughput(warmup)
-    trainer = L.Trainer(max_steps=steps + warmup, accelerator="cpu", devices=1, logger=False,
+    trainer = L.Trainer(max_steps=steps + warmup, accelerator=accelerator, devices=1, precision=precision,
+                        logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[cb], num_sanity_val_steps=0)
     trainer.fit(module, loader)
@@ -106,6 +110,8 @@ def main() -> int:
     ap.add_argument("--views", type=int, default=8)
     ap.add_argument("--encoder", default="tcresnet")
     ap.add_argument("--online-workers", type=int, default=os.cpu_count() or 1, help="0 skips the online row")
+    ap.add_argument("--accelerator", default="cpu", help="cpu or gpu (one device)")
+    ap.add_argument("--precision", default="32-true", help="32-true, bf16-mixed, 16-mixed")
     ap.add_argument("--json", default="bench/pretrain_throughput.json")
     a = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -130,21 +136,24 @@ def main() -> int:
 
     e2e_loader = DataLoader(ViewPairs(views), batch_size=a.batch_size, shuffle=True, drop_last=True,
                             collate_fn=ViewPairs.collate_fn)
-    e2e = measure(module(), e2e_loader, a.steps, a.warmup)
+    hw = dict(accelerator=a.accelerator, precision=a.precision)
+    e2e = measure(module(), e2e_loader, a.steps, a.warmup, **hw)
     rnd = RandomPairs(a.batch_size * 4, (fc.n_mels, fc.num_frames))
     model_only = measure(module(), DataLoader(rnd, batch_size=a.batch_size, shuffle=True, drop_last=True,
-                                              collate_fn=ViewPairs.collate_fn), a.steps, a.warmup)
+                                              collate_fn=ViewPairs.collate_fn), a.steps, a.warmup, **hw)
     online = None
     if a.online_workers > 0:
         ds = OnlineViewPairs([str(p) for p in paths], aug, fc)
         loader = DataLoader(ds, batch_size=a.batch_size, shuffle=True, drop_last=True, num_workers=a.online_workers,
                             persistent_workers=True)
-        online = measure(module(), loader, max(3, a.steps // 4), 1)
+        online = measure(module(), loader, max(3, a.steps // 4), 1, **hw)
     rss_mb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                  resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
     res = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+                   + (f", {torch.cuda.get_device_name()}" if a.accelerator == "gpu" else ""),
+        "accelerator": a.accelerator, "precision": a.precision,
         "encoder": a.encoder, "batch_size": a.batch_size, "clips": len(paths), "views": a.views,
         "end_to_end_clips_per_s": e2e, "model_only_clips_per_s": model_only,
         "ratio": e2e / model_only, "online_augment_clips_per_s": online, "online_workers": a.online_workers,

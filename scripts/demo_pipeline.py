@@ -32,12 +32,16 @@ def main() -> int:
     ap.add_argument("--pretrain-epochs", type=int, default=None)
     ap.add_argument("--finetune-epochs", type=int, default=None)
     ap.add_argument("--distill-epochs", type=int, default=None)
+    ap.add_argument("--trainer-args", default="",
+                    help='options for the three training stages, e.g. "--accelerator gpu --precision bf16-mixed"')
     ap.add_argument("demo_args", nargs="*", help="extra arguments for plcli demo-data (after --)")
     a = ap.parse_args()
     plcli = str(Path(sys.executable).with_name("plcli"))
     demo, runs = Path(a.demo_dir), Path(a.runs)
     times: list = []
     t0 = time.perf_counter()
+
+    hw = shlex.split(a.trainer_args)
 
     def epochs(n):
         return ["--epochs", str(n)] if n else []
@@ -47,14 +51,14 @@ def main() -> int:
     sh([plcli, "validate", str(demo / "train.jsonl"), str(demo / "test.jsonl")], times)
     if not (runs / "pretrain" / "encoder.pt").exists():
         sh([plcli, "pretrain", str(demo / "train.jsonl"), "--out", str(runs / "pretrain"), "--truth",
-            str(demo / "truth.jsonl"), "--resume", "auto", *epochs(a.pretrain_epochs)], times)
+            str(demo / "truth.jsonl"), "--resume", "auto", *epochs(a.pretrain_epochs), *hw], times)
     if not (runs / "finetune" / "model.pt").exists():
         sh([plcli, "finetune", str(demo / "train.jsonl"), "--pretrained", str(runs / "pretrain"), "--out",
             str(runs / "finetune"), "--truth", str(demo / "truth.jsonl"), "--resume", "auto",
-            *epochs(a.finetune_epochs)], times)
+            *epochs(a.finetune_epochs), *hw], times)
     if not (runs / "distill" / "model.pt").exists():
         sh([plcli, "distill", str(demo / "train.jsonl"), "--teacher", str(runs / "finetune"), "--out",
-            str(runs / "distill"), "--resume", "auto", *epochs(a.distill_epochs)], times)
+            str(runs / "distill"), "--resume", "auto", *epochs(a.distill_epochs), *hw], times)
     results = {}
     for stage in ("finetune", "distill"):
         out = runs / f"eval-{stage}.json"
