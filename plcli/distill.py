@@ -919,7 +919,14 @@ def ranked_logits(teacher: _Teacher, rows: list, feats) -> np.ndarray:
     scores = model_scores(teacher.model, feats, cands)
     logits = scores["logits"].astype(np.float32)
     classes = candidate_classes(cands, teacher.vocab)  # (N, K)
+    # the raw combined scores, not their calibrated softmax (``ranking["temperature"]``): with a CTC
+    # weight of 1000 the targets are the ranking's top candidate, and the refit learned more from that
+    # than from the calibrated distribution (docs/ctc.md, "Calibrated candidate probabilities")
     combined = rank(softmax(logits), scores, classes, ranking_of(getattr(teacher.model, "extra", None)))["combined"]
+    # each row's best candidate at 0, so that the floor of -1e4 for the other classes lies below every
+    # candidate that carries any weight, whatever the scale of the scores
+    top = np.max(np.where(classes >= 0, combined, -np.inf), axis=1, keepdims=True)
+    combined = combined - np.where(np.isfinite(top), top, 0.0)
     out = np.full_like(logits, -1e4)
     for i, k in zip(*np.nonzero(classes >= 0), strict=True):
         out[i, classes[i, k]] = max(out[i, classes[i, k]], combined[i, k])

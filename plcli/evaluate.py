@@ -100,7 +100,8 @@ def run(cfg: EvaluateConfig, log=print, console=None) -> dict:
 
 def ranked_metrics(rows, truth: dict[str, str], probs: np.ndarray, scores: dict, vocab, extra: dict | None) -> dict:
     """Within-candidate accuracy of the combined ranking (``plcli.ranking``) and of each scorer alone,
-    overall and split by whether the true message is in the model's vocabulary; which scorer decided."""
+    overall and split by whether the true message is in the model's vocabulary; which scorer decided;
+    the calibration error of the ranking's candidate probabilities."""
     from plcli.ranking import candidate_classes, rank, ranking_of, truth_positions
 
     cands = [r.candidates for r in rows]
@@ -119,6 +120,12 @@ def ranked_metrics(rows, truth: dict[str, str], probs: np.ndarray, scores: dict,
         out[f"accuracy_within_candidates{key}"] = _share(hit, use)
         out[f"accuracy_within_candidates{key}_known"] = _share(hit, use & known)
         out[f"accuracy_within_candidates{key}_unknown"] = _share(hit, use & ~known)
+    if use.any():
+        from plcli.metrics import expected_calibration_error
+
+        # the candidate probabilities predict writes (softmax at the ranking's calibrated temperature)
+        p = ranked["probs"][use]
+        out["ece_within_candidates"] = expected_calibration_error(p.max(1), p.argmax(1) == pos[use])
     out["unknown_truth_rows"] = int((use & ~known).sum())
     out["decided_by"] = dict(Counter(d for d, u in zip(ranked["decided_by"], use, strict=True) if u))
     return out
@@ -202,6 +209,7 @@ def print_report(metrics: dict, console=None, max_classes: int = 40) -> None:
         ("macro_f1", "macro-F1"),
         ("covering_rate", "covering rate"),
         ("ece", f"expected calibration error ({metrics.get('ece_bins', ECE_BINS)} bins)"),
+        ("ece_within_candidates", "  of the candidate probabilities"),
         ("chance", "chance (1 / classes)"),
         ("unknown_labels", "labels outside the vocabulary"),
         ("clips_per_second", "inference clips/s (model)"),

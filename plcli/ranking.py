@@ -30,7 +30,9 @@ import torch
 LAMBDAS = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 1000.0)
 UNKNOWN, PAD = -1, -2
 INFEASIBLE_MARGIN = 10.0
-DEFAULT = {"ctc_weight": 1.0, "length_norm": True, "chosen_on": "default"}
+DEFAULT = {"ctc_weight": 1.0, "length_norm": True, "temperature": 1.0, "chosen_on": "default"}
+# temperatures tried when the ranking's softmax is calibrated (log-spaced, 1e-2 to 1e4)
+TEMPERATURES = tuple(float(t) for t in np.logspace(-2, 4, 61))
 
 
 def candidate_classes(candidates: Sequence[Sequence[str]], vocab) -> np.ndarray:
@@ -115,11 +117,34 @@ def decided_by(cls: np.ndarray, ctc: np.ndarray | None, combined: np.ndarray) ->
     return out
 
 
+def fit_temperature(combined: np.ndarray, truth_pos: np.ndarray) -> float:
+    """The temperature ``t`` whose ``softmax(combined / t)`` over each row's candidates gives the
+    truth the smallest mean negative log-likelihood (temperature scaling, Guo et al. 2017, "On
+    Calibration of Modern Neural Networks"), from ``TEMPERATURES``; 1.0 without rows.
+
+    The combined score's scale is arbitrary (a CTC weight of 1000 makes the softmax one-hot), so
+    this is what makes the candidate probabilities of ``predict`` and the CTC refit's targets say
+    how sure the ranking is. ``combined`` (N, K) with ``-inf`` padding, ``truth_pos`` (N,)."""
+    rows = truth_pos >= 0
+    if not rows.any():
+        return 1.0
+    c = combined[rows]
+    c = c - np.max(c, axis=1, keepdims=True)  # (N, K), 0 at each row's best, -inf padding
+    truth = c[np.arange(len(c)), truth_pos[rows]]
+    best, best_nll = 1.0, np.inf
+    for t in TEMPERATURES:
+        nll = float(np.mean(np.log(np.exp(c / t).sum(1)) - truth / t))
+        if nll < best_nll - 1e-12:
+            best, best_nll = t, nll
+    return best
+
+
 def choose_ranking(cls: np.ndarray, ctc_by_norm: dict[bool, np.ndarray], truth_pos: np.ndarray,
                    lambdas: Sequence[float] = LAMBDAS) -> dict:
     """The (ctc_weight, length_norm) with the best within-candidate accuracy on rows with a truth
-    among their candidates; ties go to the smaller weight. Returns a dict of primitives with the
-    accuracy of every setting tried (``grid``)."""
+    among their candidates; ties go to the smaller weight. Then the softmax temperature of that
+    ranking's scores, fitted on the same rows (``fit_temperature``). Returns a dict of primitives
+    with the accuracy of every setting tried (``grid``)."""
     rows = truth_pos >= 0
     if not rows.any():
         return {**DEFAULT, "rows": 0}
@@ -130,8 +155,9 @@ def choose_ranking(cls: np.ndarray, ctc_by_norm: dict[bool, np.ndarray], truth_p
             grid.append({"ctc_weight": lam, "length_norm": norm, "accuracy": acc})
             if best is None or acc > best["accuracy"] + 1e-12:
                 best = grid[-1]
+    combined = combine(cls, ctc_by_norm[best["length_norm"]], best["ctc_weight"])
     return {"ctc_weight": best["ctc_weight"], "length_norm": best["length_norm"], "accuracy": best["accuracy"],
-            "rows": int(rows.sum()), "grid": grid}
+            "temperature": fit_temperature(combined, truth_pos), "rows": int(rows.sum()), "grid": grid}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,19 +227,20 @@ def model_scores(model, feats, candidates: Sequence[Sequence[str]], batch_size: 
 def ranking_of(extra: dict | None) -> dict:
     """The ranking settings stored with a model (``extra["ranking"]``), or the defaults."""
     r = (extra or {}).get("ranking") or {}
-    return {**DEFAULT, **{k: r[k] for k in ("ctc_weight", "length_norm", "chosen_on") if k in r}}
+    return {**DEFAULT, **{k: r[k] for k in ("ctc_weight", "length_norm", "temperature", "chosen_on") if k in r}}
 
 
 def rank(probs: np.ndarray, scores: dict, classes: np.ndarray, ranking: dict) -> dict:
     """Everything ``predict``/``evaluate`` need for rows with candidates: per-scorer (N, K) scores,
-    the combined scores and their candidate-renormalised probabilities, the top candidate and
-    ``decided_by``."""
+    the combined scores and their candidate-renormalised probabilities (softmax at the ranking's
+    calibrated temperature), the top candidate and ``decided_by``."""
     cls = closed_set_scores(probs, classes)
     ctc = None
     if "nll" in scores:
         ctc = ctc_scores(scores["nll"], scores["lengths"], scores["valid"], bool(ranking["length_norm"]))
     combined = combine(cls, ctc, float(ranking["ctc_weight"]))
-    return {"classifier": cls, "ctc": ctc, "combined": combined, "probs": softmax_rows(combined),
+    return {"classifier": cls, "ctc": ctc, "combined": combined,
+            "probs": softmax_rows(combined / float(ranking.get("temperature", 1.0))),
             "top": combined.argmax(1), "decided_by": decided_by(cls, ctc, combined)}
 
 

@@ -148,6 +148,8 @@ def test_evaluate_reports_each_scorer(runs, tmp_path):
         assert 0.0 <= m[k] <= 1.0, k
     assert sum(m["decided_by"].values()) == m["labelled_candidate_rows"]
     assert m["unknown_truth_rows"] == 0
+    assert 0.0 <= m["ece_within_candidates"] <= 1.0 and m["ranking"]["temperature"] > 0
+    assert "of the candidate probabilities" in res.output
 
 
 def test_export_says_it_leaves_the_ctc_head_out(runs, tmp_path):
@@ -184,13 +186,16 @@ def test_ranked_logits_follow_the_teachers_combined_ranking(runs):
     probs = np.exp(scores["logits"] - scores["logits"].max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
     classes = candidate_classes([r.candidates for r in rows], teacher.vocab)
-    combined = rank(probs, scores, classes, ranking_of(teacher.model.extra))["combined"]
+    ranking = ranking_of(teacher.model.extra)
+    assert ranking["temperature"] > 0 and "temperature" in teacher.model.extra["ranking"]  # stored, not used here
+    combined = rank(probs, scores, classes, ranking)["combined"]
     # row 0: three distinct known candidates
     restricted = torch.softmax(torch.from_numpy(out[0, [0, 1, 2]]), 0).numpy()
     np.testing.assert_allclose(restricted, softmax_rows(combined[:1, :3])[0], rtol=1e-4, atol=1e-6)
+    assert out[0, [0, 1, 2]].max() == 0.0  # the best candidate at 0, the other classes far below
     # row 1: the same class twice (text normalisation), the better of its two scores
-    assert out[1, 1] == pytest.approx(float(max(combined[1, 0], combined[1, 1])), rel=1e-5)
-    assert out[1, 2] == pytest.approx(float(combined[1, 2]), rel=1e-5)
+    assert out[1, 1] - out[1, 2] == pytest.approx(float(max(combined[1, 0], combined[1, 1]) - combined[1, 2]),
+                                                  rel=1e-4, abs=1e-5)
     # rows 2 and 3: no known candidate, the closed-set logits
     np.testing.assert_allclose(out[2:], scores["logits"][2:], rtol=1e-5)
 

@@ -84,6 +84,36 @@ def test_choose_ranking_picks_the_best_setting_on_validation_rows():
     assert ranking.choose_ranking(cls, {True: ctc}, np.full(n, -1))["rows"] == 0
 
 
+@pytest.mark.parametrize("true_t", [0.1, 3.0, 300.0])
+def test_fit_temperature_recovers_the_temperature_of_calibrated_scores(true_t):
+    rng = np.random.default_rng(1)
+    n, k = 4000, 10
+    scores = rng.normal(0, 2, (n, k)) * true_t  # softmax(scores / true_t) is the truth's distribution
+    scores[:, -1] = -np.inf  # padding: a row with nine candidates
+    p = ranking.softmax_rows(scores / true_t)
+    truth = np.array([rng.choice(k, p=row) for row in p])
+    t = ranking.fit_temperature(scores, truth)
+    assert abs(np.log(t / true_t)) < np.log(1.3)
+    assert ranking.fit_temperature(scores, np.full(n, -1)) == 1.0  # no rows: unchanged
+    # choose_ranking fits it to the setting it chose
+    zeros = np.zeros((n, k))
+    out = ranking.choose_ranking(zeros, {True: scores}, truth, lambdas=(1.0,))
+    assert out["temperature"] == t
+
+
+def test_rank_probabilities_follow_the_stored_temperature():
+    probs = np.array([[0.5, 0.3, 0.2]])
+    classes = np.array([[0, 1, 2]])
+    hot = ranking.rank(probs, {}, classes, {**ranking.DEFAULT, "temperature": 0.01})
+    cold = ranking.rank(probs, {}, classes, {**ranking.DEFAULT, "temperature": 100.0})
+    plain = ranking.rank(probs, {}, classes, ranking.DEFAULT)
+    assert np.allclose(plain["probs"], probs)  # temperature 1: the classifier's own posterior
+    assert hot["probs"][0, 0] > 0.99 and np.allclose(cold["probs"], 1 / 3, atol=0.01)
+    assert (hot["top"] == cold["top"]).all() and (hot["combined"] == cold["combined"]).all()
+    assert ranking.ranking_of({"ranking": {"temperature": 7.0}})["temperature"] == 7.0
+    assert ranking.ranking_of(None)["temperature"] == 1.0  # models saved before the temperature
+
+
 def test_truth_positions_by_normalised_key():
     norm = LabelNormalizer()
     pos = ranking.truth_positions([["A", "See you!"], ["x"], ["y"]], ["see you", "z", None], norm)
