@@ -106,7 +106,7 @@ def ranked_metrics(rows, truth: dict[str, str], probs: np.ndarray, scores: dict,
 
     cands = [r.candidates for r in rows]
     setting = ranking_of(extra)
-    ranked = rank(probs, scores, candidate_classes(cands, vocab), setting)
+    ranked = rank(probs, scores, candidate_classes(cands, vocab), setting, vocab.counts)
     texts = [truth.get(r.id) for r in rows]
     pos = truth_positions(cands, texts, vocab.normalizer)
     use = np.array([t is not None and bool(c) for t, c in zip(texts, cands, strict=True)])

@@ -152,7 +152,8 @@ def run(cfg: PredictConfig, log=print) -> dict:
 
         probs, scores, timing = infer_ranked(model, features, [r.audio for r in rows], cands, cfg.cache_dir,
                                              cfg.batch_size, log=log)
-        ranked = rank(probs, scores, candidate_classes(cands, vocab), ranking_of(getattr(model, "extra", None)))
+        ranked = rank(probs, scores, candidate_classes(cands, vocab), ranking_of(getattr(model, "extra", None)),
+                      vocab.counts)
     else:
         probs, timing = infer(model, features, [r.audio for r in rows], cfg.cache_dir, cfg.batch_size, log=log)
     records = prediction_records([r.id for r in rows], probs, cands, vocab, cfg.top_k, ranked=ranked)

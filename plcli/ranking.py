@@ -12,8 +12,12 @@ The closed-set posterior ``p(j|x)`` names only messages of the model's vocabular
   long text otherwise loses to a short one for being long). A candidate that no CTC path can
   emit (no tokens, or more than the clip's frames) gets its row's worst score minus 10.
 - ``lambda``: 0 is the closed-set head alone; 1000 is in effect the CTC head alone (the posterior breaks ties).
+- ``beta`` (``prior_weight``), a prior correction of the CTC score: ``s_ctc(k) - beta * log(1 +
+  n_k)``, ``n_k`` the text's count in the training rows (the vocabulary's; 0 for a text outside it).
+  A CTC head trained on a chat's frequent messages prefers them; a recording that says a new
+  message often loses to a heard neighbour ("in two minutes" for "in twenty minutes").
 
-``lambda`` and ``length_norm`` are chosen on validation rows (``choose_ranking``; the distill stage
+``lambda``, ``length_norm`` and ``beta`` are chosen on validation rows (``choose_ranking``; the distill stage
 does it on ``--ranking-manifest`` or its held-out exact rows) and stored with the model
 (``model.pt``'s ``extra["ranking"]``). ``decided_by`` says per row which scorer the ranking followed.
 """
@@ -30,7 +34,9 @@ import torch
 LAMBDAS = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 1000.0)
 UNKNOWN, PAD = -1, -2
 INFEASIBLE_MARGIN = 10.0
-DEFAULT = {"ctc_weight": 1.0, "length_norm": True, "temperature": 1.0, "chosen_on": "default"}
+DEFAULT = {"ctc_weight": 1.0, "length_norm": True, "prior_weight": 0.0, "temperature": 1.0, "chosen_on": "default"}
+# prior corrections tried (per CTC score unit per log count); 0 first, so ties keep none
+PRIOR_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2)
 # temperatures tried when the ranking's softmax is calibrated (log-spaced, 1e-2 to 1e4)
 TEMPERATURES = tuple(float(t) for t in np.logspace(-2, 4, 61))
 
@@ -96,6 +102,15 @@ def combine(cls: np.ndarray, ctc: np.ndarray | None, ctc_weight: float) -> np.nd
     return cls + ctc_weight * ctc
 
 
+def familiarity(classes: np.ndarray, counts) -> np.ndarray:
+    """(N, K) ``log(1 + n)`` of each candidate's training count ``n`` (``counts``: the vocabulary's
+    (C,) counts; ``classes`` from ``candidate_classes``); 0 for unknown texts and padding."""
+    c = np.log1p(np.asarray(counts, dtype=np.float64))
+    if not len(c):
+        return np.zeros(classes.shape)
+    return np.where(classes >= 0, c[np.clip(classes, 0, None)], 0.0)
+
+
 def softmax_rows(scores: np.ndarray) -> np.ndarray:
     """Row-wise softmax of (N, K) scores with ``-inf`` padding."""
     m = np.max(scores, axis=1, keepdims=True)
@@ -140,23 +155,32 @@ def fit_temperature(combined: np.ndarray, truth_pos: np.ndarray) -> float:
 
 
 def choose_ranking(cls: np.ndarray, ctc_by_norm: dict[bool, np.ndarray], truth_pos: np.ndarray,
-                   lambdas: Sequence[float] = LAMBDAS) -> dict:
-    """The (ctc_weight, length_norm) with the best within-candidate accuracy on rows with a truth
-    among their candidates; ties go to the smaller weight. Then the softmax temperature of that
-    ranking's scores, fitted on the same rows (``fit_temperature``). Returns a dict of primitives
-    with the accuracy of every setting tried (``grid``)."""
+                   lambdas: Sequence[float] = LAMBDAS, fam: np.ndarray | None = None,
+                   prior_weights: Sequence[float] = PRIOR_WEIGHTS) -> dict:
+    """The (prior_weight, ctc_weight, length_norm) with the best within-candidate accuracy on rows
+    with a truth among their candidates; ties go to the smaller prior weight, then the smaller CTC
+    weight (``prior_weights`` are tried only with ``fam``, the candidates' ``familiarity``). Then
+    the softmax temperature of that ranking's scores, fitted on the same rows
+    (``fit_temperature``). Returns a dict of primitives with the accuracy of every setting tried
+    (``grid``)."""
     rows = truth_pos >= 0
     if not rows.any():
         return {**DEFAULT, "rows": 0}
     grid, best = [], None
-    for norm, ctc in ctc_by_norm.items():
-        for lam in lambdas:
-            acc = float((combine(cls[rows], ctc[rows], lam).argmax(1) == truth_pos[rows]).mean())
-            grid.append({"ctc_weight": lam, "length_norm": norm, "accuracy": acc})
-            if best is None or acc > best["accuracy"] + 1e-12:
-                best = grid[-1]
-    combined = combine(cls, ctc_by_norm[best["length_norm"]], best["ctc_weight"])
-    return {"ctc_weight": best["ctc_weight"], "length_norm": best["length_norm"], "accuracy": best["accuracy"],
+    for beta in (prior_weights if fam is not None else (0.0,)):
+        for norm, ctc in ctc_by_norm.items():
+            s = ctc if beta == 0 else ctc - beta * fam
+            for lam in lambdas:
+                acc = float((combine(cls[rows], s[rows], lam).argmax(1) == truth_pos[rows]).mean())
+                grid.append({"ctc_weight": lam, "length_norm": norm, "prior_weight": beta, "accuracy": acc})
+                if best is None or acc > best["accuracy"] + 1e-12:
+                    best = grid[-1]
+    ctc = ctc_by_norm[best["length_norm"]]
+    if best["prior_weight"]:
+        ctc = ctc - best["prior_weight"] * fam
+    combined = combine(cls, ctc, best["ctc_weight"])
+    return {"ctc_weight": best["ctc_weight"], "length_norm": best["length_norm"],
+            "prior_weight": best["prior_weight"], "accuracy": best["accuracy"],
             "temperature": fit_temperature(combined, truth_pos), "rows": int(rows.sum()), "grid": grid}
 
 
@@ -227,18 +251,23 @@ def model_scores(model, feats, candidates: Sequence[Sequence[str]], batch_size: 
 def ranking_of(extra: dict | None) -> dict:
     """The ranking settings stored with a model (``extra["ranking"]``), or the defaults."""
     r = (extra or {}).get("ranking") or {}
-    return {**DEFAULT, **{k: r[k] for k in ("ctc_weight", "length_norm", "temperature", "chosen_on") if k in r}}
+    keys = ("ctc_weight", "length_norm", "prior_weight", "temperature", "chosen_on")
+    return {**DEFAULT, **{k: r[k] for k in keys if k in r}}
 
 
-def rank(probs: np.ndarray, scores: dict, classes: np.ndarray, ranking: dict) -> dict:
+def rank(probs: np.ndarray, scores: dict, classes: np.ndarray, ranking: dict, counts=None) -> dict:
     """Everything ``predict``/``evaluate`` need for rows with candidates: per-scorer (N, K) scores,
     the combined scores and their candidate-renormalised probabilities (softmax at the ranking's
-    calibrated temperature), the top candidate and ``decided_by``."""
+    calibrated temperature), the top candidate and ``decided_by``. ``counts``: the vocabulary's
+    training counts, for the ranking's prior correction (``prior_weight``; none without them).
+    ``ctc`` is the CTC head's own score, before the prior correction."""
     cls = closed_set_scores(probs, classes)
     ctc = None
     if "nll" in scores:
         ctc = ctc_scores(scores["nll"], scores["lengths"], scores["valid"], bool(ranking["length_norm"]))
-    combined = combine(cls, ctc, float(ranking["ctc_weight"]))
+    beta = float(ranking.get("prior_weight", 0.0))
+    corrected = ctc - beta * familiarity(classes, counts) if ctc is not None and beta and counts is not None else ctc
+    combined = combine(cls, corrected, float(ranking["ctc_weight"]))
     return {"classifier": cls, "ctc": ctc, "combined": combined,
             "probs": softmax_rows(combined / float(ranking.get("temperature", 1.0))),
             "top": combined.argmax(1), "decided_by": decided_by(cls, ctc, combined)}
@@ -257,7 +286,7 @@ def tune(model, vocab, feats, candidates: Sequence[Sequence[str]], truths: Seque
     cls = closed_set_scores(probs, classes)
     by_norm = {norm: ctc_scores(scores["nll"], scores["lengths"], scores["valid"], norm) for norm in (True, False)}
     pos = truth_positions(candidates, truths, vocab.normalizer)
-    out = choose_ranking(cls, by_norm, pos)
+    out = choose_ranking(cls, by_norm, pos, fam=familiarity(classes, vocab.counts))
     out["chosen_on"] = chosen_on if out.get("rows") else "default (no validation row with its truth among the candidates)"
     return out
 
@@ -286,5 +315,6 @@ def tune_ranking(model, vocab, features, held_rows, held_feats, manifest: str | 
         return {**DEFAULT, "chosen_on": "default (no validation rows)", "rows": 0}
     out = tune(model, vocab, feats, [r.candidates for r in rows], [r.label for r in rows], where)
     log(f"combined ranking: CTC weight {out['ctc_weight']}, length norm {out['length_norm']}, "
+        f"prior correction {out.get('prior_weight', 0.0)}, temperature {out.get('temperature', 1.0):.3g}, "
         f"within-candidate accuracy {out.get('accuracy', float('nan')):.3f} on {where}")
     return out

@@ -114,6 +114,37 @@ def test_rank_probabilities_follow_the_stored_temperature():
     assert ranking.ranking_of(None)["temperature"] == 1.0  # models saved before the temperature
 
 
+def test_prior_correction_of_the_ctc_score():
+    classes = np.array([[0, 1, -1], [2, -2, -2]])  # a text outside the vocabulary; padding
+    fam = ranking.familiarity(classes, [0, 9, 99])
+    assert np.allclose(fam, [[0.0, np.log(10), 0.0], [np.log(100), 0.0, 0.0]])
+    # the CTC head prefers the heard text (class 1) a little; the truth is the new one (position 2)
+    rng = np.random.default_rng(0)
+    n = 300
+    cls = np.log(np.full((n, 3), 1 / 3))
+    ctc = rng.normal(0, 0.05, (n, 3))
+    ctc[:, 1] += 0.1
+    truth = np.full(n, 2)
+    classes = np.tile([0, 1, -1], (n, 1))
+    fam = ranking.familiarity(classes, [0, 9, 0])
+    plain = ranking.choose_ranking(cls, {True: ctc}, truth)
+    out = ranking.choose_ranking(cls, {True: ctc}, truth, fam=fam)
+    assert plain["prior_weight"] == 0.0 and out["prior_weight"] > 0 and out["accuracy"] > plain["accuracy"] + 0.3
+    assert {g["prior_weight"] for g in out["grid"]} == set(ranking.PRIOR_WEIGHTS)
+    # rank() applies it with the vocabulary's counts, and reports the CTC head's own score
+    scores = {"nll": -ctc * 5, "lengths": np.full((n, 3), 5), "valid": np.ones((n, 3), bool)}
+    setting = {**ranking.DEFAULT, "ctc_weight": 1000.0, "prior_weight": out["prior_weight"]}
+    probs = np.full((n, 2), 0.5)
+    with_counts = ranking.rank(probs, scores, classes, setting, counts=[0, 9])
+    without = ranking.rank(probs, scores, classes, setting)
+    assert (with_counts["top"] == 2).mean() > (without["top"] == 2).mean() + 0.3
+    assert np.allclose(with_counts["ctc"], without["ctc"])
+    # ties keep no correction: nothing to gain on rows the head already gets right
+    ctc_right = ctc.copy()
+    ctc_right[:, 2] += 1.0
+    assert ranking.choose_ranking(cls, {True: ctc_right}, truth, fam=fam)["prior_weight"] == 0.0
+
+
 def test_truth_positions_by_normalised_key():
     norm = LabelNormalizer()
     pos = ranking.truth_positions([["A", "See you!"], ["x"], ["y"]], ["see you", "z", None], norm)
