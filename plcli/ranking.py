@@ -138,8 +138,9 @@ def fit_temperature(combined: np.ndarray, truth_pos: np.ndarray) -> float:
     Calibration of Modern Neural Networks"), from ``TEMPERATURES``; 1.0 without rows.
 
     The combined score's scale is arbitrary (a CTC weight of 1000 makes the softmax one-hot), so
-    this is what makes the candidate probabilities of ``predict`` and the CTC refit's targets say
-    how sure the ranking is. ``combined`` (N, K) with ``-inf`` padding, ``truth_pos`` (N,)."""
+    this is what makes the candidate probabilities of ``predict`` say how sure the ranking is (the
+    CTC refit's targets keep the raw scores: ``plcli.distill.ranked_logits``). ``combined`` (N, K)
+    with ``-inf`` padding, ``truth_pos`` (N,)."""
     rows = truth_pos >= 0
     if not rows.any():
         return 1.0
