@@ -121,8 +121,6 @@ def ranked_metrics(rows, truth: dict[str, str], probs: np.ndarray, scores: dict,
         out[f"accuracy_within_candidates{key}_known"] = _share(hit, use & known)
         out[f"accuracy_within_candidates{key}_unknown"] = _share(hit, use & ~known)
     if use.any():
-        from plcli.metrics import expected_calibration_error
-
         # the candidate probabilities predict writes (softmax at the ranking's calibrated temperature)
         p = ranked["probs"][use]
         out["ece_within_candidates"] = expected_calibration_error(p.max(1), p.argmax(1) == pos[use])

@@ -167,7 +167,7 @@ def choose_ranking(cls: np.ndarray, ctc_by_norm: dict[bool, np.ndarray], truth_p
     rows = truth_pos >= 0
     if not rows.any():
         return {**DEFAULT, "rows": 0}
-    grid, best = [], None
+    grid, best, best_s = [], None, None
     for beta in (prior_weights if fam is not None else (0.0,)):
         for norm, ctc in ctc_by_norm.items():
             s = ctc if beta == 0 else ctc - beta * fam
@@ -175,11 +175,8 @@ def choose_ranking(cls: np.ndarray, ctc_by_norm: dict[bool, np.ndarray], truth_p
                 acc = float((combine(cls[rows], s[rows], lam).argmax(1) == truth_pos[rows]).mean())
                 grid.append({"ctc_weight": lam, "length_norm": norm, "prior_weight": beta, "accuracy": acc})
                 if best is None or acc > best["accuracy"] + 1e-12:
-                    best = grid[-1]
-    ctc = ctc_by_norm[best["length_norm"]]
-    if best["prior_weight"]:
-        ctc = ctc - best["prior_weight"] * fam
-    combined = combine(cls, ctc, best["ctc_weight"])
+                    best, best_s = grid[-1], s
+    combined = combine(cls, best_s, best["ctc_weight"])
     return {"ctc_weight": best["ctc_weight"], "length_norm": best["length_norm"],
             "prior_weight": best["prior_weight"], "accuracy": best["accuracy"],
             "temperature": fit_temperature(combined, truth_pos), "rows": int(rows.sum()), "grid": grid}
