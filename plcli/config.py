@@ -291,6 +291,8 @@ class CTCConfig(Config):
     layers: int = opt(3, "residual blocks of the head", min=0)
     kernel_size: int = opt(9, "temporal kernel of the head (odd)", min=1)
     dropout: float = opt(0.1, "dropout before the head's output layer", min=0.0, max=0.9)
+    tempo: float = opt(0.0, "distill (0.1 there): speed perturbation of the CTC branch's input, a random rate in 1 +- tempo per step (the log-mel resampled along time)", min=0.0, max=0.5)
+    vtlp: float = opt(0.0, "distill (0.1 there): vocal tract length perturbation (VTLP) of the CTC branch's input, largest relative frequency scaling per row", min=0.0, max=0.5)
     prior_correction: bool = opt(True, "candidate rows: divide each candidate's CTC likelihood by its message's share of candidate slots (as the closed-set losses do)")
 
     @property

@@ -84,7 +84,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from plcli.config import Config, CTCConfig, DataConfig, FeatureConfig, LabelConfig, TrainerConfig, opt
-from plcli.data.augment import AugmentConfig, SpecAugmentConfig, SpectrogramAugment
+from plcli.data.augment import AugmentConfig, SpecAugmentConfig, SpectrogramAugment, VocalTractWarp
 from plcli.data.datasets import (
     FeatureRows,
     ViewRows,
@@ -194,7 +194,8 @@ class DistillConfig(Config):
     augment: AugmentConfig = opt(
         factory=AugmentConfig, help="augmentations (inherited from the teacher by default)"
     )
-    ctc: CTCConfig = opt(factory=lambda: CTCConfig(weight=1.0), help="the student's CTC head (scores any candidate text)")
+    ctc: CTCConfig = opt(factory=lambda: CTCConfig(weight=1.0, tempo=0.1, vtlp=0.1),
+                         help="the student's CTC head (scores any candidate text); tempo and VTLP of its input on by default here (docs/ctc.md)")
     ctc_rows: int = opt(64, "rows per batch that get the CTC loss, a random subset (the CTC branch is the slow part of a CPU step)", min=1)
     ctc_epochs: int | None = opt(
         None, "epochs of the CTC phase: after the last round the CTC head alone is trained on that round's student's "
@@ -368,6 +369,8 @@ class DistillModule(L.LightningModule):
         ctc_rows: int = 64,
         ctc_only: bool = False,
         mel_range: list[float] | None = None,
+        ctc_tempo: float = 0.0,
+        ctc_vtlp: float = 0.0,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -378,6 +381,7 @@ class DistillModule(L.LightningModule):
         self.register_buffer("class_lengths", torch.zeros(student["num_classes"], dtype=torch.long), persistent=False)
         self.model = Classifier(**student)
         self.spec_aug = SpectrogramAugment(SpecAugmentConfig.from_dict(spec_augment or {}), mel_range=mel_range)
+        self.ctc_warp = VocalTractWarp(*(mel_range or (20.0, 7600.0)), max_warp=ctc_vtlp)
         self.soft_ce = SoftTargetCrossEntropy(temperature, reduction="none")
         self.cc = CandidateLoss(reduction="none")
         # (num_train, C) target table; persistent only when refinement changes it
@@ -466,11 +470,27 @@ class DistillModule(L.LightningModule):
         sel, c = sel[keep], c[keep]
         from plcli.models.ctc import encoder_frames
 
-        frames = encoder_frames(self.model.encoder, x[sel], self.model.tap)  # (B', C', T')
+        xs = self.ctc_augment(x[sel])
+        frames = encoder_frames(self.model.encoder, xs, self.model.tap)  # (B', C', T')
         log_probs = self.model.ctc_head(frames).float()  # (T', B', V)
         T = log_probs.shape[0]
         return F.ctc_loss(log_probs, self.class_tokens[c], torch.full((len(sel),), T, dtype=torch.long),
                           self.class_lengths[c], reduction="mean", zero_infinity=True)
+
+    def ctc_augment(self, x: Tensor) -> Tensor:
+        """(B, F, T) -> (B, F, T'): the CTC branch's speaker and tempo perturbations (training only).
+
+        Unlike masks or crops they keep every word of the transcript in the clip. One tempo rate per
+        step keeps the batch one length: T' = T / rate.
+        """
+        if not self.training:
+            return x
+        x = self.ctc_warp(x)
+        tempo = self.hparams.ctc_tempo
+        if tempo > 0:
+            rate = 1.0 + (2.0 * float(torch.rand(())) - 1.0) * tempo
+            x = F.interpolate(x, size=max(1, round(x.shape[-1] / rate)), mode="linear", align_corners=False)
+        return x
 
     @torch.no_grad()
     def _refine_logits(self, x: Tensor) -> Tensor:
@@ -952,7 +972,7 @@ def _module(cfg: DistillConfig, teacher: _Teacher, targets: Tensor, log_prior: T
         weight_decay=cfg.trainer.weight_decay, spec_augment=cfg.augment.spec.to_dict(), refine=cfg.refine,
         refine_momentum=cfg.refine_momentum, refine_start=cfg.refine_start, cc_weight=cfg.cc_weight,
         ctc_weight=cfg.ctc.weight, ctc_rows=cfg.ctc_rows, ctc_only=ctc_only,
-        mel_range=[teacher.features.f_min, teacher.features.f_max],
+        mel_range=[teacher.features.f_min, teacher.features.f_max], ctc_tempo=cfg.ctc.tempo, ctc_vtlp=cfg.ctc.vtlp,
     )
     if ctc_only or warm:
         # start from the teacher's classifier; a CTC refit also continues the teacher's CTC head

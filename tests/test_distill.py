@@ -583,3 +583,26 @@ def test_warm_started_rounds_begin_from_the_previous_student(world, tmp_path):
     run(_cfg(world, tmp_path / "cold", rounds=2, warm_start=False, **{"ctc.weight": 0.0}), log=lambda *_: None, callbacks=[rec])
     r1 = load_model(tmp_path / "cold" / "round1")[0].state_dict()
     assert not all(torch.equal(rec.starts[1][0][k], v) for k, v in r1.items() if v.is_floating_point())
+
+
+def test_ctc_augment_keeps_the_words_and_is_off_in_eval():
+    """The CTC branch's tempo and VTLP: identity in eval mode or at 0; tempo resamples time to T / rate
+    with rate in 1 +- tempo; VTLP keeps the shape and changes the values; no masks, so nothing is zeroed."""
+    from plcli.distill import DistillModule
+
+    student = dict(encoder="tcresnet-small", n_mels=16, num_classes=3, from_layer=0)
+    torch.manual_seed(0)
+    x = torch.randn(4, 16, 100)
+    off = DistillModule(student, num_train=4)
+    torch.testing.assert_close(off.train().ctc_augment(x), x)
+    m = DistillModule(student, num_train=4, ctc_tempo=0.2, ctc_vtlp=0.1)
+    torch.testing.assert_close(m.eval().ctc_augment(x), x)
+    m.train()
+    lengths = {m.ctc_augment(x).shape[-1] for _ in range(50)}
+    assert min(lengths) >= round(100 / 1.2) and max(lengths) <= round(100 / 0.8)
+    assert len(lengths) > 5  # the rate varies from step to step
+    warp = DistillModule(student, num_train=4, ctc_vtlp=0.1).train()
+    y = warp.ctc_augment(x)
+    assert y.shape == x.shape and not torch.allclose(y, x)
+    with pytest.raises(ValueError):
+        DistillModule(student, num_train=4, ctc_vtlp=1.0)
