@@ -102,6 +102,9 @@ class FinetuneConfig(Config):
             raise UserError("no training manifest given")
         if not self.pretrained:
             raise UserError("--pretrained is required (a pretrain run directory, or 'none')")
+        if self.ctc.tempo or self.ctc.vtlp:
+            raise UserError("ctc.tempo and ctc.vtlp perturb the distill student's CTC branch; finetune trains its "
+                            "CTC head on cached frames of the frozen encoder and cannot apply them")
 
 
 class FinetuneModule(L.LightningModule):

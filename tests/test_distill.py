@@ -587,7 +587,7 @@ def test_warm_started_rounds_begin_from_the_previous_student(world, tmp_path):
 
 def test_ctc_augment_keeps_the_words_and_is_off_in_eval():
     """The CTC branch's tempo and VTLP: identity in eval mode or at 0; tempo resamples time to T / rate
-    with rate in 1 +- tempo; VTLP keeps the shape and changes the values; no masks, so nothing is zeroed."""
+    with rate in 1 +- tempo; VTLP keeps the shape and changes the values."""
     from plcli.distill import DistillModule
 
     student = dict(encoder="tcresnet-small", n_mels=16, num_classes=3, from_layer=0)

@@ -120,3 +120,13 @@ def test_finetune_min_steps_adds_epochs_on_small_data(pretrained, monkeypatch):
     assert yaml.safe_load((root / "ft-steps" / "config.yaml").read_text())["min_steps"] == 7
     m0 = _finetune(root, manifest, "ft-steps0", "--epochs", "1", "--min-steps", "0")
     assert m0["epochs"] == 1
+
+
+def test_finetune_refuses_the_distill_only_ctc_perturbations(tmp_path):
+    """ctc.tempo / ctc.vtlp act on distill's CTC branch; finetune says so instead of ignoring them."""
+    m = tmp_path / "m.jsonl"
+    m.write_text(json.dumps({"id": "a", "audio": "a.wav", "label": "hi"}) + "\n")
+    for opt in ("ctc.tempo=0.1", "ctc.vtlp=0.1"):
+        r = CliRunner().invoke(app, ["finetune", str(m), "--pretrained", "none", "--out", str(tmp_path / "o"),
+                                     "--set", opt])
+        assert r.exit_code != 0 and "ctc.tempo and ctc.vtlp" in r.output, r.output
