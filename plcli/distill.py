@@ -381,7 +381,7 @@ class DistillModule(L.LightningModule):
         self.register_buffer("class_lengths", torch.zeros(student["num_classes"], dtype=torch.long), persistent=False)
         self.model = Classifier(**student)
         self.spec_aug = SpectrogramAugment(SpecAugmentConfig.from_dict(spec_augment or {}), mel_range=mel_range)
-        self.ctc_warp = VocalTractWarp(*(mel_range or (20.0, 7600.0)), max_warp=ctc_vtlp)
+        self.ctc_warp = VocalTractWarp(*(mel_range or (FeatureConfig.f_min, FeatureConfig.f_max)), max_warp=ctc_vtlp)
         self.soft_ce = SoftTargetCrossEntropy(temperature, reduction="none")
         self.cc = CandidateLoss(reduction="none")
         # (num_train, C) target table; persistent only when refinement changes it
