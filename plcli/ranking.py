@@ -155,6 +155,12 @@ def fit_temperature(combined: np.ndarray, truth_pos: np.ndarray) -> float:
     return best
 
 
+def prior_corrected(ctc: np.ndarray, beta: float, fam: np.ndarray | None) -> np.ndarray:
+    """(N, K) CTC scores less ``beta`` times the candidates' ``familiarity`` (the ranking's prior
+    correction); ``ctc`` itself without a weight or without counts."""
+    return ctc if not beta or fam is None else ctc - beta * fam
+
+
 def choose_ranking(cls: np.ndarray, ctc_by_norm: dict[bool, np.ndarray], truth_pos: np.ndarray,
                    lambdas: Sequence[float] = LAMBDAS, fam: np.ndarray | None = None,
                    prior_weights: Sequence[float] = PRIOR_WEIGHTS) -> dict:
@@ -170,7 +176,7 @@ def choose_ranking(cls: np.ndarray, ctc_by_norm: dict[bool, np.ndarray], truth_p
     grid, best, best_s = [], None, None
     for beta in (prior_weights if fam is not None else (0.0,)):
         for norm, ctc in ctc_by_norm.items():
-            s = ctc if beta == 0 else ctc - beta * fam
+            s = prior_corrected(ctc, beta, fam)
             for lam in lambdas:
                 acc = float((combine(cls[rows], s[rows], lam).argmax(1) == truth_pos[rows]).mean())
                 grid.append({"ctc_weight": lam, "length_norm": norm, "prior_weight": beta, "accuracy": acc})
@@ -246,6 +252,9 @@ def model_scores(model, feats, candidates: Sequence[Sequence[str]], batch_size: 
     return out
 
 
+NO_CTC_HEAD = {"ctc_weight": 0.0, "length_norm": True, "chosen_on": "no CTC head", "rows": 0}  # what a model without one stores
+
+
 def ranking_of(extra: dict | None) -> dict:
     """The ranking settings stored with a model (``extra["ranking"]``), or the defaults."""
     r = (extra or {}).get("ranking") or {}
@@ -264,7 +273,9 @@ def rank(probs: np.ndarray, scores: dict, classes: np.ndarray, ranking: dict, co
     if "nll" in scores:
         ctc = ctc_scores(scores["nll"], scores["lengths"], scores["valid"], bool(ranking["length_norm"]))
     beta = float(ranking.get("prior_weight", 0.0))
-    corrected = ctc - beta * familiarity(classes, counts) if ctc is not None and beta and counts is not None else ctc
+    corrected = ctc
+    if ctc is not None and beta and counts is not None:
+        corrected = prior_corrected(ctc, beta, familiarity(classes, counts))
     combined = combine(cls, corrected, float(ranking["ctc_weight"]))
     return {"classifier": cls, "ctc": ctc, "combined": combined,
             "probs": softmax_rows(combined / float(ranking.get("temperature", 1.0))),
@@ -277,7 +288,7 @@ def tune(model, vocab, feats, candidates: Sequence[Sequence[str]], truths: Seque
     from plcli.inference import softmax
 
     if not getattr(model, "has_ctc", False):
-        return {"ctc_weight": 0.0, "length_norm": True, "chosen_on": "no CTC head", "rows": 0}
+        return dict(NO_CTC_HEAD)
     scores = model_scores(model, feats, candidates)
     probs = softmax(scores["logits"])
     classes = candidate_classes(candidates, vocab)
@@ -294,7 +305,7 @@ def tune_ranking(model, vocab, features, held_rows, held_feats, manifest: str | 
     feature cache of ``data``), else on the stage's held-out exact rows ``held_rows`` (manifest
     ``Row`` objects) with their features ``held_feats`` (array-like, aligned)."""
     if not getattr(model, "has_ctc", False):
-        return {"ctc_weight": 0.0, "length_norm": True, "chosen_on": "no CTC head", "rows": 0}
+        return dict(NO_CTC_HEAD)
     if manifest:
         from plcli.data.datasets import open_cache
         from plcli.data.validate import load_rows
