@@ -317,7 +317,7 @@ def finetune(
     ctc_tokens: str = typer.Option(None, "--ctc-tokens", help="CTC units: char (default) or phoneme (espeak-ng)"),
     ctc_refits: int = typer.Option(None, "--ctc-refits", help="CTC refits after the CTC phase: each continues the CTC head on the previous model's combined ranking of the candidates (default 1)"),
     ctc_refit_epochs: int = typer.Option(None, "--ctc-refit-epochs", help="epochs of a CTC refit (default: a third of the CTC phase's)"),
-    ranking_manifest: Path = typer.Option(None, "--ranking-manifest", help="labelled rows (speakers held out from training) that choose the CTC weight of the combined ranking"),
+    ranking_manifest: Path = typer.Option(None, "--ranking-manifest", help="labelled rows (speakers held out from training; some saying messages training never holds, to weigh new messages) that choose the combined ranking"),
 ):
     """Stage 2: MLP head on the frozen encoder, trained on exact labels and candidate sets.
 
@@ -354,7 +354,7 @@ def distill(
     ctc_other_tokens: bool = typer.Option(None, "--ctc-other-tokens/--no-ctc-other-tokens", help="one more CTC start with the other tokens (phonemes for char), chosen the same way (default on)"),
     ctc_refits: int = typer.Option(None, "--ctc-refits", help="CTC refits after the CTC phase: each continues the CTC head on the previous model's combined ranking of the candidates (default 1)"),
     ctc_refit_epochs: int = typer.Option(None, "--ctc-refit-epochs", help="epochs of a CTC refit (default: a third of the CTC phase's)"),
-    ranking_manifest: Path = typer.Option(None, "--ranking-manifest", help="labelled rows (speakers held out from training) that choose the CTC weight of the combined ranking (default: the held-out exact rows)"),
+    ranking_manifest: Path = typer.Option(None, "--ranking-manifest", help="labelled rows (speakers held out from training; some saying messages training never holds, to weigh new messages) that choose the combined ranking (default: the held-out exact rows)"),
     truth: Path = typer.Option(None, "--truth", help="JSONL/CSV id,label: disambiguation accuracy on candidate rows"),
 ):
     """Stage 3: distil the teacher into a smaller student on candidate-constrained pseudo-labels.

@@ -217,7 +217,7 @@ class DistillConfig(Config):
         "model's combined ranking of every training row's candidates (both heads) instead of the classifier's "
         "targets; none without a CTC phase (ctc_epochs 0 or no CTC head)", min=0)
     ctc_refit_epochs: int | None = opt(None, "epochs of a CTC refit (default: a third of the CTC phase's, 40 of 120)", min=1)
-    ranking_manifest: str | None = opt(None, "labelled rows (e.g. speakers held out from training) on which the combined ranking's CTC weight is chosen (default: the held-out exact rows)")
+    ranking_manifest: str | None = opt(None, "labelled rows (e.g. speakers held out from training; some saying messages training never holds, to weigh new messages) on which the combined ranking is chosen (default: the held-out exact rows)")
     truth: str | None = opt(None, "optional JSONL/CSV of id,label: disambiguation accuracy on candidate rows")
     overwrite: bool = opt(False, "replace an existing run in out")
 

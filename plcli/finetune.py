@@ -92,7 +92,7 @@ class FinetuneConfig(Config):
     encoder: str = opt("tcresnet", "encoder for --pretrained none", choices=sorted(ENCODERS))
     ctc: CTCConfig = opt(factory=lambda: CTCConfig(tap=1), help="a CTC head on the frozen encoder's frames (off by default here; the distill student has one)")
     ctc_rows: int = opt(64, "rows per batch that get the CTC loss, a random subset", min=1)
-    ranking_manifest: str | None = opt(None, "labelled rows (speakers held out from training) on which the combined ranking's CTC weight is chosen (default: the held-out exact rows)")
+    ranking_manifest: str | None = opt(None, "labelled rows (speakers held out from training; some saying messages training never holds, to weigh new messages) on which the combined ranking is chosen (default: the held-out exact rows)")
     features: FeatureConfig = opt(factory=FeatureConfig, help="log-mel front end (inherited from the pretrain run)")
     augment: AugmentConfig = opt(factory=AugmentConfig, help="augmentations (inherited from the pretrain run)")
     overwrite: bool = opt(False, "replace an existing run in out")

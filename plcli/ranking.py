@@ -155,6 +155,14 @@ def fit_temperature(combined: np.ndarray, truth_pos: np.ndarray) -> float:
     return best
 
 
+def new_message_rows(classes: np.ndarray, truth_pos: np.ndarray) -> int:
+    """How many rows' truth is among their candidates but outside the vocabulary (``classes`` from
+    ``candidate_classes``, ``truth_pos`` from ``truth_positions``): the validation rows that show how
+    the ranking fares on messages the model never heard."""
+    rows = np.flatnonzero(truth_pos >= 0)
+    return int((classes[rows, truth_pos[rows]] == UNKNOWN).sum())
+
+
 def prior_corrected(ctc: np.ndarray, beta: float, fam: np.ndarray | None) -> np.ndarray:
     """(N, K) CTC scores less ``beta`` times the candidates' ``familiarity`` (the ranking's prior
     correction); ``ctc`` itself without a weight or without counts."""
@@ -296,6 +304,7 @@ def tune(model, vocab, feats, candidates: Sequence[Sequence[str]], truths: Seque
     by_norm = {norm: ctc_scores(scores["nll"], scores["lengths"], scores["valid"], norm) for norm in (True, False)}
     pos = truth_positions(candidates, truths, vocab.normalizer)
     out = choose_ranking(cls, by_norm, pos, fam=familiarity(classes, vocab.counts))
+    out["new_message_rows"] = new_message_rows(classes, pos)
     out["chosen_on"] = chosen_on if out.get("rows") else "default (no validation row with its truth among the candidates)"
     return out
 
@@ -325,5 +334,6 @@ def tune_ranking(model, vocab, features, held_rows, held_feats, manifest: str | 
     out = tune(model, vocab, feats, [r.candidates for r in rows], [r.label for r in rows], where)
     log(f"combined ranking: CTC weight {out['ctc_weight']}, length norm {out['length_norm']}, "
         f"prior correction {out.get('prior_weight', 0.0)}, temperature {out.get('temperature', 1.0):.3g}, "
-        f"within-candidate accuracy {out.get('accuracy', float('nan')):.3f} on {where}")
+        f"within-candidate accuracy {out.get('accuracy', float('nan')):.3f} on {where}, "
+        f"{out.get('new_message_rows', 0)} of them saying a message outside the vocabulary")
     return out

@@ -59,6 +59,7 @@ def test_finetune_trains_a_ctc_head_on_the_frozen_encoder(runs):
     m = json.loads((root / "ft" / "metrics.json").read_text())
     assert 0.0 <= m["ctc_acc_within"] <= 1.0 and 0.0 <= m["ctc_disambiguation"] <= 1.0
     assert m["ranking"]["rows"] > 0 and "grid" in m["ranking"]
+    assert m["ranking"]["new_message_rows"] == 0  # held-out exact rows: their messages are the vocabulary's
     model, vocab, _ = load_model(root / "ft")
     assert model.has_ctc and model.extra["ranking"]["ctc_weight"] == m["ranking"]["ctc_weight"]
     # frozen: the encoder's weights are the pretrained ones; the CTC head trained

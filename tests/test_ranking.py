@@ -151,6 +151,18 @@ def test_truth_positions_by_normalised_key():
     assert pos.tolist() == [1, -1, -1]
 
 
+def test_new_message_rows_counts_truths_outside_the_vocabulary():
+    vocab = Vocabulary.build(["ok", "see you", "on my way"])
+    norm = LabelNormalizer()
+    cands = [["ok", "new text"], ["OK", "another new one"], ["on my way"], ["x", "see you"], []]
+    truths = ["new text", "ok", "on my way", "not a candidate", None]
+    classes = ranking.candidate_classes(cands, vocab)
+    pos = ranking.truth_positions(cands, truths, norm)
+    assert ranking.new_message_rows(classes, pos) == 1  # row 0 only: rows 3 and 4 have no truth among their candidates
+    truths[1] = "another new one"
+    assert ranking.new_message_rows(classes, ranking.truth_positions(cands, truths, norm)) == 2
+
+
 def test_class_candidates_and_text_targets():
     mask = torch.tensor([[True, False, True, False], [False, True, False, False], [True, True, True, True]])
     y = torch.tensor([-1, -1, 3])
