@@ -2,7 +2,11 @@
 
 On a ``plcli demo-data`` folder (long-tail vocabulary, e.g. ``--vocabulary long-tail --phrases 500
 --new-messages 0.15``): a seeded share of the training speakers becomes the validation split
-(labelled from truth.jsonl, used only to choose the combined ranking's CTC weight), then
+(labelled from truth.jsonl, used only to choose the combined ranking and the CTC start). With
+``--val-messages S`` a seeded share S of the training chat's messages is held out of training
+altogether as well: their recordings join the validation rows and their texts leave the training
+rows' candidate sets, so that the ranking is chosen on rows with never-heard messages among them,
+as the test chat has (docs/ctc.md, "Validation rows with messages held out of training"). Then
 pretrain -> finetune -> distill run with their defaults (plus any ``--distill-args``), and the
 student predicts the speaker-disjoint test set. Reported, as one JSON object (also written to
 ``WORK/result.json``):
@@ -10,7 +14,8 @@ student predicts the speaker-disjoint test set. Reported, as one JSON object (al
 - all-class accuracy (closed-set head) and within-candidate accuracy of the combined ranking, and
   of each scorer alone (``plcli evaluate``);
 - never heard: within-candidate accuracy on test rows whose message is never the truth of a
-  training recording;
+  training recording (the held-out messages included), and on those whose message the training
+  chat never has (``new_in_test_chat``: the pocketsphinx grammar row's never-heard rows);
 - the long tail: the rarer half of the messages by training count; accuracy and macro-F1 of the
   ranking's answer on their test rows, and macro-F1 over every message with test rows.
 
@@ -30,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from plcli.bench.grid import absolute_audio, split_speakers
+from plcli.bench.grid import absolute_audio, hold_out_messages, split_speakers
 from plcli.data.labels import LabelNormalizer
 from plcli.metrics import per_class_metrics
 
@@ -66,6 +71,10 @@ def main() -> int:
     ap.add_argument("--data", required=True, help="plcli demo-data folder")
     ap.add_argument("--work", required=True, help="work folder (runs, manifests, result.json)")
     ap.add_argument("--val-fraction", type=float, default=0.1, help="share of training speakers held out")
+    ap.add_argument("--val-messages", type=float, default=0.0,
+                    help="share of the training chat's messages held out of training: their recordings join the "
+                         "validation rows and their texts leave the training rows' candidate sets, so that the "
+                         "ranking is chosen with never-heard messages among the validation rows")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pretrain-args", default="", help="extra plcli pretrain arguments")
     ap.add_argument("--finetune-args", default="", help="extra plcli finetune arguments")
@@ -81,6 +90,10 @@ def main() -> int:
     test = absolute_audio(read(data / "test.jsonl"), data)
     truth.update({r["id"]: r["label"] for r in test if r.get("label")})  # the test chat's rows carry theirs
     fit, val = split_speakers(train, a.val_fraction, a.seed)
+    fit, held_rows, held = hold_out_messages(fit, truth, a.val_messages, a.seed, norm)
+    if held:
+        print(f"held out of training: {len(held)} messages, {len(held_rows)} recordings", file=sys.stderr)
+    val = val + held_rows
     val = [{**{k: v for k, v in r.items() if k != "label"}, "label": truth[r["id"]]} for r in val
            if r.get("candidates") and r["id"] in truth]
     fit_m, val_m = write(work / "fit.jsonl", fit), write(work / "val.jsonl", val)
@@ -114,6 +127,8 @@ def main() -> int:
     p = [norm(preds[r["id"]]["top_k"][0]["label"]) if preds[r["id"]].get("top_k") else "" for r in rows]
     hit = [a_ == b_ for a_, b_ in zip(p, y, strict=True)]
     unseen = [i for i, t in enumerate(y) if heard[t] == 0]
+    in_chat = {norm(truth[r["id"]]) for r in train if r["id"] in truth}
+    new = [i for i, t in enumerate(y) if t not in in_chat]  # never in the training chat at all
     tail = [i for i, t in enumerate(y) if t in rare]
 
     def acc(idx):
@@ -128,6 +143,8 @@ def main() -> int:
         "accuracy_within_ctc": m.get("accuracy_within_candidates_ctc"),
         "never_heard_rows": len(unseen), "accuracy_within_never_heard": acc(unseen),
         "heard_rows": len(rows) - len(unseen),
+        "val_messages": a.val_messages, "held_messages": len(held), "held_rows": len(held_rows),
+        "new_in_test_chat_rows": len(new), "accuracy_within_new_in_test_chat": acc(new),
         "accuracy_within_heard": acc([i for i in range(len(rows)) if heard[y[i]] > 0]),
         "tail_rows": len(tail), "tail_accuracy_within": acc(tail),
         "tail_macro_f1": macro_f1([p[i] for i in tail], [y[i] for i in tail], rare),

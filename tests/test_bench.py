@@ -392,6 +392,31 @@ def test_speaker_split_and_label_rates():
     assert bench.label_rows(fit, truth, 0.05, 0, LabelNormalizer()) == labelled  # and are reproducible
 
 
+def test_hold_out_messages_removes_held_messages_from_training():
+    from plcli.bench.grid import hold_out_messages
+    from plcli.data.labels import LabelNormalizer
+
+    norm = LabelNormalizer()
+    msgs = [f"message {i}" for i in range(20)]
+    rows = [{"id": f"r{i}", "audio": f"{i}.wav", "candidates": [msgs[(i + j) % 20] for j in range(5)]}
+            for i in range(100)]
+    rows.append({"id": "x", "audio": "x.wav"})  # no truth, no candidates: stays
+    truth = {f"r{i}": msgs[i % 20].upper() + "!" for i in range(100)}  # other casing: the same message
+    kept, moved, held = hold_out_messages(rows, truth, 0.25, 0, norm)
+    assert len(held) == 5 and set(held) <= {norm(m) for m in msgs}
+    assert {r["id"] for r in moved} == {r["id"] for r in rows if r["id"] in truth and norm(truth[r["id"]]) in held}
+    assert len(kept) + len(moved) == len(rows) and "x" in {r["id"] for r in kept}
+    for r in kept:  # no kept row says or offers a held message, and each keeps the rest of its candidates
+        assert not {norm(t) for t in r.get("candidates", [])} & set(held)
+        if r["id"] in truth:
+            before = next(o for o in rows if o["id"] == r["id"])["candidates"]
+            assert r["candidates"] == [t for t in before if norm(t) not in held]
+    assert rows[0]["candidates"] == [msgs[j] for j in range(5)]  # the input rows are not changed
+    assert hold_out_messages(rows, truth, 0.25, 0, norm) == (kept, moved, held)  # seeded
+    assert hold_out_messages(rows, truth, 0.25, 1, norm)[2] != held
+    assert hold_out_messages(rows, truth, 0.0, 0, norm) == (rows, [], [])
+
+
 def test_prepare_writes_the_grid_manifests(tmp_path):
     from plcli.data.validate import load_rows
     from tests.conftest import write_dataset, write_truth

@@ -111,6 +111,32 @@ def split_speakers(rows: list[dict], fraction: float, seed: int) -> tuple[list[d
     )
 
 
+def hold_out_messages(fit: list[dict], truth: dict[str, str], share: float, seed: int, normalizer
+                      ) -> tuple[list[dict], list[dict], list[str]]:
+    """(kept rows, held rows, held message keys): a seeded ``share`` of the messages said in ``fit``
+    (by ``truth``, keys from ``normalizer``) is held out of training.
+
+    Every row whose truth is a held message leaves the kept rows, and the held texts leave the kept
+    rows' candidate sets: a model trained on the kept rows has never met these messages, heard or
+    typed, as with a test chat's new messages. The held rows then serve as validation rows on
+    which never-heard messages can be measured. Rows without a truth stay."""
+    said = sorted({normalizer(truth[r["id"]]) for r in fit if r["id"] in truth})
+    k = int(round(share * len(said)))
+    if not k:
+        return list(fit), [], []
+    held = sorted(said[i] for i in np.random.default_rng([seed, 31]).choice(len(said), size=k, replace=False))
+    drop = set(held)
+    kept, moved = [], []
+    for r in fit:
+        if r["id"] in truth and normalizer(truth[r["id"]]) in drop:
+            moved.append(r)
+        elif r.get("candidates"):
+            kept.append({**r, "candidates": [t for t in r["candidates"] if normalizer(t) not in drop]})
+        else:
+            kept.append(r)
+    return kept, moved, held
+
+
 def split_counts(train: list[dict], fit: list[dict], val: list[dict], test: list[dict],
                  train_key: str = "train") -> dict:
     """Rows and speakers per split, and the speakers training and test share (must be none)."""
