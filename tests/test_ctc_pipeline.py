@@ -88,6 +88,19 @@ def test_distill_student_has_a_ctc_head_and_a_ranking(runs):
     assert cfg["ctc"]["weight"] == 1.0
 
 
+def test_tune_counts_validation_rows_that_say_a_new_message(runs):
+    from plcli.ranking import tune
+
+    root = runs[0]
+    model, vocab, _ = load_model(root / "di")
+    known = vocab.display[:2]
+    cands = [[*known, "a message nobody typed"], [*known, "another new one"], list(known)]
+    truths = ["a message nobody typed", known[1], known[0]]
+    feats = np.random.default_rng(0).standard_normal((3, 64, 51)).astype(np.float32)
+    out = tune(model, vocab, feats, cands, truths, "three rows")
+    assert out["rows"] == 3 and out["new_message_rows"] == 1 and out["chosen_on"] == "three rows"
+
+
 def test_distill_trains_the_ctc_head_in_a_phase_of_its_own(runs):
     """The CTC phase (RUN_DIR/ctc) keeps the last round's classifier exactly, BatchNorm statistics
     included, trains only the new CTC head, and its model is the run's."""
