@@ -93,7 +93,7 @@ def main() -> int:
     fit, held_rows, held = hold_out_messages(fit, truth, a.val_messages, a.seed, norm)
     if held:
         print(f"held out of training: {len(held)} messages, {len(held_rows)} recordings", file=sys.stderr)
-    val = val + held_rows
+    val = val + held_rows  # held rows without candidates drop out below: they have nothing to rank
     val = [{**{k: v for k, v in r.items() if k != "label"}, "label": truth[r["id"]]} for r in val
            if r.get("candidates") and r["id"] in truth]
     fit_m, val_m = write(work / "fit.jsonl", fit), write(work / "val.jsonl", val)
