@@ -318,6 +318,8 @@ def finetune(
     ctc_refits: int = typer.Option(None, "--ctc-refits", help="CTC refits after the CTC phase: each continues the CTC head on the previous model's combined ranking of the candidates (default 1)"),
     ctc_refit_epochs: int = typer.Option(None, "--ctc-refit-epochs", help="epochs of a CTC refit (default: a third of the CTC phase's)"),
     ranking_manifest: Path = typer.Option(None, "--ranking-manifest", help="labelled rows (speakers held out from training; some saying messages training never holds, to weigh new messages) that choose the combined ranking"),
+    asr_prior: str = typer.Option(None, "--asr-prior", help="none (default) or pocketsphinx: a speech recogniser's vote among each recording's candidates as a prior on the partial-label targets (docs/asr-prior.md)"),
+    asr_accuracy: float = typer.Option(None, "--asr-accuracy", help="how often the vote is right (default: estimated on the exact rows with candidates)"),
 ):
     """Stage 2: MLP head on the frozen encoder, trained on exact labels and candidate sets.
 
@@ -327,7 +329,8 @@ def finetune(
     return {"pretrained": pretrained, "loss": loss, "candidate_weight": candidate_weight, "from_layer": from_layer,
             "copies": copies, "min_steps": min_steps, "unfreeze": unfreeze, "truth": str(truth) if truth else None,
             "data.val_fraction": val_fraction, "ctc.weight": ctc_weight, "ctc.tokens": ctc_tokens,
-            "ranking_manifest": str(ranking_manifest) if ranking_manifest else None}
+            "ranking_manifest": str(ranking_manifest) if ranking_manifest else None,
+            "asr_prior": asr_prior, "asr_accuracy": asr_accuracy}
 
 
 @_stage_command("distill")
@@ -355,6 +358,8 @@ def distill(
     ctc_refits: int = typer.Option(None, "--ctc-refits", help="CTC refits after the CTC phase: each continues the CTC head on the previous model's combined ranking of the candidates (default 1)"),
     ctc_refit_epochs: int = typer.Option(None, "--ctc-refit-epochs", help="epochs of a CTC refit (default: a third of the CTC phase's)"),
     ranking_manifest: Path = typer.Option(None, "--ranking-manifest", help="labelled rows (speakers held out from training; some saying messages training never holds, to weigh new messages) that choose the combined ranking (default: the held-out exact rows)"),
+    asr_prior: str = typer.Option(None, "--asr-prior", help="auto (default: the teacher's setting), none or pocketsphinx: a speech recogniser's vote among each recording's candidates as a prior on every target (docs/asr-prior.md)"),
+    asr_accuracy: float = typer.Option(None, "--asr-accuracy", help="how often the vote is right (default: the teacher's, else estimated on the exact rows with candidates)"),
     truth: Path = typer.Option(None, "--truth", help="JSONL/CSV id,label: disambiguation accuracy on candidate rows"),
 ):
     """Stage 3: distil the teacher into a smaller student on candidate-constrained pseudo-labels.
@@ -370,7 +375,7 @@ def distill(
             "ctc_starts": ctc_starts, "ctc_other_tokens": ctc_other_tokens, "ctc_refits": ctc_refits,
             "ctc_refit_epochs": ctc_refit_epochs,
             "ranking_manifest": str(ranking_manifest) if ranking_manifest else None,
-            "truth": str(truth) if truth else None}
+            "asr_prior": asr_prior, "asr_accuracy": asr_accuracy, "truth": str(truth) if truth else None}
 
 
 @app.command()

@@ -83,7 +83,17 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from plcli.config import Config, CTCConfig, DataConfig, FeatureConfig, LabelConfig, TrainerConfig, opt
+from plcli.asr_prior import PRIORS
+from plcli.config import (
+    Config,
+    CTCConfig,
+    DataConfig,
+    FeatureConfig,
+    LabelConfig,
+    TrainerConfig,
+    cache_dir,
+    opt,
+)
 from plcli.data.augment import AugmentConfig, SpecAugmentConfig, SpectrogramAugment, VocalTractWarp
 from plcli.data.datasets import (
     FeatureRows,
@@ -218,6 +228,9 @@ class DistillConfig(Config):
         "targets; none without a CTC phase (ctc_epochs 0 or no CTC head)", min=0)
     ctc_refit_epochs: int | None = opt(None, "epochs of a CTC refit (default: a third of the CTC phase's, 40 of 120)", min=1)
     ranking_manifest: str | None = opt(None, "labelled rows (e.g. speakers held out from training; some saying messages training never holds, to weigh new messages) on which the combined ranking is chosen (default: the held-out exact rows)")
+    asr_prior: str = opt("auto", "a speech recogniser's vote among each row's candidates as a prior on every target (rounds, CTC phase, refit): none, pocketsphinx, or auto (the teacher's setting; docs/asr-prior.md)", choices=("auto", *PRIORS))
+    asr_accuracy: float | None = opt(None, "how often the recogniser's vote is right (default: the teacher's, else estimated on the exact rows with candidates)", min=0.0, max=1.0)
+    asr_workers: int = opt(2, "recogniser processes for the asr prior", min=1)
     truth: str | None = opt(None, "optional JSONL/CSV of id,label: disambiguation accuracy on candidate rows")
     overwrite: bool = opt(False, "replace an existing run in out")
 
@@ -301,7 +314,7 @@ def refine_targets(targets: Tensor, logits: Tensor, mask: Tensor, momentum: floa
 
 def _targets_key(
     teacher_file: Path, ids: list[str], mask: np.ndarray, y: np.ndarray, cfg: DistillConfig, view_tag: str,
-    ranked: bool = False,
+    ranked: bool = False, bonus: np.ndarray | None = None,
 ) -> str:
     h = hashlib.blake2b(digest_size=16)
     h.update(
@@ -320,6 +333,8 @@ def _targets_key(
     )
     h.update(np.packbits(mask).tobytes())
     h.update(y.astype(np.int64).tobytes())
+    if bonus is not None:  # the recogniser's vote (absent: the keys of runs without it are unchanged)
+        h.update(np.ascontiguousarray(bonus, dtype=np.float32).tobytes())
     return h.hexdigest()
 
 
@@ -591,6 +606,10 @@ def _inherit(cfg: DistillConfig, teacher: _Teacher, log) -> tuple[float, int, in
             if cfg.view_seed is None:
                 view_seed = int(views_from.get("view_seed" if run.stage == STAGE else "trainer.seed", view_seed))
     cfg.view_seed = view_seed
+    if cfg.asr_prior == "auto":
+        cfg.asr_prior = str(run.get("asr_prior", "none") or "none")
+        if cfg.asr_accuracy is None and run.get("asr_accuracy") is not None:
+            cfg.asr_accuracy = float(run.get("asr_accuracy"))
     cfg.validate()
     return fraction, split_seed, view_seed
 
@@ -899,19 +918,22 @@ def _load_rows(cfg: DistillConfig, vocab: Vocabulary, fraction: float, split_see
 
 
 def _targets(cfg: DistillConfig, teacher: _Teacher, d: _Rows, clean, views, view_seed: int,
-             log_prior: Tensor | None, ranked: bool = False) -> tuple[np.ndarray, np.ndarray, str, bool]:
+             log_prior: Tensor | None, ranked: bool = False,
+             bonus: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, str, bool]:
     """The teacher's target table over the pool (reused from RUN_DIR when its key matches), its
     kinds, the cache key and whether it was reused. Writes nothing.
 
     ``ranked`` (a CTC refit): candidate rows' targets are the softmax of the teacher's combined
     ranking scores (``plcli.ranking``, its stored setting) over their candidates, clean clips only.
+    ``bonus``: (P, C) logit bonus of the recogniser's vote over the pool (``plcli.asr_prior``), already
+    in the units of the logits it is added to.
     """
     view_tag = hashlib.blake2b(
         json.dumps([cfg.augment.waveform_params(), cfg.views, view_seed, "ranked" if ranked else ""]).encode(),
         digest_size=8,
     ).hexdigest()
     key = _targets_key(teacher.file, [d.rows[i].id for i in d.pool], d.mask[d.pool], d.y[d.pool], cfg, view_tag,
-                       ranked)
+                       ranked, bonus)
     cached = load_targets(Path(cfg.out), key)
     if cached is not None:
         return *cached, key, True
@@ -921,6 +943,8 @@ def _targets(cfg: DistillConfig, teacher: _Teacher, d: _Rows, clean, views, view
     else:
         logits = [predict_logits(teacher.model, RowView(clean, d.pool))]
         logits += [predict_logits(teacher.model, RowView(views, None, v)) for v in range(cfg.teacher_views)]
+    if bonus is not None:
+        logits = [z + bonus for z in logits]
     tgt, kind, _ = teacher_targets(torch.from_numpy(np.stack(logits)), torch.from_numpy(d.mask[d.pool]),
                                    torch.from_numpy(d.y[d.pool]), cfg.temperature, cfg.confidence, log_prior)
     return tgt.numpy(), kind.numpy(), key, False
@@ -1035,6 +1059,7 @@ class _Round:
     key: str
     reused: bool
     seconds: dict
+    asr: dict | None = None  # the recogniser's vote (plcli.asr_prior), when used
 
 
 def _prepare_round(cfg: DistillConfig, log, ctc_only: bool = False, refit: bool = False) -> _Round:
@@ -1061,7 +1086,9 @@ def _prepare_round(cfg: DistillConfig, log, ctc_only: bool = False, refit: bool 
     target_prior = log_prior / cfg.temperature if ctc_only and log_prior is not None else log_prior
     if refit and not teacher.model.has_ctc:
         raise UserError(f"{cfg.teacher}: a CTC refit needs a teacher with a CTC head")
-    targets, kind, key, reused = _targets(cfg, teacher, d, clean, views, view_seed, target_prior, ranked=refit)
+    bonus, asr = _asr_bonus(cfg, teacher, d, ctc_only, refit, log)
+    targets, kind, key, reused = _targets(cfg, teacher, d, clean, views, view_seed, target_prior, ranked=refit,
+                                          bonus=bonus)
     log(("reused" if reused else "computed") + " the teacher's targets: "
         + ", ".join(f"{(kind == k).sum()} {name}" for k, name in enumerate(KINDS)))
     if (kind != DROPPED).sum() < 2:
@@ -1069,7 +1096,31 @@ def _prepare_round(cfg: DistillConfig, log, ctc_only: bool = False, refit: bool 
     seconds = {"feature_seconds": feature_seconds, "teacher_seconds": t_teach.seconds,
                "cache": {"computed": cache.computed, "reused": cache.reused}}
     return _Round(teacher, d, {"fraction": fraction, "seed": split_seed}, clean, views, log_prior, targets, kind,
-                  key, reused, seconds)
+                  key, reused, seconds, asr)
+
+
+def _asr_bonus(cfg: DistillConfig, teacher: _Teacher, d: _Rows, ctc_only: bool, refit: bool,
+               log) -> tuple[np.ndarray | None, dict | None]:
+    """(P, C) the recogniser's vote over the pool in the units of the logits it joins, and its summary.
+
+    Bayes' rule adds the vote's log-likelihood ``delta`` to the log-probabilities. The rounds' targets
+    are softmax(z / T), so ``T * delta`` is added to z; the CTC phase sharpens its draws back to T = 1,
+    so ``delta``; the refit's ranking scores are its calibrated log-probabilities times the ranking's
+    fitted temperature t, so ``t * delta`` (and its targets stay as sharp as the ranking's own).
+    """
+    from plcli.asr_prior import prior_for
+
+    if cfg.asr_prior == "none":
+        return None, None
+    bonus, info = prior_for(d.rows, teacher.vocab, cfg.asr_prior, cache_dir(cfg.data.cache_dir),
+                            cfg.asr_accuracy, cfg.asr_workers, log)
+    if refit:
+        from plcli.ranking import ranking_of
+
+        scale = float(ranking_of(getattr(teacher.model, "extra", None)).get("temperature") or 1.0)
+    else:
+        scale = 1.0 if ctc_only else cfg.temperature
+    return (scale * bonus[d.pool]).astype(np.float32), {**info, "scale": scale}
 
 
 def _run_round(cfg: DistillConfig, log=print, callbacks: list | None = None, on_start=None,
@@ -1147,6 +1198,7 @@ def _summary(cfg: DistillConfig, r: _Round, student: Classifier, trainer, train_
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "targets_reused": r.reused,
+        **({"asr_prior": r.asr} if r.asr else {}),
     }
 
 

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from plcli.asr_prior import PRIORS
 from plcli.config import Config, CTCConfig, DataConfig, FeatureConfig, TrainerConfig, opt
 from plcli.data.augment import AugmentConfig, SpecAugmentConfig, SpectrogramAugment
 from plcli.data.datasets import (
@@ -93,6 +94,9 @@ class FinetuneConfig(Config):
     ctc: CTCConfig = opt(factory=lambda: CTCConfig(tap=1), help="a CTC head on the frozen encoder's frames (off by default here; the distill student has one)")
     ctc_rows: int = opt(64, "rows per batch that get the CTC loss, a random subset", min=1)
     ranking_manifest: str | None = opt(None, "labelled rows (speakers held out from training; some saying messages training never holds, to weigh new messages) on which the combined ranking is chosen (default: the held-out exact rows)")
+    asr_prior: str = opt("none", "a speech recogniser's vote among each row's candidates as a prior on the partial-label targets: none, or pocketsphinx (its grammar search over the candidates; docs/asr-prior.md)", choices=PRIORS)
+    asr_accuracy: float | None = opt(None, "how often the recogniser's vote is right (default: estimated on the exact rows with candidates)", min=0.0, max=1.0)
+    asr_workers: int = opt(2, "recogniser processes for the asr prior", min=1)
     features: FeatureConfig = opt(factory=FeatureConfig, help="log-mel front end (inherited from the pretrain run)")
     augment: AugmentConfig = opt(factory=AugmentConfig, help="augmentations (inherited from the pretrain run)")
     overwrite: bool = opt(False, "replace an existing run in out")
@@ -129,6 +133,8 @@ class FinetuneModule(L.LightningModule):
         self.register_buffer("targets", torch.zeros(num_train, classifier["num_classes"]))
         # log share of candidate slots per class (0 = no correction); set by run() from the data
         self.register_buffer("log_prior", torch.zeros(classifier["num_classes"]))
+        # (num_train, C) log-likelihood bonus of the recogniser's vote (plcli.asr_prior); set by run()
+        self.register_buffer("asr_bonus", torch.zeros(0), persistent=False)
         # (C, L) token ids and (C,) lengths of every class's text, for the CTC head (set by the stage)
         self.register_buffer("class_tokens", torch.ones(classifier["num_classes"], 1, dtype=torch.long), persistent=False)
         self.register_buffer("class_lengths", torch.zeros(classifier["num_classes"], dtype=torch.long), persistent=False)
@@ -199,7 +205,8 @@ class FinetuneModule(L.LightningModule):
         else:
             if not self.hparams.frozen:  # per-batch refresh when features change every step
                 with torch.no_grad():
-                    self.targets[batch["i"][cand]] = self.disambiguate(logits[cand].detach().float(), mask[cand])
+                    i = batch["i"][cand]
+                    self.targets[i] = self.disambiguate(logits[cand].detach().float(), mask[cand], i)
             pl = self.soft_ce(logits[cand], self.targets[batch["i"][cand]].to(logits.dtype))
         loss = ce + self.hparams.candidate_weight * pl
         logs = {"train/ce": ce, "train/partial": pl}
@@ -210,11 +217,15 @@ class FinetuneModule(L.LightningModule):
         self.log_dict({"train/loss": loss, **logs}, on_step=False, on_epoch=True, batch_size=bs, prog_bar=False)
         return loss
 
-    def disambiguate(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def disambiguate(self, logits: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Candidate-restricted targets. With the prior correction, p(j|x) / pi_j is restricted instead of
         p(j|x): if distractors are drawn in proportion to popularity pi, the chance of the rest of the
-        set given label j scales with 1 / pi_j, which cancels the frequent classes' head start."""
-        return candidate_targets(logits - self.log_prior, mask)
+        set given label j scales with 1 / pi_j, which cancels the frequent classes' head start. With an
+        asr prior, the vote's likelihood multiplies in (``rows``: the training rows of ``logits``; None = all)."""
+        logits = logits - self.log_prior
+        if self.asr_bonus.numel():
+            logits = logits + (self.asr_bonus if rows is None else self.asr_bonus[rows])
+        return candidate_targets(logits, mask)
 
     def validation_step(self, batch, batch_idx):
         item = {"y": batch["y"], "mask": batch["mask"], "truth": batch["truth"]}
@@ -377,6 +388,7 @@ class _Inputs:
     classifier: dict  # Classifier arguments
     pretrained: PretrainModule | None
     pre: PretrainConfig | None  # the pretrain run's resolved config
+    asr_bonus: np.ndarray | None = None  # (N, C) the recogniser's vote (plcli.asr_prior), set by run()
 
 
 def _inherit(cfg: FinetuneConfig) -> PretrainConfig | None:
@@ -458,7 +470,11 @@ def _module(cfg: FinetuneConfig, inp: _Inputs) -> FinetuneModule:
         module.model.encoder.load_state_dict(inp.pretrained.encoder.state_dict())
         if module.model.projector is not None:
             module.model.projector.load_state_dict(inp.pretrained.projector.state_dict())
-    module.targets.copy_(candidate_targets(torch.zeros(n, c), inp.mask))
+    if inp.asr_bonus is not None:
+        module.asr_bonus = torch.from_numpy(inp.asr_bonus)
+    # PRODEN starts uniform over the candidates, or from the recogniser's vote
+    module.targets.copy_(candidate_targets(module.asr_bonus if inp.asr_bonus is not None else torch.zeros(n, c),
+                                           inp.mask))
     return module
 
 
@@ -513,6 +529,11 @@ def run(cfg: FinetuneConfig, log=print) -> dict:
     inp = _prepare(cfg, log)
     out = start_run(cfg.out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite, inp.vocab)
     L.seed_everything(cfg.trainer.seed, workers=True)
+    from plcli.asr_prior import prior_for
+    from plcli.config import cache_dir
+
+    inp.asr_bonus, asr_info = prior_for(inp.rows, inp.vocab, cfg.asr_prior, cache_dir(cfg.data.cache_dir),
+                                        cfg.asr_accuracy, cfg.asr_workers, log)
     module = _module(cfg, inp)
     ckpt = resolve_resume(out, cfg.trainer.resume)
     cache = open_cache(cfg.data, cfg.features)
@@ -541,6 +562,7 @@ def run(cfg: FinetuneConfig, log=print) -> dict:
         "global_step": trainer.global_step,
         **metrics,
         "feature_seconds": feature_seconds,
+        **({"asr_prior": asr_info} if cfg.asr_prior != "none" else {}),
         "total_seconds": timer.seconds,
         "cache": {"computed": cache.computed, "reused": cache.reused},
     }
@@ -574,5 +596,5 @@ class _ProdenEpochRefresh(L.Callback):
         module.eval()
         logits = torch.cat([module.model.head(self.emb[i:i + 4096].to(module.device))
                             for i in range(0, len(self.emb), 4096)])
-        module.targets.copy_(module.disambiguate(logits.float(), self.mask.to(module.device)))
+        module.targets.copy_(module.disambiguate(logits.float(), self.mask.to(module.device), None))
         module.train(was)

@@ -249,7 +249,8 @@ class GrammarDecoder:
             from pocketsphinx import Decoder
         except ImportError:
             raise UserError(
-                "the grammar speech-recogniser baseline needs pocketsphinx: pip install 'plcli[bench]'"
+                "the grammar speech recogniser (the benchmark's row, --asr-prior pocketsphinx) needs pocketsphinx: "
+                "pip install 'plcli[asr]'"
             ) from None
         self.sample_rate = sample_rate
         self.decoder = Decoder(samprate=sample_rate, loglevel="FATAL", **{**DECODER_OPTIONS, **options})

@@ -1,0 +1,256 @@
+"""The recogniser's vote as a prior (plcli.asr_prior): the Bayes update against a by-hand reference,
+the accuracy estimate, the cache, and its effect on finetune's and distill's targets."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from plcli import asr_prior
+from plcli.data.labels import Vocabulary
+from plcli.data.manifest import Row
+from plcli.losses import candidate_targets
+
+TEXTS = ["a b", "c d", "e f", "g h", "i j"]
+
+
+def _rows(tmp_path: Path, cands: list[list[str]], labels: list[str | None]) -> list[Row]:
+    rows = []
+    for i, (cs, lab) in enumerate(zip(cands, labels, strict=True)):
+        audio = tmp_path / f"r{i}.wav"
+        audio.write_bytes(b"RIFF" + bytes(i))  # never read: the decoder is replaced in these tests
+        rows.append(Row(id=f"r{i}", audio=audio, candidates=cs, label=lab))
+    return rows
+
+
+def test_vote_bonus_values_and_checks():
+    assert asr_prior.vote_bonus(0.5, 10) == pytest.approx(math.log(9))
+    assert asr_prior.vote_bonus(0.9, 3) == pytest.approx(math.log(0.9 * 2 / 0.1))
+    assert asr_prior.vote_bonus(0.1, 10) == 0.0  # chance: no information
+    assert asr_prior.vote_bonus(0.05, 10) == 0.0  # worse than chance is not read as anti-evidence
+    assert asr_prior.vote_bonus(0.9, 1) == 0.0
+    assert math.isfinite(asr_prior.vote_bonus(1.0, 10))
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError):
+            asr_prior.vote_bonus(bad, 10)
+
+
+def test_smoothed_accuracy():
+    assert asr_prior.smoothed_accuracy(0, 0) == 0.5
+    assert asr_prior.smoothed_accuracy(8, 10) == pytest.approx(9 / 12)
+    with pytest.raises(ValueError):
+        asr_prior.smoothed_accuracy(3, 2)
+
+
+def test_bonus_is_bayes_rule_against_a_reference(tmp_path):
+    """candidate_targets(z + bonus) equals p_j * L(vote | j) / sum over the candidates, with the
+    symmetric-noise likelihood L = a for the voted candidate and (1 - a) / (K - 1) for the others."""
+    vocab = Vocabulary.build(TEXTS)
+    cands = [["a b", "c d", "e f"], ["c d", "g h", "i j", "a b"], ["e f", "a b"], ["g h", "i j"]]
+    rows = _rows(tmp_path, cands, [None] * 4)
+    votes = np.array([1, 3, -1, 0])
+    a = 0.7
+    bonus = asr_prior.bonus_matrix(rows, votes, vocab, a)
+    torch.manual_seed(0)
+    z = torch.randn(4, len(vocab))
+    mask = torch.zeros(4, len(vocab), dtype=torch.bool)
+    for i, cs in enumerate(cands):
+        mask[i, [vocab.index(c) for c in cs]] = True
+    got = candidate_targets(z + torch.from_numpy(bonus), mask)
+    p = torch.softmax(z, dim=1)
+    for i, cs in enumerate(cands):
+        k = len(cs)
+        like = {vocab.index(c): (a if j == votes[i] else (1 - a) / (k - 1)) for j, c in enumerate(cs)}
+        if votes[i] < 0:
+            like = dict.fromkeys(like, 1.0)
+        num = {c: float(p[i, c]) * lk for c, lk in like.items()}
+        total = sum(num.values())
+        for c in range(len(vocab)):
+            assert float(got[i, c]) == pytest.approx(num.get(c, 0.0) / total, abs=1e-6), (i, c)
+
+
+def test_bonus_matrix_unknown_texts_and_bad_votes(tmp_path):
+    vocab = Vocabulary.build(["a b", "c d"])
+    rows = _rows(tmp_path, [["a b", "zz", "c d"], ["a b", "c d"], []], [None, None, None])
+    b = asr_prior.bonus_matrix(rows, np.array([1, -1, -1]), vocab, 0.9)
+    assert not b.any()  # a vote for a text outside the vocabulary, no vote, no candidates
+    b = asr_prior.bonus_matrix(rows, np.array([2, 0, -1]), vocab, 0.9)
+    assert b[0, vocab.index("c d")] == pytest.approx(asr_prior.vote_bonus(0.9, 3))
+    assert b[1, vocab.index("a b")] == pytest.approx(asr_prior.vote_bonus(0.9, 2))
+    assert np.count_nonzero(b) == 2
+    with pytest.raises(ValueError):
+        asr_prior.bonus_matrix(rows, np.array([5, 0, -1]), vocab, 0.9)
+    with pytest.raises(ValueError):
+        asr_prior.bonus_matrix(rows, np.array([0]), vocab, 0.9)
+
+
+def test_vote_accuracy_counts_exact_rows_with_their_label_among_the_candidates(tmp_path):
+    vocab = Vocabulary.build(TEXTS)
+    rows = _rows(tmp_path, [["a b", "c d"], ["a b", "c d"], ["e f", "g h"], ["a b", "c d"], ["a b"]],
+                 ["A b!", "c d", "i j", None, "a b"])
+    hits, n = asr_prior.vote_accuracy(rows, np.array([0, 0, 0, 1, -1]), vocab.normalizer)
+    # row 0 right (labels compare normalised), row 1 wrong, row 2 has its label outside the
+    # candidates, row 3 has no label, row 4 got no vote (a miss)
+    assert (hits, n) == (1, 3)
+
+
+class _FakeDecoder:
+    """Stands in for pocketsphinx: votes for the candidate ``truth`` names, and counts its calls."""
+
+    def __init__(self, truth: dict[str, str]):
+        self.truth, self.calls = truth, []
+
+    def __call__(self, paths, candidates, workers=2, progress=None):
+        self.calls.append(list(paths))
+        out = []
+        for p, cs in zip(paths, candidates, strict=True):
+            label = self.truth.get(Path(p).name)
+            out.append(cs.index(label) if label in cs else -1)
+        return out, {"clips_per_second": 1.0, "no_result": sum(o < 0 for o in out)}
+
+
+@pytest.fixture
+def fake_decoder(monkeypatch):
+    import plcli.bench.grammar as grammar
+
+    def install(truth_by_file: dict[str, str]) -> _FakeDecoder:
+        fake = _FakeDecoder(truth_by_file)
+        monkeypatch.setattr(grammar, "choose_with_grammar", fake)
+        return fake
+
+    return install
+
+
+def test_votes_are_cached_per_recording_and_candidates(tmp_path, fake_decoder):
+    rows = _rows(tmp_path, [["a b", "c d"], ["c d", "e f"], []], [None, "c d", None])
+    fake = fake_decoder({"r0.wav": "c d", "r1.wav": "c d"})
+    cache = tmp_path / "cache"
+    v = asr_prior.grammar_votes(rows, cache, log=lambda *_: None)
+    assert v.tolist() == [1, 0, -1] and len(fake.calls) == 1 and len(fake.calls[0]) == 2
+    assert asr_prior.grammar_votes(rows, cache, log=lambda *_: None).tolist() == [1, 0, -1]
+    assert len(fake.calls) == 1  # reused
+    os.utime(rows[0].audio, ns=(1, 1))  # the file changed: decode again
+    asr_prior.grammar_votes(rows, cache, log=lambda *_: None)
+    assert len(fake.calls) == 2
+    rows[1].candidates = ["c d", "g h"]  # other candidates: decode again
+    asr_prior.grammar_votes(rows, cache, log=lambda *_: None)
+    assert len(fake.calls) == 3
+
+
+def test_prior_for_estimates_the_accuracy_or_takes_it(tmp_path, fake_decoder):
+    vocab = Vocabulary.build(TEXTS)
+    rows = _rows(tmp_path, [["a b", "c d"]] * 4, ["a b", "a b", "c d", None])
+    fake_decoder(dict.fromkeys(["r0.wav", "r1.wav", "r2.wav", "r3.wav"], "a b"))  # right on 2 of 3 exact rows
+    assert asr_prior.prior_for(rows, vocab, "none", tmp_path / "c") == (None, {"kind": "none"})
+    bonus, info = asr_prior.prior_for(rows, vocab, "pocketsphinx", tmp_path / "c", log=lambda *_: None)
+    assert (info["exact_hits"], info["exact_rows"], info["accuracy"]) == (2, 3, pytest.approx(0.6))
+    assert bonus[3, vocab.index("a b")] == pytest.approx(math.log(0.6 / 0.4))
+    _, info = asr_prior.prior_for(rows, vocab, "pocketsphinx", tmp_path / "c", accuracy=0.9, log=lambda *_: None)
+    assert info["accuracy"] == 0.9 and info["accuracy_source"] == "given"
+    from plcli.errors import UserError
+
+    with pytest.raises(UserError):
+        asr_prior.prior_for(rows, vocab, "whisper", tmp_path / "c")
+
+
+def _oracle_votes(manifest: Path, truth: dict) -> dict[str, str]:
+    by_file = {}
+    for line in manifest.read_text().splitlines():
+        r = json.loads(line)
+        by_file[Path(r["audio"]).name] = truth[r["id"]]
+    return by_file
+
+
+def test_finetune_with_the_prior_starts_proden_from_the_votes(tmp_path, fake_decoder):
+    """With a vote that is always right, PRODEN's starting targets name every candidate row's truth
+    (uniform over the candidates without it), and the run reports what the prior rests on."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from plcli.cli import app
+    from plcli.finetune import FinetuneConfig, _module, _prepare
+    from tests.conftest import write_dataset, write_truth
+
+    manifest, truth = write_dataset(tmp_path / "data", n=36, n_classes=4, k=3)
+    tf = write_truth(tmp_path / "truth.jsonl", truth)
+    fake = fake_decoder(_oracle_votes(manifest, truth))
+
+    cfg = FinetuneConfig(out=str(tmp_path / "unused"), pretrained="none", asr_prior="pocketsphinx")
+    cfg.data.manifests = [str(manifest)]
+    cfg.validate()
+    inp = _prepare(cfg, log=lambda *_: None)
+    inp.asr_bonus, _ = asr_prior.prior_for(inp.rows, inp.vocab, "pocketsphinx", tmp_path / "c", log=lambda *_: None)
+    cand = [i for i, r in enumerate(inp.rows) if r.label is None and r.candidates]
+    t = _module(cfg, inp).targets[cand]
+    assert t.argmax(1).tolist() == [inp.vocab.index(truth[inp.rows[i].id]) for i in cand]
+    assert (t.max(1).values > 0.9).all()  # a = 13/14 (12 exact rows, all right) over 3 candidates
+    inp.asr_bonus = None
+    assert torch.allclose(_module(cfg, inp).targets[cand].max(1).values, torch.tensor(1 / 3))
+
+    cfg_file = tmp_path / "ft.yaml"
+    cfg_file.write_text(yaml.safe_dump({"trainer": {"batch_size": 16, "accelerator": "cpu", "devices": "1",
+                                                    "progress": False}, "min_steps": 0}))
+    res = CliRunner().invoke(app, ["finetune", str(manifest), "--pretrained", "none", "--out", str(tmp_path / "ft"),
+                                   "--config", str(cfg_file), "--truth", str(tf), "--epochs", "1",
+                                   "--set", "asr_prior=pocketsphinx"])
+    assert res.exit_code == 0, res.output
+    info = json.loads((tmp_path / "ft" / "metrics.json").read_text())["asr_prior"]
+    assert info["exact_hits"] == info["exact_rows"] == 12 and info["accuracy"] == pytest.approx(13 / 14)
+    assert len(fake.calls) == 2  # the run's own cache folder: decoded again there
+
+
+def test_distill_targets_take_the_votes_and_inherit_the_setting(tmp_path, fake_decoder):
+    """An untrained teacher's targets pick the truth at chance; with always-right votes, on every
+    candidate row. A teacher run made with the prior passes it on (``asr_prior: auto``)."""
+    from plcli.config import Config, DataConfig, FeatureConfig, TrainerConfig, opt
+    from plcli.data.validate import load_rows
+    from plcli.distill import DistillConfig, run
+    from plcli.models.classifier import Classifier, save_model
+    from plcli.runs import save_config
+    from tests.conftest import write_dataset, write_truth
+
+    manifest, truth = write_dataset(tmp_path / "data", n=30)
+    tf = write_truth(tmp_path / "truth.jsonl", truth)
+    fake_decoder(_oracle_votes(manifest, truth))
+    vocab = Vocabulary.from_rows(load_rows([manifest]).rows)
+    fc = FeatureConfig(clip_seconds=0.7)
+
+    def teacher(name: str, prior: str) -> Path:
+        from dataclasses import dataclass, field
+
+        @dataclass
+        class _T(Config):
+            data: DataConfig = opt(factory=DataConfig, help="")
+            trainer: TrainerConfig = opt(factory=TrainerConfig, help="")
+            features: FeatureConfig = opt(factory=lambda: fc, help="")
+            asr_prior: str = field(default=prior)
+
+        d = tmp_path / name
+        d.mkdir()
+        torch.manual_seed(0)
+        save_model(d / "model.pt", Classifier("tcresnet", fc.n_mels, len(vocab)).eval(), vocab, fc, "finetune")
+        save_config(d, _T(), "finetune")
+        return d
+
+    def distill(t: Path, out: str, **over) -> dict:
+        cfg = DistillConfig(out=str(tmp_path / out), teacher=str(t), truth=str(tf), views=2, rounds=1, ctc_epochs=0,
+                            **over)
+        cfg.data.manifests = [str(manifest)]
+        cfg.trainer = TrainerConfig(epochs=1, batch_size=8, accelerator="cpu", devices="1", progress=False)
+        cfg.validate()
+        return run(cfg, log=lambda *_: None)
+
+    plain = distill(teacher("t-none", "none"), "s-none")
+    voted = distill(teacher("t-asr", "pocketsphinx"), "s-asr")  # auto: inherited
+    assert "asr_prior" not in plain and voted["asr_prior"]["kind"] == "pocketsphinx"
+    assert voted["asr_prior"]["scale"] == pytest.approx(2.0)  # the rounds' temperature
+    assert voted["targets_disambiguation_acc_initial"] == 1.0
+    assert plain["targets_disambiguation_acc_initial"] < 0.9
+    off = distill(tmp_path / "t-asr", "s-off", asr_prior="none")
+    assert "asr_prior" not in off
