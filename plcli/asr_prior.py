@@ -35,7 +35,19 @@ import numpy as np
 from plcli.errors import UserError
 
 PRIORS = ("none", "pocketsphinx")
+CHOICES = ("auto", *PRIORS)  # auto: pocketsphinx where it is installed, else none
 CACHE_VERSION = 1
+
+
+def resolve(kind: str) -> str:
+    """``kind`` with "auto" made concrete: "pocketsphinx" when the package is importable, else "none"."""
+    if kind not in CHOICES:
+        raise UserError(f"unknown asr prior {kind!r}: one of {', '.join(CHOICES)}")
+    if kind != "auto":
+        return kind
+    import importlib.util
+
+    return "pocketsphinx" if importlib.util.find_spec("pocketsphinx") is not None else "none"
 
 
 def _row_key(audio: Path, candidates: Sequence[str]) -> str:
@@ -65,8 +77,9 @@ def grammar_votes(rows: Sequence, cache: Path, workers: int = 2, log: Callable =
 
     log(f"asr prior: pocketsphinx decodes {len(todo)} recordings with a grammar of their candidates "
         f"({workers} processes) ...")
+    # a few clips decode faster in this process than a pool of fresh ones can start
     chosen, timing = choose_with_grammar([str(rows[i].audio) for i in todo], [rows[i].candidates for i in todo],
-                                         workers=workers)
+                                         workers=workers if len(todo) >= 100 else 1)
     for i, j in zip(todo, chosen, strict=True):
         votes[i] = j
     log(f"asr prior: {timing['clips_per_second']:.0f} clips/s, no result for {timing['no_result']}")

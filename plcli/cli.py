@@ -318,7 +318,7 @@ def finetune(
     ctc_refits: int = typer.Option(None, "--ctc-refits", help="CTC refits after the CTC phase: each continues the CTC head on the previous model's combined ranking of the candidates (default 1)"),
     ctc_refit_epochs: int = typer.Option(None, "--ctc-refit-epochs", help="epochs of a CTC refit (default: a third of the CTC phase's)"),
     ranking_manifest: Path = typer.Option(None, "--ranking-manifest", help="labelled rows (speakers held out from training; some saying messages training never holds, to weigh new messages) that choose the combined ranking"),
-    asr_prior: str = typer.Option(None, "--asr-prior", help="none (default) or pocketsphinx: a speech recogniser's vote among each recording's candidates as a prior on the partial-label targets (docs/asr-prior.md)"),
+    asr_prior: str = typer.Option(None, "--asr-prior", help="auto (default: pocketsphinx where it is installed), pocketsphinx or none: a speech recogniser's vote among each recording's candidates as a prior on the partial-label targets (docs/asr-prior.md)"),
     asr_accuracy: float = typer.Option(None, "--asr-accuracy", help="how often the vote is right (default: estimated on the exact rows with candidates)"),
 ):
     """Stage 2: MLP head on the frozen encoder, trained on exact labels and candidate sets.

@@ -83,7 +83,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from plcli.asr_prior import PRIORS
+from plcli.asr_prior import CHOICES
+from plcli.asr_prior import resolve as resolve_prior
 from plcli.config import (
     Config,
     CTCConfig,
@@ -228,7 +229,7 @@ class DistillConfig(Config):
         "targets; none without a CTC phase (ctc_epochs 0 or no CTC head)", min=0)
     ctc_refit_epochs: int | None = opt(None, "epochs of a CTC refit (default: a third of the CTC phase's, 40 of 120)", min=1)
     ranking_manifest: str | None = opt(None, "labelled rows (e.g. speakers held out from training; some saying messages training never holds, to weigh new messages) on which the combined ranking is chosen (default: the held-out exact rows)")
-    asr_prior: str = opt("auto", "a speech recogniser's vote among each row's candidates as a prior on every target (rounds, CTC phase, refit): none, pocketsphinx, or auto (the teacher's setting; docs/asr-prior.md)", choices=("auto", *PRIORS))
+    asr_prior: str = opt("auto", "a speech recogniser's vote among each row's candidates as a prior on every target (rounds, CTC phase, refit): none, pocketsphinx, or auto (the teacher's setting; docs/asr-prior.md)", choices=CHOICES)
     asr_accuracy: float | None = opt(None, "how often the recogniser's vote is right (default: the teacher's, else estimated on the exact rows with candidates)", min=0.0, max=1.0)
     asr_workers: int = opt(2, "recogniser processes for the asr prior", min=1)
     truth: str | None = opt(None, "optional JSONL/CSV of id,label: disambiguation accuracy on candidate rows")
@@ -606,8 +607,8 @@ def _inherit(cfg: DistillConfig, teacher: _Teacher, log) -> tuple[float, int, in
             if cfg.view_seed is None:
                 view_seed = int(views_from.get("view_seed" if run.stage == STAGE else "trainer.seed", view_seed))
     cfg.view_seed = view_seed
-    if cfg.asr_prior == "auto":
-        cfg.asr_prior = str(run.get("asr_prior", "none") or "none")
+    if cfg.asr_prior == "auto":  # the teacher's setting; a teacher from before the option had none
+        cfg.asr_prior = resolve_prior(str(run.get("asr_prior", "none") or "none"))
         if cfg.asr_accuracy is None and run.get("asr_accuracy") is not None:
             cfg.asr_accuracy = float(run.get("asr_accuracy"))
     cfg.validate()

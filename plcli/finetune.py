@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from plcli.asr_prior import PRIORS
+from plcli.asr_prior import CHOICES
 from plcli.config import Config, CTCConfig, DataConfig, FeatureConfig, TrainerConfig, opt
 from plcli.data.augment import AugmentConfig, SpecAugmentConfig, SpectrogramAugment
 from plcli.data.datasets import (
@@ -94,7 +94,7 @@ class FinetuneConfig(Config):
     ctc: CTCConfig = opt(factory=lambda: CTCConfig(tap=1), help="a CTC head on the frozen encoder's frames (off by default here; the distill student has one)")
     ctc_rows: int = opt(64, "rows per batch that get the CTC loss, a random subset", min=1)
     ranking_manifest: str | None = opt(None, "labelled rows (speakers held out from training; some saying messages training never holds, to weigh new messages) on which the combined ranking is chosen (default: the held-out exact rows)")
-    asr_prior: str = opt("none", "a speech recogniser's vote among each row's candidates as a prior on the partial-label targets: none, or pocketsphinx (its grammar search over the candidates; docs/asr-prior.md)", choices=PRIORS)
+    asr_prior: str = opt("auto", "a speech recogniser's vote among each row's candidates as a prior on the partial-label targets: pocketsphinx (its grammar search over the candidates; docs/asr-prior.md), none, or auto (pocketsphinx where it is installed, plcli[asr])", choices=CHOICES)
     asr_accuracy: float | None = opt(None, "how often the recogniser's vote is right (default: estimated on the exact rows with candidates)", min=0.0, max=1.0)
     asr_workers: int = opt(2, "recogniser processes for the asr prior", min=1)
     features: FeatureConfig = opt(factory=FeatureConfig, help="log-mel front end (inherited from the pretrain run)")
@@ -529,10 +529,10 @@ def run(cfg: FinetuneConfig, log=print) -> dict:
     inp = _prepare(cfg, log)
     out = start_run(cfg.out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite, inp.vocab)
     L.seed_everything(cfg.trainer.seed, workers=True)
-    from plcli.asr_prior import prior_for
+    from plcli.asr_prior import prior_for, resolve
     from plcli.config import cache_dir
 
-    inp.asr_bonus, asr_info = prior_for(inp.rows, inp.vocab, cfg.asr_prior, cache_dir(cfg.data.cache_dir),
+    inp.asr_bonus, asr_info = prior_for(inp.rows, inp.vocab, resolve(cfg.asr_prior), cache_dir(cfg.data.cache_dir),
                                         cfg.asr_accuracy, cfg.asr_workers, log)
     module = _module(cfg, inp)
     ckpt = resolve_resume(out, cfg.trainer.resume)
@@ -562,7 +562,7 @@ def run(cfg: FinetuneConfig, log=print) -> dict:
         "global_step": trainer.global_step,
         **metrics,
         "feature_seconds": feature_seconds,
-        **({"asr_prior": asr_info} if cfg.asr_prior != "none" else {}),
+        **({"asr_prior": asr_info} if asr_info["kind"] != "none" else {}),
         "total_seconds": timer.seconds,
         "cache": {"computed": cache.computed, "reused": cache.reused},
     }

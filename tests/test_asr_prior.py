@@ -254,3 +254,18 @@ def test_distill_targets_take_the_votes_and_inherit_the_setting(tmp_path, fake_d
     assert plain["targets_disambiguation_acc_initial"] < 0.9
     off = distill(tmp_path / "t-asr", "s-off", asr_prior="none")
     assert "asr_prior" not in off
+
+
+def test_auto_takes_pocketsphinx_where_it_is_installed(monkeypatch):
+    import importlib.util
+
+    from plcli.errors import UserError
+
+    real = importlib.util.find_spec
+    assert asr_prior.resolve("none") == "none" and asr_prior.resolve("pocketsphinx") == "pocketsphinx"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "pocketsphinx" else real(name, *a))
+    assert asr_prior.resolve("auto") == "pocketsphinx"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pocketsphinx" else real(name, *a))
+    assert asr_prior.resolve("auto") == "none"
+    with pytest.raises(UserError):
+        asr_prior.resolve("kaldi")
