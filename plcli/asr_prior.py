@@ -84,7 +84,7 @@ def grammar_votes(rows: Sequence, cache: Path, workers: int = 2, log: Callable =
         votes[i] = j
     log(f"asr prior: {timing['clips_per_second']:.0f} clips/s, no result for {timing['no_result']}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # one per process: DDP ranks decode side by side
     tmp.write_text(json.dumps({keys[i]: int(votes[i]) for i in todo}))
     tmp.replace(path)
     return votes

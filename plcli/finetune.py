@@ -94,7 +94,7 @@ class FinetuneConfig(Config):
     ctc: CTCConfig = opt(factory=lambda: CTCConfig(tap=1), help="a CTC head on the frozen encoder's frames (off by default here; the distill student has one)")
     ctc_rows: int = opt(64, "rows per batch that get the CTC loss, a random subset", min=1)
     ranking_manifest: str | None = opt(None, "labelled rows (speakers held out from training; some saying messages training never holds, to weigh new messages) on which the combined ranking is chosen (default: the held-out exact rows)")
-    asr_prior: str = opt("auto", "a speech recogniser's vote among each row's candidates as a prior on the partial-label targets: pocketsphinx (its grammar search over the candidates; docs/asr-prior.md), none, or auto (pocketsphinx where it is installed, plcli[asr])", choices=CHOICES)
+    asr_prior: str = opt("auto", "a speech recogniser's vote among each row's candidates as a prior on the partial-label targets: pocketsphinx (its grammar search over the candidates; docs/asr-prior.md), none, or auto (pocketsphinx where it is installed)", choices=CHOICES)
     asr_accuracy: float | None = opt(None, "how often the recogniser's vote is right (default: estimated on the exact rows with candidates)", min=0.0, max=1.0)
     asr_workers: int = opt(2, "recogniser processes for the asr prior", min=1)
     features: FeatureConfig = opt(factory=FeatureConfig, help="log-mel front end (inherited from the pretrain run)")
