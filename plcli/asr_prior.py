@@ -75,11 +75,11 @@ def grammar_votes(rows: Sequence, cache: Path, workers: int = 2, log: Callable =
         return votes
     from plcli.bench.grammar import choose_with_grammar
 
+    procs = workers if len(todo) >= 100 else 1  # a few clips decode faster here than a fresh pool starts
     log(f"asr prior: pocketsphinx decodes {len(todo)} recordings with a grammar of their candidates "
-        f"({workers} processes) ...")
-    # a few clips decode faster in this process than a pool of fresh ones can start
+        f"({procs} process{'es' if procs > 1 else ''}) ...")
     chosen, timing = choose_with_grammar([str(rows[i].audio) for i in todo], [rows[i].candidates for i in todo],
-                                         workers=workers if len(todo) >= 100 else 1)
+                                         workers=procs)
     for i, j in zip(todo, chosen, strict=True):
         votes[i] = j
     log(f"asr prior: {timing['clips_per_second']:.0f} clips/s, no result for {timing['no_result']}")
