@@ -60,10 +60,11 @@ def grammar_votes(rows: Sequence, cache: Path, workers: int = 2, log: Callable =
     """(N,) int64: the index into ``rows[i].candidates`` that pocketsphinx decodes with a grammar of
     them, -1 for rows without candidates or where it decodes nothing. Cached under ``cache/asr``."""
     from plcli.bench.grammar import DECODER_OPTIONS
+    from plcli.doctor import dist_version
 
     todo = [i for i, r in enumerate(rows) if r.candidates]
     keys = {i: _row_key(Path(rows[i].audio), rows[i].candidates) for i in todo}
-    setting = json.dumps([CACHE_VERSION, DECODER_OPTIONS, _pocketsphinx_version()], default=str)
+    setting = json.dumps([CACHE_VERSION, DECODER_OPTIONS, dist_version("pocketsphinx")], default=str)
     name = hashlib.blake2b(json.dumps([setting, sorted(keys.values())]).encode(), digest_size=12).hexdigest()
     path = Path(cache) / "asr" / f"grammar-{name}.json"
     votes = np.full(len(rows), -1, dtype=np.int64)
@@ -88,15 +89,6 @@ def grammar_votes(rows: Sequence, cache: Path, workers: int = 2, log: Callable =
     tmp.write_text(json.dumps({keys[i]: int(votes[i]) for i in todo}))
     tmp.replace(path)
     return votes
-
-
-def _pocketsphinx_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("pocketsphinx")
-    except Exception:  # noqa: BLE001 - not installed: choose_with_grammar says so
-        return "?"
 
 
 def vote_accuracy(rows: Sequence, votes: np.ndarray, normalizer: Callable[[str], str]) -> tuple[int, int]:

@@ -1111,10 +1111,9 @@ def _asr_bonus(cfg: DistillConfig, teacher: _Teacher, d: _Rows, ctc_only: bool, 
     """
     from plcli.asr_prior import prior_for
 
-    kind = resolve_prior(cfg.asr_prior)  # _inherit has resolved "auto" already
-    if kind == "none":
+    if cfg.asr_prior == "none":  # _inherit has made "auto" the teacher's setting
         return None, None
-    bonus, info = prior_for(d.rows, teacher.vocab, kind, cache_dir(cfg.data.cache_dir),
+    bonus, info = prior_for(d.rows, teacher.vocab, cfg.asr_prior, cache_dir(cfg.data.cache_dir),
                             cfg.asr_accuracy, cfg.asr_workers, log)
     if refit:
         from plcli.ranking import ranking_of
