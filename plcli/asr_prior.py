@@ -1,7 +1,7 @@
 """A speech recogniser's vote as a prior over each training row's candidates.
 
 pocketsphinx (its bundled US-English model, no training) decodes every training recording with a
-grammar of that recording's own candidates (``plcli.bench.grammar``, the benchmark's
+grammar of that recording's own candidates (``plcli.grammar``, also the benchmark's
 zero-training row) and names one of them. That vote is a noisy label: right with some probability
 ``a``. Treated as one annotator with symmetric noise (the single-annotator case of Dawid and Skene
 1979), the likelihood of the vote given the truth is ``a`` for the named candidate and
@@ -45,9 +45,9 @@ def resolve(kind: str) -> str:
         raise UserError(f"unknown asr prior {kind!r}: one of {', '.join(CHOICES)}")
     if kind != "auto":
         return kind
-    import importlib.util
+    from plcli.grammar import unavailable
 
-    return "pocketsphinx" if importlib.util.find_spec("pocketsphinx") is not None else "none"
+    return "pocketsphinx" if unavailable() is None else "none"
 
 
 def _row_key(audio: Path, candidates: Sequence[str]) -> str:
@@ -59,8 +59,8 @@ def _row_key(audio: Path, candidates: Sequence[str]) -> str:
 def grammar_votes(rows: Sequence, cache: Path, workers: int = 2, log: Callable = print) -> np.ndarray:
     """(N,) int64: the index into ``rows[i].candidates`` that pocketsphinx decodes with a grammar of
     them, -1 for rows without candidates or where it decodes nothing. Cached under ``cache/asr``."""
-    from plcli.bench.grammar import DECODER_OPTIONS
     from plcli.doctor import dist_version
+    from plcli.grammar import DECODER_OPTIONS
 
     todo = [i for i, r in enumerate(rows) if r.candidates]
     keys = {i: _row_key(Path(rows[i].audio), rows[i].candidates) for i in todo}
@@ -74,7 +74,7 @@ def grammar_votes(rows: Sequence, cache: Path, workers: int = 2, log: Callable =
             votes[i] = stored[keys[i]]
         log(f"asr prior: reused pocketsphinx's votes on {len(todo)} recordings ({path})")
         return votes
-    from plcli.bench.grammar import choose_with_grammar
+    from plcli.grammar import choose_with_grammar
 
     procs = workers if len(todo) >= 100 else 1  # a few clips decode faster here than a fresh pool starts
     log(f"asr prior: pocketsphinx decodes {len(todo)} recordings with a grammar of their candidates "

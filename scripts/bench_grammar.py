@@ -1,5 +1,5 @@
 """Benchmark row 5b alone on a ``plcli demo-data`` folder: pocketsphinx with a grammar of each test
-recording's candidates (``plcli.bench.grammar``), no training.
+recording's candidates (``plcli.grammar``), no training.
 
     plcli demo-data /tmp/gram-demo --train 200 --test 200 --phrases 40
     python scripts/bench_grammar.py /tmp/gram-demo [--workers 1] [--limit 200]
@@ -17,10 +17,10 @@ import json
 import time
 from pathlib import Path
 
-from plcli.bench.grammar import choose_with_grammar, score_choices
 from plcli.data.labels import LabelNormalizer
 from plcli.data.manifest import read_truth
 from plcli.data.validate import load_rows
+from plcli.grammar import choose_with_grammar, score_choices
 
 
 def main() -> None:

@@ -117,7 +117,7 @@ class _FakeDecoder:
 
 @pytest.fixture
 def fake_decoder(monkeypatch):
-    import plcli.bench.grammar as grammar
+    import plcli.grammar as grammar
 
     def install(truth_by_file: dict[str, str]) -> _FakeDecoder:
         fake = _FakeDecoder(truth_by_file)
@@ -269,3 +269,17 @@ def test_auto_takes_pocketsphinx_where_it_is_installed(monkeypatch):
     assert asr_prior.resolve("auto") == "none"
     with pytest.raises(UserError):
         asr_prior.resolve("kaldi")
+
+
+def test_the_pipeline_does_not_import_the_benchmark():
+    """The vote's decoder lives in plcli.grammar: the command and its stages load no plcli.bench module."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import plcli.cli, plcli.finetune, plcli.distill, plcli.asr_prior as p, plcli.grammar; "
+        "p.resolve('auto'); print(sorted(m for m in sys.modules if m.startswith('plcli.bench')))"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "[]"

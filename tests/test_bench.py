@@ -417,6 +417,29 @@ def test_hold_out_messages_removes_held_messages_from_training():
     assert hold_out_messages(rows, truth, 0.0, 0, norm) == (rows, [], [])
 
 
+def test_no_vote_row_differs_from_plcli_only_in_the_vote(monkeypatch, tmp_path):
+    """Row 6b runs the plcli row's stages with ``asr_prior: none``; row 6 leaves it at its default."""
+    import plcli.models.classifier as classifier
+
+    grid = _script()
+    calls = []
+    monkeypatch.setattr(grid, "run_stage", lambda name, out, o: calls.append((name, out.name, o)) or {})
+    monkeypatch.setattr(grid, "pretrain", lambda *a, **k: {"dir": tmp_path / "pre", "seconds": 1.0})
+    monkeypatch.setattr(grid, "finish_cell", lambda *a, **k: {"row": a[2]})
+    monkeypatch.setattr(classifier, "load_model", lambda d: (None, None, None))
+    a = grid.parse(["--bench-dir", str(tmp_path), "--accelerator", "cpu"])
+    paths = {"manifests": {(0.05, 0): (tmp_path / "m.jsonl", tmp_path / "n.jsonl")}, "truth": tmp_path / "t"}
+    for row in ("plcli", "plcli-no-vote"):
+        assert grid.pipeline_cell(a, tmp_path, paths, row, 0.05, 0) == {"row": row}
+    (f1, fo1), (d1, do1), (f2, fo2), (d2, do2) = ((n, o) for _, n, o in calls)
+    assert (f1, d1, f2, d2) == ("plcli-r0.05-s0-finetune", "plcli-r0.05-s0-distill",
+                                "plcli-no-vote-r0.05-s0-finetune", "plcli-no-vote-r0.05-s0-distill")
+    assert fo1["asr_prior"] is None and fo2["asr_prior"] == "none"
+    assert {k: v for k, v in fo1.items() if k != "asr_prior"} == {k: v for k, v in fo2.items() if k != "asr_prior"}
+    assert do1["data.manifests"] == do2["data.manifests"]  # distill inherits the teacher's setting
+    assert "plcli-no-vote" not in a.rows and "plcli-no-vote" in grid.parse(["--rows", "plcli-no-vote"]).rows
+
+
 def test_prepare_writes_the_grid_manifests(tmp_path):
     from plcli.data.validate import load_rows
     from tests.conftest import write_dataset, write_truth
@@ -542,7 +565,7 @@ def test_benchmark_end_to_end_resumes(tmp_path, one_thread):
     ]
     assert bench.main(args) == 0
     cells = json.loads((tmp_path / "b" / "results.json").read_text())
-    assert sorted(c["row"] for c in cells) == sorted(ROW_NAMES)
+    assert sorted(c["row"] for c in cells) == sorted(bench.DEFAULT_ROWS)
     for c in cells:
         if c["row"] == "asr-grammar":  # a grammar of the candidates has no all-class accuracy
             assert c["accuracy"] is None and c["oov_rate"] >= 0.0 and c["unseen_rows"] >= 0

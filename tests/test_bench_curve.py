@@ -165,7 +165,7 @@ def test_grammar_row(tmp_path, monkeypatch):
         seen.append((paths, candidates))
         return [1, -1, 0], {"decode_seconds": 1.0, "clips_per_second": 3.0}
 
-    monkeypatch.setitem(sys.modules, "plcli.bench.grammar", types.SimpleNamespace(choose_with_grammar=choose))
+    monkeypatch.setitem(sys.modules, "plcli.grammar", types.SimpleNamespace(choose_with_grammar=choose))
     monkeypatch.setattr(curve, "grammar_available", lambda: None)
     a = curve.parse(["--asr-workers", "1"])
     c = curve.run_grammar(a, tmp_path, "zipf", test)
@@ -173,7 +173,7 @@ def test_grammar_row(tmp_path, monkeypatch):
     assert c["accuracy"] == 0.25 and c["accuracy_within"] == pytest.approx(1 / 3) and c["no_choice"] == 1
     assert c["n"] is None and c["rate"] is None and c["dist"] == "zipf"
     assert curve.run_grammar(a, tmp_path, "zipf", test)["accuracy"] == 0.25 and len(seen) == 1
-    monkeypatch.setattr(curve, "grammar_available", lambda: "plcli.bench.grammar is not installed")
+    monkeypatch.setattr(curve, "grammar_available", lambda: "plcli.grammar is not installed")
     assert curve.run_grammar(a, tmp_path / "other", "zipf", test) is None
     assert not (tmp_path / "other").exists()  # nothing cached: the row runs once the module exists
 

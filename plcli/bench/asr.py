@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from plcli.errors import UserError
+from plcli.grammar import map_decoders
 
 SAMPLE_RATE = 16000
 DEFAULT_SCORER = "ratio"
@@ -142,29 +143,6 @@ def _transcribe_file(path: str) -> tuple[str, float]:
     t = time.perf_counter()
     text = _worker(wave)
     return text, time.perf_counter() - t
-
-
-def map_decoders(fn: Callable, init: Callable[[], None], jobs: Sequence, workers: int,
-                 progress: Callable[[int, int], None] | None = None) -> tuple[list, int]:
-    """``fn`` over ``jobs`` in order, with ``init`` run once per decoder process: in this process for
-    one worker or fewer than 4 jobs, else in a "spawn" pool of ``workers``. Returns the results and
-    the number of decoders that ran. Shared by the recogniser rows (free transcription, grammar)."""
-    out: list = []
-    if workers <= 1 or len(jobs) < 4:
-        init()
-        for i, job in enumerate(jobs, 1):
-            out.append(fn(job))
-            if progress:
-                progress(i, len(jobs))
-        return out, 1
-    import multiprocessing as mp
-
-    with mp.get_context("spawn").Pool(workers, initializer=init) as pool:
-        for i, r in enumerate(pool.imap(fn, jobs, chunksize=8), 1):
-            out.append(r)
-            if progress:
-                progress(i, len(jobs))
-    return out, workers
 
 
 def transcribe_files(

@@ -12,7 +12,7 @@ Rows: the oracle (``grid.baseline_cell``: plcli's student trained on true labels
 pretrained encoder where plcli's student starts from it, see ``compute_cell``), plcli with its
 defaults and its teacher alone (one ``grid.pipeline_cell`` run gives both), plcli without
 pretraining (``finetune --pretrained none``, then distill) and pocketsphinx with a per-recording
-grammar of the recording's candidates (``plcli.bench.grammar``, no training: one cell per
+grammar of the recording's candidates (``plcli.grammar``, no training: one cell per
 distribution, reported as not available when that module or its recogniser is missing). Every
 cell is a JSON file under OUT/<dist>/n<N>/cells (the recogniser's under OUT/<dist>/cells), so an
 interrupted run continues.
@@ -193,9 +193,9 @@ def cell_key(row: str, rate: float | None, seed: int) -> str:
 
 
 def grammar_cell(a, test: Path) -> dict:
-    """pocketsphinx restricted to each test recording's candidates (``plcli.bench.grammar``)."""
-    from plcli.bench.grammar import choose_with_grammar
+    """pocketsphinx restricted to each test recording's candidates (``plcli.grammar``)."""
     from plcli.data.labels import LabelNormalizer
+    from plcli.grammar import choose_with_grammar
 
     norm = LabelNormalizer()
     rows = [r for r in read_jsonl(test) if r.get("label")]
@@ -224,15 +224,9 @@ def grammar_cell(a, test: Path) -> dict:
 
 def grammar_available() -> str | None:
     """None when the grammar row can run, else why not."""
-    import importlib.util
+    from plcli.grammar import unavailable
 
-    for mod in ("plcli.bench.grammar", "pocketsphinx"):
-        try:
-            if importlib.util.find_spec(mod) is None:
-                return f"module {mod} not found"
-        except ModuleNotFoundError:
-            return f"module {mod} not found"
-    return None
+    return unavailable()
 
 
 def _done(kind: str, key: str, c: dict, t: float, t0: float) -> None:

@@ -34,6 +34,7 @@ ROW_NAMES = {
     "asr": "5. Speech recogniser (pocketsphinx)",
     "asr-grammar": "5b. Speech recogniser, grammar of the candidates (pocketsphinx)",
     "plcli": "6. plcli (defaults)",
+    "plcli-no-vote": "6b. plcli without the recogniser's vote (`--asr-prior none`)",
 }
 ROWS = tuple(ROW_NAMES)
 

@@ -1,6 +1,9 @@
-"""Benchmark row 5b: pocketsphinx restricted to a grammar of each recording's own candidates.
+"""pocketsphinx restricted to a grammar of each recording's own candidates.
 
-Row 5 (``plcli.bench.asr``) transcribes with pocketsphinx's general 3-gram language model and
+Two users: the recogniser's vote on the training rows (``plcli.asr_prior``, on by default in
+finetune and distill) and the benchmark's zero-training row 5b (``plcli.bench.grid``,
+``plcli.bench.curve``, ``scripts/bench_grammar.py``). The benchmark's row 5 (``plcli.bench.asr``)
+transcribes with pocketsphinx's general 3-gram language model and
 fuzzy-matches the transcript afterwards. Here the decoder itself can only output one of the
 recording's candidates: each recording gets a JSGF grammar ``public <s> = cand1 | ... | cand10;``
 over the candidates' spoken forms, so the search compares the ten texts against the audio directly.
@@ -29,8 +32,9 @@ decoded before it (and so on the number of workers); it is re-initialised before
 (0.1 ms), which makes each decode the same as a fresh decoder's.
 
 A recording for which the decoder returns nothing (or all of whose candidates are empty) gets the
-index ``-1``; the caller replaces it with a seeded random candidate (``grid.grammar_cell`` does), so
-such a row counts as a fair guess rather than as "always the first candidate".
+index ``-1``; the benchmark replaces it with a seeded random candidate (``score_choices``), so
+such a row counts as a fair guess rather than as "always the first candidate"; the vote leaves the
+row without a vote.
 """
 
 from __future__ import annotations
@@ -319,6 +323,40 @@ class GrammarDecoder:
         return index_of.get(text, -1), stats
 
 
+def unavailable() -> str | None:
+    """None when the grammar search can run (pocketsphinx is importable), else why not."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("pocketsphinx") is not None
+    except (ImportError, ValueError):
+        found = False
+    return None if found else "pocketsphinx is not installed (pip install 'plcli[asr]')"
+
+
+def map_decoders(fn: Callable, init: Callable[[], None], jobs: Sequence, workers: int,
+                 progress: Callable[[int, int], None] | None = None) -> tuple[list, int]:
+    """``fn`` over ``jobs`` in order, with ``init`` run once per decoder process: in this process for
+    one worker or fewer than 4 jobs, else in a "spawn" pool of ``workers``. Returns the results and
+    the number of decoders that ran. Shared by the grammar search and the benchmark's free transcription."""
+    out: list = []
+    if workers <= 1 or len(jobs) < 4:
+        init()
+        for i, job in enumerate(jobs, 1):
+            out.append(fn(job))
+            if progress:
+                progress(i, len(jobs))
+        return out, 1
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(workers, initializer=init) as pool:
+        for i, r in enumerate(pool.imap(fn, jobs, chunksize=8), 1):
+            out.append(r)
+            if progress:
+                progress(i, len(jobs))
+    return out, workers
+
+
 def _stats() -> dict:
     return {"words": 0, "oov": 0, "dropped": 0, "oov_words": [], "empty_alternatives": 0, "grammar_errors": 0}
 
@@ -368,7 +406,6 @@ def choose_with_grammar(
     jobs = [(p, list(cs)) for p, cs in zip(paths, candidates, strict=True)]
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
-    from plcli.bench.asr import map_decoders
 
     out, workers = map_decoders(_choose_file, _init_worker, jobs, workers, progress)
     decode = sum(s for _, _, s in out)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from plcli.bench.grammar import (
+from plcli.grammar import (
     ARPABET,
     espeak_to_arpabet,
     grammar_alternatives,
@@ -119,7 +119,7 @@ def test_espeak_to_arpabet_table():
 
 def test_guessed_pronunciations_use_the_models_phones():
     pytest.importorskip("espeakng_loader")
-    from plcli.bench.grammar import guess_pronunciation
+    from plcli.grammar import guess_pronunciation
 
     for word in ("zorblat", "omar", "siobhan", "anna's", "xiaoming"):
         phones = guess_pronunciation(word)
@@ -147,7 +147,7 @@ def test_score_choices_fallback_and_unseen_split():
 
 
 def test_choose_with_grammar_argument_checks():
-    from plcli.bench.grammar import choose_with_grammar
+    from plcli.grammar import choose_with_grammar
 
     with pytest.raises(ValueError):
         choose_with_grammar(["a.wav"], [])
@@ -157,7 +157,7 @@ def test_choose_with_grammar_argument_checks():
 
 def test_choose_with_grammar_nothing_to_say():
     pytest.importorskip("pocketsphinx")  # the decoder is built before the candidates are read
-    from plcli.bench.grammar import choose_with_grammar
+    from plcli.grammar import choose_with_grammar
 
     chosen, timing = choose_with_grammar(["never-read.wav"], [["?!", ""]], workers=1)
     assert chosen == [-1] and timing["no_result"] == 1 and timing["words"] == 0
@@ -189,7 +189,7 @@ def spoken_clips(tmp_path_factory):
 
 
 def test_choose_with_grammar_decodes_generated_speech(spoken_clips):
-    from plcli.bench.grammar import choose_with_grammar
+    from plcli.grammar import choose_with_grammar
 
     candidates = [[*OTHERS[:i], said, *OTHERS[i:]] for i, said in enumerate(SAID)]
     chosen, timing = choose_with_grammar(spoken_clips, candidates, workers=1)
@@ -205,7 +205,7 @@ def test_choose_with_grammar_decodes_generated_speech(spoken_clips):
 
 
 def test_oov_word_without_a_pronunciation_is_dropped(spoken_clips, monkeypatch):
-    from plcli.bench import grammar
+    from plcli import grammar
     from plcli.data.audio import load_audio
 
     monkeypatch.setattr(grammar, "guess_pronunciation", lambda word: None)
@@ -223,7 +223,7 @@ def test_oov_word_without_a_pronunciation_is_dropped(spoken_clips, monkeypatch):
 
 def test_choose_with_grammar_in_worker_processes(spoken_clips):
     """Two spawned workers give the same choices as one decoder in this process."""
-    from plcli.bench.grammar import choose_with_grammar
+    from plcli.grammar import choose_with_grammar
 
     paths = list(spoken_clips) * 2
     candidates = [[*OTHERS, s] for s in SAID] * 2
