@@ -360,6 +360,7 @@ def distill(
     ranking_manifest: Path = typer.Option(None, "--ranking-manifest", help="labelled rows (speakers held out from training; some saying messages training never holds, to weigh new messages) that choose the combined ranking (default: the held-out exact rows)"),
     asr_prior: str = typer.Option(None, "--asr-prior", help="auto (default: the teacher's setting), none or pocketsphinx: a speech recogniser's vote among each recording's candidates as a prior on every target (docs/asr-prior.md)"),
     asr_accuracy: float = typer.Option(None, "--asr-accuracy", help="how often the vote is right (default: the teacher's, else estimated on the exact rows with candidates)"),
+    asr_rounds: int = typer.Option(None, "--asr-rounds", help="rounds whose targets take the vote (0: none, the teacher's training took it; the CTC phase and refits take it only when every round does; default: every step)"),
     truth: Path = typer.Option(None, "--truth", help="JSONL/CSV id,label: disambiguation accuracy on candidate rows"),
 ):
     """Stage 3: distil the teacher into a smaller student on candidate-constrained pseudo-labels.
@@ -375,7 +376,8 @@ def distill(
             "ctc_starts": ctc_starts, "ctc_other_tokens": ctc_other_tokens, "ctc_refits": ctc_refits,
             "ctc_refit_epochs": ctc_refit_epochs,
             "ranking_manifest": str(ranking_manifest) if ranking_manifest else None,
-            "asr_prior": asr_prior, "asr_accuracy": asr_accuracy, "truth": str(truth) if truth else None}
+            "asr_prior": asr_prior, "asr_accuracy": asr_accuracy, "asr_rounds": asr_rounds,
+            "truth": str(truth) if truth else None}
 
 
 @app.command()

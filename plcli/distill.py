@@ -231,6 +231,10 @@ class DistillConfig(Config):
     ranking_manifest: str | None = opt(None, "labelled rows (e.g. speakers held out from training; some saying messages training never holds, to weigh new messages) on which the combined ranking is chosen (default: the held-out exact rows)")
     asr_prior: str = opt("auto", "a speech recogniser's vote among each row's candidates as a prior on every target (rounds, CTC phase, refit): none, pocketsphinx, or auto (the teacher's setting; docs/asr-prior.md)", choices=CHOICES)
     asr_accuracy: float | None = opt(None, "how often the recogniser's vote is right (default: the teacher's, else estimated on the exact rows with candidates)", min=0.0, max=1.0)
+    asr_rounds: int | None = opt(
+        None, "rounds whose targets take the recogniser's vote (0: none, the teacher's own training took it; "
+        "the CTC phase and its refits take it only when every round does); default: every round, the CTC phase "
+        "and the refits", min=0)
     asr_workers: int = opt(2, "recogniser processes for the asr prior", min=1)
     truth: str | None = opt(None, "optional JSONL/CSV of id,label: disambiguation accuracy on candidate rows")
     overwrite: bool = opt(False, "replace an existing run in out")
@@ -760,6 +764,8 @@ def _run_rounds(cfg: DistillConfig, log, callbacks: list | None) -> dict:
                 sub.ctc.tokens, sub.trainer.seed = plan[len(starts)]
         elif phase or (k < cfg.rounds and not cfg.ctc_all_rounds):
             sub.ctc.weight = 0.0  # only the student that is kept needs the CTC head
+        # a step without the vote: its teacher learnt from targets that already held it
+        sub.asr_rounds = None if _takes_vote(cfg, k) else 0
         done = Path(sub.out) / "metrics.json"
         if cfg.trainer.resume is not None and _reusable(Path(sub.out), teacher, kind, sub.ctc.tokens):
             log(f"{what}: already done, reusing {sub.out}")
@@ -795,6 +801,14 @@ def _run_rounds(cfg: DistillConfig, log, callbacks: list | None) -> dict:
         extra["ctc_starts"] = [{k: v for k, v in s.items() if k != "_m"} for s in starts]
         extra["ctc_phase"].update({k: kept[k] for k in ("dir", "tokens")})
     return _finish_rounds(cfg, out, teacher, summary, {**m, **extra})
+
+
+def _takes_vote(cfg: DistillConfig, step: int) -> bool:
+    """Whether the ``step``-th step (1-based: the rounds, then the CTC phase's starts and refits) adds
+    the recogniser's vote to its targets (``asr_rounds``; None: every step)."""
+    if cfg.asr_rounds is None:
+        return True
+    return step <= cfg.asr_rounds or cfg.asr_rounds >= cfg.rounds
 
 
 START_SEED_STEP = 1000  # seed offset between CTC phase starts (the rounds' seeds stay as they are)
@@ -880,7 +894,8 @@ def _finish_rounds(cfg: DistillConfig, out: Path, last_round: Path, summary: lis
     save_config(out, DistillConfig.from_dict({**last, "out": str(out), "teacher": cfg.teacher, "rounds": cfg.rounds,
                                               "overwrite": cfg.overwrite, "trainer": cfg.to_dict()["trainer"],
                                               "ctc": cfg.to_dict()["ctc"], "ctc_refits": cfg.ctc_refits,
-                                              "ctc_starts": cfg.ctc_starts, "ctc_other_tokens": cfg.ctc_other_tokens}),
+                                              "ctc_starts": cfg.ctc_starts, "ctc_other_tokens": cfg.ctc_other_tokens,
+                                              "asr_rounds": cfg.asr_rounds}),
                 STAGE)
     # the stage's time is its rounds' (also when some of them ran before a resume)
     phase = m.get("ctc_starts") or ([m["ctc_phase"]] if m.get("ctc_phase") else [])  # every start took its time
@@ -1111,7 +1126,7 @@ def _asr_bonus(cfg: DistillConfig, teacher: _Teacher, d: _Rows, ctc_only: bool, 
     """
     from plcli.asr_prior import prior_for
 
-    if cfg.asr_prior == "none":  # _inherit has made "auto" the teacher's setting
+    if cfg.asr_prior == "none" or cfg.asr_rounds == 0:  # _inherit has made "auto" the teacher's setting
         return None, None
     bonus, info = prior_for(d.rows, teacher.vocab, cfg.asr_prior, cache_dir(cfg.data.cache_dir),
                             cfg.asr_accuracy, cfg.asr_workers, log)

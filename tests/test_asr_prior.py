@@ -254,6 +254,40 @@ def test_distill_targets_take_the_votes_and_inherit_the_setting(tmp_path, fake_d
     assert plain["targets_disambiguation_acc_initial"] < 0.9
     off = distill(tmp_path / "t-asr", "s-off", asr_prior="none")
     assert "asr_prior" not in off
+    once = distill(tmp_path / "t-asr", "s-once", asr_rounds=0)  # the teacher's training took it
+    assert "asr_prior" not in once and once["targets_disambiguation_acc_initial"] < 0.9
+
+    # asr_rounds 1 of 3: round 1's targets take the vote; rounds 2 and 3 take their teacher's as they are
+    cfg = DistillConfig(out=str(tmp_path / "s-rounds"), teacher=str(tmp_path / "t-asr"), truth=str(tf), views=2,
+                        rounds=3, ctc_epochs=0, asr_rounds=1)
+    cfg.data.manifests = [str(manifest)]
+    cfg.trainer = TrainerConfig(epochs=1, batch_size=8, accelerator="cpu", devices="1", progress=False)
+    cfg.validate()
+    run(cfg, log=lambda *_: None)
+    rounds = [json.loads((tmp_path / "s-rounds" / f"round{k}" / "metrics.json").read_text()) for k in (1, 2, 3)]
+    assert [("asr_prior" in m) for m in rounds] == [True, False, False]
+    assert rounds[0]["targets_disambiguation_acc_initial"] == 1.0
+    from plcli.runs import read_run_config
+
+    saved = read_run_config(tmp_path / "s-rounds")
+    assert saved["asr_rounds"] == 1 and saved["asr_prior"] == "pocketsphinx"
+
+
+@pytest.mark.parametrize(
+    ("asr_rounds", "rounds", "takes"),
+    [
+        (None, 2, [True, True, True, True]),  # every round, the CTC phase and its refit
+        (0, 2, [False, False, False, False]),
+        (1, 2, [True, False, False, False]),
+        (2, 2, [True, True, True, True]),  # every round took it: so do the CTC steps
+        (5, 2, [True, True, True, True]),
+    ],
+)
+def test_which_distill_steps_take_the_vote(asr_rounds, rounds, takes):
+    from plcli.distill import DistillConfig, _takes_vote
+
+    cfg = DistillConfig(rounds=rounds, asr_rounds=asr_rounds)
+    assert [_takes_vote(cfg, k) for k in range(1, 5)] == takes  # steps 3 and 4: a CTC start and a refit
 
 
 def test_auto_takes_pocketsphinx_where_it_is_installed(monkeypatch):
