@@ -239,8 +239,8 @@ def test_distill_targets_take_the_votes_and_inherit_the_setting(tmp_path, fake_d
         return d
 
     def distill(t: Path, out: str, **over) -> dict:
-        cfg = DistillConfig(out=str(tmp_path / out), teacher=str(t), truth=str(tf), views=2, rounds=1, ctc_epochs=0,
-                            **over)
+        cfg = DistillConfig(out=str(tmp_path / out), teacher=str(t), truth=str(tf), views=2,
+                            **{"rounds": 1, "ctc_epochs": 0, **over})
         cfg.data.manifests = [str(manifest)]
         cfg.trainer = TrainerConfig(epochs=1, batch_size=8, accelerator="cpu", devices="1", progress=False)
         cfg.validate()
@@ -258,12 +258,7 @@ def test_distill_targets_take_the_votes_and_inherit_the_setting(tmp_path, fake_d
     assert "asr_prior" not in once and once["targets_disambiguation_acc_initial"] < 0.9
 
     # asr_rounds 1 of 3: round 1's targets take the vote; rounds 2 and 3 take their teacher's as they are
-    cfg = DistillConfig(out=str(tmp_path / "s-rounds"), teacher=str(tmp_path / "t-asr"), truth=str(tf), views=2,
-                        rounds=3, ctc_epochs=0, asr_rounds=1)
-    cfg.data.manifests = [str(manifest)]
-    cfg.trainer = TrainerConfig(epochs=1, batch_size=8, accelerator="cpu", devices="1", progress=False)
-    cfg.validate()
-    run(cfg, log=lambda *_: None)
+    distill(tmp_path / "t-asr", "s-rounds", rounds=3, asr_rounds=1)
     rounds = [json.loads((tmp_path / "s-rounds" / f"round{k}" / "metrics.json").read_text()) for k in (1, 2, 3)]
     assert [("asr_prior" in m) for m in rounds] == [True, False, False]
     assert rounds[0]["targets_disambiguation_acc_initial"] == 1.0

@@ -6,8 +6,8 @@ softmax), pocketsphinx + fuzzy matching, pocketsphinx with a grammar of each rec
 candidates, and plcli with its defaults (and, only when --rows names it, plcli without the speech
 recogniser's vote, row 6b); at each exact-label rate and seed. Every finished cell is a JSON file
 under BENCH/cells and every stage run a run directory under BENCH/runs (continued with --resume
-auto), so an interrupted benchmark continues where it stopped. Settings are chosen on a validation split of the training speakers, never on the test
-manifest.
+auto), so an interrupted benchmark continues where it stopped. Settings are chosen on a validation
+split of the training speakers, never on the test manifest.
 
     python scripts/benchmark.py                        # the full grid (hours on 2 CPU cores)
     python scripts/benchmark.py --quick                # a small smoke run (minutes)
