@@ -1,0 +1,69 @@
+"""How often a distill round's target table names the truth, for several weights of the vote.
+
+From the saved models of a distill run, recompute the target table that a round builds from its
+teacher (the run's finetune teacher, or one of its rounds) on the candidate training rows, with
+the recogniser's vote (``plcli.asr_prior``) added to the teacher's logits at a given scale (0: no
+vote; 1: ``delta``, today's rounds; T: ``T * delta``, the rounds before 2026-12-06), and score it
+against ``--truth``. It compares ways of using the vote in seconds instead of a distill run each
+(docs/asr-prior.md, "The vote's weight in the targets"). ``scripts/vote_weight.py`` is its command.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+
+def target_accuracy(run: Path, teachers: Sequence[str], scales: Sequence[float] | None = None,
+                    log=lambda *_: None) -> dict:
+    """Share of the candidate training rows (no exact label, a known truth) whose target names the truth.
+
+    Args:
+        run: a distill run folder (its round 1 gives the data, the split and the temperature).
+        teachers: ``"teacher"`` (the run's finetune teacher), a round folder name (``"round3"``) or a
+            run or model path.
+        scales: the vote's weights (default 0, 1 and the run's temperature T).
+
+    Returns:
+        ``{"rows": n, "vote_accuracy": a, "temperature": T, "targets": {teacher: {scale: share}}}``.
+    """
+    from plcli.asr_prior import prior_for
+    from plcli.config import cache_dir
+    from plcli.distill import DistillConfig, _load_rows, _open_teacher, open_cache, teacher_targets
+    from plcli.inference import RowView, predict_logits
+    from plcli.losses import candidate_log_prior
+
+    run = Path(run)
+    first = run / "round1" if (run / "round1" / "config.yaml").is_file() else run
+    raw = yaml.safe_load((first / "config.yaml").read_text())
+    cfg = DistillConfig.from_dict({k: v for k, v in raw.items() if k in DistillConfig.__dataclass_fields__})
+    held = json.loads((first / "metrics.json").read_text())["held_out"]
+    t0 = _open_teacher(str(cfg.teacher))
+    d = _load_rows(cfg, t0.vocab, held["fraction"], held["seed"], log)
+    bonus, info = prior_for(d.rows, t0.vocab, "pocketsphinx", cache_dir(cfg.data.cache_dir), cfg.asr_accuracy,
+                            cfg.asr_workers, log)
+    _, clean = open_cache(cfg.data, t0.features).features([r.audio for r in d.rows])
+    T = cfg.temperature
+    scales = [0.0, 1.0, T] if scales is None else [float(s) for s in scales]
+    mask, y = torch.from_numpy(d.mask[d.pool]), torch.from_numpy(d.y[d.pool])
+    log_prior = candidate_log_prior(torch.from_numpy(d.mask))
+    truth = d.truth[d.pool]
+    rows = (d.mask[d.pool].sum(1) > 1) & (d.y[d.pool] < 0) & (truth >= 0)  # (P,) candidate rows with a truth
+    out: dict = {}
+    for name in teachers:
+        path = cfg.teacher if name == "teacher" else (run / name if (run / name).exists() else Path(name))
+        t = _open_teacher(str(path))
+        if t.vocab.keys != t0.vocab.keys:
+            raise ValueError(f"{path}: its vocabulary is not the run's")
+        z = predict_logits(t.model, RowView(clean, d.pool))  # (P, C)
+        out[name] = {}
+        for s in scales:
+            targets, _, _ = teacher_targets(torch.from_numpy(z + s * bonus[d.pool]), mask, y, T, cfg.confidence,
+                                            log_prior)
+            out[name][s] = float(np.mean(targets.numpy()[rows].argmax(1) == truth[rows])) if rows.any() else float("nan")
+    return {"rows": int(rows.sum()), "vote_accuracy": info["accuracy"], "temperature": T, "targets": out}
