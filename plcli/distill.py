@@ -1102,7 +1102,7 @@ def _prepare_round(cfg: DistillConfig, log, ctc_only: bool = False, refit: bool 
     target_prior = log_prior / cfg.temperature if ctc_only and log_prior is not None else log_prior
     if refit and not teacher.model.has_ctc:
         raise UserError(f"{cfg.teacher}: a CTC refit needs a teacher with a CTC head")
-    bonus, asr = _asr_bonus(cfg, teacher, d, refit, log)
+    bonus, asr = _asr_bonus(cfg, teacher, d, ctc_only, refit, log)
     targets, kind, key, reused = _targets(cfg, teacher, d, clean, views, view_seed, target_prior, ranked=refit,
                                           bonus=bonus)
     log(("reused" if reused else "computed") + " the teacher's targets: "
@@ -1115,17 +1115,14 @@ def _prepare_round(cfg: DistillConfig, log, ctc_only: bool = False, refit: bool 
                   key, reused, seconds, asr)
 
 
-def _asr_bonus(cfg: DistillConfig, teacher: _Teacher, d: _Rows, refit: bool,
+def _asr_bonus(cfg: DistillConfig, teacher: _Teacher, d: _Rows, ctc_only: bool, refit: bool,
                log) -> tuple[np.ndarray | None, dict | None]:
     """(P, C) the recogniser's vote over the pool in the units of the logits it joins, and its summary.
 
-    Bayes' rule adds the vote's log-likelihood ``delta`` to the log-probabilities z. The rounds'
-    targets are softmax((z + delta) / T), the posterior tempered as a whole: adding ``T * delta``
-    instead (a tempered model times the full likelihood) let the vote overrule students far more
-    often right than it, and named the truth less often in every target table measured
-    (docs/asr-prior.md). The CTC phase draws at T = 1, so ``delta`` too; the refit's ranking scores
-    are its calibrated log-probabilities times the ranking's fitted temperature t, so ``t * delta``
-    (and its targets stay as sharp as the ranking's own).
+    Bayes' rule adds the vote's log-likelihood ``delta`` to the log-probabilities. The rounds' targets
+    are softmax(z / T), so ``T * delta`` is added to z; the CTC phase sharpens its draws back to T = 1,
+    so ``delta``; the refit's ranking scores are its calibrated log-probabilities times the ranking's
+    fitted temperature t, so ``t * delta`` (and its targets stay as sharp as the ranking's own).
     """
     from plcli.asr_prior import prior_for
 
@@ -1138,7 +1135,7 @@ def _asr_bonus(cfg: DistillConfig, teacher: _Teacher, d: _Rows, refit: bool,
 
         scale = float(ranking_of(getattr(teacher.model, "extra", None)).get("temperature") or 1.0)
     else:
-        scale = 1.0
+        scale = 1.0 if ctc_only else cfg.temperature
     return (scale * bonus[d.pool]).astype(np.float32), {**info, "scale": scale}
 
 

@@ -249,7 +249,7 @@ def test_distill_targets_take_the_votes_and_inherit_the_setting(tmp_path, fake_d
     plain = distill(teacher("t-none", "none"), "s-none")
     voted = distill(teacher("t-asr", "pocketsphinx"), "s-asr")  # auto: inherited
     assert "asr_prior" not in plain and voted["asr_prior"]["kind"] == "pocketsphinx"
-    assert voted["asr_prior"]["scale"] == pytest.approx(1.0)  # delta itself, tempered with the logits
+    assert voted["asr_prior"]["scale"] == pytest.approx(2.0)  # the rounds' temperature
     assert voted["targets_disambiguation_acc_initial"] == 1.0
     assert plain["targets_disambiguation_acc_initial"] < 0.9
     from plcli.bench.vote import target_accuracy
