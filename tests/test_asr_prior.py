@@ -254,9 +254,9 @@ def test_distill_targets_take_the_votes_and_inherit_the_setting(tmp_path, fake_d
     assert plain["targets_disambiguation_acc_initial"] < 0.9
     from plcli.bench.vote import target_accuracy
 
-    # the offline recomputation of the table: at the run's scale (1) it is the run's, and no vote is the plain one
-    tables = target_accuracy(tmp_path / "s-asr", ["teacher"], [0.0, 1.0])
-    assert tables["targets"]["teacher"][1.0] == voted["targets_disambiguation_acc_initial"]
+    # the offline recomputation of the table: at the run's scale (T = 2) it is the run's, without the vote the plain one
+    tables = target_accuracy(tmp_path / "s-asr", ["teacher"], [0.0, 2.0])
+    assert tables["targets"]["teacher"][2.0] == voted["targets_disambiguation_acc_initial"]
     assert tables["targets"]["teacher"][0.0] == plain["targets_disambiguation_acc_initial"]
     assert tables["rows"] > 0 and tables["temperature"] == 2.0
     off = distill(tmp_path / "t-asr", "s-off", asr_prior="none")

@@ -3,9 +3,11 @@
 From the saved models of a distill run, recompute the target table that a round builds from its
 teacher (the run's finetune teacher, or one of its rounds) on the candidate training rows, with
 the recogniser's vote (``plcli.asr_prior``) added to the teacher's logits at a given scale (0: no
-vote; 1: ``delta``, today's rounds; T: ``T * delta``, the rounds before 2026-12-06), and score it
-against ``--truth``. It compares ways of using the vote in seconds instead of a distill run each
-(docs/asr-prior.md, "The vote's weight in the targets"). ``scripts/vote_weight.py`` is its command.
+vote; 1: ``delta``, Bayes' posterior tempered as a whole; T: ``T * delta``, the rounds' own), and
+score it against ``--truth``, in seconds instead of a distill run. A table's accuracy is not the
+student's: on the long-tail set the ``delta`` tables were the better ones and the students trained on
+them the worse (docs/asr-prior.md, "The vote's weight in the rounds"). ``scripts/vote_weight.py`` is
+its command.
 """
 
 from __future__ import annotations
