@@ -254,7 +254,7 @@ def test_distill_targets_take_the_votes_and_inherit_the_setting(tmp_path, fake_d
     assert plain["targets_disambiguation_acc_initial"] < 0.9
     from plcli.bench.vote import target_accuracy
 
-    # the offline recomputation of the table: at the run's scale (T = 2) it is the run's, without the vote the plain one
+    # the table recomputed offline: at the run's scale (T = 2) the run's own; without the vote the plain one
     tables = target_accuracy(tmp_path / "s-asr", ["teacher"], [0.0, 2.0])
     assert tables["targets"]["teacher"][2.0] == voted["targets_disambiguation_acc_initial"]
     assert tables["targets"]["teacher"][0.0] == plain["targets_disambiguation_acc_initial"]

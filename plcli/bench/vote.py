@@ -16,7 +16,6 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
@@ -65,7 +64,8 @@ def target_accuracy(run: Path, teachers: Sequence[str], scales: Sequence[float] 
         z = predict_logits(t.model, RowView(clean, d.pool))  # (P, C)
         out[name] = {}
         for s in scales:
-            targets, _, _ = teacher_targets(torch.from_numpy(z + s * bonus[d.pool]), mask, y, T, cfg.confidence,
-                                            log_prior)
-            out[name][s] = float(np.mean(targets.numpy()[rows].argmax(1) == truth[rows])) if rows.any() else float("nan")
+            zs = torch.from_numpy(z + s * bonus[d.pool])
+            targets = teacher_targets(zs, mask, y, T, cfg.confidence, log_prior)[0].numpy()
+            right = targets[rows].argmax(1) == truth[rows]
+            out[name][s] = float(right.mean()) if rows.any() else float("nan")
     return {"rows": int(rows.sum()), "vote_accuracy": info["accuracy"], "temperature": T, "targets": out}
