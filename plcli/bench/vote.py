@@ -12,12 +12,10 @@ its command.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import yaml
 
 
 def target_accuracy(run: Path, teachers: Sequence[str], scales: Sequence[float] | None = None,
@@ -38,12 +36,12 @@ def target_accuracy(run: Path, teachers: Sequence[str], scales: Sequence[float] 
     from plcli.distill import DistillConfig, _load_rows, _open_teacher, open_cache, teacher_targets
     from plcli.inference import RowView, predict_logits
     from plcli.losses import candidate_log_prior
+    from plcli.runs import read_upstream
 
     run = Path(run)
-    first = run / "round1" if (run / "round1" / "config.yaml").is_file() else run
-    raw = yaml.safe_load((first / "config.yaml").read_text())
-    cfg = DistillConfig.from_dict({k: v for k, v in raw.items() if k in DistillConfig.__dataclass_fields__})
-    held = json.loads((first / "metrics.json").read_text())["held_out"]
+    first = read_upstream(run / "round1" if (run / "round1" / "config.yaml").is_file() else run, "RUN", ("distill",))
+    cfg = first.as_config(DistillConfig)
+    held = first.metrics()["held_out"]
     t0 = _open_teacher(str(cfg.teacher))
     d = _load_rows(cfg, t0.vocab, held["fraction"], held["seed"], log)
     bonus, info = prior_for(d.rows, t0.vocab, "pocketsphinx", cache_dir(cfg.data.cache_dir), cfg.asr_accuracy,
@@ -53,7 +51,7 @@ def target_accuracy(run: Path, teachers: Sequence[str], scales: Sequence[float] 
     scales = [0.0, 1.0, T] if scales is None else [float(s) for s in scales]
     mask, y = torch.from_numpy(d.mask[d.pool]), torch.from_numpy(d.y[d.pool])
     log_prior = candidate_log_prior(torch.from_numpy(d.mask))
-    truth = d.truth[d.pool]
+    truth, vote = d.truth[d.pool], bonus[d.pool]  # (P,), (P, C)
     rows = (d.mask[d.pool].sum(1) > 1) & (d.y[d.pool] < 0) & (truth >= 0)  # (P,) candidate rows with a truth
     out: dict = {}
     for name in teachers:
@@ -64,7 +62,7 @@ def target_accuracy(run: Path, teachers: Sequence[str], scales: Sequence[float] 
         z = predict_logits(t.model, RowView(clean, d.pool))  # (P, C)
         out[name] = {}
         for s in scales:
-            zs = torch.from_numpy(z + s * bonus[d.pool])
+            zs = torch.from_numpy(z + s * vote)
             targets = teacher_targets(zs, mask, y, T, cfg.confidence, log_prior)[0].numpy()
             right = targets[rows].argmax(1) == truth[rows]
             out[name][s] = float(right.mean()) if rows.any() else float("nan")
