@@ -1,4 +1,4 @@
-"""The accuracy benchmark grid (``make bench`` runs it through ``scripts/benchmark.py``) (see docs/benchmark.md for the method).
+"""The accuracy benchmark grid (``make bench`` runs it through ``scripts/benchmark.py``; docs/benchmark.md).
 
 Rows: oracle, exact-only, candidate-indicator MSE (same student as distill, trained directly),
 SimCLRv2 without candidates (pretrain -> finetune --loss ce-only -> distill on the teacher's full
