@@ -358,9 +358,10 @@ def distill(
     ctc_refits: int = typer.Option(None, "--ctc-refits", help="CTC refits after the CTC phase: each continues the CTC head on the previous model's combined ranking of the candidates (default 1)"),
     ctc_refit_epochs: int = typer.Option(None, "--ctc-refit-epochs", help="epochs of a CTC refit (default: a third of the CTC phase's)"),
     ranking_manifest: Path = typer.Option(None, "--ranking-manifest", help="labelled rows (speakers held out from training; some saying messages training never holds, to weigh new messages) that choose the combined ranking (default: the held-out exact rows)"),
-    asr_prior: str = typer.Option(None, "--asr-prior", help="auto (default: the teacher's setting), none or pocketsphinx: a speech recogniser's vote among each recording's candidates as a prior on every target (docs/asr-prior.md)"),
+    asr_prior: str = typer.Option(None, "--asr-prior", help="auto (default: the teacher's setting), none or pocketsphinx: a speech recogniser's vote among each recording's candidates as a prior on the targets (--asr-rounds, --asr-ctc; docs/asr-prior.md)"),
     asr_accuracy: float = typer.Option(None, "--asr-accuracy", help="how often the vote is right (default: the teacher's, else estimated on the exact rows with candidates)"),
-    asr_rounds: int = typer.Option(None, "--asr-rounds", help="rounds whose targets take the vote (0: none, the teacher's training took it; the CTC phase and refits take it only when every round does; default: every step)"),
+    asr_rounds: int = typer.Option(None, "--asr-rounds", help="the first N rounds' targets take the vote (default 1: once, later rounds' teachers learnt it; 0: none, the teacher's training took it; N >= --rounds: every round)"),
+    asr_ctc: bool = typer.Option(None, "--asr-ctc/--no-asr-ctc", help="the CTC phase and its refits take the vote, whatever --asr-rounds says (default: on)"),
     truth: Path = typer.Option(None, "--truth", help="JSONL/CSV id,label: disambiguation accuracy on candidate rows"),
 ):
     """Stage 3: distil the teacher into a smaller student on candidate-constrained pseudo-labels.
@@ -377,7 +378,7 @@ def distill(
             "ctc_refit_epochs": ctc_refit_epochs,
             "ranking_manifest": str(ranking_manifest) if ranking_manifest else None,
             "asr_prior": asr_prior, "asr_accuracy": asr_accuracy, "asr_rounds": asr_rounds,
-            "truth": str(truth) if truth else None}
+            "asr_ctc": asr_ctc, "truth": str(truth) if truth else None}
 
 
 @app.command()

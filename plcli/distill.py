@@ -229,12 +229,13 @@ class DistillConfig(Config):
         "targets; none without a CTC phase (ctc_epochs 0 or no CTC head)", min=0)
     ctc_refit_epochs: int | None = opt(None, "epochs of a CTC refit (default: a third of the CTC phase's, 40 of 120)", min=1)
     ranking_manifest: str | None = opt(None, "labelled rows (e.g. speakers held out from training; some saying messages training never holds, to weigh new messages) on which the combined ranking is chosen (default: the held-out exact rows)")
-    asr_prior: str = opt("auto", "a speech recogniser's vote among each row's candidates as a prior on every target (rounds, CTC phase, refit): none, pocketsphinx, or auto (the teacher's setting; docs/asr-prior.md)", choices=CHOICES)
+    asr_prior: str = opt("auto", "a speech recogniser's vote among each row's candidates as a prior on the targets (asr_rounds, asr_ctc): none, pocketsphinx, or auto (the teacher's setting; docs/asr-prior.md)", choices=CHOICES)
     asr_accuracy: float | None = opt(None, "how often the recogniser's vote is right (default: the teacher's, else estimated on the exact rows with candidates)", min=0.0, max=1.0)
     asr_rounds: int | None = opt(
-        None, "rounds whose targets take the recogniser's vote (0: none, the teacher's own training took it; "
-        "the CTC phase and its refits take it only when every round does); default: every round, the CTC phase "
-        "and the refits", min=0)
+        1, "the first N rounds' targets take the recogniser's vote (default 1: once, as every later round's teacher "
+        "has learnt from it; 0: none, the teacher's own training took it; None or N >= rounds: every round)", min=0)
+    asr_ctc: bool = opt(True, "the CTC phase's starts and its refits add the recogniser's vote to their targets, "
+                        "whatever asr_rounds says (the CTC head learns texts the closed-set rounds cannot name well)")
     asr_workers: int = opt(2, "recogniser processes for the asr prior", min=1)
     truth: str | None = opt(None, "optional JSONL/CSV of id,label: disambiguation accuracy on candidate rows")
     overwrite: bool = opt(False, "replace an existing run in out")
@@ -805,10 +806,11 @@ def _run_rounds(cfg: DistillConfig, log, callbacks: list | None) -> dict:
 
 def _takes_vote(cfg: DistillConfig, step: int) -> bool:
     """Whether the ``step``-th step (1-based: the rounds, then the CTC phase's starts and refits) adds
-    the recogniser's vote to its targets (``asr_rounds``; None: every step)."""
-    if cfg.asr_rounds is None:
-        return True
-    return step <= cfg.asr_rounds or cfg.asr_rounds >= cfg.rounds
+    the recogniser's vote to its targets: a round when ``asr_rounds`` (None: every round) covers it, a
+    CTC step when ``asr_ctc``."""
+    if step > cfg.rounds:
+        return cfg.asr_ctc
+    return cfg.asr_rounds is None or step <= cfg.asr_rounds
 
 
 START_SEED_STEP = 1000  # seed offset between CTC phase starts (the rounds' seeds stay as they are)
@@ -895,7 +897,7 @@ def _finish_rounds(cfg: DistillConfig, out: Path, last_round: Path, summary: lis
                                               "overwrite": cfg.overwrite, "trainer": cfg.to_dict()["trainer"],
                                               "ctc": cfg.to_dict()["ctc"], "ctc_refits": cfg.ctc_refits,
                                               "ctc_starts": cfg.ctc_starts, "ctc_other_tokens": cfg.ctc_other_tokens,
-                                              "asr_rounds": cfg.asr_rounds}),
+                                              "asr_rounds": cfg.asr_rounds, "asr_ctc": cfg.asr_ctc}),
                 STAGE)
     # the stage's time is its rounds' (also when some of them ran before a resume)
     phase = m.get("ctc_starts") or ([m["ctc_phase"]] if m.get("ctc_phase") else [])  # every start took its time

@@ -264,31 +264,34 @@ def test_distill_targets_take_the_votes_and_inherit_the_setting(tmp_path, fake_d
     once = distill(tmp_path / "t-asr", "s-once", asr_rounds=0)  # the teacher's training took it
     assert "asr_prior" not in once and once["targets_disambiguation_acc_initial"] < 0.9
 
-    # asr_rounds 1 of 3: round 1's targets take the vote; rounds 2 and 3 take their teacher's as they are
-    distill(tmp_path / "t-asr", "s-rounds", rounds=3, asr_rounds=1)
+    # the default (asr_rounds 1) with 3 rounds: round 1's targets take the vote; rounds 2 and 3 take their
+    # teacher's as they are
+    distill(tmp_path / "t-asr", "s-rounds", rounds=3)
     rounds = [json.loads((tmp_path / "s-rounds" / f"round{k}" / "metrics.json").read_text()) for k in (1, 2, 3)]
     assert [("asr_prior" in m) for m in rounds] == [True, False, False]
     assert rounds[0]["targets_disambiguation_acc_initial"] == 1.0
     from plcli.runs import read_run_config
 
     saved = read_run_config(tmp_path / "s-rounds")
-    assert saved["asr_rounds"] == 1 and saved["asr_prior"] == "pocketsphinx"
+    assert saved["asr_rounds"] == 1 and saved["asr_ctc"] is True and saved["asr_prior"] == "pocketsphinx"
 
 
 @pytest.mark.parametrize(
-    ("asr_rounds", "rounds", "takes"),
+    ("asr_rounds", "asr_ctc", "rounds", "takes"),
     [
-        (None, 2, [True, True, True, True]),  # every round, the CTC phase and its refit
-        (0, 2, [False, False, False, False]),
-        (1, 2, [True, False, False, False]),
-        (2, 2, [True, True, True, True]),  # every round took it: so do the CTC steps
-        (5, 2, [True, True, True, True]),
+        (None, True, 2, [True, True, True, True]),  # every round, the CTC phase and its refit
+        (0, True, 2, [False, False, True, True]),  # the CTC steps follow asr_ctc alone
+        (1, True, 2, [True, False, True, True]),
+        (1, False, 2, [True, False, False, False]),
+        (0, False, 2, [False, False, False, False]),
+        (None, False, 2, [True, True, False, False]),
+        (5, True, 2, [True, True, True, True]),
     ],
 )
-def test_which_distill_steps_take_the_vote(asr_rounds, rounds, takes):
+def test_which_distill_steps_take_the_vote(asr_rounds, asr_ctc, rounds, takes):
     from plcli.distill import DistillConfig, _takes_vote
 
-    cfg = DistillConfig(rounds=rounds, asr_rounds=asr_rounds)
+    cfg = DistillConfig(rounds=rounds, asr_rounds=asr_rounds, asr_ctc=asr_ctc)
     assert [_takes_vote(cfg, k) for k in range(1, 5)] == takes  # steps 3 and 4: a CTC start and a refit
 
 
