@@ -118,9 +118,13 @@ def main() -> int:
     fc, aug = FeatureConfig(), AugmentConfig()
     tmp = Path(tempfile.mkdtemp(prefix="plcli-bench-"))
     if a.manifest:
-        from plcli.data.manifest import read_manifest
+        from plcli.data.validate import load_rows
+        from plcli.errors import DataError
 
-        rows, _, _ = read_manifest(a.manifest)
+        try:  # the stages' own validation: a missing or broken manifest stops with its problems listed
+            rows = load_rows([a.manifest], log=lambda *m: None).rows
+        except DataError as e:
+            sys.exit(f"bench_pretrain: {e}")
         paths = [r.audio for r in rows][: a.clips]
     else:
         paths = tone_dataset(tmp / "audio", a.clips, 2.5)
