@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
@@ -66,6 +67,7 @@ class PretrainConfig(Config):
     temperature: float = opt(0.2, "NT-Xent temperature", min=1e-3)
     views: int = opt(8, "augmented views per clip pre-computed into the feature cache", min=2)
     speaker_batches: int = opt(0, "speakers per batch (the manifest's speaker field): each batch holds chunks of this many speakers' clips, so most negatives share the anchor's voice and the encoder must learn what is said, not who says it (CPC's within-speaker negatives); 0 = random batches", min=0)
+    pseudo_positives: float = opt(0.0, "probability that a clip's positive is a view of another clip that probably says the same message (the same exact label, or the same speech-recogniser vote among the candidates: PiCO-style pseudo-positives across voices; needs pocketsphinx); 0 = SimCLR's own-clip positives only", min=0.0, max=1.0)
     online_augment: bool = opt(False, "augment waveforms every step in DataLoader workers instead of caching views")
     probe_k: int = opt(5, "k of the kNN probes (exact rows; candidate-restricted disambiguation)", min=1)
     truth: str | None = opt(None, "optional JSONL/CSV of id,label: accuracy of the candidate-restricted kNN "
@@ -355,7 +357,8 @@ def _loaders(cfg: PretrainConfig, rows, probe: dict, cache, log) -> tuple[DataLo
     else:
         _, views = cache.views(paths, cfg.augment.waveform_params(), cfg.views, cfg.trainer.seed,
                                workers=view_workers(len(paths) * cfg.views, cfg.trainer.num_workers), keys=keys)
-        train_ds = ViewPairs(views)
+        groups = _pseudo_groups(cfg, rows, log) if cfg.pseudo_positives > 0 else None
+        train_ds = ViewPairs(views, groups, cfg.pseudo_positives)
         collate = ViewPairs.collate_fn
     val_loader = None
     # clean features of every clip: the probes use the labelled ones, later stages reuse them all
@@ -385,6 +388,27 @@ def _loaders(cfg: PretrainConfig, rows, probe: dict, cache, log) -> tuple[DataLo
         collate_fn=collate, num_workers=cfg.trainer.num_workers, persistent_workers=cfg.trainer.num_workers > 0,
     )
     return train_loader, val_loader
+
+
+def _pseudo_groups(cfg: PretrainConfig, rows, log) -> np.ndarray:
+    """(N,) int: the message each row probably says (its exact label, else pocketsphinx's vote among
+    its candidates), as an index into the messages so named; -1 where neither exists."""
+    from plcli.asr_prior import grammar_votes, resolve
+    from plcli.config import cache_dir
+
+    if resolve("auto") == "none":
+        raise UserError("--pseudo-positives needs pocketsphinx's vote: pip install 'plcli[asr]'")
+    norm = LabelNormalizer(cfg.data.labels)
+    votes = grammar_votes(rows, cache_dir(cfg.data.cache_dir), log=log)
+    names: dict[str, int] = {}
+    groups = np.full(len(rows), -1, dtype=np.int64)
+    for i, (r, v) in enumerate(zip(rows, votes, strict=True)):
+        text = r.label if r.label is not None else (r.candidates[v] if v >= 0 else None)
+        if text is not None:
+            groups[i] = names.setdefault(norm(text), len(names))
+    log(f"pseudo-positives: {int((groups >= 0).sum())} of {len(rows)} clips grouped by exact label or vote "
+        f"into {len(names)} messages")
+    return groups
 
 
 def _module(cfg: PretrainConfig, num_classes: int) -> PretrainModule:

@@ -322,3 +322,39 @@ def test_the_pipeline_does_not_import_the_benchmark():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_pseudo_positive_groups_join_exact_labels_and_votes(tmp_path, fake_decoder, monkeypatch):
+    from plcli.errors import UserError
+    from plcli.pretrain import PretrainConfig, _pseudo_groups
+
+    rows = _rows(tmp_path, [["a b", "c d"], ["c d", "e f"], [], ["e f", "g h"], ["a b", "e f"], ["c d", "a b"]],
+                 [None, "C d!", None, None, None, None])
+    fake_decoder({"r0.wav": "c d", "r4.wav": "a b", "r5.wav": "c d"})  # r3: no decoding
+    cfg = PretrainConfig(pseudo_positives=0.5)
+    cfg.data.cache_dir = str(tmp_path / "cache")
+    monkeypatch.setattr(asr_prior, "resolve", lambda kind: "pocketsphinx")
+    g = _pseudo_groups(cfg, rows, log=lambda *_: None)
+    # r0 (vote), r1 (exact label, normalised) and r5 (vote) say "c d"; r4 "a b"; r2 and r3 nothing
+    assert g[0] == g[1] == g[5] >= 0 and g[4] >= 0 and g[4] != g[0] and g[2] == g[3] == -1
+    monkeypatch.setattr(asr_prior, "resolve", lambda kind: "none")
+    with pytest.raises(UserError, match="pocketsphinx"):
+        _pseudo_groups(cfg, rows, log=lambda *_: None)
+
+
+def test_pretrain_with_pseudo_positives_runs_through_the_cli(tmp_path, tiny_data, fake_decoder, monkeypatch):
+    import yaml
+    from typer.testing import CliRunner
+
+    from plcli.cli import app
+    from tests.test_pretrain import tiny_config
+
+    manifest, _ = tiny_data
+    fake = fake_decoder({})  # the recogniser names nothing: the exact labels alone form the groups
+    monkeypatch.setattr(asr_prior, "resolve", lambda kind: "pocketsphinx")
+    out = tmp_path / "pre"
+    res = CliRunner().invoke(app, ["pretrain", str(manifest), "--out", str(out), "--config", tiny_config(tmp_path),
+                                   "--epochs", "1", "--set", "pseudo_positives=1.0"])
+    assert res.exit_code == 0, res.output
+    assert len(fake.calls) == 1 and "clips grouped by exact label or vote" in res.output
+    assert yaml.safe_load((out / "config.yaml").read_text())["pseudo_positives"] == 1.0

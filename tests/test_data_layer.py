@@ -125,3 +125,32 @@ def test_speaker_grouped_sampler_orders_every_row_in_speaker_chunks():
     assert min(len({speakers[i] for i in rand[k:k + 16] if speakers[i]}) for k in range(0, 96, 16)) >= 4
     with pytest.raises(ValueError):
         SpeakerGroupedSampler(speakers, batch_size=16, speakers=0)
+
+
+def test_view_pairs_pseudo_positives_come_from_the_group():
+    from plcli.data.datasets import ViewPairs
+
+    n, v = 12, 3
+    # every view of clip i is filled with i, so a returned view says which clip it came from
+    views = np.broadcast_to(np.arange(n, dtype=np.float32)[:, None, None, None], (n, v, 2, 4)).copy()
+    groups = np.array([0, 0, 0, 1, 1, -1, 2, 3, 3, 3, 3, -1])  # group 2 has one clip: it keeps its own
+    idx = list(range(n)) * 50
+    torch.manual_seed(0)
+    x0, x1 = ViewPairs(views).__getitems__(idx)  # default: both views of the same clip
+    assert torch.equal(x0, x1)
+    torch.manual_seed(0)
+    x0, x1 = ViewPairs(views, groups, p_partner=1.0).__getitems__(idx)
+    a, b = x0[:, 0, 0].long().numpy(), x1[:, 0, 0].long().numpy()
+    assert (a == np.array(idx)).all()
+    alone = np.isin(a, [5, 6, 11])
+    assert (b[alone] == a[alone]).all()
+    assert (b[~alone] != a[~alone]).all() and (groups[b[~alone]] == groups[a[~alone]]).all()
+    assert set(b[a == 7]) == {8, 9, 10}  # every other member is drawn
+    torch.manual_seed(0)
+    x0, x1 = ViewPairs(views, groups, p_partner=0.5).__getitems__(idx)
+    moved = (x0 != x1).any(-1).any(-1).numpy()
+    assert 0.3 < moved[~alone].mean() < 0.7 and not moved[alone].any()
+    with pytest.raises(ValueError):
+        ViewPairs(views, groups, p_partner=1.5)
+    with pytest.raises(ValueError):
+        ViewPairs(views, groups[:5], p_partner=0.5)

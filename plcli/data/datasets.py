@@ -113,12 +113,43 @@ class BatchedDataset(Dataset):
 
 
 class ViewPairs(BatchedDataset):
-    """Two different pre-computed augmented views of each clip: views (N, V, F, T) -> (B, F, T) x 2."""
+    """Two different pre-computed augmented views of each clip: views (N, V, F, T) -> (B, F, T) x 2.
 
-    def __init__(self, views: np.ndarray):
+    With ``groups`` (N,) int (-1 = none) and ``p_partner`` > 0, a clip's second view comes, with
+    probability ``p_partner``, from another clip of its group instead (a pseudo-positive: a clip that
+    probably says the same message, in another voice). Clips alone in their group keep their own.
+    """
+
+    def __init__(self, views: np.ndarray, groups: np.ndarray | None = None, p_partner: float = 0.0):
         if views.ndim != 4 or views.shape[1] < 2:
             raise ValueError(f"need (N, V>=2, F, T) views, got {views.shape}")
+        if not 0.0 <= p_partner <= 1.0:
+            raise ValueError(f"p_partner must be in [0, 1], got {p_partner}")
         self.views = views
+        self.p_partner = p_partner
+        self.members: list[np.ndarray] = []
+        self.group = np.full(views.shape[0], -1, dtype=np.int64)
+        if groups is not None and p_partner > 0:
+            groups = np.asarray(groups)
+            if groups.shape != (views.shape[0],):
+                raise ValueError(f"need groups of shape ({views.shape[0]},), got {groups.shape}")
+            for g in np.unique(groups[groups >= 0]):
+                m = np.flatnonzero(groups == g)
+                if len(m) >= 2:
+                    self.group[m] = len(self.members)
+                    self.members.append(m)
+
+    def _partners(self, idx: np.ndarray) -> np.ndarray:
+        """(B,) the clip whose view is each row's positive: itself, or a group mate."""
+        src = idx.copy()
+        if not self.members:
+            return src
+        draw = torch.rand(len(idx)).numpy() < self.p_partner
+        for b in np.flatnonzero(draw & (self.group[idx] >= 0)):
+            m = self.members[self.group[idx[b]]]
+            j = int(torch.randint(0, len(m) - 1, ()).item())
+            src[b] = m[j] if m[j] != idx[b] else m[-1]  # uniform over the others
+        return src
 
     def __len__(self) -> int:
         return self.views.shape[0]
@@ -133,7 +164,9 @@ class ViewPairs(BatchedDataset):
         x0 = np.empty((len(idx), *self.views.shape[2:]), dtype=np.float32)
         x1 = np.empty_like(x0)
         x0[order] = self.views[rows, v0.numpy()[order]]
-        x1[order] = self.views[rows, v1.numpy()[order]]
+        src = self._partners(idx_t.numpy())
+        order1 = np.argsort(src, kind="stable")
+        x1[order1] = self.views[src[order1], v1.numpy()[order1]]
         return torch.from_numpy(x0), torch.from_numpy(x1)
 
 
