@@ -42,6 +42,7 @@ from plcli.bench.grid import (
     absolute_audio,
     baseline_cell,
     check_settings,
+    code_version,
     log,
     make_demo,
     pipeline_cell,
@@ -685,6 +686,7 @@ def resolve_train(a, out: Path) -> None:
 def main(argv=None) -> int:
     """Prepare the data, compute (or read back) every cell, write the report and the chart."""
     a = parse(argv)
+    code_version()
     out = Path(a.out).resolve()
     started = _now()
     os.environ.setdefault("PLCLI_CACHE", str(a.cache))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -546,9 +547,12 @@ def machine() -> str:
     )
 
 
+@functools.cache
 def code_version() -> str:
     """The git commit of the plcli source tree (with ``+dirty`` when plcli/ has uncommitted
-    changes), or the package version outside a checkout."""
+    changes), or the package version outside a checkout. Read once per process: a long benchmark
+    stamps its cells with the code it started with, not with edits made while it runs (the
+    benchmark mains call it first)."""
     import plcli
 
     src = Path(plcli.__file__).resolve().parent
@@ -731,6 +735,7 @@ def check_settings(a, bench: Path, keys: Sequence[str] = SETTINGS) -> None:
 
 def main(argv=None) -> int:
     a = parse(argv)
+    code_version()
     bench = Path(a.bench_dir).resolve()
     started = _now()
     os.environ.setdefault("PLCLI_CACHE", str(a.cache))
