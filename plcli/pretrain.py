@@ -77,6 +77,8 @@ class PretrainConfig(Config):
     def check(self) -> None:
         if not self.data.manifests:
             raise UserError("no training manifest given")
+        if self.pseudo_positives and self.online_augment:
+            raise UserError("pseudo_positives draws from the cached views; it does not work with --online-augment")
 
 
 class PretrainModule(L.LightningModule):
@@ -397,7 +399,7 @@ def _pseudo_groups(cfg: PretrainConfig, rows, log) -> np.ndarray:
     from plcli.config import cache_dir
 
     if resolve("auto") == "none":
-        raise UserError("--pseudo-positives needs pocketsphinx's vote: pip install 'plcli[asr]'")
+        raise UserError("pseudo_positives needs pocketsphinx's vote: pip install 'plcli[asr]'")
     norm = LabelNormalizer(cfg.data.labels)
     votes = grammar_votes(rows, cache_dir(cfg.data.cache_dir), log=log)
     names: dict[str, int] = {}

@@ -358,3 +358,6 @@ def test_pretrain_with_pseudo_positives_runs_through_the_cli(tmp_path, tiny_data
     assert res.exit_code == 0, res.output
     assert len(fake.calls) == 1 and "clips grouped by exact label or vote" in res.output
     assert yaml.safe_load((out / "config.yaml").read_text())["pseudo_positives"] == 1.0
+    res = CliRunner().invoke(app, ["pretrain", str(manifest), "--out", str(tmp_path / "online"), "--config",
+                                   tiny_config(tmp_path), "--online-augment", "--set", "pseudo_positives=0.5"])
+    assert res.exit_code != 0 and "pseudo_positives draws from the cached views" in res.output
