@@ -36,7 +36,7 @@ from plcli.data.datasets import (
     truth_vector,
     view_workers,
 )
-from plcli.data.labels import LabelNormalizer, Vocabulary
+from plcli.data.labels import UNKNOWN, LabelNormalizer, Vocabulary, class_indices
 from plcli.errors import UserError
 from plcli.losses import NTXentLoss
 from plcli.metrics import candidate_chance
@@ -298,7 +298,7 @@ def run(cfg: PretrainConfig, log=print) -> dict:
     L.seed_everything(cfg.trainer.seed, workers=True)
     cache = open_cache(cfg.data, cfg.features)
     t_feat = Timer()
-    train_loader, val_loader = _loaders(cfg, rows, probe, cache, log)
+    train_loader, val_loader = _loaders(cfg, rows, vocab, probe, cache, log)
     feature_seconds = t_feat.seconds
     module = _module(cfg, len(vocab))
     exact_rows = int((probe["y"] >= 0).sum())
@@ -346,7 +346,7 @@ def _probe_fields(cfg: PretrainConfig, rows, vocab) -> dict[str, torch.Tensor]:
     return {"y": y, "truth": truth, "mask": torch.from_numpy(candidate_matrix(rows, vocab))}
 
 
-def _loaders(cfg: PretrainConfig, rows, probe: dict, cache, log) -> tuple[DataLoader, DataLoader | None]:
+def _loaders(cfg: PretrainConfig, rows, vocab, probe: dict, cache, log) -> tuple[DataLoader, DataLoader | None]:
     """Pairs of views to train on; the probe rows' clean features (None when no probe can report)."""
     paths = [r.audio for r in rows]
     keys = cache.keys(paths)
@@ -359,7 +359,7 @@ def _loaders(cfg: PretrainConfig, rows, probe: dict, cache, log) -> tuple[DataLo
     else:
         _, views = cache.views(paths, cfg.augment.waveform_params(), cfg.views, cfg.trainer.seed,
                                workers=view_workers(len(paths) * cfg.views, cfg.trainer.num_workers), keys=keys)
-        groups = _pseudo_groups(cfg, rows, log) if cfg.pseudo_positives > 0 else None
+        groups = _pseudo_groups(cfg, rows, vocab, log) if cfg.pseudo_positives > 0 else None
         train_ds = ViewPairs(views, groups, cfg.pseudo_positives)
         collate = ViewPairs.collate_fn
     val_loader = None
@@ -392,24 +392,20 @@ def _loaders(cfg: PretrainConfig, rows, probe: dict, cache, log) -> tuple[DataLo
     return train_loader, val_loader
 
 
-def _pseudo_groups(cfg: PretrainConfig, rows, log) -> np.ndarray:
-    """(N,) int: the message each row probably says (its exact label, else pocketsphinx's vote among
-    its candidates), as an index into the messages so named; -1 where neither exists."""
+def _pseudo_groups(cfg: PretrainConfig, rows, vocab: Vocabulary, log) -> np.ndarray:
+    """(N,) int: the class each row probably says (its exact label, else pocketsphinx's vote among
+    its candidates); -1 where neither exists."""
     from plcli.asr_prior import grammar_votes, resolve
     from plcli.config import cache_dir
 
     if resolve("auto") == "none":
         raise UserError("pseudo_positives needs pocketsphinx's vote: pip install 'plcli[asr]'")
-    norm = LabelNormalizer(cfg.data.labels)
     votes = grammar_votes(rows, cache_dir(cfg.data.cache_dir), log=log)
-    names: dict[str, int] = {}
-    groups = np.full(len(rows), -1, dtype=np.int64)
-    for i, (r, v) in enumerate(zip(rows, votes, strict=True)):
-        text = r.label if r.label is not None else (r.candidates[v] if v >= 0 else None)
-        if text is not None:
-            groups[i] = names.setdefault(norm(text), len(names))
+    texts = [r.label if r.label is not None else (r.candidates[v] if v >= 0 else None)
+             for r, v in zip(rows, votes, strict=True)]
+    groups = class_indices(texts, vocab, missing=UNKNOWN)
     log(f"pseudo-positives: {int((groups >= 0).sum())} of {len(rows)} clips grouped by exact label or vote "
-        f"into {len(names)} messages")
+        f"into {len(np.unique(groups[groups >= 0]))} messages")
     return groups
 
 

@@ -325,6 +325,7 @@ def test_the_pipeline_does_not_import_the_benchmark():
 
 
 def test_pseudo_positive_groups_join_exact_labels_and_votes(tmp_path, fake_decoder, monkeypatch):
+    from plcli.data.labels import LabelNormalizer
     from plcli.errors import UserError
     from plcli.pretrain import PretrainConfig, _pseudo_groups
 
@@ -334,12 +335,13 @@ def test_pseudo_positive_groups_join_exact_labels_and_votes(tmp_path, fake_decod
     cfg = PretrainConfig(pseudo_positives=0.5)
     cfg.data.cache_dir = str(tmp_path / "cache")
     monkeypatch.setattr(asr_prior, "resolve", lambda kind: "pocketsphinx")
-    g = _pseudo_groups(cfg, rows, log=lambda *_: None)
+    vocab = Vocabulary.from_rows(rows, LabelNormalizer(cfg.data.labels))
+    g = _pseudo_groups(cfg, rows, vocab, log=lambda *_: None)
     # r0 (vote), r1 (exact label, normalised) and r5 (vote) say "c d"; r4 "a b"; r2 and r3 nothing
     assert g[0] == g[1] == g[5] >= 0 and g[4] >= 0 and g[4] != g[0] and g[2] == g[3] == -1
     monkeypatch.setattr(asr_prior, "resolve", lambda kind: "none")
     with pytest.raises(UserError, match="pocketsphinx"):
-        _pseudo_groups(cfg, rows, log=lambda *_: None)
+        _pseudo_groups(cfg, rows, vocab, log=lambda *_: None)
 
 
 def test_pretrain_with_pseudo_positives_runs_through_the_cli(tmp_path, tiny_data, fake_decoder, monkeypatch):

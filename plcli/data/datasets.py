@@ -142,8 +142,6 @@ class ViewPairs(BatchedDataset):
     def _partners(self, idx: np.ndarray) -> np.ndarray:
         """(B,) the clip whose view is each row's positive: itself, or a group mate."""
         src = idx.copy()
-        if not self.members:
-            return src
         draw = torch.rand(len(idx)).numpy() < self.p_partner
         for b in np.flatnonzero(draw & (self.group[idx] >= 0)):
             m = self.members[self.group[idx[b]]]
@@ -164,9 +162,11 @@ class ViewPairs(BatchedDataset):
         x0 = np.empty((len(idx), *self.views.shape[2:]), dtype=np.float32)
         x1 = np.empty_like(x0)
         x0[order] = self.views[rows, v0.numpy()[order]]
-        src = self._partners(idx_t.numpy())
-        order1 = np.argsort(src, kind="stable")
-        x1[order1] = self.views[src[order1], v1.numpy()[order1]]
+        if self.members:  # some second views come from group mates: read them in their own sorted order
+            src = self._partners(idx_t.numpy())
+            order = np.argsort(src, kind="stable")
+            rows = src[order]
+        x1[order] = self.views[rows, v1.numpy()[order]]
         return torch.from_numpy(x0), torch.from_numpy(x1)
 
 
