@@ -213,7 +213,7 @@ def load_rows(paths: list[str | Path], normalizer: LabelNormalizer | None = None
     report = validate_manifests(paths, normalizer)
     fatal = [p for p in report.problems if p.line == 0]
     if fatal or (report.problems and not skip_invalid):
-        hint = "" if fatal else "\n(use --skip-invalid to train on the valid rows; rejected rows go to a rejects file)"
+        hint = "" if fatal else "\n(use --skip-invalid to go on with the valid rows; rejected rows go to a rejects file)"
         raise DataError(f"{len(report.problems)} problem(s) in the input:\n{format_problems(report.problems, 50)}{hint}")
     if report.problems:
         if rejects is None:
