@@ -68,6 +68,7 @@ class PretrainConfig(Config):
     views: int = opt(8, "augmented views per clip pre-computed into the feature cache", min=2)
     speaker_batches: int = opt(0, "speakers per batch (the manifest's speaker field): each batch holds chunks of this many speakers' clips, so most negatives share the anchor's voice and the encoder must learn what is said, not who says it (CPC's within-speaker negatives); 0 = random batches", min=0)
     pseudo_positives: float = opt(0.0, "probability that a clip's positive is a view of another clip that probably says the same message (the same exact label, or the same speech-recogniser vote among the candidates: PiCO-style pseudo-positives across voices; needs pocketsphinx); 0 = SimCLR's own-clip positives only", min=0.0, max=1.0)
+    transcript_ctc: float = opt(0.0, "weight of an auxiliary CTC loss that teaches the encoder what is said: each clip's pseudo-transcript (its exact label, else the speech recogniser's vote among its candidates) in phonemes, read from the encoder's last-stage frames through a small CTC head that only pretraining uses (needs pocketsphinx); 0 = NT-Xent only", min=0.0)
     online_augment: bool = opt(False, "augment waveforms every step in DataLoader workers instead of caching views")
     probe_k: int = opt(5, "k of the kNN probes (exact rows; candidate-restricted disambiguation)", min=1)
     truth: str | None = opt(None, "optional JSONL/CSV of id,label: accuracy of the candidate-restricted kNN "
@@ -79,15 +80,24 @@ class PretrainConfig(Config):
             raise UserError("no training manifest given")
         if self.pseudo_positives and self.online_augment:
             raise UserError("pseudo_positives draws from the cached views; it does not work with --online-augment")
+        if self.transcript_ctc and self.online_augment:
+            raise UserError("transcript_ctc reads the cached views; it does not work with --online-augment")
+        if self.transcript_ctc and not self.encoder.startswith("tcresnet"):
+            raise UserError(f"transcript_ctc reads a TC-ResNet's frames; --encoder {self.encoder} has none")
 
 
 class PretrainModule(L.LightningModule):
-    """Encoder + SimCLRv2 projection head trained with NT-Xent; kNN probes (``probe_metrics``) as validation."""
+    """Encoder + SimCLRv2 projection head trained with NT-Xent; kNN probes (``probe_metrics``) as validation.
+
+    With ``transcript_tokens`` > 0 a CTC head on the encoder's last-stage frames also learns each
+    clip's pseudo-transcript (``transcript_targets``, set by the stage), weighted ``transcript_weight``.
+    """
 
     def __init__(self, encoder: str = "tcresnet", n_mels: int = 64, proj_hidden_dim: int = 256, proj_dim: int = 128,
                  proj_layers: int = 3, temperature: float = 0.2, lr: float = 2e-3, weight_decay: float = 1e-4,
                  spec_augment: dict | None = None, feature_config: dict | None = None, probe_k: int = 5,
-                 num_classes: int = 0, input_norm: str = "utterance"):
+                 num_classes: int = 0, input_norm: str = "utterance", transcript_tokens: int = 0,
+                 transcript_weight: float = 0.0):
         super().__init__()
         self.save_hyperparameters()  # primitives only: checkpoints load with weights_only
         self.encoder = build_encoder(encoder, n_mels, input_norm=input_norm)
@@ -97,13 +107,22 @@ class PretrainModule(L.LightningModule):
         self.spec_aug = SpectrogramAugment(SpecAugmentConfig.from_dict(spec_augment or {}), mel_range=mel_range)
         self.criterion = NTXentLoss(temperature)
         self._probe: list[dict[str, torch.Tensor]] = []
+        self.transcript_head = None
+        if transcript_tokens > 0:
+            from plcli.models.ctc import CTCHead, frames_channels
+
+            self.transcript_head = CTCHead(frames_channels(self.encoder, 3), transcript_tokens, hidden=64, layers=1,
+                                           kernel_size=5)
+        # (N, L) token ids and (N,) lengths of every clip's pseudo-transcript (0: none), set by the stage
+        self.register_buffer("transcript_targets", torch.ones(0, 1, dtype=torch.long), persistent=False)
+        self.register_buffer("transcript_lengths", torch.zeros(0, dtype=torch.long), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, n_mels, T) log-mel -> (B, embed_dim) representation."""
         return self.encoder(x)
 
     def training_step(self, batch, batch_idx):
-        x0, x1 = batch
+        x0, x1, *idx = batch
         z0 = self.projector(self.encoder(self.spec_aug(x0)))
         z1 = self.projector(self.encoder(self.spec_aug(x1)))
         if self.trainer.world_size > 1:
@@ -114,7 +133,32 @@ class PretrainModule(L.LightningModule):
         else:
             loss = self.criterion(z0, z1)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x0.shape[0], sync_dist=True)
+        if self.transcript_head is not None:
+            ctc = self.transcript_loss(x0, idx[0])
+            self.log("train/transcript_ctc", ctc, on_step=False, on_epoch=True, batch_size=x0.shape[0], sync_dist=True)
+            loss = loss + self.hparams.transcript_weight * ctc
         return loss
+
+    def transcript_loss(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Mean CTC loss of the (B, F, T) views ``x`` of clips ``idx`` (B,) on their pseudo-transcripts.
+
+        It reads the view without the spectrogram augmentations: crops and mixup cut words out of
+        the clip or blend in another one, which breaks the alignment with the transcript.
+        """
+        from plcli.models.ctc import encoder_frames
+
+        lengths = self.transcript_lengths[idx]
+        ok = lengths > 0
+        zero = sum(p.sum() for p in self.transcript_head.parameters()) * 0.0  # DDP: every parameter in the graph
+        if not bool(ok.any()):
+            return zero
+        frames = encoder_frames(self.encoder, x[ok], tap=3)  # (B', C, T / 8)
+        # twice the frames: room for CTC's blanks between phonemes in a long message
+        frames = F.interpolate(frames, scale_factor=2.0, mode="nearest")
+        log_probs = self.transcript_head(frames).float()  # (T', B', V)
+        T = log_probs.shape[0]
+        return F.ctc_loss(log_probs, self.transcript_targets[idx[ok]], torch.full((int(ok.sum()),), T, dtype=torch.long),
+                          lengths[ok], reduction="mean", zero_infinity=True)
 
     def validation_step(self, batch, batch_idx):
         emb = F.normalize(self.encoder(batch["x"]), dim=1)
@@ -300,7 +344,10 @@ def run(cfg: PretrainConfig, log=print) -> dict:
     t_feat = Timer()
     train_loader, val_loader = _loaders(cfg, rows, vocab, probe, cache, log)
     feature_seconds = t_feat.seconds
-    module = _module(cfg, len(vocab))
+    transcripts = _transcripts(cfg, rows, log) if cfg.transcript_ctc > 0 else None
+    module = _module(cfg, len(vocab), transcripts[0].size if transcripts else 0)
+    if transcripts:
+        module.transcript_targets, module.transcript_lengths = transcripts[1:]
     exact_rows = int((probe["y"] >= 0).sum())
     monitor = "probe/knn_acc" if val_loader is not None and exact_rows >= 2 else None
     trainer = build_trainer(with_min_steps(cfg.trainer, cfg.min_steps, len(train_loader), log), out,
@@ -326,6 +373,8 @@ def run(cfg: PretrainConfig, log=print) -> dict:
         "probe_cand_knn_acc_history": logged_history(out, "probe/cand_knn_acc"),
         "probe_cand_knn_rows": int((probe["mask"].any(1) & (probe["truth"] >= 0)).sum()),
         "probe_chance": (1.0 / len(vocab)) if len(vocab) else None,
+        **({"train_transcript_ctc": logged.get("train/transcript_ctc"),
+            "transcript_rows": int((transcripts[2] > 0).sum())} if transcripts else {}),
         "feature_seconds": feature_seconds,
         "fit_seconds": fit_seconds,
         "total_seconds": timer.seconds,
@@ -360,7 +409,7 @@ def _loaders(cfg: PretrainConfig, rows, vocab, probe: dict, cache, log) -> tuple
         _, views = cache.views(paths, cfg.augment.waveform_params(), cfg.views, cfg.trainer.seed,
                                workers=view_workers(len(paths) * cfg.views, cfg.trainer.num_workers), keys=keys)
         groups = _pseudo_groups(cfg, rows, vocab, log) if cfg.pseudo_positives > 0 else None
-        train_ds = ViewPairs(views, groups, cfg.pseudo_positives)
+        train_ds = ViewPairs(views, groups, cfg.pseudo_positives, with_index=cfg.transcript_ctc > 0)
         collate = ViewPairs.collate_fn
     val_loader = None
     # clean features of every clip: the probes use the labelled ones, later stages reuse them all
@@ -392,30 +441,51 @@ def _loaders(cfg: PretrainConfig, rows, vocab, probe: dict, cache, log) -> tuple
     return train_loader, val_loader
 
 
-def _pseudo_groups(cfg: PretrainConfig, rows, vocab: Vocabulary, log) -> np.ndarray:
-    """(N,) int: the class each row probably says (its exact label, else pocketsphinx's vote among
-    its candidates); -1 where neither exists."""
+def _pseudo_texts(cfg: PretrainConfig, rows, log, option: str) -> list[str | None]:
+    """What each row probably says: its exact label, else pocketsphinx's vote among its candidates;
+    None where neither exists. ``option`` names the setting that needs the vote, for the error."""
     from plcli.asr_prior import grammar_votes, resolve
     from plcli.config import cache_dir
 
     if resolve("auto") == "none":
-        raise UserError("pseudo_positives needs pocketsphinx's vote: pip install 'plcli[asr]'")
+        raise UserError(f"{option} needs pocketsphinx's vote: pip install 'plcli[asr]'")
     votes = grammar_votes(rows, cache_dir(cfg.data.cache_dir), log=log)
-    texts = [r.label if r.label is not None else (r.candidates[v] if v >= 0 else None)
-             for r, v in zip(rows, votes, strict=True)]
+    return [r.label if r.label is not None else (r.candidates[v] if v >= 0 else None)
+            for r, v in zip(rows, votes, strict=True)]
+
+
+def _pseudo_groups(cfg: PretrainConfig, rows, vocab: Vocabulary, log) -> np.ndarray:
+    """(N,) int: the class each row probably says (``_pseudo_texts``); -1 where nothing is known."""
+    texts = _pseudo_texts(cfg, rows, log, "pseudo_positives")
     groups = class_indices(texts, vocab, missing=UNKNOWN)
     log(f"pseudo-positives: {int((groups >= 0).sum())} of {len(rows)} clips grouped by exact label or vote "
         f"into {len(np.unique(groups[groups >= 0]))} messages")
     return groups
 
 
-def _module(cfg: PretrainConfig, num_classes: int) -> PretrainModule:
+def _transcripts(cfg: PretrainConfig, rows, log):
+    """(phoneme tokenizer, (N, L) token ids, (N,) lengths) of every row's pseudo-transcript
+    (``_pseudo_texts``; length 0 where there is none)."""
+    from plcli.models.ctc import text_targets
+    from plcli.text import build_tokenizer
+
+    texts = _pseudo_texts(cfg, rows, log, "transcript_ctc")
+    tok = build_tokenizer("phoneme", [t for t in texts if t is not None])
+    targets, lengths = text_targets(tok, [t or "" for t in texts])
+    if not bool((lengths > 0).any()):
+        raise UserError("transcript_ctc: no clip has an exact label or a recogniser's vote to learn from")
+    log(f"transcript CTC: {int((lengths > 0).sum())} of {len(rows)} clips with a pseudo-transcript (exact label or "
+        f"vote), {tok.size - 1} phonemes, weight {cfg.transcript_ctc}")
+    return tok, targets, lengths
+
+
+def _module(cfg: PretrainConfig, num_classes: int, transcript_tokens: int = 0) -> PretrainModule:
     return PretrainModule(
         encoder=cfg.encoder, n_mels=cfg.features.n_mels, proj_hidden_dim=cfg.proj_hidden_dim, proj_dim=cfg.proj_dim,
         proj_layers=cfg.proj_layers, temperature=cfg.temperature, lr=cfg.trainer.lr,
         weight_decay=cfg.trainer.weight_decay, spec_augment=cfg.augment.spec.to_dict(),
         feature_config=cfg.features.to_dict(), probe_k=cfg.probe_k, num_classes=num_classes,
-        input_norm=cfg.input_norm,
+        input_norm=cfg.input_norm, transcript_tokens=transcript_tokens, transcript_weight=cfg.transcript_ctc,
     )
 
 

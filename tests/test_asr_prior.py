@@ -363,3 +363,62 @@ def test_pretrain_with_pseudo_positives_runs_through_the_cli(tmp_path, tiny_data
     res = CliRunner().invoke(app, ["pretrain", str(manifest), "--out", str(tmp_path / "online"), "--config",
                                    tiny_config(tmp_path), "--online-augment", "--set", "pseudo_positives=0.5"])
     assert res.exit_code != 0 and "pseudo_positives draws from the cached views" in res.output
+
+
+def test_pretrain_with_transcript_ctc_runs_through_the_cli(tmp_path, tiny_data, fake_decoder, monkeypatch):
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from plcli.cli import app
+    from plcli.pretrain import load_pretrained
+    from tests.test_pretrain import tiny_config
+
+    manifest, _ = tiny_data
+    fake_decoder({})  # the recogniser names nothing: the exact labels alone are transcripts
+    monkeypatch.setattr(asr_prior, "resolve", lambda kind: "pocketsphinx")
+    out = tmp_path / "pre"
+    res = CliRunner().invoke(app, ["pretrain", str(manifest), "--out", str(out), "--config", tiny_config(tmp_path),
+                                   "--epochs", "1", "--set", "transcript_ctc=2"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((out / "metrics.json").read_text())
+    exact = sum(json.loads(line).get("label") is not None for line in manifest.read_text().splitlines())
+    assert m["transcript_rows"] == exact > 0 and m["train_transcript_ctc"] > 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["transcript_ctc"] == 2.0
+    module = load_pretrained(out)  # what finetune loads: the head's weights come back with it
+    assert module.transcript_head is not None and module.hparams.transcript_weight == 2.0
+    res = CliRunner().invoke(app, ["pretrain", str(manifest), "--out", str(tmp_path / "online"), "--config",
+                                   tiny_config(tmp_path), "--online-augment", "--set", "transcript_ctc=1"])
+    assert res.exit_code != 0 and "transcript_ctc reads the cached views" in res.output
+    monkeypatch.setattr(asr_prior, "resolve", lambda kind: "none")
+    res = CliRunner().invoke(app, ["pretrain", str(manifest), "--out", str(tmp_path / "novote"), "--config",
+                                   tiny_config(tmp_path), "--epochs", "1", "--set", "transcript_ctc=1"])
+    assert res.exit_code != 0 and "pocketsphinx" in res.output
+
+
+def test_transcript_loss_is_the_mean_ctc_loss_of_the_clips_with_a_transcript():
+    """Against a slow reference: F.ctc_loss one clip at a time, clips without a transcript left out."""
+    import torch.nn.functional as F
+
+    from plcli.models.ctc import encoder_frames
+    from plcli.pretrain import PretrainModule
+
+    torch.manual_seed(0)
+    m = PretrainModule(n_mels=16, transcript_tokens=6, transcript_weight=1.0).eval()
+    m.transcript_targets = torch.tensor([[1, 2, 3], [4, 4, 1], [1, 1, 1], [5, 1, 2]])
+    m.transcript_lengths = torch.tensor([3, 2, 0, 1])
+    x, idx = torch.randn(4, 16, 40), torch.tensor([3, 0, 2, 1])
+    got = m.transcript_loss(x, idx)
+    ref = []
+    for b, i in enumerate(idx.tolist()):
+        n = int(m.transcript_lengths[i])
+        if n == 0:
+            continue
+        frames = F.interpolate(encoder_frames(m.encoder, x[b:b + 1], tap=3), scale_factor=2.0, mode="nearest")
+        lp = m.transcript_head(frames).float()
+        ref.append(F.ctc_loss(lp, m.transcript_targets[i:i + 1, :n], torch.tensor([lp.shape[0]]), torch.tensor([n]),
+                              reduction="sum") / n)
+    assert torch.allclose(got, torch.stack(ref).mean(), atol=1e-5)
+    m.transcript_lengths = torch.zeros(4, dtype=torch.long)
+    assert float(m.transcript_loss(x, idx).detach()) == 0.0

@@ -127,6 +127,20 @@ def test_speaker_grouped_sampler_orders_every_row_in_speaker_chunks():
         SpeakerGroupedSampler(speakers, batch_size=16, speakers=0)
 
 
+def test_view_pairs_with_index_names_the_clip_of_the_first_view():
+    from plcli.data.datasets import ViewPairs
+
+    n, v = 10, 3
+    views = np.broadcast_to(np.arange(n, dtype=np.float32)[:, None, None, None], (n, v, 2, 4)).copy()
+    idx = [7, 2, 2, 9, 0]
+    x0, x1, i = ViewPairs(views, with_index=True).__getitems__(idx)
+    assert i.tolist() == idx and x0[:, 0, 0].long().tolist() == idx and torch.equal(x0, x1)
+    groups = np.array([0, 0, 1, 1, -1, -1, -1, 2, 2, -1])
+    x0, x1, i = ViewPairs(views, groups, p_partner=1.0, with_index=True).__getitems__(idx)
+    assert i.tolist() == idx and x0[:, 0, 0].long().tolist() == idx  # the index is x0's clip, not a partner's
+    assert len(ViewPairs(views).__getitems__(idx)) == 2
+
+
 def test_view_pairs_pseudo_positives_come_from_the_group():
     from plcli.data.datasets import ViewPairs
 

@@ -118,15 +118,18 @@ class ViewPairs(BatchedDataset):
     With ``groups`` (N,) int (-1 = none) and ``p_partner`` > 0, a clip's second view comes, with
     probability ``p_partner``, from another clip of its group instead (a pseudo-positive: a clip that
     probably says the same message, in another voice). Clips alone in their group keep their own.
+    With ``with_index`` a batch is ``(x0, x1, idx)``: ``idx`` (B,) the clips whose views ``x0`` are.
     """
 
-    def __init__(self, views: np.ndarray, groups: np.ndarray | None = None, p_partner: float = 0.0):
+    def __init__(self, views: np.ndarray, groups: np.ndarray | None = None, p_partner: float = 0.0,
+                 with_index: bool = False):
         if views.ndim != 4 or views.shape[1] < 2:
             raise ValueError(f"need (N, V>=2, F, T) views, got {views.shape}")
         if not 0.0 <= p_partner <= 1.0:
             raise ValueError(f"p_partner must be in [0, 1], got {p_partner}")
         self.views = views
         self.p_partner = p_partner
+        self.with_index = with_index
         self.members: list[np.ndarray] = []
         self.group = np.full(views.shape[0], -1, dtype=np.int64)
         if groups is not None and p_partner > 0:
@@ -167,6 +170,8 @@ class ViewPairs(BatchedDataset):
             order = np.argsort(src, kind="stable")
             rows = src[order]
         x1[order] = self.views[rows, v1.numpy()[order]]
+        if self.with_index:
+            return torch.from_numpy(x0), torch.from_numpy(x1), idx_t
         return torch.from_numpy(x0), torch.from_numpy(x1)
 
 
