@@ -80,10 +80,6 @@ class PretrainConfig(Config):
             raise UserError("no training manifest given")
         if self.pseudo_positives and self.online_augment:
             raise UserError("pseudo_positives draws from the cached views; it does not work with --online-augment")
-        if self.transcript_ctc and self.online_augment:
-            raise UserError("transcript_ctc reads the cached views; it does not work with --online-augment")
-        if self.transcript_ctc and not self.encoder.startswith("tcresnet"):
-            raise UserError(f"transcript_ctc reads a TC-ResNet's frames; --encoder {self.encoder} has none")
 
 
 class PretrainModule(L.LightningModule):
@@ -344,7 +340,7 @@ def run(cfg: PretrainConfig, log=print) -> dict:
     t_feat = Timer()
     train_loader, val_loader = _loaders(cfg, rows, vocab, probe, cache, log)
     feature_seconds = t_feat.seconds
-    transcripts = _transcripts(cfg, rows, log) if cfg.transcript_ctc > 0 else None
+    transcripts = _transcripts(cfg, rows, log) if _transcripts_on(cfg, log) else None
     module = _module(cfg, len(vocab), transcripts[0].size if transcripts else 0)
     if transcripts:
         module.transcript_targets, module.transcript_lengths = transcripts[1:]
@@ -409,7 +405,7 @@ def _loaders(cfg: PretrainConfig, rows, vocab, probe: dict, cache, log) -> tuple
         _, views = cache.views(paths, cfg.augment.waveform_params(), cfg.views, cfg.trainer.seed,
                                workers=view_workers(len(paths) * cfg.views, cfg.trainer.num_workers), keys=keys)
         groups = _pseudo_groups(cfg, rows, vocab, log) if cfg.pseudo_positives > 0 else None
-        train_ds = ViewPairs(views, groups, cfg.pseudo_positives, with_index=cfg.transcript_ctc > 0)
+        train_ds = ViewPairs(views, groups, cfg.pseudo_positives, with_index=_transcripts_on(cfg))
         collate = ViewPairs.collate_fn
     val_loader = None
     # clean features of every clip: the probes use the labelled ones, later stages reuse them all
@@ -463,9 +459,24 @@ def _pseudo_groups(cfg: PretrainConfig, rows, vocab: Vocabulary, log) -> np.ndar
     return groups
 
 
+def _transcripts_on(cfg: PretrainConfig, log=None) -> bool:
+    """Whether the transcript CTC loss can run: a weight, cached views, a TC-ResNet encoder and
+    pocketsphinx for the vote; where one is missing it is off, and ``log`` says why."""
+    from plcli.asr_prior import resolve
+
+    if cfg.transcript_ctc <= 0:
+        return False
+    why = ("it reads the cached views, and --online-augment has none" if cfg.online_augment else
+           f"it reads a TC-ResNet's frames, and --encoder {cfg.encoder} has none" if not cfg.encoder.startswith("tcresnet")
+           else "pocketsphinx is not installed (pip install 'plcli[asr]')" if resolve("auto") == "none" else None)
+    if why and log is not None:
+        log(f"transcript CTC off: {why}")
+    return why is None
+
+
 def _transcripts(cfg: PretrainConfig, rows, log):
     """(phoneme tokenizer, (N, L) token ids, (N,) lengths) of every row's pseudo-transcript
-    (``_pseudo_texts``; length 0 where there is none)."""
+    (``_pseudo_texts``; length 0 where there is none), or None where no row has one."""
     from plcli.models.ctc import text_targets
     from plcli.text import build_tokenizer
 
@@ -473,7 +484,8 @@ def _transcripts(cfg: PretrainConfig, rows, log):
     tok = build_tokenizer("phoneme", [t for t in texts if t is not None])
     targets, lengths = text_targets(tok, [t or "" for t in texts])
     if not bool((lengths > 0).any()):
-        raise UserError("transcript_ctc: no clip has an exact label or a recogniser's vote to learn from")
+        log("transcript CTC off: no clip has an exact label or a recogniser's vote to learn from")
+        return None
     log(f"transcript CTC: {int((lengths > 0).sum())} of {len(rows)} clips with a pseudo-transcript (exact label or "
         f"vote), {tok.size - 1} phonemes, weight {cfg.transcript_ctc}")
     return tok, targets, lengths

@@ -388,13 +388,26 @@ def test_pretrain_with_transcript_ctc_runs_through_the_cli(tmp_path, tiny_data, 
     assert yaml.safe_load((out / "config.yaml").read_text())["transcript_ctc"] == 2.0
     module = load_pretrained(out)  # what finetune loads: the head's weights come back with it
     assert module.transcript_head is not None and module.hparams.transcript_weight == 2.0
-    res = CliRunner().invoke(app, ["pretrain", str(manifest), "--out", str(tmp_path / "online"), "--config",
-                                   tiny_config(tmp_path), "--online-augment", "--set", "transcript_ctc=1"])
-    assert res.exit_code != 0 and "transcript_ctc reads the cached views" in res.output
+    # where it cannot run, pretraining goes on without it and says why
     monkeypatch.setattr(asr_prior, "resolve", lambda kind: "none")
     res = CliRunner().invoke(app, ["pretrain", str(manifest), "--out", str(tmp_path / "novote"), "--config",
                                    tiny_config(tmp_path), "--epochs", "1", "--set", "transcript_ctc=1"])
-    assert res.exit_code != 0 and "pocketsphinx" in res.output
+    assert res.exit_code == 0, res.output
+    assert "transcript CTC off: pocketsphinx is not installed" in res.output
+    assert "transcript_rows" not in json.loads((tmp_path / "novote" / "metrics.json").read_text())
+    assert load_pretrained(tmp_path / "novote").transcript_head is None
+
+
+def test_transcript_ctc_is_off_where_it_cannot_run(monkeypatch):
+    from plcli.pretrain import PretrainConfig, _transcripts_on
+
+    monkeypatch.setattr(asr_prior, "resolve", lambda kind: "pocketsphinx")
+    said = []
+    assert _transcripts_on(PretrainConfig(transcript_ctc=1.0), said.append) and not said
+    assert not _transcripts_on(PretrainConfig(transcript_ctc=0.0), said.append) and not said
+    assert not _transcripts_on(PretrainConfig(transcript_ctc=1.0, online_augment=True), said.append)
+    assert not _transcripts_on(PretrainConfig(transcript_ctc=1.0, encoder="resnet2d"), said.append)
+    assert "--online-augment" in said[0] and "resnet2d" in said[1]
 
 
 def test_transcript_loss_is_the_mean_ctc_loss_of_the_clips_with_a_transcript():
