@@ -289,8 +289,13 @@ def pretrain(
     truth: Path = typer.Option(None, "--truth", help="JSONL/CSV id,label: candidate-restricted kNN disambiguation accuracy on candidate rows"),
     min_steps: int = typer.Option(None, "--min-steps", help="optimiser steps at least: a small data set trains more epochs than --epochs (default 1000; 0: off)"),
     input_norm: str = typer.Option(None, "--input-norm", help="encoder input normalisation: cmn (default: each mel bin's mean over the clip removed), utterance, batch, none"),
+    transcript_ctc: float = typer.Option(None, "--transcript-ctc", help="weight of the CTC loss on each clip's pseudo-transcript (exact label, else the speech recogniser's vote among its candidates; default 3; 0: NT-Xent only)"),
 ):
     """Stage 1: SimCLR contrastive pretraining of an audio encoder on all the audio.
+
+    Next to NT-Xent, a CTC loss teaches the encoder each clip's pseudo-transcript (its exact label,
+    else pocketsphinx's vote among its candidates), so that it learns what is said across voices
+    (--transcript-ctc; off without pocketsphinx).
 
     Writes RUN_DIR/config.yaml, checkpoints/last.ckpt (and best), metrics.json, logs/metrics.csv
     and encoder.pt (plain weights). Each epoch, kNN probes report with their chance levels: accuracy
@@ -299,7 +304,7 @@ def pretrain(
     """
     return {"encoder": encoder, "temperature": temperature, "proj_dim": proj_dim, "proj_layers": proj_layers,
             "views": views, "online_augment": online_augment, "truth": str(truth) if truth else None,
-            "min_steps": min_steps, "input_norm": input_norm}
+            "min_steps": min_steps, "input_norm": input_norm, "transcript_ctc": transcript_ctc}
 
 
 @_stage_command("finetune")

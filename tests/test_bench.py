@@ -440,6 +440,20 @@ def test_no_vote_row_differs_from_plcli_only_in_the_vote(monkeypatch, tmp_path):
     assert "plcli-no-vote" not in a.rows and "plcli-no-vote" in grid.parse(["--rows", "plcli-no-vote"]).rows
 
 
+def test_each_label_rate_pretrains_on_its_own_manifest(monkeypatch, tmp_path):
+    """Pretraining reads the exact labels (transcript CTC): a 1 % cell must not share the 5 % cell's
+    encoder; the oracle (no rate) takes the highest rate's."""
+    grid = _script()
+    calls = []
+    monkeypatch.setattr(grid, "run_stage", lambda name, out, o: calls.append((out.name, o["data.manifests"])) or {})
+    a = grid.parse(["--bench-dir", str(tmp_path), "--accelerator", "cpu"])
+    m = {r: (tmp_path / f"m{r}.jsonl", tmp_path / f"n{r}.jsonl") for r in (0.01, 0.05)}
+    paths = {"manifests": {(r, 0): v for r, v in m.items()}}
+    grid.pretrain(a, tmp_path, paths, 0, 0.01)
+    grid.pretrain(a, tmp_path, paths, 0)
+    assert calls == [("pretrain-r0.01-s0", [str(m[0.01][0])]), ("pretrain-r0.05-s0", [str(m[0.05][0])])]
+
+
 def test_prepare_writes_the_grid_manifests(tmp_path):
     from plcli.data.validate import load_rows
     from tests.conftest import write_dataset, write_truth

@@ -247,11 +247,14 @@ def run_stage(name: str, out: Path, overrides: dict) -> dict:
     return stage.run(cfg, log=lambda *m: None)
 
 
-def pretrain(a, bench: Path, paths: dict, seed: int) -> dict:
-    """One SimCLR encoder per seed, shared by every label rate and by rows 4 and 6 (pretraining uses no
-    labels; its kNN probe only monitors, and the last epoch's encoder is kept)."""
-    manifest = paths["manifests"][(max(r for r, s in paths["manifests"] if s == seed), seed)][0]
-    out = bench / "runs" / f"pretrain-s{seed}"
+def pretrain(a, bench: Path, paths: dict, seed: int, rate: float | None = None) -> dict:
+    """One encoder per exact-label rate and seed, shared by rows 4 and 6 (``rate`` None: the highest
+    rate's, which the oracle starts from). Pretraining's transcript CTC reads the exact labels (and
+    the recogniser's vote), so a rate's cells must not share a run that saw another rate's labels;
+    its kNN probe only monitors, and the last epoch's encoder is kept."""
+    rate = max(r for r, s in paths["manifests"] if s == seed) if rate is None else rate
+    manifest = paths["manifests"][(rate, seed)][0]
+    out = bench / "runs" / f"pretrain-r{rate:g}-s{seed}"
     m = run_stage(
         "pretrain",
         out,
@@ -277,7 +280,7 @@ def pipeline_cell(
     """
     from plcli.models.classifier import load_model
 
-    pre = pretrain(a, bench, paths, seed) if pretrained else None
+    pre = pretrain(a, bench, paths, seed, rate) if pretrained else None
     manifest, nocand = paths["manifests"][(rate, seed)]
     tag = f"{row}-r{rate:g}-s{seed}"
     ft_dir, ds_dir = bench / "runs" / f"{tag}-finetune", bench / "runs" / f"{tag}-distill"
