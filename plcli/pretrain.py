@@ -334,6 +334,7 @@ def run(cfg: PretrainConfig, log=print) -> dict:
     rows = load_training_rows(cfg.data, Path(cfg.out), log=log).rows
     vocab = Vocabulary.from_rows(rows, LabelNormalizer(cfg.data.labels))
     probe = _probe_fields(cfg, rows, vocab)
+    _keep_resumed_settings(cfg, log)
     out = start_run(cfg.out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite, vocab)
     L.seed_everything(cfg.trainer.seed, workers=True)
     cache = open_cache(cfg.data, cfg.features)
@@ -457,6 +458,18 @@ def _pseudo_groups(cfg: PretrainConfig, rows, vocab: Vocabulary, log) -> np.ndar
     log(f"pseudo-positives: {int((groups >= 0).sum())} of {len(rows)} clips grouped by exact label or vote "
         f"into {len(np.unique(groups[groups >= 0]))} messages")
     return groups
+
+
+def _keep_resumed_settings(cfg: PretrainConfig, log) -> None:
+    """A run resumed from a checkpoint made before the transcript CTC was a setting (its config has no
+    ``transcript_ctc``) continues without it: the checkpoint has no transcript head to restore."""
+    from plcli.config import read_run_config
+
+    if cfg.trainer.resume is None or not (Path(cfg.out) / "config.yaml").exists():
+        return
+    if "transcript_ctc" not in read_run_config(Path(cfg.out)) and cfg.transcript_ctc > 0:
+        log("resuming a run from before the transcript CTC: it continues without it")
+        cfg.transcript_ctc = 0.0
 
 
 def _transcripts_on(cfg: PretrainConfig, log=None) -> bool:

@@ -78,6 +78,21 @@ def test_min_steps_adds_epochs_on_small_data(tmp_path, tiny_data):
     assert yaml.safe_load((out / "config.yaml").read_text())["min_steps"] == 6
 
 
+def test_a_run_from_before_the_transcript_ctc_resumes_without_it(tmp_path, tiny_data):
+    """Its checkpoint has no transcript head, so the new default must not try to restore one."""
+    manifest, _ = tiny_data
+    out = tmp_path / "pre"
+    _pretrain(tmp_path, manifest, out, "--epochs", "1", "--transcript-ctc", "0")
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    del saved["transcript_ctc"]  # the run's config as the code before the setting wrote it
+    (out / "config.yaml").write_text(yaml.safe_dump(saved))
+    res = CliRunner().invoke(app, ["pretrain", str(manifest), "--out", str(out), "--config", tiny_config(tmp_path),
+                                   "--epochs", "2", "--resume", "auto"])
+    assert res.exit_code == 0, res.output
+    assert "continues without it" in res.output
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+
+
 def test_pretrain_refuses_existing_run_and_resumes(tmp_path, tiny_data):
     manifest, _ = tiny_data
     out = tmp_path / "pre"
