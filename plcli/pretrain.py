@@ -339,9 +339,10 @@ def run(cfg: PretrainConfig, log=print) -> dict:
     L.seed_everything(cfg.trainer.seed, workers=True)
     cache = open_cache(cfg.data, cfg.features)
     t_feat = Timer()
-    train_loader, val_loader = _loaders(cfg, rows, vocab, probe, cache, log)
+    use_transcripts = _transcripts_on(cfg, log)
+    train_loader, val_loader = _loaders(cfg, rows, vocab, probe, cache, log, with_index=use_transcripts)
     feature_seconds = t_feat.seconds
-    transcripts = _transcripts(cfg, rows, log) if _transcripts_on(cfg, log) else None
+    transcripts = _transcripts(cfg, rows, log) if use_transcripts else None
     module = _module(cfg, len(vocab), transcripts[0].size if transcripts else 0)
     if transcripts:
         module.transcript_targets, module.transcript_lengths = transcripts[1:]
@@ -392,8 +393,10 @@ def _probe_fields(cfg: PretrainConfig, rows, vocab) -> dict[str, torch.Tensor]:
     return {"y": y, "truth": truth, "mask": torch.from_numpy(candidate_matrix(rows, vocab))}
 
 
-def _loaders(cfg: PretrainConfig, rows, vocab, probe: dict, cache, log) -> tuple[DataLoader, DataLoader | None]:
-    """Pairs of views to train on; the probe rows' clean features (None when no probe can report)."""
+def _loaders(cfg: PretrainConfig, rows, vocab, probe: dict, cache, log,
+             with_index: bool = False) -> tuple[DataLoader, DataLoader | None]:
+    """Pairs of views to train on (``with_index``: with the clips' indices, for the transcript CTC);
+    the probe rows' clean features (None when no probe can report)."""
     paths = [r.audio for r in rows]
     keys = cache.keys(paths)
     log(f"pretraining on {len(rows)} recordings; caching {cfg.views} augmented views per clip ...")
@@ -406,7 +409,7 @@ def _loaders(cfg: PretrainConfig, rows, vocab, probe: dict, cache, log) -> tuple
         _, views = cache.views(paths, cfg.augment.waveform_params(), cfg.views, cfg.trainer.seed,
                                workers=view_workers(len(paths) * cfg.views, cfg.trainer.num_workers), keys=keys)
         groups = _pseudo_groups(cfg, rows, vocab, log) if cfg.pseudo_positives > 0 else None
-        train_ds = ViewPairs(views, groups, cfg.pseudo_positives, with_index=_transcripts_on(cfg))
+        train_ds = ViewPairs(views, groups, cfg.pseudo_positives, with_index=with_index)
         collate = ViewPairs.collate_fn
     val_loader = None
     # clean features of every clip: the probes use the labelled ones, later stages reuse them all
@@ -472,7 +475,7 @@ def _keep_resumed_settings(cfg: PretrainConfig, log) -> None:
         cfg.transcript_ctc = 0.0
 
 
-def _transcripts_on(cfg: PretrainConfig, log=None) -> bool:
+def _transcripts_on(cfg: PretrainConfig, log) -> bool:
     """Whether the transcript CTC loss can run: a weight, cached views, a TC-ResNet encoder and
     pocketsphinx for the vote; where one is missing it is off, and ``log`` says why."""
     from plcli.asr_prior import resolve
@@ -482,7 +485,7 @@ def _transcripts_on(cfg: PretrainConfig, log=None) -> bool:
     why = ("it reads the cached views, and --online-augment has none" if cfg.online_augment else
            f"it reads a TC-ResNet's frames, and --encoder {cfg.encoder} has none" if not cfg.encoder.startswith("tcresnet")
            else "pocketsphinx is not installed (pip install 'plcli[asr]')" if resolve("auto") == "none" else None)
-    if why and log is not None:
+    if why:
         log(f"transcript CTC off: {why}")
     return why is None
 
