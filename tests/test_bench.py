@@ -440,6 +440,27 @@ def test_no_vote_row_differs_from_plcli_only_in_the_vote(monkeypatch, tmp_path):
     assert "plcli-no-vote" not in a.rows and "plcli-no-vote" in grid.parse(["--rows", "plcli-no-vote"]).rows
 
 
+def test_teacher_only_cell_stops_after_finetune_in_the_plcli_runs(monkeypatch, tmp_path):
+    """The learning curve's teacher-only cell runs pretrain and finetune (no distill), in the folders
+    that the full plcli cell uses, so that cell later only adds distill."""
+    import plcli.models.classifier as classifier
+
+    grid = _script()
+    calls = []
+    monkeypatch.setattr(grid, "run_stage", lambda name, out, o: calls.append((name, out.name)) or {"total_seconds": 2.0})
+    monkeypatch.setattr(grid, "pretrain", lambda *a, **k: {"dir": tmp_path / "pre", "seconds": 1.0})
+    monkeypatch.setattr(grid, "finish_cell", lambda *a, **k: {"row": a[2], "seconds": a[-1]})
+    monkeypatch.setattr(classifier, "load_model", lambda d: (None, None, None))
+    a = grid.parse(["--bench-dir", str(tmp_path), "--accelerator", "cpu"])
+    paths = {"manifests": {(0.05, 0): (tmp_path / "m.jsonl", tmp_path / "n.jsonl")}, "truth": tmp_path / "t"}
+    cell = grid.pipeline_cell(a, tmp_path, paths, "plcli", 0.05, 0, teacher_only=True)
+    assert cell == {"row": "teacher", "seconds": {"pretrain": 1.0, "finetune": 2.0}}
+    assert calls == [("finetune", "plcli-r0.05-s0-finetune")]
+    full = grid.pipeline_cell(a, tmp_path, paths, "plcli", 0.05, 0, teacher=True)
+    assert calls[1:] == [("finetune", "plcli-r0.05-s0-finetune"), ("distill", "plcli-r0.05-s0-distill")]
+    assert full["teacher"] == cell
+
+
 def test_each_label_rate_pretrains_on_its_own_manifest(monkeypatch, tmp_path):
     """Pretraining reads the exact labels (transcript CTC): a 1 % cell must not share the 5 % cell's
     encoder; the oracle (no rate) takes the highest rate's."""

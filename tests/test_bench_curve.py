@@ -150,6 +150,28 @@ def test_cells_are_cached_and_resume(tmp_path, monkeypatch):
     assert len(calls) == 11 and [c["row"] for c in t] == ["teacher"]
 
 
+def test_teacher_only_cells(tmp_path, monkeypatch):
+    """A teacher-only run trains no distill (its own cell), and the plcli cell supersedes it later."""
+    calls = []
+    monkeypatch.setattr(curve, "compute_cell", _fake_compute(calls))
+    teacher_only = curve.parse(["--sizes", "40", "--seeds", "0", "1", "--rows", "teacher"])
+    t = curve.dist_cells(teacher_only, tmp_path, "zipf", {40: {}})
+    assert calls == [("n40", "teacher", 0.05, 0), ("n40", "teacher", 0.05, 1)]
+    assert [(c["row"], c["seed"], c["n"], c["rate"]) for c in t] == [("teacher", 0, 40, 0.05), ("teacher", 1, 40, 0.05)]
+    assert (tmp_path / "n40" / "cells" / "teacher-r0.05-s1.json").exists()
+    # a report before the plcli cells exist shows the teacher cells
+    report = curve.parse(["--sizes", "40", "--seeds", "0", "1", "--report-only"])
+    assert [c["row"] for c in curve.dist_cells(report, tmp_path, "zipf", {40: {}})] == ["teacher", "teacher"]
+    # the plcli cell of seed 0 is computed; its teacher (0.4) replaces the teacher-only cell (0.5)
+    curve.dist_cells(curve.parse(["--sizes", "40", "--seeds", "0", "--rows", "plcli"]), tmp_path, "zipf", {40: {}})
+    assert calls[-1] == ("n40", "plcli", 0.05, 0)
+    cells = curve.dist_cells(report, tmp_path, "zipf", {40: {}})
+    assert sorted((c["row"], c["seed"], c["accuracy"]) for c in cells) == [
+        ("plcli", 0, 0.5), ("teacher", 0, 0.4), ("teacher", 1, 0.5)
+    ]
+    assert len(calls) == 3  # nothing was computed again
+
+
 def test_grammar_row(tmp_path, monkeypatch):
     test = tmp_path / "test.jsonl"
     rows = [

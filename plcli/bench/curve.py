@@ -238,7 +238,8 @@ def _done(kind: str, key: str, c: dict, t: float, t0: float) -> None:
 
 
 def compute_cell(a, bench: Path, paths: dict, row: str, rate: float, seed: int, n: int) -> dict:
-    """Train and evaluate one cell: ``plcli`` (its teacher under ``"teacher"``), ``no-pretrain`` or ``oracle``.
+    """Train and evaluate one cell: ``plcli`` (its teacher under ``"teacher"``), ``teacher`` (the
+    pipeline up to finetune, for a teacher-only run), ``no-pretrain`` or ``oracle``.
 
     The oracle is plcli's own student on true labels: below ``distill``'s ``small_data`` that
     student is the pretrained encoder (the plcli cell's pretrain run) with a new head, so the
@@ -248,6 +249,8 @@ def compute_cell(a, bench: Path, paths: dict, row: str, rate: float, seed: int, 
 
     if row == "plcli":
         return pipeline_cell(a, bench, paths, "plcli", rate, seed, teacher=True)
+    if row == "teacher":  # without the plcli cell: pretrain -> finetune only, in the plcli cell's runs
+        return pipeline_cell(a, bench, paths, "plcli", rate, seed, teacher_only=True)
     if row == "no-pretrain":
         return pipeline_cell(a, bench, paths, "no-pretrain", rate, seed, pretrained=False)
     init = pretrain(a, bench, paths, seed)["dir"] / "encoder.pt" if n < DistillConfig().small_data else None
@@ -258,33 +261,52 @@ def dist_cells(a, root: Path, dist: str, sizes: dict) -> list[dict]:
     """Every trained cell of one distribution (computed, or read back from its JSON file).
 
     ``sizes``: N -> the grid's ``paths`` (test, val, truth, manifests[(rate, seed)]). plcli's cells
-    come first at each N, so an interrupted run already has plcli against the oracle.
+    come first at each N, so an interrupted run already has plcli against the oracle. The teacher
+    row comes from the plcli cell where there is one; otherwise (rows naming the teacher but not
+    plcli, or a report before the plcli cell is done) from a teacher cell of its own: pretrain ->
+    finetune without distill, minutes instead of the half hour of a small-N plcli cell, in the same
+    runs, which the plcli cell then continues.
     """
-    train = [
-        r for r in ("plcli", "oracle", "no-pretrain") if r in a.rows or (r == "plcli" and "teacher" in a.rows)
-    ]
+    train = [r for r in ("plcli", "oracle", "no-pretrain") if r in a.rows]
     out: list[dict] = []
     t0 = time.perf_counter()
+
+    def cell(bench, paths, row, rate, seed, n):
+        key = cell_key(row, rate, seed)
+        path = bench / "cells" / f"{key}.json"
+        if a.report_only and not path.exists():
+            return None
+        t = time.perf_counter()
+        c = cached_cell(path, stamped(partial(compute_cell, a, bench, paths, row, rate, seed, n)))
+        _done(f"{dist} N={n}", key, c, t, t0)
+        return c
+
     for n in sorted(sizes):
         bench, paths = root / f"n{n}", sizes[n]
         for seed in seeds_at(a, n):
             for rate in rates_at(a, n):
+                tag = {"dist": dist, "n": n, "rate": rate, "seed": seed}
+                teacher = None
                 for row in train:
                     if row == "oracle" and rate != rates_at(a, n)[0]:
                         continue  # one oracle per (N, seed): it does not use the exact labels
-                    key = cell_key(row, rate, seed)
-                    path = bench / "cells" / f"{key}.json"
-                    if a.report_only and not path.exists():
+                    c = cell(bench, paths, row, rate, seed, n)
+                    if c is None:
                         continue
-                    t = time.perf_counter()
-                    c = cached_cell(path, stamped(partial(compute_cell, a, bench, paths, row, rate, seed, n)))
-                    _done(f"{dist} N={n}", key, c, t, t0)
-                    tag = {"dist": dist, "n": n, "rate": None if row == "oracle" else rate, "seed": seed}
-                    if row == "plcli" and "teacher" in a.rows:
-                        stamp = {k: c[k] for k in STAMPS if k in c}
-                        out.append({**c["teacher"], **stamp, **tag})
-                    if row in a.rows:
-                        out.append({**{k: v for k, v in c.items() if k != "teacher"}, **tag})
+                    if row == "plcli":
+                        teacher = {**c["teacher"], **{k: c[k] for k in STAMPS if k in c}}
+                    rest = {k: v for k, v in c.items() if k != "teacher"}
+                    out.append({**rest, **tag, **({"rate": None} if row == "oracle" else {})})
+                if "teacher" not in a.rows:
+                    continue
+                plcli_path = bench / "cells" / f"{cell_key('plcli', rate, seed)}.json"
+                if teacher is None and plcli_path.exists():
+                    c = json.loads(plcli_path.read_text(encoding="utf-8"))
+                    teacher = {**c["teacher"], **{k: c[k] for k in STAMPS if k in c}}
+                if teacher is None:
+                    teacher = cell(bench, paths, "teacher", rate, seed, n)
+                if teacher is not None:
+                    out.append({**teacher, **tag})
     return out
 
 

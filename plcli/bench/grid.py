@@ -271,12 +271,22 @@ def pretrain(a, bench: Path, paths: dict, seed: int, rate: float | None = None) 
 
 
 def pipeline_cell(
-    a, bench: Path, paths: dict, row: str, rate: float, seed: int, pretrained: bool = True, teacher: bool = False
+    a,
+    bench: Path,
+    paths: dict,
+    row: str,
+    rate: float,
+    seed: int,
+    pretrained: bool = True,
+    teacher: bool = False,
+    teacher_only: bool = False,
 ) -> dict:
     """Rows 4 (``simclrv2``) and 6 (``plcli``): pretrain -> finetune -> distill, evaluated on val and test.
 
     ``pretrained=False``: finetune ``--pretrained none`` (a random frozen encoder), no pretrain run;
-    ``teacher=True``: the cell also holds the finetune model's own cell under ``"teacher"``.
+    ``teacher=True``: the cell also holds the finetune model's own cell under ``"teacher"``;
+    ``teacher_only=True``: stop after finetune and return the teacher's cell (row ``"teacher"``). The
+    runs are the ones the full cell uses, so computing it later only adds the distill run.
     """
     from plcli.models.classifier import load_model
 
@@ -299,6 +309,11 @@ def pipeline_cell(
             **({"min_steps": 0} if a.finetune_epochs else {}),
         },
     )
+    if teacher_only:
+        model, vocab, features = load_model(ft_dir)
+        seconds = {"pretrain": pre["seconds"]} if pre else {}
+        seconds["finetune"] = ft.get("total_seconds")
+        return finish_cell(a, paths, "teacher", rate, seed, model, vocab, features, seconds)
     if row == "simclrv2":
         # textbook SimCLRv2 distillation: the teacher's full softmax on every row, no candidate sets
         # (a manifest without them), no confidence filter, no candidate refinement, one round
