@@ -257,6 +257,11 @@ def compute_cell(a, bench: Path, paths: dict, row: str, rate: float, seed: int, 
     return baseline_cell(a, bench, paths, row, rate, seed, init_encoder=init)
 
 
+def _teacher_of(plcli_cell: dict) -> dict:
+    """The teacher's cell inside a plcli cell, with the plcli cell's stamps (when and where it ran)."""
+    return {**plcli_cell["teacher"], **{k: plcli_cell[k] for k in STAMPS if k in plcli_cell}}
+
+
 def dist_cells(a, root: Path, dist: str, sizes: dict) -> list[dict]:
     """Every trained cell of one distribution (computed, or read back from its JSON file).
 
@@ -294,15 +299,14 @@ def dist_cells(a, root: Path, dist: str, sizes: dict) -> list[dict]:
                     if c is None:
                         continue
                     if row == "plcli":
-                        teacher = {**c["teacher"], **{k: c[k] for k in STAMPS if k in c}}
+                        teacher = _teacher_of(c)
                     rest = {k: v for k, v in c.items() if k != "teacher"}
                     out.append({**rest, **tag, **({"rate": None} if row == "oracle" else {})})
                 if "teacher" not in a.rows:
                     continue
                 plcli_path = bench / "cells" / f"{cell_key('plcli', rate, seed)}.json"
                 if teacher is None and plcli_path.exists():
-                    c = json.loads(plcli_path.read_text(encoding="utf-8"))
-                    teacher = {**c["teacher"], **{k: c[k] for k in STAMPS if k in c}}
+                    teacher = _teacher_of(json.loads(plcli_path.read_text(encoding="utf-8")))
                 if teacher is None:
                     teacher = cell(bench, paths, "teacher", rate, seed, n)
                 if teacher is not None:

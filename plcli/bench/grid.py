@@ -309,11 +309,14 @@ def pipeline_cell(
             **({"min_steps": 0} if a.finetune_epochs else {}),
         },
     )
+    seconds = {"pretrain": pre["seconds"]} if pre else {}
+    seconds["finetune"] = ft.get("total_seconds")
+
+    def teacher_cell() -> dict:
+        return finish_cell(a, paths, "teacher", rate, seed, *load_model(ft_dir), dict(seconds))
+
     if teacher_only:
-        model, vocab, features = load_model(ft_dir)
-        seconds = {"pretrain": pre["seconds"]} if pre else {}
-        seconds["finetune"] = ft.get("total_seconds")
-        return finish_cell(a, paths, "teacher", rate, seed, model, vocab, features, seconds)
+        return teacher_cell()
     if row == "simclrv2":
         # textbook SimCLRv2 distillation: the teacher's full softmax on every row, no candidate sets
         # (a manifest without them), no confidence filter, no candidate refinement, one round
@@ -330,14 +333,9 @@ def pipeline_cell(
             **trainer_opts(a, a.distill_epochs, seed),
         },
     )
-    model, vocab, features = load_model(ds_dir)
-    seconds = {"pretrain": pre["seconds"]} if pre else {}
-    seconds.update(finetune=ft.get("total_seconds"), distill=ds.get("total_seconds"))
-    cell = finish_cell(a, paths, row, rate, seed, model, vocab, features, seconds)
+    cell = finish_cell(a, paths, row, rate, seed, *load_model(ds_dir), {**seconds, "distill": ds.get("total_seconds")})
     if teacher:
-        model, vocab, features = load_model(ft_dir)
-        t_seconds = {k: v for k, v in seconds.items() if k != "distill"}
-        cell["teacher"] = finish_cell(a, paths, "teacher", rate, seed, model, vocab, features, t_seconds)
+        cell["teacher"] = teacher_cell()
     return cell
 
 
