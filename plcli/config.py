@@ -22,9 +22,15 @@ from plcli.errors import UserError
 from plcli.io import atomic_write_text
 
 
-def opt(default: Any = dataclasses.MISSING, help: str = "", *, factory=None, choices=None, min=None, max=None):
-    """A dataclass field with a help text and simple checks (choices, numeric bounds)."""
-    meta = {"help": help, "choices": choices, "min": min, "max": max}
+def opt(default: Any = dataclasses.MISSING, help: str = "", *, factory=None, choices=None, min=None, max=None,
+        before: Any = dataclasses.MISSING):
+    """A dataclass field with a help text and simple checks (choices, numeric bounds).
+
+    ``before``: how runs behaved before the field existed. A resumed run whose ``config.yaml`` lacks
+    the field continues with this value rather than the default (``Config.keep_resumed``), for
+    settings whose default changes what the checkpoint holds.
+    """
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "before": before}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -83,6 +89,31 @@ class Config:
             if parts[-1] not in hints:
                 raise UserError(f"unknown config key {key}")
             setattr(obj, parts[-1], _coerce(value, hints[parts[-1]], key))
+
+    def keep_resumed(self, saved: dict, worker: bool = False, where: str = "") -> list[str]:
+        """Resuming a run whose resolved config is ``saved``: every field declared with ``before`` that
+        ``saved`` lacks takes that value, so the run continues as it started; returns their dotted names.
+
+        A DDP worker rank (``worker``) reads the config its rank 0 has just written, so there it takes
+        the saved value of those fields instead, which is what rank 0 resolved.
+        """
+        kept = []
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, Config):
+                sub = saved.get(f.name)
+                kept += v.keep_resumed(sub if isinstance(sub, dict) else {}, worker, f"{where}{f.name}.")
+                continue
+            before = f.metadata.get("before", dataclasses.MISSING)
+            if before is dataclasses.MISSING:
+                continue
+            if f.name not in saved:
+                if not worker and v != before:
+                    setattr(self, f.name, before)
+                    kept.append(where + f.name)
+            elif worker:
+                setattr(self, f.name, _coerce(saved[f.name], typing.get_type_hints(type(self))[f.name], where + f.name))
+        return kept
 
     def validate(self, where: str = "") -> None:
         """Check every field (choices, bounds) recursively, then the cross-field ``check``."""

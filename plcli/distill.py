@@ -730,7 +730,7 @@ def _run_rounds(cfg: DistillConfig, log, callbacks: list | None) -> dict:
 
     def open_parent() -> None:
         if opened[0] is None:
-            opened[0] = start_run(out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite)
+            opened[0] = start_run(out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite, log=log)
 
     phase = _ctc_phase(cfg)
     teacher, summary, m = cfg.teacher, [], {}
@@ -1154,7 +1154,7 @@ def _run_round(cfg: DistillConfig, log=print, callbacks: list | None = None, on_
     r = _prepare_round(cfg, log, ctc_only, refit)
     if on_start is not None:
         on_start()
-    out = start_run(cfg.out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite, r.teacher.vocab)
+    out = start_run(cfg.out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite, r.teacher.vocab, log)
     if not r.reused:
         save_targets(out, r.key, r.targets, r.kind)
     L.seed_everything(cfg.trainer.seed, workers=True)

@@ -527,7 +527,7 @@ def run(cfg: FinetuneConfig, log=print) -> dict:
     timer = Timer()
     set_threads()
     inp = _prepare(cfg, log)
-    out = start_run(cfg.out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite, inp.vocab)
+    out = start_run(cfg.out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite, inp.vocab, log)
     L.seed_everything(cfg.trainer.seed, workers=True)
     from plcli.asr_prior import prior_for, resolve
     from plcli.config import cache_dir

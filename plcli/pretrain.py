@@ -68,7 +68,8 @@ class PretrainConfig(Config):
     views: int = opt(8, "augmented views per clip pre-computed into the feature cache", min=2)
     speaker_batches: int = opt(0, "speakers per batch (the manifest's speaker field): each batch holds chunks of this many speakers' clips, so most negatives share the anchor's voice and the encoder must learn what is said, not who says it (CPC's within-speaker negatives); 0 = random batches", min=0)
     pseudo_positives: float = opt(0.0, "probability that a clip's positive is a view of another clip that probably says the same message (the same exact label, or the same speech-recogniser vote among the candidates: PiCO-style pseudo-positives across voices; needs pocketsphinx); 0 = SimCLR's own-clip positives only", min=0.0, max=1.0)
-    transcript_ctc: float = opt(3.0, "weight of an auxiliary CTC loss that teaches the encoder what is said: each clip's pseudo-transcript (its exact label, else the speech recogniser's vote among its candidates) in phonemes, read from the encoder's last-stage frames through a small CTC head that only pretraining uses (off without pocketsphinx; chosen on validation speakers, docs/benchmark.md); 0 = NT-Xent only", min=0.0)
+    transcript_ctc: float = opt(3.0, "weight of an auxiliary CTC loss that teaches the encoder what is said: each clip's pseudo-transcript (its exact label, else the speech recogniser's vote among its candidates) in phonemes, read from the encoder's last-stage frames through a small CTC head that only pretraining uses (off without pocketsphinx; chosen on validation speakers, docs/benchmark.md); 0 = NT-Xent only", min=0.0,
+                                before=0.0)
     online_augment: bool = opt(False, "augment waveforms every step in DataLoader workers instead of caching views")
     probe_k: int = opt(5, "k of the kNN probes (exact rows; candidate-restricted disambiguation)", min=1)
     truth: str | None = opt(None, "optional JSONL/CSV of id,label: accuracy of the candidate-restricted kNN "
@@ -334,8 +335,7 @@ def run(cfg: PretrainConfig, log=print) -> dict:
     rows = load_training_rows(cfg.data, Path(cfg.out), log=log).rows
     vocab = Vocabulary.from_rows(rows, LabelNormalizer(cfg.data.labels))
     probe = _probe_fields(cfg, rows, vocab)
-    _keep_resumed_settings(cfg, log)
-    out = start_run(cfg.out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite, vocab)
+    out = start_run(cfg.out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite, vocab, log)
     L.seed_everything(cfg.trainer.seed, workers=True)
     cache = open_cache(cfg.data, cfg.features)
     t_feat = Timer()
@@ -461,18 +461,6 @@ def _pseudo_groups(cfg: PretrainConfig, rows, vocab: Vocabulary, log) -> np.ndar
     log(f"pseudo-positives: {int((groups >= 0).sum())} of {len(rows)} clips grouped by exact label or vote "
         f"into {len(np.unique(groups[groups >= 0]))} messages")
     return groups
-
-
-def _keep_resumed_settings(cfg: PretrainConfig, log) -> None:
-    """A run resumed from a checkpoint made before the transcript CTC was a setting (its config has no
-    ``transcript_ctc``) continues without it: the checkpoint has no transcript head to restore."""
-    from plcli.config import read_run_config
-
-    if cfg.trainer.resume is None or not (Path(cfg.out) / "config.yaml").exists():
-        return
-    if "transcript_ctc" not in read_run_config(Path(cfg.out)) and cfg.transcript_ctc > 0:
-        log("resuming a run from before the transcript CTC: it continues without it")
-        cfg.transcript_ctc = 0.0
 
 
 def _transcripts_on(cfg: PretrainConfig, log) -> bool:

@@ -94,13 +94,20 @@ def _check_vocab(out: Path, vocab) -> None:
 
 
 def start_run(out: str | Path, cfg: Config, stage: str, resume: str | None, overwrite: bool = False,
-              vocab=None) -> Path:
+              vocab=None, log=print) -> Path:
     """Open the run directory once the inputs are known to be good: checks, then config and vocabulary.
 
     Nothing is written when resuming is refused (another stage, another plcli format, or another
-    label vocabulary than the run was started with). Worker ranks of a DDP run write nothing.
+    label vocabulary than the run was started with). Worker ranks of a DDP run write nothing. A
+    resumed run keeps the settings it started with where its config predates them
+    (``Config.keep_resumed``): ``cfg`` is changed in place, and ``log`` says which.
     """
     check_run_dir(out, stage, resume, overwrite, vocab)
+    if resume is not None and (Path(out) / "config.yaml").exists():
+        kept = cfg.keep_resumed(read_run_config(out), worker=is_worker_rank())
+        if kept:
+            log("resuming a run from before " + ", ".join(kept) + ": it continues with "
+                + ", ".join(f"{k}={_dotted(cfg, k)!r}" for k in kept) + ", as it started")
     out = prepare_run_dir(out, stage, resume, overwrite)
     if is_worker_rank():
         return out
@@ -108,6 +115,12 @@ def start_run(out: str | Path, cfg: Config, stage: str, resume: str | None, over
     if vocab is not None:
         vocab.save(out / "vocab.json")
     return out
+
+
+def _dotted(cfg: Config, name: str):
+    for part in name.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
 
 
 def save_config(out: Path, cfg: Config, stage: str) -> None:

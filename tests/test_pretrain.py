@@ -89,7 +89,7 @@ def test_a_run_from_before_the_transcript_ctc_resumes_without_it(tmp_path, tiny_
     res = CliRunner().invoke(app, ["pretrain", str(manifest), "--out", str(out), "--config", tiny_config(tmp_path),
                                    "--epochs", "2", "--resume", "auto"])
     assert res.exit_code == 0, res.output
-    assert "continues without it" in res.output
+    assert "before transcript_ctc: it continues with transcript_ctc=0.0" in res.output
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
 
 

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from typer.testing import CliRunner
 
 import plcli.io as pio
 from plcli.cli import app
-from plcli.config import FeatureConfig
+from plcli.config import Config, FeatureConfig, opt
 from plcli.data import features as feat_mod
 from plcli.data.features import FeatureCache
 from plcli.runs import logged_history
@@ -266,7 +267,7 @@ def test_existing_run_needs_resume_or_overwrite(tmp_path, tiny_data):
 FILL_CACHE = """
 import json, os, sys, time
 import torch
-from plcli.config import FeatureConfig
+from plcli.config import Config, FeatureConfig, opt
 from plcli.data.features import FeatureCache
 
 root, paths, go, views = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
@@ -547,3 +548,31 @@ def test_resume_with_another_vocabulary_is_refused(tmp_path, steps_data):
     res = CliRunner().invoke(app, ["finetune", str(other), *args, "--epochs", "2", "--resume", "auto"])
     assert res.exit_code == 2 and "vocabulary" in res.stderr, res.output
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+@dataclass
+class _Inner(Config):
+    head: float = opt(3.0, "new, changes the checkpoint", before=0.0)
+    lr: float = opt(0.1, "no before value")
+
+
+@dataclass
+class _Outer(Config):
+    weight: float = opt(2.0, "new", before=0.0)
+    same: int = opt(1, "new, but its before value is the default", before=1)
+    inner: _Inner = opt(factory=_Inner)
+
+
+def test_a_resumed_run_keeps_the_settings_its_config_predates():
+    """``opt(before=...)``: a field missing from a resumed run's config takes its ``before`` value on
+    rank 0, and a DDP worker takes the value rank 0 wrote; fields without ``before`` are untouched."""
+    cfg = _Outer()
+    assert cfg.keep_resumed({"inner": {"lr": 0.5}}) == ["weight", "inner.head"]
+    assert (cfg.weight, cfg.same, cfg.inner.head, cfg.inner.lr) == (0.0, 1, 0.0, 0.1)
+    cfg = _Outer()
+    assert cfg.keep_resumed({}) == ["weight", "inner.head"]  # a whole section missing predates its fields
+    cfg = _Outer(weight=5.0)
+    assert cfg.keep_resumed({"weight": 1.0, "inner": {"head": 3.0}}) == [] and cfg.weight == 5.0
+    cfg = _Outer()
+    assert cfg.keep_resumed({"weight": 0.0, "inner": {"head": "0.5"}}, worker=True) == []
+    assert (cfg.weight, cfg.inner.head, cfg.inner.lr) == (0.0, 0.5, 0.1)
