@@ -131,7 +131,7 @@ from plcli.runs import (
     start_run,
     write_metrics,
 )
-from plcli.training import adamw_cosine, build_trainer, fit
+from plcli.training import adamw_cosine, build_trainer, fit, graph_zero
 
 STAGE = "distill"
 # the default student of a data set large enough to train one from scratch
@@ -481,7 +481,7 @@ class DistillModule(L.LightningModule):
         w = t[sel].clamp_min(0).pow(hp.temperature)
         ok = w.sum(1) > 0
         sel, w = sel[ok], w[ok]
-        zero = sum(p.sum() for p in self.model.ctc_head.parameters()) * 0.0  # DDP: every parameter in the graph
+        zero = graph_zero(self.model.ctc_head)
         if not len(sel):
             return zero
         c = torch.multinomial(w / w.sum(1, keepdim=True), 1).squeeze(1)  # (B',) drawn classes

@@ -43,7 +43,7 @@ from plcli.metrics import candidate_chance
 from plcli.models.encoders import DEFAULT_INPUT_NORM, ENCODERS, INPUT_NORMS, build_encoder
 from plcli.models.heads import ProjectionHead
 from plcli.runs import Timer, jsonable, logged_history, resolve_resume, set_threads, start_run, write_metrics
-from plcli.training import adamw_cosine, build_trainer, fit, with_min_steps
+from plcli.training import adamw_cosine, build_trainer, fit, graph_zero, with_min_steps
 
 STAGE = "pretrain"
 PROG_BAR = ("probe/knn_acc", "probe/cand_knn_acc")
@@ -146,7 +146,7 @@ class PretrainModule(L.LightningModule):
 
         lengths = self.transcript_lengths[idx]
         ok = lengths > 0
-        zero = sum(p.sum() for p in self.transcript_head.parameters()) * 0.0  # DDP: every parameter in the graph
+        zero = graph_zero(self.transcript_head)
         if not bool(ok.any()):
             return zero
         frames = encoder_frames(self.encoder, x[ok], tap=3)  # (B', C, T / 8)

@@ -137,6 +137,12 @@ def with_min_steps(tc: TrainerConfig, min_steps: int, steps_per_epoch: int, log=
     return dataclasses.replace(tc, epochs=epochs)
 
 
+def graph_zero(module: torch.nn.Module) -> torch.Tensor:
+    """A zero loss that every parameter of ``module`` takes part in: a step that skips the module's
+    loss returns it, so DDP still finds a gradient for each of them (it fails on unused parameters)."""
+    return sum(p.sum() for p in module.parameters()) * 0.0
+
+
 def cosine_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int, warmup_frac: float = 0.05):
     """Linear warm-up then cosine decay to 0, stepped every optimizer step."""
     total = max(1, int(total_steps))

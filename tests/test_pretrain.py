@@ -55,6 +55,17 @@ def test_pretrain_cli_writes_run_dir(tmp_path, tiny_data):
     assert ckpt["hyper_parameters"]["encoder"] == "tcresnet"
 
 
+def test_graph_zero_gives_every_parameter_a_zero_gradient():
+    """What a step that skips the CTC loss returns: DDP needs a gradient (not None) for each parameter."""
+    from plcli.training import graph_zero
+
+    head = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    zero = graph_zero(head)
+    zero.backward()
+    assert zero.item() == 0.0
+    assert all(p.grad is not None and not p.grad.any() for p in head.parameters())
+
+
 def test_min_steps_adds_epochs_on_small_data(tmp_path, tiny_data):
     from plcli.pretrain import PretrainConfig
     from plcli.training import epochs_for_steps
