@@ -103,7 +103,7 @@ def start_run(out: str | Path, cfg: Config, stage: str, resume: str | None, over
     (``Config.keep_resumed``): ``cfg`` is changed in place, and ``log`` says which.
     """
     check_run_dir(out, stage, resume, overwrite, vocab)
-    if resume is not None and (Path(out) / "config.yaml").exists():
+    if (Path(out) / "config.yaml").exists() and resolve_resume(Path(out), resume) is not None:
         kept = cfg.keep_resumed(read_run_config(out), worker=is_worker_rank())
         if kept:
             log("resuming a run from before " + ", ".join(kept) + ": it continues with "

@@ -576,3 +576,26 @@ def test_a_resumed_run_keeps_the_settings_its_config_predates():
     cfg = _Outer()
     assert cfg.keep_resumed({"weight": 0.0, "inner": {"head": "0.5"}}, worker=True) == []
     assert (cfg.weight, cfg.inner.head, cfg.inner.lr) == (0.0, 0.5, 0.1)
+
+
+def test_start_run_keeps_old_settings_only_when_a_checkpoint_is_resumed(tmp_path):
+    """``--resume auto`` in a folder without ``last.ckpt`` starts afresh, with today's defaults."""
+    from plcli.pretrain import PretrainConfig
+    from plcli.runs import FORMAT_VERSION, start_run
+
+    out = tmp_path / "pre"
+    out.mkdir()
+    old = {"stage": "pretrain", "plcli_format": FORMAT_VERSION, **PretrainConfig().to_dict()}
+    del old["transcript_ctc"]
+    (out / "config.yaml").write_text(yaml.safe_dump(old))
+    said = []
+    cfg = PretrainConfig()
+    start_run(out, cfg, "pretrain", "auto", log=said.append)
+    assert cfg.transcript_ctc == 3.0 and not said
+    (out / "config.yaml").write_text(yaml.safe_dump(old))
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "last.ckpt").write_bytes(b"")
+    start_run(out, cfg, "pretrain", "auto", log=said.append)
+    assert cfg.transcript_ctc == 0.0 and said == ["resuming a run from before transcript_ctc: it continues with "
+                                                  "transcript_ctc=0.0, as it started"]
+    assert yaml.safe_load((out / "config.yaml").read_text())["transcript_ctc"] == 0.0
