@@ -90,19 +90,19 @@ class Config:
                 raise UserError(f"unknown config key {key}")
             setattr(obj, parts[-1], _coerce(value, hints[parts[-1]], key))
 
-    def keep_resumed(self, saved: dict, worker: bool = False, where: str = "") -> list[str]:
+    def keep_resumed(self, saved: dict, worker: bool = False, where: str = "") -> dict[str, Any]:
         """Resuming a run whose resolved config is ``saved``: every field declared with ``before`` that
-        ``saved`` lacks takes that value, so the run continues as it started; returns their dotted names.
+        ``saved`` lacks takes that value, so the run continues as it started; returns {dotted name: value}.
 
         A DDP worker rank (``worker``) reads the config its rank 0 has just written, so there it takes
         the saved value of those fields instead, which is what rank 0 resolved.
         """
-        kept = []
+        kept = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             if isinstance(v, Config):
                 sub = saved.get(f.name)
-                kept += v.keep_resumed(sub if isinstance(sub, dict) else {}, worker, f"{where}{f.name}.")
+                kept.update(v.keep_resumed(sub if isinstance(sub, dict) else {}, worker, f"{where}{f.name}."))
                 continue
             before = f.metadata.get("before", dataclasses.MISSING)
             if before is dataclasses.MISSING:
@@ -110,7 +110,7 @@ class Config:
             if f.name not in saved:
                 if not worker and v != before:
                     setattr(self, f.name, before)
-                    kept.append(where + f.name)
+                    kept[where + f.name] = before
             elif worker:
                 setattr(self, f.name, _coerce(saved[f.name], typing.get_type_hints(type(self))[f.name], where + f.name))
         return kept

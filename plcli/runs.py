@@ -107,7 +107,7 @@ def start_run(out: str | Path, cfg: Config, stage: str, resume: str | None, over
         kept = cfg.keep_resumed(read_run_config(out), worker=is_worker_rank())
         if kept:
             log("resuming a run from before " + ", ".join(kept) + ": it continues with "
-                + ", ".join(f"{k}={_dotted(cfg, k)!r}" for k in kept) + ", as it started")
+                + ", ".join(f"{k}={v!r}" for k, v in kept.items()) + ", as it started")
     out = prepare_run_dir(out, stage, resume, overwrite)
     if is_worker_rank():
         return out
@@ -115,12 +115,6 @@ def start_run(out: str | Path, cfg: Config, stage: str, resume: str | None, over
     if vocab is not None:
         vocab.save(out / "vocab.json")
     return out
-
-
-def _dotted(cfg: Config, name: str):
-    for part in name.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
 
 
 def save_config(out: Path, cfg: Config, stage: str) -> None:

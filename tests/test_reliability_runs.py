@@ -567,14 +567,14 @@ def test_a_resumed_run_keeps_the_settings_its_config_predates():
     """``opt(before=...)``: a field missing from a resumed run's config takes its ``before`` value on
     rank 0, and a DDP worker takes the value rank 0 wrote; fields without ``before`` are untouched."""
     cfg = _Outer()
-    assert cfg.keep_resumed({"inner": {"lr": 0.5}}) == ["weight", "inner.head"]
+    assert cfg.keep_resumed({"inner": {"lr": 0.5}}) == {"weight": 0.0, "inner.head": 0.0}
     assert (cfg.weight, cfg.same, cfg.inner.head, cfg.inner.lr) == (0.0, 1, 0.0, 0.1)
     cfg = _Outer()
-    assert cfg.keep_resumed({}) == ["weight", "inner.head"]  # a whole section missing predates its fields
+    assert cfg.keep_resumed({}) == {"weight": 0.0, "inner.head": 0.0}  # a whole section missing predates its fields
     cfg = _Outer(weight=5.0)
-    assert cfg.keep_resumed({"weight": 1.0, "inner": {"head": 3.0}}) == [] and cfg.weight == 5.0
+    assert cfg.keep_resumed({"weight": 1.0, "inner": {"head": 3.0}}) == {} and cfg.weight == 5.0
     cfg = _Outer()
-    assert cfg.keep_resumed({"weight": 0.0, "inner": {"head": "0.5"}}, worker=True) == []
+    assert cfg.keep_resumed({"weight": 0.0, "inner": {"head": "0.5"}}, worker=True) == {}
     assert (cfg.weight, cfg.inner.head, cfg.inner.lr) == (0.0, 0.5, 0.1)
 
 
