@@ -68,3 +68,14 @@ def _isolated_cache(tmp_path, monkeypatch):
     """Each test gets its own feature cache, never the user's."""
     monkeypatch.setenv("PLCLI_CACHE", str(tmp_path / "cache"))
     os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper(tmp_path_factory) -> Path:
+    """A random-weight multilingual Whisper model folder (CTranslate2 format, ~2 MB), built offline."""
+    # 4.7 is the first CTranslate2 to call a vocabulary without 51865 tokens multilingual.
+    pytest.importorskip("ctranslate2", minversion="4.7")
+    pytest.importorskip("faster_whisper")
+    from whisper_tiny import build_tiny_whisper
+
+    return build_tiny_whisper(tmp_path_factory.mktemp("tiny_whisper"))
