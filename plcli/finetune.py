@@ -94,8 +94,10 @@ class FinetuneConfig(Config):
     ctc: CTCConfig = opt(factory=lambda: CTCConfig(tap=1), help="a CTC head on the frozen encoder's frames (off by default here; the distill student has one)")
     ctc_rows: int = opt(64, "rows per batch that get the CTC loss, a random subset", min=1)
     ranking_manifest: str | None = opt(None, "labelled rows (speakers held out from training; some saying messages training never holds, to weigh new messages) on which the combined ranking is chosen (default: the held-out exact rows)")
-    asr_prior: str = opt("auto", "a speech recogniser's vote among each row's candidates as a prior on the partial-label targets: pocketsphinx (its grammar search over the candidates; docs/asr-prior.md), none, or auto (pocketsphinx where it is installed)", choices=CHOICES)
-    asr_accuracy: float | None = opt(None, "how often the recogniser's vote is right (default: estimated on the exact rows with candidates)", min=0.0, max=1.0)
+    asr_prior: str = opt("auto", "recogniser whose view of each row's candidates is a prior on the partial-label targets: whisper, pocketsphinx, none, or auto (the pretrain run's; docs/asr-prior.md)", choices=CHOICES)
+    asr_model: str | None = opt(None, "Whisper model for --recogniser whisper (default: the pretrain run's, else 'base')")
+    asr_window: float | None = opt(None, "seconds of audio Whisper's encoder sees per clip (default: the upstream run's, else 30)", min=3.0, max=30.0)
+    asr_accuracy: float | None = opt(None, "how often pocketsphinx's vote is right (default: estimated on the exact rows with candidates)", min=0.0, max=1.0)
     asr_workers: int = opt(2, "recogniser processes for the asr prior", min=1)
     features: FeatureConfig = opt(factory=FeatureConfig, help="log-mel front end (inherited from the pretrain run)")
     augment: AugmentConfig = opt(factory=AugmentConfig, help="augmentations (inherited from the pretrain run)")
@@ -406,6 +408,10 @@ def _inherit(cfg: FinetuneConfig) -> PretrainConfig | None:
 def _prepare(cfg: FinetuneConfig, log) -> _Inputs:
     """Read and check every input (manifests, the pretrain run, --truth); writes nothing."""
     pre = _inherit(cfg)
+    if cfg.asr_prior == "auto" and pre is not None:  # the pretrain run's recogniser
+        cfg.asr_prior = pre.asr_prior
+    cfg.asr_model = cfg.asr_model or (pre.asr_model if pre is not None else "base")
+    cfg.asr_window = cfg.asr_window or (pre.asr_window if pre is not None else 30.0)
     rows = [r for r in load_training_rows(cfg.data, Path(cfg.out), log=log).rows if r.tier != "unlabelled"]
     if not rows:
         raise UserError("no row has a label or candidates: nothing to fine-tune on")
@@ -533,7 +539,8 @@ def run(cfg: FinetuneConfig, log=print) -> dict:
     from plcli.config import cache_dir
 
     inp.asr_bonus, asr_info = prior_for(inp.rows, inp.vocab, resolve(cfg.asr_prior), cache_dir(cfg.data.cache_dir),
-                                        cfg.asr_accuracy, cfg.asr_workers, log)
+                                        cfg.asr_accuracy, cfg.asr_workers, log, model=cfg.asr_model,
+                                        window=cfg.asr_window)
     module = _module(cfg, inp)
     ckpt = resolve_resume(out, cfg.trainer.resume)
     cache = open_cache(cfg.data, cfg.features)

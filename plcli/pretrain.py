@@ -42,6 +42,7 @@ from plcli.losses import NTXentLoss
 from plcli.metrics import candidate_chance
 from plcli.models.encoders import DEFAULT_INPUT_NORM, ENCODERS, INPUT_NORMS, build_encoder
 from plcli.models.heads import ProjectionHead
+from plcli.recognisers import CHOICES
 from plcli.runs import Timer, jsonable, logged_history, resolve_resume, set_threads, start_run, write_metrics
 from plcli.training import adamw_cosine, build_trainer, fit, graph_zero, with_min_steps
 
@@ -70,6 +71,9 @@ class PretrainConfig(Config):
     pseudo_positives: float = opt(0.0, "probability that a clip's positive is a view of another clip that probably says the same message (the same exact label, or the same speech-recogniser vote among the candidates: PiCO-style pseudo-positives across voices; needs pocketsphinx); 0 = SimCLR's own-clip positives only", min=0.0, max=1.0)
     transcript_ctc: float = opt(3.0, "weight of an auxiliary CTC loss that teaches the encoder what is said: each clip's pseudo-transcript (its exact label, else the speech recogniser's vote among its candidates) in phonemes, read from the encoder's last-stage frames through a small CTC head that only pretraining uses (off without pocketsphinx; chosen on validation speakers, docs/benchmark.md); 0 = NT-Xent only", min=0.0,
                                 before=0.0)
+    asr_prior: str = opt("auto", "recogniser naming each clip's pseudo-transcript among its candidates: whisper, pocketsphinx, none, or auto (pocketsphinx where installed)", choices=CHOICES)
+    asr_model: str = opt("base", "Whisper model for --recogniser whisper: a CTranslate2 folder, or a name ('base': the plcli[whisper] wheels)")
+    asr_window: float = opt(30.0, "seconds of audio Whisper's encoder sees per clip (its own 30 s; shorter is faster, less accurate)", min=3.0, max=30.0)
     online_augment: bool = opt(False, "augment waveforms every step in DataLoader workers instead of caching views")
     probe_k: int = opt(5, "k of the kNN probes (exact rows; candidate-restricted disambiguation)", min=1)
     truth: str | None = opt(None, "optional JSONL/CSV of id,label: accuracy of the candidate-restricted kNN "
@@ -442,14 +446,16 @@ def _loaders(cfg: PretrainConfig, rows, vocab, probe: dict, cache, log,
 
 
 def _pseudo_texts(cfg: PretrainConfig, rows, log, option: str) -> list[str | None]:
-    """What each row probably says: its exact label, else pocketsphinx's vote among its candidates;
-    None where neither exists. ``option`` names the setting that needs the vote, for the error."""
-    from plcli.asr_prior import grammar_votes, resolve
+    """What each row probably says: its exact label, else the recogniser's favourite among its
+    candidates; None where neither exists. ``option`` names the setting that needs it, for the error."""
+    from plcli.asr_prior import resolve
     from plcli.config import cache_dir
+    from plcli.recognisers import recognise
 
-    if resolve("auto") == "none":
-        raise UserError(f"{option} needs pocketsphinx's vote: pip install 'plcli[asr]'")
-    votes = grammar_votes(rows, cache_dir(cfg.data.cache_dir), log=log)
+    kind = resolve(cfg.asr_prior)
+    if kind == "none":
+        raise UserError(f"{option} needs a recogniser: pip install 'plcli[asr]' or 'plcli[whisper]'")
+    votes = recognise(rows, kind, cache_dir(cfg.data.cache_dir), cfg.asr_model, log=log, window=cfg.asr_window).votes
     return [r.label if r.label is not None else (r.candidates[v] if v >= 0 else None)
             for r, v in zip(rows, votes, strict=True)]
 
@@ -472,7 +478,7 @@ def _transcripts_on(cfg: PretrainConfig, log) -> bool:
         return False
     why = ("it reads the cached views, and --online-augment has none" if cfg.online_augment else
            f"it reads a TC-ResNet's frames, and --encoder {cfg.encoder} has none" if not cfg.encoder.startswith("tcresnet")
-           else "pocketsphinx is not installed (pip install 'plcli[asr]')" if resolve("auto") == "none" else None)
+           else "no recogniser (pip install 'plcli[asr]')" if resolve(cfg.asr_prior) == "none" else None)
     if why:
         log(f"transcript CTC off: {why}")
     return why is None

@@ -156,7 +156,7 @@ def test_prior_for_estimates_the_accuracy_or_takes_it(tmp_path, fake_decoder):
     from plcli.errors import UserError
 
     with pytest.raises(UserError):
-        asr_prior.prior_for(rows, vocab, "whisper", tmp_path / "c")
+        asr_prior.prior_for(rows, vocab, "kaldi", tmp_path / "c")
 
 
 def _oracle_votes(manifest: Path, truth: dict) -> dict[str, str]:
@@ -340,7 +340,7 @@ def test_pseudo_positive_groups_join_exact_labels_and_votes(tmp_path, fake_decod
     # r0 (vote), r1 (exact label, normalised) and r5 (vote) say "c d"; r4 "a b"; r2 and r3 nothing
     assert g[0] == g[1] == g[5] >= 0 and g[4] >= 0 and g[4] != g[0] and g[2] == g[3] == -1
     monkeypatch.setattr(asr_prior, "resolve", lambda kind: "none")
-    with pytest.raises(UserError, match="pocketsphinx"):
+    with pytest.raises(UserError, match="needs a recogniser"):
         _pseudo_groups(cfg, rows, vocab, log=lambda *_: None)
 
 
@@ -393,7 +393,7 @@ def test_pretrain_with_transcript_ctc_runs_through_the_cli(tmp_path, tiny_data, 
     res = CliRunner().invoke(app, ["pretrain", str(manifest), "--out", str(tmp_path / "novote"), "--config",
                                    tiny_config(tmp_path), "--epochs", "1", "--set", "transcript_ctc=1"])
     assert res.exit_code == 0, res.output
-    assert "transcript CTC off: pocketsphinx is not installed" in res.output
+    assert "transcript CTC off: no recogniser" in res.output
     assert "transcript_rows" not in json.loads((tmp_path / "novote" / "metrics.json").read_text())
     assert load_pretrained(tmp_path / "novote").transcript_head is None
 

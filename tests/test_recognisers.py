@@ -1,0 +1,206 @@
+"""Recognisers scoring candidate texts (plcli.recognisers) and their calibrated prior
+(plcli.asr_prior): the calibration against a slow reference, the bonus's Bayes update, and Whisper
+end to end on a tiny random-weight CTranslate2 model built offline."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from plcli import asr_prior
+from plcli.data.labels import Vocabulary
+from plcli.data.manifest import Row
+from plcli.recognisers import Scores
+
+TEXTS = ["a b", "c d", "e f", "g h"]
+
+
+def _scores(seed: int = 0, n: int = 12, k: int = 3) -> tuple[Scores, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(1, 6, size=(n, k))
+    truth = rng.integers(0, k, size=n)
+    logp = -tokens * rng.uniform(0.5, 2.0, size=(n, k))
+    logp[np.arange(n), truth] += 2.0  # informative, not perfect
+    truth[::4] = -1  # rows without an exact label
+    return Scores("whisper", logp.argmax(1), logp, tokens), truth
+
+
+def _reference_nll(scores: Scores, truth: np.ndarray, alpha: float, t: float) -> float:
+    total, n = 0.0, 0
+    for lp, tok, y in zip(scores.logp, scores.tokens, truth, strict=True):
+        if y < 0:
+            continue
+        z = [lp[j] / max(tok[j], 1) ** alpha / t for j in range(len(lp))]
+        total -= z[y] - math.log(sum(math.exp(v) for v in z))
+        n += 1
+    return total / n
+
+
+def test_calibration_is_the_grid_point_with_the_smallest_nll():
+    scores, truth = _scores()
+    cal = asr_prior.fit_calibration(scores, truth)
+    grid = {(a, t): _reference_nll(scores, truth, a, t) for a in asr_prior.ALPHAS for t in asr_prior.TEMPERATURES}
+    best = min(grid, key=grid.get)
+    assert (cal["alpha"], cal["temperature"]) == best
+    assert cal["nll"] == pytest.approx(grid[best]) and cal["fitted_on"] == int((truth >= 0).sum())
+    none = asr_prior.fit_calibration(scores, np.full(len(truth), -1))
+    assert (none["alpha"], none["temperature"], none["fitted_on"]) == (0.0, 1.0, 0)
+
+
+def test_distribution_is_the_calibrated_softmax_and_the_bonus_its_bayes_update(tmp_path):
+    vocab = Vocabulary.build(TEXTS)
+    cands = [["a b", "c d", "e f"], ["g h", "a b", "zz"], ["c d", "e f", "g h"]]
+    rows = [Row(id=f"r{i}", audio=tmp_path / "x.wav", candidates=c) for i, c in enumerate(cands)]
+    logp = np.array([[-1.0, -3.0, -2.0], [-2.0, -0.5, -1.0], [-4.0, -8.0, -16.0]])
+    scores = Scores("whisper", logp.argmax(1), logp, np.array([[1, 2, 4]] * 3))
+    cal = {"alpha": 1.0, "temperature": 0.5}
+    lp = asr_prior.distribution(scores, [3, 3, 3], 3, calibration=cal)
+    z = logp / np.array([1, 2, 4]) / 0.5
+    assert np.allclose(np.exp(lp), np.exp(z) / np.exp(z).sum(1, keepdims=True))
+    bonus = asr_prior.prior_bonus(rows, lp, vocab)
+    # a model with no opinion (zero logits) restricted to the candidates gets the recogniser's distribution
+    for i, r in enumerate(rows):
+        known = [j for j, c in enumerate(r.candidates) if vocab.index(c) is not None]
+        b = np.array([bonus[i, vocab.index(r.candidates[j])] for j in known])
+        want = np.exp(lp[i, known]) / np.exp(lp[i, known]).sum()
+        assert np.allclose(np.exp(b) / np.exp(b).sum(), want)
+    assert not bonus[2].any()  # equal per-token scores: no information
+
+
+def test_the_vote_distribution_gives_the_old_bonus(tmp_path):
+    vocab = Vocabulary.build(TEXTS)
+    rows = [Row(id="r0", audio=tmp_path / "x.wav", candidates=["a b", "c d", "e f"]),
+            Row(id="r1", audio=tmp_path / "x.wav", candidates=["g h", "a b"])]
+    b = asr_prior.bonus_matrix(rows, np.array([2, -1]), vocab, 0.8)
+    assert b[0, vocab.index("e f")] == pytest.approx(asr_prior.vote_bonus(0.8, 3))
+    assert np.count_nonzero(b) == 1
+
+
+def test_calibration_error_of_a_perfectly_calibrated_and_an_overconfident_prior():
+    truth = np.array([0, 0, 1, 0])
+    half = np.log(np.full((4, 2), 0.5))
+    assert asr_prior.calibration_error(half, truth) == pytest.approx(0.25)  # conf 0.5, 3 of 4 right
+    sure = np.log(np.array([[0.999, 0.001]] * 4))
+    assert asr_prior.calibration_error(sure, truth) == pytest.approx(0.999 - 0.75)
+    assert asr_prior.calibration_error(half, np.full(4, -1)) is None
+
+
+# -- Whisper on a tiny model --------------------------------------------------------------------
+
+
+def _speech_like(seed: int, seconds: float = 1.2) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(16000 * seconds)) / 16000
+    return (0.2 * np.sin(2 * np.pi * 180 * t) * rng.uniform(0.5, 1, t.size) + 0.01 * rng.standard_normal(t.size)
+            ).astype(np.float32)
+
+
+def test_whisper_scores_every_candidate_in_any_script(tiny_whisper):
+    from plcli.recognisers.whisper import WhisperScorer
+
+    s = WhisperScorer(str(tiny_whisper), "ru", device="cpu", compute_type="float32")
+    cands = [["Привет, как дела?", "Я опаздываю", "да"], ["see you at 5:30", "Straße"]]
+    out = s.score_batch([_speech_like(0), _speech_like(1, 2.5)], cands)
+    assert [o.shape for o in out] == [(3, 2), (2, 2)]
+    for o, cs in zip(out, cands, strict=True):
+        assert np.all(o[:, 0] < 0) and np.all(np.isfinite(o[:, 0]))
+        assert o[:, 1].tolist() == [len(s.token_ids(c)) for c in cs]  # text tokens + end of text
+    again = s.score_batch([_speech_like(0)], cands[:1])[0]
+    assert np.allclose(again, out[0], atol=1e-4)  # a 30 s window: the batch does not change a clip's scores
+
+
+def test_whisper_scores_are_cached_per_recording(tmp_path, tiny_whisper, monkeypatch):
+    from plcli import recognisers
+    from plcli.recognisers import whisper
+
+    rows = []
+    for i, cs in enumerate([["да", "нет"], ["hello there", "bye", "ok"], []]):
+        sf.write(tmp_path / f"r{i}.wav", _speech_like(i), 16000)
+        rows.append(Row(id=f"r{i}", audio=tmp_path / f"r{i}.wav", candidates=cs, label=cs[0] if i == 0 else None))
+    said: list[str] = []
+    s = recognisers.recognise(rows, "whisper", tmp_path / "c", str(tiny_whisper), "ru", log=said.append)
+    assert s.logp.shape == (3, 3) and np.isinf(s.logp[0, 2]) and np.isinf(s.logp[2]).all()
+    assert s.votes[2] == -1 and 0 <= s.votes[0] < 2 and any("clips/s" in m for m in said)
+
+    def refuse(*a, **k):
+        raise AssertionError("scored again")
+
+    monkeypatch.setattr(whisper, "WhisperScorer", refuse)
+    again = recognisers.recognise(rows, "whisper", tmp_path / "c", str(tiny_whisper), "ru", log=said.append)
+    assert np.array_equal(again.logp, s.logp) and "reused the scores of 2" in said[-1]
+    with pytest.raises(AssertionError, match="scored again"):  # another language is another cache
+        recognisers.recognise(rows, "whisper", tmp_path / "c", str(tiny_whisper), "de", log=said.append)
+
+
+def test_the_base_model_is_assembled_from_its_two_wheels(tmp_path, monkeypatch):
+    from plcli.errors import UserError
+    from plcli.recognisers import whisper
+
+    monkeypatch.setattr(whisper, "wheel_data", lambda name: None)
+    with pytest.raises(UserError, match="plcli\\[whisper\\]"):
+        whisper.assemble_base(tmp_path / "cache")
+    parts = [tmp_path / "w1", tmp_path / "w2"]
+    for p in parts:
+        p.mkdir()
+    (parts[0] / "model.bin.part1").write_bytes(b"ab")
+    (parts[1] / "model.bin.part2").write_bytes(b"cde")
+    for name in whisper.BASE_FILES:
+        (parts[1] / name).write_text("{}")
+    monkeypatch.setattr(whisper, "wheel_data", lambda name: parts[whisper.BASE_WHEELS.index(name)])
+    monkeypatch.setattr(whisper, "BASE_MODEL_BYTES", 5)
+    out = whisper.assemble_base(tmp_path / "cache", log=lambda *_: None)
+    assert (out / "model.bin").read_bytes() == b"abcde" and all((out / n).is_file() for n in whisper.BASE_FILES)
+    assert whisper.resolve_model("base", tmp_path / "cache", log=lambda *_: None) == str(out)
+    monkeypatch.setattr(whisper, "BASE_MODEL_BYTES", 6)  # a wrong size is refused, nothing left behind
+    with pytest.raises(UserError, match="wrong size"):
+        whisper.assemble_base(tmp_path / "other")
+    assert not list((tmp_path / "other" / "whisper" / "base").glob("model.bin*"))
+
+
+def test_bucket_frames():
+    from plcli.recognisers.whisper import MAX_FRAMES, MIN_FRAMES, bucket_frames
+
+    assert bucket_frames(16000) == MAX_FRAMES  # the default window is Whisper's own 30 s
+    assert bucket_frames(16000, window=3) == MIN_FRAMES
+    assert bucket_frames(16000 * 5, window=3) == 600  # 5 s and half a second of silence, in whole seconds
+    assert bucket_frames(16000 * 40, window=3) == MAX_FRAMES
+
+
+def test_pipeline_with_the_whisper_recogniser(tmp_path, tiny_data, tiny_whisper):
+    """pretrain -> finetune -> distill with --recogniser whisper on a tiny model: the scores are
+    computed once, the later stages inherit the setting, and metrics.json says what the prior rests on."""
+    from typer.testing import CliRunner
+
+    from plcli.cli import app
+    from tests.test_pretrain import tiny_config
+
+    manifest, _ = tiny_data
+    trainer = {"trainer": {"batch_size": 16, "accelerator": "cpu", "devices": "1", "progress": False}}
+    later = tmp_path / "later.yaml"  # finetune's and distill's tiny settings
+    later.write_text(json.dumps({**trainer, "min_steps": 0}))
+    dist = tmp_path / "distill.yaml"
+    dist.write_text(json.dumps(trainer))
+    run = CliRunner().invoke
+    res = run(app, ["pretrain", str(manifest), "--out", str(tmp_path / "pre"), "--config", tiny_config(tmp_path),
+                    "--epochs", "1",
+                    "--recogniser", "whisper", "--asr-model", str(tiny_whisper), "--set", "transcript_ctc=1"])
+    assert res.exit_code == 0, res.output
+    assert "whisper: scoring the candidates of" in res.output
+    res = run(app, ["finetune", str(manifest), "--pretrained", str(tmp_path / "pre"), "--out", str(tmp_path / "ft"),
+                    "--config", str(later), "--epochs", "1"])
+    assert res.exit_code == 0, res.output
+    assert "whisper: reused the scores" in res.output and "scoring the candidates" not in res.output
+    prior = json.loads((tmp_path / "ft" / "metrics.json").read_text())["asr_prior"]
+    assert prior["kind"] == "whisper" and prior["calibration"]["fitted_on"] > 0
+    assert 0 <= prior["calibration_error"] <= 1
+    res = run(app, ["distill", str(manifest), "--teacher", str(tmp_path / "ft"), "--out", str(tmp_path / "st"),
+                    "--config", str(dist), "--epochs", "1", "--rounds", "1", "--ctc-epochs", "0"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "st" / "metrics.json").read_text())
+    assert m["asr_prior"]["kind"] == "whisper" and "scoring the candidates" not in res.output
+    assert Path(tmp_path / "st" / "model.pt").is_file()
