@@ -27,6 +27,8 @@ MANIFESTS = typer.Argument(..., help="training manifests (.jsonl or .csv)", show
 CONFIG = typer.Option(None, "--config", help="YAML file with any option; flags override it")
 SEED = typer.Option(None, "--seed", help="random seed")
 CACHE = typer.Option(None, "--cache-dir", help="feature cache (default $PLCLI_CACHE or ~/.cache/plcli)")
+FALLBACK = typer.Option(None, "--fallback", help="whisper, none, or auto (default: whisper where installed, for never-heard texts)")
+FALLBACK_BELOW = typer.Option(None, "--fallback-below", help="re-rank with the recogniser the rows whose top probability is below P")
 TRAINER, DATA = "Training (any config field: --set trainer.KEY=VALUE)", "Data"
 ASR = "Recogniser (docs/asr-prior.md)"
 
@@ -400,6 +402,8 @@ def predict(
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="drop invalid rows (written to --rejects)"),
     rejects: Path = typer.Option(None, "--rejects", help="rejects file for --skip-invalid (default OUT.rejects.jsonl)"),
     cache_dir: Path = CACHE,
+    fallback: str = FALLBACK,
+    fallback_below: float = FALLBACK_BELOW,
 ):
     """Top-k labels per recording, restricted to its candidates when it has them (JSON Lines)."""
     from plcli.config import load_config
@@ -408,7 +412,7 @@ def predict(
     cfg = load_config(PredictConfig, None, {
         "manifests": [str(m) for m in manifests], "model": str(model), "out": str(out), "top_k": top_k,
         "batch_size": batch_size, "skip_invalid": skip_invalid, "rejects": str(rejects) if rejects else None,
-        "cache_dir": str(cache_dir) if cache_dir else None,
+        "cache_dir": str(cache_dir) if cache_dir else None, "fallback": fallback, "fallback_below": fallback_below,
     })
     s = run(cfg, log=log)
     log(f"wrote {s['rows']} predictions ({s['restricted']} restricted to candidates) to {out}; "
@@ -427,6 +431,8 @@ def evaluate(
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="drop invalid rows instead of stopping"),
     rejects: Path = typer.Option(None, "--rejects", help="rejects file for --skip-invalid"),
     cache_dir: Path = CACHE,
+    fallback: str = FALLBACK,
+    fallback_below: float = FALLBACK_BELOW,
 ):
     """Accuracy (all classes and within candidates), macro-F1, covering rate, calibration, per-class table."""
     from plcli.config import load_config
@@ -436,7 +442,7 @@ def evaluate(
         "manifests": [str(m) for m in manifests], "model": str(model), "truth": str(truth) if truth else None,
         "json_out": str(json_out) if json_out else None, "report_dir": str(report_dir) if report_dir else None,
         "batch_size": batch_size, "skip_invalid": skip_invalid, "rejects": str(rejects) if rejects else None,
-        "cache_dir": str(cache_dir) if cache_dir else None,
+        "cache_dir": str(cache_dir) if cache_dir else None, "fallback": fallback, "fallback_below": fallback_below,
     })
     run(cfg, log=log, console=console)
 

@@ -1190,12 +1190,27 @@ def _run_round(cfg: DistillConfig, log=print, callbacks: list | None = None, on_
                            RowView(r.clean, r.d.val_idx), cfg.ranking_manifest, cfg.data, log)
     if student.has_ctc:
         result["ranking"] = ranking
+    cascade = _cascade(cfg, r, student, ranking, log)
+    if cascade:
+        result["cascade"] = cascade
     if not trainer.is_global_zero:
         return jsonable(result)
     save_model(out / "model.pt", student, r.teacher.vocab, r.teacher.features, STAGE,
                extra={"teacher": str(cfg.teacher), "temperature": cfg.temperature, "refine": cfg.refine,
-                      "ranking": {k: v for k, v in ranking.items() if k != "grid"}})
+                      "ranking": {k: v for k, v in ranking.items() if k != "grid"},
+                      **({"cascade": {k: v for k, v in cascade.items() if k != "grid"}} if cascade else {})})
     return write_metrics(out, result)
+
+
+def _cascade(cfg: DistillConfig, r: _Round, student: Classifier, ranking: dict, log) -> dict | None:
+    """The cascade's threshold on the held-out exact rows, where the student was trained with Whisper
+    (whose scores of those rows are then in the cache); None otherwise."""
+    if cfg.asr_prior != "whisper" or not len(r.d.val_idx):
+        return None
+    from plcli.cascade import tune
+
+    return tune(student, r.teacher.vocab, [r.d.rows[i] for i in r.d.val_idx], RowView(r.clean, r.d.val_idx), ranking,
+                cache_dir(cfg.data.cache_dir), cfg.asr_model, "en", cfg.asr_window, log)
 
 
 def _summary(cfg: DistillConfig, r: _Round, student: Classifier, trainer, train_pos: np.ndarray) -> dict:

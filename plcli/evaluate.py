@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from plcli.cascade import FALLBACKS
 from plcli.config import Config, opt
 from plcli.errors import UserError
 from plcli.metrics import (
@@ -42,6 +43,10 @@ class EvaluateConfig(Config):
     skip_invalid: bool = opt(False, "drop invalid manifest rows instead of stopping")
     rejects: str | None = opt(None, "where --skip-invalid writes rejected rows")
     bins: int = opt(ECE_BINS, "confidence bins of the calibration error and reliability diagram", min=2)
+    fallback: str = opt("auto", "recogniser that re-ranks rows the model is unsure of: whisper (every row scored, for the accuracy at each threshold), none, or auto (whisper where installed, for never-heard texts)", choices=FALLBACKS)
+    fallback_below: float | None = opt(None, "send rows whose top candidate probability is below this to the recogniser (default: chosen at training)", min=0.0, max=1.01)
+    asr_model: str | None = opt(None, "Whisper model (default: the run's)")
+    asr_window: float | None = opt(None, "seconds Whisper's encoder sees per clip (default: the run's)", min=3.0, max=30.0)
 
     def check(self) -> None:
         if not self.manifests:
@@ -65,7 +70,12 @@ def run(cfg: EvaluateConfig, log=print, console=None) -> dict:
             "warning: no row has a label (give --truth or label the manifest): only the covering rate is measured"
         )
 
-    if model.has_ctc:
+    from plcli.cascade import setting_for
+    from plcli.config import cache_dir
+
+    setting = setting_for(cfg.fallback, cfg.fallback_below, cfg.model, getattr(model, "extra", None),
+                          cache_dir(cfg.cache_dir), cfg.asr_model, cfg.asr_window)
+    if model.has_ctc or setting:
         from plcli.inference import infer_ranked
 
         probs, scores, timing = infer_ranked(model, features, [r.audio for r in rows], [r.candidates for r in rows],
@@ -80,8 +90,9 @@ def run(cfg: EvaluateConfig, log=print, console=None) -> dict:
         **classification_metrics(probs, y, mask, cfg.bins),
         **timing,
     }
-    if model.has_ctc:
-        metrics.update(ranked_metrics(rows, truth, probs, scores, vocab, getattr(model, "extra", None)))
+    if model.has_ctc or setting:
+        metrics.update(ranked_metrics(rows, truth, probs, scores, vocab, getattr(model, "extra", None), setting,
+                                      cache_dir(cfg.cache_dir), cfg.fallback == "whisper", log))
     lab = y != -2
     metrics["per_class"] = _per_class(probs.argmax(axis=1)[lab], y[lab], vocab)
     metrics = jsonable(metrics)
@@ -98,22 +109,35 @@ def run(cfg: EvaluateConfig, log=print, console=None) -> dict:
     return metrics
 
 
-def ranked_metrics(rows, truth: dict[str, str], probs: np.ndarray, scores: dict, vocab, extra: dict | None) -> dict:
+def ranked_metrics(rows, truth: dict[str, str], probs: np.ndarray, scores: dict, vocab, extra: dict | None,
+                   cascade: dict | None = None, cache=None, curve: bool = False, log=print) -> dict:
     """Within-candidate accuracy of the combined ranking (``plcli.ranking``) and of each scorer alone,
     overall and split by whether the true message is in the model's vocabulary; which scorer decided;
-    the calibration error of the ranking's candidate probabilities."""
+    the calibration error of the ranking's candidate probabilities. With ``cascade``
+    (``plcli.cascade.setting_for``), the ranking is the cascade's, the model's own is ``_model``, and
+    ``curve`` scores every row with the recogniser for its accuracy and each threshold's."""
     from plcli.ranking import candidate_classes, rank, ranking_of, truth_positions
 
     cands = [r.candidates for r in rows]
     setting = ranking_of(extra)
-    ranked = rank(probs, scores, candidate_classes(cands, vocab), setting, vocab.counts)
+    classes = candidate_classes(cands, vocab)
+    ranked = rank(probs, scores, classes, setting, vocab.counts)
     texts = [truth.get(r.id) for r in rows]
     pos = truth_positions(cands, texts, vocab.normalizer)
     use = np.array([t is not None and bool(c) for t, c in zip(texts, cands, strict=True)])
     known = np.array([t is not None and vocab.index(t) is not None for t in texts])
     out: dict = {"ranking": setting}
-    for name, key in (("combined", ""), ("classifier", "_classifier"), ("ctc", "_ctc")):
-        sc = ranked[name]
+    if cascade:
+        from plcli.cascade import apply, curve_metrics
+
+        model_ranked = ranked
+        ranked, info = apply(ranked, rows, classes, cascade, cache, log, every_row=curve)
+        out["cascade"] = {**{k: v for k, v in cascade.items() if k != "grid"}, "rows_sent": int(info["sent"][use].sum())}
+        if curve:
+            out["cascade"].update(curve_metrics(model_ranked["probs"], info["scores"], classes, pos, cascade))
+        ranked["model"] = model_ranked["combined"]
+    for name, key in (("combined", ""), ("model", "_model"), ("classifier", "_classifier"), ("ctc", "_ctc")):
+        sc = ranked.get(name)
         if sc is None:
             continue
         hit = sc.argmax(1) == pos
@@ -187,6 +211,27 @@ def _fmt(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
+def _print_cascade(c: dict, model_speed: float | None, console) -> None:
+    """The cascade's accuracy and throughput at each threshold (``evaluate --fallback whisper``)."""
+    from rich.table import Table
+
+    if not c.get("grid"):
+        return
+    rec = c.get("recogniser_clips_per_second")
+    t = Table(title=f"cascade (recogniser alone: {_fmt(c['accuracy_recogniser'])} within candidates; "
+                    f"model alone: {_fmt(c['accuracy_model'])})")
+    for col in ("threshold P", "rows sent", "accuracy within candidates", "clips/s (estimated)"):
+        t.add_column(col)
+    for g in c["grid"]:
+        speed = None
+        if rec and model_speed:
+            speed = 1.0 / (1.0 / model_speed + g["share"] / rec)
+        mark = " (chosen)" if g["threshold"] == c.get("threshold") else ""
+        t.add_row(f"{g['threshold']:g}{mark}", f"{g['share']:.2f}", _fmt(g["accuracy"]),
+                  f"{speed:.1f}" if speed else "-")
+    console.print(t)
+
+
 def print_report(metrics: dict, console=None, max_classes: int = 40) -> None:
     """The summary and per-class tables of ``metrics`` (as returned by ``run``) with rich."""
     from rich.table import Table
@@ -200,6 +245,7 @@ def print_report(metrics: dict, console=None, max_classes: int = 40) -> None:
         ("candidate_rows", "rows with candidates"),
         ("accuracy", "accuracy (all classes)"),
         ("accuracy_within_candidates", "accuracy within candidates"),
+        ("accuracy_within_candidates_model", "  the model alone (before the recogniser)"),
         ("accuracy_within_candidates_classifier", "  closed-set head alone"),
         ("accuracy_within_candidates_ctc", "  CTC head alone"),
         ("accuracy_within_candidates_unknown", "  on messages outside the vocabulary"),
@@ -216,6 +262,7 @@ def print_report(metrics: dict, console=None, max_classes: int = 40) -> None:
             v = metrics[k]
             t.add_row(name, f"{v:.0f}" if k == "clips_per_second" and v is not None else _fmt(v))
     console.print(t)
+    _print_cascade(metrics.get("cascade") or {}, metrics.get("clips_per_second"), console)
     per_class = metrics.get("per_class") or []
     if per_class:
         shown = sorted(per_class, key=lambda r: (-r["support"], r["label"]))[:max_classes]

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from plcli.cascade import FALLBACKS
 from plcli.config import Config, opt
 from plcli.data.labels import Vocabulary
 from plcli.errors import UserError
@@ -121,6 +122,10 @@ class PredictConfig(Config):
     cache_dir: str | None = opt(None, "feature cache folder (default: $PLCLI_CACHE or ~/.cache/plcli)")
     skip_invalid: bool = opt(False, "drop invalid manifest rows (written to --rejects) instead of stopping")
     rejects: str | None = opt(None, "where --skip-invalid writes rejected rows (default: OUT.rejects.jsonl)")
+    fallback: str = opt("auto", "recogniser that re-ranks rows the model is unsure of: whisper, none, or auto (whisper where installed, only for texts the model never heard)", choices=FALLBACKS)
+    fallback_below: float | None = opt(None, "send rows whose top candidate probability is below this to the recogniser (default: chosen at training)", min=0.0, max=1.01)
+    asr_model: str | None = opt(None, "Whisper model (default: the run's)")
+    asr_window: float | None = opt(None, "seconds Whisper's encoder sees per clip (default: the run's)", min=3.0, max=30.0)
 
     def check(self) -> None:
         if not self.manifests:
@@ -145,15 +150,22 @@ def run(cfg: PredictConfig, log=print) -> dict:
     rejects = cfg.rejects or str(out.with_name(out.name + ".rejects.jsonl"))
     rows = load_rows(cfg.manifests, vocab.normalizer, cfg.skip_invalid, rejects, log=log).rows
     cands = [r.candidates for r in rows]
-    ranked = None
-    if model.has_ctc:
+    ranked, cascade = None, {}
+    from plcli.cascade import setting_for
+    from plcli.config import cache_dir
+
+    setting = setting_for(cfg.fallback, cfg.fallback_below, cfg.model, getattr(model, "extra", None),
+                          cache_dir(cfg.cache_dir), cfg.asr_model, cfg.asr_window)
+    if model.has_ctc or setting:
         from plcli.inference import infer_ranked
         from plcli.ranking import candidate_classes, rank, ranking_of
 
         probs, scores, timing = infer_ranked(model, features, [r.audio for r in rows], cands, cfg.cache_dir,
                                              cfg.batch_size, log=log)
-        ranked = rank(probs, scores, candidate_classes(cands, vocab), ranking_of(getattr(model, "extra", None)),
-                      vocab.counts)
+        classes = candidate_classes(cands, vocab)
+        ranked = rank(probs, scores, classes, ranking_of(getattr(model, "extra", None)), vocab.counts)
+        if setting:
+            ranked, cascade = _cascade(ranked, rows, classes, setting, cache_dir(cfg.cache_dir), log)
     else:
         probs, timing = infer(model, features, [r.audio for r in rows], cfg.cache_dir, cfg.batch_size, log=log)
     records = prediction_records([r.id for r in rows], probs, cands, vocab, cfg.top_k, ranked=ranked)
@@ -165,7 +177,23 @@ def run(cfg: PredictConfig, log=print) -> dict:
         "rows": len(rows),
         "restricted": sum(r["restricted"] for r in records),
         **({"decided_by": decided} if decided else {}),
+        **cascade,
         "stage": stage,
         "out": str(out),
         **timing,
     }
+
+
+def _cascade(ranked: dict, rows, classes, setting: dict, cache, log) -> tuple[dict, dict]:
+    """``ranked`` with the recogniser's re-ranking of the rows it is asked about, and a summary."""
+    import time
+
+    from plcli.cascade import apply
+
+    t = time.perf_counter()
+    ranked, info = apply(ranked, rows, classes, setting, cache, log)
+    n = int(info["sent"].sum())
+    log(f"cascade: the recogniser re-ranked {n} of {len(rows)} rows (top probability below "
+        f"{setting['threshold']:g}, or a text the model never heard)")
+    return ranked, {"recogniser_rows": n, "recogniser_threshold": setting["threshold"],
+                    "recogniser_seconds": time.perf_counter() - t}

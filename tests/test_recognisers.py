@@ -203,4 +203,63 @@ def test_pipeline_with_the_whisper_recogniser(tmp_path, tiny_data, tiny_whisper)
     assert res.exit_code == 0, res.output
     m = json.loads((tmp_path / "st" / "metrics.json").read_text())
     assert m["asr_prior"]["kind"] == "whisper" and "scoring the candidates" not in res.output
-    assert Path(tmp_path / "st" / "model.pt").is_file()
+    assert m["cascade"]["threshold"] in [g["threshold"] for g in m["cascade"]["grid"]]
+    # predict: every row to the recogniser at P > 1, none by default (no never-heard text here)
+    preds = tmp_path / "p.jsonl"
+    res = run(app, ["predict", str(manifest), "--model", str(tmp_path / "st"), "--out", str(preds),
+                    "--fallback-below", "1.01"])
+    assert res.exit_code == 0, res.output
+    recs = [json.loads(line) for line in preds.read_text().splitlines()]
+    with_cands = [r for r in recs if r["restricted"]]
+    assert with_cands and all(r["decided_by"] == "recogniser" for r in with_cands)
+    assert all(abs(sum(c["prob"] for c in r["candidates"]) - 1) < 1e-3 for r in with_cands)
+    res = run(app, ["predict", str(manifest), "--model", str(tmp_path / "st"), "--out", str(preds)])
+    assert res.exit_code == 0 and "re-ranked 0 of" in res.output
+    res = run(app, ["predict", str(manifest), "--model", str(tmp_path / "st"), "--out", str(preds),
+                    "--fallback", "none"])
+    assert res.exit_code == 0 and "re-ranked" not in res.output
+    # evaluate: the curve over the thresholds, with every row scored
+    res = run(app, ["evaluate", str(manifest), "--model", str(tmp_path / "st"), "--fallback", "whisper",
+                    "--json", str(tmp_path / "e.json")])
+    assert res.exit_code == 0, res.output
+    e = json.loads((tmp_path / "e.json").read_text())
+    assert {g["threshold"] for g in e["cascade"]["grid"]} >= {0.0, 1.01}
+    assert 0 <= e["cascade"]["accuracy_recogniser"] <= 1 and "accuracy_within_candidates_model" in e
+
+
+# -- the cascade ----------------------------------------------------------------------------------
+
+
+def test_cascade_sends_unsure_rows_and_never_heard_texts_and_multiplies_the_views():
+    from plcli import cascade
+    from plcli.ranking import PAD, UNKNOWN
+
+    probs = np.array([[0.95, 0.05, 0.0], [0.55, 0.45, 0.0], [0.6, 0.3, 0.1]])
+    classes = np.array([[0, 1, PAD], [2, 3, PAD], [0, 1, UNKNOWN]])
+    assert cascade.needs_recogniser(probs, classes, 0.9).tolist() == [False, True, True]
+    assert cascade.needs_recogniser(probs, classes, 0.0).tolist() == [False, False, True]  # the unknown text
+    rec = np.log(np.array([[0.1, 0.9, 1.0], [0.1, 0.9, 1.0], [0.2, 0.2, 0.6]]))
+    rows = np.array([False, True, True])
+    out = cascade.combine(probs, rec, rows)
+    assert np.allclose(out[0], probs[0])
+    for i in (1, 2):  # the slow way: multiply, renormalise
+        want = [p * math.exp(r) for p, r in zip(probs[i], rec[i], strict=False)]
+        assert np.allclose(out[i], np.array(want) / sum(want))
+    assert out[1].argmax() == 1
+
+
+def test_cascade_threshold_is_the_smallest_with_the_best_accuracy():
+    from plcli import cascade
+
+    # the model is right when sure; the recogniser is right on every row
+    probs = np.array([[0.99, 0.01], [0.6, 0.4], [0.55, 0.45], [0.97, 0.03]])
+    classes = np.array([[0, 1], [0, 1], [0, 1], [0, 1]])
+    truth = np.array([0, 1, 1, 0])
+    logp = np.log(np.array([[0.6, 0.4], [0.1, 0.9], [0.1, 0.9], [0.6, 0.4]]))
+    scores = Scores("whisper", logp.argmax(1), logp, np.ones((4, 2), dtype=np.int64))
+    out = cascade.choose(probs, scores, classes, truth)
+    assert out["accuracy"] == 1.0 and out["threshold"] == 0.7  # "below": 0.6 does not send the 0.6 row
+    by_t = {g["threshold"]: g for g in out["grid"]}
+    assert by_t[0.0]["accuracy"] == 0.5 and by_t[0.0]["share"] == 0.0
+    assert by_t[1.01]["share"] == 1.0
+    assert cascade.choose(probs, scores, classes, np.full(4, -1))["chosen_on"].startswith("default")

@@ -42,6 +42,8 @@ class Scores:
     votes: np.ndarray
     logp: np.ndarray | None = None
     tokens: np.ndarray | None = None
+    scored: int = 0  # rows scored now (the rest came from the cache)
+    seconds: float = 0.0  # the model's time on them
 
 
 def resolve(kind: str) -> str:
@@ -136,20 +138,25 @@ def whisper_scores(rows: Sequence, cache: Path, model: str, language: str, log: 
     stored = json.loads(store.read_text()) if store.is_file() else {}
     keys = {i: row_key(Path(r.audio), r.candidates) for i, r in enumerate(rows) if r.candidates}
     todo = [i for i, key in keys.items() if key not in stored]
+    seconds = 0.0
     if todo:
-        stored.update(_score_rows([rows[i] for i in todo], [keys[i] for i in todo], path, language, window, log))
+        new, seconds = _score_rows([rows[i] for i in todo], [keys[i] for i in todo], path, language, window, log)
+        stored.update(new)
         store.parent.mkdir(parents=True, exist_ok=True)
         tmp = store.with_suffix(f".{os.getpid()}.tmp")  # one per process: DDP ranks score side by side
         tmp.write_text(json.dumps(stored))
         tmp.replace(store)
     if len(keys) > len(todo):
         log(f"whisper: reused the scores of {len(keys) - len(todo)} recordings ({store})")
-    return _as_scores(rows, stored, keys)
+    out = _as_scores(rows, stored, keys)
+    out.scored, out.seconds = len(todo), seconds
+    return out
 
 
 def _score_rows(rows: Sequence, keys: Sequence[str], path: str, language: str, window: float,
-                log: Callable) -> dict:
-    """{row key: [[log-probability, tokens], ...]}: Whisper on ``rows``, clips of one length together."""
+                log: Callable) -> tuple[dict, float]:
+    """{row key: [[log-probability, tokens], ...]}: Whisper on ``rows``, clips of one length together,
+    and the seconds it took (model only)."""
     import torch
 
     from plcli.data.audio import load_audio
@@ -167,4 +174,4 @@ def _score_rows(rows: Sequence, keys: Sequence[str], path: str, language: str, w
             out[keys[i]] = sc.tolist()
     seconds = time.perf_counter() - t
     log(f"whisper: {len(rows) / max(seconds, 1e-9):.2f} clips/s ({seconds:.0f} s, model only)")
-    return out
+    return out, seconds

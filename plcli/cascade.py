@@ -1,0 +1,191 @@
+"""A cascade at prediction time: the small model first, the recogniser only where it is unsure.
+
+The student ranks a recording's candidates in well under a millisecond; Whisper takes a second or
+more. So ``predict`` and ``evaluate`` hand a row to the recogniser only when the student's top
+candidate probability is below a threshold ``P``, or when a candidate is a text the student never
+heard (its vocabulary lacks it, so only a text scorer can name it). There the two views multiply:
+the student's candidate probabilities times the recogniser's calibrated distribution
+(``plcli.asr_prior.distribution``), renormalised: Bayes' rule with the recogniser's scores as the
+likelihood, as in training.
+
+``choose`` picks ``P`` on labelled validation rows: the smallest threshold whose within-candidate
+accuracy is the best of the grid (the fewest recogniser calls for that accuracy). The distill stage
+does it on its held-out exact rows when it was trained with Whisper, and stores the choice with the
+model (``extra["cascade"]``, with the recogniser's calibration there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from plcli.asr_prior import distribution, fit_calibration, log_softmax_rows
+from plcli.ranking import UNKNOWN
+from plcli.recognisers import Scores
+
+# thresholds tried; 0 never asks the recogniser (but for unknown candidates), above 1 always does
+THRESHOLDS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.01)
+DEFAULT = {"threshold": 0.9, "calibration": {"alpha": 0.0, "temperature": 1.0}, "chosen_on": "default"}
+
+
+def needs_recogniser(probs: np.ndarray, classes: np.ndarray, threshold: float) -> np.ndarray:
+    """(N,) bool: rows whose top candidate probability (``probs``: (N, K) over the candidates) is
+    below ``threshold``, or that hold a candidate outside the vocabulary (``classes`` (N, K) from
+    ``plcli.ranking.candidate_classes``)."""
+    return (probs.max(1) < threshold) | (classes == UNKNOWN).any(1)
+
+
+def recogniser_logp(scores: Scores, calibration: dict) -> np.ndarray:
+    """(N, K) the recogniser's calibrated log-probabilities; 0 on rows it did not score."""
+    k = np.isfinite(scores.logp).sum(1)
+    return distribution(scores, k, scores.logp.shape[1], calibration=calibration)
+
+
+def combine(probs: np.ndarray, rec_logp: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(N, K) candidate probabilities: ``rows`` re-ranked by ``probs * exp(rec_logp)``, the rest as they are."""
+    with np.errstate(divide="ignore"):
+        z = np.log(probs) + rec_logp[:, : probs.shape[1]]
+    return np.where(rows[:, None], np.exp(log_softmax_rows(z)), probs)
+
+
+def choose(probs: np.ndarray, scores: Scores, classes: np.ndarray, truth_pos: np.ndarray,
+           thresholds: Sequence[float] = THRESHOLDS) -> dict:
+    """The recogniser's calibration and the threshold with the best within-candidate accuracy on
+    rows with a ``truth_pos`` (ties: the smaller threshold), with every threshold's accuracy and
+    share of rows sent to the recogniser (``grid``)."""
+    rows = truth_pos >= 0
+    if not rows.any():
+        return {**DEFAULT, "chosen_on": "default (no validation row with its truth among the candidates)"}
+    cal = fit_calibration(scores, truth_pos)
+    rec = recogniser_logp(scores, cal)
+    grid = []
+    for t in thresholds:
+        sent = needs_recogniser(probs, classes, t)
+        acc = float((combine(probs, rec, sent).argmax(1) == truth_pos)[rows].mean())
+        grid.append({"threshold": t, "accuracy": acc, "share": float(sent[rows].mean())})
+    best = max(grid, key=lambda g: (g["accuracy"], -g["threshold"]))
+    return {"threshold": best["threshold"], "accuracy": best["accuracy"], "rows": int(rows.sum()),
+            "calibration": {k: cal[k] for k in ("alpha", "temperature")}, "grid": grid}
+
+
+def cascade_of(extra: dict | None) -> dict:
+    """The cascade settings stored with a model, or the defaults."""
+    return {**DEFAULT, **((extra or {}).get("cascade") or {})}
+
+
+def resolve_fallback(kind: str, model: str, cache) -> str:
+    """``kind`` made concrete: "auto" is "whisper" where faster-whisper runs and ``model`` is a
+    local folder or Whisper base from the extra's wheels, else "none"."""
+    from plcli.errors import UserError
+
+    if kind not in FALLBACKS:
+        raise UserError(f"unknown fallback {kind!r}: one of {', '.join(FALLBACKS)}")
+    if kind != "auto":
+        return kind
+    from pathlib import Path
+
+    from plcli.recognisers.whisper import BASE_WHEELS, base_dir, unavailable, wheel_data
+
+    if unavailable():
+        return "none"
+    local = Path(model).is_dir() or (model in ("base", "whisper-base") and (
+        (base_dir(cache) / "model.bin").is_file() or all(map(wheel_data, BASE_WHEELS))))
+    return "whisper" if local else "none"
+
+
+def apply(ranked: dict, rows: Sequence, classes: np.ndarray, setting: dict, cache, log=print,
+          every_row: bool = False) -> tuple[dict, dict]:
+    """Re-rank, in ``ranked`` (``plcli.ranking.rank``'s output), the rows the recogniser is asked
+    about (``needs_recogniser`` at ``setting["threshold"]``; ``every_row``: score all rows, for
+    ``evaluate``'s curve, but re-rank the same ones). Returns it with the recogniser's scores."""
+    from plcli.recognisers import recognise
+
+    has = np.array([bool(r.candidates) for r in rows])
+    sent = needs_recogniser(ranked["probs"], classes, setting["threshold"]) & has
+    ask = np.flatnonzero(has if every_row else sent)
+    n, k = classes.shape
+    logp, tokens = np.full((n, k), -np.inf), np.zeros((n, k), dtype=np.int64)
+    if len(ask):
+        s = recognise([rows[i] for i in ask], "whisper", cache, setting["model"], setting["language"], log=log,
+                      window=setting["window"])
+        logp[ask, : s.logp.shape[1]], tokens[ask, : s.logp.shape[1]] = s.logp, s.tokens
+    scores = Scores("whisper", np.where(np.isfinite(logp).any(1), logp.argmax(1), -1), logp, tokens)
+    probs = combine(ranked["probs"], recogniser_logp(scores, setting["calibration"]), sent)
+    with np.errstate(divide="ignore"):
+        combined = np.where(sent[:, None], np.log(probs), ranked["combined"])
+    decided = [("recogniser" if s else d) for d, s in zip(ranked["decided_by"], sent, strict=True)]
+    out = {**ranked, "probs": probs, "combined": combined, "top": combined.argmax(1), "decided_by": decided}
+    return out, {"scores": scores, "sent": sent}
+
+
+FALLBACKS = ("auto", "none", "whisper")
+
+
+def curve_metrics(probs: np.ndarray, scores: Scores, classes: np.ndarray, truth_pos: np.ndarray,
+                  setting: dict) -> dict:
+    """With every row scored by the recogniser: its own within-candidate accuracy and, for each
+    threshold, the cascade's accuracy and the share of rows it sends to the recogniser, on rows with
+    a ``truth_pos``; the recogniser's clips/s where it scored rows now."""
+    rows = truth_pos >= 0
+    if not rows.any():
+        return {}
+    rec = recogniser_logp(scores, setting["calibration"])
+    hit = lambda p: float((p.argmax(1) == truth_pos)[rows].mean())  # noqa: E731
+    grid = []
+    for t in sorted({*THRESHOLDS, setting["threshold"]}):
+        sent = needs_recogniser(probs, classes, t)
+        grid.append({"threshold": t, "accuracy": hit(combine(probs, rec, sent)), "share": float(sent[rows].mean())})
+    out = {"accuracy_recogniser": hit(rec), "accuracy_model": hit(probs), "grid": grid}
+    if scores.scored:
+        out["recogniser_clips_per_second"] = scores.scored / max(scores.seconds, 1e-9)
+    return out
+
+
+def setting_for(fallback: str, below: float | None, model_path, extra: dict | None, cache,
+                asr_model: str | None = None, window: float | None = None, language: str | None = None) -> dict | None:
+    """What ``apply`` needs for a model (``model_path``: its run folder or model.pt; ``extra``: what
+    it stores), or None where the cascade is off. Unset options take the run's settings: its
+    recogniser model, window and language, and the threshold chosen at training (``auto``: 0, so
+    only rows with a text the model never heard go to the recogniser)."""
+    from pathlib import Path
+
+    run = Path(model_path) if Path(model_path).is_dir() else Path(model_path).parent
+    conf = {}
+    if (run / "config.yaml").is_file():
+        from plcli.config import read_run_config
+
+        conf = read_run_config(run)
+    asr_model = asr_model or conf.get("asr_model") or "base"
+    if resolve_fallback(fallback, asr_model, cache) == "none":
+        return None
+    stored = cascade_of(extra)
+    threshold = below if below is not None else (stored["threshold"] if fallback == "whisper" else 0.0)
+    lang = language or (conf.get("data") or {}).get("language_resolved") or "en"
+    return {**stored, "threshold": float(threshold), "model": asr_model, "language": lang,
+            "window": float(window or conf.get("asr_window") or 30.0)}
+
+
+def tune(model, vocab, rows: Sequence, feats, ranking: dict, cache, asr_model: str, language: str, window: float,
+         log=print) -> dict:
+    """``choose`` for ``model`` on labelled rows with candidates (``rows`` and their features
+    ``feats``), the recogniser's scores read through its cache."""
+    from plcli.inference import RowView, softmax
+    from plcli.ranking import candidate_classes, model_scores, rank, truth_positions
+    from plcli.recognisers import recognise
+
+    keep = [i for i, r in enumerate(rows) if r.candidates and r.label is not None]
+    if not keep:
+        return {**DEFAULT, "chosen_on": "default (no validation rows)"}
+    rows = [rows[i] for i in keep]
+    cands = [r.candidates for r in rows]
+    scores = model_scores(model, RowView(feats, np.asarray(keep)), cands)
+    classes = candidate_classes(cands, vocab)
+    ranked = rank(softmax(scores["logits"]), scores, classes, ranking, vocab.counts)
+    rec = recognise(rows, "whisper", cache, asr_model, language, log=log, window=window)
+    pos = truth_positions(cands, [r.label for r in rows], vocab.normalizer)
+    out = choose(ranked["probs"], rec, classes, pos)
+    out["chosen_on"] = f"{len(rows)} held-out exact rows"
+    log(f"cascade: threshold {out['threshold']:g} ({out.get('accuracy', float('nan')):.3f} within candidates "
+        f"on {out['chosen_on']})")
+    return out
