@@ -241,6 +241,7 @@ def demo_data(
     config: Path = CONFIG,
     phrases: int = typer.Option(None, "--phrases", help="vocabulary size (>= 40 for the benchmark)"),
     vocabulary: str = typer.Option(None, "--vocabulary", help="'phrases' (built-in, at most 60) or 'long-tail' (up to 653 template messages)"),
+    language: str = typer.Option(None, "--language", help="language of the phrases and voices: en (default), de, es or ru"),
     zipf: float = typer.Option(None, "--zipf", help="Zipf exponent of message popularity (0: uniform)"),
     new_messages: float = typer.Option(None, "--new-messages", help="share of messages only the test chat uses (never heard in training)"),
     train: int = typer.Option(None, "--train", help="training recordings"),
@@ -255,7 +256,7 @@ def demo_data(
     from plcli.demo import DemoConfig, generate_demo
 
     cfg = load_config(DemoConfig, config, {
-        "phrases": phrases, "vocabulary": vocabulary, "zipf": zipf, "new_messages": new_messages, "train": train, "test": test,
+        "phrases": phrases, "vocabulary": vocabulary, "language": language, "zipf": zipf, "new_messages": new_messages, "train": train, "test": test,
         "exact_fraction": exact_fraction, "seed": seed, "workers": workers, "engines": engines,
     })
     from rich.progress import Progress
