@@ -51,6 +51,7 @@ def _shared_options(
     skip_invalid: bool = typer.Option(None, "--skip-invalid/--no-skip-invalid", help="skip invalid rows (written to the rejects file)", rich_help_panel=DATA),
     rejects: Path = typer.Option(None, "--rejects", help="rejects file for --skip-invalid (default RUN_DIR/rejects.jsonl)", rich_help_panel=DATA),
     cache_dir: Path = typer.Option(None, "--cache-dir", help="feature cache (default $PLCLI_CACHE or ~/.cache/plcli)", rich_help_panel=DATA),
+    language: str = typer.Option(None, "--language", help="the messages' language, ISO 639-1 (en, de, ru, ...; default auto: detected from the training texts)", rich_help_panel=DATA),
 ) -> None:
     """The signature is the declaration: ``_stage_command`` appends these parameters to every stage."""
 
@@ -61,7 +62,7 @@ _SHARED_FIELDS = {
     "seed": "trainer.seed", "accelerator": "trainer.accelerator", "devices": "trainer.devices",
     "strategy": "trainer.strategy", "num_nodes": "trainer.num_nodes", "precision": "trainer.precision",
     "num_workers": "trainer.num_workers", "progress": "trainer.progress", "skip_invalid": "data.skip_invalid",
-    "rejects": "data.rejects", "cache_dir": "data.cache_dir", "manifests": "data.manifests",
+    "rejects": "data.rejects", "cache_dir": "data.cache_dir", "manifests": "data.manifests", "language": "data.language",
 }
 
 
