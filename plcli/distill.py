@@ -74,6 +74,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import lightning as L
@@ -721,9 +722,9 @@ def resolve_ctc(cfg: DistillConfig, log=print) -> None:
     if cfg.data.language == AUTO and inherited not in (None, AUTO):
         cfg.data.language = resolve_language(inherited, ())
         log(f"language: {cfg.data.language} (the teacher's)")
-    else:
-        rows = [r for p in cfg.data.manifests for r in read_manifest(p)[0]]
-        cfg.data.language = resolve_language(cfg.data.language, [*row_texts(rows), *teacher.vocab.display], log)
+    else:  # the texts are read only when they are needed
+        texts = (t for p in cfg.data.manifests for t in row_texts(read_manifest(p)[0]))
+        cfg.data.language = resolve_language(cfg.data.language, chain(texts, teacher.vocab.display), log)
     if not cfg.ctc.enabled:
         return
     texts, voice = teacher.vocab.display, espeak_voice(cfg.data.language)
