@@ -161,7 +161,7 @@ def setting_for(fallback: str, below: float | None, model_path, extra: dict | No
         return None
     stored = cascade_of(extra)
     threshold = below if below is not None else (stored["threshold"] if fallback == "whisper" else 0.0)
-    lang = language or (conf.get("data") or {}).get("language_resolved") or "en"
+    lang = language or (conf.get("data") or {}).get("language") or "en"
     return {**stored, "threshold": float(threshold), "model": asr_model, "language": lang,
             "window": float(window or conf.get("asr_window") or 30.0)}
 

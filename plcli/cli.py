@@ -57,6 +57,7 @@ def _shared_options(
     recogniser: str = typer.Option(None, "--recogniser", "--asr-prior", help="auto, whisper, pocketsphinx or none: scores each recording's candidates as a prior", rich_help_panel=ASR),
     asr_model: str = typer.Option(None, "--asr-model", help="Whisper model: a CTranslate2 folder or a name (default base, from the whisper extra)", rich_help_panel=ASR),
     asr_window: float = typer.Option(None, "--asr-window", help="seconds Whisper's encoder sees per clip (default 30; 10 is ~5x faster)", rich_help_panel=ASR),
+    language: str = typer.Option(None, "--language", help="the messages' language, ISO 639-1 (en, de, ru, ...; default auto: detected from the training texts)", rich_help_panel=DATA),
 ) -> None:
     """The signature is the declaration: ``_stage_command`` appends these parameters to every stage."""
 
@@ -67,7 +68,7 @@ _SHARED_FIELDS = {
     "seed": "trainer.seed", "accelerator": "trainer.accelerator", "devices": "trainer.devices",
     "strategy": "trainer.strategy", "num_nodes": "trainer.num_nodes", "precision": "trainer.precision",
     "num_workers": "trainer.num_workers", "progress": "trainer.progress", "skip_invalid": "data.skip_invalid",
-    "rejects": "data.rejects", "cache_dir": "data.cache_dir", "manifests": "data.manifests",
+    "rejects": "data.rejects", "cache_dir": "data.cache_dir", "manifests": "data.manifests", "language": "data.language",
     "recogniser": "asr_prior", "asr_model": "asr_model", "asr_window": "asr_window",
 }
 
@@ -248,6 +249,7 @@ def demo_data(
     config: Path = CONFIG,
     phrases: int = typer.Option(None, "--phrases", help="vocabulary size (>= 40 for the benchmark)"),
     vocabulary: str = typer.Option(None, "--vocabulary", help="'phrases' (built-in, at most 60) or 'long-tail' (up to 653 template messages)"),
+    language: str = typer.Option(None, "--language", help="language of the phrases and voices: en (default), de, es or ru"),
     zipf: float = typer.Option(None, "--zipf", help="Zipf exponent of message popularity (0: uniform)"),
     new_messages: float = typer.Option(None, "--new-messages", help="share of messages only the test chat uses (never heard in training)"),
     train: int = typer.Option(None, "--train", help="training recordings"),
@@ -262,7 +264,7 @@ def demo_data(
     from plcli.demo import DemoConfig, generate_demo
 
     cfg = load_config(DemoConfig, config, {
-        "phrases": phrases, "vocabulary": vocabulary, "zipf": zipf, "new_messages": new_messages, "train": train, "test": test,
+        "phrases": phrases, "vocabulary": vocabulary, "language": language, "zipf": zipf, "new_messages": new_messages, "train": train, "test": test,
         "exact_fraction": exact_fraction, "seed": seed, "workers": workers, "engines": engines,
     })
     from rich.progress import Progress

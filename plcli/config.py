@@ -286,6 +286,18 @@ class DataConfig(Config):
     cache_dir: str | None = opt(None, "feature cache folder (default: $PLCLI_CACHE or ~/.cache/plcli)")
     val_fraction: float = opt(0.2, "share of exact rows held out for validation metrics", min=0.0, max=0.9)
     labels: LabelConfig = opt(factory=LabelConfig, help="label normalisation")
+    language: str = opt("auto", "the messages' language, ISO 639-1 (en, de, ru, ...): the voice of the phoneme tokens and of pocketsphinx's guessed pronunciations; auto: detected from the training texts (plcli.language)",
+                        before="en")
+
+    def check(self) -> None:
+        from plcli.language import AUTO, espeak_voice
+
+        self.language = str(self.language).strip().lower()
+        if self.language != AUTO:
+            try:
+                espeak_voice(self.language)
+            except ValueError as e:
+                raise UserError(f"data.language: {e}") from None
 
 
 @dataclass

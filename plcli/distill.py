@@ -74,6 +74,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import lightning as L
@@ -112,6 +113,7 @@ from plcli.data.labels import NO_TRUTH, Vocabulary
 from plcli.errors import UserError
 from plcli.inference import RowView, load_predictor, predict_logits, softmax
 from plcli.io import atomic_open, atomic_write_json
+from plcli.language import AUTO, espeak_voice, resolve_language, row_texts, voice_of
 from plcli.losses import CandidateLoss, SoftTargetCrossEntropy, candidate_log_prior, candidate_targets
 from plcli.metrics import classification_metrics, covering_rate, restricted_predictions
 from plcli.models.classifier import Classifier, save_model
@@ -661,6 +663,7 @@ def run(cfg: DistillConfig, log=print, callbacks: list | None = None) -> dict:
     teacher is the previous round's student; the last student is copied to ``RUN_DIR``.
     """
     resolve_student(cfg, log)
+    resolve_ctc(cfg, log)
     if cfg.rounds == 1 and not _ctc_phase(cfg):
         return _run_round(cfg, log, callbacks)
     return _run_rounds(cfg, log, callbacks)
@@ -710,6 +713,35 @@ def resolve_student(cfg: DistillConfig, log=print) -> None:
             log(f"batch size {batch} per device (small_data_batch; 0 keeps --batch-size)")
     if cfg.student_init == "auto":
         cfg.student_init = "scratch"
+
+
+def resolve_ctc(cfg: DistillConfig, log=print) -> None:
+    """Settle ``data.language`` ("auto": the teacher's, else detected from the training texts) and
+    switch off the CTC tokens the teacher's messages have none of (in place, so config.yaml records it)."""
+    from plcli.data.manifest import read_manifest
+    from plcli.text import build_tokenizer
+
+    teacher = _open_teacher(cfg.teacher)
+    inherited = teacher.run.get("data.language") if teacher.run is not None else None
+    if cfg.data.language == AUTO and inherited not in (None, AUTO):
+        cfg.data.language = resolve_language(inherited, ())
+        log(f"language: {cfg.data.language} (the teacher's)")
+    else:  # the texts are read only when they are needed
+        texts = (t for p in cfg.data.manifests for t in row_texts(read_manifest(p)[0]))
+        cfg.data.language = resolve_language(cfg.data.language, chain(texts, teacher.vocab.display), log)
+    if not cfg.ctc.enabled:
+        return
+    texts, voice = teacher.vocab.display, espeak_voice(cfg.data.language)
+    tokens, other = cfg.ctc.tokens, "phoneme" if cfg.ctc.tokens == "char" else "char"
+    n = {k: build_tokenizer(k, texts, voice=voice).size - 1 for k in (tokens, other)}
+    if not n[tokens]:
+        hint = f"; --ctc-tokens {other} finds {n[other]}" if n[other] else ""
+        log(f"CTC head off: the teacher's {len(texts)} message texts have no {tokens} token "
+            f"(language {cfg.data.language}{hint}); training without it")
+        cfg.ctc.weight = 0.0
+    elif cfg.ctc_other_tokens and _ctc_phase(cfg) and not n[other]:
+        log(f"no CTC start with {other} tokens: the teacher's message texts have none")
+        cfg.ctc_other_tokens = False
 
 
 def _ctc_phase(cfg: DistillConfig) -> bool:
@@ -1009,7 +1041,8 @@ def _module(cfg: DistillConfig, teacher: _Teacher, targets: Tensor, log_prior: T
 
     ctc, tok = None, None
     if cfg.ctc.enabled:
-        tok = build_tokenizer(cfg.ctc.tokens, teacher.vocab.display)
+        tok = build_tokenizer(cfg.ctc.tokens, teacher.vocab.display,
+                              voice=voice_of(cfg.data.language, teacher.vocab.display))
         ctc = cfg.ctc.head_args(tok)
     module = DistillModule(
         student_args(cfg, teacher.features.n_mels, len(teacher.vocab), ctc,
@@ -1091,6 +1124,8 @@ def _prepare_round(cfg: DistillConfig, log, ctc_only: bool = False, refit: bool 
     fraction, split_seed, view_seed = _inherit(cfg, teacher, log)
     d = _load_rows(cfg, teacher.vocab, fraction, split_seed, log)
     check_run_dir(cfg.out, STAGE, cfg.trainer.resume, cfg.overwrite, teacher.vocab)
+    if cfg.data.language == AUTO:  # run() settles it once for its rounds; a round on its own here
+        cfg.data.language = resolve_language(AUTO, row_texts(d.rows), log)
 
     cache = open_cache(cfg.data, teacher.features)
     t_feat = Timer()
@@ -1135,7 +1170,7 @@ def _asr_bonus(cfg: DistillConfig, teacher: _Teacher, d: _Rows, ctc_only: bool, 
     if cfg.asr_prior == "none" or cfg.asr_rounds == 0:  # _inherit has made "auto" the teacher's setting
         return None, None
     bonus, info = prior_for(d.rows, teacher.vocab, cfg.asr_prior, cache_dir(cfg.data.cache_dir),
-                            cfg.asr_accuracy, cfg.asr_workers, log, model=cfg.asr_model,
+                            cfg.asr_accuracy, cfg.asr_workers, log, model=cfg.asr_model, language=cfg.data.language,
                             window=cfg.asr_window)
     if refit:
         from plcli.ranking import ranking_of
@@ -1210,7 +1245,7 @@ def _cascade(cfg: DistillConfig, r: _Round, student: Classifier, ranking: dict, 
     from plcli.cascade import tune
 
     return tune(student, r.teacher.vocab, [r.d.rows[i] for i in r.d.val_idx], RowView(r.clean, r.d.val_idx), ranking,
-                cache_dir(cfg.data.cache_dir), cfg.asr_model, "en", cfg.asr_window, log)
+                cache_dir(cfg.data.cache_dir), cfg.asr_model, cfg.data.language, cfg.asr_window, log)
 
 
 def _summary(cfg: DistillConfig, r: _Round, student: Classifier, trainer, train_pos: np.ndarray) -> dict:

@@ -47,6 +47,7 @@ from plcli.data.datasets import (
 )
 from plcli.data.labels import LabelNormalizer, Vocabulary
 from plcli.errors import UserError
+from plcli.language import resolve_language, row_texts, voice_of
 from plcli.losses import CandidateLoss, SoftTargetCrossEntropy, candidate_log_prior, candidate_targets
 from plcli.metrics import restricted_predictions
 from plcli.models.classifier import Classifier, save_model
@@ -415,6 +416,7 @@ def _prepare(cfg: FinetuneConfig, log) -> _Inputs:
     rows = [r for r in load_training_rows(cfg.data, Path(cfg.out), log=log).rows if r.tier != "unlabelled"]
     if not rows:
         raise UserError("no row has a label or candidates: nothing to fine-tune on")
+    cfg.data.language = resolve_language(cfg.data.language, row_texts(rows), log)
     vocab = Vocabulary.from_rows(rows, LabelNormalizer(cfg.data.labels))
     check_run_dir(cfg.out, STAGE, cfg.trainer.resume, cfg.overwrite, vocab)
     y = torch.from_numpy(label_vector(rows, vocab))
@@ -435,7 +437,13 @@ def _prepare(cfg: FinetuneConfig, log) -> _Inputs:
             raise UserError(f"--ctc-weight needs a TC-ResNet encoder (frames over time), not {classifier['encoder']}")
         from plcli.text import build_tokenizer
 
-        classifier["ctc"] = cfg.ctc.head_args(build_tokenizer(cfg.ctc.tokens, vocab.display))
+        tok = build_tokenizer(cfg.ctc.tokens, vocab.display, voice=voice_of(cfg.data.language, vocab.display))
+        if tok.size < 2:
+            log(f"CTC head off: the {len(vocab)} message texts have no {cfg.ctc.tokens} token "
+                f"(language {cfg.data.language}); training without it")
+            cfg.ctc.weight = 0.0
+        else:
+            classifier["ctc"] = cfg.ctc.head_args(tok)
     pretrained = None
     if pre is not None:
         from plcli.pretrain import load_pretrained
@@ -539,7 +547,7 @@ def run(cfg: FinetuneConfig, log=print) -> dict:
     from plcli.config import cache_dir
 
     inp.asr_bonus, asr_info = prior_for(inp.rows, inp.vocab, resolve(cfg.asr_prior), cache_dir(cfg.data.cache_dir),
-                                        cfg.asr_accuracy, cfg.asr_workers, log, model=cfg.asr_model,
+                                        cfg.asr_accuracy, cfg.asr_workers, log, model=cfg.asr_model, language=cfg.data.language,
                                         window=cfg.asr_window)
     module = _module(cfg, inp)
     ckpt = resolve_resume(out, cfg.trainer.resume)

@@ -43,6 +43,7 @@ import re
 import time
 import unicodedata
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import numpy as np
 
@@ -228,13 +229,14 @@ def espeak_to_arpabet(phonemes: str) -> tuple[str, int]:
     return " ".join(out), unknown
 
 
-def guess_pronunciation(word: str) -> str | None:
-    """ARPAbet phones for ``word`` from espeak-ng's letter-to-sound rules, or None when espeak-ng
-    is unavailable or gives nothing usable."""
+def guess_pronunciation(word: str, voice: str = "en-us") -> str | None:
+    """ARPAbet phones for ``word`` from the letter-to-sound rules of espeak-ng's ``voice`` (the
+    chat's language, ``plcli.language.espeak_voice``), or None when espeak-ng is unavailable or
+    gives nothing usable."""
     from plcli.text import phonemize
 
     try:
-        phones, _ = espeak_to_arpabet(phonemize(word.replace("'", "")))
+        phones, _ = espeak_to_arpabet(phonemize(word.replace("'", ""), voice))
     except Exception:
         return None
     return phones or None
@@ -248,7 +250,7 @@ def guess_pronunciation(word: str) -> str | None:
 class GrammarDecoder:
     """pocketsphinx (bundled US-English model) that decodes a waveform against a candidate set."""
 
-    def __init__(self, sample_rate: int = SAMPLE_RATE, **options):
+    def __init__(self, sample_rate: int = SAMPLE_RATE, voice: str = "en-us", **options):
         try:
             from pocketsphinx import Decoder
         except ImportError:
@@ -257,6 +259,7 @@ class GrammarDecoder:
                 "pip install 'plcli[asr]'"
             ) from None
         self.sample_rate = sample_rate
+        self.voice = voice  # espeak-ng's, for the pronunciations of words the dictionary lacks
         self.decoder = Decoder(samprate=sample_rate, loglevel="FATAL", **{**DECODER_OPTIONS, **options})
         self._added: dict[str, str | None] = {}  # OOV word -> guessed phones (None: no guess)
 
@@ -265,7 +268,7 @@ class GrammarDecoder:
         if word not in self._added and self.decoder.lookup_word(word) is not None:
             return True, True
         if word not in self._added:
-            phones = guess_pronunciation(word)
+            phones = guess_pronunciation(word, self.voice)
             if phones is not None:
                 try:
                     self.decoder.add_word(word, phones, True)
@@ -364,9 +367,9 @@ def _stats() -> dict:
 _worker: GrammarDecoder | None = None
 
 
-def _init_worker() -> None:
+def _init_worker(voice: str = "en-us") -> None:
     global _worker
-    _worker = GrammarDecoder()
+    _worker = GrammarDecoder(voice=voice)
 
 
 def _choose_file(job: tuple[str, list[str]]) -> tuple[int, dict, float]:
@@ -386,14 +389,17 @@ def choose_with_grammar(
     candidates: Sequence[Sequence[str]],
     workers: int = 2,
     progress: Callable[[int, int], None] | None = None,
+    voice: str = "en-us",
 ) -> tuple[list[int], dict]:
     """For each audio file (read and resampled to 16 kHz), the index of the candidate that
     pocketsphinx decodes with a grammar of that file's ``candidates``, ``-1`` when it decodes
-    nothing (the caller then picks a seeded random candidate). One decoder per worker process.
+    nothing (the caller then picks a seeded random candidate). One decoder per worker process;
+    ``voice``: espeak-ng's, for guessing the pronunciation of words its dictionary lacks.
 
     Returns the indices in order and figures like ``asr.transcribe_files``: ``decode_seconds``
     (grammar set-up and search, summed over workers, audio reading excluded), ``workers``,
-    ``clips_per_second`` (``N / (decode_seconds / workers)``), and the grammar's words:
+    ``clips_per_second`` (``decoded / (decode_seconds / workers)`` over the ``decoded`` recordings,
+    those with a candidate to say; None when there are none), and the grammar's words:
     ``words`` (word tokens over every recording's alternatives), ``oov_words`` (tokens missing from
     the bundled dictionary), ``oov_rate``, ``oov_dropped`` (OOV tokens without a usable guessed
     pronunciation, left out), ``oov_types`` (the distinct OOV words, sorted, at most 50),
@@ -407,15 +413,17 @@ def choose_with_grammar(
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
 
-    out, workers = map_decoders(_choose_file, _init_worker, jobs, workers, progress)
+    out, workers = map_decoders(_choose_file, partial(_init_worker, voice), jobs, workers, progress)
     decode = sum(s for _, _, s in out)
+    decoded = sum(any(spoken_text(c) for c in cs) for cs in candidates)
     words = sum(st["words"] for _, st, _ in out)
     oov = sum(st["oov"] for _, st, _ in out)
     chosen = [i for i, _, _ in out]
     return chosen, {
         "decode_seconds": decode,
         "workers": workers,
-        "clips_per_second": len(paths) / max(decode / workers, 1e-9),
+        "decoded": decoded,
+        "clips_per_second": decoded / max(decode / workers, 1e-9) if decoded else None,
         "words": words,
         "oov_words": oov,
         "oov_rate": oov / words if words else 0.0,

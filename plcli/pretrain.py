@@ -38,6 +38,7 @@ from plcli.data.datasets import (
 )
 from plcli.data.labels import UNKNOWN, LabelNormalizer, Vocabulary, class_indices
 from plcli.errors import UserError
+from plcli.language import resolve_language, row_texts, voice_of
 from plcli.losses import NTXentLoss
 from plcli.metrics import candidate_chance
 from plcli.models.encoders import DEFAULT_INPUT_NORM, ENCODERS, INPUT_NORMS, build_encoder
@@ -337,6 +338,7 @@ def run(cfg: PretrainConfig, log=print) -> dict:
     timer = Timer()
     set_threads()
     rows = load_training_rows(cfg.data, Path(cfg.out), log=log).rows
+    cfg.data.language = resolve_language(cfg.data.language, row_texts(rows), log)
     vocab = Vocabulary.from_rows(rows, LabelNormalizer(cfg.data.labels))
     probe = _probe_fields(cfg, rows, vocab)
     out = start_run(cfg.out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite, vocab, log)
@@ -455,7 +457,9 @@ def _pseudo_texts(cfg: PretrainConfig, rows, log, option: str) -> list[str | Non
     kind = resolve(cfg.asr_prior)
     if kind == "none":
         raise UserError(f"{option} needs a recogniser: pip install 'plcli[asr]' or 'plcli[whisper]'")
-    votes = recognise(rows, kind, cache_dir(cfg.data.cache_dir), cfg.asr_model, log=log, window=cfg.asr_window).votes
+    language = resolve_language(cfg.data.language, row_texts(rows))  # run() has settled it; a caller may not
+    votes = recognise(rows, kind, cache_dir(cfg.data.cache_dir), cfg.asr_model, language, log=log,
+                      window=cfg.asr_window).votes
     return [r.label if r.label is not None else (r.candidates[v] if v >= 0 else None)
             for r, v in zip(rows, votes, strict=True)]
 
@@ -491,13 +495,17 @@ def _transcripts(cfg: PretrainConfig, rows, log):
     from plcli.text import build_tokenizer
 
     texts = _pseudo_texts(cfg, rows, log, "transcript_ctc")
-    tok = build_tokenizer("phoneme", [t for t in texts if t is not None])
+    voice = voice_of(cfg.data.language, row_texts(rows))
+    tok = build_tokenizer("phoneme", [t for t in texts if t is not None], voice=voice)
+    if tok.size < 2 and any(t is not None for t in texts):
+        log(f"transcript CTC off: the pseudo-transcripts have no phoneme in espeak-ng's {voice} voice")
+        return None
     targets, lengths = text_targets(tok, [t or "" for t in texts])
     if not bool((lengths > 0).any()):
         log("transcript CTC off: no clip has an exact label or a recogniser's vote to learn from")
         return None
     log(f"transcript CTC: {int((lengths > 0).sum())} of {len(rows)} clips with a pseudo-transcript (exact label or "
-        f"vote), {tok.size - 1} phonemes, weight {cfg.transcript_ctc}")
+        f"vote), {tok.size - 1} phonemes ({voice}), weight {cfg.transcript_ctc}")
     return tok, targets, lengths
 
 

@@ -4,8 +4,9 @@ A message's written form and its sound disagree most where a closed-set classifi
 care: digits and times ("at 5:30" is said "at five thirty"), abbreviations, spelling. espeak-ng,
 which plcli already has through the ``espeakng-loader`` wheel, turns text into its phonemes
 offline with its own number and abbreviation rules, so a CTC head over phonemes scores a candidate
-text by how it sounds. The character tokenizer is the simpler alternative: letters, digits,
-apostrophe and space.
+text by how it sounds, in the chat's language (``voice``, ``plcli.language.espeak_voice``). The
+character tokenizer is the simpler alternative: the letters of any script, digits, apostrophe and
+space.
 
 Both map index 0 to the CTC blank, build their inventory from the texts they are fitted on, and
 serialise to a dict of primitives (``to_dict``/``from_dict``) for checkpoints. A symbol outside the
@@ -83,18 +84,22 @@ class Tokenizer:
         return cls(d.get("symbols", ()), **{k: v for k, v in d.items() if k not in ("kind", "symbols")})
 
 
-def build_tokenizer(kind: str, texts: Iterable[str] = (), **kwargs) -> Tokenizer:
-    """A ``kind`` ("phoneme" or "char") tokenizer fitted on ``texts``."""
+def build_tokenizer(kind: str, texts: Iterable[str] = (), voice: str = "en-us", **kwargs) -> Tokenizer:
+    """A ``kind`` ("phoneme" or "char") tokenizer fitted on ``texts``; phonemes in espeak-ng's ``voice``.
+    Its ``size`` is 1 (the blank alone) when the texts have no such token."""
     if kind not in KINDS:
         raise ValueError(f"tokenizer must be one of {', '.join(KINDS)}, got {kind!r}")
-    tok = PhonemeTokenizer(**kwargs) if kind == "phoneme" else CharTokenizer(**kwargs)
+    tok = PhonemeTokenizer(voice=voice, **kwargs) if kind == "phoneme" else CharTokenizer(**kwargs)
     return tok.fit(texts)
 
 
 class CharTokenizer(Tokenizer):
-    """Lower-case letters, digits and apostrophes; runs of anything else become one space.
+    """The letters of any script, digits and apostrophes; runs of anything else become one space.
 
-    ``spaces=False`` drops the word boundaries (a pause is not always there to hear).
+    The text is NFKC-normalised and case-folded ("Straße" -> "strasse"). Latin letters lose their
+    accents ("café" -> "cafe", as English chats type them either way); a combining mark that follows
+    a letter of another script is kept as a symbol of its own (Devanagari's vowel signs are the
+    vowels). ``spaces=False`` drops the word boundaries (a pause is not always there to hear).
     """
 
     kind = "char"
@@ -107,10 +112,33 @@ class CharTokenizer(Tokenizer):
         return {"spaces": self.spaces}
 
     def split(self, text: str) -> list[str]:
-        t = unicodedata.normalize("NFKD", text.lower())
-        t = "".join(c for c in t if not unicodedata.combining(c)).replace("\u2019", "'")
-        t = re.sub(r"[^a-z0-9']+", " ", t).strip()
-        return [c for c in t if self.spaces or c != " "]
+        out: list[str] = []
+        marks = False  # whether a combining mark here belongs to a kept letter of a non-Latin script
+        for c in unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold()):
+            cat = unicodedata.category(c)
+            if cat[0] == "L" and _latin(c):
+                out.extend(d for d in unicodedata.normalize("NFKD", c) if not unicodedata.combining(d))
+                marks = False
+            elif cat[0] == "L" or (cat[0] == "M" and marks):
+                out.append(c)
+                marks = True
+            elif cat[0] == "M" or cat == "Cf":  # a Latin accent; zero-width joiners, soft hyphens
+                continue
+            elif cat == "Nd" or c in "'\u2019":
+                out.append("'" if c == "\u2019" else c)
+                marks = False
+            else:
+                if out and out[-1] != " ":
+                    out.append(" ")
+                marks = False
+        while out and out[-1] == " ":
+            out.pop()
+        return [c for c in out if self.spaces or c != " "]
+
+
+@lru_cache(maxsize=4096)
+def _latin(c: str) -> bool:
+    return c < "\u0250" or unicodedata.name(c, "").startswith("LATIN")
 
 
 class PhonemeTokenizer(Tokenizer):

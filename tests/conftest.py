@@ -24,12 +24,14 @@ def tone_clip(label_idx: int, rng: np.random.Generator, sr: int = 16000, seconds
 
 
 def write_dataset(root: Path, n: int = 36, n_classes: int = 4, exact_every: int = 3, k: int = 3,
-                  seed: int = 0, unlabelled: int = 2, name: str = "train.jsonl") -> tuple[Path, dict]:
-    """Write ``n`` clips and a JSONL manifest with candidate sets of size ``k``; returns (manifest, truth)."""
+                  seed: int = 0, unlabelled: int = 2, name: str = "train.jsonl",
+                  labels: list[str] | None = None) -> tuple[Path, dict]:
+    """Write ``n`` clips and a JSONL manifest with candidate sets of size ``k`` over the first
+    ``n_classes`` of ``labels`` (default ``LABELS``); returns (manifest, truth)."""
     rng = np.random.default_rng(seed)
     (root / "audio").mkdir(parents=True, exist_ok=True)
     rows, truth = [], {}
-    labels = LABELS[:n_classes]
+    labels = (labels or LABELS)[:n_classes]
     for i in range(n):
         y = i % n_classes
         path = root / "audio" / f"{name.split('.')[0]}_{i:03d}.wav"
@@ -48,7 +50,7 @@ def write_dataset(root: Path, n: int = 36, n_classes: int = 4, exact_every: int 
         truth[row["id"]] = labels[y]
         rows.append(row)
     manifest = root / name
-    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    manifest.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return manifest, truth
 
 

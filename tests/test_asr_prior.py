@@ -106,7 +106,7 @@ class _FakeDecoder:
     def __init__(self, truth: dict[str, str]):
         self.truth, self.calls = truth, []
 
-    def __call__(self, paths, candidates, workers=2, progress=None):
+    def __call__(self, paths, candidates, workers=2, progress=None, voice="en-us"):
         self.calls.append(list(paths))
         out = []
         for p, cs in zip(paths, candidates, strict=True):
@@ -141,6 +141,20 @@ def test_votes_are_cached_per_recording_and_candidates(tmp_path, fake_decoder):
     rows[1].candidates = ["c d", "g h"]  # other candidates: decode again
     asr_prior.grammar_votes(rows, cache, log=lambda *_: None)
     assert len(fake.calls) == 3
+
+
+def test_votes_skip_recordings_without_a_pronounceable_candidate(tmp_path, fake_decoder):
+    """pocketsphinx's model spells Latin letters only: a Russian chat's candidates give it no
+    grammar, so nothing is decoded and the log says so, with no clips/s figure."""
+    rows = _rows(tmp_path, [["Привет", "Пока"], ["До завтра!", "Да"]], [None, "Да"])
+    fake = fake_decoder({})
+    logged = []
+    assert asr_prior.grammar_votes(rows, tmp_path / "c", log=logged.append).tolist() == [-1, -1]
+    assert fake.calls == [] and "skipped" in logged[-1] and "clips/s" not in " ".join(logged)
+    rows = _rows(tmp_path, [["Привет", "Пока"], ["a b", "Да"]], [None, None])
+    fake = fake_decoder({"r1.wav": "a b"})
+    assert asr_prior.grammar_votes(rows, tmp_path / "c", log=logged.append).tolist() == [-1, 0]
+    assert fake.calls == [[str(rows[1].audio)]] and "1 without a pronounceable candidate" in logged[-2]
 
 
 def test_prior_for_estimates_the_accuracy_or_takes_it(tmp_path, fake_decoder):

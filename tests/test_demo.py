@@ -144,6 +144,38 @@ def test_phrases_and_typed_variants_keep_their_labels():
     assert {norm(v) for v in variants} == set(keys)
 
 
+@pytest.mark.parametrize("language", ["de", "es", "ru"])
+def test_phrases_of_other_languages(language):
+    from plcli.demo.phrases import LANGUAGE_PHRASES
+
+    phrases = LANGUAGE_PHRASES[language]
+    keys = [norm(p) for p in phrases]
+    assert len(phrases) == 60 and len(set(keys)) == 60
+    assert set(phrases).isdisjoint(PHRASES) and all(2 <= len(p.split()) <= 6 for p in phrases)
+    assert sum(any(c.isdigit() for c in p) for p in phrases) >= 3  # numbers and times to read out
+    rng = np.random.default_rng(0)
+    variants = {typed_variant(p, rng) for p in phrases for _ in range(10)}
+    assert len(variants) > 3 * len(phrases) and {norm(v) for v in variants} == set(keys)
+
+
+def test_a_russian_demo_is_spoken_by_russian_voices(tmp_path):
+    from plcli.demo.phrases import LANGUAGE_PHRASES
+
+    out = tmp_path / "ru"
+    summary = generate_demo(out, DemoConfig(**{**TINY, "language": "ru", "train": 20, "test": 6, "phrases": 12}))
+    meta = json.loads((out / "meta.json").read_text())
+    assert summary["language"] == meta["language"] == meta["config"]["language"] == "ru"
+    speakers = meta["speakers"]["train"] + meta["speakers"]["test"]
+    assert {(s["engine"], s["accent"]) for s in speakers} == {("espeak", "ru")}
+    truth = [r["label"] for r in read_jsonl(out / "truth.jsonl")]
+    assert {norm(t) for t in truth} <= {norm(p) for p in LANGUAGE_PHRASES["ru"][:12]}
+    for r in read_jsonl(out / "train.jsonl")[:4]:
+        x, _ = sf.read(out / r["audio"], dtype="int16")
+        assert 0.3 < x.size / 16000 < 6.0 and np.abs(x).max() > 1000
+    with pytest.raises(UserError, match="English"):
+        DemoConfig(language="ru", vocabulary="long-tail").validate()
+
+
 def test_popularity_is_zipf_like():
     p = zipf_popularity(50, 1.0, np.random.default_rng(0))
     assert p.sum() == pytest.approx(1.0)

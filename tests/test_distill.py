@@ -300,6 +300,48 @@ def test_tiny_distill_run_and_resume(world, tmp_path):
     assert len(m2["val_acc_history"]) == 2
 
 
+def _teacher_of(root, manifest, language: str = "auto"):
+    """An untrained teacher run over ``manifest``'s messages, its config saying ``language``."""
+    vocab = Vocabulary.from_rows(load_rows([manifest]).rows)
+    fc = FeatureConfig(clip_seconds=0.7)
+    root.mkdir()
+    save_model(root / "model.pt", Classifier("tcresnet", fc.n_mels, len(vocab)).eval(), vocab, fc, "finetune")
+    tc = _TeacherConfig()
+    tc.data.language = language
+    save_config(root, tc, "finetune")
+    return root
+
+
+def test_the_language_and_the_ctc_tokens_are_settled_before_the_rounds(tmp_path):
+    from plcli.distill import resolve_ctc
+
+    ru, _ = write_dataset(tmp_path / "ru", n=12, labels=["Привет", "Пока", "Я дома.", "До завтра!"])
+    cfg = DistillConfig(teacher=str(_teacher_of(tmp_path / "t-ru", ru)))
+    cfg.data.manifests = [str(ru)]
+    logged = []
+    resolve_ctc(cfg, logged.append)
+    assert cfg.data.language == "ru" and "language: ru (detected" in logged[0]
+    assert cfg.ctc.weight == 1.0 and cfg.ctc_other_tokens
+    cfg = DistillConfig(teacher=str(_teacher_of(tmp_path / "t-de", ru, language="de")))
+    cfg.data.manifests = [str(ru)]
+    resolve_ctc(cfg, logged.append)
+    assert cfg.data.language == "de" and logged[-1] == "language: de (the teacher's)"
+
+
+def test_a_chat_without_ctc_tokens_trains_without_the_ctc_head(world, tmp_path):
+    """Messages with no letter or digit give the character tokens nothing: the CTC head is off and
+    the log says so (the run does not fail inside the head)."""
+    manifest, _ = write_dataset(tmp_path / "data", n=24, labels=["👍", "❤️", "🙏", "😂"])
+    over = {"teacher": _teacher_of(tmp_path / "teacher", manifest), "manifest": manifest, "cache": tmp_path / "c"}
+    cfg = _cfg({**world, **over}, tmp_path / "out")
+    cfg.ctc_epochs, cfg.truth = None, None  # the default CTC phase
+    logged = []
+    m = run(cfg, log=logged.append)
+    assert any(line.startswith("CTC head off: the teacher's 4 message texts have no char token") for line in logged)
+    assert "ranking" not in m and not load_model(tmp_path / "out")[0].has_ctc
+    assert yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())["ctc"]["weight"] == 0.0
+
+
 def test_distill_without_refine_and_with_teacher_views(world, tmp_path):
     out = tmp_path / "plain"
     m = run(

@@ -130,3 +130,20 @@ def test_finetune_refuses_the_distill_only_ctc_perturbations(tmp_path):
         r = CliRunner().invoke(app, ["finetune", str(m), "--pretrained", "none", "--out", str(tmp_path / "o"),
                                      "--set", opt])
         assert r.exit_code != 0 and "ctc.tempo and ctc.vtlp" in r.output, r.output
+
+
+def test_finetune_without_ctc_tokens_trains_without_the_ctc_head(tmp_path):
+    """Messages without a letter or digit: --ctc-weight asks for a head that has nothing to emit, so
+    it is off, and the log says so (before: an internal error in the head)."""
+    from plcli.finetune import FinetuneConfig, _prepare
+    from tests.conftest import write_dataset
+
+    manifest, _ = write_dataset(tmp_path / "data", n=12, labels=["👍", "❤️", "🙏", "😂"])
+    cfg = FinetuneConfig(out=str(tmp_path / "o"), pretrained="none", asr_prior="none")
+    cfg.data.manifests = [str(manifest)]
+    cfg.ctc.weight = 1.0
+    cfg.validate()
+    logged = []
+    inp = _prepare(cfg, logged.append)
+    assert cfg.ctc.weight == 0.0 and "ctc" not in inp.classifier and cfg.data.language == "en"
+    assert any(line.startswith("CTC head off: the 4 message texts have no char token") for line in logged)

@@ -125,6 +125,8 @@ def test_guessed_pronunciations_use_the_models_phones():
         phones = guess_pronunciation(word)
         assert phones and set(phones.split()) <= ARPABET, (word, phones)
     assert guess_pronunciation("zorblat").startswith("Z ")
+    # the chat's language reads the word: German's "ei" is English's "eye"
+    assert guess_pronunciation("mein", "de").split()[1] == "AY" != guess_pronunciation("mein").split()[1]
 
 
 def test_score_choices_fallback_and_unseen_split():
@@ -161,6 +163,7 @@ def test_choose_with_grammar_nothing_to_say():
 
     chosen, timing = choose_with_grammar(["never-read.wav"], [["?!", ""]], workers=1)
     assert chosen == [-1] and timing["no_result"] == 1 and timing["words"] == 0
+    assert timing["decoded"] == 0 and timing["clips_per_second"] is None  # nothing decoded: no speed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,7 +211,7 @@ def test_oov_word_without_a_pronunciation_is_dropped(spoken_clips, monkeypatch):
     from plcli import grammar
     from plcli.data.audio import load_audio
 
-    monkeypatch.setattr(grammar, "guess_pronunciation", lambda word: None)
+    monkeypatch.setattr(grammar, "guess_pronunciation", lambda word, voice="en-us": None)
     dec = grammar.GrammarDecoder()
     wave = load_audio(spoken_clips[0], 16000)
     j, stats = dec.choose(wave, ["Zorblat", "Zorblat quux", *SAID[:1], "On my way"])

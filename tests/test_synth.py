@@ -101,6 +101,39 @@ def test_engine_selection():
     assert engine_voices(["espeak"]) == [("espeak", v) for v in ESPEAK_VARIANTS]
 
 
+def test_engines_of_other_languages(monkeypatch, tmp_path):
+    import shutil
+
+    from plcli.demo import synth
+
+    assert resolve_engines("auto", "ru")[0] == "espeak" and resolve_engines("espeak", "de") == ["espeak"]
+    # the English-only engines never speak another language, installed or not
+    assert engine_voices(["flite", "festival", "pico"], "de") == []
+    assert not any(synth.speaks(n, "es") for n in ("flite", "festival", "pico"))
+    # MBROLA: the databases of the language that are installed
+    (tmp_path / "de2").mkdir()
+    (tmp_path / "de2" / "de2").write_text("")
+    (tmp_path / "us1").write_text("")
+    monkeypatch.setattr(synth.MbrolaEngine, "roots", (str(tmp_path),))
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    assert engine_voices(["espeak", "mbrola"], "de")[-1:] == [("mbrola", "mb-de2")]
+    assert engine_voices(["mbrola"], "en") == [("mbrola", "mb-us1")]
+    assert synth.speaks("mbrola", "de") and not synth.speaks("mbrola", "ru")
+    with pytest.raises(ValueError, match="no voice for the language 'ru'"):
+        resolve_engines("espeak,mbrola", "ru")
+
+
+@pytest.mark.parametrize("accent", ["de", "es", "es-419", "ru"])
+def test_espeak_speaks_the_accents_of_other_languages(espeak, accent):
+    from plcli.demo.synth import LANGUAGE_ACCENTS
+
+    assert any(accent in a for a in LANGUAGE_ACCENTS.values())
+    x, _ = espeak.synthesize("12", Speaker("s", "espeak", "m3", accent), 175, 50, 1)
+    assert np.abs(x).max() > 0.05
+    train, _ = make_speakers(engine_voices(["espeak"]), 6, 0, seed=0, accents=(accent,))
+    assert {s.accent for s in train} == {accent}
+
+
 def test_speakers_keep_test_voices_apart():
     voices = engine_voices(["espeak"]) + [("flite", v) for v in ("kal16", "awb", "rms", "slt")]
     train, test = make_speakers(voices, 30, 10, seed=3, holdout=0.25)

@@ -50,3 +50,30 @@ def test_bad_kinds():
         Tokenizer.from_dict({"kind": "bpe"})
     with pytest.raises(ValueError, match="no voice"):
         phonemize("hello", "xx-nope")
+
+
+@pytest.mark.parametrize("text, chars", [
+    ("Привет, как дела?", "привет как дела"),
+    ("Γεια σου, Σοφία!", "γεια σου σοφία"),  # NFKC keeps "ί" one letter: only Latin letters lose accents
+    ("नमस्ते, दोस्त", "नमस्ते दोस्त"),  # the vowel signs and the virama are kept
+    ("你好，明天见！", "你好 明天见"),
+    ("こんにちは、ラーメン", "こんにちは ラーメン"),
+    ("Die Straße, Größe 5", "die strasse grosse 5"),  # casefold: ß -> ss; Latin accents go
+    ("Ｏｋ　１２", "ok 12"),  # NFKC: full-width forms
+])
+def test_char_tokens_cover_every_script(text, chars):
+    tok = build_tokenizer("char", [text])
+    assert "".join(tok.decode(tok.encode(text))) == "".join(CharTokenizer().split(text)) != ""
+    assert "".join(CharTokenizer().split(text)) == chars
+    assert tok.size == len(set(chars)) + 1
+
+
+def test_char_tokens_of_text_without_letters():
+    assert CharTokenizer().split("👍 ?! ❤️") == []
+    assert build_tokenizer("char", ["👍", "!!"]).size == 1  # the blank alone: no CTC head can use it
+
+
+def test_phoneme_tokens_in_another_voice():
+    tok = build_tokenizer("phoneme", ["привет", "как дела"], voice="ru")
+    assert tok.voice == "ru" and tok.size > 5
+    assert Tokenizer.from_dict(tok.to_dict()).voice == "ru"

@@ -7,8 +7,10 @@ texts after it) hold its transcript at a random, delay-dependent position. Voice
 after the chat's last text have no candidates at all. A few training rows carry an exact label.
 
 The authors are synthetic speakers (``plcli.demo.synth``: espeak-ng from pip, more engines when
-installed) and every recording gets a random recording condition (``plcli.demo.degrade``). The
-test set is a second chat whose speakers, and voices, never occur in training.
+installed) who write and speak one language (``--language``: en, de, es or ru; the phrases are
+in ``plcli.demo.phrases``), and every recording gets a random recording condition
+(``plcli.demo.degrade``). The test set is a second chat whose speakers, and voices, never occur in
+training.
 
 Output folder::
 
@@ -17,7 +19,7 @@ Output folder::
     truth.jsonl      {"id", "label"} of every training row, for evaluation only
     audio/*.wav      16-bit PCM mono
     chat/            the training chat as an export: voices.csv, messages.csv, labels.csv
-    meta.json        configuration, engines, speakers, phrases and counts
+    meta.json        configuration, language, engines, speakers, phrases and counts
     README.txt       this layout in words
 
 A recording is a pure function of (seed, split, index): the same seed gives byte-identical files
@@ -45,28 +47,11 @@ import numpy as np
 from plcli.config import Config, opt
 from plcli.data.chat import first_distinct
 from plcli.data.labels import LabelNormalizer
+from plcli.demo.phrases import LANGUAGE_PHRASES
 from plcli.errors import UserError
 from plcli.io import atomic_open, atomic_write_json, atomic_write_jsonl, atomic_write_text
 
-# Short everyday chat phrases, 2-6 words, distinct after label normalisation. ``--phrases N``
-# uses the first N. Written as people would type them: the label normaliser has work to do.
-PHRASES = (
-    "See you tomorrow!", "On my way.", "Running late, sorry!", "Call me when you can.",
-    "Sounds good to me.", "I'm at home.", "What time is dinner?", "Thanks so much!",
-    "Happy birthday!", "Can you pick me up?", "I'll be there soon.", "Good morning!",
-    "Good night, sleep well.", "Where are you?", "Let's meet at noon.", "No worries at all.",
-    "I miss you.", "Love you too.", "Just landed.", "Stuck in traffic.",
-    "Did you get my message?", "Talk to you later.", "Yes, of course.", "No, not today.",
-    "Maybe next week.", "Have a nice weekend!", "The meeting is cancelled.", "Don't forget the keys.",
-    "I need more coffee.", "Let me check.", "Be right back.", "Congrats on the new job!",
-    "How was your day?", "Bring some milk, please.", "The train is delayed.", "I'm feeling sick today.",
-    "Are you free tonight?", "Let's order pizza.", "I'll call you back.", "Please send the photos.",
-    "Take care of yourself.", "It's raining again.", "See you at the gym.", "Almost done here.",
-    "Can we reschedule?", "Great job today!", "I'm so tired.", "Where did you park?",
-    "Dinner is ready.", "Waiting outside.", "Good luck with the exam!", "The kids are asleep.",
-    "Check your email.", "Lunch tomorrow?", "I found your wallet.", "Let's go for a walk.",
-    "Sorry, wrong chat.", "The door is open.", "Text me the address.", "Welcome home!",
-)  # fmt: skip
+PHRASES = LANGUAGE_PHRASES["en"]  # the default language's
 
 CHAT_START = datetime(2024, 3, 4, 8, 0, 0, tzinfo=timezone.utc)
 TRAIN, TEST = 0, 1
@@ -86,8 +71,12 @@ class DemoConfig(Config):
     vocabulary: str = opt(
         "phrases",
         "'phrases': the built-in everyday phrases (at most 60); 'long-tail': template messages sharing "
-        "words (times, places, names, numbers; at most 653), for open-vocabulary work",
+        "words (times, places, names, numbers; at most 653; English), for open-vocabulary work",
         choices=("phrases", "long-tail"),
+    )
+    language: str = opt(
+        "en", "language of the phrases and the voices (ISO 639-1): espeak-ng's voices of it, and MBROLA's "
+        "where installed; the English-only engines speak only en", choices=tuple(LANGUAGE_PHRASES),
     )
     train: int = opt(4000, "training voice messages", min=1)
     test: int = opt(1000, "test voice messages (a second chat with unseen speakers)", min=0)
@@ -134,7 +123,9 @@ class DemoConfig(Config):
         from plcli.demo.degrade import parse_mix
         from plcli.demo.longtail import all_messages
 
-        most = len(PHRASES) if self.vocabulary == "phrases" else len(all_messages())
+        if self.vocabulary == "long-tail" and self.language != "en":
+            raise UserError(f"the long-tail vocabulary is English: it has no {self.language} messages")
+        most = len(LANGUAGE_PHRASES[self.language]) if self.vocabulary == "phrases" else len(all_messages())
         if self.phrases > most:
             raise UserError(f"phrases={self.phrases}: the {self.vocabulary} vocabulary has {most} messages")
         if self.phrases <= self.candidates:
@@ -169,7 +160,8 @@ def zipf_popularity(n: int, exponent: float, rng: np.random.Generator) -> np.nda
 
 
 def typed_variant(text: str, rng: np.random.Generator) -> str:
-    """How someone might type ``text``: other casing or end punctuation, same normalised label."""
+    """How someone might type ``text``: other casing or end punctuation, same normalised label (in
+    any language: Spanish's opening "¿" and "¡" stay, and the normaliser strips them as it does the end)."""
     core = text.rstrip(".!?")
     end = text[len(core) :]
     kind = int(rng.integers(5))
@@ -415,18 +407,19 @@ def generate_demo(
 
 def _speakers(cfg: DemoConfig) -> tuple[list[str], list, list, list]:
     """(engines, their voices, training speakers, test speakers); ``UserError`` when none fit."""
-    from plcli.demo.synth import engine_voices, make_speakers, resolve_engines
+    from plcli.demo.synth import LANGUAGE_ACCENTS, engine_voices, make_speakers, resolve_engines
 
     try:
-        engines = resolve_engines(cfg.engines)
+        engines = resolve_engines(cfg.engines, cfg.language)
     except ValueError as e:
         raise UserError(str(e)) from None
     if not engines:
         raise UserError("no TTS engine available: pip install espeakng-loader")
-    voices = engine_voices(engines)
+    voices = engine_voices(engines, cfg.language)
     try:
         train_spk, test_spk = make_speakers(
-            voices, cfg.train_speakers, cfg.test_speakers, cfg.seed, cfg.holdout_voices
+            voices, cfg.train_speakers, cfg.test_speakers, cfg.seed, cfg.holdout_voices,
+            LANGUAGE_ACCENTS[cfg.language],
         )
     except ValueError as e:
         raise UserError(str(e)) from None
@@ -439,7 +432,7 @@ def vocabulary(cfg: DemoConfig) -> list[str]:
         from plcli.demo.longtail import long_tail_messages
 
         return long_tail_messages(cfg.phrases, cfg.seed)
-    return list(PHRASES[: cfg.phrases])
+    return list(LANGUAGE_PHRASES[cfg.language][: cfg.phrases])
 
 
 def new_message_indices(n: int, share: float, seed: int) -> list[int]:
@@ -543,6 +536,7 @@ def _write_outputs(out, cfg, engines, voices, train_spk, test_spk, phrases, popu
         "generator": "plcli demo-data",
         "complete": True,
         "seed": cfg.seed,
+        "language": cfg.language,
         "config": config,
         "counts": counts,
         "engines": engines,
@@ -557,7 +551,7 @@ def _write_outputs(out, cfg, engines, voices, train_spk, test_spk, phrases, popu
     }
     atomic_write_json(out / "meta.json", meta)
     atomic_write_text(out / "README.txt", _readme(cfg, counts, engines))
-    return {"out": str(out), **counts, "engines": engines}
+    return {"out": str(out), "language": cfg.language, **counts, "engines": engines}
 
 
 def _write_manifests(out: Path, cfg: DemoConfig, splits, ids, info) -> tuple[list[int], set[int]]:

@@ -3,7 +3,9 @@
 espeak-ng always works: the PyPI package ``espeakng-loader`` ships ``libespeak-ng`` and its voice
 data, used here through ctypes. Debian engines widen the pool when their programs are installed
 (``scripts/install_voices.sh``): flite, festival (festvox voices), pico2wave and MBROLA voices
-driven by the espeak-ng program. ``engines="auto"`` uses every one that is found.
+driven by the espeak-ng program. ``engines="auto"`` uses every one that is found. Another demo
+language than English (``LANGUAGE_ACCENTS``) is spoken by espeak-ng's voices of that language and
+by its MBROLA databases where installed; flite, festival and pico speak English only.
 
 A ``Speaker`` is a fixed voice (engine, voice, accent) with a fixed base rate, pitch, pitch range,
 word gap and vocal-tract factor; every utterance jitters rate and pitch a little, so the same
@@ -59,9 +61,17 @@ ESPEAK_VARIANTS = (
     "michel", "miguel", "mike2", "paul", "pedro", "quincy", "rob", "robert", "sandro", "shelby",
     "steph", "steph2", "steph3", "travis", "victor",
 )  # fmt: skip
+# espeak-ng's language voices (espeak-ng-data/lang/*/*) of each demo language: its speakers' accents
+LANGUAGE_ACCENTS = {"en": ESPEAK_ACCENTS, "de": ("de",), "es": ("es", "es-419"), "ru": ("ru",)}
+_ACCENT_FILES = tuple(dict.fromkeys(a for accents in LANGUAGE_ACCENTS.values() for a in accents))  # English first
 FLITE_SKIP = ("awb_time", "kal")  # a talking clock; the 8 kHz twin of kal16
 PICO_LANGS = ("en-US", "en-GB")
 MBROLA_VOICES = ("us1", "us2", "us3", "en1")  # English MBROLA databases that espeak-ng knows
+# MBROLA databases of each demo language that espeak-ng knows (Debian mbrola-de1, ...); none is Russian
+MBROLA_LANGUAGE_VOICES = {
+    "en": MBROLA_VOICES, "de": tuple(f"de{i}" for i in range(1, 9)),
+    "es": ("es1", "es2", "es3", "es4", "mx1", "mx2", "vz1"), "ru": (),
+}
 ESPEAK_DEFAULT_RATE = 175  # words per minute; the other engines' "rate 1.0"
 
 
@@ -151,12 +161,11 @@ class EspeakEngine(Engine):
         self._accent_files: dict[str, str] = {}
         variants = os.path.join(espeakng_loader.get_data_path(), "voices", "!v")
         self._variants = set(os.listdir(variants)) if os.path.isdir(variants) else set()
-        lang = os.path.join(espeakng_loader.get_data_path(), "lang", "gmw")
-        if os.path.isdir(lang):
-            for name in sorted(os.listdir(lang)):
-                if name.lower() in ESPEAK_ACCENTS:
-                    dst = os.path.join(self._tmp, f"a{ESPEAK_ACCENTS.index(name.lower())}")
-                    shutil.copyfile(os.path.join(lang, name), dst)
+        for folder, _, names in os.walk(os.path.join(espeakng_loader.get_data_path(), "lang")):
+            for name in names:
+                if name.lower() in _ACCENT_FILES:
+                    dst = os.path.join(self._tmp, f"a{_ACCENT_FILES.index(name.lower())}")
+                    shutil.copyfile(os.path.join(folder, name), dst)
                     self._accent_files[name.lower()] = dst
         self._chunks: list[np.ndarray] = []
         self._callback = _SYNTH_CALLBACK(self._on_audio)
@@ -313,11 +322,11 @@ class MbrolaEngine(_SubprocessEngine):
     roots = ("/usr/share/mbrola", "/usr/lib/x86_64-linux-gnu/mbrola", "/usr/lib/mbrola")
 
     @classmethod
-    def _find_voices(cls) -> list[str]:
+    def _find_voices(cls, language: str = "en") -> list[str]:
         if shutil.which("mbrola") is None:
             return []
         found = []
-        for v in MBROLA_VOICES:
+        for v in MBROLA_LANGUAGE_VOICES.get(language, ()):
             if any(
                 os.path.isfile(os.path.join(r, v, v)) or os.path.isfile(os.path.join(r, v)) for r in cls.roots
             ):
@@ -421,11 +430,20 @@ ENGINE_CLASSES: dict[str, type[Engine]] = {
 }
 
 
-def resolve_engines(spec: str = "auto") -> list[str]:
-    """Engine names for ``"auto"`` (every available one) or a comma list (each must be available)."""
+def speaks(name: str, language: str = "en") -> bool:
+    """Whether engine ``name`` is installed with a voice for ``language``: espeak-ng speaks every
+    demo language, MBROLA those of its installed databases, the others English only."""
+    if name == "mbrola" and language != "en":
+        return shutil.which(MbrolaEngine.program) is not None and bool(MbrolaEngine._find_voices(language))
+    return (language == "en" or name == "espeak") and ENGINE_CLASSES[name].available()
+
+
+def resolve_engines(spec: str = "auto", language: str = "en") -> list[str]:
+    """Engine names for ``"auto"`` (every available one with a ``language`` voice) or a comma list
+    (each must have one)."""
     spec = spec.strip()
     if spec == "auto":
-        return [n for n in ENGINES if ENGINE_CLASSES[n].available()]
+        return [n for n in ENGINES if speaks(n, language)]
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
         raise ValueError("no TTS engine given")
@@ -434,15 +452,21 @@ def resolve_engines(spec: str = "auto") -> list[str]:
             raise ValueError(f"unknown TTS engine {n!r} (known: {', '.join(ENGINES)})")
         if not ENGINE_CLASSES[n].available():
             raise ValueError(f"TTS engine {n!r} is not installed (see scripts/install_voices.sh)")
+        if not speaks(n, language):
+            raise ValueError(f"TTS engine {n!r} has no voice for the language {language!r}")
     return list(dict.fromkeys(names))
 
 
-def engine_voices(names: list[str]) -> list[tuple[str, str]]:
-    """All (engine, voice) pairs of the given engines, in a fixed order."""
+def engine_voices(names: list[str], language: str = "en") -> list[tuple[str, str]]:
+    """All (engine, voice) pairs of the given engines that speak ``language``, in a fixed order."""
     pairs = []
     for n in names:
-        cls = ENGINE_CLASSES[n]
-        voices = list(ESPEAK_VARIANTS) if n == "espeak" else cls._find_voices()  # type: ignore[attr-defined]
+        if n == "espeak":
+            voices = list(ESPEAK_VARIANTS)
+        elif n == "mbrola":
+            voices = MbrolaEngine._find_voices(language)
+        else:
+            voices = ENGINE_CLASSES[n]._find_voices() if language == "en" else []  # type: ignore[attr-defined]
         pairs += [(n, v) for v in voices]
     return pairs
 
@@ -452,12 +476,13 @@ def engine_voices(names: list[str]) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _speaker(sid: str, engine: str, voice: str, rng: np.random.Generator) -> Speaker:
+def _speaker(sid: str, engine: str, voice: str, rng: np.random.Generator,
+             accents: tuple[str, ...] = ESPEAK_ACCENTS) -> Speaker:
     return Speaker(
         id=sid,
         engine=engine,
         voice=voice,
-        accent=str(rng.choice(ESPEAK_ACCENTS)) if engine == "espeak" else "",
+        accent=str(rng.choice(accents)) if engine == "espeak" else "",
         rate=round(float(rng.uniform(140, 215)), 1),
         pitch=round(float(rng.uniform(25, 75)), 1),
         pitch_range=round(float(rng.uniform(20, 80)), 1),
@@ -472,6 +497,7 @@ def make_speakers(
     n_test: int,
     seed: int,
     holdout: float = 0.25,
+    accents: tuple[str, ...] = ESPEAK_ACCENTS,
 ) -> tuple[list[Speaker], list[Speaker]]:
     """Training and test speakers (never the same speaker), by default with no voice in common.
 
@@ -479,7 +505,7 @@ def make_speakers(
     kept for test speakers only, so the test set is spoken by voices never heard in training, not
     just by the same voices with other settings; ``holdout=0`` lets both sets draw from all voices.
     Each set cycles through its voices, so voices are used evenly; speakers that share a voice
-    differ in accent, rate, pitch and vocal tract.
+    differ in accent (one of espeak-ng's ``accents``), rate, pitch and vocal tract.
     """
     if n_train < 1:
         raise ValueError("need at least one training speaker")
@@ -503,7 +529,7 @@ def make_speakers(
 
     def draw(pool: list[tuple[str, str]], n: int, start: int) -> list[Speaker]:
         order = [pool[i] for i in rng.permutation(len(pool))]
-        return [_speaker(f"spk{start + i:03d}", *order[i % len(order)], rng) for i in range(n)]
+        return [_speaker(f"spk{start + i:03d}", *order[i % len(order)], rng, accents) for i in range(n)]
 
     train = draw(train_v, n_train, 1)
     test = draw(test_v, n_test, n_train + 1) if n_test else []

@@ -75,21 +75,26 @@ def recognise(rows: Sequence, kind: str, cache: Path, model: str = "base", langu
               workers: int = 2, log: Callable = print, window: float = 30.0) -> Scores:
     """``kind``'s scores of every row with candidates (``kind`` concrete, not "none")."""
     if kind == "pocketsphinx":
-        return Scores(kind, grammar_votes(rows, cache, workers, log))
+        from plcli.language import espeak_voice
+
+        return Scores(kind, grammar_votes(rows, cache, workers, log, espeak_voice(language)))
     if kind == "whisper":
         return whisper_scores(rows, cache, model, language, log, window)
     raise UserError(f"no scores from recogniser {kind!r}")
 
 
-def grammar_votes(rows: Sequence, cache: Path, workers: int = 2, log: Callable = print) -> np.ndarray:
+def grammar_votes(rows: Sequence, cache: Path, workers: int = 2, log: Callable = print,
+                  voice: str = "en-us") -> np.ndarray:
     """(N,) int64: the index into ``rows[i].candidates`` that pocketsphinx decodes with a grammar of
-    them, -1 for rows without candidates or where it decodes nothing. Cached under ``cache/asr``."""
+    them, -1 for rows without candidates or where it decodes nothing. Cached under ``cache/asr``.
+    ``voice``: espeak-ng's, for the pronunciations of words pocketsphinx's dictionary lacks."""
     from plcli.doctor import dist_version
-    from plcli.grammar import DECODER_OPTIONS
+    from plcli.grammar import DECODER_OPTIONS, spoken_text
 
     todo = [i for i, r in enumerate(rows) if r.candidates]
     keys = {i: row_key(Path(rows[i].audio), rows[i].candidates) for i in todo}
-    setting = json.dumps([GRAMMAR_CACHE_VERSION, DECODER_OPTIONS, dist_version("pocketsphinx")], default=str)
+    setting = json.dumps([GRAMMAR_CACHE_VERSION, DECODER_OPTIONS, dist_version("pocketsphinx")]
+                         + ([voice] if voice != "en-us" else []), default=str)
     name = hashlib.blake2b(json.dumps([setting, sorted(keys.values())]).encode(), digest_size=12).hexdigest()
     path = Path(cache) / "asr" / f"grammar-{name}.json"
     votes = np.full(len(rows), -1, dtype=np.int64)
@@ -101,14 +106,22 @@ def grammar_votes(rows: Sequence, cache: Path, workers: int = 2, log: Callable =
         return votes
     from plcli.grammar import choose_with_grammar
 
-    procs = workers if len(todo) >= 100 else 1  # a few clips decode faster here than a fresh pool starts
-    log(f"asr prior: pocketsphinx decodes {len(todo)} recordings with a grammar of their candidates "
-        f"({procs} process{'es' if procs > 1 else ''}) ...")
-    chosen, timing = choose_with_grammar([str(rows[i].audio) for i in todo], [rows[i].candidates for i in todo],
-                                         workers=procs)
-    for i, j in zip(todo, chosen, strict=True):
+    said = {c: bool(spoken_text(c)) for i in todo for c in rows[i].candidates}
+    heard = [i for i in todo if any(said[c] for c in rows[i].candidates)]
+    if todo and not heard:
+        log(f"asr prior: no candidate text of the {len(todo)} recordings is pronounceable for pocketsphinx "
+            "(its model is US English): skipped, no votes")
+        return votes
+    procs = workers if len(heard) >= 100 else 1  # a few clips decode faster here than a fresh pool starts
+    skipped = f"; {len(todo) - len(heard)} without a pronounceable candidate get none" if len(heard) < len(todo) else ""
+    log(f"asr prior: pocketsphinx decodes {len(heard)} recordings with a grammar of their candidates "
+        f"({procs} process{'es' if procs > 1 else ''}{skipped}) ...")
+    chosen, timing = choose_with_grammar([str(rows[i].audio) for i in heard], [rows[i].candidates for i in heard],
+                                         workers=procs, voice=voice)
+    for i, j in zip(heard, chosen, strict=True):
         votes[i] = j
-    log(f"asr prior: {timing['clips_per_second']:.0f} clips/s, no result for {timing['no_result']}")
+    cps = timing.get("clips_per_second")
+    log("asr prior: " + (f"{cps:.0f} clips/s, " if cps else "") + f"no result for {timing['no_result']}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")  # one per process: DDP ranks decode side by side
     tmp.write_text(json.dumps({keys[i]: int(votes[i]) for i in todo}))
