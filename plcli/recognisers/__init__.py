@@ -77,17 +77,22 @@ def recognise(rows: Sequence, kind: str, cache: Path, model: str = "base", langu
     if kind == "pocketsphinx":
         from plcli.language import espeak_voice
 
-        return Scores(kind, grammar_votes(rows, cache, workers, log, espeak_voice(language)))
+        timing: dict = {}
+        votes = grammar_votes(rows, cache, workers, log, espeak_voice(language), timing)
+        decoded = int((votes >= 0).sum()) + timing.get("no_result", 0) if timing else 0
+        return Scores(kind, votes, scored=decoded,
+                      seconds=timing.get("decode_seconds", 0.0) / max(timing.get("workers", 1), 1))
     if kind == "whisper":
         return whisper_scores(rows, cache, model, language, log, window)
     raise UserError(f"no scores from recogniser {kind!r}")
 
 
 def grammar_votes(rows: Sequence, cache: Path, workers: int = 2, log: Callable = print,
-                  voice: str = "en-us") -> np.ndarray:
+                  voice: str = "en-us", timing: dict | None = None) -> np.ndarray:
     """(N,) int64: the index into ``rows[i].candidates`` that pocketsphinx decodes with a grammar of
     them, -1 for rows without candidates or where it decodes nothing. Cached under ``cache/asr``.
-    ``voice``: espeak-ng's, for the pronunciations of words pocketsphinx's dictionary lacks."""
+    ``voice``: espeak-ng's, for the pronunciations of words pocketsphinx's dictionary lacks.
+    ``timing``, where given, gets the decoding's figures (``choose_with_grammar``) when it decodes."""
     from plcli.doctor import dist_version
     from plcli.grammar import DECODER_OPTIONS, spoken_text
 
@@ -116,12 +121,14 @@ def grammar_votes(rows: Sequence, cache: Path, workers: int = 2, log: Callable =
     skipped = f"; {len(todo) - len(heard)} without a pronounceable candidate get none" if len(heard) < len(todo) else ""
     log(f"asr prior: pocketsphinx decodes {len(heard)} recordings with a grammar of their candidates "
         f"({procs} process{'es' if procs > 1 else ''}{skipped}) ...")
-    chosen, timing = choose_with_grammar([str(rows[i].audio) for i in heard], [rows[i].candidates for i in heard],
-                                         workers=procs, voice=voice)
+    chosen, figures = choose_with_grammar([str(rows[i].audio) for i in heard], [rows[i].candidates for i in heard],
+                                          workers=procs, voice=voice)
+    if timing is not None:
+        timing.update(figures)
     for i, j in zip(heard, chosen, strict=True):
         votes[i] = j
-    cps = timing.get("clips_per_second")
-    log("asr prior: " + (f"{cps:.0f} clips/s, " if cps else "") + f"no result for {timing['no_result']}")
+    cps = figures.get("clips_per_second")
+    log("asr prior: " + (f"{cps:.0f} clips/s, " if cps else "") + f"no result for {figures['no_result']}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")  # one per process: DDP ranks decode side by side
     tmp.write_text(json.dumps({keys[i]: int(votes[i]) for i in todo}))
