@@ -26,6 +26,9 @@ the record says which scorer decided::
 
     {"id": "m-002", "restricted": true, "decided_by": "ctc",      # or classifier, both, combined
      "top_k": [{"label": "Meet me at Quay 7", "prob": 0.83, "known": false}, ...], ...}
+
+With a recogniser (``--fallback``, ``plcli.cascade``), rows it re-ranked say ``"decided_by":
+"recogniser"``, and their probabilities are the student's times the recogniser's, renormalised.
 """
 
 from __future__ import annotations
