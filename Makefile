@@ -18,7 +18,7 @@ CURVE_ARGS ?= --engines espeak,flite,festival,pico,mbrola --report docs/benchmar
 
 LOCK := requirements.lock
 
-.PHONY: help install install-whisper reinstall check-install lock demo test test-full bench bench-curve lint clean
+.PHONY: help install install-whisper reinstall check-install lock demo test test-full bench bench-curve bench-recognisers lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -68,6 +68,9 @@ bench: install  ## throughput benchmark and the accuracy benchmark
 bench-curve: install  ## learning curve: accuracy against training recordings (hours; resumes)
 	$(PY) -m pip install -q -e ".[dev,bench]"
 	$(PY) scripts/bench_curve.py $(CURVE_ARGS)
+
+bench-recognisers: install  ## the recogniser benchmark's table from its cells (docs/recognisers.md says how to make them)
+	$(PY) scripts/bench_recognisers.py report bench-recognisers/*.json --md docs/benchmark-recognisers.md
 
 lint: install  ## ruff
 	$(VENV)/bin/ruff check plcli tests scripts

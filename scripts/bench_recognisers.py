@@ -24,12 +24,27 @@ import numpy as np
 ROWS = ("whisper zero-shot", "pocketsphinx grammar")
 
 
-def _test_rows(demo: Path):
-    """The labelled test rows with candidates, and {id: label}."""
+def _test_rows(manifest: Path):
+    """The labelled rows with candidates, and {id: label}."""
     from plcli.data.validate import load_rows
 
-    rows = [r for r in load_rows([str(demo / "test.jsonl")], log=lambda *_: None).rows if r.candidates and r.label]
+    rows = [r for r in load_rows([str(manifest)], log=lambda *_: None).rows if r.candidates and r.label]
     return rows, {r.id: r.label for r in rows}
+
+
+def test_manifest(demo: Path, rows: int | None, out: Path) -> Path:
+    """The demo set's test manifest, or its first ``rows`` rows (written to ``out``; audio paths made absolute)."""
+    lines = (demo / "test.jsonl").read_text().splitlines()
+    if not rows:
+        return demo / "test.jsonl"
+    keep = []
+    for line in lines[:rows]:
+        r = json.loads(line)
+        r["audio"] = str((demo / r["audio"]).resolve())
+        keep.append(json.dumps(r, ensure_ascii=False))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(keep) + "\n")
+    return out
 
 
 def _within(rows, truth, votes, seed: int = 0) -> float:
@@ -39,11 +54,11 @@ def _within(rows, truth, votes, seed: int = 0) -> float:
         "accuracy_within"]
 
 
-def recogniser_rows(demo: Path, language: str, cache: Path) -> dict:
+def recogniser_rows(manifest: Path, language: str, cache: Path) -> dict:
     """Whisper base zero-shot and pocketsphinx's grammar on the test rows, with their clips/s."""
     from plcli.recognisers import recognise
 
-    rows, truth = _test_rows(demo)
+    rows, truth = _test_rows(manifest)
     out = {}
     for name, kind in zip(ROWS, ("whisper", "pocketsphinx"), strict=True):
         s = recognise(rows, kind, cache, "base", language, log=print)
@@ -52,11 +67,11 @@ def recogniser_rows(demo: Path, language: str, cache: Path) -> dict:
     return out
 
 
-def student_row(demo: Path, run: str, fallback: str, rec_speed: float | None = None) -> dict:
+def student_row(manifest: Path, run: str, fallback: str, rec_speed: float | None = None) -> dict:
     from plcli.evaluate import EvaluateConfig
     from plcli.evaluate import run as evaluate
 
-    cfg = EvaluateConfig(manifests=[str(demo / "test.jsonl")], model=run, fallback=fallback)
+    cfg = EvaluateConfig(manifests=[str(manifest)], model=run, fallback=fallback)
     cfg.validate()
     m = evaluate(cfg, log=print)
     keep = ("accuracy", "accuracy_within_candidates", "accuracy_within_candidates_model", "clips_per_second")
@@ -73,13 +88,15 @@ def student_row(demo: Path, run: str, fallback: str, rec_speed: float | None = N
 def cell(a) -> None:
     from plcli.config import cache_dir
 
-    out = {"language": a.language, "demo": str(a.demo), "machine": platform.processor() or platform.machine(),
-           "date": time.strftime("%Y-%m-%d"), **recogniser_rows(Path(a.demo), a.language, cache_dir(None))}
+    manifest = test_manifest(Path(a.demo), a.rows, Path(a.out).with_suffix(".test.jsonl"))
+    out = {"language": a.language, "demo": str(a.demo), "test_rows": a.rows or "all",
+           "machine": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d"),
+           **recogniser_rows(manifest, a.language, cache_dir(None))}
     for spec in a.run:
         name, _, run = spec.partition("=")
-        out[f"plcli, {name}"] = student_row(Path(a.demo), run, "none")
+        out[f"plcli, {name}"] = student_row(manifest, run, "none")
         if name == a.cascade:
-            out["cascade"] = student_row(Path(a.demo), run, "whisper", out[ROWS[0]]["clips_per_second"])
+            out["cascade"] = student_row(manifest, run, "whisper", out[ROWS[0]]["clips_per_second"])
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1, default=float))
 
@@ -110,6 +127,7 @@ def main() -> None:
     c.add_argument("--language", default="en")
     c.add_argument("--run", action="append", default=[], help="NAME=DISTILL_RUN")
     c.add_argument("--cascade", help="the NAME of the run evaluated with --fallback whisper too")
+    c.add_argument("--rows", type=int, help="only the first ROWS test rows (default: all)")
     c.add_argument("--out", required=True)
     r = sub.add_parser("report")
     r.add_argument("cells", nargs="+")
