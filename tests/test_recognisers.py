@@ -214,6 +214,13 @@ def test_pipeline_with_the_whisper_recogniser(tmp_path, tiny_data, tiny_whisper)
     assert all(abs(sum(c["prob"] for c in r["candidates"]) - 1) < 1e-3 for r in with_cands)
     res = run(app, ["predict", str(manifest), "--model", str(tmp_path / "st"), "--out", str(preds)])
     assert res.exit_code == 0 and "re-ranked 0 of" in res.output
+    new = tmp_path / "new.jsonl"  # a text the model never heard: by default, those rows go to Whisper
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    with_new = [{**r, "audio": str(manifest.parent / r["audio"]), "candidates": [*r["candidates"], "брандновый текст"]}
+                for r in rows if r.get("candidates")]
+    new.write_text("".join(json.dumps(r) + "\n" for r in with_new))
+    res = run(app, ["predict", str(new), "--model", str(tmp_path / "st"), "--out", str(preds)])
+    assert res.exit_code == 0 and f"re-ranked {len(with_new)} of {len(with_new)}" in res.output
     res = run(app, ["predict", str(manifest), "--model", str(tmp_path / "st"), "--out", str(preds),
                     "--fallback", "none"])
     assert res.exit_code == 0 and "re-ranked" not in res.output
