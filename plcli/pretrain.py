@@ -460,8 +460,25 @@ def _pseudo_texts(cfg: PretrainConfig, rows, log, option: str) -> list[str | Non
     language = resolve_language(cfg.data.language, row_texts(rows))  # run() has settled it; a caller may not
     votes = recognise(rows, kind, cache_dir(cfg.data.cache_dir), cfg.asr_model, language, log=log,
                       window=cfg.asr_window).votes
+    if not _better_than_chance(rows, votes, LabelNormalizer(cfg.data.labels), log):
+        votes = np.full(len(rows), -1)
     return [r.label if r.label is not None else (r.candidates[v] if v >= 0 else None)
             for r, v in zip(rows, votes, strict=True)]
+
+
+def _better_than_chance(rows, votes: np.ndarray, normalizer, log) -> bool:
+    """Whether the recogniser's choice names the exact rows' labels more often than a random
+    candidate would (smoothed as the asr prior does; True without exact rows to tell)."""
+    from plcli.asr_prior import smoothed_accuracy, vote_accuracy
+
+    hits, n = vote_accuracy(rows, votes, normalizer)
+    exact = [r for r in rows if r.label is not None and r.candidates]
+    chance = float(np.mean([1 / len(r.candidates) for r in exact])) if exact else 0.0
+    if n and smoothed_accuracy(hits, n) <= chance:
+        log(f"the recogniser names the label of {hits} of {n} exact rows, no better than chance ({chance:.2f}): "
+            "pseudo-transcripts from the exact labels only")
+        return False
+    return True
 
 
 def _pseudo_groups(cfg: PretrainConfig, rows, vocab: Vocabulary, log) -> np.ndarray:

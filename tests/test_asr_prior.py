@@ -345,7 +345,7 @@ def test_pseudo_positive_groups_join_exact_labels_and_votes(tmp_path, fake_decod
 
     rows = _rows(tmp_path, [["a b", "c d"], ["c d", "e f"], [], ["e f", "g h"], ["a b", "e f"], ["c d", "a b"]],
                  [None, "C d!", None, None, None, None])
-    fake_decoder({"r0.wav": "c d", "r4.wav": "a b", "r5.wav": "c d"})  # r3: no decoding
+    fake_decoder({"r0.wav": "c d", "r1.wav": "c d", "r4.wav": "a b", "r5.wav": "c d"})  # r3: no decoding; right on r1
     cfg = PretrainConfig(pseudo_positives=0.5)
     cfg.data.cache_dir = str(tmp_path / "cache")
     monkeypatch.setattr(asr_prior, "resolve", lambda kind: "pocketsphinx")
@@ -449,3 +449,22 @@ def test_transcript_loss_is_the_mean_ctc_loss_of_the_clips_with_a_transcript():
     assert torch.allclose(got, torch.stack(ref).mean(), atol=1e-5)
     m.transcript_lengths = torch.zeros(4, dtype=torch.long)
     assert float(m.transcript_loss(x, idx).detach()) == 0.0
+
+
+def test_pseudo_transcripts_ignore_a_recogniser_no_better_than_chance(tmp_path, fake_decoder, monkeypatch):
+    """A vote that misses every exact row (pocketsphinx's English on another language) names no
+    pseudo-transcript: only the exact labels do."""
+    from plcli.pretrain import PretrainConfig, _pseudo_texts
+
+    cands = [["a b", "c d"], ["a b", "c d"], ["c d", "e f"], ["a b", "e f"]]
+    rows = _rows(tmp_path, cands, ["a b", "c d", None, None])
+    cfg = PretrainConfig(transcript_ctc=1.0)
+    cfg.data.cache_dir = str(tmp_path / "cache")
+    monkeypatch.setattr(asr_prior, "resolve", lambda kind: "pocketsphinx")
+    said: list[str] = []
+    fake_decoder({"r0.wav": "c d", "r1.wav": "a b", "r2.wav": "e f", "r3.wav": "a b"})  # wrong on both exact rows
+    assert _pseudo_texts(cfg, rows, said.append, "transcript_ctc") == ["a b", "c d", None, None]
+    assert any("no better than chance" in m for m in said)
+    cfg.data.cache_dir = str(tmp_path / "cache2")
+    fake_decoder({"r0.wav": "a b", "r1.wav": "c d", "r2.wav": "e f", "r3.wav": "a b"})  # right on both
+    assert _pseudo_texts(cfg, rows, said.append, "transcript_ctc") == ["a b", "c d", "e f", "a b"]
