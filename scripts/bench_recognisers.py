@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def student_row(manifest: Path, run: str, fallback: str, rec_speed: float | None
 def cell(a) -> None:
     from plcli.config import cache_dir
 
-    manifest = test_manifest(Path(a.demo), a.rows, Path(a.out).with_suffix(".test.jsonl"))
+    manifest = test_manifest(Path(a.demo), a.rows, Path(tempfile.mkdtemp()) / "test.jsonl")
     out = {"language": a.language, "demo": str(a.demo), "test_rows": a.rows or "all",
            "machine": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d"),
            **recogniser_rows(manifest, a.language, cache_dir(None))}
