@@ -3,7 +3,7 @@
 The recogniser (``plcli.recognisers``) needs no training, so every exact row is a fair test of it.
 Its view becomes a distribution over each row's candidates, calibrated on the exact rows, and
 Bayes' rule multiplies it into a model's candidate probabilities: in log space, a per-candidate
-bonus that ``bonus_matrix`` builds and the stages add wherever a model's candidate-restricted
+bonus that ``prior_bonus`` builds and the stages add wherever a model's candidate-restricted
 distribution becomes a target (finetune's PRODEN targets, the distill rounds' teacher targets, the
 CTC phase's texts and the refit's ranking). Nothing changes at prediction time.
 
