@@ -5,7 +5,8 @@ Its view becomes a distribution over each row's candidates, calibrated on the ex
 Bayes' rule multiplies it into a model's candidate probabilities: in log space, a per-candidate
 bonus that ``prior_bonus`` builds and the stages add wherever a model's candidate-restricted
 distribution becomes a target (finetune's PRODEN targets, the distill rounds' teacher targets, the
-CTC phase's texts and the refit's ranking). Nothing changes at prediction time.
+CTC phase's texts and the refit's ranking). The prior changes nothing at prediction time; there the
+cascade (``plcli.cascade``) may ask the recogniser again.
 
 - A single vote (pocketsphinx, which decodes a grammar of the candidates) is one annotator with
   symmetric noise (the single-annotator case of Dawid and Skene 1979): right with probability
