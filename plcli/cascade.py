@@ -20,8 +20,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from plcli.asr_prior import distribution, fit_calibration, log_softmax_rows
-from plcli.ranking import UNKNOWN
+from plcli.asr_prior import distribution, fit_calibration
+from plcli.ranking import UNKNOWN, softmax_rows
 from plcli.recognisers import Scores
 
 # thresholds tried; 0 never asks the recogniser (but for unknown candidates), above 1 always does
@@ -46,7 +46,7 @@ def combine(probs: np.ndarray, rec_logp: np.ndarray, rows: np.ndarray) -> np.nda
     """(N, K) candidate probabilities: ``rows`` re-ranked by ``probs * exp(rec_logp)``, the rest as they are."""
     with np.errstate(divide="ignore"):
         z = np.log(probs) + rec_logp[:, : probs.shape[1]]
-    return np.where(rows[:, None], np.exp(log_softmax_rows(z)), probs)
+    return np.where(rows[:, None], softmax_rows(z), probs)
 
 
 def choose(probs: np.ndarray, scores: Scores, classes: np.ndarray, truth_pos: np.ndarray,
