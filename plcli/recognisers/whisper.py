@@ -180,13 +180,3 @@ class WhisperScorer:
                        .reshape(len(cs), 2))
             at += len(cs)
         return out
-
-    def detect_language(self, waves: Sequence[np.ndarray]) -> str:
-        """The language Whisper hears most often in ``waves``."""
-        votes: dict[str, float] = {}
-        for w in waves:
-            enc = self.encode([w], bucket_frames(len(w), self.window))
-            best = self.whisper.model.detect_language(enc)[0][0]
-            code = best[0].strip("<|>")
-            votes[code] = votes.get(code, 0.0) + 1.0
-        return max(votes, key=votes.get)
