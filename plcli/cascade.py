@@ -21,11 +21,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from plcli.asr_prior import distribution, fit_calibration
-from plcli.ranking import UNKNOWN, softmax_rows
+from plcli.ranking import PAD, UNKNOWN, softmax_rows
 from plcli.recognisers import Scores
 
 # thresholds tried; 0 never asks the recogniser (but for unknown candidates), above 1 always does
 THRESHOLDS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.01)
+VOTE_ACCURACY = 0.7  # pocketsphinx's vote where its run measured none (its grammar row: 0.77 on the English demo set)
 DEFAULT = {"threshold": 0.9, "calibration": {"alpha": 0.0, "temperature": 1.0}, "chosen_on": "default"}
 
 
@@ -36,8 +37,12 @@ def needs_recogniser(probs: np.ndarray, classes: np.ndarray, threshold: float) -
     return (probs.max(1) < threshold) | (classes == UNKNOWN).any(1)
 
 
-def recogniser_logp(scores: Scores, calibration: dict) -> np.ndarray:
-    """(N, K) the recogniser's calibrated log-probabilities; 0 on rows it did not score."""
+def recogniser_logp(scores: Scores, calibration: dict, classes: np.ndarray | None = None,
+                    accuracy: float = VOTE_ACCURACY) -> np.ndarray:
+    """(N, K) the recogniser's calibrated log-probabilities; 0 on rows it did not score. A voting
+    recogniser (no ``logp``): ``accuracy`` at its vote among the row's candidates (``classes``)."""
+    if scores.logp is None:
+        return distribution(scores, (classes != PAD).sum(1), classes.shape[1], accuracy=accuracy)
     k = np.isfinite(scores.logp).sum(1)
     return distribution(scores, k, scores.logp.shape[1], calibration=calibration)
 
@@ -74,9 +79,10 @@ def cascade_of(extra: dict | None) -> dict:
     return {**DEFAULT, **((extra or {}).get("cascade") or {})}
 
 
-def resolve_fallback(kind: str, model: str, cache) -> str:
+def resolve_fallback(kind: str, model: str, cache, language: str = "en") -> str:
     """``kind`` made concrete: "auto" is "whisper" where faster-whisper runs and ``model`` is a
-    local folder or Whisper base from the extra's wheels, else "none"."""
+    local folder or Whisper base from the extra's wheels, else "pocketsphinx" for English where it
+    is installed (its model is US English), else "none"."""
     from plcli.errors import UserError
 
     if kind not in FALLBACKS:
@@ -85,13 +91,14 @@ def resolve_fallback(kind: str, model: str, cache) -> str:
         return kind
     from pathlib import Path
 
+    from plcli.grammar import unavailable as ps_unavailable
     from plcli.recognisers.whisper import BASE_WHEELS, base_dir, unavailable, wheel_data
 
-    if unavailable():
-        return "none"
     local = Path(model).is_dir() or (model in ("base", "whisper-base") and (
         (base_dir(cache) / "model.bin").is_file() or all(map(wheel_data, BASE_WHEELS))))
-    return "whisper" if local else "none"
+    if not unavailable() and local:
+        return "whisper"
+    return "pocketsphinx" if language == "en" and ps_unavailable() is None else "none"
 
 
 def apply(ranked: dict, rows: Sequence, classes: np.ndarray, setting: dict, cache, log=print,
@@ -104,14 +111,9 @@ def apply(ranked: dict, rows: Sequence, classes: np.ndarray, setting: dict, cach
     has = np.array([bool(r.candidates) for r in rows])
     sent = needs_recogniser(ranked["probs"], classes, setting["threshold"]) & has
     ask = np.flatnonzero(has if every_row else sent)
-    n, k = classes.shape
-    logp, tokens = np.full((n, k), -np.inf), np.zeros((n, k), dtype=np.int64)
-    if len(ask):
-        s = recognise([rows[i] for i in ask], "whisper", cache, setting["model"], setting["language"], log=log,
-                      window=setting["window"])
-        logp[ask, : s.logp.shape[1]], tokens[ask, : s.logp.shape[1]] = s.logp, s.tokens
-    scores = Scores("whisper", np.where(np.isfinite(logp).any(1), logp.argmax(1), -1), logp, tokens)
-    probs = combine(ranked["probs"], recogniser_logp(scores, setting["calibration"]), sent)
+    scores = _scores(rows, ask, classes.shape, setting, cache, log)
+    rec = recogniser_logp(scores, setting["calibration"], classes, setting.get("accuracy", VOTE_ACCURACY))
+    probs = combine(ranked["probs"], rec, sent)
     with np.errstate(divide="ignore"):
         combined = np.where(sent[:, None], np.log(probs), ranked["combined"])
     decided = [("recogniser" if s else d) for d, s in zip(ranked["decided_by"], sent, strict=True)]
@@ -119,7 +121,27 @@ def apply(ranked: dict, rows: Sequence, classes: np.ndarray, setting: dict, cach
     return out, {"scores": scores, "sent": sent}
 
 
-FALLBACKS = ("auto", "none", "whisper")
+def _scores(rows: Sequence, ask: np.ndarray, shape: tuple[int, int], setting: dict, cache, log) -> Scores:
+    """The fallback recogniser's scores of ``rows[ask]`` laid out over all rows (N, K)."""
+    from plcli.recognisers import recognise
+
+    n, k = shape
+    kind = setting.get("kind", "whisper")
+    sub = [rows[i] for i in ask]
+    if kind == "pocketsphinx":
+        votes = np.full(n, -1, dtype=np.int64)
+        if len(ask):
+            s = recognise(sub, kind, cache, language=setting["language"], log=log)
+            votes[ask] = s.votes
+        return Scores(kind, votes)
+    logp, tokens = np.full((n, k), -np.inf), np.zeros((n, k), dtype=np.int64)
+    if len(ask):
+        s = recognise(sub, kind, cache, setting["model"], setting["language"], log=log, window=setting["window"])
+        logp[ask, : s.logp.shape[1]], tokens[ask, : s.logp.shape[1]] = s.logp, s.tokens
+    return Scores(kind, np.where(np.isfinite(logp).any(1), logp.argmax(1), -1), logp, tokens)
+
+
+FALLBACKS = ("auto", "none", "whisper", "pocketsphinx")
 
 
 def curve_metrics(probs: np.ndarray, scores: Scores, classes: np.ndarray, truth_pos: np.ndarray,
@@ -130,7 +152,7 @@ def curve_metrics(probs: np.ndarray, scores: Scores, classes: np.ndarray, truth_
     rows = truth_pos >= 0
     if not rows.any():
         return {}
-    rec = recogniser_logp(scores, setting["calibration"])
+    rec = recogniser_logp(scores, setting["calibration"], classes, setting.get("accuracy", VOTE_ACCURACY))
     hit = lambda p: float((p.argmax(1) == truth_pos)[rows].mean())  # noqa: E731
     grid = []
     for t in sorted({*THRESHOLDS, setting["threshold"]}):
@@ -157,13 +179,26 @@ def setting_for(fallback: str, below: float | None, model_path, extra: dict | No
 
         conf = read_run_config(run)
     asr_model = asr_model or conf.get("asr_model") or "base"
-    if resolve_fallback(fallback, asr_model, cache) == "none":
+    lang = language or (conf.get("data") or {}).get("language") or "en"
+    kind = resolve_fallback(fallback, asr_model, cache, lang)
+    if kind == "none":
         return None
     stored = cascade_of(extra)
+    # asked for by name, the threshold chosen at training; auto, and pocketsphinx (weaker than the
+    # student on the texts it heard), only the rows with a text it never heard
     threshold = below if below is not None else (stored["threshold"] if fallback == "whisper" else 0.0)
-    lang = language or (conf.get("data") or {}).get("language") or "en"
-    return {**stored, "threshold": float(threshold), "model": asr_model, "language": lang,
-            "window": float(window or conf.get("asr_window") or 30.0)}
+    return {**stored, "kind": kind, "threshold": float(threshold), "model": asr_model, "language": lang,
+            "window": float(window or conf.get("asr_window") or 30.0), "accuracy": _vote_accuracy(run)}
+
+
+def _vote_accuracy(run) -> float:
+    """pocketsphinx's vote accuracy on the run's exact rows (its ``metrics.json``), else ``VOTE_ACCURACY``."""
+    import json
+
+    m = run / "metrics.json"
+    prior = (json.loads(m.read_text()).get("asr_prior") or {}) if m.is_file() else {}
+    a = prior.get("accuracy") if prior.get("kind") == "pocketsphinx" else None
+    return float(a) if a is not None else VOTE_ACCURACY
 
 
 def tune(model, vocab, rows: Sequence, feats, ranking: dict, cache, asr_model: str, language: str, window: float,

@@ -27,7 +27,7 @@ MANIFESTS = typer.Argument(..., help="training manifests (.jsonl or .csv)", show
 CONFIG = typer.Option(None, "--config", help="YAML file with any option; flags override it")
 SEED = typer.Option(None, "--seed", help="random seed")
 CACHE = typer.Option(None, "--cache-dir", help="feature cache (default $PLCLI_CACHE or ~/.cache/plcli)")
-FALLBACK = typer.Option(None, "--fallback", help="whisper, none, or auto (default: whisper where installed, for never-heard texts)")
+FALLBACK = typer.Option(None, "--fallback", help="whisper, pocketsphinx, none, or auto (default: whisper, else pocketsphinx, for never-heard texts)")
 FALLBACK_BELOW = typer.Option(None, "--fallback-below", help="re-rank with the recogniser the rows whose top probability is below P")
 TRAINER, DATA = "Training (any config field: --set trainer.KEY=VALUE)", "Data"
 ASR = "Recogniser (docs/asr-prior.md)"

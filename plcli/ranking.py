@@ -20,6 +20,12 @@ The closed-set posterior ``p(j|x)`` names only messages of the model's vocabular
 ``lambda``, ``length_norm`` and ``beta`` are chosen on validation rows (``choose_ranking``; the distill stage
 does it on ``--ranking-manifest`` or its held-out exact rows) and stored with the model
 (``model.pt``'s ``extra["ranking"]``). ``decided_by`` says per row which scorer the ranking followed.
+
+A row that holds a text outside the vocabulary (an *open* row) is ranked with weights of its own,
+``extra["ranking"]["open"]``: the closed-set head cannot name such a text, so weights chosen on rows
+of known texts say nothing about it (chosen there, the CTC weight is often 0 and a new message can
+never win). The open weights are chosen only on validation rows whose truth is a new message (at
+least ``MIN_NEW_ROWS``); without them they are ``OPEN_DEFAULT``, measured on never-heard messages.
 """
 
 from __future__ import annotations
@@ -37,6 +43,10 @@ INFEASIBLE_MARGIN = 10.0
 DEFAULT = {"ctc_weight": 1.0, "length_norm": True, "prior_weight": 0.0, "temperature": 1.0, "chosen_on": "default"}
 # prior corrections tried (per CTC score unit per log count); 0 first, so ties keep none
 PRIOR_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2)
+# open rows' weights without validation rows saying a new message: the best (ctc_weight, prior_weight)
+# on the dev speakers of a 30-known / 10-never-heard split (scripts/measure_open_ranking.py)
+OPEN_DEFAULT = {"ctc_weight": 1.0, "prior_weight": 0.1, "chosen_on": "default (never-heard messages)"}
+MIN_NEW_ROWS = 5
 # temperatures tried when the ranking's softmax is calibrated (log-spaced, 1e-2 to 1e4)
 TEMPERATURES = tuple(float(t) for t in np.logspace(-2, 4, 61))
 
@@ -169,19 +179,28 @@ def prior_corrected(ctc: np.ndarray, beta: float, fam: np.ndarray | None) -> np.
     return ctc if not beta or fam is None else ctc - beta * fam
 
 
-def choose_ranking(cls: np.ndarray, ctc_by_norm: dict[bool, np.ndarray], truth_pos: np.ndarray,
-                   lambdas: Sequence[float] = LAMBDAS, fam: np.ndarray | None = None,
-                   prior_weights: Sequence[float] = PRIOR_WEIGHTS) -> dict:
-    """The (prior_weight, ctc_weight, length_norm) with the best within-candidate accuracy on rows
-    with a truth among their candidates; ties go to the smaller prior weight, then the smaller CTC
-    weight (``prior_weights`` are tried only with ``fam``, the candidates' ``familiarity``). Then
-    the softmax temperature of that ranking's scores, fitted on the same rows
-    (``fit_temperature``). Returns a dict of primitives with the accuracy of every setting tried
-    (``grid``)."""
-    rows = truth_pos >= 0
-    if not rows.any():
-        return {**DEFAULT, "rows": 0}
-    grid, best, best_s = [], None, None
+def open_rows(classes: np.ndarray) -> np.ndarray:
+    """(N,) bool: rows with a candidate outside the vocabulary (``classes`` from ``candidate_classes``)."""
+    return (classes == UNKNOWN).any(1)
+
+
+def ranked_scores(cls: np.ndarray, ctc: np.ndarray | None, setting: dict, fam: np.ndarray | None,
+                  is_open: np.ndarray | None) -> np.ndarray:
+    """(N, K) combined scores under ``setting`` (``ranking_of``'s keys): open rows (``is_open``)
+    with ``setting["open"]``'s weights, the rest with the setting's own."""
+    own = combine(cls, None if ctc is None else prior_corrected(ctc, setting.get("prior_weight", 0.0), fam),
+                  float(setting["ctc_weight"]))
+    o = setting.get("open")
+    if ctc is None or o is None or is_open is None or not is_open.any():
+        return own
+    opened = combine(cls, prior_corrected(ctc, o["prior_weight"], fam), float(o["ctc_weight"]))
+    return np.where(is_open[:, None], opened, own)
+
+
+def _best_weights(cls, ctc_by_norm, truth_pos, rows, lambdas, fam, prior_weights) -> tuple[dict, list]:
+    """The (prior_weight, ctc_weight, length_norm) with the best within-candidate accuracy on
+    ``rows``; ties go to the smaller prior weight, then the smaller CTC weight."""
+    grid, best = [], None
     for beta in (prior_weights if fam is not None else (0.0,)):
         for norm, ctc in ctc_by_norm.items():
             s = prior_corrected(ctc, beta, fam)
@@ -189,11 +208,37 @@ def choose_ranking(cls: np.ndarray, ctc_by_norm: dict[bool, np.ndarray], truth_p
                 acc = float((combine(cls[rows], s[rows], lam).argmax(1) == truth_pos[rows]).mean())
                 grid.append({"ctc_weight": lam, "length_norm": norm, "prior_weight": beta, "accuracy": acc})
                 if best is None or acc > best["accuracy"] + 1e-12:
-                    best, best_s = grid[-1], s
-    combined = combine(cls, best_s, best["ctc_weight"])
-    return {"ctc_weight": best["ctc_weight"], "length_norm": best["length_norm"],
-            "prior_weight": best["prior_weight"], "accuracy": best["accuracy"],
-            "temperature": fit_temperature(combined, truth_pos), "rows": int(rows.sum()), "grid": grid}
+                    best = grid[-1]
+    return best, grid
+
+
+def choose_ranking(cls: np.ndarray, ctc_by_norm: dict[bool, np.ndarray], truth_pos: np.ndarray,
+                   lambdas: Sequence[float] = LAMBDAS, fam: np.ndarray | None = None,
+                   prior_weights: Sequence[float] = PRIOR_WEIGHTS, classes: np.ndarray | None = None) -> dict:
+    """The ranking's weights (``_best_weights``) on rows with a truth among their candidates that
+    hold no text outside the vocabulary (``classes``; all rows without it); the open rows' weights
+    on rows whose truth is such a text, where there are ``MIN_NEW_ROWS``, else ``OPEN_DEFAULT``;
+    then the softmax temperature of the resulting scores on all rows (``fit_temperature``).
+    Returns a dict of primitives with the accuracy of every setting tried (``grid``)."""
+    rows = truth_pos >= 0
+    is_open = open_rows(classes) if classes is not None else np.zeros(len(truth_pos), dtype=bool)
+    closed = rows & ~is_open if (rows & ~is_open).any() else rows
+    if not rows.any():
+        return {**DEFAULT, "rows": 0, "open": dict(OPEN_DEFAULT)}
+    best, grid = _best_weights(cls, ctc_by_norm, truth_pos, closed, lambdas, fam, prior_weights)
+    new = rows & is_open
+    if classes is not None:
+        new &= classes[np.arange(len(rows)), np.clip(truth_pos, 0, None)] == UNKNOWN
+    opened = {**OPEN_DEFAULT, "rows": int(new.sum())}
+    if new.sum() >= MIN_NEW_ROWS:
+        norm = best["length_norm"]
+        o, _ = _best_weights(cls, {norm: ctc_by_norm[norm]}, truth_pos, new, lambdas, fam, prior_weights)
+        opened = {"ctc_weight": o["ctc_weight"], "prior_weight": o["prior_weight"], "accuracy": o["accuracy"],
+                  "rows": int(new.sum()), "chosen_on": "validation rows saying a new message"}
+    out = {"ctc_weight": best["ctc_weight"], "length_norm": best["length_norm"],
+           "prior_weight": best["prior_weight"], "accuracy": best["accuracy"], "open": opened}
+    combined = ranked_scores(cls, ctc_by_norm[best["length_norm"]], out, fam, is_open)
+    return {**out, "temperature": fit_temperature(combined, truth_pos), "rows": int(rows.sum()), "grid": grid}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,7 +312,7 @@ def ranking_of(extra: dict | None) -> dict:
     """The ranking settings stored with a model (``extra["ranking"]``), or the defaults."""
     r = (extra or {}).get("ranking") or {}
     keys = ("ctc_weight", "length_norm", "prior_weight", "temperature", "chosen_on")
-    return {**DEFAULT, **{k: r[k] for k in keys if k in r}}
+    return {**DEFAULT, **{k: r[k] for k in keys if k in r}, "open": {**OPEN_DEFAULT, **(r.get("open") or {})}}
 
 
 def rank(probs: np.ndarray, scores: dict, classes: np.ndarray, ranking: dict, counts=None) -> dict:
@@ -280,11 +325,8 @@ def rank(probs: np.ndarray, scores: dict, classes: np.ndarray, ranking: dict, co
     ctc = None
     if "nll" in scores:
         ctc = ctc_scores(scores["nll"], scores["lengths"], scores["valid"], bool(ranking["length_norm"]))
-    beta = float(ranking.get("prior_weight", 0.0))
-    corrected = ctc
-    if ctc is not None and beta and counts is not None:
-        corrected = prior_corrected(ctc, beta, familiarity(classes, counts))
-    combined = combine(cls, corrected, float(ranking["ctc_weight"]))
+    fam = familiarity(classes, counts) if counts is not None else None
+    combined = ranked_scores(cls, ctc, ranking, fam, open_rows(classes))
     return {"classifier": cls, "ctc": ctc, "combined": combined,
             "probs": softmax_rows(combined / float(ranking.get("temperature", 1.0))),
             "top": combined.argmax(1), "decided_by": decided_by(cls, ctc, combined)}
@@ -303,7 +345,7 @@ def tune(model, vocab, feats, candidates: Sequence[Sequence[str]], truths: Seque
     cls = closed_set_scores(probs, classes)
     by_norm = {norm: ctc_scores(scores["nll"], scores["lengths"], scores["valid"], norm) for norm in (True, False)}
     pos = truth_positions(candidates, truths, vocab.normalizer)
-    out = choose_ranking(cls, by_norm, pos, fam=familiarity(classes, vocab.counts))
+    out = choose_ranking(cls, by_norm, pos, fam=familiarity(classes, vocab.counts), classes=classes)
     out["new_message_rows"] = new_message_rows(classes, pos)
     out["chosen_on"] = chosen_on if out.get("rows") else "default (no validation row with its truth among the candidates)"
     return out
@@ -335,5 +377,7 @@ def tune_ranking(model, vocab, features, held_rows, held_feats, manifest: str | 
     log(f"combined ranking: CTC weight {out['ctc_weight']}, length norm {out['length_norm']}, "
         f"prior correction {out.get('prior_weight', 0.0)}, temperature {out.get('temperature', 1.0):.3g}, "
         f"within-candidate accuracy {out.get('accuracy', float('nan')):.3f} on {where}, "
-        f"{out.get('new_message_rows', 0)} of them saying a message outside the vocabulary")
+        f"{out.get('new_message_rows', 0)} of them saying a message outside the vocabulary; rows with a "
+        f"text outside it: CTC weight {out['open']['ctc_weight']}, prior correction {out['open']['prior_weight']} "
+        f"({out['open']['chosen_on']})")
     return out

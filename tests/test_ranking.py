@@ -84,6 +84,53 @@ def test_choose_ranking_picks_the_best_setting_on_validation_rows():
     assert ranking.choose_ranking(cls, {True: ctc}, np.full(n, -1))["rows"] == 0
 
 
+def _open_case(n_new: int, seed: int = 0):
+    """Closed rows (3 known candidates) where the classifier is right and the CTC head wrong, and
+    ``n_new`` open rows whose truth is an unknown text that only the CTC score finds."""
+    rng = np.random.default_rng(seed)
+    n = 40 + n_new
+    classes = np.tile(np.array([0, 1, 2]), (n, 1))
+    classes[40:, 2] = ranking.UNKNOWN
+    truth = np.zeros(n, dtype=np.int64)
+    truth[40:] = 2
+    cls = np.log(np.tile([0.8, 0.15, 0.05], (n, 1)))
+    cls[40:] = np.log([0.6, 0.39, 0.01])
+    ctc = np.tile([-5.0, -1.0, -3.0], (n, 1)) + rng.normal(0, 0.01, (n, 3))
+    ctc[40:] = [-3.0, -3.0, -0.5]
+    return cls, ctc, truth, classes
+
+
+def test_open_rows_get_weights_of_their_own():
+    """Closed rows want no CTC weight; the open rows' weight is never chosen on them: it is the
+    default until there are MIN_NEW_ROWS rows saying a new message, then chosen there."""
+    cls, ctc, truth, classes = _open_case(ranking.MIN_NEW_ROWS - 1)
+    out = ranking.choose_ranking(cls, {True: ctc}, truth, classes=classes)
+    assert out["ctc_weight"] == 0.0 and out["accuracy"] == 1.0
+    assert out["open"]["ctc_weight"] == ranking.OPEN_DEFAULT["ctc_weight"] and out["open"]["chosen_on"].startswith("default")
+    cls, ctc, truth, classes = _open_case(ranking.MIN_NEW_ROWS)
+    out = ranking.choose_ranking(cls, {True: ctc}, truth, classes=classes)
+    assert out["ctc_weight"] == 0.0 and out["open"]["rows"] == ranking.MIN_NEW_ROWS
+    assert out["open"]["ctc_weight"] > 0 and out["open"]["accuracy"] == 1.0
+    # rank applies each set of weights to its own rows: every row right
+    both = ranking.ranked_scores(cls, ctc, out, None, ranking.open_rows(classes))
+    assert (both.argmax(1) == truth).all()
+    one = ranking.ranked_scores(cls, ctc, {**out, "open": None}, None, ranking.open_rows(classes))
+    assert (one.argmax(1) == truth)[40:].sum() == 0  # the closed rows' weight alone never names the new text
+    assert ranking.ranking_of({"ranking": {"ctc_weight": 0.0}})["open"] == ranking.OPEN_DEFAULT
+
+
+def test_open_default_with_the_prior_correction_lets_a_new_text_win():
+    """A CTC head that prefers the familiar text: the open default's prior correction lifts the new one."""
+    classes = np.array([[0, ranking.UNKNOWN]])
+    cls = np.log(np.array([[0.5, 0.5]]))
+    ctc = np.array([[-1.0, -1.1]])  # the heard text scores a little better
+    fam = ranking.familiarity(classes, [200])
+    setting = ranking.ranking_of(None)
+    assert setting["open"]["prior_weight"] > 0
+    assert ranking.ranked_scores(cls, ctc, setting, fam, ranking.open_rows(classes)).argmax(1)[0] == 1
+    assert ranking.ranked_scores(cls, ctc, setting, None, ranking.open_rows(classes)).argmax(1)[0] == 0
+
+
 @pytest.mark.parametrize("true_t", [0.1, 3.0, 300.0])
 def test_fit_temperature_recovers_the_temperature_of_calibrated_scores(true_t):
     rng = np.random.default_rng(1)

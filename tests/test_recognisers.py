@@ -271,6 +271,34 @@ def test_cascade_threshold_is_the_smallest_with_the_best_accuracy():
     assert cascade.choose(probs, scores, classes, np.full(4, -1))["chosen_on"].startswith("default")
 
 
+def test_a_vote_recogniser_enters_the_cascade_at_its_accuracy():
+    """pocketsphinx's vote as the fallback: accuracy a at the voted candidate, the rest shared, so a
+    row the model is unsure of follows the vote and a sure one keeps the model's choice."""
+    from plcli import cascade
+    from plcli.ranking import PAD, UNKNOWN
+
+    probs = np.array([[0.5, 0.3, 0.2], [0.97, 0.02, 0.01], [0.7, 0.3, 0.0]])
+    classes = np.array([[0, UNKNOWN, UNKNOWN], [0, 1, UNKNOWN], [0, 1, PAD]])
+    scores = Scores("pocketsphinx", np.array([2, 1, -1]))
+    rec = cascade.recogniser_logp(scores, {}, classes, accuracy=0.8)
+    assert np.allclose(np.exp(rec[0]), [0.1, 0.1, 0.8]) and np.allclose(rec[2], 0.0)  # no vote: no view
+    out = cascade.combine(probs, rec, cascade.needs_recogniser(probs, classes, 0.0))
+    assert out.argmax(1).tolist() == [2, 0, 0]
+    assert np.allclose(out[2], probs[2])  # no unknown text, sure enough: not sent
+
+
+def test_auto_fallback_is_whisper_else_pocketsphinx_for_english(tmp_path, monkeypatch):
+    from plcli import cascade
+    from plcli.recognisers import whisper
+
+    monkeypatch.setattr(whisper, "unavailable", lambda: "faster-whisper is not installed")
+    assert cascade.resolve_fallback("auto", "base", tmp_path, "en") == "pocketsphinx"
+    assert cascade.resolve_fallback("auto", "base", tmp_path, "ru") == "none"  # its model is US English
+    assert cascade.resolve_fallback("none", "base", tmp_path, "en") == "none"
+    monkeypatch.setattr(whisper, "unavailable", lambda: None)
+    assert cascade.resolve_fallback("auto", str(tmp_path), tmp_path, "ru") == "whisper"  # a local model folder
+
+
 def test_whisper_base_names_what_synthetic_speech_says(tmp_path, whisper_base):
     """The real model, where the whisper extra is installed: on a few degraded espeak-ng recordings
     of the demo chat it ranks the true message first among ten candidates far above chance (0.1);
