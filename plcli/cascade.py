@@ -106,7 +106,6 @@ def apply(ranked: dict, rows: Sequence, classes: np.ndarray, setting: dict, cach
     """Re-rank, in ``ranked`` (``plcli.ranking.rank``'s output), the rows the recogniser is asked
     about (``needs_recogniser`` at ``setting["threshold"]``; ``every_row``: score all rows, for
     ``evaluate``'s curve, but re-rank the same ones). Returns it with the recogniser's scores."""
-    from plcli.recognisers import recognise
 
     has = np.array([bool(r.candidates) for r in rows])
     sent = needs_recogniser(ranked["probs"], classes, setting["threshold"]) & has

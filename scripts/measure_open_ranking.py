@@ -38,8 +38,16 @@ def main() -> int:
     ap.add_argument("--manifest", required=True)
     ap.add_argument("--json")
     a = ap.parse_args()
-    from plcli.ranking import (LAMBDAS, PRIOR_WEIGHTS, UNKNOWN, closed_set_scores, ctc_scores, familiarity,
-                               open_rows, ranked_scores)
+    from plcli.ranking import (
+        LAMBDAS,
+        PRIOR_WEIGHTS,
+        UNKNOWN,
+        closed_set_scores,
+        ctc_scores,
+        familiarity,
+        open_rows,
+        ranked_scores,
+    )
 
     rows, probs, scores, classes, pos, vocab, setting = scored(a.model, a.manifest)
     cls = closed_set_scores(probs, classes)
