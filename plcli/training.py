@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import logging
 import math
+import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -35,8 +38,11 @@ def build_trainer(tc: TrainerConfig, out: Path, monitor: str | None = None, mode
     if monitor:
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
                                          auto_insert_metric_name=False, enable_version_counter=False))
-    if tc.progress:
+    bar = tc.progress and sys.stderr.isatty()  # a log file gets one line per epoch instead
+    if bar:
         callbacks.append(RichProgressBar(leave=True) if importlib.util.find_spec("rich") else TQDMProgressBar())
+    elif tc.progress:
+        callbacks.append(EpochLines())
     callbacks.extend(extra_callbacks or [])
     # one version folder per (re)start: Lightning's CSV writer would otherwise drop the earlier history
     loggers: list = [CSVLogger(save_dir=str(out), name="logs")]
@@ -61,12 +67,38 @@ def build_trainer(tc: TrainerConfig, out: Path, monitor: str | None = None, mode
         logger=loggers,
         log_every_n_steps=tc.log_every_n_steps,
         deterministic=tc.deterministic,
-        enable_progress_bar=tc.progress,
+        enable_progress_bar=bar,
         enable_model_summary=False,
         default_root_dir=str(out),
         plugins=[AtomicCheckpointIO()],
         **kwargs,
     )
+
+
+class NoAdvertising(logging.Filter):
+    """Drops Lightning's "💡 Tip: ... try installing litlogger / litmodels" lines from every stage's log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(NoAdvertising())
+
+
+class EpochLines(Callback):
+    """One line per epoch for a log file (no TTY): the epoch, its logged metrics and its seconds."""
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        keep = {k: v for k, v in trainer.callback_metrics.items() if not k.endswith("_step") and v.numel() == 1}
+        metrics = "  ".join(f"{k.removesuffix('_epoch')} {float(v):.4g}" for k, v in sorted(keep.items()))
+        seconds = time.perf_counter() - getattr(self, "t0", time.perf_counter())
+        print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  {metrics}  ({seconds:.1f} s)", flush=True)
 
 
 def _sync_batchnorm(tc: TrainerConfig) -> bool:
