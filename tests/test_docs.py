@@ -25,8 +25,8 @@ CODE_SKIP = ("plcli/bench/",)
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 SPLICE = re.compile(r"<!--\s*[\w-]+\s*:\s*(start|end)\s*-->")
 DATED = re.compile(r"\b\d{4}-\d{2}(-\d{2})?\b|\b(morning|afternoon|evening|night|over time)\b", re.I)
-# a docs page followed by a quoted, parenthesised or section-marked title, or an anchor
-CITE = re.compile(r"docs/[\w./-]+\.md(?:#|(?:\s*[,:(]\s*|\s+)[\"“'‘§])")
+# a docs page (or the README) followed by a quoted, parenthesised or section-marked title, or an anchor
+CITE = re.compile(r"(?:docs/[\w./-]+\.md|README(?:\.md)?)(?:#|(?:\s*[,:(]\s*|\s+)[\"“'‘§])")
 
 
 def words(path: Path) -> int:
@@ -125,6 +125,7 @@ def test_the_checks_catch_what_they_are_for(tmp_path):
     assert CITE.search("docs/asr-prior.md#limits")
     assert not CITE.search("docs/recognisers.md's table")
     assert not CITE.search("(docs/benchmark.md) has the method")
+    assert CITE.search("(see README, 'Labels')") and not CITE.search("documented in the README:")
     assert SPLICE.search("<!-- curve:start -->") and SPLICE.search("<!-- results:end -->")
     assert DATED.search("## Teacher levers (2026-12-03, afternoon)")
     assert DATED.search("## `make demo` over time") and not DATED.search("## Decisions and their evidence")
