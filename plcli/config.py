@@ -268,7 +268,7 @@ class FeatureConfig(Config):
 
 @dataclass
 class LabelConfig(Config):
-    """How label text is normalised before it enters the vocabulary (see README, 'Labels')."""
+    """How label text is normalised before it enters the vocabulary (see docs/data.md)."""
 
     lowercase: bool = opt(True, "case-fold labels ('See you' == 'see you')")
     nfkc: bool = opt(True, "Unicode NFKC normalisation (full-width and compatibility forms)")

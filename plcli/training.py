@@ -155,8 +155,8 @@ def epochs_for_steps(epochs: int, min_steps: int, steps_per_epoch: int) -> int:
     """``epochs``, or more where that many epochs would stay under ``min_steps`` optimiser steps.
 
     A small data set gives few steps per epoch; both pretraining and the head on the frozen encoder
-    kept improving well past the steps that a fixed epoch count gives it (docs/benchmark.md,
-    "Pretraining levers" and "Teacher levers"), while a large data set reaches them in fewer epochs.
+    kept improving well past the steps that a fixed epoch count gives it (docs/benchmark.md),
+    while a large data set reaches them in fewer epochs.
     """
     return max(epochs, math.ceil(min_steps / max(1, steps_per_epoch)))
 

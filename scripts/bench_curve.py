@@ -1,4 +1,4 @@
-"""`make bench-curve`: the learning-curve benchmark, ``plcli.bench.curve`` (docs/benchmark.md, "Learning curve").
+"""`make bench-curve`: the learning-curve benchmark, ``plcli.bench.curve`` (docs/benchmark.md).
 
     python scripts/bench_curve.py                      # the full curve (many hours on 2 CPU cores)
     python scripts/bench_curve.py --report docs/benchmark.md --png docs/benchmark-curve.png   # ... and publish it

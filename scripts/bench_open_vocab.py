@@ -6,7 +6,7 @@ On a ``plcli demo-data`` folder (long-tail vocabulary, e.g. ``--vocabulary long-
 ``--val-messages S`` a seeded share S of the training chat's messages is held out of training
 altogether as well: their recordings join the validation rows and their texts leave the training
 rows' candidate sets, so that the ranking is chosen on rows with never-heard messages among them,
-as the test chat has (docs/ctc.md, "Validation rows with messages held out of training"). Then
+as the test chat has (docs/ctc.md). Then
 pretrain -> finetune -> distill run with their defaults (plus any ``--distill-args``), and the
 student predicts the speaker-disjoint test set. Reported, as one JSON object (also written to
 ``WORK/result.json``):

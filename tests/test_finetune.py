@@ -110,7 +110,7 @@ def test_finetune_min_steps_adds_epochs_on_small_data(pretrained, monkeypatch):
     from plcli.finetune import FinetuneConfig
 
     cfg = FinetuneConfig()
-    # the defaults chosen on validation speakers (docs/benchmark.md, "Teacher levers")
+    # the defaults chosen on validation speakers (docs/benchmark.md)
     assert cfg.trainer.batch_size == 64 and cfg.min_steps == 1000 and cfg.copies == 0
     root, manifest, _ = pretrained
     monkeypatch.setenv("PLCLI_CACHE", str(root / "cache"))

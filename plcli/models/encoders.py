@@ -48,7 +48,7 @@ from torch import nn
 
 POOLS = ("asp", "meanmax", "mean")
 INPUT_NORMS = ("utterance", "cmn", "batch", "none")
-# what new runs use (docs/benchmark.md, "Pretraining levers"); modules default to "utterance", which
+# what new runs use (docs/benchmark.md); modules default to "utterance", which
 # is what models saved before the option existed were trained with
 DEFAULT_INPUT_NORM = "cmn"
 
