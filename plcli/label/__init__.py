@@ -1,0 +1,1 @@
+"""``plcli label``: exact labels for the recordings that matter (docs/labelling.md)."""
