@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -10,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from label_fixtures import CANDS, serving, write_manifest
+from typer.testing import CliRunner
 
-from plcli.label.store import read_labels
+from plcli.label.store import LabelStore, read_labels
 
 
 def get(url: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
@@ -176,3 +182,40 @@ def test_model_orders_by_uncertainty_spread_across_predictions(manifest, tmp_pat
         s = json.loads(get(url + "/api/state")[2])
         assert s["item"]["id"] == rows[order[0]].id and s["item"]["reason"] == reasons[order[0]]
         assert s["item"]["reason"].startswith("model unsure:")
+
+
+# -- the command -----------------------------------------------------------------------------------
+
+
+def test_label_command_refuses_a_second_process_on_the_same_file(manifest, tmp_path):
+    from plcli.cli import app
+
+    labels = tmp_path / "labels.jsonl"
+    with LabelStore(labels):
+        res = CliRunner().invoke(app, ["label", str(manifest), "--labels", str(labels), "--no-browser"])
+    assert res.exit_code == 2 and "in use by another" in res.output and "labels.jsonl" in res.output
+
+
+def test_label_command_serves_until_interrupted(manifest, tmp_path):
+    labels = tmp_path / "labels.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "COLUMNS": "200"}
+    proc = subprocess.Popen([sys.executable, "-m", "plcli", "label", str(manifest), "--labels", str(labels),
+                             "--port", "0", "--no-browser"], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url, lines = None, []
+        deadline = time.time() + 60
+        while url is None and time.time() < deadline:
+            line = proc.stderr.readline()
+            lines.append(line)
+            if "labelling page:" in line:
+                url = line.split("labelling page:")[1].split()[0].rstrip("/")
+        assert url, "".join(lines)
+        s = json.loads(get(url + "/api/state")[2])
+        post(url + "/api/answer", {"id": s["item"]["id"], "label": s["item"]["candidates"][1]})
+        proc.send_signal(signal.SIGINT)
+        rest = proc.communicate(timeout=30)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, rest
+    assert "1 answer(s) this session" in rest
+    assert read_labels(labels) == {s["item"]["id"]: s["item"]["candidates"][1]}
