@@ -108,7 +108,7 @@ class Handler(BaseHTTPRequestHandler):
         except AnswerError as e:
             self._error(e.status, str(e))
         except OSError as e:
-            Handler.log_fn(f"error: cannot write the labels file: {e}")
+            self.log_fn(f"error: cannot write the labels file: {e}")
             self._error(500, f"cannot write the labels file: {e}; nothing was recorded")
 
     def _answer(self, body: dict) -> dict:
