@@ -219,3 +219,11 @@ def test_label_command_serves_until_interrupted(manifest, tmp_path):
     assert proc.returncode == 0, rest
     assert "1 answer(s) this session" in rest
     assert read_labels(labels) == {s["item"]["id"]: s["item"]["candidates"][1]}
+
+
+def test_label_command_names_a_missing_manifest(tmp_path):
+    from plcli.cli import app
+
+    res = CliRunner().invoke(app, ["label", str(tmp_path / "no.jsonl"), "--labels", str(tmp_path / "l.jsonl"),
+                                   "--no-browser"])
+    assert res.exit_code == 2 and "no.jsonl: manifest not found" in " ".join(res.output.split())

@@ -33,7 +33,7 @@ def read_rows(manifests: list[str], log: Callable[[str], None]) -> list[Row]:
         got, problems, _ = read_manifest(m)
         fatal = [p for p in problems if p.line == 0]
         if fatal:
-            raise DataError(str(fatal[0]))
+            raise DataError(f"{fatal[0].file}: {fatal[0].reason}")
         for p in problems:
             log(f"warning: {p} (row left out)")
         for r in got:
