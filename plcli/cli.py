@@ -464,6 +464,34 @@ def export(
 
 
 @app.command()
+@handle_errors
+def label(
+    manifests: list[Path] = typer.Argument(..., help="manifest(s) whose recordings to label", show_default=False),
+    labels: Path = typer.Option(..., "--labels", help="labels file (JSONL, append-only): created if missing, continued if present"),
+    model: Path = typer.Option(None, "--model", help="finetune or distill run: ask first about the recordings it is least sure of (default: a random sample across speakers)"),
+    port: int = typer.Option(None, "--port", help="port (default: 8765, else a free one)"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address the page is served on"),
+    browser: bool = typer.Option(True, "--browser/--no-browser", help="open the page in a web browser (only where a display exists)"),
+    seed: int = typer.Option(0, "--seed", help="seed of the random order without --model"),
+    uncertainty: str = typer.Option("least-confident", "--uncertainty", help="with --model: least-confident or margin"),
+    cache_dir: Path = CACHE,
+):
+    """Label recordings in a local web page: play each one, pick its transcript among its candidates.
+
+    Keys 1-9 and 0 pick a candidate, n none of these, s skip, u undo. Every answer is appended to
+    --labels at once; stop with Ctrl-C and run again to continue (docs/labelling.md).
+    """
+    from plcli.config import load_config
+    from plcli.label import LabelPageConfig, run
+
+    run(load_config(LabelPageConfig, None, {
+        "manifests": [str(m) for m in manifests], "labels": str(labels), "model": str(model) if model else None,
+        "port": port, "host": host, "browser": browser, "seed": seed, "uncertainty": uncertainty,
+        "cache_dir": str(cache_dir) if cache_dir else None,
+    }), log=log)
+
+
+@app.command()
 def doctor(
     cache_dir: Path = CACHE,
     json_out: bool = typer.Option(False, "--json", help="print the report as JSON instead of tables"),
