@@ -252,6 +252,7 @@ def demo_data(
     language: str = typer.Option(None, "--language", help="language of the phrases and voices: en (default), de, es or ru"),
     zipf: float = typer.Option(None, "--zipf", help="Zipf exponent of message popularity (0: uniform)"),
     new_messages: float = typer.Option(None, "--new-messages", help="share of messages only the test chat uses (never heard in training)"),
+    missing_truth: float = typer.Option(None, "--missing-truth", help="share of voice messages nobody typed: candidates miss the truth"),
     train: int = typer.Option(None, "--train", help="training recordings"),
     test: int = typer.Option(None, "--test", help="test recordings (speakers unseen in training)"),
     exact_fraction: float = typer.Option(None, "--exact-fraction", help="share of training rows with an exact label"),
@@ -264,7 +265,7 @@ def demo_data(
     from plcli.demo import DemoConfig, generate_demo
 
     cfg = load_config(DemoConfig, config, {
-        "phrases": phrases, "vocabulary": vocabulary, "language": language, "zipf": zipf, "new_messages": new_messages, "train": train, "test": test,
+        "phrases": phrases, "vocabulary": vocabulary, "language": language, "zipf": zipf, "new_messages": new_messages, "missing_truth": missing_truth, "train": train, "test": test,
         "exact_fraction": exact_fraction, "seed": seed, "workers": workers, "engines": engines,
     })
     from rich.progress import Progress

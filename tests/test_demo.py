@@ -202,6 +202,28 @@ def test_chat_candidates_hold_the_true_text():
         assert v.candidates[v.position] == v.label and len(v.candidates) == 5
 
 
+def test_missing_truth_rows_have_candidates_that_miss_their_message(tmp_path):
+    cfg = DemoConfig(candidates=5, phrases=12, missing_truth=0.2)
+    phrases = list(PHRASES[:12])
+    pop = zipf_popularity(12, 1.0, np.random.default_rng(1))
+    msgs, voices = simulate_chat(300, 10, ["a", "b", "c"], phrases, pop, cfg, np.random.default_rng(2))
+    missing = [v for v in voices if v.candidates and not v.holds_truth]
+    assert len(voices) == 300 and len(missing) == round(0.2 * 290)
+    for v in missing:
+        after = [x for t, x, _ in msgs if t > v.time]
+        assert [norm(c) for c in v.candidates] == list(dict.fromkeys(map(norm, after)))[:5]  # the next 5 texts
+        assert norm(v.label) == norm(phrases[v.phrase]) and norm(v.label) not in {norm(c) for c in v.candidates}
+    # through generate_demo: exact labels only on typed rows; test rows miss it too; counts in meta.json
+    summary = generate_demo(tmp_path / "d", DemoConfig(**{**TINY, "missing_truth": 0.25}))
+    truth = {r["id"]: r["label"] for r in read_jsonl(tmp_path / "d" / "truth.jsonl")}
+    train = read_jsonl(tmp_path / "d" / "train.jsonl")
+    lacks = [r for r in train if r["candidates"] and norm(truth[r["id"]]) not in {norm(c) for c in r["candidates"]}]
+    assert len(lacks) == summary["train_missing_truth"] > 0
+    assert all("label" not in r for r in lacks)
+    test = read_jsonl(tmp_path / "d" / "test.jsonl")
+    assert sum(norm(r["label"]) not in {norm(c) for c in r["candidates"]} for r in test) == summary["test_missing_truth"] > 0
+
+
 def test_bad_options_and_foreign_folders(tmp_path):
     with pytest.raises(UserError, match="candidates"):
         DemoConfig(phrases=10, candidates=10).validate()

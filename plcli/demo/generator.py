@@ -97,6 +97,10 @@ class DemoConfig(Config):
         max=1.0,
     )
     zipf: float = opt(1.0, "Zipf exponent of phrase popularity (0: uniform)", min=0.0)
+    missing_truth: float = opt(
+        0.0, "share of voice messages nobody typed: their candidates miss their message (train and test)",
+        min=0.0, max=0.9,
+    )
     new_messages: float = opt(
         0.0,
         "share of the messages that only the test chat uses: never heard (nor typed) in training, "
@@ -148,7 +152,11 @@ class VoiceMessage:
     phrase: int
     candidates: list[str]
     label: str  # the candidate that is the transcript, as typed; the phrase itself without candidates
-    position: int = -1  # index of the label among the candidates
+    position: int = -1  # index of the label among the candidates; -1: not among them (or none)
+
+    @property
+    def holds_truth(self) -> bool:
+        return self.position >= 0
 
 
 def zipf_popularity(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
@@ -199,11 +207,13 @@ def simulate_chat(
     text never shares a timestamp with another text). A random share of texts was first recorded
     as a voice message ``d`` seconds earlier; ``d`` is redrawn until the text is among the voice
     message's first ``k`` distinct following texts, so the true position depends on ``d`` and
-    on how busy the chat was. ``n_unlabelled`` more voice messages follow the last text.
+    on how busy the chat was. ``n_unlabelled`` more voice messages follow the last text. A share
+    ``cfg.missing_truth`` of the others was never typed: its candidates do not hold its message.
     """
     key = LabelNormalizer()
     k = cfg.candidates
-    n_lab = n_voice - n_unlabelled
+    n_missing = int(round(cfg.missing_truth * (n_voice - n_unlabelled)))
+    n_lab = n_voice - n_unlabelled - n_missing
     tail = 4 * k  # texts after the last voice message's text, so its candidate list is full
     n_msg = max(n_lab, int(math.ceil(n_lab / cfg.voice_share))) + tail
     gaps = 2 + np.round(rng.exponential(cfg.message_gap - 2, n_msg)).astype(np.int64)
@@ -232,6 +242,7 @@ def simulate_chat(
                 break
         else:  # unreachable: with d = 1 the text is the first one after t
             raise AssertionError("no delay puts the text among the candidates")
+    voices += _untyped(n_missing, times, keys, texts, authors, phrases, popularity, k, taken, tail, rng)
 
     last = times[-1]
     extra = np.sort(rng.uniform(60, 3600, size=n_unlabelled)).round().astype(np.int64)
@@ -242,6 +253,23 @@ def simulate_chat(
         )
     voices.sort(key=lambda v: v.time)
     return messages, voices
+
+
+def _untyped(n: int, times, keys, texts, authors, phrases, popularity, k: int, taken: set, tail: int,
+             rng: np.random.Generator) -> list[VoiceMessage]:
+    """``n`` voice messages nobody typed: at random times in the chat, a phrase the next ``k``
+    distinct texts do not hold."""
+    key = LabelNormalizer()
+    out: list[VoiceMessage] = []
+    while len(out) < n:
+        t = int(rng.integers(times[0], times[-tail]))
+        s = int(rng.choice(len(phrases), p=popularity))
+        cands, ckeys = _candidates(times, keys, texts, t, k)
+        if t in taken or key(phrases[s]) in ckeys:
+            continue
+        taken.add(t)
+        out.append(VoiceMessage(t, authors[int(rng.integers(len(authors)))], s, cands, phrases[s]))
+    return out
 
 
 def iso(t: int) -> str:
@@ -517,13 +545,15 @@ def _write_outputs(out, cfg, engines, voices, train_spk, test_spk, phrases, popu
     _write_csv(out / "chat" / "labels.csv", ["id", "label"],
                [[ids[TRAIN][i], train_voices[i].label] for i in sorted(exact)])  # fmt: skip
 
-    positions = Counter(v.position for v in train_voices if v.candidates)
+    positions = Counter(v.position for v in train_voices if v.candidates and v.holds_truth)
     levels = [Counter(d["level"] for d in info[s]) for s in (TRAIN, TEST)]
     counts = {
         "train": len(train_voices),
         "train_exact": n_exact,
         "train_candidates_only": len(labelled) - n_exact,
         "train_unlabelled": len(train_voices) - len(labelled),
+        "train_missing_truth": sum(1 for v in train_voices if v.candidates and not v.holds_truth),
+        "test_missing_truth": sum(1 for v in test_voices if v.candidates and not v.holds_truth),
         "test": len(test_voices),
         "chat_messages": len(train_msgs),
         "phrases": len(phrases),
@@ -562,8 +592,9 @@ def _write_manifests(out: Path, cfg: DemoConfig, splits, ids, info) -> tuple[lis
     train_voices = splits[TRAIN]
     rng = np.random.default_rng([cfg.seed, 13])
     labelled = [i for i, v in enumerate(train_voices) if v.candidates]
-    n_exact = min(len(labelled), int(round(cfg.exact_fraction * len(train_voices))))
-    exact = set(rng.choice(labelled, size=n_exact, replace=False).tolist()) if n_exact else set()
+    typed = [i for i in labelled if train_voices[i].holds_truth]  # an exact label comes from a typed text
+    n_exact = min(len(typed), int(round(cfg.exact_fraction * len(train_voices))))
+    exact = set(rng.choice(typed, size=n_exact, replace=False).tolist()) if n_exact else set()
     rows: tuple[list[dict], list[dict]] = ([], [])
     for s, vs in enumerate(splits):
         for i, v in enumerate(vs):
@@ -588,9 +619,10 @@ A simulated group chat: {counts["train_speakers"]} synthetic speakers type {coun
 
 train.jsonl   {counts["train"]} voice messages. `candidates`: the next {cfg.candidates} distinct chat texts after
               the recording (its transcript is one of them); {counts["train_exact"]} rows also have an exact `label`;
-              {counts["train_unlabelled"]} were sent after the last text and have no candidates.
+              {counts["train_unlabelled"]} were sent after the last text and have no candidates;
+              {counts["train_missing_truth"]} were never typed: their candidates miss their message.
 test.jsonl    {counts["test"]} voice messages by {counts["test_speakers"]} speakers (and voices) not heard in training;
-              every row has `label` and `candidates`.
+              every row has `label` and `candidates` ({counts["test_missing_truth"]} without the label among them).
 truth.jsonl   the true label of every training row. For evaluation only: a model must not read it.
 audio/        16-bit PCM WAV, {cfg.sample_rate} Hz mono, with recording conditions from clean to hard
               (noise, babble, reverb, telephone and low-bitrate codecs, clipping; see `degradation`).
