@@ -407,6 +407,8 @@ def predict(
     cache_dir: Path = CACHE,
     fallback: str = FALLBACK,
     fallback_below: float = FALLBACK_BELOW,
+    abstain: bool = typer.Option(False, "--abstain", help="answer none where none_of_these passes the threshold"),
+    abstain_above: float = typer.Option(None, "--abstain-above", help="none_of_these threshold (default: the run's)"),
 ):
     """Top-k labels per recording, restricted to its candidates when it has them (JSON Lines)."""
     from plcli.config import load_config
@@ -416,6 +418,7 @@ def predict(
         "manifests": [str(m) for m in manifests], "model": str(model), "out": str(out), "top_k": top_k,
         "batch_size": batch_size, "skip_invalid": skip_invalid, "rejects": str(rejects) if rejects else None,
         "cache_dir": str(cache_dir) if cache_dir else None, "fallback": fallback, "fallback_below": fallback_below,
+        "abstain": abstain, "abstain_above": abstain_above,
     })
     s = run(cfg, log=log)
     log(f"wrote {s['rows']} predictions ({s['restricted']} restricted to candidates) to {out}; "

@@ -93,6 +93,7 @@ def run(cfg: EvaluateConfig, log=print, console=None) -> dict:
     if model.has_ctc or setting:
         metrics.update(ranked_metrics(rows, truth, probs, scores, vocab, getattr(model, "extra", None), setting,
                                       cache_dir(cfg.cache_dir), cfg.fallback == "whisper", log))
+    metrics.update(missing_truth_metrics(probs, y, mask, rows, truth, vocab))
     lab = y != -2
     metrics["per_class"] = _per_class(probs.argmax(axis=1)[lab], y[lab], vocab)
     metrics = jsonable(metrics)
@@ -107,6 +108,27 @@ def run(cfg: EvaluateConfig, log=print, console=None) -> dict:
         atomic_write_json(cfg.json_out, metrics)
     print_report(metrics, console)
     return metrics
+
+
+def missing_truth_metrics(probs: np.ndarray, y: np.ndarray, mask: np.ndarray, rows, truth: dict[str, str],
+                          vocab) -> dict:
+    """Where some labelled rows' candidates miss their truth (nobody typed the note): how many, the
+    all-class accuracy on the rows whose candidates hold it, and the AUROC of ``none_of_these``
+    (``plcli.metrics``) for telling the two apart. Empty where every set holds its truth."""
+    from plcli.metrics import accuracy, auroc, none_of_these
+    from plcli.ranking import truth_positions
+
+    cands = [r.candidates for r in rows]
+    pos = truth_positions(cands, [truth.get(r.id) for r in rows], vocab.normalizer)
+    has = np.array([r.id in truth and bool(r.candidates) for r in rows], dtype=bool)
+    held, missed = has & (pos >= 0), has & (pos < 0)
+    if not missed.any():
+        return {}
+    score = none_of_these(probs, mask)
+    ok = has & np.isfinite(score)
+    return {"missing_truth_rows": int(missed.sum()),
+            "accuracy_truth_held": accuracy(probs.argmax(1)[held], y[held]),
+            "none_of_these_auroc": auroc(score[ok], missed[ok])}
 
 
 def ranked_metrics(rows, truth: dict[str, str], probs: np.ndarray, scores: dict, vocab, extra: dict | None,
@@ -250,6 +272,9 @@ def print_report(metrics: dict, console=None, max_classes: int = 40) -> None:
         ("accuracy_within_candidates_ctc", "  CTC head alone"),
         ("accuracy_within_candidates_unknown", "  on messages outside the vocabulary"),
         ("unknown_truth_rows", "  rows whose message is outside the vocabulary"),
+        ("missing_truth_rows", "rows whose candidates miss their message"),
+        ("accuracy_truth_held", "  accuracy (all classes) on the rows whose candidates hold it"),
+        ("none_of_these_auroc", "  AUROC of none_of_these for telling them apart"),
         ("macro_f1", "macro-F1"),
         ("covering_rate", "covering rate"),
         ("ece", f"expected calibration error ({metrics.get('ece_bins', ECE_BINS)} bins)"),

@@ -140,6 +140,30 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bi
     return float(np.sum(counts[used] / n * np.abs(acc[used] - mean_conf[used])))
 
 
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
+    """Area under the ROC curve of ``scores`` for the ``positive`` rows against the rest: the chance
+    that a random positive scores above a random negative, ties counting half (the Mann-Whitney U
+    statistic from average ranks); None without both kinds of rows."""
+    scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if not n_pos or not n_neg:
+        return None
+    order = np.argsort(scores, kind="stable")
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(1, len(scores) + 1)
+    for v in np.unique(scores):  # ties share their average rank
+        tie = scores == v
+        ranks[tie] = ranks[tie].mean()
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def none_of_these(probs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(N,) the classifier's probability mass outside each row's known candidates (``mask`` (N, C)):
+    its belief that the row's message is none of them; NaN on rows without known candidates."""
+    inside = (np.asarray(probs, dtype=np.float64) * mask).sum(1)
+    return np.where(mask.any(1), np.clip(1.0 - inside, 0.0, 1.0), np.nan)
+
+
 def classification_metrics(
     probs: np.ndarray, y: np.ndarray, mask: np.ndarray | None = None, n_bins: int = ECE_BINS
 ) -> dict:

@@ -29,6 +29,10 @@ the record says which scorer decided::
 
 With a recogniser (``--fallback``, ``plcli.cascade``), rows it re-ranked say ``"decided_by":
 "recogniser"``, and their probabilities are the student's times the recogniser's, renormalised.
+
+A row with known candidates also carries ``none_of_these``: the model's probability mass outside
+them, its belief that nobody typed the note (``plcli.metrics.none_of_these``); with ``--abstain``,
+``"abstained": true`` where it passes the threshold (the run's, or ``--abstain-above``).
 """
 
 from __future__ import annotations
@@ -129,6 +133,8 @@ class PredictConfig(Config):
     fallback_below: float | None = opt(None, "send rows whose top candidate probability is below this to the recogniser (default: chosen at training)", min=0.0, max=1.01)
     asr_model: str | None = opt(None, "Whisper model (default: the run's)")
     asr_window: float | None = opt(None, "seconds Whisper's encoder sees per clip (default: the run's)", min=3.0, max=30.0)
+    abstain: bool = opt(False, "answer none where none_of_these passes the threshold (default: the run's)")
+    abstain_above: float | None = opt(None, "none_of_these threshold for --abstain", min=0.0, max=1.0)
 
     def check(self) -> None:
         if not self.manifests:
@@ -172,6 +178,7 @@ def run(cfg: PredictConfig, log=print) -> dict:
     else:
         probs, timing = infer(model, features, [r.audio for r in rows], cfg.cache_dir, cfg.batch_size, log=log)
     records = prediction_records([r.id for r in rows], probs, cands, vocab, cfg.top_k, ranked=ranked)
+    abstained = _none_of_these(records, rows, probs, vocab, cfg, getattr(model, "extra", None))
     with atomic_open(out, "w") as f:
         for rec in records:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -180,11 +187,36 @@ def run(cfg: PredictConfig, log=print) -> dict:
         "rows": len(rows),
         "restricted": sum(r["restricted"] for r in records),
         **({"decided_by": decided} if decided else {}),
+        **({"abstained": abstained} if cfg.abstain else {}),
         **cascade,
         "stage": stage,
         "out": str(out),
         **timing,
     }
+
+
+ABSTAIN_ABOVE = 0.5  # a model that stores no threshold: none_of_these more likely than not
+
+
+def _none_of_these(records: list[dict], rows, probs: np.ndarray, vocab, cfg: PredictConfig,
+                   extra: dict | None) -> int:
+    """Each record with candidates gets ``none_of_these`` (``plcli.metrics``); with ``--abstain``,
+    ``abstained``: true where it passes the threshold. Returns how many abstained."""
+    from plcli.data.datasets import candidate_matrix
+    from plcli.metrics import none_of_these
+
+    score = none_of_these(probs, candidate_matrix(rows, vocab))
+    stored = ((extra or {}).get("abstain") or {}).get("threshold")
+    above = cfg.abstain_above if cfg.abstain_above is not None else stored if stored is not None else ABSTAIN_ABOVE
+    n = 0
+    for rec, row, v in zip(records, rows, score, strict=True):
+        if not row.candidates or not np.isfinite(v):
+            continue
+        rec["none_of_these"] = round(float(v), 6)
+        if cfg.abstain:
+            rec["abstained"] = bool(v > above)
+            n += rec["abstained"]
+    return n
 
 
 def _cascade(ranked: dict, rows, classes, setting: dict, cache, log) -> tuple[dict, dict]:

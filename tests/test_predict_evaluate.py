@@ -21,12 +21,14 @@ from plcli.evaluate import EvaluateConfig
 from plcli.evaluate import run as evaluate
 from plcli.metrics import (
     accuracy,
+    auroc,
     calibration_bins,
     classification_metrics,
     confusion_matrix,
     covering_rate,
     expected_calibration_error,
     macro_f1,
+    none_of_these,
     per_class_metrics,
     restricted_predictions,
     within_candidate_accuracy,
@@ -152,6 +154,19 @@ def test_prediction_records_by_hand():
     assert one["top_k"] == [{"label": "c", "prob": 1.0}] and one["candidates"][0]["rank"] == 2
 
 
+def test_auroc_against_every_pair_and_none_of_these_by_hand():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        scores = rng.integers(0, 6, 40).astype(float)  # many ties
+        pos = rng.random(40) < 0.3
+        pairs = [1.0 if a > b else 0.5 if a == b else 0.0 for a in scores[pos] for b in scores[~pos]]
+        assert auroc(scores, pos) == pytest.approx(np.mean(pairs))
+    assert auroc(np.array([1.0, 2.0]), np.array([True, True])) is None
+    assert auroc(np.array([0.1, 0.9, 0.5]), np.array([False, True, False])) == 1.0
+    got = none_of_these(PROBS, MASK)
+    assert np.isnan(got[0]) and got[1:] == pytest.approx([0.5, 0.3, 0.7, 0.8])
+
+
 # -- runs on tiny data -----------------------------------------------------------------------------
 
 
@@ -234,6 +249,28 @@ def test_predict_run(world, tmp_path, which):
             assert [t["label"] for t in rec["top_k"]] == [vocab.display[k] for k in np.argsort(-p)[:2]]
 
 
+def test_predict_none_of_these_and_abstain(world, tmp_path):
+    out = tmp_path / "pred.jsonl"
+    cfg = PredictConfig(manifests=[str(world["manifest"])], model=str(world["model"]), out=str(out),
+                        cache_dir=str(world["cache"]), abstain=True, abstain_above=0.6)
+    summary = predict(cfg, log=lambda *_: None)
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    rows, probs = _probs(world, world["manifest"])
+    vocab = world["vocab"]
+    want = 0
+    for rec, row, p in zip(recs, rows, probs, strict=True):
+        if not row.candidates:
+            assert "none_of_these" not in rec and "abstained" not in rec
+            continue
+        outside = 1.0 - p[vocab.indices(row.candidates)].sum()
+        assert rec["none_of_these"] == pytest.approx(outside, abs=1e-5)
+        assert rec["abstained"] == (outside > 0.6)
+        want += outside > 0.6
+    assert summary["abstained"] == want
+    predict(PredictConfig(**{**cfg.to_dict(), "abstain": False}), log=lambda *_: None)
+    assert not any("abstained" in json.loads(line) for line in out.read_text().splitlines())
+
+
 def test_predict_validates_its_manifest(world, tmp_path):
     bad = tmp_path / "bad.jsonl"
     lines = world["new"].read_text().splitlines()
@@ -280,6 +317,34 @@ def test_evaluate_run_with_truth_and_report(world, tmp_path):
     for name in ("confusion_matrix.png", "reliability.png"):
         assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (report / "per_class.csv").read_text().startswith("label,precision,recall,f1,support")
+
+
+def test_evaluate_reports_rows_whose_candidates_miss_the_truth(world, tmp_path):
+    """Rows marked none_of_these (their candidates miss their label) pass validation; evaluate gives
+    their count, the accuracy on the other rows and the AUROC of none_of_these between the two."""
+    rows = [json.loads(line) for line in world["manifest"].read_text().splitlines()]
+    rows = [{**r, "label": world["truth_map"][r["id"]]} for r in rows if r.get("candidates")]
+    texts = sorted({c for r in rows for c in r["candidates"]})
+    for r in rows[::2]:
+        r["candidates"] = [t for t in texts if t != r["label"]][:3]
+        r["none_of_these"] = True
+    for r in rows:
+        r["audio"] = str(world["manifest"].parent / r["audio"])
+    man = tmp_path / "missing.jsonl"
+    man.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = evaluate(EvaluateConfig(manifests=[str(man)], model=str(world["model"]), cache_dir=str(world["cache"])),
+                 log=lambda *_: None, console=_quiet_console())
+    loaded, probs = _probs(world, man)
+    vocab = world["vocab"]
+    mask = np.array([[vocab.display[j] in r.candidates for j in range(len(vocab))] for r in loaded])
+    missed = np.array([bool(r.extra.get("none_of_these")) for r in loaded])
+    assert m["missing_truth_rows"] == missed.sum() == len(rows[::2])
+    assert m["none_of_these_auroc"] == pytest.approx(auroc(none_of_these(probs, mask), missed))
+    y = np.array([vocab.index(r.label) for r in loaded])
+    assert m["accuracy_truth_held"] == pytest.approx(float((probs.argmax(1) == y)[~missed].mean()))
+    assert "missing_truth_rows" not in evaluate(
+        EvaluateConfig(manifests=[str(world["manifest"])], model=str(world["model"]), cache_dir=str(world["cache"])),
+        log=lambda *_: None, console=_quiet_console())
 
 
 def test_evaluate_uses_manifest_labels_without_truth(world, tmp_path):

@@ -164,7 +164,7 @@ def validate_manifests(paths: list[str | Path], normalizer: LabelNormalizer | No
             lk = normalizer(r.label)
             if not lk:
                 bad.setdefault(i, []).append("empty label")
-            elif r.candidates and lk not in keys:
+            elif r.candidates and lk not in keys and not r.extra.get("none_of_these"):
                 bad.setdefault(i, []).append(f"label {r.label!r} is not among the row's candidates")
 
     durations: dict[str, float] = {}

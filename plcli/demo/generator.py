@@ -601,6 +601,8 @@ def _write_manifests(out: Path, cfg: DemoConfig, splits, ids, info) -> tuple[lis
             row: dict = {"id": ids[s][i], "audio": f"audio/{ids[s][i]}.wav", "candidates": v.candidates}
             if s == TEST or i in exact:
                 row["label"] = v.label
+            if s == TEST and v.candidates and not v.holds_truth:
+                row["none_of_these"] = True  # the label is not among the candidates: nobody typed it
             row.update(speaker=v.author, timestamp=iso(v.time), degradation=describe(info[s][i]))
             rows[s].append(row)
     atomic_write_jsonl(out / "train.jsonl", rows[TRAIN])
