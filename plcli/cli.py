@@ -397,7 +397,7 @@ def distill(
 @app.command()
 @handle_errors
 def predict(
-    manifests: list[Path] = typer.Argument(..., help="manifest(s) to predict (labels and candidates optional)", show_default=False),
+    manifests: list[Path] = typer.Argument(..., help="manifest(s) or a WhatsApp/Telegram export to predict", show_default=False),
     model: Path = typer.Option(..., "--model", help="finetune or distill run directory"),
     out: Path = typer.Option(..., "--out", "-o", help="predictions file to write (JSONL)"),
     top_k: int = typer.Option(5, "--top-k", min=1, help="labels per recording"),

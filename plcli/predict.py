@@ -157,7 +157,9 @@ def run(cfg: PredictConfig, log=print) -> dict:
         raise UserError(f"--out {out} is a folder; give a file name such as predictions.jsonl")
     model, vocab, features, stage = load_predictor(cfg.model)
     rejects = cfg.rejects or str(out.with_name(out.name + ".rejects.jsonl"))
-    rows = load_rows(cfg.manifests, vocab.normalizer, cfg.skip_invalid, rejects, log=log).rows
+    manifests = [m if is_manifest(m) else str(manifest_from_export(m, out, vocab.normalizer, log))
+                 for m in cfg.manifests]
+    rows = load_rows(manifests, vocab.normalizer, cfg.skip_invalid, rejects, log=log).rows
     cands = [r.candidates for r in rows]
     ranked, cascade = None, {}
     from plcli.cascade import setting_for
@@ -180,8 +182,11 @@ def run(cfg: PredictConfig, log=print) -> dict:
     records = prediction_records([r.id for r in rows], probs, cands, vocab, cfg.top_k, ranked=ranked)
     abstained = _none_of_these(records, rows, probs, vocab, cfg, getattr(model, "extra", None))
     with atomic_open(out, "w") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        if out.suffix.lower() == ".csv":
+            write_csv(f, records, rows)
+        else:
+            for rec in records:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
     decided = dict(Counter(r["decided_by"] for r in records if "decided_by" in r))
     return {
         "rows": len(rows),
@@ -193,6 +198,47 @@ def run(cfg: PredictConfig, log=print) -> dict:
         "out": str(out),
         **timing,
     }
+
+
+MANIFEST_SUFFIXES = (".jsonl", ".ndjson", ".csv", ".tsv")
+CSV_COLUMNS = ("file", "time", "message", "probability", "runner_up", "runner_up_probability", "none_of_these",
+               "speaker", "id")
+
+
+def is_manifest(path: str) -> bool:
+    """A manifest file (JSONL or CSV) rather than a chat export (zip, folder, .txt log, result.json)."""
+    return Path(path).suffix.lower() in MANIFEST_SUFFIXES and not Path(path).is_dir()
+
+
+def manifest_from_export(export: str, out: Path, key, log) -> Path:
+    """``plcli data from-chat`` on a chat export: its manifest beside ``out`` (``OUT.manifest.jsonl``,
+    voice notes in ``OUT-media``), with every voice note, typed or not."""
+    from plcli.data.chat import write_manifest
+    from plcli.data.exports import import_export
+
+    if not Path(export).exists():
+        raise UserError(f"{export}: no such manifest or chat export")
+    path = out.with_name(out.stem + ".manifest.jsonl")
+    rows, summary = import_export(export, out_path=path, key=key, media_dir=out.with_name(out.stem + "-media"))
+    write_manifest(rows, path)
+    skipped = len(summary.get("skipped") or [])
+    typed = sum(bool(r["candidates"]) for r in rows)
+    log(f"{export}: {len(rows)} voice notes, {typed} with candidates"
+        + (f", {skipped} skipped (unreadable or missing)" if skipped else "") + f" -> {path}")
+    return path
+
+
+def write_csv(f, records: list[dict], rows) -> None:
+    """The predictions as a table a person reads: per voice note its file and time, the chosen
+    message and its probability, the runner-up, and ``none_of_these``."""
+    import csv
+
+    w = csv.writer(f)
+    w.writerow(CSV_COLUMNS)
+    for rec, row in zip(records, rows, strict=True):
+        top = rec["top_k"] + [{"label": "", "prob": ""}] * 2
+        w.writerow([Path(row.audio).name, row.extra.get("timestamp", ""), top[0]["label"], top[0]["prob"],
+                    top[1]["label"], top[1]["prob"], rec.get("none_of_these", ""), row.speaker or "", rec["id"]])
 
 
 ABSTAIN_ABOVE = 0.5  # a model that stores no threshold: none_of_these more likely than not

@@ -16,7 +16,7 @@ from plcli.config import FeatureConfig
 from plcli.data.features import FeatureCache
 from plcli.data.labels import Vocabulary
 from plcli.data.validate import load_rows
-from plcli.errors import DataError
+from plcli.errors import DataError, UserError
 from plcli.evaluate import EvaluateConfig
 from plcli.evaluate import run as evaluate
 from plcli.metrics import (
@@ -269,6 +269,32 @@ def test_predict_none_of_these_and_abstain(world, tmp_path):
     assert summary["abstained"] == want
     predict(PredictConfig(**{**cfg.to_dict(), "abstain": False}), log=lambda *_: None)
     assert not any("abstained" in json.loads(line) for line in out.read_text().splitlines())
+
+
+def test_predict_reads_a_chat_export_and_writes_a_table(world, tmp_path):
+    """A WhatsApp export straight into predict: its voice notes, as a CSV a person reads."""
+    import csv
+
+    from test_chat_exports import ANDROID_GB, GB_MEDIA, make_zip
+
+    export = make_zip(tmp_path / "chat.zip", ANDROID_GB, "WhatsApp Chat with Trip.txt", GB_MEDIA)
+    out = tmp_path / "voice_notes.csv"
+    cfg = PredictConfig(manifests=[str(export)], model=str(world["model"]), out=str(out), cache_dir=str(world["cache"]))
+    summary = predict(cfg, log=lambda *_: None)
+    table = list(csv.DictReader(out.open()))
+    assert summary["rows"] == len(table) == 3
+    assert [r["file"] for r in table] == [f"PTT-20220713-WA000{i}.opus" for i in (1, 3, 4)]
+    assert [r["time"] for r in table] == ["2022-07-13T19:54:00", "2022-07-13T19:58:00", "2022-07-13T19:59:00"]
+    manifest = [json.loads(line) for line in (tmp_path / "voice_notes.manifest.jsonl").read_text().splitlines()]
+    jl = tmp_path / "same.jsonl"
+    predict(PredictConfig(**{**cfg.to_dict(), "manifests": [str(tmp_path / "voice_notes.manifest.jsonl")],
+                             "out": str(jl)}), log=lambda *_: None)
+    for row, rec, m in zip(table, (json.loads(x) for x in jl.read_text().splitlines()), manifest, strict=True):
+        assert row["message"] == rec["top_k"][0]["label"] and float(row["probability"]) == rec["top_k"][0]["prob"]
+        assert row["runner_up"] == (rec["top_k"][1]["label"] if len(rec["top_k"]) > 1 else "")
+        assert row["id"] == m["id"] and row["speaker"] == m["speaker"]
+    with pytest.raises(UserError, match="no such manifest or chat export"):
+        predict(PredictConfig(**{**cfg.to_dict(), "manifests": [str(tmp_path / "gone.zip")]}), log=lambda *_: None)
 
 
 def test_predict_validates_its_manifest(world, tmp_path):
