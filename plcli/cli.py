@@ -396,6 +396,52 @@ def distill(
 
 @app.command()
 @handle_errors
+def train(
+    source: Path = typer.Argument(..., metavar="SOURCE", help="manifest or WhatsApp/Telegram export", show_default=False),
+    out: Path = typer.Option(..., "--out", "-o", help="run folder: RUN/pretrain, RUN/finetune, RUN/distill"),
+    labels: Path = typer.Option(None, "--labels", help="labels file from plcli label: its answers become exact labels"),
+    resume: str = typer.Option(None, "--resume", help="'auto': skip finished stages, continue the unfinished one"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run folder"),
+    config: Path = typer.Option(None, "--config", help="YAML file with a mapping of options per stage"),
+    set_: list[str] = typer.Option(None, "--set", help="STAGE.KEY=VALUE, e.g. distill.rounds=3 (repeatable)"),
+):
+    """Pretrain, finetune and distill in one run folder, from a manifest or a chat export."""
+    import yaml
+
+    from plcli.config import load_config
+    from plcli.train import TrainConfig, run
+
+    cfg = load_config(TrainConfig, None, {"source": str(source), "out": str(out), "labels": str(labels) if labels else None,
+                                          "resume": resume, "overwrite": overwrite})
+    sections = yaml.safe_load(config.read_text(encoding="utf-8")) if config else {}
+    if not isinstance(sections or {}, dict):
+        raise UserError(f"{config}: expected a mapping with pretrain, finetune and distill sections")
+    sets = {}
+    for item in set_ or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--set: expected STAGE.KEY=VALUE, got {item!r}")
+        sets[key.strip()] = value
+    _print_train_summary(run(cfg, sets, sections or {}, log=log))
+
+
+def _print_train_summary(s: dict) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"plcli train: {s['out']}")
+    for col in ("stage", "seconds", "validation accuracy (within candidates)"):
+        t.add_column(col)
+    for name, r in s["stages"].items():
+        m = r.get("metrics") or {}
+        acc = m.get("val_acc_within", m.get("probe/cand_knn_acc"))
+        t.add_row(name, "finished earlier" if r.get("skipped") else f"{r['seconds']:.0f}",
+                  "-" if acc is None else f"{acc:.3f}")
+    console.print(t)
+    log(f"model: {s['model']}   next: plcli predict EXPORT --model {s['model']} --out voice_notes.csv")
+
+
+@app.command()
+@handle_errors
 def predict(
     manifests: list[Path] = typer.Argument(..., help="manifest(s) or a WhatsApp/Telegram export to predict", show_default=False),
     model: Path = typer.Option(..., "--model", help="finetune or distill run directory"),
