@@ -516,7 +516,7 @@ def export(
 @app.command()
 @handle_errors
 def label(
-    manifests: list[Path] = typer.Argument(..., help="manifest(s) whose recordings to label", show_default=False),
+    manifests: list[Path] = typer.Argument(..., help="manifest(s) or a chat export whose recordings to label", show_default=False),
     labels: Path = typer.Option(..., "--labels", help="labels file (JSONL, append-only): created if missing, continued if present"),
     model: Path = typer.Option(None, "--model", help="finetune or distill run: ask first about the recordings it is least sure of (default: a random sample across speakers)"),
     port: int = typer.Option(None, "--port", help="port (default: 8765, else a free one)"),

@@ -136,6 +136,24 @@ def test_a_second_session_asks_only_what_is_left(manifest, tmp_path):
         assert len(read_labels(labels)) == 3
 
 
+def test_a_chat_export_is_labelled_with_the_ids_plcli_train_gives_it(tmp_path):
+    """plcli label chat.zip: the export's manifest beside the labels file; train applies the answers by id."""
+    from test_chat_exports import ANDROID_GB, GB_MEDIA, make_zip
+
+    from plcli.train import TrainConfig, training_manifest
+
+    export = make_zip(tmp_path / "chat.zip", ANDROID_GB, "WhatsApp Chat with Trip.txt", GB_MEDIA)
+    labels = tmp_path / "labels.jsonl"
+    with serving(export, labels) as (url, session, _):
+        assert set(session.rows) == {f"PTT-20220713-WA000{i}" for i in (1, 3, 4)}
+        assert post(url + "/api/answer", {"id": "PTT-20220713-WA0001", "label": "on my way"})[0] == 200
+    assert (tmp_path / "labels.manifest.jsonl").is_file()
+    cfg = TrainConfig(source=str(export), out=str(tmp_path / "run"), labels=str(labels))
+    rows = [json.loads(line) for line in training_manifest(cfg, print).read_text().splitlines()]
+    assert {r["id"]: r.get("label") for r in rows}["PTT-20220713-WA0001"] == "on my way"
+    assert (tmp_path / "run" / "data" / rows[0]["audio"]).is_file()
+
+
 def test_vanished_audio_is_a_message_not_a_crash(manifest, tmp_path):
     with serving(manifest, tmp_path / "labels.jsonl") as (url, session, _):
         rid = session.queue[0]

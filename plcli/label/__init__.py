@@ -19,7 +19,7 @@ from plcli.label.select import UNCERTAINTY
 class LabelPageConfig(Config):
     """``plcli label`` options."""
 
-    manifests: list[str] = opt(factory=list, help="manifests whose recordings to label (JSONL or CSV)")
+    manifests: list[str] = opt(factory=list, help="manifests (JSONL or CSV) or a chat export whose recordings to label")
     labels: str = opt("", "labels file (JSONL, append-only): created if missing, continued if present")
     model: str | None = opt(None, "finetune or distill run: ask first about the recordings it is least sure of")
     host: str = opt("127.0.0.1", "address the page is served on")

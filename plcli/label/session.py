@@ -158,11 +158,22 @@ class LabelSession:
             return self._state()
 
 
+def _as_manifest(source: str, labels, log) -> str:
+    """``source`` itself, or for a chat export its manifest beside the labels file (``LABELS.manifest.jsonl``;
+    the ids are the voice notes' file names, as ``plcli train`` gives them)."""
+    from plcli.data.labels import LabelNormalizer
+    from plcli.predict import is_manifest, manifest_from_export
+
+    if is_manifest(source):
+        return source
+    return str(manifest_from_export(source, labels, LabelNormalizer(), log))
+
+
 def build_session(cfg, store: LabelStore, log: Callable[[str], None]) -> LabelSession:
     """Rows, asking order and reasons for ``cfg`` (a ``LabelPageConfig``)."""
     from plcli.data.labels import LabelNormalizer
 
-    rows = read_rows(cfg.manifests, log)
+    rows = read_rows([_as_manifest(m, store.path, log) for m in cfg.manifests], log)
     if not any(r.candidates for r in rows):
         raise UserError("no row of the manifest has candidates; there is nothing to choose from")
     session = LabelSession(rows, store, LabelNormalizer(), log=log)
