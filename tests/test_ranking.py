@@ -119,16 +119,16 @@ def test_open_rows_get_weights_of_their_own():
     assert ranking.ranking_of({"ranking": {"ctc_weight": 0.0}})["open"] == ranking.OPEN_DEFAULT
 
 
-def test_open_default_with_the_prior_correction_lets_a_new_text_win():
-    """A CTC head that prefers the familiar text: the open default's prior correction lifts the new one."""
+def test_open_default_leaves_a_new_text_the_closed_set_heads_leftover_mass():
+    """A CTC head that prefers the familiar text does not decide open rows by default: the known
+    candidate the classifier rejects loses to the new text, whatever the CTC score says."""
     classes = np.array([[0, ranking.UNKNOWN]])
-    cls = np.log(np.array([[0.5, 0.5]]))
-    ctc = np.array([[-1.0, -1.1]])  # the heard text scores a little better
-    fam = ranking.familiarity(classes, [200])
+    cls = ranking.closed_set_scores(np.array([[0.1, 0.9]]), classes)  # class 1 is no candidate
+    ctc = np.array([[-1.0, -5.0]])  # the heard text scores far better
     setting = ranking.ranking_of(None)
-    assert setting["open"]["prior_weight"] > 0
-    assert ranking.ranked_scores(cls, ctc, setting, fam, ranking.open_rows(classes)).argmax(1)[0] == 1
-    assert ranking.ranked_scores(cls, ctc, setting, None, ranking.open_rows(classes)).argmax(1)[0] == 0
+    assert ranking.ranked_scores(cls, ctc, setting, None, ranking.open_rows(classes)).argmax(1)[0] == 1
+    assert ranking.ranked_scores(cls, ctc, {**setting, "open": {"ctc_weight": 1.0, "prior_weight": 0.0}}, None,
+                                 ranking.open_rows(classes)).argmax(1)[0] == 0
 
 
 @pytest.mark.parametrize("true_t", [0.1, 3.0, 300.0])
