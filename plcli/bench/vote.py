@@ -31,10 +31,11 @@ def target_accuracy(run: Path, teachers: Sequence[str], scales: Sequence[float] 
     Returns:
         ``{"rows": n, "vote_accuracy": a, "temperature": T, "targets": {teacher: {scale: share}}}``.
     """
+    from plcli.arrays import RowView
     from plcli.asr_prior import prior_for
     from plcli.config import cache_dir
     from plcli.distill import DistillConfig, _load_rows, _open_teacher, open_cache, teacher_targets
-    from plcli.inference import RowView, predict_logits
+    from plcli.inference import predict_logits
     from plcli.losses import candidate_log_prior
     from plcli.runs import read_upstream
 
