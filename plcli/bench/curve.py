@@ -38,7 +38,6 @@ from pathlib import Path
 
 from plcli.bench.grid import (
     STAMPS,
-    _now,
     absolute_audio,
     baseline_cell,
     check_settings,
@@ -52,6 +51,7 @@ from plcli.bench.grid import (
     split_counts,
     split_speakers,
     stamped,
+    utc_now,
 )
 from plcli.bench.grid import label_rows as _label_rows
 from plcli.bench.report import cached_cell, fmt_mean_std, mean_std, save_figure
@@ -714,7 +714,7 @@ def main(argv=None) -> int:
     a = parse(argv)
     code_version()
     out = Path(a.out).resolve()
-    started = _now()
+    started = utc_now()
     os.environ.setdefault("PLCLI_CACHE", str(a.cache))
     resolve_train(a, out)
     check_settings(a, out, SETTINGS)

@@ -582,7 +582,7 @@ def code_version() -> str:
     return head + ("+dirty" if dirty else "")
 
 
-def _now() -> str:
+def utc_now() -> str:
     return f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M}"
 
 
@@ -592,7 +592,7 @@ STAMPS = ("finished", "cpu", "code")  # what ``stamped`` adds to a cell
 def stamped(compute):
     """``compute`` whose cell records when it finished, on which CPU and with which plcli code: a
     benchmark folder can be completed over several sessions, and the report says what it mixes."""
-    return lambda: {**compute(), **dict(zip(STAMPS, (_now(), cpu_name(), code_version())))}
+    return lambda: {**compute(), **dict(zip(STAMPS, (utc_now(), cpu_name(), code_version())))}
 
 
 def provenance(cells: Sequence[dict]) -> str:
@@ -611,7 +611,7 @@ def report_header(cells: Sequence[dict], started: str) -> list[str]:
     computed, and the command."""
     stamps = [c.get("finished") or started for c in cells] or [started]
     return [
-        f"Cells finished between {min(stamps)} and {max(stamps)} UTC; report written {_now()} on: {machine()}.",
+        f"Cells finished between {min(stamps)} and {max(stamps)} UTC; report written {utc_now()} on: {machine()}.",
         "",
         "Cells computed on " + provenance(cells),
         "",
@@ -753,7 +753,7 @@ def main(argv=None) -> int:
     a = parse(argv)
     code_version()
     bench = Path(a.bench_dir).resolve()
-    started = _now()
+    started = utc_now()
     os.environ.setdefault("PLCLI_CACHE", str(a.cache))
     check_settings(a, bench)
     paths = prepare(a, bench)
