@@ -1,4 +1,4 @@
-"""`make bench-curve`: the learning-curve benchmark, ``plcli.bench.curve`` (docs/benchmark.md, "Learning curve").
+"""`make bench-curve`: the learning-curve benchmark, ``scripts/bench/curve.py`` (docs/benchmark.md, "Learning curve").
 
     python scripts/bench_curve.py                      # the full curve (many hours on 2 CPU cores)
     python scripts/bench_curve.py --report docs/benchmark.md --png docs/benchmark-curve.png   # ... and publish it
@@ -9,7 +9,7 @@
 
 import sys
 
-from plcli.bench.curve import main
+from bench.curve import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

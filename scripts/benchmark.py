@@ -1,4 +1,4 @@
-"""`make bench`: the accuracy benchmark grid, ``plcli.bench.grid`` (docs/benchmark.md has the method).
+"""`make bench`: the accuracy benchmark grid, ``scripts/bench/grid.py`` (docs/benchmark.md has the method).
 
     python scripts/benchmark.py                        # the full grid (hours on 2 CPU cores)
     python scripts/benchmark.py --quick                # a small smoke run (minutes)
@@ -8,7 +8,7 @@
 
 import sys
 
-from plcli.bench.grid import main
+from bench.grid import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from plcli.bench.report import ROW_NAMES, accuracy_chart, cached_cell, fmt_mean_std, mean_std, results_table
+from bench.report import ROW_NAMES, accuracy_chart, cached_cell, fmt_mean_std, mean_std, results_table
 from plcli.data.labels import Vocabulary
 from plcli.data.manifest import Row
 
@@ -38,7 +38,7 @@ def _rows() -> list[Row]:
 
 
 def test_label_sources():
-    from plcli.bench.baselines import label_source
+    from bench.baselines import label_source
 
     rows = _rows()
     vocab = Vocabulary.build(LABELS)
@@ -69,7 +69,7 @@ def one_thread():
 
 def test_indicator_mse_baseline_learns_and_ce_rows_train(tmp_path, one_thread):
     """Tiny separable 'features': the MSE row learns the candidate-consistent class; the CE rows run."""
-    from plcli.bench.baselines import BaselineConfig, clips_per_second, evaluate_probs, train_baseline
+    from bench.baselines import BaselineConfig, clips_per_second, evaluate_probs, train_baseline
     from plcli.config import FeatureConfig
 
     rng = np.random.default_rng(0)
@@ -153,7 +153,7 @@ def test_indicator_mse_baseline_learns_and_ce_rows_train(tmp_path, one_thread):
 
 @needs_rapidfuzz
 def test_match_candidates_hand_made_transcripts():
-    from plcli.bench.asr import match_candidates, normalise
+    from bench.asr import match_candidates, normalise
 
     cands = ["See you tomorrow!", "OK", "On my way", "Don't call me later"]
     assert normalise("Don't  CALL me, later!!") == "dont call me later"
@@ -174,7 +174,7 @@ def test_match_candidates_hand_made_transcripts():
 
 @needs_rapidfuzz
 def test_match_ties_are_random_not_first():
-    from plcli.bench.asr import match_candidates
+    from bench.asr import match_candidates
 
     cands = ["alpha", "beta", "gamma", "delta"]
     picks = {match_candidates("", cands, rng=np.random.default_rng(s))[0] for s in range(40)}
@@ -184,7 +184,7 @@ def test_match_ties_are_random_not_first():
 
 @needs_rapidfuzz
 def test_asr_predict_with_given_transcripts():
-    from plcli.bench.asr import asr_predict
+    from bench.asr import asr_predict
 
     vocab = Vocabulary.build(LABELS)
     rows = _rows()
@@ -203,7 +203,7 @@ def test_asr_predict_with_given_transcripts():
 def test_transcriber_runs_on_files(tmp_path):
     """pocketsphinx with its bundled model: text out for every file, timing figures, mono only."""
     pytest.importorskip("pocketsphinx")
-    from plcli.bench.asr import Transcriber, transcribe_files
+    from bench.asr import Transcriber, transcribe_files
     from tests.conftest import write_dataset
 
     write_dataset(tmp_path, n=2, unlabelled=0)
@@ -294,7 +294,7 @@ def test_results_table_values():
 
 def test_grammar_row_without_all_class_accuracy(tmp_path):
     """The grammar row has no all-class accuracy (None): '-' in the table, no ratio, a never-heard line."""
-    from plcli.bench.report import results_markdown, unseen_note
+    from bench.report import results_markdown, unseen_note
 
     g = {
         "row": "asr-grammar",
@@ -358,7 +358,7 @@ def test_failed_cell_is_not_stored(tmp_path):
 
 
 def _script():
-    from plcli.bench import grid
+    from bench import grid
 
     return grid
 
@@ -393,7 +393,7 @@ def test_speaker_split_and_label_rates():
 
 
 def test_hold_out_messages_removes_held_messages_from_training():
-    from plcli.bench.grid import hold_out_messages
+    from bench.grid import hold_out_messages
     from plcli.data.labels import LabelNormalizer
 
     norm = LabelNormalizer()

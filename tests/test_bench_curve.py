@@ -1,4 +1,4 @@
-"""The learning-curve benchmark (plcli.bench.curve) at tiny size: nested subsets, the per-cell cache,
+"""The learning-curve benchmark (scripts/bench/curve.py) at tiny size: nested subsets, the per-cell cache,
 the targets and the report on hand-made cells, the options; one slow end-to-end run."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import types
 
 import pytest
 
-from plcli.bench import curve
+from bench import curve
 
 
 def _rows(n=120, speakers=12):
@@ -26,7 +26,7 @@ def _rows(n=120, speakers=12):
 
 
 def test_nested_subsets():
-    from plcli.bench.grid import split_speakers
+    from bench.grid import split_speakers
 
     fit, val = split_speakers(_rows(), 0.2, 0)
     small, large = curve.nested_subset(fit, 30, 0), curve.nested_subset(fit, 60, 0)
@@ -318,7 +318,7 @@ def test_report_only_generates_no_data_and_reads_the_data_counts_kept_with_the_c
 
 
 def test_cells_record_cpu_and_code_and_the_report_counts_them(tmp_path):
-    from plcli.bench.grid import code_version, provenance, stamped
+    from bench.grid import code_version, provenance, stamped
 
     cell = stamped(lambda: {"row": "plcli", "accuracy": 0.5})()
     assert cell["accuracy"] == 0.5 and cell["finished"] and "cores" in cell["cpu"]

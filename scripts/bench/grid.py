@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from plcli.bench.report import ROWS, accuracy_chart, cached_cell, results_markdown
+from bench.report import ROWS, accuracy_chart, cached_cell, results_markdown
 from plcli.data.datasets import holdout_ids
 from plcli.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 
@@ -341,7 +341,7 @@ def pipeline_cell(
 
 def finish_cell(a, paths, row, rate, seed, model, vocab, features, seconds) -> dict:
     """Test and validation metrics and the inference throughput of a trained row's classifier."""
-    from plcli.bench.baselines import clips_per_second, evaluate_model
+    from bench.baselines import clips_per_second, evaluate_model
     from plcli.data.audio import load_audio
     from plcli.data.validate import load_rows
 
@@ -370,7 +370,7 @@ def baseline_cell(
 ) -> dict:
     """Rows 1-3: the student trained directly on its label source (cached augmented views);
     ``init_encoder``: a pretrain run's encoder.pt that the student starts from (else from scratch)."""
-    from plcli.bench.baselines import BaselineConfig, train_baseline
+    from bench.baselines import BaselineConfig, train_baseline
     from plcli.config import FeatureConfig
     from plcli.data.augment import AugmentConfig
     from plcli.data.features import FeatureCache
@@ -412,7 +412,7 @@ def baseline_cell(
 
 def asr_cell(a, bench: Path, paths: dict) -> dict:
     """Row 5: pocketsphinx transcripts (cached), scorer chosen on the validation speakers, test accuracy."""
-    from plcli.bench.asr import SCORERS, asr_predict, transcribe_files
+    from bench.asr import SCORERS, asr_predict, transcribe_files
     from plcli.data.labels import Vocabulary
     from plcli.data.validate import load_rows
     from plcli.metrics import accuracy
@@ -565,18 +565,20 @@ def machine() -> str:
 
 @functools.cache
 def code_version() -> str:
-    """The git commit of the plcli source tree (with ``+dirty`` when plcli/ has uncommitted
-    changes), or the package version outside a checkout. Read once per process: a long benchmark
-    stamps its cells with the code it started with, not with edits made while it runs (the
-    benchmark mains call it first)."""
+    """The git commit of the plcli source tree (with ``+dirty`` when plcli/ or the benchmark's own
+    code, scripts/bench/, has uncommitted changes), or the package version outside a checkout. Read
+    once per process: a long benchmark stamps its cells with the code it started with, not with
+    edits made while it runs (the benchmark mains call it first)."""
     import plcli
 
     src = Path(plcli.__file__).resolve().parent
+    here = Path(__file__).resolve().parent
+    mine = [str(here)] if here.parent.parent == src.parent else []  # the benchmark beside this plcli
     try:
         head = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, check=True, timeout=30).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--", "."], capture_output=True,
-                               text=True, check=True, timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--", ".", *mine],
+                               capture_output=True, text=True, check=True, timeout=30).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return f"plcli {plcli.__version__}"
     return head + ("+dirty" if dirty else "")

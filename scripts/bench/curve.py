@@ -17,7 +17,7 @@ distribution, reported as not available when that module or its recogniser is mi
 cell is a JSON file under OUT/<dist>/n<N>/cells (the recogniser's under OUT/<dist>/cells), so an
 interrupted run continues.
 
-Cells (flat dicts, as in ``plcli.bench.report``) carry ``dist`` and ``n``; the oracle's ``rate`` is
+Cells (flat dicts, as in ``bench.report``) carry ``dist`` and ``n``; the oracle's ``rate`` is
 None (it does not use the exact labels) and the recogniser's ``n``, ``rate`` and ``seed`` are None.
 The report functions here are pure (cells in, text or a PNG out).
 """
@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
-from plcli.bench.grid import (
+from bench.grid import (
     STAMPS,
     absolute_audio,
     baseline_cell,
@@ -53,8 +53,8 @@ from plcli.bench.grid import (
     stamped,
     utc_now,
 )
-from plcli.bench.grid import label_rows as _label_rows
-from plcli.bench.report import cached_cell, fmt_mean_std, mean_std, save_figure
+from bench.grid import label_rows as _label_rows
+from bench.report import cached_cell, fmt_mean_std, mean_std, save_figure
 from plcli.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 
 ROW_NAMES = {
