@@ -393,7 +393,7 @@ def test_speaker_split_and_label_rates():
 
 
 def test_hold_out_messages_removes_held_messages_from_training():
-    from bench.grid import hold_out_messages
+    from bench.common import hold_out_messages
     from plcli.data.labels import LabelNormalizer
 
     norm = LabelNormalizer()
@@ -552,6 +552,23 @@ def test_settings_guard(tmp_path):
         bench.check_settings(
             bench.parse(["--bench-dir", str(tmp_path), "--quick", "--distill-epochs", "7"]), tmp_path
         )
+
+
+def test_options_are_typed_configs():
+    """The command lines build dataclasses (argparse stays at the edge); an option without its field fails."""
+    import argparse
+    import dataclasses
+
+    from bench import curve
+    from bench.common import BenchConfig, config_from
+
+    grid = _script()
+    a, c = grid.parse(["--quick"]), curve.parse(["--sizes", "40"])
+    assert isinstance(a, grid.GridConfig) and isinstance(c, curve.CurveConfig) and isinstance(a, BenchConfig)
+    assert dataclasses.is_dataclass(a) and a.train == grid.QUICK["train"] and a.baseline_epochs == a.distill_epochs
+    assert c.data is None and c.sizes == [40] and set(a.SETTINGS) <= {f.name for f in dataclasses.fields(a)}
+    with pytest.raises(TypeError, match="no field for the option"):
+        config_from(grid.GridConfig, argparse.Namespace(**dataclasses.asdict(a), surprise=1))
 
 
 @pytest.mark.slow

@@ -26,7 +26,7 @@ def _rows(n=120, speakers=12):
 
 
 def test_nested_subsets():
-    from bench.grid import split_speakers
+    from bench.common import split_speakers
 
     fit, val = split_speakers(_rows(), 0.2, 0)
     small, large = curve.nested_subset(fit, 30, 0), curve.nested_subset(fit, 60, 0)
@@ -318,7 +318,7 @@ def test_report_only_generates_no_data_and_reads_the_data_counts_kept_with_the_c
 
 
 def test_cells_record_cpu_and_code_and_the_report_counts_them(tmp_path):
-    from bench.grid import code_version, provenance, stamped
+    from bench.common import code_version, provenance, stamped
 
     cell = stamped(lambda: {"row": "plcli", "accuracy": 0.5})()
     assert cell["accuracy"] == 0.5 and cell["finished"] and "cores" in cell["cpu"]
