@@ -20,6 +20,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = {"plcli": ROOT / "plcli"}
+# with the benchmark (scripts/bench/, imported as ``bench``), which sits above plcli
+WITH_BENCH = {**PACKAGE, "bench": ROOT / "scripts" / "bench"}
 
 
 @dataclass(frozen=True)
@@ -225,7 +227,7 @@ def test_the_graph_holds_module_and_function_level_imports():
 
 
 def test_no_import_cycles():
-    mods = modules(PACKAGE)
+    mods = modules(WITH_BENCH)
     edges = graph(imports(mods))
     found = cycles(edges)
     assert not found, "import cycles (move the shared helper down a layer):\n" + "\n".join(
@@ -234,8 +236,15 @@ def test_no_import_cycles():
 
 
 def test_no_module_imports_another_modules_private_names():
-    found = private_uses(modules(PACKAGE))
+    found = private_uses(modules(WITH_BENCH))
     assert not found, "private names used across modules (make them public where they live):\n" + "\n".join(found)
+
+
+def test_the_package_imports_nothing_from_the_benchmark():
+    mods = modules(WITH_BENCH)
+    up = [f"{i.where(mods)}: {i.source} imports {i.target}" for i in imports(mods)
+          if i.source.split(".")[0] == "plcli" and i.target.split(".")[0] == "bench"]
+    assert "bench.grid" in mods and "bench.common" in mods and not up, "\n".join(up)
 
 
 # ---------------------------------------------------------------------------------------------
