@@ -3,6 +3,7 @@
     python scripts/benchmark.py                        # the full grid (hours on 2 CPU cores)
     python scripts/benchmark.py --quick                # a small smoke run (minutes)
     python scripts/benchmark.py --single-seed-rows exact indicator-mse simclrv2   # the reduced grid
+    python scripts/benchmark.py ... --docs docs/results/grid.md --png docs/benchmark-accuracy.png   # ... and publish it
     python scripts/benchmark.py --help                 # every option
 """
 

@@ -54,6 +54,7 @@ from bench.common import (
     split_speakers,
     stamped,
     utc_now,
+    write_generated,
 )
 from bench.grid import baseline_cell, pipeline_cell, pretrain
 from bench.report import cached_cell, fmt_mean_std, mean_std, save_figure
@@ -68,7 +69,8 @@ ROW_NAMES = {
 }
 ROWS = tuple(ROW_NAMES)
 DISTS = {"zipf": 1.0, "uniform": 0.0}  # plcli demo-data --zipf exponent
-MARK_START, MARK_END = "<!-- curve:start -->", "<!-- curve:end -->"
+# the make target that publishes the report (``--report docs/results/curve.md``), named on its first line
+MAKE_TARGET = "make bench-curve"
 
 # the issue's targets: (smallest N, ratio to the oracle), largest N first
 PLCLI_RATIO = ((2400, 0.95), (1200, 0.90))
@@ -100,7 +102,7 @@ class CurveConfig(BenchConfig):
     three_seeds_upto: int  # N up to which every seed runs
     engines: str  # plcli demo-data --engines
     report_only: bool  # compute nothing, write the report from the cells there are
-    report: str | None  # also write the results into this markdown file
+    report: str | None  # also write the report as this generated markdown page
     png: str | None  # copy the chart here
 
 
@@ -617,15 +619,9 @@ def report_markdown(
     return "\n".join(parts)
 
 
-def write_into(doc: Path, text: str) -> None:
-    """Put ``text`` between the curve markers of ``doc`` (markers appended, or the file created, when missing)."""
-    body = (
-        doc.read_text(encoding="utf-8") if doc.exists() else f"# Learning curve\n\n{MARK_START}\n{MARK_END}\n"
-    )
-    if MARK_START not in body or MARK_END not in body:
-        body += f"\n{MARK_START}\n{MARK_END}\n"
-    head, rest = body.split(MARK_START, 1)
-    atomic_write_text(doc, f"{head}{MARK_START}\n{text}{MARK_END}{rest.split(MARK_END, 1)[1]}")
+def write_page(doc: Path, text: str) -> None:
+    """``text`` (``report_markdown``) as the whole generated page ``doc``, under a line naming ``MAKE_TARGET``."""
+    write_generated(doc, "The learning curve: results", text, MAKE_TARGET)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -702,7 +698,7 @@ def parse(argv=None) -> CurveConfig:
     ap.add_argument(
         "--report",
         default=None,
-        help="also write the results into this markdown file (between curve markers)",
+        help="also write the report as this generated markdown page, whole (make bench-curve: docs/results/curve.md)",
     )
     ap.add_argument(
         "--png",
@@ -757,10 +753,10 @@ def main(argv=None) -> int:
         png = Path(a.png) if a.png else doc.with_name("benchmark-curve.png")
         png.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(chart, png)
-        write_into(
+        write_page(
             doc, report_markdown(cells, a, counts, started, os.path.relpath(png, doc.parent), unavailable)
         )
-        log(f"results written into {doc} and {png}")
+        log(f"results written to {doc} and {png}")
     elif a.png:
         Path(a.png).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(chart, a.png)

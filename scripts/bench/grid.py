@@ -42,11 +42,13 @@ from bench.common import (
     split_speakers,
     stamped,
     utc_now,
+    write_generated,
 )
 from bench.report import ROWS, accuracy_chart, cached_cell, results_markdown
 from plcli.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 
-MARK_START, MARK_END = "<!-- results:start -->", "<!-- results:end -->"
+# the make target that publishes the report (``--docs docs/results/grid.md``), named on its first line
+MAKE_TARGET = "make bench"
 # row 6b is an ablation of row 6 (six more distill runs): run it by naming it in --rows
 DEFAULT_ROWS = tuple(r for r in ROWS if r != "plcli-no-vote")
 
@@ -77,7 +79,8 @@ class GridConfig(BenchConfig):
     bench_dir: str  # cells, runs, data and the report go here
     single_seed_rows: list[str]  # rows run with the first seed only
     asr_val_rows: int  # validation clips of the recogniser rows
-    docs: str | None  # also write the results into this markdown file
+    docs: str | None  # also write the report as this generated markdown page
+    png: str | None  # where that page's chart goes (default: benchmark-accuracy.png beside it)
 
 
 SETTINGS = GridConfig.SETTINGS
@@ -468,17 +471,13 @@ def write_report(a: GridConfig, bench: Path, cells: list[dict], counts: dict, st
     atomic_write_json(bench / "results.json", cells)
     if a.docs:
         doc = Path(a.docs)
-        body = (
-            doc.read_text(encoding="utf-8") if doc.exists() else f"# Benchmark\n\n{MARK_START}\n{MARK_END}\n"
-        )
-        if MARK_START not in body or MARK_END not in body:
-            body += f"\n{MARK_START}\n{MARK_END}\n"
-        png = doc.with_name("benchmark-accuracy.png")
+        png = Path(a.png) if a.png else doc.with_name("benchmark-accuracy.png")
+        png.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(chart, png)
-        head, rest = body.split(MARK_START, 1)
-        tail = rest.split(MARK_END, 1)[1]
-        atomic_write_text(doc, f"{head}{MARK_START}\n{text.replace(chart.name, png.name)}{MARK_END}{tail}")
-        log(f"results written into {doc}")
+        link = os.path.relpath(png, doc.parent)
+        write_generated(doc, "The benchmark grid: results", text.replace(f"]({chart.name})", f"]({link})"),
+                        MAKE_TARGET)
+        log(f"results written to {doc} and {png}")
     return bench / "results.md"
 
 
@@ -525,8 +524,10 @@ def parse(argv=None) -> GridConfig:
     )
     ap.add_argument("--accelerator", default="auto")
     ap.add_argument(
-        "--docs", default=None, help="also write the results into this markdown file (between markers)"
+        "--docs", default=None,
+        help="also write the report as this generated markdown page, whole (make bench: docs/results/grid.md)",
     )
+    ap.add_argument("--png", default=None, help="the page's chart (default with --docs: benchmark-accuracy.png beside it)")
     ap.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
     a = ap.parse_args(argv)
     if a.quick:
