@@ -15,10 +15,14 @@ BENCH_ARGS ?= --single-seed-rows exact indicator-mse simclrv2
 # the grid's report as a generated page of its own, which docs/benchmark.md links to (BENCH_DOCS= publishes
 # nothing, e.g. with BENCH_ARGS=--quick)
 BENCH_DOCS ?= --docs docs/results/grid.md --png docs/benchmark-accuracy.png
-# the learning curve (docs/benchmark.md): resumable in bench-curve/, whose cells are kept in git; the
+# the learning curve (docs/benchmark.md): resumable in results/curve/, whose cells are kept in git; the
 # widest voice pool, so it needs `scripts/install_voices.sh --non-free` first; its report is the
 # generated page docs/results/curve.md
 CURVE_ARGS ?= --engines espeak,flite,festival,pico,mbrola --report docs/results/curve.md --png docs/benchmark-curve.png
+# the recogniser benchmark's cells (docs/recognisers.md): results/recognisers/*.json, and any cell still
+# in the folder's old place, bench-recognisers/, whose language results/recognisers/ lacks
+RECOGNISER_CELLS = $(sort $(wildcard results/recognisers/*.json)) $(filter-out \
+	$(addprefix bench-recognisers/,$(notdir $(wildcard results/recognisers/*.json))),$(sort $(wildcard bench-recognisers/*.json)))
 
 LOCK := requirements.lock
 
@@ -74,7 +78,7 @@ bench-curve: install  ## learning curve: accuracy against training recordings (h
 	$(PY) scripts/bench_curve.py $(CURVE_ARGS)
 
 bench-recognisers: install  ## the recogniser benchmark's table from its cells (docs/recognisers.md says how to make them)
-	$(PY) scripts/bench_recognisers.py report bench-recognisers/*.json --md docs/benchmark-recognisers.md
+	$(PY) scripts/bench_recognisers.py report $(RECOGNISER_CELLS) --md docs/benchmark-recognisers.md
 
 lint: install  ## ruff
 	$(VENV)/bin/ruff check plcli tests scripts

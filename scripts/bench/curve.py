@@ -69,6 +69,8 @@ ROW_NAMES = {
 }
 ROWS = tuple(ROW_NAMES)
 DISTS = {"zipf": 1.0, "uniform": 0.0}  # plcli demo-data --zipf exponent
+# the work folder; its cells and settings are kept in git (.gitignore), so a later run continues the curve
+OUT = "results/curve"
 # the make target that publishes the report (``--report docs/results/curve.md``), named on its first line
 MAKE_TARGET = "make bench-curve"
 
@@ -640,7 +642,7 @@ def _extra(text: str) -> tuple[int, float]:
 def parse(argv=None) -> CurveConfig:
     """The benchmark's options (``scripts/bench_curve.py --help``) as a ``CurveConfig``."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="bench-curve", help="work folder: data, runs, cells and the report")
+    ap.add_argument("--out", default=OUT, help="work folder: data, runs, cells and the report")
     ap.add_argument(
         "--sizes", type=int, nargs="+", default=[600, 1200, 2400, 4800], help="training recordings N"
     )

@@ -47,6 +47,8 @@ from bench.common import (
 from bench.report import ROWS, accuracy_chart, cached_cell, results_markdown
 from plcli.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 
+# the work folder (cells, runs, data, the report), under results/ beside the other benchmarks' cells
+BENCH_DIR = "results/grid"
 # the make target that publishes the report (``--docs docs/results/grid.md``), named on its first line
 MAKE_TARGET = "make bench"
 # row 6b is an ablation of row 6 (six more distill runs): run it by naming it in --rows
@@ -484,7 +486,7 @@ def write_report(a: GridConfig, bench: Path, cells: list[dict], counts: dict, st
 def parse(argv=None) -> GridConfig:
     """The grid's options (``scripts/benchmark.py --help``) as a ``GridConfig``."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bench-dir", default="bench", help="cells, runs, data and the report go here")
+    ap.add_argument("--bench-dir", default=BENCH_DIR, help="cells, runs, data and the report go here")
     ap.add_argument("--data", default=None, help="an existing plcli demo-data folder (default: generate one)")
     ap.add_argument("--cache", default=None, help="feature cache (default: BENCH/cache)")
     ap.add_argument("--phrases", type=int, default=40)
@@ -534,8 +536,8 @@ def parse(argv=None) -> GridConfig:
         for k, v in QUICK.items():
             if ap.get_default(k) == getattr(a, k):
                 setattr(a, k, v)
-        if a.bench_dir == "bench":
-            a.bench_dir = "bench/quick"
+        if a.bench_dir == BENCH_DIR:
+            a.bench_dir = f"{BENCH_DIR}/quick"
     return config_from(
         GridConfig, a, edge_only=["quick"],
         # the baselines get the distilled student's training budget
