@@ -1,5 +1,5 @@
-"""Layering you can test (issue 50): plcli's import graph has no cycle, and no module imports another
-module's private names.
+"""Layering you can test (issue 50): plcli's import graph has no cycle, no module imports another
+module's private names, and docs/architecture.md's tree lists exactly the package's modules.
 
 The graph is read from the source, not from ``sys.modules``: every ``import`` and ``from ... import``
 anywhere in a module (at module level, and inside functions and classes, where plcli puts most of
@@ -13,6 +13,7 @@ package that Python does implicitly is not one (else every such ``__init__`` wou
 from __future__ import annotations
 
 import ast
+import re
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -299,3 +300,58 @@ def test_private_names_are_found_in_imports_and_attributes(tmp_path):
     assert [f.split(": ", 1)[1] for f in found] == [
         "pkg.b imports pkg.a._f", "pkg.c uses pkg.a._f", "pkg.c uses pkg.a._hidden", "pkg.d uses pkg.a._hidden",
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# docs/architecture.md's tree
+# ---------------------------------------------------------------------------------------------
+
+ENTRY = re.compile(r"[\w.-]+(?:\.py|/)(?:, [\w.-]+(?:\.py|/))*(?=\s{2,}|$)")
+
+
+def doc_tree(text: str) -> list[str]:
+    """The paths the first code block under "## The tree" lists: a line is ``name  description`` (or
+    ``a.py, b.py  description``) indented two spaces per folder level (a folder ends with ``/``); a line
+    that is no entry continues the description above it and is indented deeper than that entry."""
+    block = text.split("## The tree", 1)[1].split("```", 2)[1]
+    paths: list[str] = []
+    folders: list[str] = []  # the folder of each open level
+    last = -1
+    for n, line in enumerate(block.splitlines(), 1):
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip(" "))
+        m = ENTRY.match(line[indent:])
+        if not m:
+            assert indent > last >= 0, f"tree line {n} is neither an entry nor a continuation: {line!r}"
+            continue
+        assert indent % 2 == 0 and indent // 2 <= len(folders), f"tree line {n}: bad indentation: {line!r}"
+        del folders[indent // 2 :]
+        for name in m.group(0).split(", "):
+            paths.append("".join(folders) + name)
+        if m.group(0).endswith("/"):
+            folders.append(m.group(0))
+        last = indent
+    return paths
+
+
+def test_the_doc_tree_parser(tmp_path):
+    text = """# X\n\n## The tree\n\n```\npkg/\n  a.py      one\n  sub/      a folder\n    __init__.py  init
+    b.py, c.py   two; a description that goes on
+                 on the next line, sub/ named in it
+  d.py      back up\nscripts/\n  e.py  x\n```\n\n```\nother.py  not the tree\n```\n"""
+    assert doc_tree(text) == ["pkg/", "pkg/a.py", "pkg/sub/", "pkg/sub/__init__.py", "pkg/sub/b.py",
+                              "pkg/sub/c.py", "pkg/d.py", "scripts/", "scripts/e.py"]
+
+
+def test_architecture_tree_lists_every_module_of_the_package():
+    """Every plcli/**/*.py (``__init__`` and ``__main__`` included) and every scripts/bench/*.py is in
+    docs/architecture.md's tree, and every file or folder the tree names under plcli/ and scripts/ exists."""
+    listed = doc_tree((ROOT / "docs" / "architecture.md").read_text(encoding="utf-8"))
+    assert len(listed) == len(set(listed)), "listed twice: " + ", ".join(p for p in set(listed) if listed.count(p) > 1)
+    code = {str(p.relative_to(ROOT)) for top in ("plcli", "scripts/bench") for p in (ROOT / top).rglob("*.py")}
+    missing = sorted(code - set(listed))
+    assert not missing, "modules the tree in docs/architecture.md does not list: " + ", ".join(missing)
+    gone = sorted(p for p in listed if p.startswith(("plcli/", "scripts/")) and not (ROOT / p).exists())
+    assert not gone, "the tree in docs/architecture.md lists what does not exist: " + ", ".join(gone)
+    assert not any(p.startswith("plcli/bench") for p in listed)
