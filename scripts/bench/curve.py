@@ -193,7 +193,9 @@ def prepare_dist(a: CurveConfig, root: Path, dist: str) -> dict:
         "voices": meta.get("voices"),
     }
     log(f"{dist} data: {counts}")
-    atomic_write_json(data_cell(root), counts)  # kept in git with the cells, for --report-only
+    kept = data_cell(root)  # kept in git with the cells, for --report-only; rewritten only when it changes
+    if not kept.exists() or json.loads(kept.read_text(encoding="utf-8")) != counts:
+        atomic_write_json(kept, counts)
     return {"sizes": sizes, "test": base["test"], "counts": counts}
 
 
