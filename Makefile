@@ -12,9 +12,17 @@ DEMO_ARGS ?= --train 2000
 PIPELINE_ARGS ?=
 # the published grid: 3 seeds for plcli and the oracle, 1 for the other rows (BENCH_ARGS= for all 3)
 BENCH_ARGS ?= --single-seed-rows exact indicator-mse simclrv2
-# the learning curve (docs/benchmark.md, "Learning curve"): resumable in bench-curve/, whose cells are
-# kept in git; the widest voice pool, so it needs `scripts/install_voices.sh --non-free` first
-CURVE_ARGS ?= --engines espeak,flite,festival,pico,mbrola --report docs/benchmark.md --png docs/benchmark-curve.png
+# the grid's report as a generated page of its own, which docs/benchmark.md links to (BENCH_DOCS= publishes
+# nothing, e.g. with BENCH_ARGS=--quick)
+BENCH_DOCS ?= --docs docs/results/grid.md --png docs/benchmark-accuracy.png
+# the learning curve (docs/benchmark.md): resumable in results/curve/, whose cells are kept in git; the
+# widest voice pool, so it needs `scripts/install_voices.sh --non-free` first; its report is the
+# generated page docs/results/curve.md
+CURVE_ARGS ?= --engines espeak,flite,festival,pico,mbrola --report docs/results/curve.md --png docs/benchmark-curve.png
+# the recogniser benchmark's cells (docs/recognisers.md): results/recognisers/*.json, and any cell still
+# in the folder's old place, bench-recognisers/, whose language results/recognisers/ lacks
+RECOGNISER_CELLS = $(sort $(wildcard results/recognisers/*.json)) $(filter-out \
+	$(addprefix bench-recognisers/,$(notdir $(wildcard results/recognisers/*.json))),$(sort $(wildcard bench-recognisers/*.json)))
 
 LOCK := requirements.lock
 
@@ -67,14 +75,14 @@ test-full: install  ## all tests, slow ones included (GPU tests skip without a G
 bench: install  ## throughput benchmark and the accuracy benchmark
 	$(PY) -m pip install -q -e ".[dev,bench]"
 	$(PY) scripts/bench_pretrain.py
-	$(PY) scripts/benchmark.py $(BENCH_ARGS)
+	$(PY) scripts/benchmark.py $(BENCH_ARGS) $(BENCH_DOCS)
 
 bench-curve: install  ## learning curve: accuracy against training recordings (hours; resumes)
 	$(PY) -m pip install -q -e ".[dev,bench]"
 	$(PY) scripts/bench_curve.py $(CURVE_ARGS)
 
 bench-recognisers: install  ## the recogniser benchmark's table from its cells (docs/recognisers.md says how to make them)
-	$(PY) scripts/bench_recognisers.py report bench-recognisers/*.json --md docs/benchmark-recognisers.md
+	$(PY) scripts/bench_recognisers.py report $(RECOGNISER_CELLS) --md docs/benchmark-recognisers.md
 
 lint: install  ## ruff
 	$(VENV)/bin/ruff check plcli tests scripts

@@ -204,7 +204,7 @@ def tune(model, vocab, rows: Sequence, feats, ranking: dict, cache, asr_model: s
          log=print) -> dict:
     """``choose`` for ``model`` on labelled rows with candidates (``rows`` and their features
     ``feats``), the recogniser's scores read through its cache."""
-    from plcli.inference import RowView, softmax
+    from plcli.arrays import RowView, softmax
     from plcli.ranking import candidate_classes, model_scores, rank, truth_positions
     from plcli.recognisers import recognise
 

@@ -582,7 +582,7 @@ class _Teacher:
     run: UpstreamRun | None  # its run directory (None for a bare model.pt)
 
 
-def _open_teacher(path: str) -> _Teacher:
+def open_teacher(path: str) -> _Teacher:
     model, vocab, features, stage = load_predictor(path)
     p = Path(path)
     run = read_upstream(p, "--teacher") if (p / "config.yaml").is_file() else None
@@ -691,7 +691,7 @@ def resolve_student(cfg: DistillConfig, log=print) -> None:
     from plcli.data.manifest import read_manifest
 
     if cfg.student == "auto":
-        teacher = _open_teacher(cfg.teacher)
+        teacher = open_teacher(cfg.teacher)
         pretrained = _pretrained_dir(teacher.run) is not None
         n = sum(len(read_manifest(p)[0]) for p in cfg.data.manifests)
         encoder = teacher.model.kwargs.get("encoder")
@@ -721,7 +721,7 @@ def resolve_ctc(cfg: DistillConfig, log=print) -> None:
     from plcli.data.manifest import read_manifest
     from plcli.text import build_tokenizer
 
-    teacher = _open_teacher(cfg.teacher)
+    teacher = open_teacher(cfg.teacher)
     inherited = teacher.run.get("data.language") if teacher.run is not None else None
     if cfg.data.language == AUTO and inherited not in (None, AUTO):
         cfg.data.language = resolve_language(inherited, ())
@@ -761,7 +761,7 @@ def _run_rounds(cfg: DistillConfig, log, callbacks: list | None) -> dict:
     """
     out = Path(cfg.out)
     # a resumed run must keep the teacher's label vocabulary (checked before any round runs)
-    check_run_dir(out, STAGE, cfg.trainer.resume, cfg.overwrite, _open_teacher(cfg.teacher).vocab)
+    check_run_dir(out, STAGE, cfg.trainer.resume, cfg.overwrite, open_teacher(cfg.teacher).vocab)
     opened = [out / "config.yaml" if cfg.trainer.resume is not None and (out / "config.yaml").exists() else None]
 
     def open_parent() -> None:
@@ -954,7 +954,7 @@ class _Rows:
     truth: np.ndarray  # (N,) --truth label: -2 none, -1 outside the vocabulary
 
 
-def _load_rows(cfg: DistillConfig, vocab: Vocabulary, fraction: float, split_seed: int, log) -> _Rows:
+def load_rows(cfg: DistillConfig, vocab: Vocabulary, fraction: float, split_seed: int, log) -> _Rows:
     from plcli.data.manifest import read_truth
 
     rows = load_training_rows(cfg.data, Path(cfg.out), log=log).rows
@@ -1120,9 +1120,9 @@ class _Round:
 def _prepare_round(cfg: DistillConfig, log, ctc_only: bool = False, refit: bool = False) -> _Round:
     """Read and check everything, and compute (or reuse) the teacher's targets; writes no run."""
     check_run_dir(cfg.out, STAGE, cfg.trainer.resume, cfg.overwrite)
-    teacher = _open_teacher(cfg.teacher)
+    teacher = open_teacher(cfg.teacher)
     fraction, split_seed, view_seed = _inherit(cfg, teacher, log)
-    d = _load_rows(cfg, teacher.vocab, fraction, split_seed, log)
+    d = load_rows(cfg, teacher.vocab, fraction, split_seed, log)
     check_run_dir(cfg.out, STAGE, cfg.trainer.resume, cfg.overwrite, teacher.vocab)
     if cfg.data.language == AUTO:  # run() settles it once for its rounds; a round on its own here
         cfg.data.language = resolve_language(AUTO, row_texts(d.rows), log)

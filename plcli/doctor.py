@@ -10,7 +10,6 @@ not load.
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import io
 import os
 import re
@@ -18,6 +17,8 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from plcli.versions import dist_version
 
 # (distribution name, what the smoke check does); the order is the order of the report
 REQUIRED = ("torch", "torchaudio", "lightning", "audiomentations", "soundfile", "espeakng-loader")
@@ -39,14 +40,6 @@ class Check:
     def to_dict(self) -> dict:
         return {"name": self.name, "version": self.version, "locked": self.locked, "ok": self.ok,
                 "detail": self.detail, **self.extra}
-
-
-def dist_version(name: str) -> str | None:
-    """Installed version of distribution ``name`` (no import), or None."""
-    try:
-        return md.version(name)
-    except md.PackageNotFoundError:
-        return None
 
 
 def locked_versions(path: Path = LOCK_FILE) -> dict[str, str]:

@@ -582,7 +582,7 @@ def run(cfg: FinetuneConfig, log=print) -> dict:
         "cache": {"computed": cache.computed, "reused": cache.reused},
     }
     if module.model.has_ctc:
-        from plcli.inference import RowView
+        from plcli.arrays import RowView
         from plcli.ranking import tune_ranking
 
         held_idx = np.array([i for i, r in enumerate(inp.rows) if r.id in inp.held], dtype=np.int64)

@@ -1,8 +1,8 @@
 """pocketsphinx restricted to a grammar of each recording's own candidates.
 
 Two users: the recogniser's vote on the training rows (``plcli.asr_prior``, on by default in
-finetune and distill) and the benchmark's zero-training row 5b (``plcli.bench.grid``,
-``plcli.bench.curve``, ``scripts/bench_grammar.py``). The benchmark's row 5 (``plcli.bench.asr``)
+finetune and distill) and the benchmark's zero-training row 5b (``scripts/bench/grid.py``,
+``scripts/bench/curve.py``, ``scripts/bench_grammar.py``). The benchmark's row 5 (``scripts/bench/asr.py``)
 transcribes with pocketsphinx's general 3-gram language model and
 fuzzy-matches the transcript afterwards. Here the decoder itself can only output one of the
 recording's candidates: each recording gets a JSGF grammar ``public <s> = cand1 | ... | cand10;``

@@ -11,6 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# softmax and RowView live in plcli.arrays, below this module and plcli.ranking (which both use
+# them); RowView stays importable from here for the callers that take it with predict_logits
+from plcli.arrays import RowView as RowView
+from plcli.arrays import softmax
 from plcli.config import FeatureConfig, cache_dir
 from plcli.data.labels import Vocabulary
 from plcli.errors import UserError
@@ -51,13 +55,6 @@ def predict_logits(model: torch.nn.Module, feats: np.ndarray, batch_size: int = 
         x = torch.from_numpy(np.asarray(feats[s : s + batch_size], dtype=np.float32)).to(device)
         out.append(model(x).float().cpu().numpy())
     return np.concatenate(out)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of (N, C) logits, in float64 for stable sums."""
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def _timed_through_cache(features: FeatureConfig, audio: list, cache: str | None, run_model, log):
@@ -115,18 +112,3 @@ def infer_ranked(
     timing["candidates_scored"] = int(scores["valid"].sum()) if "valid" in scores else 0
     return softmax(scores["logits"]), scores, timing
 
-
-class RowView:
-    """A lazy row (and optional view) selection of a memmap, sliceable like an array: ``feats[s:e]``.
-
-    ``feats`` is (N, F, T), or (N, V, F, T) with ``view`` picking one view; ``index`` picks rows.
-    """
-
-    def __init__(self, feats: np.ndarray, index: np.ndarray | None, view: int | None = None):
-        self.feats, self.index, self.view = feats, index, view
-        n = feats.shape[0] if index is None else len(index)
-        self.shape = (n, *feats.shape[(2 if view is not None else 1) :])
-
-    def __getitem__(self, s: slice) -> np.ndarray:
-        rows = np.arange(self.shape[0])[s] if self.index is None else self.index[s]
-        return self.feats[rows] if self.view is None else self.feats[rows, self.view]

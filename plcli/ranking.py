@@ -36,6 +36,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from plcli.arrays import RowView, softmax
+
 # 1000: the CTC score decides, the posterior (log p >= -28 in float32) only breaks ties; finite, so JSON keeps it
 LAMBDAS = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 1000.0)
 UNKNOWN, PAD = -1, -2
@@ -337,8 +339,6 @@ def rank(probs: np.ndarray, scores: dict, classes: np.ndarray, ranking: dict, co
 def tune(model, vocab, feats, candidates: Sequence[Sequence[str]], truths: Sequence[str | None],
          chosen_on: str) -> dict:
     """``choose_ranking`` for ``model`` on labelled rows (features, candidate texts, true texts)."""
-    from plcli.inference import softmax
-
     if not getattr(model, "has_ctc", False):
         return dict(NO_CTC_HEAD)
     scores = model_scores(model, feats, candidates)
@@ -367,8 +367,6 @@ def tune_ranking(model, vocab, features, held_rows, held_feats, manifest: str | 
         feats = open_cache(data, features).features([r.audio for r in rows])[1] if rows else None
         where = f"{manifest} ({len(rows)} labelled rows with candidates)"
     else:
-        from plcli.inference import RowView
-
         keep = np.array([i for i, r in enumerate(held_rows) if r.candidates], dtype=np.int64)
         rows = [held_rows[i] for i in keep]
         feats = RowView(held_feats, keep)

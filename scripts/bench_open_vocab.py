@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from plcli.bench.grid import absolute_audio, hold_out_messages, split_speakers
+from bench.common import absolute_audio, hold_out_messages, split_speakers
 from plcli.data.labels import LabelNormalizer
 from plcli.metrics import per_class_metrics
 

@@ -6,7 +6,7 @@ RUN is a distill run made with ``--truth``; run it from the folder the run was m
 config's paths are as given then). Each teacher (``teacher``: the run's finetune teacher;
 ``roundK``: that round's student) gives one line: the share of the candidate training rows whose
 target names the truth, for each scale of the vote's ``delta`` (0: none; 1: ``delta``; T:
-``T * delta``, the rounds' own). ``plcli.bench.vote`` does the work; docs/asr-prior.md has the
+``T * delta``, the rounds' own). ``scripts/bench/vote.py`` does the work; docs/asr-prior.md has the
 tables it gave.
 """
 
@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from plcli.bench.vote import target_accuracy
+from bench.vote import target_accuracy
 
 
 def main() -> None:

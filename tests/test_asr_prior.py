@@ -266,7 +266,7 @@ def test_distill_targets_take_the_votes_and_inherit_the_setting(tmp_path, fake_d
     assert voted["asr_prior"]["scale"] == pytest.approx(2.0)  # the rounds' temperature
     assert voted["targets_disambiguation_acc_initial"] == 1.0
     assert plain["targets_disambiguation_acc_initial"] < 0.9
-    from plcli.bench.vote import target_accuracy
+    from bench.vote import target_accuracy
 
     # the table recomputed offline: at the run's scale (T = 2) the run's own; without the vote the plain one
     tables = target_accuracy(tmp_path / "s-asr", ["teacher"], [0.0, 2.0])
@@ -325,13 +325,14 @@ def test_auto_takes_pocketsphinx_where_it_is_installed(monkeypatch):
 
 
 def test_the_pipeline_does_not_import_the_benchmark():
-    """The vote's decoder lives in plcli.grammar: the command and its stages load no plcli.bench module."""
+    """The vote's decoder lives in plcli.grammar: the command and its stages load no benchmark module
+    (scripts/bench/, imported as ``bench``; it was plcli.bench)."""
     import subprocess
     import sys
 
     code = (
         "import sys; import plcli.cli, plcli.finetune, plcli.distill, plcli.asr_prior as p, plcli.grammar; "
-        "p.resolve('auto'); print(sorted(m for m in sys.modules if m.startswith('plcli.bench')))"
+        "p.resolve('auto'); print(sorted(m for m in sys.modules if m == 'bench' or m.startswith(('bench.', 'plcli.bench'))))"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr

@@ -186,11 +186,11 @@ def test_ranked_logits_follow_the_teachers_combined_ranking(runs):
     the combined ranking's scores (a class named by two candidate texts takes the better score); a
     row without known candidates keeps the closed-set logits."""
     from plcli.data.manifest import Row
-    from plcli.distill import _open_teacher, ranked_logits
+    from plcli.distill import open_teacher, ranked_logits
     from plcli.ranking import candidate_classes, model_scores, rank, ranking_of, softmax_rows
 
     root = runs[0]
-    teacher = _open_teacher(str(root / "di"))
+    teacher = open_teacher(str(root / "di"))
     names = teacher.vocab.display
     cands = [names[:3], [names[1], names[1].upper(), names[2]], ["never heard of it"], []]
     rows = [Row(id=f"r{i}", audio="x.wav", candidates=c) for i, c in enumerate(cands)]

@@ -93,8 +93,8 @@ def grammar_votes(rows: Sequence, cache: Path, workers: int = 2, log: Callable =
     them, -1 for rows without candidates or where it decodes nothing. Cached under ``cache/asr``.
     ``voice``: espeak-ng's, for the pronunciations of words pocketsphinx's dictionary lacks.
     ``timing``, where given, gets the decoding's figures (``choose_with_grammar``) when it decodes."""
-    from plcli.doctor import dist_version
     from plcli.grammar import DECODER_OPTIONS, spoken_text
+    from plcli.versions import dist_version
 
     todo = [i for i, r in enumerate(rows) if r.candidates]
     keys = {i: row_key(Path(rows[i].audio), rows[i].candidates) for i in todo}

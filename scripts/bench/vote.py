@@ -6,7 +6,7 @@ the recogniser's vote (``plcli.asr_prior``) added to the teacher's logits at a g
 vote; 1: ``delta``, Bayes' posterior tempered as a whole; T: ``T * delta``, the rounds' own), and
 score it against ``--truth``, in seconds instead of a distill run. A table's accuracy is not the
 student's: on the long-tail set the ``delta`` tables were the better ones and the students trained on
-them the worse (docs/asr-prior.md, "The vote's weight in the rounds"). ``scripts/vote_weight.py`` is
+them the worse (docs/asr-prior.md). ``scripts/vote_weight.py`` is
 its command.
 """
 
@@ -31,10 +31,11 @@ def target_accuracy(run: Path, teachers: Sequence[str], scales: Sequence[float] 
     Returns:
         ``{"rows": n, "vote_accuracy": a, "temperature": T, "targets": {teacher: {scale: share}}}``.
     """
+    from plcli.arrays import RowView
     from plcli.asr_prior import prior_for
     from plcli.config import cache_dir
-    from plcli.distill import DistillConfig, _load_rows, _open_teacher, open_cache, teacher_targets
-    from plcli.inference import RowView, predict_logits
+    from plcli.distill import DistillConfig, load_rows, open_cache, open_teacher, teacher_targets
+    from plcli.inference import predict_logits
     from plcli.losses import candidate_log_prior
     from plcli.runs import read_upstream
 
@@ -42,8 +43,8 @@ def target_accuracy(run: Path, teachers: Sequence[str], scales: Sequence[float] 
     first = read_upstream(run / "round1" if (run / "round1" / "config.yaml").is_file() else run, "RUN", ("distill",))
     cfg = first.as_config(DistillConfig)
     held = first.metrics()["held_out"]
-    t0 = _open_teacher(str(cfg.teacher))
-    d = _load_rows(cfg, t0.vocab, held["fraction"], held["seed"], log)
+    t0 = open_teacher(str(cfg.teacher))
+    d = load_rows(cfg, t0.vocab, held["fraction"], held["seed"], log)
     bonus, info = prior_for(d.rows, t0.vocab, "pocketsphinx", cache_dir(cfg.data.cache_dir), cfg.asr_accuracy,
                             cfg.asr_workers, log)
     _, clean = open_cache(cfg.data, t0.features).features([r.audio for r in d.rows])
@@ -56,7 +57,7 @@ def target_accuracy(run: Path, teachers: Sequence[str], scales: Sequence[float] 
     out: dict = {}
     for name in teachers:
         path = cfg.teacher if name == "teacher" else (run / name if (run / name).exists() else Path(name))
-        t = _open_teacher(str(path))
+        t = open_teacher(str(path))
         if t.vocab.keys != t0.vocab.keys:
             raise ValueError(f"{path}: its vocabulary is not the run's")
         z = predict_logits(t.model, RowView(clean, d.pool))  # (P, C)

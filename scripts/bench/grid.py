@@ -17,26 +17,40 @@ split of the training speakers, never on the test manifest.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import functools
 import json
 import os
-import platform
-import shlex
 import shutil
-import subprocess
-import sys
 import time
-from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
-from plcli.bench.report import ROWS, accuracy_chart, cached_cell, results_markdown
-from plcli.data.datasets import holdout_ids
+from bench.common import (
+    BenchConfig,
+    absolute_audio,
+    check_settings,
+    code_version,
+    config_from,
+    label_rows,
+    log,
+    make_demo,
+    read_jsonl,
+    report_header,
+    split_counts,
+    split_speakers,
+    stamped,
+    utc_now,
+    write_generated,
+)
+from bench.report import ROWS, accuracy_chart, cached_cell, results_markdown
 from plcli.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 
-MARK_START, MARK_END = "<!-- results:start -->", "<!-- results:end -->"
+# the work folder (cells, runs, data, the report), under results/ beside the other benchmarks' cells
+BENCH_DIR = "results/grid"
+# the make target that publishes the report (``--docs docs/results/grid.md``), named on its first line
+MAKE_TARGET = "make bench"
 # row 6b is an ablation of row 6 (six more distill runs): run it by naming it in --rows
 DEFAULT_ROWS = tuple(r for r in ROWS if r != "plcli-no-vote")
 
@@ -55,130 +69,26 @@ QUICK = {
 }
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+@dataclass(kw_only=True)
+class GridConfig(BenchConfig):
+    """The grid's options (``parse`` builds it from the command line, which gives the defaults)."""
+
+    SETTINGS: ClassVar[tuple[str, ...]] = (
+        "data", "phrases", "train", "test", "data_seed", "val_speakers", "views", "pretrain_epochs",
+        "finetune_epochs", "distill_epochs", "baseline_epochs", "baseline_min_steps", "asr_val_rows",
+    )  # fmt: skip
+
+    bench_dir: str  # cells, runs, data and the report go here
+    single_seed_rows: list[str]  # rows run with the first seed only
+    asr_val_rows: int  # validation clips of the recogniser rows
+    docs: str | None  # also write the report as this generated markdown page
+    png: str | None  # where that page's chart goes (default: benchmark-accuracy.png beside it)
 
 
-# ---------------------------------------------------------------------------------------------
-# Data: demo set, speaker split, label-rate manifests
-# ---------------------------------------------------------------------------------------------
+SETTINGS = GridConfig.SETTINGS
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def make_demo(a, data: Path, extra: Sequence[str] = ()) -> Path:
-    """``plcli demo-data`` output (generated once; an existing folder given with --data is used as is);
-    ``extra`` are more ``plcli demo-data`` options (``--zipf 0``)."""
-    if a.data:
-        return Path(a.data)
-    demo = data / "demo"
-    if not (demo / "truth.jsonl").exists():
-        plcli = str(Path(sys.executable).with_name("plcli"))
-        cmd = [
-            plcli,
-            "demo-data",
-            str(demo),
-            "--phrases",
-            str(a.phrases),
-            "--train",
-            str(a.train),
-            "--test",
-            str(a.test),
-            "--seed",
-            str(a.data_seed),
-            *extra,
-        ]
-        log("$ " + " ".join(shlex.quote(c) for c in cmd))
-        subprocess.run(cmd, check=True)
-    return demo
-
-
-def absolute_audio(rows: list[dict], base: Path) -> list[dict]:
-    out = []
-    for r in rows:
-        r = dict(r)
-        p = Path(r["audio"]).expanduser()
-        r["audio"] = str(p if p.is_absolute() else (base / p).resolve())
-        out.append(r)
-    return out
-
-
-def split_speakers(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """(fit rows, validation rows): a seeded ``fraction`` of the training speakers is held out."""
-    spk = sorted({str(r.get("speaker", r["id"])) for r in rows})
-    held = holdout_ids(spk, fraction, seed)
-    return (
-        [r for r in rows if str(r.get("speaker", r["id"])) not in held],
-        [r for r in rows if str(r.get("speaker", r["id"])) in held],
-    )
-
-
-def hold_out_messages(fit: list[dict], truth: dict[str, str], share: float, seed: int, normalizer
-                      ) -> tuple[list[dict], list[dict], list[str]]:
-    """(kept rows, held rows, held message keys): a seeded ``share`` of the messages said in ``fit``
-    (by ``truth``, keys from ``normalizer``) is held out of training.
-
-    Every row whose truth is a held message leaves the kept rows, and the held texts leave the kept
-    rows' candidate sets: a model trained on the kept rows has never met these messages, heard or
-    typed, as with a test chat's new messages. The held rows then serve as validation rows on
-    which never-heard messages can be measured. Rows without a truth stay."""
-    said = sorted({normalizer(truth[r["id"]]) for r in fit if r["id"] in truth})
-    k = int(round(share * len(said)))
-    if not k:
-        return list(fit), [], []
-    held = sorted(said[i] for i in np.random.default_rng([seed, 31]).choice(len(said), size=k, replace=False))
-    drop = set(held)
-    kept, moved = [], []
-    for r in fit:
-        if r["id"] in truth and normalizer(truth[r["id"]]) in drop:
-            moved.append(r)
-        elif r.get("candidates"):
-            kept.append({**r, "candidates": [t for t in r["candidates"] if normalizer(t) not in drop]})
-        else:
-            kept.append(r)
-    return kept, moved, held
-
-
-def split_counts(train: list[dict], fit: list[dict], val: list[dict], test: list[dict],
-                 train_key: str = "train") -> dict:
-    """Rows and speakers per split, and the speakers training and test share (must be none)."""
-    spk = {name: {r.get("speaker") for r in rows} for name, rows in
-           (("train", train), ("fit", fit), ("val", val), ("test", test))}
-    return {
-        train_key: len(train), "fit": len(fit), "val": len(val), "test": len(test),
-        "fit_speakers": len(spk["fit"]), "val_speakers": len(spk["val"]), "test_speakers": len(spk["test"]),
-        "speaker_overlap_train_test": len(spk["train"] & spk["test"]),
-    }
-
-
-def label_rows(rows: list[dict], truth: dict[str, str], rate: float, seed: int, normalizer) -> list[dict]:
-    """The rows with an exact label on a seeded ``rate`` share of them (labels from the truth file).
-
-    Only rows whose candidate set contains the truth (or that have none) can carry a label, as
-    ``plcli validate`` requires.
-    """
-    eligible = [
-        r["id"]
-        for r in rows
-        if r["id"] in truth
-        and (
-            not r.get("candidates") or normalizer(truth[r["id"]]) in {normalizer(c) for c in r["candidates"]}
-        )
-    ]
-    n = max(1, round(rate * len(rows)))
-    chosen = holdout_ids(eligible, min(1.0, n / max(1, len(eligible))), 1000 + seed) if eligible else set()
-    out = []
-    for r in rows:
-        r = {k: v for k, v in r.items() if k != "label"}
-        if r["id"] in chosen:
-            r["label"] = truth[r["id"]]
-        out.append(r)
-    return out
-
-
-def prepare(a, bench: Path) -> dict:
+def prepare(a: GridConfig, bench: Path) -> dict:
     """Write the benchmark's manifests; returns their paths and the row counts."""
     from plcli.data.labels import LabelNormalizer
 
@@ -221,7 +131,7 @@ def prepare(a, bench: Path) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def trainer_opts(a, epochs: int | None, seed: int) -> dict:
+def trainer_opts(a: BenchConfig, epochs: int | None, seed: int) -> dict:
     out = {
         "trainer.seed": seed,
         "trainer.accelerator": a.accelerator,
@@ -247,7 +157,7 @@ def run_stage(name: str, out: Path, overrides: dict) -> dict:
     return stage.run(cfg, log=lambda *m: None)
 
 
-def pretrain(a, bench: Path, paths: dict, seed: int, rate: float | None = None) -> dict:
+def pretrain(a: BenchConfig, bench: Path, paths: dict, seed: int, rate: float | None = None) -> dict:
     """One encoder per exact-label rate and seed, shared by rows 4 and 6 (``rate`` None: the highest
     rate's, which the oracle starts from). Pretraining's transcript CTC reads the exact labels (and
     the recogniser's vote), so a rate's cells must not share a run that saw another rate's labels;
@@ -271,7 +181,7 @@ def pretrain(a, bench: Path, paths: dict, seed: int, rate: float | None = None) 
 
 
 def pipeline_cell(
-    a,
+    a: BenchConfig,
     bench: Path,
     paths: dict,
     row: str,
@@ -339,9 +249,9 @@ def pipeline_cell(
     return cell
 
 
-def finish_cell(a, paths, row, rate, seed, model, vocab, features, seconds) -> dict:
+def finish_cell(a: BenchConfig, paths, row, rate, seed, model, vocab, features, seconds) -> dict:
     """Test and validation metrics and the inference throughput of a trained row's classifier."""
-    from plcli.bench.baselines import clips_per_second, evaluate_model
+    from bench.baselines import clips_per_second, evaluate_model
     from plcli.data.audio import load_audio
     from plcli.data.validate import load_rows
 
@@ -366,11 +276,11 @@ def finish_cell(a, paths, row, rate, seed, model, vocab, features, seconds) -> d
 
 
 def baseline_cell(
-    a, bench: Path, paths: dict, row: str, rate: float, seed: int, init_encoder: Path | None = None
+    a: BenchConfig, bench: Path, paths: dict, row: str, rate: float, seed: int, init_encoder: Path | None = None
 ) -> dict:
     """Rows 1-3: the student trained directly on its label source (cached augmented views);
     ``init_encoder``: a pretrain run's encoder.pt that the student starts from (else from scratch)."""
-    from plcli.bench.baselines import BaselineConfig, train_baseline
+    from bench.baselines import BaselineConfig, train_baseline
     from plcli.config import FeatureConfig
     from plcli.data.augment import AugmentConfig
     from plcli.data.features import FeatureCache
@@ -410,9 +320,9 @@ def baseline_cell(
     return {**cell, "student": info["student"], "student_init": info["student_init"]}
 
 
-def asr_cell(a, bench: Path, paths: dict) -> dict:
+def asr_cell(a: GridConfig, bench: Path, paths: dict) -> dict:
     """Row 5: pocketsphinx transcripts (cached), scorer chosen on the validation speakers, test accuracy."""
-    from plcli.bench.asr import SCORERS, asr_predict, transcribe_files
+    from bench.asr import SCORERS, asr_predict, transcribe_files
     from plcli.data.labels import Vocabulary
     from plcli.data.validate import load_rows
     from plcli.metrics import accuracy
@@ -477,7 +387,7 @@ def heard_labels(paths: dict, rate: float, seed: int, normalizer) -> set[str]:
     return {normalizer(t) for t in labels}
 
 
-def grammar_cell(a, bench: Path, paths: dict) -> dict:
+def grammar_cell(a: GridConfig, bench: Path, paths: dict) -> dict:
     """Row 5b: pocketsphinx with a grammar of each recording's own candidates (choices cached per
     split); within-candidate accuracy on test and validation, and on the never-heard test messages.
 
@@ -540,87 +450,7 @@ def grammar_cell(a, bench: Path, paths: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def cpu_name() -> str:
-    """The CPU model (from /proc/cpuinfo where there is one) and the core count."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
-
-
-def machine() -> str:
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return (
-        f"{cpu_name()}, GPU: {gpu}; Python {platform.python_version()}, torch {torch.__version__}, "
-        f"{platform.system()} {platform.release()}"
-    )
-
-
-@functools.cache
-def code_version() -> str:
-    """The git commit of the plcli source tree (with ``+dirty`` when plcli/ has uncommitted
-    changes), or the package version outside a checkout. Read once per process: a long benchmark
-    stamps its cells with the code it started with, not with edits made while it runs (the
-    benchmark mains call it first)."""
-    import plcli
-
-    src = Path(plcli.__file__).resolve().parent
-    try:
-        head = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True, timeout=30).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--", "."], capture_output=True,
-                               text=True, check=True, timeout=30).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return f"plcli {plcli.__version__}"
-    return head + ("+dirty" if dirty else "")
-
-
-def _now() -> str:
-    return f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M}"
-
-
-STAMPS = ("finished", "cpu", "code")  # what ``stamped`` adds to a cell
-
-
-def stamped(compute):
-    """``compute`` whose cell records when it finished, on which CPU and with which plcli code: a
-    benchmark folder can be completed over several sessions, and the report says what it mixes."""
-    return lambda: {**compute(), **dict(zip(STAMPS, (_now(), cpu_name(), code_version())))}
-
-
-def provenance(cells: Sequence[dict]) -> str:
-    """One sentence: the CPUs and code versions the cells were computed with, and how many each."""
-    from collections import Counter
-
-    parts = []
-    for key, what in (("cpu", "CPU"), ("code", "code")):
-        counts = Counter(c.get(key) or "not recorded" for c in cells)
-        parts.append(f"{what}: " + "; ".join(f"{k} ({n} cells)" for k, n in sorted(counts.items())))
-    return ". ".join(parts) + "."
-
-
-def report_header(cells: Sequence[dict], started: str) -> list[str]:
-    """A report's first lines: when its cells finished, where it was written, where the cells were
-    computed, and the command."""
-    stamps = [c.get("finished") or started for c in cells] or [started]
-    return [
-        f"Cells finished between {min(stamps)} and {max(stamps)} UTC; report written {_now()} on: {machine()}.",
-        "",
-        "Cells computed on " + provenance(cells),
-        "",
-        "Command: `" + " ".join(shlex.quote(x) for x in [Path(sys.executable).name, *sys.argv]) + "`",
-        "",
-    ]
-
-
-def write_report(a, bench: Path, cells: list[dict], counts: dict, started: str) -> Path:
+def write_report(a: GridConfig, bench: Path, cells: list[dict], counts: dict, started: str) -> Path:
     rows = [r for r in ROWS if r in a.rows]
     chart = accuracy_chart(cells, bench / "accuracy.png", rows)
     single = [r for r in a.single_seed_rows if r in a.rows]
@@ -643,23 +473,20 @@ def write_report(a, bench: Path, cells: list[dict], counts: dict, started: str) 
     atomic_write_json(bench / "results.json", cells)
     if a.docs:
         doc = Path(a.docs)
-        body = (
-            doc.read_text(encoding="utf-8") if doc.exists() else f"# Benchmark\n\n{MARK_START}\n{MARK_END}\n"
-        )
-        if MARK_START not in body or MARK_END not in body:
-            body += f"\n{MARK_START}\n{MARK_END}\n"
-        png = doc.with_name("benchmark-accuracy.png")
+        png = Path(a.png) if a.png else doc.with_name("benchmark-accuracy.png")
+        png.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(chart, png)
-        head, rest = body.split(MARK_START, 1)
-        tail = rest.split(MARK_END, 1)[1]
-        atomic_write_text(doc, f"{head}{MARK_START}\n{text.replace(chart.name, png.name)}{MARK_END}{tail}")
-        log(f"results written into {doc}")
+        link = os.path.relpath(png, doc.parent)
+        write_generated(doc, "The benchmark grid: results", text.replace(f"]({chart.name})", f"]({link})"),
+                        MAKE_TARGET)
+        log(f"results written to {doc} and {png}")
     return bench / "results.md"
 
 
-def parse(argv=None):
+def parse(argv=None) -> GridConfig:
+    """The grid's options (``scripts/benchmark.py --help``) as a ``GridConfig``."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bench-dir", default="bench", help="cells, runs, data and the report go here")
+    ap.add_argument("--bench-dir", default=BENCH_DIR, help="cells, runs, data and the report go here")
     ap.add_argument("--data", default=None, help="an existing plcli demo-data folder (default: generate one)")
     ap.add_argument("--cache", default=None, help="feature cache (default: BENCH/cache)")
     ap.add_argument("--phrases", type=int, default=40)
@@ -699,61 +526,31 @@ def parse(argv=None):
     )
     ap.add_argument("--accelerator", default="auto")
     ap.add_argument(
-        "--docs", default=None, help="also write the results into this markdown file (between markers)"
+        "--docs", default=None,
+        help="also write the report as this generated markdown page, whole (make bench: docs/results/grid.md)",
     )
+    ap.add_argument("--png", default=None, help="the page's chart (default with --docs: benchmark-accuracy.png beside it)")
     ap.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
     a = ap.parse_args(argv)
     if a.quick:
         for k, v in QUICK.items():
             if ap.get_default(k) == getattr(a, k):
                 setattr(a, k, v)
-        if a.bench_dir == "bench":
-            a.bench_dir = "bench/quick"
-    if a.baseline_epochs is None:
-        a.baseline_epochs = a.distill_epochs  # the baselines get the distilled student's training budget
-    a.cache = Path(a.cache or Path(a.bench_dir) / "cache").resolve()
-    return a
-
-
-SETTINGS = (
-    "data",
-    "phrases",
-    "train",
-    "test",
-    "data_seed",
-    "val_speakers",
-    "views",
-    "pretrain_epochs",
-    "finetune_epochs",
-    "distill_epochs",
-    "baseline_epochs",
-    "baseline_min_steps",
-    "asr_val_rows",
-)
-
-
-def check_settings(a, bench: Path, keys: Sequence[str] = SETTINGS) -> None:
-    """Cells and run directories are reused by name, so a bench folder holds one set of settings
-    (the grid itself, rows, rates and seeds, may grow): the options named in ``keys``."""
-    now = {k: getattr(a, k) for k in keys}
-    path = bench / "settings.json"
-    if path.exists():
-        old = json.loads(path.read_text(encoding="utf-8"))
-        diff = {k: (old.get(k), v) for k, v in now.items() if old.get(k) != v}
-        if diff:
-            sys.exit(
-                f"{bench} holds a benchmark run with other settings "
-                f"({', '.join(f'{k}: {o} -> {n}' for k, (o, n) in diff.items())}); use another output folder"
-            )
-    else:
-        atomic_write_json(path, now)
+        if a.bench_dir == BENCH_DIR:
+            a.bench_dir = f"{BENCH_DIR}/quick"
+    return config_from(
+        GridConfig, a, edge_only=["quick"],
+        # the baselines get the distilled student's training budget
+        baseline_epochs=a.distill_epochs if a.baseline_epochs is None else a.baseline_epochs,
+        cache=Path(a.cache or Path(a.bench_dir) / "cache").resolve(),
+    )
 
 
 def main(argv=None) -> int:
     a = parse(argv)
     code_version()
     bench = Path(a.bench_dir).resolve()
-    started = _now()
+    started = utc_now()
     os.environ.setdefault("PLCLI_CACHE", str(a.cache))
     check_settings(a, bench)
     paths = prepare(a, bench)

@@ -1,12 +1,12 @@
 """The learning-curve benchmark (``make bench-curve`` runs it through ``scripts/bench_curve.py``).
 
 Accuracy against the number N of training recordings, under a Zipf and a uniform message
-distribution (see docs/benchmark.md, "Learning curve"). For each distribution ONE demo data set is
+distribution (see docs/benchmark.md). For each distribution ONE demo data set is
 generated with enough training recordings for the largest N, plus a fixed test set from unseen
-speakers; a share of the training speakers is held out for validation (``grid.split_speakers``).
+speakers; a share of the training speakers is held out for validation (``common.split_speakers``).
 Each smaller N is a seeded subset of the remaining training rows, nested (N = 600 is part of
 N = 1200 for the same seed), so the feature cache computes each clip once. The exact labels are
-drawn again for every (N, rate, seed) (``grid.label_rows``).
+drawn again for every (N, rate, seed) (``common.label_rows``).
 
 Rows: the oracle (``grid.baseline_cell``: plcli's student trained on true labels, from the
 pretrained encoder where plcli's student starts from it, see ``compute_cell``), plcli with its
@@ -17,7 +17,7 @@ distribution, reported as not available when that module or its recogniser is mi
 cell is a JSON file under OUT/<dist>/n<N>/cells (the recogniser's under OUT/<dist>/cells), so an
 interrupted run continues.
 
-Cells (flat dicts, as in ``plcli.bench.report``) carry ``dist`` and ``n``; the oracle's ``rate`` is
+Cells (flat dicts, as in ``bench.report``) carry ``dist`` and ``n``; the oracle's ``rate`` is
 None (it does not use the exact labels) and the recogniser's ``n``, ``rate`` and ``seed`` are None.
 The report functions here are pure (cells in, text or a PNG out).
 """
@@ -33,28 +33,31 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
-from plcli.bench.grid import (
+from bench.common import (
     STAMPS,
-    _now,
+    BenchConfig,
     absolute_audio,
-    baseline_cell,
     check_settings,
     code_version,
+    config_from,
+    label_rows,
     log,
     make_demo,
-    pipeline_cell,
-    pretrain,
     read_jsonl,
     report_header,
     split_counts,
     split_speakers,
     stamped,
+    utc_now,
+    write_generated,
 )
-from plcli.bench.grid import label_rows as _label_rows
-from plcli.bench.report import cached_cell, fmt_mean_std, mean_std, save_figure
+from bench.grid import baseline_cell, pipeline_cell, pretrain
+from bench.report import cached_cell, fmt_mean_std, mean_std, save_figure
 from plcli.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 
 ROW_NAMES = {
@@ -66,7 +69,10 @@ ROW_NAMES = {
 }
 ROWS = tuple(ROW_NAMES)
 DISTS = {"zipf": 1.0, "uniform": 0.0}  # plcli demo-data --zipf exponent
-MARK_START, MARK_END = "<!-- curve:start -->", "<!-- curve:end -->"
+# the work folder; its cells and settings are kept in git (.gitignore), so a later run continues the curve
+OUT = "results/curve"
+# the make target that publishes the report (``--report docs/results/curve.md``), named on its first line
+MAKE_TARGET = "make bench-curve"
 
 # the issue's targets: (smallest N, ratio to the oracle), largest N first
 PLCLI_RATIO = ((2400, 0.95), (1200, 0.90))
@@ -79,6 +85,27 @@ TARGETS = {
     "pretraining": "plcli − no-pretrain > 2 sd (N ≤ 1200)",
     "grammar": "plcli > pocketsphinx grammar, within candidates (every N)",
 }
+
+
+@dataclass(kw_only=True)
+class CurveConfig(BenchConfig):
+    """The learning curve's options (``parse`` builds it from the command line, which gives the
+    defaults). It generates its data (``data`` stays None), one demo set per distribution."""
+
+    SETTINGS: ClassVar[tuple[str, ...]] = (
+        "phrases", "train", "test", "engines", "data_seed", "val_speakers", "views", "pretrain_epochs",
+        "finetune_epochs", "distill_epochs", "baseline_epochs", "baseline_min_steps",
+    )  # fmt: skip
+
+    out: str  # work folder: data, runs, cells and the report
+    sizes: list[int]  # training recordings N
+    extra: list[tuple[int, float]]  # more (N, rate) cells
+    dists: list[str]  # message distributions (``DISTS``)
+    three_seeds_upto: int  # N up to which every seed runs
+    engines: str  # plcli demo-data --engines
+    report_only: bool  # compute nothing, write the report from the cells there are
+    report: str | None  # also write the report as this generated markdown page
+    png: str | None  # copy the chart here
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,17 +128,17 @@ def nested_subset(rows: Sequence[dict], n: int, seed: int) -> list[dict]:
     return [r for r in rows if r["id"] in keep]
 
 
-def rates_at(a, n: int) -> list[float]:
+def rates_at(a: CurveConfig, n: int) -> list[float]:
     """The exact-label rates run at training size ``n``: ``--rates`` plus the ``--extra`` ones for ``n``."""
     return sorted(set(a.rates) | {rate for m, rate in a.extra if m == n})
 
 
-def seeds_at(a, n: int) -> list[int]:
+def seeds_at(a: CurveConfig, n: int) -> list[int]:
     """Every seed up to ``--three-seeds-upto``, the first one above it."""
     return list(a.seeds) if n <= a.three_seeds_upto else list(a.seeds[:1])
 
 
-def pairs(a) -> list[tuple[int, float]]:
+def pairs(a: CurveConfig) -> list[tuple[int, float]]:
     """Every (N, rate) of the curve, in order."""
     return [(n, rate) for n in sorted(a.sizes) for rate in rates_at(a, n)]
 
@@ -122,7 +149,7 @@ def demo_train_size(sizes: Sequence[int], val_speakers: float) -> int:
     return int(math.ceil(max(sizes) / (1.0 - val_speakers) * 1.25))
 
 
-def prepare_dist(a, root: Path, dist: str) -> dict:
+def prepare_dist(a: CurveConfig, root: Path, dist: str) -> dict:
     """Generate (once) one distribution's demo data; write its test, validation and truth files and
     the label-rate manifests of every (N, seed, rate). Returns ``{"sizes": {N: grid paths}, ...}``."""
     from plcli.data.labels import LabelNormalizer
@@ -155,7 +182,7 @@ def prepare_dist(a, root: Path, dist: str) -> dict:
             sub = nested_subset(fit, n, seed)
             for rate in rates_at(a, n):
                 p = data / f"n{n}" / f"train-r{rate:g}-s{seed}.jsonl"
-                atomic_write_jsonl(p, _label_rows(sub, truth, rate, seed, norm))
+                atomic_write_jsonl(p, label_rows(sub, truth, rate, seed, norm))
                 paths["manifests"][(rate, seed)] = (p, None)
         sizes[n] = paths
     meta = (
@@ -166,7 +193,9 @@ def prepare_dist(a, root: Path, dist: str) -> dict:
         "voices": meta.get("voices"),
     }
     log(f"{dist} data: {counts}")
-    atomic_write_json(data_cell(root), counts)  # kept in git with the cells, for --report-only
+    kept = data_cell(root)  # kept in git with the cells, for --report-only; rewritten only when it changes
+    if not kept.exists() or json.loads(kept.read_text(encoding="utf-8")) != counts:
+        atomic_write_json(kept, counts)
     return {"sizes": sizes, "test": base["test"], "counts": counts}
 
 
@@ -175,7 +204,7 @@ def data_cell(root: Path) -> Path:
     return root / "cells" / "data.json"
 
 
-def prepared(a, root: Path) -> dict:
+def prepared(a: CurveConfig, root: Path) -> dict:
     """``prepare_dist``'s answer for --report-only, from what is on disk: no data is generated, and
     the data counts come from the last run that prepared it (empty where none did)."""
     path = data_cell(root)
@@ -193,7 +222,7 @@ def cell_key(row: str, rate: float | None, seed: int) -> str:
     return f"oracle-s{seed}" if row == "oracle" else f"{row}-r{rate:g}-s{seed}"
 
 
-def grammar_cell(a, test: Path) -> dict:
+def grammar_cell(a: CurveConfig, test: Path) -> dict:
     """pocketsphinx restricted to each test recording's candidates (``plcli.grammar``)."""
     from plcli.data.labels import LabelNormalizer
     from plcli.grammar import choose_with_grammar
@@ -237,7 +266,7 @@ def _done(kind: str, key: str, c: dict, t: float, t0: float) -> None:
     )
 
 
-def compute_cell(a, bench: Path, paths: dict, row: str, rate: float, seed: int, n: int) -> dict:
+def compute_cell(a: CurveConfig, bench: Path, paths: dict, row: str, rate: float, seed: int, n: int) -> dict:
     """Train and evaluate one cell: ``plcli`` (its teacher under ``"teacher"``), ``teacher`` (the
     pipeline up to finetune, for a teacher-only run), ``no-pretrain`` or ``oracle``.
 
@@ -262,7 +291,7 @@ def _teacher_of(plcli_cell: dict) -> dict:
     return {**plcli_cell["teacher"], **{k: plcli_cell[k] for k in STAMPS if k in plcli_cell}}
 
 
-def dist_cells(a, root: Path, dist: str, sizes: dict) -> list[dict]:
+def dist_cells(a: CurveConfig, root: Path, dist: str, sizes: dict) -> list[dict]:
     """Every trained cell of one distribution (computed, or read back from its JSON file).
 
     ``sizes``: N -> the grid's ``paths`` (test, val, truth, manifests[(rate, seed)]). plcli's cells
@@ -314,7 +343,7 @@ def dist_cells(a, root: Path, dist: str, sizes: dict) -> list[dict]:
     return out
 
 
-def run_grammar(a, root: Path, dist: str, test: Path) -> dict | None:
+def run_grammar(a: CurveConfig, root: Path, dist: str, test: Path) -> dict | None:
     """The recogniser's cell of one distribution, or None when it cannot run (nothing is cached then)."""
     path = root / "cells" / "grammar.json"
     if "grammar" not in a.rows or grammar_available() or (a.report_only and not path.exists()):
@@ -554,7 +583,7 @@ def curve_chart(
 
 def report_markdown(
     cells: Sequence[dict],
-    a,
+    a: CurveConfig,
     counts: dict,
     started: str,
     png_name: str,
@@ -594,15 +623,9 @@ def report_markdown(
     return "\n".join(parts)
 
 
-def write_into(doc: Path, text: str) -> None:
-    """Put ``text`` between the curve markers of ``doc`` (markers appended, or the file created, when missing)."""
-    body = (
-        doc.read_text(encoding="utf-8") if doc.exists() else f"# Learning curve\n\n{MARK_START}\n{MARK_END}\n"
-    )
-    if MARK_START not in body or MARK_END not in body:
-        body += f"\n{MARK_START}\n{MARK_END}\n"
-    head, rest = body.split(MARK_START, 1)
-    atomic_write_text(doc, f"{head}{MARK_START}\n{text}{MARK_END}{rest.split(MARK_END, 1)[1]}")
+def write_page(doc: Path, text: str) -> None:
+    """``text`` (``report_markdown``) as the whole generated page ``doc``, under a line naming ``MAKE_TARGET``."""
+    write_generated(doc, "The learning curve: results", text, MAKE_TARGET)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -618,10 +641,10 @@ def _extra(text: str) -> tuple[int, float]:
         raise argparse.ArgumentTypeError(f"{text!r}: expected N:RATE, e.g. 1200:0.01") from None
 
 
-def parse(argv=None):
-    """The benchmark's options (``scripts/bench_curve.py --help``)."""
+def parse(argv=None) -> CurveConfig:
+    """The benchmark's options (``scripts/bench_curve.py --help``) as a ``CurveConfig``."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="bench-curve", help="work folder: data, runs, cells and the report")
+    ap.add_argument("--out", default=OUT, help="work folder: data, runs, cells and the report")
     ap.add_argument(
         "--sizes", type=int, nargs="+", default=[600, 1200, 2400, 4800], help="training recordings N"
     )
@@ -679,7 +702,7 @@ def parse(argv=None):
     ap.add_argument(
         "--report",
         default=None,
-        help="also write the results into this markdown file (between curve markers)",
+        help="also write the report as this generated markdown page, whole (make bench-curve: docs/results/curve.md)",
     )
     ap.add_argument(
         "--png",
@@ -687,20 +710,17 @@ def parse(argv=None):
         help="copy the chart here (default with --report: benchmark-curve.png beside it)",
     )
     a = ap.parse_args(argv)
-    a.data = None
-    if a.baseline_epochs is None:
-        a.baseline_epochs = a.distill_epochs
-    a.cache = Path(a.cache or os.environ.get("PLCLI_CACHE") or Path(a.out) / "cache").resolve()
-    return a
+    return config_from(
+        CurveConfig, a,
+        baseline_epochs=a.distill_epochs if a.baseline_epochs is None else a.baseline_epochs,
+        cache=Path(a.cache or os.environ.get("PLCLI_CACHE") or Path(a.out) / "cache").resolve(),
+    )
 
 
-SETTINGS = (
-    "phrases", "train", "test", "engines", "data_seed", "val_speakers", "views", "pretrain_epochs",
-    "finetune_epochs", "distill_epochs", "baseline_epochs", "baseline_min_steps",
-)  # fmt: skip
+SETTINGS = CurveConfig.SETTINGS
 
 
-def resolve_train(a, out: Path) -> None:
+def resolve_train(a: CurveConfig, out: Path) -> None:
     """``--train``, else the size an earlier run in ``out`` generated, else ``demo_train_size``."""
     if a.train is None:
         old = out / "settings.json"
@@ -714,10 +734,10 @@ def main(argv=None) -> int:
     a = parse(argv)
     code_version()
     out = Path(a.out).resolve()
-    started = _now()
+    started = utc_now()
     os.environ.setdefault("PLCLI_CACHE", str(a.cache))
     resolve_train(a, out)
-    check_settings(a, out, SETTINGS)
+    check_settings(a, out)
     unavailable = grammar_available() if "grammar" in a.rows else None
     cells: list[dict] = []
     counts = {}
@@ -737,10 +757,10 @@ def main(argv=None) -> int:
         png = Path(a.png) if a.png else doc.with_name("benchmark-curve.png")
         png.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(chart, png)
-        write_into(
+        write_page(
             doc, report_markdown(cells, a, counts, started, os.path.relpath(png, doc.parent), unavailable)
         )
-        log(f"results written into {doc} and {png}")
+        log(f"results written to {doc} and {png}")
     elif a.png:
         Path(a.png).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(chart, a.png)
