@@ -1,17 +1,21 @@
 """Configuration dataclasses (litgpt style): every field documented and checked.
 
-A stage's configuration is a tree of dataclasses. It can be read from YAML (``--config``), then
-command-line flags override single fields by dotted name (``trainer.epochs``). The resolved
-configuration is written as ``config.yaml`` into every run directory; later stages read it back to
-reuse, for example, the feature parameters the encoder was trained with.
+A stage's configuration is a tree of dataclasses. It can be read from YAML or JSON (``--config``),
+then command-line flags and ``--set KEY=VALUE`` override single fields by dotted name
+(``trainer.epochs``). The command-line flags themselves are generated from these fields
+(``plcli.cli_options``). The resolved configuration is written as ``config.yaml`` into every run
+directory; later stages read it back to reuse, for example, the feature parameters the encoder was
+trained with.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import typing
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,14 +27,17 @@ from plcli.io import atomic_write_text
 
 
 def opt(default: Any = dataclasses.MISSING, help: str = "", *, factory=None, choices=None, min=None, max=None,
-        before: Any = dataclasses.MISSING):
+        before: Any = dataclasses.MISSING, why: str = ""):
     """A dataclass field with a help text and simple checks (choices, numeric bounds).
 
+    ``help`` is one line (at most 100 characters): the command line shows it next to the flag.
+    ``why``: the reasoning behind the setting or its default, where the help has no room for it;
+    docs/options.md lists it.
     ``before``: how runs behaved before the field existed. A resumed run whose ``config.yaml`` lacks
     the field continues with this value rather than the default (``Config.keep_resumed``), for
     settings whose default changes what the checkpoint holds.
     """
-    meta = {"help": help, "choices": choices, "min": min, "max": max, "before": before}
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "before": before, "why": why}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -58,7 +65,8 @@ class Config:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise UserError(f"unknown config key(s) {', '.join(where + k for k in unknown)}")
+            raise UserError(f"unknown config key(s) {', '.join(where + k for k in unknown)}"
+                            + _did_you_mean(unknown[0], names, where))
         for f in dataclasses.fields(cls):
             if f.name not in data:
                 continue
@@ -81,14 +89,41 @@ class Config:
         for key, value in values.items():
             if value is None:
                 continue
-            obj: Any = self
-            parts = key.split(".")
-            for p in parts[:-1]:
-                obj = getattr(obj, p)
+            obj, name, tp = self.lookup(key)
+            setattr(obj, name, _coerce(value, tp, key))
+
+    def set_text(self, key: str, text: str) -> None:
+        """``--set KEY=VALUE``: the field at dotted ``key`` from command-line text, typed by its annotation
+        (``null`` or ``none`` for an optional field's None; a list as ``[a, b]`` or one item)."""
+        obj, name, tp = self.lookup(key)
+        setattr(obj, name, _from_text(text, tp, key))
+
+    def lookup(self, key: str) -> tuple[Config, str, Any]:
+        """(the section holding dotted ``key``, the field's name, its annotated type); ``UserError`` naming
+        the closest key where there is no such setting."""
+        obj: Any = self
+        parts = key.split(".")
+        for i, p in enumerate(parts):
             hints = typing.get_type_hints(type(obj))
-            if parts[-1] not in hints:
-                raise UserError(f"unknown config key {key}")
-            setattr(obj, parts[-1], _coerce(value, hints[parts[-1]], key))
+            sub = _config_type(hints[p]) if p in hints else None
+            if sub is not None and i == len(parts) - 1:
+                raise UserError(f"unknown config key {key}: it is a section, set its fields ({key}.KEY)")
+            if p not in hints or (sub is None and i < len(parts) - 1):
+                known = [k for k, *_ in self.settings()]
+                raise UserError(f"unknown config key {key}" + _did_you_mean(key, known, ""))
+            if i < len(parts) - 1:
+                obj = getattr(obj, p)
+        return obj, parts[-1], hints[parts[-1]]
+
+    def settings(self, where: str = "") -> Iterator[tuple[str, dataclasses.Field, Any, Any]]:
+        """Every leaf setting, depth first in declaration order: (dotted key, field, annotated type, value)."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, Config):
+                yield from v.settings(f"{where}{f.name}.")
+            else:
+                yield where + f.name, f, hints[f.name], v
 
     def keep_resumed(self, saved: dict, worker: bool = False, where: str = "") -> dict[str, Any]:
         """Resuming a run whose resolved config is ``saved``: every field declared with ``before`` that
@@ -125,7 +160,8 @@ class Config:
             choices, lo, hi = f.metadata.get("choices"), f.metadata.get("min"), f.metadata.get("max")
             name = where + f.name
             if choices is not None and v is not None and v not in choices:
-                raise UserError(f"{name}={v!r} is not one of {', '.join(map(str, choices))}")
+                raise UserError(f"{name}={v!r} is not one of {', '.join(map(str, choices))}"
+                                + _did_you_mean(str(v), [str(c) for c in choices], ""))
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 if isinstance(v, float) and not math.isfinite(v):
                     raise UserError(f"{name}={v} is not a finite number")
@@ -134,6 +170,37 @@ class Config:
                 if hi is not None and v > hi:
                     raise UserError(f"{name}={v} must be <= {hi}")
         self.check()
+
+
+def _did_you_mean(word: str, known: Iterable[str], where: str) -> str:
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {where}{close[0]}?" if close else ""
+
+
+def _from_text(text: str, tp: Any, name: str) -> Any:
+    """Command-line text (``--set``) to the annotated type ``tp``."""
+    args = typing.get_args(tp)
+    if type(None) in args and text.strip().lower() in ("null", "none", "~"):
+        return None
+    union = typing.get_origin(tp) is typing.Union or str(typing.get_origin(tp)) == "<class 'types.UnionType'>"
+    non_none = [a for a in args if a is not type(None)] if union else [tp]
+    if any(typing.get_origin(a) in (list, tuple) for a in non_none) and text.lstrip().startswith("["):
+        try:
+            return _coerce(yaml.safe_load(text), tp, name)
+        except yaml.YAMLError:
+            raise UserError(f"{name}: not a list: {text!r}") from None
+    return _coerce(text, tp, name)
+
+
+def parse_sets(items: Iterable[str]) -> list[tuple[str, str]]:
+    """``--set KEY=VALUE`` items as (key, value text) pairs; ``UserError`` on a malformed one."""
+    pairs = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set: expected KEY=VALUE, got {item!r}")
+        pairs.append((key.strip(), value))
+    return pairs
 
 
 def _plain(v: Any) -> Any:
@@ -198,8 +265,10 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     return value
 
 
-def load_config(cls: type[Config], path: str | os.PathLike | None, overrides: dict[str, Any]) -> Config:
-    """Defaults, then the YAML file (if any), then flag overrides; validated."""
+def load_config(cls: type[Config], path: str | os.PathLike | None, overrides: dict[str, Any],
+                sets: Iterable[str] = ()) -> Config:
+    """Defaults, then the YAML or JSON file (if any), then flag overrides (``None``: not given), then
+    ``--set KEY=VALUE`` items (the last one of a key wins); validated."""
     data: dict = {}
     if path is not None:
         p = Path(path)
@@ -213,6 +282,8 @@ def load_config(cls: type[Config], path: str | os.PathLike | None, overrides: di
             raise UserError(f"{p}: expected a mapping of options at the top level")
     cfg = cls.from_dict(data)
     cfg.override(overrides)
+    for key, text in parse_sets(sets):
+        cfg.set_text(key, text)
     cfg.validate()
     return cfg
 
