@@ -357,8 +357,12 @@ class DataConfig(Config):
     cache_dir: str | None = opt(None, "feature cache folder (default: $PLCLI_CACHE or ~/.cache/plcli)")
     val_fraction: float = opt(0.2, "share of exact rows held out for validation metrics", min=0.0, max=0.9)
     labels: LabelConfig = opt(factory=LabelConfig, help="label normalisation")
-    language: str = opt("auto", "the messages' language, ISO 639-1 (en, de, ru, ...): the voice of the phoneme tokens and of pocketsphinx's guessed pronunciations; auto: detected from the training texts (plcli.language)",
-                        before="en")
+    language: str = opt(
+        "auto",
+        "the messages' language, ISO 639-1 (en, de, ru, ...); auto: detected from the training texts",
+        why="the voice of the phoneme tokens and of pocketsphinx's guessed pronunciations (plcli.language)",
+        before="en",
+    )
 
     def check(self) -> None:
         from plcli.language import AUTO, espeak_voice
@@ -386,7 +390,11 @@ class TrainerConfig(Config):
     num_nodes: int = opt(1, "number of nodes", min=1)
     precision: str = opt("32-true", "32-true, 16-mixed, bf16-mixed, ...")
     num_workers: int = opt(0, "DataLoader worker processes (0 = load in the main process)", min=0)
-    sync_batchnorm: bool = opt(True, "with several GPU processes (DDP), BatchNorm statistics over the global batch rather than per process (torch cannot sync on CPU)")
+    sync_batchnorm: bool = opt(
+        True,
+        "with several GPU processes (DDP): BatchNorm statistics over the global batch, not per process",
+        why="torch cannot sync them on CPU, where they stay per process",
+    )
     resume: str | None = opt(None, "'auto' continues RUN_DIR's last checkpoint; or a checkpoint path")
     log_every_n_steps: int = opt(10, "how often to log training metrics", min=1)
     deterministic: bool = opt(False, "ask torch for deterministic algorithms (slower on GPU)")
@@ -399,15 +407,42 @@ class CTCConfig(Config):
     its CTC likelihood, so messages never heard in training can still be recognised."""
 
     weight: float = opt(0.0, "weight of the CTC loss next to the closed-set loss (0: no CTC head)", min=0.0)
-    tokens: str = opt("char", "what the head emits: char (letters, digits, apostrophe, space; chosen on validation speakers, docs/ctc.md) or phoneme (espeak-ng, offline)", choices=("phoneme", "char"))
-    tap: int = opt(-1, "what the head reads: -1 = the log-mel, through its own stride-2 front end (40 ms); 0 = the encoder after its stem (20 ms frames); 1 = after its first stage (40 ms)", min=-1, max=3)
+    tokens: str = opt(
+        "char",
+        "what the head emits: char (letters, digits, apostrophe, space) or phoneme (espeak-ng, offline)",
+        why="char was chosen on validation speakers (docs/ctc.md)",
+        choices=("phoneme", "char"),
+    )
+    tap: int = opt(
+        -1,
+        "what the head reads: -1 the log-mel, 0 the encoder after its stem, 1 after its first stage",
+        why="-1: through the head's own stride-2 front end (40 ms frames); 0: 20 ms frames; 1: 40 ms",
+        min=-1,
+        max=3,
+    )
     hidden: int = opt(96, "channels of the head's temporal convolutions", min=4)
     layers: int = opt(3, "residual blocks of the head", min=0)
     kernel_size: int = opt(9, "temporal kernel of the head (odd)", min=1)
     dropout: float = opt(0.1, "dropout before the head's output layer", min=0.0, max=0.9)
-    tempo: float = opt(0.0, "distill (0.1 there): speed perturbation of the CTC branch's input, a random rate in 1 +- tempo per step (the log-mel resampled along time)", min=0.0, max=0.5)
-    vtlp: float = opt(0.0, "distill (0.1 there): vocal tract length perturbation (VTLP) of the CTC branch's input, largest relative frequency scaling per row", min=0.0, max=0.5)
-    prior_correction: bool = opt(True, "candidate rows: divide each candidate's CTC likelihood by its message's share of candidate slots (as the closed-set losses do)")
+    tempo: float = opt(
+        0.0,
+        "speed perturbation of the CTC branch's input: a random rate in 1 +- tempo per step",
+        why="the log-mel is resampled along time; distill sets 0.1",
+        min=0.0,
+        max=0.5,
+    )
+    vtlp: float = opt(
+        0.0,
+        "vocal tract length perturbation (VTLP) of the CTC branch's input: largest frequency scaling",
+        why="the largest relative frequency scaling, drawn per row; distill sets 0.1",
+        min=0.0,
+        max=0.5,
+    )
+    prior_correction: bool = opt(
+        True,
+        "candidate rows: divide each candidate's CTC likelihood by its message's share of candidate slots",
+        why="as the closed-set losses do",
+    )
 
     @property
     def enabled(self) -> bool:

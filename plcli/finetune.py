@@ -77,25 +77,53 @@ class FinetuneConfig(Config):
     pretrained: str = opt("", "pretrain run directory, or 'none' for a random-encoder baseline")
     data: DataConfig = opt(factory=DataConfig, help="inputs")
     trainer: TrainerConfig = opt(factory=lambda: TrainerConfig(epochs=40, batch_size=64, lr=2e-3), help="training")
-    min_steps: int = opt(1000, "train at least this many optimiser steps (counted on one device): a small data set trains more epochs than trainer.epochs; 0 = off", min=0)
+    min_steps: int = opt(
+        1000,
+        "train at least this many optimiser steps (counted on one device); 0 = off",
+        why="a small data set then trains more epochs than trainer.epochs",
+        min=0,
+    )
     loss: str = opt("proden", "candidate-row loss: proden, cc or ce-only", choices=LOSSES)
     candidate_weight: float = opt(1.0, "weight of the candidate-row term against the exact-row term", min=0.0)
     from_layer: int = opt(0, "feed the head from this projection-head layer (0 = encoder output; SimCLRv2 uses 1)", min=0)
     head_hidden_dim: int = opt(256, "head hidden width", min=1)
     head_layers: int = opt(2, "head depth (1 = linear)", min=1)
     dropout: float = opt(0.1, "head dropout", min=0.0, max=0.9)
-    prior_correction: bool = opt(True, "divide probabilities by each class's share of candidate slots before restricting to a candidate set (frequent messages are frequent distractors)")
+    prior_correction: bool = opt(
+        True,
+        "divide probabilities by each class's share of candidate slots before restricting to candidates",
+        why="frequent messages are frequent distractors",
+    )
     label_smoothing: float = opt(0.0, "label smoothing of the exact-row cross-entropy", min=0.0, max=0.5)
-    copies: int = opt(0, "augmented copies per clip used as head inputs, from the pretrain run's cached views (0 = the clean clip only, which measured better: docs/benchmark.md, 'Teacher levers')", min=0)
-    bn_recalibrate: bool = opt(True, "re-estimate the frozen encoder's BatchNorm statistics on the clean training clips (pretraining saw only augmented views)")
+    copies: int = opt(
+        0,
+        "augmented copies per clip as extra head inputs, from the pretrain run's cached views",
+        why="0 = the clean clip only, which measured better: docs/benchmark.md, 'Teacher levers'",
+        min=0,
+    )
+    bn_recalibrate: bool = opt(
+        True,
+        "re-estimate the frozen encoder's BatchNorm statistics on the clean training clips",
+        why="pretraining saw only augmented views",
+    )
     unfreeze: bool = opt(False, "fine-tune the encoder too (slower; uses augmented views every step)")
-    encoder_lr_scale: float = opt(0.1, "encoder learning rate = lr x this, with --unfreeze", min=0.0)
+    encoder_lr_scale: float = opt(0.1, "encoder learning rate = lr x this, with unfreeze", min=0.0)
     truth: str | None = opt(None, "optional JSONL/CSV of id,label: disambiguation accuracy on candidate rows")
     encoder: str = opt("tcresnet", "encoder for --pretrained none", choices=sorted(ENCODERS))
     ctc: CTCConfig = opt(factory=lambda: CTCConfig(tap=1), help="a CTC head on the frozen encoder's frames (off by default here; the distill student has one)")
     ctc_rows: int = opt(64, "rows per batch that get the CTC loss, a random subset", min=1)
-    ranking_manifest: str | None = opt(None, "labelled rows (speakers held out from training; some saying messages training never holds, to weigh new messages) on which the combined ranking is chosen (default: the held-out exact rows)")
-    asr_prior: str = opt("auto", "recogniser whose view of each row's candidates is a prior on the partial-label targets: whisper, pocketsphinx, none, or auto (the pretrain run's; docs/asr-prior.md)", choices=CHOICES)
+    ranking_manifest: str | None = opt(
+        None,
+        "labelled rows on which the combined ranking is chosen (default: the held-out exact rows)",
+        why="speakers held out from training; some saying messages training never holds, to weigh new "
+        "messages",
+    )
+    asr_prior: str = opt(
+        "auto",
+        "recogniser whose vote on each row's candidates is a prior on the targets (auto: the pretrain run's)",
+        why="docs/asr-prior.md",
+        choices=CHOICES,
+    )
     asr_model: str | None = opt(None, "Whisper model for --recogniser whisper (default: the pretrain run's, else 'base')")
     asr_window: float | None = opt(None, "seconds of audio Whisper's encoder sees per clip (default: the upstream run's, else 30)", min=3.0, max=30.0)
     asr_accuracy: float | None = opt(None, "how often pocketsphinx's vote is right (default: estimated on the exact rows with candidates)", min=0.0, max=1.0)

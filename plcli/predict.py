@@ -125,8 +125,19 @@ class PredictConfig(Config):
     cache_dir: str | None = opt(None, "feature cache folder (default: $PLCLI_CACHE or ~/.cache/plcli)")
     skip_invalid: bool = opt(False, "drop invalid manifest rows (written to --rejects) instead of stopping")
     rejects: str | None = opt(None, "where --skip-invalid writes rejected rows (default: OUT.rejects.jsonl)")
-    fallback: str = opt("auto", "recogniser that re-ranks rows the model is unsure of: whisper, pocketsphinx, none, or auto (whisper, else pocketsphinx for English; for never-heard texts)", choices=FALLBACKS)
-    fallback_below: float | None = opt(None, "send rows whose top candidate probability is below this to the recogniser (default: chosen at training)", min=0.0, max=1.01)
+    fallback: str = opt(
+        "auto",
+        "recogniser that re-ranks rows the model is unsure of (auto: whisper, else pocketsphinx for en)",
+        why="for never-heard texts",
+        choices=FALLBACKS,
+    )
+    fallback_below: float | None = opt(
+        None,
+        "send rows whose top candidate probability is below this to the recogniser",
+        why="default: the threshold chosen at training",
+        min=0.0,
+        max=1.01,
+    )
     asr_model: str | None = opt(None, "Whisper model (default: the run's)")
     asr_window: float | None = opt(None, "seconds Whisper's encoder sees per clip (default: the run's)", min=3.0, max=30.0)
 

@@ -59,26 +59,71 @@ class PretrainConfig(Config):
     data: DataConfig = opt(factory=DataConfig, help="inputs")
     features: FeatureConfig = opt(factory=FeatureConfig, help="log-mel front end (inherited by later stages)")
     trainer: TrainerConfig = opt(factory=lambda: TrainerConfig(epochs=30, batch_size=64, lr=2e-3), help="training")
-    min_steps: int = opt(1000, "train at least this many optimiser steps (counted on one device): a small data set trains more epochs than trainer.epochs; 0 = off", min=0)
+    min_steps: int = opt(
+        1000,
+        "train at least this many optimiser steps (counted on one device); 0 = off",
+        why="a small data set then trains more epochs than trainer.epochs",
+        min=0,
+    )
     augment: AugmentConfig = opt(factory=AugmentConfig, help="waveform and spectrogram augmentations")
     encoder: str = opt("tcresnet", "encoder architecture", choices=sorted(ENCODERS))
-    input_norm: str = opt(DEFAULT_INPUT_NORM, "the encoder's input normalisation: cmn (each mel bin's mean over the clip removed, then the clip's variance; speaker- and channel-invariant), utterance (the clip's mean and variance only), batch, none", choices=INPUT_NORMS)
+    input_norm: str = opt(
+        DEFAULT_INPUT_NORM,
+        "the encoder's input normalisation (cmn: each mel bin's mean over the clip removed)",
+        why="cmn then scales by the clip's variance: speaker- and channel-invariant; utterance: the clip's "
+        "mean and variance only",
+        choices=INPUT_NORMS,
+    )
     proj_hidden_dim: int = opt(256, "projection head hidden width", min=8)
     proj_dim: int = opt(128, "projection output size (the NT-Xent space)", min=8)
     proj_layers: int = opt(3, "projection head depth (SimCLRv2 uses 3)", min=1)
     temperature: float = opt(0.2, "NT-Xent temperature", min=1e-3)
     views: int = opt(8, "augmented views per clip pre-computed into the feature cache", min=2)
-    speaker_batches: int = opt(0, "speakers per batch (the manifest's speaker field): each batch holds chunks of this many speakers' clips, so most negatives share the anchor's voice and the encoder must learn what is said, not who says it (CPC's within-speaker negatives); 0 = random batches", min=0)
-    pseudo_positives: float = opt(0.0, "probability that a clip's positive is a view of another clip that probably says the same message (the same exact label, or the same speech-recogniser vote among the candidates: PiCO-style pseudo-positives across voices; needs pocketsphinx); 0 = SimCLR's own-clip positives only", min=0.0, max=1.0)
-    transcript_ctc: float = opt(3.0, "weight of an auxiliary CTC loss that teaches the encoder what is said: each clip's pseudo-transcript (its exact label, else the speech recogniser's vote among its candidates) in phonemes, read from the encoder's last-stage frames through a small CTC head that only pretraining uses (off without pocketsphinx; chosen on validation speakers, docs/benchmark.md); 0 = NT-Xent only", min=0.0,
-                                before=0.0)
-    asr_prior: str = opt("auto", "recogniser naming each clip's pseudo-transcript among its candidates: whisper, pocketsphinx, none, or auto (pocketsphinx where installed)", choices=CHOICES)
-    asr_model: str = opt("base", "Whisper model for --recogniser whisper: a CTranslate2 folder, or a name ('base': the plcli[whisper] wheels)")
+    speaker_batches: int = opt(
+        0,
+        "speakers per batch (the manifest's speaker field); 0 = random batches",
+        why="each batch holds chunks of this many speakers' clips, so most negatives share the anchor's "
+        "voice and the encoder must learn what is said, not who says it (CPC's within-speaker "
+        "negatives)",
+        min=0,
+    )
+    pseudo_positives: float = opt(
+        0.0,
+        "probability that a clip's positive is another clip that probably says the same message",
+        why="the same exact label, or the same recogniser vote among the candidates: PiCO-style "
+        "pseudo-positives across voices; needs pocketsphinx; 0 = SimCLR's own-clip positives only",
+        min=0.0,
+        max=1.0,
+    )
+    transcript_ctc: float = opt(
+        3.0,
+        "weight of a CTC loss teaching the encoder each clip's pseudo-transcript; 0 = NT-Xent only",
+        why="the pseudo-transcript is the exact label, else the speech recogniser's vote among the "
+        "candidates, in phonemes, read from the encoder's last-stage frames through a small CTC head "
+        "that only pretraining uses; off without pocketsphinx; chosen on validation speakers "
+        "(docs/benchmark.md)",
+        min=0.0,
+        before=0.0,
+    )
+    asr_prior: str = opt(
+        "auto",
+        "recogniser naming each clip's pseudo-transcript among its candidates",
+        why="auto: pocketsphinx where installed",
+        choices=CHOICES,
+    )
+    asr_model: str = opt(
+        "base",
+        "Whisper model for --recogniser whisper: a CTranslate2 folder, or a name",
+        why="'base': the plcli[whisper] wheels",
+    )
     asr_window: float = opt(30.0, "seconds of audio Whisper's encoder sees per clip (its own 30 s; shorter is faster, less accurate)", min=3.0, max=30.0)
     online_augment: bool = opt(False, "augment waveforms every step in DataLoader workers instead of caching views")
     probe_k: int = opt(5, "k of the kNN probes (exact rows; candidate-restricted disambiguation)", min=1)
-    truth: str | None = opt(None, "optional JSONL/CSV of id,label: accuracy of the candidate-restricted kNN "
-                                  "disambiguation probe on the candidate rows, every epoch")
+    truth: str | None = opt(
+        None,
+        "JSONL/CSV of id,label: each epoch, the kNN disambiguation probe's accuracy on candidate rows",
+        why="the probe is a kNN restricted to each row's candidates",
+    )
     overwrite: bool = opt(False, "replace an existing run in out")
 
     def check(self) -> None:

@@ -70,13 +70,16 @@ class DemoConfig(Config):
     )
     vocabulary: str = opt(
         "phrases",
-        "'phrases': the built-in everyday phrases (at most 60); 'long-tail': template messages sharing "
-        "words (times, places, names, numbers; at most 653; English), for open-vocabulary work",
+        "'phrases': built-in everyday phrases (at most 60); 'long-tail': template messages (at most 653)",
+        why="long-tail messages share words (times, places, names, numbers); English only, for "
+        "open-vocabulary work",
         choices=("phrases", "long-tail"),
     )
     language: str = opt(
-        "en", "language of the phrases and the voices (ISO 639-1): espeak-ng's voices of it, and MBROLA's "
-        "where installed; the English-only engines speak only en", choices=tuple(LANGUAGE_PHRASES),
+        "en",
+        "language of the phrases and the voices (ISO 639-1)",
+        why="espeak-ng's voices of it, and MBROLA's where installed; the English-only engines speak only en",
+        choices=tuple(LANGUAGE_PHRASES),
     )
     train: int = opt(4000, "training voice messages", min=1)
     test: int = opt(1000, "test voice messages (a second chat with unseen speakers)", min=0)
@@ -99,8 +102,8 @@ class DemoConfig(Config):
     zipf: float = opt(1.0, "Zipf exponent of phrase popularity (0: uniform)", min=0.0)
     new_messages: float = opt(
         0.0,
-        "share of the messages that only the test chat uses: never heard (nor typed) in training, "
-        "for open-vocabulary evaluation",
+        "share of the messages only the test chat uses: never heard (nor typed) in training",
+        why="for open-vocabulary evaluation",
         min=0.0,
         max=0.5,
     )
