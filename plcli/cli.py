@@ -24,31 +24,24 @@ app = typer.Typer(
 data_app = typer.Typer(help="Data preparation: import chat exports.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-# -- flags shared by the training stages (the settings, their help and defaults: plcli/config.py) --
-TRAINER, DATA, ASR, HW = "Training", "Data", "Recogniser (docs/asr-prior.md)", "Hardware"
-STAGE_SHARED = (
-    flag("data.manifests", argument=True, required=True),
+# -- flags of the training stages (the settings, their help and defaults: the stages' config classes) --
+# Each stage has a flag for what a user decides: its inputs, where it writes, how long it trains,
+# the language and the recogniser, and the hardware. Every other setting: --set KEY=VALUE.
+HW = "Hardware"
+STAGE_INPUT = (flag("data.manifests", argument=True, required=True),)
+STAGE_COMMON = (
     flag("out", "--out", "-o", required=True),
-    flag("overwrite"),
+    flag("trainer.epochs"),
+    flag("trainer.batch_size"),
+    flag("trainer.seed"),
+    flag("data.language"),
+    flag("asr_prior", "--recogniser", "--asr-prior"),
     flag("trainer.resume"),
-    flag("trainer.epochs", panel=TRAINER),
-    flag("trainer.batch_size", panel=TRAINER),
-    flag("trainer.lr", panel=TRAINER),
-    flag("trainer.seed", panel=TRAINER),
+    flag("overwrite"),
+    flag("data.skip_invalid"),
     flag("trainer.accelerator", panel=HW),
     flag("trainer.devices", panel=HW),
-    flag("trainer.strategy", panel=HW),
-    flag("trainer.num_nodes", panel=HW),
     flag("trainer.precision", panel=HW),
-    flag("trainer.num_workers", panel=HW),
-    flag("trainer.progress", panel=TRAINER),
-    flag("data.skip_invalid", "--skip-invalid/--no-skip-invalid", panel=DATA),
-    flag("data.rejects", panel=DATA),
-    flag("data.cache_dir", panel=DATA),
-    flag("data.language", panel=DATA),
-    flag("asr_prior", "--recogniser", "--asr-prior", panel=ASR),
-    flag("asr_model", panel=ASR),
-    flag("asr_window", panel=ASR),
 )
 
 
@@ -60,7 +53,7 @@ def _stage(name: str, *own):
 
         return stages.get(name).config_class()
 
-    return config_command(app, name, config, (STAGE_SHARED[0], *own, *STAGE_SHARED[1:]))
+    return config_command(app, name, config, (*STAGE_INPUT, *own, *STAGE_COMMON))
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -210,9 +203,7 @@ def _run_stage(name: str, cfg):
     return metrics
 
 
-@_stage("pretrain", flag("encoder"), flag("temperature"), flag("proj_dim"), flag("proj_layers"), flag("views"),
-        flag("online_augment", "--online-augment/--cached-views"), flag("truth"), flag("min_steps"),
-        flag("input_norm"), flag("transcript_ctc"))
+@_stage("pretrain", flag("truth"), flag("encoder"))
 def pretrain(cfg):
     """Stage 1: SimCLR contrastive pretraining of an audio encoder on all the audio.
 
@@ -228,10 +219,7 @@ def pretrain(cfg):
     return _run_stage("pretrain", cfg)
 
 
-@_stage("finetune", flag("pretrained", required=True), flag("loss"), flag("candidate_weight"), flag("from_layer"),
-        flag("copies"), flag("min_steps"), flag("unfreeze", "--unfreeze/--frozen"), flag("truth"),
-        flag("data.val_fraction"), flag("ctc.weight", "--ctc-weight"), flag("ctc.tokens", "--ctc-tokens"),
-        flag("ranking_manifest"), flag("asr_accuracy"))
+@_stage("finetune", flag("pretrained", required=True), flag("truth"))
 def finetune(cfg):
     """Stage 2: MLP head on the frozen encoder, trained on exact labels and candidate sets.
 
@@ -241,13 +229,8 @@ def finetune(cfg):
     return _run_stage("finetune", cfg)
 
 
-@_stage("distill", flag("teacher", required=True), flag("student"), flag("student_init"), flag("small_data"),
-        flag("small_data_batch"), flag("temperature"), flag("confidence"), flag("teacher_views"),
-        flag("refine", "--refine/--no-refine"), flag("refine_momentum"), flag("refine_start"), flag("exact_weight"),
-        flag("cc_weight"), flag("rounds"), flag("warm_start"), flag("ctc.weight", "--ctc-weight"),
-        flag("ctc.tokens", "--ctc-tokens"), flag("ctc_epochs"), flag("ctc_starts"), flag("ctc_other_tokens"),
-        flag("ctc_refits"), flag("ctc_refit_epochs"), flag("ranking_manifest"), flag("asr_accuracy"),
-        flag("asr_rounds"), flag("asr_ctc"), flag("truth"))
+@_stage("distill", flag("teacher", required=True), flag("truth"), flag("ranking_manifest"), flag("student"),
+        flag("rounds"))
 def distill(cfg):
     """Stage 3: distil the teacher into a smaller student on candidate-restricted pseudo-labels.
 

@@ -2,20 +2,20 @@
 
 Three tiers of supervision:
 - exact rows: cross-entropy on the label;
-- candidate rows, by ``--loss``: ``proden`` (targets = the model's own probabilities restricted to
+- candidate rows, by ``loss``: ``proden`` (targets = the model's own probabilities restricted to
   the candidate set and renormalised, refreshed every epoch; Lv et al. 2020), ``cc`` (negative log
   of the total probability on the candidate set; Feng et al. 2020) or ``ce-only`` (ignore them: the
   textbook SimCLRv2 recipe);
 - rows with neither: not used here.
 
-``--ctc-weight w`` adds a CTC head (``plcli.models.ctc``) on the frozen encoder's frames, which
+``ctc.weight w`` adds a CTC head (``plcli.models.ctc``) on the frozen encoder's frames, which
 scores any text: exact rows train it with plain CTC, candidate rows with the candidate set's
 likelihood ``-log sum_{c in S} p_CTC(c|x) / q_c`` (GTC, Moritz et al. 2020; ``q`` the prior
 correction, as for the closed-set head), each step on ``ctc_rows`` random rows of the batch. The
 frames, like the embeddings, are computed once per clip and cached view.
 
 With the encoder frozen (the default), embeddings are computed once for the clean clip and for the
-cached augmented views, and the head trains on them in seconds. ``--unfreeze`` trains the whole
+cached augmented views, and the head trains on them in seconds. ``unfreeze`` trains the whole
 network on augmented views with a lower encoder learning rate.
 """
 
@@ -458,11 +458,11 @@ def _prepare(cfg: FinetuneConfig, log) -> _Inputs:
     if cfg.loss == "ce-only":
         train_idx = train_idx[(y[train_idx] >= 0).numpy()]
         if len(train_idx) == 0:
-            raise UserError("--loss ce-only needs exact labels, and the training rows have none")
+            raise UserError("loss ce-only needs exact labels, and the training rows have none")
     classifier = _classifier_args(cfg, pre, len(vocab))
     if cfg.ctc.enabled:
         if classifier["encoder"] not in ("tcresnet", "tcresnet-small", "tcresnet-wide"):
-            raise UserError(f"--ctc-weight needs a TC-ResNet encoder (frames over time), not {classifier['encoder']}")
+            raise UserError(f"ctc.weight needs a TC-ResNet encoder (frames over time), not {classifier['encoder']}")
         from plcli.text import build_tokenizer
 
         tok = build_tokenizer(cfg.ctc.tokens, vocab.display, voice=voice_of(cfg.data.language, vocab.display))
@@ -485,7 +485,7 @@ def _classifier_args(cfg: FinetuneConfig, pre: PretrainConfig | None, num_classe
     """``Classifier`` arguments: the pretrain run's encoder and projection head, this stage's head."""
     arch = pre or PretrainConfig(encoder=cfg.encoder)
     if cfg.from_layer > arch.proj_layers:
-        raise UserError(f"--from-layer {cfg.from_layer} exceeds the projection head's {arch.proj_layers} layers")
+        raise UserError(f"from_layer={cfg.from_layer} exceeds the projection head's {arch.proj_layers} layers")
     return dict(encoder=arch.encoder, n_mels=cfg.features.n_mels, num_classes=num_classes,
                 from_layer=cfg.from_layer, proj_hidden_dim=arch.proj_hidden_dim, proj_dim=arch.proj_dim,
                 proj_layers=arch.proj_layers, head_hidden_dim=cfg.head_hidden_dim,
@@ -521,7 +521,7 @@ def _module(cfg: FinetuneConfig, inp: _Inputs) -> FinetuneModule:
 
 
 def _datasets(cfg: FinetuneConfig, inp: _Inputs, module: FinetuneModule, cache):
-    """(train, validation) datasets, the clean embeddings (None with --unfreeze) and the clean
+    """(train, validation) datasets, the clean embeddings (None with unfreeze) and the clean
     features of every row.
 
     Frozen: embeddings of the clean clip and ``copies`` cached views; else the cached views themselves.

@@ -4,7 +4,7 @@ Data path (CPU first): each clip's ``views`` augmented copies (audiomentations o
 then log-mel) are computed once into the feature cache; every step draws two different cached
 views per clip and applies cheap batched spectrogram augmentations (masking, mixup, resize-crop)
 on the fly. The data side of a step is then one memory-mapped read, so end-to-end throughput
-is close to the model's own. ``--online-augment`` instead augments waveforms in DataLoader
+is close to the model's own. ``online_augment`` instead augments waveforms in DataLoader
 workers every step (for machines with many cores).
 
 Validation is a representation probe on the clean features, every epoch: a leave-one-out kNN over
@@ -130,7 +130,7 @@ class PretrainConfig(Config):
         if not self.data.manifests:
             raise UserError("no training manifest given")
         if self.pseudo_positives and self.online_augment:
-            raise UserError("pseudo_positives draws from the cached views; it does not work with --online-augment")
+            raise UserError("pseudo_positives draws from the cached views; it does not work with online_augment")
 
 
 class PretrainModule(L.LightningModule):
@@ -542,7 +542,7 @@ def _transcripts_on(cfg: PretrainConfig, log) -> bool:
 
     if cfg.transcript_ctc <= 0:
         return False
-    why = ("it reads the cached views, and --online-augment has none" if cfg.online_augment else
+    why = ("it reads the cached views, and online_augment has none" if cfg.online_augment else
            f"it reads a TC-ResNet's frames, and --encoder {cfg.encoder} has none" if not cfg.encoder.startswith("tcresnet")
            else "no recogniser (pip install 'plcli[asr]')" if resolve(cfg.asr_prior) == "none" else None)
     if why:

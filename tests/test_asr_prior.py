@@ -375,7 +375,7 @@ def test_pretrain_with_pseudo_positives_runs_through_the_cli(tmp_path, tiny_data
     assert len(fake.calls) == 1 and "clips grouped by exact label or vote" in res.output
     assert yaml.safe_load((out / "config.yaml").read_text())["pseudo_positives"] == 1.0
     res = CliRunner().invoke(app, ["pretrain", str(manifest), "--out", str(tmp_path / "online"), "--config",
-                                   tiny_config(tmp_path), "--online-augment", "--set", "pseudo_positives=0.5"])
+                                   tiny_config(tmp_path), "--set", "online_augment=true", "--set", "pseudo_positives=0.5"])
     assert res.exit_code != 0 and "pseudo_positives draws from the cached views" in res.output
 
 
@@ -421,7 +421,7 @@ def test_transcript_ctc_is_off_where_it_cannot_run(monkeypatch):
     assert not _transcripts_on(PretrainConfig(transcript_ctc=0.0), said.append) and not said
     assert not _transcripts_on(PretrainConfig(transcript_ctc=1.0, online_augment=True), said.append)
     assert not _transcripts_on(PretrainConfig(transcript_ctc=1.0, encoder="resnet2d"), said.append)
-    assert "--online-augment" in said[0] and "resnet2d" in said[1]
+    assert "online_augment" in said[0] and "resnet2d" in said[1]
 
 
 def test_transcript_loss_is_the_mean_ctc_loss_of_the_clips_with_a_transcript():

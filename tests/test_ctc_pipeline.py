@@ -44,7 +44,7 @@ def runs(tmp_path_factory):
     (root / "ft.yaml").write_text(yaml.safe_dump({"trainer": TRAINER, "copies": 2, "min_steps": 0}))
     tf = write_truth(root / "truth.jsonl", truth)
     res = run(app, ["finetune", str(manifest), "--pretrained", str(root / "pre"), "--out", str(root / "ft"),
-                    "--config", str(root / "ft.yaml"), "--epochs", "2", "--ctc-weight", "1", "--truth", str(tf)])
+                    "--config", str(root / "ft.yaml"), "--epochs", "2", "--set", "ctc.weight=1", "--truth", str(tf)])
     assert res.exit_code == 0, res.output
     (root / "di.yaml").write_text(yaml.safe_dump({"trainer": TRAINER, "ctc_rows": 8}))
     res = run(app, ["distill", str(manifest), "--teacher", str(root / "ft"), "--out", str(root / "di"),
@@ -217,12 +217,12 @@ def test_ranked_logits_follow_the_teachers_combined_ranking(runs):
 
 
 def test_distill_ctc_refit_continues_the_ctc_head_on_the_ranking(runs, tmp_path):
-    """``--ctc-refits 1``: RUN_DIR/ctc2 keeps the classifier of the last round, its targets are the CTC
+    """``--set ctc_refits=1``: RUN_DIR/ctc2 keeps the classifier of the last round, its targets are the CTC
     phase's ranking (each candidate row's favourite is that model's top candidate), and its model is the run's."""
     root, manifest, test_manifest, _ = runs
     res = CliRunner().invoke(app, ["distill", str(manifest), "--teacher", str(root / "ft"), "--out", str(tmp_path / "di"),
                                    "--config", str(root / "di.yaml"), "--epochs", "1", "--rounds", "1",
-                                   "--ctc-refits", "1", "--ctc-refit-epochs", "2",
+                                   "--set", "ctc_refits=1", "--set", "ctc_refit_epochs=2",
                                    "--ranking-manifest", str(test_manifest)])
     assert res.exit_code == 0, res.output
     run = tmp_path / "di"
@@ -266,13 +266,13 @@ def test_distill_ctc_refit_continues_the_ctc_head_on_the_ranking(runs, tmp_path)
 
 
 def test_distill_ctc_starts_keep_the_start_that_ranks_best(runs, tmp_path):
-    """``--ctc-starts 2`` (and the default other-tokens start): three CTC phases from the last round,
+    """``--set ctc_starts=2`` (and the default other-tokens start): three CTC phases from the last round,
     two with characters (seeds s and s + 1000) and one with phonemes; the one whose ranking is best on
     the validation rows is kept, refitted with its own tokens, and every start counts in the run's time."""
     root, manifest, test_manifest, _ = runs
     args = ["distill", str(manifest), "--teacher", str(root / "ft"), "--out", str(tmp_path / "di"),
-            "--config", str(root / "di.yaml"), "--epochs", "1", "--rounds", "1", "--ctc-starts", "2",
-            "--ctc-refits", "1", "--ctc-refit-epochs", "1", "--set", "ctc_starts_below=1",
+            "--config", str(root / "di.yaml"), "--epochs", "1", "--rounds", "1", "--set", "ctc_starts=2",
+            "--set", "ctc_refits=1", "--set", "ctc_refit_epochs=1", "--set", "ctc_starts_below=1",
             "--ranking-manifest", str(test_manifest)]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output

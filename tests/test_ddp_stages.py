@@ -1,4 +1,4 @@
-"""Each training stage under a Lightning DDP Trainer (``--strategy ddp --devices 2 --accelerator cpu``,
+"""Each training stage under a Lightning DDP Trainer (``--set trainer.strategy=ddp --devices 2 --accelerator cpu``,
 gloo) on tiny data, against one process on the global batch.
 
 Pretrain gathers its negatives from every rank, so its loss is the global batch's (and clearly not
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 TRAINER = {"accelerator": "cpu", "progress": False, "num_workers": 0}
 GLOBAL_BATCH = 16
-DDP = ["--strategy", "ddp", "--devices", "2", "--batch-size", str(GLOBAL_BATCH // 2)]
+DDP = ["--set", "trainer.strategy=ddp", "--devices", "2", "--batch-size", str(GLOBAL_BATCH // 2)]
 ONE = ["--devices", "1", "--batch-size", str(GLOBAL_BATCH)]
 
 

@@ -400,9 +400,10 @@ def test_distill_cli(world, tmp_path):
             str(conf),
             "--epochs",
             "1",
-            "--temperature",
-            "3",
-            "--refine",
+            "--set",
+            "temperature=3",
+            "--set",
+            "refine=true",
             "--student",
             "tcresnet-small",
             "--seed",
@@ -509,7 +510,7 @@ class _StartOfEachRound(L.Callback):
 
 
 def test_student_init_teacher_starts_from_the_teachers_encoder(world, tmp_path):
-    """--student-init teacher: a fresh student's encoder is a copy of the teacher's; its head is new."""
+    """student_init teacher: a fresh student's encoder is a copy of the teacher's; its head is new."""
     teacher = load_model(world["teacher"])[0]
     rec = _StartOfEachRound()
     # seed 1: the fixture's teacher was drawn with seed 0, as a seed-0 student of its architecture would be

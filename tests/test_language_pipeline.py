@@ -39,7 +39,7 @@ def test_a_russian_chat_trains_with_cyrillic_ctc_tokens(tmp_path, monkeypatch):
     assert "transcript CTC: " in res.output and "phonemes (ru)" in res.output  # the exact labels, in Russian
     (tmp_path / "ft.yaml").write_text(yaml.safe_dump({"trainer": TRAINER, "copies": 2, "min_steps": 0}))
     res = run(app, ["finetune", manifest, "--pretrained", str(tmp_path / "pre"), "--out", str(tmp_path / "ft"),
-                    "--config", str(tmp_path / "ft.yaml"), "--epochs", "2", "--ctc-weight", "1"])
+                    "--config", str(tmp_path / "ft.yaml"), "--epochs", "2", "--set", "ctc.weight=1"])
     assert res.exit_code == 0, res.output
     (tmp_path / "di.yaml").write_text(yaml.safe_dump({"trainer": TRAINER, "ctc_rows": 8}))
     res = run(app, ["distill", manifest, "--teacher", str(tmp_path / "ft"), "--out", str(tmp_path / "di"),

@@ -83,7 +83,7 @@ def test_min_steps_adds_epochs_on_small_data(tmp_path, tiny_data):
     # through the CLI: 2 steps an epoch (32 clips, batch 16), at least 6 steps -> 3 epochs, not 1
     manifest, _ = tiny_data
     out = tmp_path / "pre"
-    _pretrain(tmp_path, manifest, out, "--epochs", "1", "--min-steps", "6")
+    _pretrain(tmp_path, manifest, out, "--epochs", "1", "--set", "min_steps=6")
     m = json.loads((out / "metrics.json").read_text())
     assert m["epochs"] == 3 and m["global_step"] == 6
     assert yaml.safe_load((out / "config.yaml").read_text())["min_steps"] == 6
@@ -93,7 +93,7 @@ def test_a_run_from_before_the_transcript_ctc_resumes_without_it(tmp_path, tiny_
     """Its checkpoint has no transcript head, so the new default must not try to restore one."""
     manifest, _ = tiny_data
     out = tmp_path / "pre"
-    _pretrain(tmp_path, manifest, out, "--epochs", "1", "--transcript-ctc", "0")
+    _pretrain(tmp_path, manifest, out, "--epochs", "1", "--set", "transcript_ctc=0")
     saved = yaml.safe_load((out / "config.yaml").read_text())
     del saved["transcript_ctc"]  # the run's config as the code before the setting wrote it
     (out / "config.yaml").write_text(yaml.safe_dump(saved))

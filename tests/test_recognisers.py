@@ -187,7 +187,7 @@ def test_pipeline_with_the_whisper_recogniser(tmp_path, tiny_data, tiny_whisper)
     run = CliRunner().invoke
     res = run(app, ["pretrain", str(manifest), "--out", str(tmp_path / "pre"), "--config", tiny_config(tmp_path),
                     "--epochs", "1",
-                    "--recogniser", "whisper", "--asr-model", str(tiny_whisper), "--set", "transcript_ctc=1"])
+                    "--recogniser", "whisper", "--set", f"asr_model={tiny_whisper}", "--set", "transcript_ctc=1"])
     assert res.exit_code == 0, res.output
     assert "whisper: scoring the candidates of" in res.output
     res = run(app, ["finetune", str(manifest), "--pretrained", str(tmp_path / "pre"), "--out", str(tmp_path / "ft"),
@@ -198,7 +198,7 @@ def test_pipeline_with_the_whisper_recogniser(tmp_path, tiny_data, tiny_whisper)
     assert prior["kind"] == "whisper" and prior["calibration"]["fitted_on"] > 0
     assert 0 <= prior["calibration_error"] <= 1
     res = run(app, ["distill", str(manifest), "--teacher", str(tmp_path / "ft"), "--out", str(tmp_path / "st"),
-                    "--config", str(dist), "--epochs", "1", "--rounds", "1", "--ctc-epochs", "0"])
+                    "--config", str(dist), "--epochs", "1", "--rounds", "1", "--set", "ctc_epochs=0"])
     assert res.exit_code == 0, res.output
     m = json.loads((tmp_path / "st" / "metrics.json").read_text())
     assert m["asr_prior"]["kind"] == "whisper" and "scoring the candidates" not in res.output

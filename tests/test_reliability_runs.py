@@ -234,9 +234,9 @@ def test_foreign_run_dir_is_refused_and_untouched(tmp_path, tiny_data, config_te
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing half-written
 
 
-@pytest.mark.parametrize("flag", ["--cache-dir", "--rejects"])
-def test_path_flags_of_the_stages(tmp_path, flag):
-    res = _pretrain(tmp_path, tmp_path / "missing.jsonl", tmp_path / "run", flag, str(tmp_path / "x"))
+@pytest.mark.parametrize("key", ["data.cache_dir", "data.rejects"])
+def test_path_flags_of_the_stages(tmp_path, key):
+    res = _pretrain(tmp_path, tmp_path / "missing.jsonl", tmp_path / "run", "--set", f"{key}={tmp_path / 'x'}")
     assert res.exit_code == 2 and "missing.jsonl:0: manifest not found" in res.stderr, res.output
 
 

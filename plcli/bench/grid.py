@@ -1,7 +1,7 @@
 """The accuracy benchmark grid (``make bench`` runs it through ``scripts/benchmark.py``; docs/benchmark.md).
 
 Rows: oracle, exact-only, candidate-indicator MSE (same student as distill, trained directly),
-SimCLRv2 without candidates (pretrain -> finetune --loss ce-only -> distill on the teacher's full
+SimCLRv2 without candidates (pretrain -> finetune --set loss=ce-only -> distill on the teacher's full
 softmax), pocketsphinx + fuzzy matching, pocketsphinx with a grammar of each recording's
 candidates, and plcli with its defaults (and, only when --rows names it, plcli without the speech
 recogniser's vote, row 6b); at each exact-label rate and seed. Every finished cell is a JSON file
