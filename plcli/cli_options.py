@@ -237,7 +237,7 @@ def _settings_params(spec: Spec) -> list[inspect.Parameter]:
                                help="YAML or JSON file of settings (--help-all lists them); flags and --set win")),
         p("set_", p.KEYWORD_ONLY, annotation=typing.Optional[list[str]],  # noqa: UP045
           default=typer.Option(None, "--set", metavar="KEY=VALUE", rich_help_panel=SETTINGS_PANEL,
-                               help="any setting by its dotted key, e.g. trainer.lr=0.01 (repeatable; wins over flags)")),
+                               help="any setting by its (dotted) key, as --help-all lists them (repeatable; wins over flags)")),
         p("help_all", p.KEYWORD_ONLY, annotation=bool,
           default=typer.Option(False, "--help-all", is_eager=True, expose_value=False, callback=help_all,
                                rich_help_panel=SETTINGS_PANEL,
@@ -334,11 +334,10 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _param_row(param) -> tuple[str, str, str, str]:
-    names = " ".join([*param.opts, *param.secondary_opts]) if not isinstance(param, typer.core.TyperArgument) \
-        else (param.metavar or param.name.upper())
-    default = param.show_default if isinstance(param.show_default, str) else ""
-    return names, default, "", (param.help or "").replace("\\[", "[")
+def _param_names(param) -> str:
+    if isinstance(param, typer.core.TyperArgument):
+        return param.name.upper()
+    return " ".join([*param.opts, *param.secondary_opts])
 
 
 def options_markdown(app: typer.Typer) -> str:
@@ -360,14 +359,14 @@ def options_markdown(app: typer.Typer) -> str:
         whys = []
         lines += ["| option | setting | default | choices | help |", "|---|---|---|---|---|"]
         for param in built.params:
-            key = keys.get(param.name)
-            names, default, choices, help_text = _param_row(param)
+            key, names = keys.get(param.name), _param_names(param)
+            default, choices, help_text = "", "", (param.help or "").replace("\\[", "[")
             if key:
                 s = by_key[key]
-                default, choices = ("(required)" if s.flag.required else show(s.default)), s.constraint()
+                default, choices = ("required" if s.flag.required else f"`{show(s.default)}`"), s.constraint()
                 if s.why:
                     whys.append((names.split("/")[0].split()[0], s.why))
-            cells = [f"`{names}`", f"`{key}`" if key else "", f"`{default}`" if default else "", choices, help_text]
+            cells = [f"`{names}`", f"`{key}`" if key else "", default, choices, help_text]
             lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
         lines.append("")
         rest = [s for s in by_key.values() if s.flag is None]

@@ -26,8 +26,8 @@ class ValidateConfig(Config):
 class ChatImportConfig(Config):
     """``plcli data from-chat`` options."""
 
-    export: str | None = opt(None, "WhatsApp or Telegram export (.zip, folder, .txt log or result.json), or a folder",
-                             why="the folder may also hold a voices table and a messages table")
+    export: str | None = opt(None, "WhatsApp or Telegram export (.zip, folder, .txt log or result.json), or a folder "
+                                   "of two tables", why="a tables folder holds the voices and messages tables")
     voices: str | None = opt(None, "voice-message table (.csv or .jsonl): audio, timestamp, [id], [author]")
     messages: str | None = opt(None, "chat-message table: timestamp, text, [author]")
     labels: str | None = opt(None, "optional exact labels: id, label")

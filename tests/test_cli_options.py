@@ -184,3 +184,10 @@ def test_listing_the_commands_imports_no_stage():
                          cwd=Path(__file__).parents[1])
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().splitlines()[-1] == "['plcli.predict']"
+
+
+def test_docs_options_md_is_up_to_date():
+    from plcli.cli_options import options_markdown
+
+    doc = Path(__file__).parents[1] / "docs" / "options.md"
+    assert doc.read_text(encoding="utf-8") == options_markdown(app), "run python scripts/gen_options.py"
