@@ -191,3 +191,15 @@ def test_docs_options_md_is_up_to_date():
 
     doc = Path(__file__).parents[1] / "docs" / "options.md"
     assert doc.read_text(encoding="utf-8") == options_markdown(app), "run python scripts/gen_options.py"
+
+
+def test_config_file_in_json_or_yaml_then_flags_then_set(tmp_path, capture):
+    path, cmd = next((p, c) for p, c in COMMANDS if p == ("distill",))
+    req = ["m.jsonl", "--teacher", "t", "--out", "o"]
+    (tmp_path / "c.json").write_text('{"rounds": 2, "trainer": {"epochs": 7, "lr": 0.01}, "ctc": {"weight": 0.5}}')
+    (tmp_path / "c.yaml").write_text("rounds: 2\ntrainer: {epochs: 7, lr: 0.01}\nctc: {weight: 0.5}\n")
+    for name in ("c.json", "c.yaml"):
+        cfg, _ = capture(path, cmd, [*req, "--config", str(tmp_path / name), "--epochs", "5", "--set",
+                                     "trainer.lr=0.02", "--asr-prior", "none"])
+        assert (cfg.rounds, cfg.trainer.epochs, cfg.trainer.lr, cfg.ctc.weight) == (2, 5, 0.02, 0.5)
+        assert cfg.asr_prior == "none"  # --asr-prior is --recogniser's other name
