@@ -3,9 +3,10 @@
 A command declares which settings of its config class get a flag (``flag("trainer.epochs")``); the
 flag's type, help, default, choices and bounds come from the field's ``opt(...)``. Every setting
 without a flag stays reachable with ``--set KEY=VALUE`` and ``--config FILE`` (YAML or JSON) and is
-listed by ``--help-all``. The parsed flags go to ``load_config`` as dotted overrides, all of them,
-so a flag cannot be accepted and then ignored. A command is built on first use (``LazyCommand``):
-``plcli --help`` imports no stage, and ``plcli predict`` no training code.
+listed by ``--help-all``. Every flag given on the command line goes to ``load_config`` as a dotted
+override, so a flag cannot be accepted and then ignored. A command is built on first use
+(``LazyCommand``): ``plcli --help`` imports no stage and ``plcli predict`` no training code, while a
+stage's own ``--help`` imports the stage's module, where its config class lives.
 
 ``scripts/gen_options.py`` writes docs/options.md from the same declarations (``options_markdown``).
 """
@@ -166,7 +167,7 @@ def _typer_param(fl: Flag, s: Setting) -> inspect.Parameter:
     if tp in (int, float):
         kw.update(min=s.min, max=s.max)
     default = ... if fl.required else (list(s.default) if is_list else s.default)
-    annotation = tp if s.default is not None or fl.required else typing.Optional[tp]  # noqa: UP045 - for Typer
+    annotation = tp if s.default is not None or fl.required else tp | None
     if fl.argument:
         param = typer.Argument(default, **kw)
     else:
@@ -232,14 +233,15 @@ def _settings_params(spec: Spec) -> list[inspect.Parameter]:
 
     p = inspect.Parameter
     return [
-        p("config_file", p.KEYWORD_ONLY, annotation=typing.Optional[str],  # noqa: UP045
+        p("config_file", p.KEYWORD_ONLY, annotation=str | None,
           default=typer.Option(None, "--config", metavar="FILE", rich_help_panel=SETTINGS_PANEL,
                                help="YAML or JSON file of settings (--help-all lists them); flags and --set win")),
-        p("set_", p.KEYWORD_ONLY, annotation=typing.Optional[list[str]],  # noqa: UP045
+        p("set_", p.KEYWORD_ONLY, annotation=list[str] | None,
           default=typer.Option(None, "--set", metavar="KEY=VALUE", rich_help_panel=SETTINGS_PANEL,
-                               help="any setting by its (dotted) key, as --help-all lists them (repeatable; wins over flags)")),
+                               help="any setting by its (dotted) key, as --help-all lists them "
+                                    "(repeatable; wins over flags)")),
         p("help_all", p.KEYWORD_ONLY, annotation=bool,
-          default=typer.Option(False, "--help-all", is_eager=True, expose_value=False, callback=help_all,
+          default=typer.Option(False, "--help-all", is_eager=True, callback=help_all,
                                rich_help_panel=SETTINGS_PANEL,
                                help="list every setting (key, default, help) for --set and --config, and exit")),
     ]
@@ -278,7 +280,7 @@ class LazyCommand(TyperCommand):
         return self.spec.command
 
     @property
-    def params(self):  # noqa: D102
+    def params(self):
         return self.built().params
 
     @params.setter
@@ -286,7 +288,7 @@ class LazyCommand(TyperCommand):
         pass  # Typer passes the placeholder's (none)
 
     @property
-    def callback(self):  # noqa: D102
+    def callback(self):
         return self.built().callback
 
     @callback.setter
@@ -312,7 +314,7 @@ def config_command(app: typer.Typer, name: str, config: Callable[[], type], flag
     return register
 
 
-def specs(app: typer.Typer) -> Iterator[tuple[tuple[str, ...], Any]]:
+def commands(app: typer.Typer) -> Iterator[tuple[tuple[str, ...], Any]]:
     """(command path, Click command) for every command of ``app``, groups included, depth first."""
 
     def walk(cmd, path):
@@ -348,7 +350,7 @@ def options_markdown(app: typer.Typer) -> str:
              "`--set KEY=VALUE` (repeatable) and `--config FILE` (YAML or JSON) for any of them;",
              "`plcli COMMAND --help-all` lists them with their defaults. A *why* note follows a table where",
              "a setting has reasoning that does not fit its one-line help.", ""]
-    for path, cmd in specs(app):
+    for path, cmd in commands(app):
         if not path or not isinstance(cmd, TyperCommand):
             continue
         lines += [f"## plcli {' '.join(path)}", "", inspect.cleandoc(cmd.help or "").split("\n\n")[0], ""]
@@ -386,11 +388,11 @@ def options_markdown(app: typer.Typer) -> str:
 
 def help_texts(app: typer.Typer) -> Iterator[tuple[str, str]]:
     """(where, help) of every option and argument of every command, for the one-line check."""
-    for path, cmd in specs(app):
+    for path, cmd in commands(app):
         for param in getattr(cmd, "params", []):
             if getattr(param, "help", None):
                 yield f"plcli {' '.join(path)} {param.name}", param.help.replace("\\[", "[")
-    for path, cmd in specs(app):
+    for path, cmd in commands(app):
         spec = getattr(type(cmd), "spec", None)
         if spec is not None:
             for s in settings(spec):

@@ -13,9 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from plcli.cli import app
-from plcli.cli_options import HELP_LIMIT, LazyCommand, base_type, help_texts, settings, show, specs
+from plcli.cli_options import HELP_LIMIT, LazyCommand, base_type, commands, help_texts, settings, show
 
-COMMANDS = [(path, cmd) for path, cmd in specs(app) if isinstance(cmd, LazyCommand)]
+COMMANDS = [(path, cmd) for path, cmd in commands(app) if isinstance(cmd, LazyCommand)]
 IDS = [" ".join(p) for p, _ in COMMANDS]
 META = {"config_file", "set_", "help_all", "ctx"}
 # settings whose only valid value in that stage is the default: finetune's CTC head trains on cached frames
