@@ -76,19 +76,24 @@ def validate(cfg):
     report = validate_manifests(manifests, check_audio=not cfg.no_audio)
     s = report.summary()
     t = Table(title="manifest summary", show_header=False)
-    for k in ("input_rows", "accepted", "rejected", "exact", "candidate_only", "unlabelled", "vocabulary_size", "speakers"):
+    for k in ("input_rows", "accepted", "rejected", "exact", "candidate_only", "unlabelled",
+              "vocabulary_size", "speakers"):
         t.add_row(k.replace("_", " "), str(s[k]))
-    t.add_row("candidate set sizes", ", ".join(f"{k}: {v}" for k, v in s["candidate_set_sizes"].items()) or "-")
+    t.add_row("candidate set sizes",
+              ", ".join(f"{k}: {v}" for k, v in s["candidate_set_sizes"].items()) or "-")
     d = s["duration_seconds"]
     if d:
-        t.add_row("duration (s)", f"min {d['min']:.2f}  median {d['median']:.2f}  mean {d['mean']:.2f}  max {d['max']:.2f}  total {d['total']:.0f}")
+        t.add_row("duration (s)",
+                  f"min {d['min']:.2f}  median {d['median']:.2f}  mean {d['mean']:.2f}  max {d['max']:.2f}  "
+                  f"total {d['total']:.0f}")
     console.print(t)
     for w in report.warnings[:20]:
         log(f"[yellow]warning:[/] {w}")
     if len(report.warnings) > 20:
         log(f"[yellow]... and {len(report.warnings) - 20} more warnings[/]")
     if json_out:
-        atomic_write_json(json_out, {**s, "problems": [str(p) for p in report.problems], "warnings": report.warnings})
+        atomic_write_json(json_out,
+                          {**s, "problems": [str(p) for p in report.problems], "warnings": report.warnings})
     if rejects and report.problems:
         write_rejects(report, rejects)
         log(f"wrote {report.n_rejected} rejected row(s) to {rejects}")
@@ -117,12 +122,14 @@ def from_chat(cfg):
     def path(value):
         return Path(value) if value is not None else None
 
-    export, voices, messages, labels, out = map(path, (cfg.export, cfg.voices, cfg.messages, cfg.labels, cfg.out))
+    export, voices, messages, labels, out = map(path,
+                                                (cfg.export, cfg.voices, cfg.messages, cfg.labels, cfg.out))
     k, window, same_author = cfg.k, cfg.window, cfg.same_author
     if (voices is None) != (messages is None):
         raise UserError("--voices and --messages go together")
     if (export is None) == (voices is None):
-        raise UserError("give an EXPORT (WhatsApp or Telegram export, or a tables folder) or --voices and --messages")
+        raise UserError("give an EXPORT (WhatsApp or Telegram export, or a tables folder) or --voices and "
+                        "--messages")
     if voices is not None:
         rows, summary = chat.from_chat(voices, messages, labels, out_path=out, k=k, window_seconds=window,
                                        same_author=same_author, key=LabelNormalizer())
@@ -136,8 +143,8 @@ def from_chat(cfg):
             task = bar.add_task("extracting voice notes", total=None)
             rows, summary = import_export(
                 export, out_path=out, format=cfg.format, date_order=cfg.date_order, labels_path=labels, k=k,
-                window_seconds=window, same_author=same_author, key=LabelNormalizer(), media_dir=path(cfg.media_dir),
-                progress=lambda i, n: bar.update(task, completed=i, total=n))
+                window_seconds=window, same_author=same_author, key=LabelNormalizer(),
+                media_dir=path(cfg.media_dir), progress=lambda i, n: bar.update(task, completed=i, total=n))
     chat.write_manifest(rows, out)
     _print_chat_summary(rows, summary)
     log(f"wrote {len(rows)} rows to {out}")
@@ -162,7 +169,9 @@ def _print_chat_summary(rows: list[dict], summary: dict) -> None:
     for name in ("system_lines", "deleted", "other_attachments", "media_omitted"):
         if name in c:
             t.add_row(name.replace("_", " "), str(c[name]))
-    authors = summary.get("authors") or {s: {"voice_notes": n} for s, n in Counter(r.get("speaker") for r in rows if r.get("speaker")).items()}
+    authors = summary.get("authors") or {
+        s: {"voice_notes": n} for s, n in Counter(r.get("speaker") for r in rows if r.get("speaker")).items()
+    }
     t.add_row("authors", str(len(authors)))
     for name, a in authors.items():
         t.add_row(f"  {escape(name)}", ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in a.items()))
@@ -180,7 +189,8 @@ def _print_chat_summary(rows: list[dict], summary: dict) -> None:
 @config_command(app, "demo-data", config_class("plcli.demo", "DemoConfig"), (
     flag("phrases"), flag("vocabulary"), flag("language"), flag("zipf"), flag("new_messages"), flag("train"),
     flag("test"), flag("exact_fraction"), flag("seed"), flag("workers"), flag("engines")))
-def demo_data(cfg, out: Path = typer.Argument(..., help="folder to write the demo dataset into", show_default=False)):
+def demo_data(cfg, out: Path = typer.Argument(..., help="folder to write the demo dataset into",
+                                              show_default=False)):
     """Generate a synthetic chat-voice dataset: train.jsonl, test.jsonl, truth.jsonl, audio/, chat/."""
     from rich.progress import Progress
 
@@ -244,9 +254,9 @@ INFERENCE = (flag("manifests", argument=True, required=True), flag("model", requ
 
 
 @config_command(app, "predict", config_class("plcli.predict", "PredictConfig"), (
-    *INFERENCE, flag("out", "--out", "-o", required=True), flag("top_k"), flag("batch_size"), flag("skip_invalid"),
-    flag("rejects"), flag("cache_dir"), flag("fallback"), flag("fallback_below"), flag("asr_model"),
-    flag("asr_window")))
+    *INFERENCE, flag("out", "--out", "-o", required=True), flag("top_k"), flag("batch_size"),
+    flag("skip_invalid"), flag("rejects"), flag("cache_dir"), flag("fallback"), flag("fallback_below"),
+    flag("asr_model"), flag("asr_window")))
 def predict(cfg):
     """Top-k labels per recording, restricted to its candidates when it has them (JSON Lines)."""
     from plcli.predict import run
@@ -258,8 +268,8 @@ def predict(cfg):
 
 @config_command(app, "evaluate", config_class("plcli.evaluate", "EvaluateConfig"), (
     *INFERENCE, flag("truth"), flag("json_out", "--json"), flag("report_dir"), flag("batch_size"),
-    flag("skip_invalid"), flag("rejects"), flag("cache_dir"), flag("bins"), flag("fallback"), flag("fallback_below"),
-    flag("asr_model"), flag("asr_window")))
+    flag("skip_invalid"), flag("rejects"), flag("cache_dir"), flag("bins"), flag("fallback"),
+    flag("fallback_below"), flag("asr_model"), flag("asr_window")))
 def evaluate(cfg):
     """Accuracy (all classes and within candidates), macro-F1, covering rate, calibration, per-class table."""
     from plcli.evaluate import run
@@ -334,7 +344,8 @@ def _print_doctor(rep: dict) -> None:
         cuda = ", ".join(a["cuda_devices"]) if a["cuda_devices"] else "none"
         hw.add_row("CUDA", f"{cuda} (build {a['cuda_build'] or 'cpu-only'})")
         hw.add_row("MPS", "yes" if a["mps_available"] else "no")
-        hw.add_row("Lightning --accelerator auto", escape(a.get("lightning_auto") or a.get("lightning_error", "?")))
+        hw.add_row("Lightning --accelerator auto",
+                   escape(a.get("lightning_auto") or a.get("lightning_error", "?")))
     c = rep["cache"]
     size = f"{human_bytes(c['bytes'])} in {c['files']} files" if c["exists"] else "not created yet"
     if c["tmp_files"]:
@@ -343,13 +354,15 @@ def _print_doctor(rep: dict) -> None:
     console.print(hw)
     opt = Table(title="optional", show_header=False)
     for name, n in rep["engines"].items():
-        opt.add_row(f"speech engine {name}", escape(str(n)) if name == "error" else (f"{n} voices" if n else "[dim]not installed[/]"))
+        opt.add_row(f"speech engine {name}",
+                    escape(str(n)) if name == "error" else (f"{n} voices" if n else "[dim]not installed[/]"))
     for name, v in rep["extras"].items():
         opt.add_row(f"extra {name}", v or "[dim]not installed[/]")
     for name, ok in rep["tools"].items():
         opt.add_row(f"program {name}", "yes" if ok else "[dim]no[/]")
     for name, state in rep["recognisers"].items():
-        opt.add_row(f"recogniser {name}", escape(state) if state.startswith("ok") else f"[dim]{escape(state)}[/]")
+        opt.add_row(f"recogniser {name}",
+                    escape(state) if state.startswith("ok") else f"[dim]{escape(state)}[/]")
     console.print(opt)
     if rep["ok"]:
         log("[green]all required pieces work[/]")

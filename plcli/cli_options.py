@@ -39,9 +39,10 @@ class Flag:
     panel: str | None = None
 
 
-def flag(key: str, *names: str, argument: bool = False, required: bool = False, panel: str | None = None) -> Flag:
-    """``names`` default to ``--`` and the key's last part with dashes (``trainer.batch_size``: ``--batch-size``);
-    a boolean setting that defaults to true gets ``--name/--no-name``."""
+def flag(key: str, *names: str, argument: bool = False, required: bool = False,
+         panel: str | None = None) -> Flag:
+    """``names`` default to ``--`` and the key's last part with dashes (``trainer.batch_size``:
+    ``--batch-size``); a boolean setting that defaults to true gets ``--name/--no-name``."""
     return Flag(key, tuple(names), argument, required, panel)
 
 
@@ -108,8 +109,8 @@ def settings(spec: Spec) -> list[Setting]:
     out = []
     for key, f, tp, value in spec.config_class()().settings():
         m = f.metadata
-        out.append(Setting(key, tp, value, m.get("help", ""), m.get("why", ""), m.get("choices"), m.get("min"),
-                           m.get("max"), by_key.get(key)))
+        out.append(Setting(key, tp, value, m.get("help", ""), m.get("why", ""), m.get("choices"),
+                           m.get("min"), m.get("max"), by_key.get(key)))
     unknown = set(by_key) - {s.key for s in out}
     if unknown:
         raise KeyError(f"{spec.name}: flags for unknown settings {sorted(unknown)}")
@@ -235,7 +236,8 @@ def _settings_params(spec: Spec) -> list[inspect.Parameter]:
     return [
         p("config_file", p.KEYWORD_ONLY, annotation=str | None,
           default=typer.Option(None, "--config", metavar="FILE", rich_help_panel=SETTINGS_PANEL,
-                               help="YAML or JSON file of settings (--help-all lists them); flags and --set win")),
+                               help="YAML or JSON file of settings (--help-all lists them); "
+                                    "flags and --set win")),
         p("set_", p.KEYWORD_ONLY, annotation=list[str] | None,
           default=typer.Option(None, "--set", metavar="KEY=VALUE", rich_help_panel=SETTINGS_PANEL,
                                help="any setting by its (dotted) key, as --help-all lists them "
@@ -243,7 +245,8 @@ def _settings_params(spec: Spec) -> list[inspect.Parameter]:
         p("help_all", p.KEYWORD_ONLY, annotation=bool,
           default=typer.Option(False, "--help-all", is_eager=True, callback=help_all,
                                rich_help_panel=SETTINGS_PANEL,
-                               help="list every setting (key, default, help) for --set and --config, and exit")),
+                               help="list every setting (key, default, help) for --set and --config, "
+                                    "and exit")),
     ]
 
 
@@ -345,7 +348,8 @@ def _param_names(param) -> str:
 def options_markdown(app: typer.Typer) -> str:
     """docs/options.md: every option of every command, with its help, default and choices."""
     lines = [GENERATED, "", "# Options of every command", "",
-             "Generated from the config dataclasses (`opt(default, help, why=..., choices=..., min=..., max=...)`),",
+             "Generated from the config dataclasses (`opt(default, help, why=..., choices=..., min=..., "
+             "max=...)`),",
              "which the command line is built from. Commands with settings beyond their flags take",
              "`--set KEY=VALUE` (repeatable) and `--config FILE` (YAML or JSON) for any of them;",
              "`plcli COMMAND --help-all` lists them with their defaults. A *why* note follows a table where",

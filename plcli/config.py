@@ -116,7 +116,7 @@ class Config:
         return obj, parts[-1], hints[parts[-1]]
 
     def settings(self, where: str = "") -> Iterator[tuple[str, dataclasses.Field, Any, Any]]:
-        """Every leaf setting, depth first in declaration order: (dotted key, field, annotated type, value)."""
+        """Every leaf setting, depth first in declaration order: (dotted key, field, type, value)."""
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
@@ -147,7 +147,8 @@ class Config:
                     setattr(self, f.name, before)
                     kept[where + f.name] = before
             elif worker:
-                setattr(self, f.name, _coerce(saved[f.name], typing.get_type_hints(type(self))[f.name], where + f.name))
+                setattr(self, f.name,
+                        _coerce(saved[f.name], typing.get_type_hints(type(self))[f.name], where + f.name))
         return kept
 
     def validate(self, where: str = "") -> None:
@@ -312,7 +313,9 @@ class FeatureConfig(Config):
     """How audio becomes log-mel features. Part of every model: later stages inherit it."""
 
     sample_rate: int = opt(16000, "model sample rate in Hz; audio is resampled to it", min=4000)
-    clip_seconds: float = opt(3.0, "fixed clip length: longer audio is centre-cropped, shorter is centre-padded with zeros", min=0.1)
+    clip_seconds: float = opt(
+        3.0, "fixed clip length: longer audio is centre-cropped, shorter is centre-padded with zeros", min=0.1
+    )
     n_fft: int = opt(512, "FFT size", min=16)
     win_length: int = opt(400, "analysis window in samples (25 ms at 16 kHz)", min=16)
     hop_length: int = opt(320, "hop in samples (20 ms at 16 kHz)", min=1)
@@ -344,7 +347,8 @@ class LabelConfig(Config):
     lowercase: bool = opt(True, "case-fold labels ('See you' == 'see you')")
     nfkc: bool = opt(True, "Unicode NFKC normalisation (full-width and compatibility forms)")
     collapse_whitespace: bool = opt(True, "trim and collapse runs of whitespace to one space")
-    strip_punctuation: bool = opt(True, "remove punctuation and symbols at the start and end ('ok!!' == 'ok')")
+    strip_punctuation: bool = opt(True,
+                                  "remove punctuation and symbols at the start and end ('ok!!' == 'ok')")
 
 
 @dataclass
@@ -352,8 +356,10 @@ class DataConfig(Config):
     """Inputs: manifests, validation policy and the feature cache."""
 
     manifests: list[str] = opt(factory=list, help="training manifests (JSONL or CSV)")
-    skip_invalid: bool = opt(False, "drop invalid rows (each written to the rejects file) instead of stopping")
-    rejects: str | None = opt(None, "where --skip-invalid writes rejected rows (default: RUN_DIR/rejects.jsonl)")
+    skip_invalid: bool = opt(False,
+                             "drop invalid rows (each written to the rejects file) instead of stopping")
+    rejects: str | None = opt(None,
+                              "where --skip-invalid writes rejected rows (default: RUN_DIR/rejects.jsonl)")
     cache_dir: str | None = opt(None, "feature cache folder (default: $PLCLI_CACHE or ~/.cache/plcli)")
     val_fraction: float = opt(0.2, "share of exact rows held out for validation metrics", min=0.0, max=0.9)
     labels: LabelConfig = opt(factory=LabelConfig, help="label normalisation")
@@ -454,8 +460,8 @@ class CTCConfig(Config):
 
     def head_args(self, tokenizer) -> dict:
         """``Classifier(ctc=...)`` settings (primitives) with ``tokenizer``'s inventory."""
-        return {"tokenizer": tokenizer.to_dict(), "tap": self.tap, "hidden": self.hidden, "layers": self.layers,
-                "kernel_size": self.kernel_size, "dropout": self.dropout}
+        return {"tokenizer": tokenizer.to_dict(), "tap": self.tap, "hidden": self.hidden,
+                "layers": self.layers, "kernel_size": self.kernel_size, "dropout": self.dropout}
 
 
 def cache_dir(cfg_value: str | None) -> Path:

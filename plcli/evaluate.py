@@ -38,7 +38,9 @@ class EvaluateConfig(Config):
     truth: str | None = opt(None, "JSONL or CSV of id,label; overrides the manifest's labels")
     json_out: str | None = opt(None, "write the metrics as JSON here")
     report_dir: str | None = opt(None, "folder for confusion_matrix.png, reliability.png and per_class.csv")
-    batch_size: int = opt(256, "inference batch size (256 ranked fastest on 2 CPU cores, scripts/bench_ranking.py)", min=1)
+    batch_size: int = opt(
+        256, "inference batch size (256 ranked fastest on 2 CPU cores, scripts/bench_ranking.py)", min=1
+    )
     cache_dir: str | None = opt(None, "feature cache folder (default: $PLCLI_CACHE or ~/.cache/plcli)")
     skip_invalid: bool = opt(False, "drop invalid manifest rows instead of stopping")
     rejects: str | None = opt(None, "where --skip-invalid writes rejected rows")
@@ -57,7 +59,8 @@ class EvaluateConfig(Config):
         max=1.01,
     )
     asr_model: str | None = opt(None, "Whisper model (default: the run's)")
-    asr_window: float | None = opt(None, "seconds Whisper's encoder sees per clip (default: the run's)", min=3.0, max=30.0)
+    asr_window: float | None = opt(None, "seconds Whisper's encoder sees per clip (default: the run's)",
+                                   min=3.0, max=30.0)
 
     def check(self) -> None:
         if not self.manifests:
@@ -78,7 +81,8 @@ def run(cfg: EvaluateConfig, log=print, console=None) -> dict:
     y = truth_vector(rows, truth, vocab)  # -2 no truth, -1 outside the vocabulary
     if not (y != -2).any():
         log(
-            "warning: no row has a label (give --truth or label the manifest): only the covering rate is measured"
+            "warning: no row has a label (give --truth or label the manifest): only the covering rate is "
+            "measured"
         )
 
     from plcli.cascade import setting_for
@@ -89,10 +93,12 @@ def run(cfg: EvaluateConfig, log=print, console=None) -> dict:
     if model.has_ctc or setting:
         from plcli.inference import infer_ranked
 
-        probs, scores, timing = infer_ranked(model, features, [r.audio for r in rows], [r.candidates for r in rows],
-                                             cfg.cache_dir, cfg.batch_size, log=log)
+        probs, scores, timing = infer_ranked(model, features, [r.audio for r in rows],
+                                             [r.candidates for r in rows], cfg.cache_dir, cfg.batch_size,
+                                             log=log)
     else:
-        probs, timing = infer(model, features, [r.audio for r in rows], cfg.cache_dir, cfg.batch_size, log=log)
+        probs, timing = infer(model, features, [r.audio for r in rows], cfg.cache_dir, cfg.batch_size,
+                              log=log)
     mask = candidate_matrix(rows, vocab)
     metrics = {
         "model": str(cfg.model),
@@ -102,8 +108,8 @@ def run(cfg: EvaluateConfig, log=print, console=None) -> dict:
         **timing,
     }
     if model.has_ctc or setting:
-        metrics.update(ranked_metrics(rows, truth, probs, scores, vocab, getattr(model, "extra", None), setting,
-                                      cache_dir(cfg.cache_dir), cfg.fallback == "whisper", log))
+        metrics.update(ranked_metrics(rows, truth, probs, scores, vocab, getattr(model, "extra", None),
+                                      setting, cache_dir(cfg.cache_dir), cfg.fallback == "whisper", log))
     lab = y != -2
     metrics["per_class"] = _per_class(probs.argmax(axis=1)[lab], y[lab], vocab)
     metrics = jsonable(metrics)
@@ -143,7 +149,8 @@ def ranked_metrics(rows, truth: dict[str, str], probs: np.ndarray, scores: dict,
 
         model_ranked = ranked
         ranked, info = apply(ranked, rows, classes, cascade, cache, log, every_row=curve)
-        out["cascade"] = {**{k: v for k, v in cascade.items() if k != "grid"}, "rows_sent": int(info["sent"][use].sum())}
+        out["cascade"] = {**{k: v for k, v in cascade.items() if k != "grid"},
+                          "rows_sent": int(info["sent"][use].sum())}
         if curve:
             out["cascade"].update(curve_metrics(model_ranked["probs"], info["scores"], classes, pos, cascade))
         ranked["model"] = model_ranked["combined"]

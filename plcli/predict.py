@@ -10,7 +10,8 @@ Output: one JSON object per manifest row, in manifest order::
      "restricted": true,                       # the row had known candidates
      "top_k": [{"label": "On my way", "prob": 0.91}, ...],   # renormalised over the candidates
      "top1": {"label": "On my way", "prob": 0.62},           # unrestricted, over the whole vocabulary
-     "candidates": [{"text": "on my way!", "rank": 1, "prob": 0.91}, {"text": "new words", "rank": null, "prob": 0.0}]}
+     "candidates": [{"text": "on my way!", "rank": 1, "prob": 0.91},
+                    {"text": "new words", "rank": null, "prob": 0.0}]}
 
 ``label`` is the vocabulary's display text (the most frequent original spelling); ``rank`` is the
 candidate's 1-based rank among *all* classes of the unrestricted prediction (``null`` for a
@@ -121,7 +122,9 @@ class PredictConfig(Config):
     model: str = opt("", "run directory with a classifier (finetune or distill)")
     out: str = opt("", "predictions file to write (JSONL)")
     top_k: int = opt(5, "labels per recording", min=1)
-    batch_size: int = opt(256, "inference batch size (256 ranked fastest on 2 CPU cores, scripts/bench_ranking.py)", min=1)
+    batch_size: int = opt(
+        256, "inference batch size (256 ranked fastest on 2 CPU cores, scripts/bench_ranking.py)", min=1
+    )
     cache_dir: str | None = opt(None, "feature cache folder (default: $PLCLI_CACHE or ~/.cache/plcli)")
     skip_invalid: bool = opt(False, "drop invalid manifest rows (written to --rejects) instead of stopping")
     rejects: str | None = opt(None, "where --skip-invalid writes rejected rows (default: OUT.rejects.jsonl)")
@@ -139,7 +142,8 @@ class PredictConfig(Config):
         max=1.01,
     )
     asr_model: str | None = opt(None, "Whisper model (default: the run's)")
-    asr_window: float | None = opt(None, "seconds Whisper's encoder sees per clip (default: the run's)", min=3.0, max=30.0)
+    asr_window: float | None = opt(None, "seconds Whisper's encoder sees per clip (default: the run's)",
+                                   min=3.0, max=30.0)
 
     def check(self) -> None:
         if not self.manifests:
@@ -181,7 +185,8 @@ def run(cfg: PredictConfig, log=print) -> dict:
         if setting:
             ranked, cascade = _cascade(ranked, rows, classes, setting, cache_dir(cfg.cache_dir), log)
     else:
-        probs, timing = infer(model, features, [r.audio for r in rows], cfg.cache_dir, cfg.batch_size, log=log)
+        probs, timing = infer(model, features, [r.audio for r in rows], cfg.cache_dir, cfg.batch_size,
+                              log=log)
     records = prediction_records([r.id for r in rows], probs, cands, vocab, cfg.top_k, ranked=ranked)
     with atomic_open(out, "w") as f:
         for rec in records:

@@ -11,7 +11,8 @@ The closed-set posterior ``p(j|x)`` names only messages of the model's vocabular
 - ``s_ctc(k)``: ``log p_CTC(c_k|x)``, divided by the text's token count with ``length_norm`` (a
   long text otherwise loses to a short one for being long). A candidate that no CTC path can
   emit (no tokens, or more than the clip's frames) gets its row's worst score minus 10.
-- ``lambda``: 0 is the closed-set head alone; 1000 is in effect the CTC head alone (the posterior breaks ties).
+- ``lambda``: 0 is the closed-set head alone; 1000 is in effect the CTC head alone (the posterior
+  breaks ties).
 - ``beta`` (``prior_weight``), a prior correction of the CTC score: ``s_ctc(k) - beta * log(1 +
   n_k)``, ``n_k`` the text's count in the training rows (the vocabulary's; 0 for a text outside it).
   A CTC head trained on a chat's frequent messages prefers them; a recording that says a new
@@ -36,11 +37,13 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-# 1000: the CTC score decides, the posterior (log p >= -28 in float32) only breaks ties; finite, so JSON keeps it
+# 1000: the CTC score decides, the posterior (log p >= -28 in float32) only breaks ties; finite, so
+# JSON keeps it
 LAMBDAS = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 1000.0)
 UNKNOWN, PAD = -1, -2
 INFEASIBLE_MARGIN = 10.0
-DEFAULT = {"ctc_weight": 1.0, "length_norm": True, "prior_weight": 0.0, "temperature": 1.0, "chosen_on": "default"}
+DEFAULT = {"ctc_weight": 1.0, "length_norm": True, "prior_weight": 0.0, "temperature": 1.0,
+           "chosen_on": "default"}
 # prior corrections tried (per CTC score unit per log count); 0 first, so ties keep none
 PRIOR_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2)
 # open rows' weights without validation rows saying a new message: the best (ctc_weight, prior_weight)
@@ -63,7 +66,8 @@ def candidate_classes(candidates: Sequence[Sequence[str]], vocab) -> np.ndarray:
     return out
 
 
-def truth_positions(candidates: Sequence[Sequence[str]], truths: Sequence[str | None], normalizer) -> np.ndarray:
+def truth_positions(candidates: Sequence[Sequence[str]], truths: Sequence[str | None],
+                    normalizer) -> np.ndarray:
     """(N,) position of each row's true text among its candidates (by normalised key); -1 where it is
     not a candidate or there is no truth."""
     out = np.full(len(candidates), -1, dtype=np.int64)
@@ -291,7 +295,8 @@ def model_scores(model, feats, candidates: Sequence[Sequence[str]], batch_size: 
             if cache[t]:
                 table[i, : len(cache[t])] = torch.tensor(cache[t])
             table_len[i] = len(cache[t])
-        at = torch.tensor([[pos[t] for t in r] + [-1] * (k - len(r)) for r in rows], dtype=torch.long).view(b, k)
+        at = torch.tensor([[pos[t] for t in r] + [-1] * (k - len(r)) for r in rows],
+                          dtype=torch.long).view(b, k)
         mk = at >= 0
         tg, tl = table[at], table_len[at]  # -1 reads the extra last row: no tokens, length 0
         out = candidate_ctc_nll(lp.float(), torch.full((b,), lp.shape[0], dtype=torch.long),
@@ -305,7 +310,8 @@ def model_scores(model, feats, candidates: Sequence[Sequence[str]], batch_size: 
     return out
 
 
-NO_CTC_HEAD = {"ctc_weight": 0.0, "length_norm": True, "chosen_on": "no CTC head", "rows": 0}  # what a model without one stores
+# what a model without one stores
+NO_CTC_HEAD = {"ctc_weight": 0.0, "length_norm": True, "chosen_on": "no CTC head", "rows": 0}
 
 
 def ranking_of(extra: dict | None) -> dict:
@@ -343,11 +349,14 @@ def tune(model, vocab, feats, candidates: Sequence[Sequence[str]], truths: Seque
     probs = softmax(scores["logits"])
     classes = candidate_classes(candidates, vocab)
     cls = closed_set_scores(probs, classes)
-    by_norm = {norm: ctc_scores(scores["nll"], scores["lengths"], scores["valid"], norm) for norm in (True, False)}
+    by_norm = {norm: ctc_scores(scores["nll"], scores["lengths"], scores["valid"], norm)
+               for norm in (True, False)}
     pos = truth_positions(candidates, truths, vocab.normalizer)
     out = choose_ranking(cls, by_norm, pos, fam=familiarity(classes, vocab.counts), classes=classes)
     out["new_message_rows"] = new_message_rows(classes, pos)
-    out["chosen_on"] = chosen_on if out.get("rows") else "default (no validation row with its truth among the candidates)"
+    out["chosen_on"] = (
+        chosen_on if out.get("rows") else "default (no validation row with its truth among the candidates)"
+    )
     return out
 
 
@@ -378,6 +387,6 @@ def tune_ranking(model, vocab, features, held_rows, held_feats, manifest: str | 
         f"prior correction {out.get('prior_weight', 0.0)}, temperature {out.get('temperature', 1.0):.3g}, "
         f"within-candidate accuracy {out.get('accuracy', float('nan')):.3f} on {where}, "
         f"{out.get('new_message_rows', 0)} of them saying a message outside the vocabulary; rows with a "
-        f"text outside it: CTC weight {out['open']['ctc_weight']}, prior correction {out['open']['prior_weight']} "
-        f"({out['open']['chosen_on']})")
+        f"text outside it: CTC weight {out['open']['ctc_weight']}, prior correction "
+        f"{out['open']['prior_weight']} ({out['open']['chosen_on']})")
     return out

@@ -29,14 +29,18 @@ def build_trainer(tc: TrainerConfig, out: Path, monitor: str | None = None, mode
     ckpt_dir = out / CKPT_DIR
     callbacks: list = [
         # last.ckpt after every epoch (Lightning's save_last only follows the monitored checkpoint)
-        ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False),
+        ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+                        enable_version_counter=False),
         CheckpointOnInterrupt(ckpt_dir),
     ]
     if monitor:
-        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
-                                         auto_insert_metric_name=False, enable_version_counter=False))
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode,
+                                         save_top_k=1, auto_insert_metric_name=False,
+                                         enable_version_counter=False))
     if tc.progress:
-        callbacks.append(RichProgressBar(leave=True) if importlib.util.find_spec("rich") else TQDMProgressBar())
+        callbacks.append(
+            RichProgressBar(leave=True) if importlib.util.find_spec("rich") else TQDMProgressBar()
+        )
     callbacks.extend(extra_callbacks or [])
     # one version folder per (re)start: Lightning's CSV writer would otherwise drop the earlier history
     loggers: list = [CSVLogger(save_dir=str(out), name="logs")]
@@ -114,7 +118,8 @@ def fit(trainer: L.Trainer, module, train_loader, val_loader, ckpt_path: str | N
     except SystemExit:
         if trainer.interrupted:
             raise Interrupted(
-                f"interrupted; checkpoint saved to {out / CKPT_DIR / 'last.ckpt'}; continue with --resume auto"
+                f"interrupted; checkpoint saved to {out / CKPT_DIR / 'last.ckpt'}; continue with --resume "
+                f"auto"
             ) from None
         raise
 

@@ -34,7 +34,8 @@ def _test_rows(manifest: Path):
 
 
 def test_manifest(demo: Path, rows: int | None, out: Path) -> Path:
-    """The demo set's test manifest, or its first ``rows`` rows (written to ``out``; audio paths made absolute)."""
+    """The demo set's test manifest, or its first ``rows`` rows (written to ``out``; audio paths made
+    absolute)."""
     lines = (demo / "test.jsonl").read_text().splitlines()
     if not rows:
         return demo / "test.jsonl"
@@ -51,7 +52,8 @@ def test_manifest(demo: Path, rows: int | None, out: Path) -> Path:
 def _within(rows, truth, votes, seed: int = 0) -> float:
     from plcli.grammar import score_choices
 
-    return score_choices([r.candidates for r in rows], [truth.get(r.id) for r in rows], list(votes), seed=seed)[
+    return score_choices([r.candidates for r in rows], [truth.get(r.id) for r in rows], list(votes),
+                         seed=seed)[
         "accuracy_within"]
 
 

@@ -111,7 +111,8 @@ def test_every_parameter_is_a_flag_an_extra_or_a_settings_option(path, cmd):
     real = cmd.built()
     extras = set(list(inspect.signature(cmd.spec.body).parameters)[1:])
     for param in real.params:
-        assert param.name in real.setting_keys or param.name in extras or param.name in META, (path, param.name)
+        known = param.name in real.setting_keys or param.name in extras or param.name in META
+        assert known, (path, param.name)
     keys = list(real.setting_keys.values())
     assert len(keys) == len(set(keys))
 
@@ -140,7 +141,8 @@ def test_set_types_and_checks_values(capture):
                                  "--set", "trainer.lr=0.01", "--set", "trainer.lr=0.02"])
     assert cfg.warm_start is False and cfg.ctc.tempo == 0.0 and cfg.asr_rounds is None
     assert cfg.data.manifests == ["a.jsonl", "b.jsonl"] and cfg.trainer.lr == 0.02
-    for bad, message in (("trainer.epoch=3", "unknown config key trainer.epoch; did you mean trainer.epochs?"),
+    for bad, message in (("trainer.epoch=3",
+                          "unknown config key trainer.epoch; did you mean trainer.epochs?"),
                          ("ctc_refit=1", "did you mean ctc_refits?"),
                          ("student=tcresnet-smal", "is not one of auto,"),
                          ("cc_weight=2", "cc_weight=2.0 must be <= 1.0"),
@@ -196,7 +198,8 @@ def test_docs_options_md_is_up_to_date():
 def test_config_file_in_json_or_yaml_then_flags_then_set(tmp_path, capture):
     path, cmd = next((p, c) for p, c in COMMANDS if p == ("distill",))
     req = ["m.jsonl", "--teacher", "t", "--out", "o"]
-    (tmp_path / "c.json").write_text('{"rounds": 2, "trainer": {"epochs": 7, "lr": 0.01}, "ctc": {"weight": 0.5}}')
+    (tmp_path / "c.json").write_text('{"rounds": 2, "trainer": {"epochs": 7, "lr": 0.01}, '
+                                     '"ctc": {"weight": 0.5}}')
     (tmp_path / "c.yaml").write_text("rounds: 2\ntrainer: {epochs: 7, lr: 0.01}\nctc: {weight: 0.5}\n")
     for name in ("c.json", "c.yaml"):
         cfg, _ = capture(path, cmd, [*req, "--config", str(tmp_path / name), "--epochs", "5", "--set",

@@ -162,7 +162,8 @@ def test_a_russian_demo_is_spoken_by_russian_voices(tmp_path):
     from plcli.demo.phrases import LANGUAGE_PHRASES
 
     out = tmp_path / "ru"
-    summary = generate_demo(out, DemoConfig(**{**TINY, "language": "ru", "train": 20, "test": 6, "phrases": 12}))
+    summary = generate_demo(out,
+                            DemoConfig(**{**TINY, "language": "ru", "train": 20, "test": 6, "phrases": 12}))
     meta = json.loads((out / "meta.json").read_text())
     assert summary["language"] == meta["language"] == meta["config"]["language"] == "ru"
     speakers = meta["speakers"]["train"] + meta["speakers"]["test"]

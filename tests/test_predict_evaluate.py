@@ -75,7 +75,8 @@ def test_accuracy_and_candidate_metrics_by_hand():
 def test_per_class_macro_f1_and_confusion_by_hand():
     pred = PROBS.argmax(1)  # 0, 0, 2, 1, 2 against 0, 1, 2, 2, -1
     pc = per_class_metrics(pred, Y, 3)
-    # class 0: tp 1, predicted 2, support 1; class 1: tp 0, predicted 1, support 1; class 2: tp 1, predicted 2, support 2
+    # class 0: tp 1, predicted 2, support 1; class 1: tp 0, predicted 1, support 1;
+    # class 2: tp 1, predicted 2, support 2
     np.testing.assert_allclose(pc["precision"], [0.5, 0.0, 0.5])
     np.testing.assert_allclose(pc["recall"], [1.0, 0.0, 0.5])
     np.testing.assert_allclose(pc["f1"], [2 / 3, 0.0, 0.5])
@@ -359,13 +360,16 @@ manifest, _ = write_dataset(root / "data", n=8)
 vocab = Vocabulary.from_rows(load_rows([manifest]).rows)
 fc = FeatureConfig(clip_seconds=0.7)
 (root / "run").mkdir()
-save_model(root / "run" / "model.pt", Classifier("tcresnet-small", fc.n_mels, len(vocab)).eval(), vocab, fc, "finetune")
+save_model(root / "run" / "model.pt", Classifier("tcresnet-small", fc.n_mels, len(vocab)).eval(), vocab, fc,
+           "finetune")
 
 from plcli import evaluate, export, predict
 
 quiet = lambda *a, **k: None
-predict.run(predict.PredictConfig(manifests=[str(manifest)], model=str(root / "run"), out=str(root / "p.jsonl")), log=quiet)
-evaluate.run(evaluate.EvaluateConfig(manifests=[str(manifest)], model=str(root / "run"), json_out=str(root / "m.json")), log=quiet)
+predict.run(predict.PredictConfig(manifests=[str(manifest)], model=str(root / "run"),
+                                  out=str(root / "p.jsonl")), log=quiet)
+evaluate.run(evaluate.EvaluateConfig(manifests=[str(manifest)], model=str(root / "run"),
+                                     json_out=str(root / "m.json")), log=quiet)
 export.run(export.ExportConfig(model=str(root / "run"), out=str(root / "m.ts")), log=quiet)
 assert (root / "p.jsonl").exists() and (root / "m.json").exists() and (root / "m.ts").exists()
 heavy = ("lightning", "pytorch_lightning", "lightning_fabric")
@@ -382,6 +386,7 @@ def test_inference_imports_neither_lightning_nor_training_code(tmp_path):
     script = tmp_path / "infer_only.py"
     script.write_text(INFERENCE_ONLY)
     res = subprocess.run([sys.executable, str(script), str(tmp_path), str(Path(__file__).parents[1])],
-                         capture_output=True, text=True, timeout=300, env={**os.environ, "PLCLI_CACHE": str(tmp_path / "c")})
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PLCLI_CACHE": str(tmp_path / "c")})
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().splitlines()[-1] == "[]"

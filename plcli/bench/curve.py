@@ -418,7 +418,8 @@ def curve_table(
     """Markdown: one line per (N, rate, row) with test accuracy (mean ± sd), within-candidate
     accuracy, seeds and the ratio to the oracle's mean accuracy."""
     lines = [
-        "| N | exact labels | row | accuracy (all classes) | accuracy (within candidates) | seeds | ratio to oracle |",
+        "| N | exact labels | row | accuracy (all classes) | accuracy (within candidates) | seeds | ratio to "
+        "oracle |",
         "|---|---|---|---|---|---|---|",
     ]
     for n, rate in grid:
@@ -441,7 +442,8 @@ def curve_table(
             seeds = "no training" if row == "grammar" else str(len(cs))
             lines.append(
                 head
-                + f"| {fmt_mean_std(c['accuracy'] for c in cs)} | {fmt_mean_std(c['accuracy_within'] for c in cs)} "
+                + f"| {fmt_mean_std(c['accuracy'] for c in cs)} | "
+                  f"{fmt_mean_std(c['accuracy_within'] for c in cs)} "
                 f"| {seeds} | {ratio} |"
             )
     return "\n".join(lines) + "\n"
@@ -453,7 +455,8 @@ def targets_table(
     grid: Sequence[tuple[int, float]],
     grammar_unavailable: str | None = None,
 ) -> str:
-    """Markdown: one line per (N, rate), one column per target (``TARGETS``), each 'pass'/'fail' with the numbers."""
+    """Markdown: one line per (N, rate), one column per target (``TARGETS``), each 'pass'/'fail' with
+    the numbers."""
     lines = [
         "| N | exact labels | " + " | ".join(TARGETS.values()) + " |",
         "|---|---|" + "---|" * len(TARGETS),
@@ -571,9 +574,9 @@ def report_markdown(
             if len(a.seeds) > 1
             else f"Seed {a.seeds[0]}. "
         )
-        + "Every (N, seed) trains on its own seeded subset of the training speakers' recordings (nested in N). "
-        "Accuracy is on each distribution's fixed test set (speakers unseen in training), mean ± sample "
-        "standard deviation over seeds; the ratio is to the oracle's mean at the same N. "
+        + "Every (N, seed) trains on its own seeded subset of the training speakers' recordings "
+        "(nested in N). Accuracy is on each distribution's fixed test set (speakers unseen in training), "
+        "mean ± sample standard deviation over seeds; the ratio is to the oracle's mean at the same N. "
         "Targets: " + (", ".join(f"{k} {v}" for k, v in sorted(summary.items())) or "none at these N") + ".",
         "",
     ]
@@ -595,7 +598,8 @@ def report_markdown(
 
 
 def write_into(doc: Path, text: str) -> None:
-    """Put ``text`` between the curve markers of ``doc`` (markers appended, or the file created, when missing)."""
+    """Put ``text`` between the curve markers of ``doc`` (markers appended, or the file created, when
+    missing)."""
     body = (
         doc.read_text(encoding="utf-8") if doc.exists() else f"# Learning curve\n\n{MARK_START}\n{MARK_END}\n"
     )
@@ -661,7 +665,8 @@ def parse(argv=None):
     ap.add_argument(
         "--views", type=int, default=8, help="cached augmented views per clip (the pretrain default)"
     )
-    ap.add_argument("--pretrain-epochs", type=int, default=None, help="exactly this many epochs (min_steps off); default: the stage's own")
+    ap.add_argument("--pretrain-epochs", type=int, default=None,
+                    help="exactly this many epochs (min_steps off); default: the stage's own")
     ap.add_argument("--finetune-epochs", type=int, default=None)
     ap.add_argument("--distill-epochs", type=int, default=None)
     ap.add_argument(
@@ -674,7 +679,8 @@ def parse(argv=None):
     ap.add_argument(
         "--report-only",
         action="store_true",
-        help="compute nothing and generate no data: write the report from the cells already in OUT (missing ones are left out)",
+        help="compute nothing and generate no data: write the report from the cells already in OUT (missing "
+             "ones are left out)",
     )
     ap.add_argument(
         "--report",

@@ -333,7 +333,8 @@ def pipeline_cell(
             **trainer_opts(a, a.distill_epochs, seed),
         },
     )
-    cell = finish_cell(a, paths, row, rate, seed, *load_model(ds_dir), {**seconds, "distill": ds.get("total_seconds")})
+    cell = finish_cell(a, paths, row, rate, seed, *load_model(ds_dir),
+                       {**seconds, "distill": ds.get("total_seconds")})
     if teacher:
         cell["teacher"] = teacher_cell()
     return cell
@@ -406,7 +407,8 @@ def baseline_cell(
         mel_range=[features.f_min, features.f_max],
     )
     log(f"{row} r={rate:g} s={seed}: {info}")
-    cell = finish_cell(a, paths, row, rate, seed, model, vocab, features, {"views": feat_s, "train": info["fit_seconds"]})
+    cell = finish_cell(a, paths, row, rate, seed, model, vocab, features,
+                       {"views": feat_s, "train": info["fit_seconds"]})
     return {**cell, "student": info["student"], "student_init": info["student_init"]}
 
 
@@ -575,8 +577,8 @@ def code_version() -> str:
     try:
         head = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, check=True, timeout=30).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--", "."], capture_output=True,
-                               text=True, check=True, timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--", "."],
+                               capture_output=True, text=True, check=True, timeout=30).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return f"plcli {plcli.__version__}"
     return head + ("+dirty" if dirty else "")
@@ -611,9 +613,8 @@ def report_header(cells: Sequence[dict], started: str) -> list[str]:
     computed, and the command."""
     stamps = [c.get("finished") or started for c in cells] or [started]
     return [
-        f"Cells finished between {min(stamps)} and {max(stamps)} UTC; report written {_now()} on: {machine()}.",
-        "",
-        "Cells computed on " + provenance(cells),
+        f"Cells finished between {min(stamps)} and {max(stamps)} UTC; report written {_now()} on: "
+        f"{machine()}.", "", "Cells computed on " + provenance(cells),
         "",
         "Command: `" + " ".join(shlex.quote(x) for x in [Path(sys.executable).name, *sys.argv]) + "`",
         "",
@@ -630,9 +631,9 @@ def write_report(a, bench: Path, cells: list[dict], counts: dict, started: str) 
             f"Data: {json.dumps(counts)}. Label rates {', '.join(f'{r * 100:g}%' for r in a.rates)}; seeds "
             f"{', '.join(map(str, a.seeds))}"
             + (f" (rows {', '.join(single)}: seed {a.seeds[0]} only)" if single else "")
-            + ". The oracle and the recognisers do not depend on the label rate (same cells in every table); the "
-            "recognisers do not depend on the seed. Accuracy is on the test manifest (speakers unseen in training), "
-            "mean ± sample standard deviation over seeds.",
+            + ". The oracle and the recognisers do not depend on the label rate (same cells in every "
+            "table); the recognisers do not depend on the seed. Accuracy is on the test manifest (speakers "
+            "unseen in training), mean ± sample standard deviation over seeds.",
             "",
             results_markdown(cells, rows),
             f"![accuracy per row]({chart.name})",
@@ -688,14 +689,16 @@ def parse(argv=None):
     ap.add_argument(
         "--views", type=int, default=8, help="cached augmented views per clip (the pretrain default)"
     )
-    ap.add_argument("--pretrain-epochs", type=int, default=None, help="exactly this many epochs (min_steps off); default: the stage's own")
+    ap.add_argument("--pretrain-epochs", type=int, default=None,
+                    help="exactly this many epochs (min_steps off); default: the stage's own")
     ap.add_argument("--finetune-epochs", type=int, default=None)
     ap.add_argument("--distill-epochs", type=int, default=None)
     ap.add_argument("--baseline-epochs", type=int, default=None, help="default: the distill stage's epochs")
     ap.add_argument("--baseline-min-steps", type=int, default=300)
     ap.add_argument("--asr-workers", type=int, default=2)
     ap.add_argument(
-        "--asr-val-rows", type=int, default=300, help="validation clips of the recogniser rows (row 5 chooses its match scorer on them)"
+        "--asr-val-rows", type=int, default=300,
+        help="validation clips of the recogniser rows (row 5 chooses its match scorer on them)"
     )
     ap.add_argument("--accelerator", default="auto")
     ap.add_argument(
@@ -760,7 +763,8 @@ def main(argv=None) -> int:
     cells: list[dict] = []
     t0 = time.perf_counter()
     # most important rows first, so an interrupted run already has plcli against the oracle
-    order = [r for r in ("plcli", "oracle", "plcli-no-vote", "exact", "indicator-mse", "simclrv2") if r in a.rows]
+    important = ("plcli", "oracle", "plcli-no-vote", "exact", "indicator-mse", "simclrv2")
+    order = [r for r in important if r in a.rows]
     for row in order:
         for seed in a.seeds:
             for rate in a.rates:
