@@ -195,12 +195,15 @@ def prior_for(rows: Sequence, vocab, kind: str, cache: Path, accuracy: float | N
         info.update(accuracy=a, accuracy_source="estimated" if accuracy is None else "given")
         logp = distribution(scores, k, width, accuracy=a)
         log(f"asr prior: the vote names the label of {hits} of {n} exact rows with candidates; "
-            f"accuracy {a:.2f} ({info['accuracy_source']}), bonus {vote_bonus(a, 10):.2f} nats at 10 candidates")
+            f"accuracy {a:.2f} ({info['accuracy_source']}), bonus {vote_bonus(a, 10):.2f} nats at "
+            "10 candidates")
     else:
         cal = fit_calibration(scores, truth)
         logp = distribution(scores, k, width, calibration=cal)
         info.update(accuracy=smoothed_accuracy(hits, n), calibration=cal)
-        log(f"asr prior: {kind} ranks the label first on {hits} of {n} exact rows with candidates; "
-            f"length norm {cal['alpha']}, temperature {cal['temperature']:.3g} (fitted on {cal['fitted_on']})")
+        log(
+            f"asr prior: {kind} ranks the label first on {hits} of {n} exact rows with candidates; "
+            f"length norm {cal['alpha']}, temperature {cal['temperature']:.3g} (fitted on {cal['fitted_on']})"
+        )
     info["calibration_error"] = calibration_error(logp, truth)
     return prior_bonus(rows, logp, vocab), info

@@ -26,7 +26,8 @@ from plcli.recognisers import Scores
 
 # thresholds tried; 0 never asks the recogniser (but for unknown candidates), above 1 always does
 THRESHOLDS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.01)
-VOTE_ACCURACY = 0.7  # pocketsphinx's vote where its run measured none (its grammar row: 0.77 on the English demo set)
+# pocketsphinx's vote where its run measured none (its grammar row: 0.77 on the English demo set)
+VOTE_ACCURACY = 0.7
 DEFAULT = {"threshold": 0.9, "calibration": {"alpha": 0.0, "temperature": 1.0}, "chosen_on": "default"}
 
 
@@ -48,7 +49,8 @@ def recogniser_logp(scores: Scores, calibration: dict, classes: np.ndarray | Non
 
 
 def combine(probs: np.ndarray, rec_logp: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """(N, K) candidate probabilities: ``rows`` re-ranked by ``probs * exp(rec_logp)``, the rest as they are."""
+    """(N, K) candidate probabilities: ``rows`` re-ranked by ``probs * exp(rec_logp)``, the rest as
+    they are."""
     with np.errstate(divide="ignore"):
         z = np.log(probs) + rec_logp[:, : probs.shape[1]]
     return np.where(rows[:, None], softmax_rows(z), probs)
@@ -135,7 +137,8 @@ def _scores(rows: Sequence, ask: np.ndarray, shape: tuple[int, int], setting: di
         return Scores(kind, votes)
     logp, tokens = np.full((n, k), -np.inf), np.zeros((n, k), dtype=np.int64)
     if len(ask):
-        s = recognise(sub, kind, cache, setting["model"], setting["language"], log=log, window=setting["window"])
+        s = recognise(sub, kind, cache, setting["model"], setting["language"], log=log,
+                      window=setting["window"])
         logp[ask, : s.logp.shape[1]], tokens[ask, : s.logp.shape[1]] = s.logp, s.tokens
     return Scores(kind, np.where(np.isfinite(logp).any(1), logp.argmax(1), -1), logp, tokens)
 
@@ -156,7 +159,8 @@ def curve_metrics(probs: np.ndarray, scores: Scores, classes: np.ndarray, truth_
     grid = []
     for t in sorted({*THRESHOLDS, setting["threshold"]}):
         sent = needs_recogniser(probs, classes, t)
-        grid.append({"threshold": t, "accuracy": hit(combine(probs, rec, sent)), "share": float(sent[rows].mean())})
+        grid.append({"threshold": t, "accuracy": hit(combine(probs, rec, sent)),
+                     "share": float(sent[rows].mean())})
     out = {"accuracy_recogniser": hit(rec), "accuracy_model": hit(probs), "grid": grid}
     if scores.scored:
         out["recogniser_clips_per_second"] = scores.scored / max(scores.seconds, 1e-9)
@@ -164,7 +168,8 @@ def curve_metrics(probs: np.ndarray, scores: Scores, classes: np.ndarray, truth_
 
 
 def setting_for(fallback: str, below: float | None, model_path, extra: dict | None, cache,
-                asr_model: str | None = None, window: float | None = None, language: str | None = None) -> dict | None:
+                asr_model: str | None = None, window: float | None = None,
+                language: str | None = None) -> dict | None:
     """What ``apply`` needs for a model (``model_path``: its run folder or model.pt; ``extra``: what
     it stores), or None where the cascade is off. Unset options take the run's settings: its
     recogniser model, window and language, and the threshold chosen at training (``auto``: 0, so
@@ -200,8 +205,8 @@ def _vote_accuracy(run) -> float:
     return float(a) if a is not None else VOTE_ACCURACY
 
 
-def tune(model, vocab, rows: Sequence, feats, ranking: dict, cache, asr_model: str, language: str, window: float,
-         log=print) -> dict:
+def tune(model, vocab, rows: Sequence, feats, ranking: dict, cache, asr_model: str, language: str,
+         window: float, log=print) -> dict:
     """``choose`` for ``model`` on labelled rows with candidates (``rows`` and their features
     ``feats``), the recogniser's scores read through its cache."""
     from plcli.arrays import RowView, softmax

@@ -1,17 +1,21 @@
 """Configuration dataclasses (litgpt style): every field documented and checked.
 
-A stage's configuration is a tree of dataclasses. It can be read from YAML (``--config``), then
-command-line flags override single fields by dotted name (``trainer.epochs``). The resolved
-configuration is written as ``config.yaml`` into every run directory; later stages read it back to
-reuse, for example, the feature parameters the encoder was trained with.
+A stage's configuration is a tree of dataclasses. It can be read from YAML or JSON (``--config``),
+then command-line flags and ``--set KEY=VALUE`` override single fields by dotted name
+(``trainer.epochs``). The command-line flags themselves are generated from these fields
+(``plcli.cli_options``). The resolved configuration is written as ``config.yaml`` into every run
+directory; later stages read it back to reuse, for example, the feature parameters the encoder was
+trained with.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import typing
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,14 +27,17 @@ from plcli.io import atomic_write_text
 
 
 def opt(default: Any = dataclasses.MISSING, help: str = "", *, factory=None, choices=None, min=None, max=None,
-        before: Any = dataclasses.MISSING):
+        before: Any = dataclasses.MISSING, why: str = ""):
     """A dataclass field with a help text and simple checks (choices, numeric bounds).
 
+    ``help`` is one line (at most 100 characters): the command line shows it next to the flag.
+    ``why``: the reasoning behind the setting or its default, where the help has no room for it;
+    docs/options.md lists it.
     ``before``: how runs behaved before the field existed. A resumed run whose ``config.yaml`` lacks
     the field continues with this value rather than the default (``Config.keep_resumed``), for
     settings whose default changes what the checkpoint holds.
     """
-    meta = {"help": help, "choices": choices, "min": min, "max": max, "before": before}
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "before": before, "why": why}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -58,7 +65,8 @@ class Config:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise UserError(f"unknown config key(s) {', '.join(where + k for k in unknown)}")
+            raise UserError(f"unknown config key(s) {', '.join(where + k for k in unknown)}"
+                            + _did_you_mean(unknown[0], names, where))
         for f in dataclasses.fields(cls):
             if f.name not in data:
                 continue
@@ -81,14 +89,41 @@ class Config:
         for key, value in values.items():
             if value is None:
                 continue
-            obj: Any = self
-            parts = key.split(".")
-            for p in parts[:-1]:
-                obj = getattr(obj, p)
+            obj, name, tp = self.lookup(key)
+            setattr(obj, name, _coerce(value, tp, key))
+
+    def set_text(self, key: str, text: str) -> None:
+        """``--set KEY=VALUE``: the field at dotted ``key`` from command-line text, typed by its annotation
+        (``null`` or ``none`` for an optional field's None; a list as ``[a, b]`` or one item)."""
+        obj, name, tp = self.lookup(key)
+        setattr(obj, name, _from_text(text, tp, key))
+
+    def lookup(self, key: str) -> tuple[Config, str, Any]:
+        """(the section holding dotted ``key``, the field's name, its annotated type); ``UserError`` naming
+        the closest key where there is no such setting."""
+        obj: Any = self
+        parts = key.split(".")
+        for i, p in enumerate(parts):
             hints = typing.get_type_hints(type(obj))
-            if parts[-1] not in hints:
-                raise UserError(f"unknown config key {key}")
-            setattr(obj, parts[-1], _coerce(value, hints[parts[-1]], key))
+            sub = _config_type(hints[p]) if p in hints else None
+            if sub is not None and i == len(parts) - 1:
+                raise UserError(f"unknown config key {key}: it is a section, set its fields ({key}.KEY)")
+            if p not in hints or (sub is None and i < len(parts) - 1):
+                known = [k for k, *_ in self.settings()]
+                raise UserError(f"unknown config key {key}" + _did_you_mean(key, known, ""))
+            if i < len(parts) - 1:
+                obj = getattr(obj, p)
+        return obj, parts[-1], hints[parts[-1]]
+
+    def settings(self, where: str = "") -> Iterator[tuple[str, dataclasses.Field, Any, Any]]:
+        """Every leaf setting, depth first in declaration order: (dotted key, field, type, value)."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, Config):
+                yield from v.settings(f"{where}{f.name}.")
+            else:
+                yield where + f.name, f, hints[f.name], v
 
     def keep_resumed(self, saved: dict, worker: bool = False, where: str = "") -> dict[str, Any]:
         """Resuming a run whose resolved config is ``saved``: every field declared with ``before`` that
@@ -112,7 +147,8 @@ class Config:
                     setattr(self, f.name, before)
                     kept[where + f.name] = before
             elif worker:
-                setattr(self, f.name, _coerce(saved[f.name], typing.get_type_hints(type(self))[f.name], where + f.name))
+                setattr(self, f.name,
+                        _coerce(saved[f.name], typing.get_type_hints(type(self))[f.name], where + f.name))
         return kept
 
     def validate(self, where: str = "") -> None:
@@ -125,7 +161,8 @@ class Config:
             choices, lo, hi = f.metadata.get("choices"), f.metadata.get("min"), f.metadata.get("max")
             name = where + f.name
             if choices is not None and v is not None and v not in choices:
-                raise UserError(f"{name}={v!r} is not one of {', '.join(map(str, choices))}")
+                raise UserError(f"{name}={v!r} is not one of {', '.join(map(str, choices))}"
+                                + _did_you_mean(str(v), [str(c) for c in choices], ""))
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 if isinstance(v, float) and not math.isfinite(v):
                     raise UserError(f"{name}={v} is not a finite number")
@@ -134,6 +171,37 @@ class Config:
                 if hi is not None and v > hi:
                     raise UserError(f"{name}={v} must be <= {hi}")
         self.check()
+
+
+def _did_you_mean(word: str, known: Iterable[str], where: str) -> str:
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {where}{close[0]}?" if close else ""
+
+
+def _from_text(text: str, tp: Any, name: str) -> Any:
+    """Command-line text (``--set``) to the annotated type ``tp``."""
+    args = typing.get_args(tp)
+    if type(None) in args and text.strip().lower() in ("null", "none", "~"):
+        return None
+    union = typing.get_origin(tp) is typing.Union or str(typing.get_origin(tp)) == "<class 'types.UnionType'>"
+    non_none = [a for a in args if a is not type(None)] if union else [tp]
+    if any(typing.get_origin(a) in (list, tuple) for a in non_none) and text.lstrip().startswith("["):
+        try:
+            return _coerce(yaml.safe_load(text), tp, name)
+        except yaml.YAMLError:
+            raise UserError(f"{name}: not a list: {text!r}") from None
+    return _coerce(text, tp, name)
+
+
+def parse_sets(items: Iterable[str]) -> list[tuple[str, str]]:
+    """``--set KEY=VALUE`` items as (key, value text) pairs; ``UserError`` on a malformed one."""
+    pairs = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set: expected KEY=VALUE, got {item!r}")
+        pairs.append((key.strip(), value))
+    return pairs
 
 
 def _plain(v: Any) -> Any:
@@ -198,8 +266,10 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     return value
 
 
-def load_config(cls: type[Config], path: str | os.PathLike | None, overrides: dict[str, Any]) -> Config:
-    """Defaults, then the YAML file (if any), then flag overrides; validated."""
+def load_config(cls: type[Config], path: str | os.PathLike | None, overrides: dict[str, Any],
+                sets: Iterable[str] = ()) -> Config:
+    """Defaults, then the YAML or JSON file (if any), then flag overrides (``None``: not given), then
+    ``--set KEY=VALUE`` items (the last one of a key wins); validated."""
     data: dict = {}
     if path is not None:
         p = Path(path)
@@ -213,6 +283,8 @@ def load_config(cls: type[Config], path: str | os.PathLike | None, overrides: di
             raise UserError(f"{p}: expected a mapping of options at the top level")
     cfg = cls.from_dict(data)
     cfg.override(overrides)
+    for key, text in parse_sets(sets):
+        cfg.set_text(key, text)
     cfg.validate()
     return cfg
 
@@ -241,7 +313,9 @@ class FeatureConfig(Config):
     """How audio becomes log-mel features. Part of every model: later stages inherit it."""
 
     sample_rate: int = opt(16000, "model sample rate in Hz; audio is resampled to it", min=4000)
-    clip_seconds: float = opt(3.0, "fixed clip length: longer audio is centre-cropped, shorter is centre-padded with zeros", min=0.1)
+    clip_seconds: float = opt(
+        3.0, "fixed clip length: longer audio is centre-cropped, shorter is centre-padded with zeros", min=0.1
+    )
     n_fft: int = opt(512, "FFT size", min=16)
     win_length: int = opt(400, "analysis window in samples (25 ms at 16 kHz)", min=16)
     hop_length: int = opt(320, "hop in samples (20 ms at 16 kHz)", min=1)
@@ -273,7 +347,8 @@ class LabelConfig(Config):
     lowercase: bool = opt(True, "case-fold labels ('See you' == 'see you')")
     nfkc: bool = opt(True, "Unicode NFKC normalisation (full-width and compatibility forms)")
     collapse_whitespace: bool = opt(True, "trim and collapse runs of whitespace to one space")
-    strip_punctuation: bool = opt(True, "remove punctuation and symbols at the start and end ('ok!!' == 'ok')")
+    strip_punctuation: bool = opt(True,
+                                  "remove punctuation and symbols at the start and end ('ok!!' == 'ok')")
 
 
 @dataclass
@@ -281,13 +356,19 @@ class DataConfig(Config):
     """Inputs: manifests, validation policy and the feature cache."""
 
     manifests: list[str] = opt(factory=list, help="training manifests (JSONL or CSV)")
-    skip_invalid: bool = opt(False, "drop invalid rows (each written to the rejects file) instead of stopping")
-    rejects: str | None = opt(None, "where --skip-invalid writes rejected rows (default: RUN_DIR/rejects.jsonl)")
+    skip_invalid: bool = opt(False,
+                             "drop invalid rows (each written to the rejects file) instead of stopping")
+    rejects: str | None = opt(None,
+                              "where --skip-invalid writes rejected rows (default: RUN_DIR/rejects.jsonl)")
     cache_dir: str | None = opt(None, "feature cache folder (default: $PLCLI_CACHE or ~/.cache/plcli)")
     val_fraction: float = opt(0.2, "share of exact rows held out for validation metrics", min=0.0, max=0.9)
     labels: LabelConfig = opt(factory=LabelConfig, help="label normalisation")
-    language: str = opt("auto", "the messages' language, ISO 639-1 (en, de, ru, ...): the voice of the phoneme tokens and of pocketsphinx's guessed pronunciations; auto: detected from the training texts (plcli.language)",
-                        before="en")
+    language: str = opt(
+        "auto",
+        "the messages' language, ISO 639-1 (en, de, ru, ...); auto: detected from the training texts",
+        why="the voice of the phoneme tokens and of pocketsphinx's guessed pronunciations (plcli.language)",
+        before="en",
+    )
 
     def check(self) -> None:
         from plcli.language import AUTO, espeak_voice
@@ -315,7 +396,11 @@ class TrainerConfig(Config):
     num_nodes: int = opt(1, "number of nodes", min=1)
     precision: str = opt("32-true", "32-true, 16-mixed, bf16-mixed, ...")
     num_workers: int = opt(0, "DataLoader worker processes (0 = load in the main process)", min=0)
-    sync_batchnorm: bool = opt(True, "with several GPU processes (DDP), BatchNorm statistics over the global batch rather than per process (torch cannot sync on CPU)")
+    sync_batchnorm: bool = opt(
+        True,
+        "with several GPU processes (DDP): BatchNorm statistics over the global batch, not per process",
+        why="torch cannot sync them on CPU, where they stay per process",
+    )
     resume: str | None = opt(None, "'auto' continues RUN_DIR's last checkpoint; or a checkpoint path")
     log_every_n_steps: int = opt(10, "how often to log training metrics", min=1)
     deterministic: bool = opt(False, "ask torch for deterministic algorithms (slower on GPU)")
@@ -328,15 +413,42 @@ class CTCConfig(Config):
     its CTC likelihood, so messages never heard in training can still be recognised."""
 
     weight: float = opt(0.0, "weight of the CTC loss next to the closed-set loss (0: no CTC head)", min=0.0)
-    tokens: str = opt("char", "what the head emits: char (letters, digits, apostrophe, space; chosen on validation speakers, docs/ctc.md) or phoneme (espeak-ng, offline)", choices=("phoneme", "char"))
-    tap: int = opt(-1, "what the head reads: -1 = the log-mel, through its own stride-2 front end (40 ms); 0 = the encoder after its stem (20 ms frames); 1 = after its first stage (40 ms)", min=-1, max=3)
+    tokens: str = opt(
+        "char",
+        "what the head emits: char (letters, digits, apostrophe, space) or phoneme (espeak-ng, offline)",
+        why="char was chosen on validation speakers (docs/ctc.md)",
+        choices=("phoneme", "char"),
+    )
+    tap: int = opt(
+        -1,
+        "what the head reads: -1 the log-mel, 0 the encoder after its stem, 1 after its first stage",
+        why="-1: through the head's own stride-2 front end (40 ms frames); 0: 20 ms frames; 1: 40 ms",
+        min=-1,
+        max=3,
+    )
     hidden: int = opt(96, "channels of the head's temporal convolutions", min=4)
     layers: int = opt(3, "residual blocks of the head", min=0)
     kernel_size: int = opt(9, "temporal kernel of the head (odd)", min=1)
     dropout: float = opt(0.1, "dropout before the head's output layer", min=0.0, max=0.9)
-    tempo: float = opt(0.0, "distill (0.1 there): speed perturbation of the CTC branch's input, a random rate in 1 +- tempo per step (the log-mel resampled along time)", min=0.0, max=0.5)
-    vtlp: float = opt(0.0, "distill (0.1 there): vocal tract length perturbation (VTLP) of the CTC branch's input, largest relative frequency scaling per row", min=0.0, max=0.5)
-    prior_correction: bool = opt(True, "candidate rows: divide each candidate's CTC likelihood by its message's share of candidate slots (as the closed-set losses do)")
+    tempo: float = opt(
+        0.0,
+        "speed perturbation of the CTC branch's input: a random rate in 1 +- tempo per step",
+        why="the log-mel is resampled along time; distill sets 0.1",
+        min=0.0,
+        max=0.5,
+    )
+    vtlp: float = opt(
+        0.0,
+        "vocal tract length perturbation (VTLP) of the CTC branch's input: largest frequency scaling",
+        why="the largest relative frequency scaling, drawn per row; distill sets 0.1",
+        min=0.0,
+        max=0.5,
+    )
+    prior_correction: bool = opt(
+        True,
+        "candidate rows: divide each candidate's CTC likelihood by its message's share of candidate slots",
+        why="as the closed-set losses do",
+    )
 
     @property
     def enabled(self) -> bool:
@@ -348,8 +460,8 @@ class CTCConfig(Config):
 
     def head_args(self, tokenizer) -> dict:
         """``Classifier(ctc=...)`` settings (primitives) with ``tokenizer``'s inventory."""
-        return {"tokenizer": tokenizer.to_dict(), "tap": self.tap, "hidden": self.hidden, "layers": self.layers,
-                "kernel_size": self.kernel_size, "dropout": self.dropout}
+        return {"tokenizer": tokenizer.to_dict(), "tap": self.tap, "hidden": self.hidden,
+                "layers": self.layers, "kernel_size": self.kernel_size, "dropout": self.dropout}
 
 
 def cache_dir(cfg_value: str | None) -> Path:

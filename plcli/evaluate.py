@@ -38,15 +38,29 @@ class EvaluateConfig(Config):
     truth: str | None = opt(None, "JSONL or CSV of id,label; overrides the manifest's labels")
     json_out: str | None = opt(None, "write the metrics as JSON here")
     report_dir: str | None = opt(None, "folder for confusion_matrix.png, reliability.png and per_class.csv")
-    batch_size: int = opt(256, "inference batch size (256 ranked fastest on 2 CPU cores, scripts/bench_ranking.py)", min=1)
+    batch_size: int = opt(
+        256, "inference batch size (256 ranked fastest on 2 CPU cores, scripts/bench_ranking.py)", min=1
+    )
     cache_dir: str | None = opt(None, "feature cache folder (default: $PLCLI_CACHE or ~/.cache/plcli)")
     skip_invalid: bool = opt(False, "drop invalid manifest rows instead of stopping")
     rejects: str | None = opt(None, "where --skip-invalid writes rejected rows")
     bins: int = opt(ECE_BINS, "confidence bins of the calibration error and reliability diagram", min=2)
-    fallback: str = opt("auto", "recogniser that re-ranks rows the model is unsure of: whisper (every row scored, for each threshold's accuracy), pocketsphinx, none, or auto (for never-heard texts)", choices=FALLBACKS)
-    fallback_below: float | None = opt(None, "send rows whose top candidate probability is below this to the recogniser (default: chosen at training)", min=0.0, max=1.01)
+    fallback: str = opt(
+        "auto",
+        "recogniser that re-ranks rows the model is unsure of, for never-heard texts",
+        why="whisper scores every row, for each threshold's accuracy",
+        choices=FALLBACKS,
+    )
+    fallback_below: float | None = opt(
+        None,
+        "send rows whose top candidate probability is below this to the recogniser",
+        why="default: the threshold chosen at training",
+        min=0.0,
+        max=1.01,
+    )
     asr_model: str | None = opt(None, "Whisper model (default: the run's)")
-    asr_window: float | None = opt(None, "seconds Whisper's encoder sees per clip (default: the run's)", min=3.0, max=30.0)
+    asr_window: float | None = opt(None, "seconds Whisper's encoder sees per clip (default: the run's)",
+                                   min=3.0, max=30.0)
 
     def check(self) -> None:
         if not self.manifests:
@@ -67,7 +81,8 @@ def run(cfg: EvaluateConfig, log=print, console=None) -> dict:
     y = truth_vector(rows, truth, vocab)  # -2 no truth, -1 outside the vocabulary
     if not (y != -2).any():
         log(
-            "warning: no row has a label (give --truth or label the manifest): only the covering rate is measured"
+            "warning: no row has a label (give --truth or label the manifest): only the covering rate is "
+            "measured"
         )
 
     from plcli.cascade import setting_for
@@ -78,10 +93,12 @@ def run(cfg: EvaluateConfig, log=print, console=None) -> dict:
     if model.has_ctc or setting:
         from plcli.inference import infer_ranked
 
-        probs, scores, timing = infer_ranked(model, features, [r.audio for r in rows], [r.candidates for r in rows],
-                                             cfg.cache_dir, cfg.batch_size, log=log)
+        probs, scores, timing = infer_ranked(model, features, [r.audio for r in rows],
+                                             [r.candidates for r in rows], cfg.cache_dir, cfg.batch_size,
+                                             log=log)
     else:
-        probs, timing = infer(model, features, [r.audio for r in rows], cfg.cache_dir, cfg.batch_size, log=log)
+        probs, timing = infer(model, features, [r.audio for r in rows], cfg.cache_dir, cfg.batch_size,
+                              log=log)
     mask = candidate_matrix(rows, vocab)
     metrics = {
         "model": str(cfg.model),
@@ -91,8 +108,20 @@ def run(cfg: EvaluateConfig, log=print, console=None) -> dict:
         **timing,
     }
     if model.has_ctc or setting:
-        metrics.update(ranked_metrics(rows, truth, probs, scores, vocab, getattr(model, "extra", None), setting,
-                                      cache_dir(cfg.cache_dir), cfg.fallback == "whisper", log))
+        metrics.update(
+            ranked_metrics(
+                rows,
+                truth,
+                probs,
+                scores,
+                vocab,
+                getattr(model, "extra", None),
+                setting,
+                cache_dir(cfg.cache_dir),
+                cfg.fallback == "whisper",
+                log,
+            )
+        )
     metrics.update(missing_truth_metrics(probs, y, mask, rows, truth, vocab))
     lab = y != -2
     metrics["per_class"] = _per_class(probs.argmax(axis=1)[lab], y[lab], vocab)
@@ -110,8 +139,9 @@ def run(cfg: EvaluateConfig, log=print, console=None) -> dict:
     return metrics
 
 
-def missing_truth_metrics(probs: np.ndarray, y: np.ndarray, mask: np.ndarray, rows, truth: dict[str, str],
-                          vocab) -> dict:
+def missing_truth_metrics(
+    probs: np.ndarray, y: np.ndarray, mask: np.ndarray, rows, truth: dict[str, str], vocab
+) -> dict:
     """Where some labelled rows' candidates miss their truth (nobody typed the note): how many, the
     all-class accuracy on the rows whose candidates hold it, and the AUROC of ``none_of_these``
     (``plcli.metrics``) for telling the two apart. Empty where every set holds its truth."""
@@ -126,13 +156,25 @@ def missing_truth_metrics(probs: np.ndarray, y: np.ndarray, mask: np.ndarray, ro
         return {}
     score = none_of_these(probs, mask)
     ok = has & np.isfinite(score)
-    return {"missing_truth_rows": int(missed.sum()),
-            "accuracy_truth_held": accuracy(probs.argmax(1)[held], y[held]),
-            "none_of_these_auroc": auroc(score[ok], missed[ok])}
+    return {
+        "missing_truth_rows": int(missed.sum()),
+        "accuracy_truth_held": accuracy(probs.argmax(1)[held], y[held]),
+        "none_of_these_auroc": auroc(score[ok], missed[ok]),
+    }
 
 
-def ranked_metrics(rows, truth: dict[str, str], probs: np.ndarray, scores: dict, vocab, extra: dict | None,
-                   cascade: dict | None = None, cache=None, curve: bool = False, log=print) -> dict:
+def ranked_metrics(
+    rows,
+    truth: dict[str, str],
+    probs: np.ndarray,
+    scores: dict,
+    vocab,
+    extra: dict | None,
+    cascade: dict | None = None,
+    cache=None,
+    curve: bool = False,
+    log=print,
+) -> dict:
     """Within-candidate accuracy of the combined ranking (``plcli.ranking``) and of each scorer alone,
     overall and split by whether the true message is in the model's vocabulary; which scorer decided;
     the calibration error of the ranking's candidate probabilities. With ``cascade``
@@ -154,7 +196,10 @@ def ranked_metrics(rows, truth: dict[str, str], probs: np.ndarray, scores: dict,
 
         model_ranked = ranked
         ranked, info = apply(ranked, rows, classes, cascade, cache, log, every_row=curve)
-        out["cascade"] = {**{k: v for k, v in cascade.items() if k != "grid"}, "rows_sent": int(info["sent"][use].sum())}
+        out["cascade"] = {
+            **{k: v for k, v in cascade.items() if k != "grid"},
+            "rows_sent": int(info["sent"][use].sum()),
+        }
         if curve:
             out["cascade"].update(curve_metrics(model_ranked["probs"], info["scores"], classes, pos, cascade))
         ranked["model"] = model_ranked["combined"]
@@ -240,8 +285,10 @@ def _print_cascade(c: dict, model_speed: float | None, console) -> None:
     if not c.get("grid"):
         return
     rec = c.get("recogniser_clips_per_second")
-    t = Table(title=f"cascade (recogniser alone: {_fmt(c['accuracy_recogniser'])} within candidates; "
-                    f"model alone: {_fmt(c['accuracy_model'])})")
+    t = Table(
+        title=f"cascade (recogniser alone: {_fmt(c['accuracy_recogniser'])} within candidates; "
+        f"model alone: {_fmt(c['accuracy_model'])})"
+    )
     for col in ("threshold P", "rows sent", "accuracy within candidates", "clips/s (estimated)"):
         t.add_column(col)
     for g in c["grid"]:
@@ -249,8 +296,12 @@ def _print_cascade(c: dict, model_speed: float | None, console) -> None:
         if rec and model_speed:
             speed = 1.0 / (1.0 / model_speed + g["share"] / rec)
         mark = " (chosen)" if g["threshold"] == c.get("threshold") else ""
-        t.add_row(f"{g['threshold']:g}{mark}", f"{g['share']:.2f}", _fmt(g["accuracy"]),
-                  f"{speed:.1f}" if speed else "-")
+        t.add_row(
+            f"{g['threshold']:g}{mark}",
+            f"{g['share']:.2f}",
+            _fmt(g["accuracy"]),
+            f"{speed:.1f}" if speed else "-",
+        )
     console.print(t)
 
 

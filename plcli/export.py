@@ -38,8 +38,9 @@ from plcli.errors import UserError
 from plcli.models.classifier import WaveClassifier
 
 FORMATS = ("torchscript", "onnx")
-LEFT_OUT_CTC = ("the CTC head and the combined ranking of candidate texts are not exported: the file gives the "
-                "closed-set probabilities over the vocabulary only; rank candidate texts, also new ones, with plcli predict")
+LEFT_OUT_CTC = ("the CTC head and the combined ranking of candidate texts are not exported: the file "
+                "gives the closed-set probabilities over the vocabulary only; rank candidate texts, also new "
+                "ones, with plcli predict")
 EXPORT_FORMAT = 1
 
 

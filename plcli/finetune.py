@@ -2,20 +2,20 @@
 
 Three tiers of supervision:
 - exact rows: cross-entropy on the label;
-- candidate rows, by ``--loss``: ``proden`` (targets = the model's own probabilities restricted to
+- candidate rows, by ``loss``: ``proden`` (targets = the model's own probabilities restricted to
   the candidate set and renormalised, refreshed every epoch; Lv et al. 2020), ``cc`` (negative log
   of the total probability on the candidate set; Feng et al. 2020) or ``ce-only`` (ignore them: the
   textbook SimCLRv2 recipe);
 - rows with neither: not used here.
 
-``--ctc-weight w`` adds a CTC head (``plcli.models.ctc``) on the frozen encoder's frames, which
+``ctc.weight w`` adds a CTC head (``plcli.models.ctc``) on the frozen encoder's frames, which
 scores any text: exact rows train it with plain CTC, candidate rows with the candidate set's
 likelihood ``-log sum_{c in S} p_CTC(c|x) / q_c`` (GTC, Moritz et al. 2020; ``q`` the prior
 correction, as for the closed-set head), each step on ``ctc_rows`` random rows of the batch. The
 frames, like the embeddings, are computed once per clip and cached view.
 
 With the encoder frozen (the default), embeddings are computed once for the clean clip and for the
-cached augmented views, and the head trains on them in seconds. ``--unfreeze`` trains the whole
+cached augmented views, and the head trains on them in seconds. ``unfreeze`` trains the whole
 network on augmented views with a lower encoder learning rate.
 """
 
@@ -76,32 +76,73 @@ class FinetuneConfig(Config):
     out: str = opt("", "run directory")
     pretrained: str = opt("", "pretrain run directory, or 'none' for a random-encoder baseline")
     data: DataConfig = opt(factory=DataConfig, help="inputs")
-    trainer: TrainerConfig = opt(factory=lambda: TrainerConfig(epochs=40, batch_size=64, lr=2e-3), help="training")
-    min_steps: int = opt(1000, "train at least this many optimiser steps (counted on one device): a small data set trains more epochs than trainer.epochs; 0 = off", min=0)
+    trainer: TrainerConfig = opt(factory=lambda: TrainerConfig(epochs=40, batch_size=64, lr=2e-3),
+                                 help="training")
+    min_steps: int = opt(
+        1000,
+        "train at least this many optimiser steps (counted on one device); 0 = off",
+        why="a small data set then trains more epochs than trainer.epochs",
+        min=0,
+    )
     loss: str = opt("proden", "candidate-row loss: proden, cc or ce-only", choices=LOSSES)
     candidate_weight: float = opt(1.0, "weight of the candidate-row term against the exact-row term", min=0.0)
-    from_layer: int = opt(0, "feed the head from this projection-head layer (0 = encoder output; SimCLRv2 uses 1)", min=0)
+    from_layer: int = opt(
+        0, "feed the head from this projection-head layer (0 = encoder output; SimCLRv2 uses 1)", min=0
+    )
     head_hidden_dim: int = opt(256, "head hidden width", min=1)
     head_layers: int = opt(2, "head depth (1 = linear)", min=1)
     dropout: float = opt(0.1, "head dropout", min=0.0, max=0.9)
-    prior_correction: bool = opt(True, "divide probabilities by each class's share of candidate slots before restricting to a candidate set (frequent messages are frequent distractors)")
+    prior_correction: bool = opt(
+        True,
+        "divide probabilities by each class's share of candidate slots before restricting to candidates",
+        why="frequent messages are frequent distractors",
+    )
     label_smoothing: float = opt(0.0, "label smoothing of the exact-row cross-entropy", min=0.0, max=0.5)
-    copies: int = opt(0, "augmented copies per clip used as head inputs, from the pretrain run's cached views (0 = the clean clip only, which measured better: docs/benchmark.md, 'Teacher levers')", min=0)
-    bn_recalibrate: bool = opt(True, "re-estimate the frozen encoder's BatchNorm statistics on the clean training clips (pretraining saw only augmented views)")
+    copies: int = opt(
+        0,
+        "augmented copies per clip as extra head inputs, from the pretrain run's cached views",
+        why="0 = the clean clip only, which measured better: docs/benchmark.md, 'Teacher levers'",
+        min=0,
+    )
+    bn_recalibrate: bool = opt(
+        True,
+        "re-estimate the frozen encoder's BatchNorm statistics on the clean training clips",
+        why="pretraining saw only augmented views",
+    )
     unfreeze: bool = opt(False, "fine-tune the encoder too (slower; uses augmented views every step)")
-    encoder_lr_scale: float = opt(0.1, "encoder learning rate = lr x this, with --unfreeze", min=0.0)
+    encoder_lr_scale: float = opt(0.1, "encoder learning rate = lr x this, with unfreeze", min=0.0)
     truth: str | None = opt(None, "optional JSONL/CSV of id,label: disambiguation accuracy on candidate rows")
     encoder: str = opt("tcresnet", "encoder for --pretrained none", choices=sorted(ENCODERS))
-    ctc: CTCConfig = opt(factory=lambda: CTCConfig(tap=1), help="a CTC head on the frozen encoder's frames (off by default here; the distill student has one)")
+    ctc: CTCConfig = opt(factory=lambda: CTCConfig(tap=1),
+                         help="a CTC head on the frozen encoder's frames (off by default here; the distill "
+                              "student has one)")
     ctc_rows: int = opt(64, "rows per batch that get the CTC loss, a random subset", min=1)
-    ranking_manifest: str | None = opt(None, "labelled rows (speakers held out from training; some saying messages training never holds, to weigh new messages) on which the combined ranking is chosen (default: the held-out exact rows)")
-    asr_prior: str = opt("auto", "recogniser whose view of each row's candidates is a prior on the partial-label targets: whisper, pocketsphinx, none, or auto (the pretrain run's; docs/asr-prior.md)", choices=CHOICES)
-    asr_model: str | None = opt(None, "Whisper model for --recogniser whisper (default: the pretrain run's, else 'base')")
-    asr_window: float | None = opt(None, "seconds of audio Whisper's encoder sees per clip (default: the upstream run's, else 30)", min=3.0, max=30.0)
-    asr_accuracy: float | None = opt(None, "how often pocketsphinx's vote is right (default: estimated on the exact rows with candidates)", min=0.0, max=1.0)
+    ranking_manifest: str | None = opt(
+        None,
+        "labelled rows on which the combined ranking is chosen (default: the held-out exact rows)",
+        why="speakers held out from training; some saying messages training never holds, to weigh new "
+        "messages",
+    )
+    asr_prior: str = opt(
+        "auto",
+        "recogniser whose vote on each row's candidates is a prior on the targets (auto: the pretrain run's)",
+        why="docs/asr-prior.md",
+        choices=CHOICES,
+    )
+    asr_model: str | None = opt(None,
+                                "Whisper model for --recogniser whisper (default: the pretrain run's, else "
+                                "'base')")
+    asr_window: float | None = opt(None,
+                                   "seconds of audio Whisper's encoder sees per clip (default: the upstream "
+                                   "run's, else 30)", min=3.0, max=30.0)
+    asr_accuracy: float | None = opt(None,
+                                     "how often pocketsphinx's vote is right (default: estimated on the "
+                                     "exact rows with candidates)", min=0.0, max=1.0)
     asr_workers: int = opt(2, "recogniser processes for the asr prior", min=1)
-    features: FeatureConfig = opt(factory=FeatureConfig, help="log-mel front end (inherited from the pretrain run)")
-    augment: AugmentConfig = opt(factory=AugmentConfig, help="augmentations (inherited from the pretrain run)")
+    features: FeatureConfig = opt(factory=FeatureConfig,
+                                  help="log-mel front end (inherited from the pretrain run)")
+    augment: AugmentConfig = opt(factory=AugmentConfig,
+                                 help="augmentations (inherited from the pretrain run)")
     overwrite: bool = opt(False, "replace an existing run in out")
 
     def check(self) -> None:
@@ -110,18 +151,20 @@ class FinetuneConfig(Config):
         if not self.pretrained:
             raise UserError("--pretrained is required (a pretrain run directory, or 'none')")
         if self.ctc.tempo or self.ctc.vtlp:
-            raise UserError("ctc.tempo and ctc.vtlp perturb the distill student's CTC branch; finetune trains its "
-                            "CTC head on cached frames of the frozen encoder and cannot apply them")
+            raise UserError("ctc.tempo and ctc.vtlp perturb the distill student's CTC branch; finetune "
+                            "trains its CTC head on cached frames of the frozen encoder and cannot apply "
+                            "them")
 
 
 class FinetuneModule(L.LightningModule):
     """The classifier (encoder + head) with the three-tier loss; in frozen mode only the head trains."""
 
-    def __init__(self, classifier: dict, num_train: int = 0, loss: str = "proden", candidate_weight: float = 1.0,
-                 lr: float = 2e-3, weight_decay: float = 1e-4, frozen: bool = True, encoder_lr_scale: float = 0.1,
-                 label_smoothing: float = 0.0, spec_augment: dict | None = None, prior_correction: bool = True,
-                 ctc_weight: float = 0.0, ctc_rows: int = 64, ctc_prior_correction: bool = True,
-                 mel_range: list[float] | None = None):
+    def __init__(self, classifier: dict, num_train: int = 0, loss: str = "proden",
+                 candidate_weight: float = 1.0, lr: float = 2e-3, weight_decay: float = 1e-4,
+                 frozen: bool = True, encoder_lr_scale: float = 0.1, label_smoothing: float = 0.0,
+                 spec_augment: dict | None = None, prior_correction: bool = True, ctc_weight: float = 0.0,
+                 ctc_rows: int = 64,
+                 ctc_prior_correction: bool = True, mel_range: list[float] | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.model = Classifier(**classifier)
@@ -129,7 +172,8 @@ class FinetuneModule(L.LightningModule):
             head = {id(p) for p in self._heads()}
             for p in self.model.parameters():
                 p.requires_grad_(id(p) in head)
-        self.spec_aug = SpectrogramAugment(SpecAugmentConfig.from_dict(spec_augment or {}), mel_range=mel_range)
+        self.spec_aug = SpectrogramAugment(SpecAugmentConfig.from_dict(spec_augment or {}),
+                                           mel_range=mel_range)
         self.cc = CandidateLoss()
         self.soft_ce = SoftTargetCrossEntropy()
         # PRODEN's target table (num_train, C): part of the checkpoint so --resume continues it
@@ -139,8 +183,10 @@ class FinetuneModule(L.LightningModule):
         # (num_train, C) log-likelihood bonus of the recogniser's vote (plcli.asr_prior); set by run()
         self.register_buffer("asr_bonus", torch.zeros(0), persistent=False)
         # (C, L) token ids and (C,) lengths of every class's text, for the CTC head (set by the stage)
-        self.register_buffer("class_tokens", torch.ones(classifier["num_classes"], 1, dtype=torch.long), persistent=False)
-        self.register_buffer("class_lengths", torch.zeros(classifier["num_classes"], dtype=torch.long), persistent=False)
+        self.register_buffer("class_tokens", torch.ones(classifier["num_classes"], 1, dtype=torch.long),
+                             persistent=False)
+        self.register_buffer("class_lengths", torch.zeros(classifier["num_classes"], dtype=torch.long),
+                             persistent=False)
         self._val: list[dict] = []
 
     def _heads(self) -> list:
@@ -177,7 +223,8 @@ class FinetuneModule(L.LightningModule):
         idx, valid = class_candidates(mask[sel], y[sel])
         prior = self.log_prior if self.hparams.ctc_prior_correction else None
         log_probs = self.model.ctc_head(frames[sel]).float()  # (T', B', V)
-        per_row = class_ctc_loss(log_probs, idx, valid, self.class_tokens, self.class_lengths, log_prior=prior)
+        per_row = class_ctc_loss(log_probs, idx, valid, self.class_tokens, self.class_lengths,
+                                 log_prior=prior)
         return per_row.mean()
 
     def on_train_epoch_start(self) -> None:
@@ -199,7 +246,8 @@ class FinetuneModule(L.LightningModule):
         y, mask = batch["y"], batch["mask"]
         exact = y >= 0
         zero = logits.sum() * 0.0
-        ce = F.cross_entropy(logits[exact], y[exact], label_smoothing=self.hparams.label_smoothing) if exact.any() else zero
+        ce = F.cross_entropy(logits[exact], y[exact],
+                             label_smoothing=self.hparams.label_smoothing) if exact.any() else zero
         cand = (~exact) & mask.any(1)
         if self.hparams.loss == "ce-only" or not cand.any():
             pl = zero
@@ -217,14 +265,17 @@ class FinetuneModule(L.LightningModule):
             logs["train/ctc"] = ctc = self.ctc_loss(frames, y, mask)
             loss = loss + self.hparams.ctc_weight * ctc
         bs = logits.shape[0]
-        self.log_dict({"train/loss": loss, **logs}, on_step=False, on_epoch=True, batch_size=bs, prog_bar=False)
+        self.log_dict({"train/loss": loss, **logs}, on_step=False, on_epoch=True, batch_size=bs,
+                      prog_bar=False)
         return loss
 
-    def disambiguate(self, logits: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def disambiguate(self, logits: torch.Tensor, mask: torch.Tensor,
+                     rows: torch.Tensor | None = None) -> torch.Tensor:
         """Candidate-restricted targets. With the prior correction, p(j|x) / pi_j is restricted instead of
         p(j|x): if distractors are drawn in proportion to popularity pi, the chance of the rest of the
         set given label j scales with 1 / pi_j, which cancels the frequent classes' head start. With an
-        asr prior, the vote's likelihood multiplies in (``rows``: the training rows of ``logits``; None = all)."""
+        asr prior, the vote's likelihood multiplies in (``rows``: the training rows of ``logits``;
+        None = all)."""
         logits = logits - self.log_prior
         if self.asr_bonus.numel():
             logits = logits + (self.asr_bonus if rows is None else self.asr_bonus[rows])
@@ -271,11 +322,13 @@ class FinetuneModule(L.LightningModule):
         groups = [(head, hp.lr)]
         if not hp.frozen:
             head_ids = {id(p) for p in head}
-            groups.append(([p for p in self.model.parameters() if id(p) not in head_ids], hp.lr * hp.encoder_lr_scale))
+            groups.append(([p for p in self.model.parameters() if id(p) not in head_ids],
+                           hp.lr * hp.encoder_lr_scale))
         return adamw_cosine(groups, hp.weight_decay, self.trainer.estimated_stepping_batches)
 
 
-def classifier_metrics(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, truth: torch.Tensor) -> dict:
+def classifier_metrics(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
+                       truth: torch.Tensor) -> dict:
     """Validation figures. ``y`` >= 0 marks held-out exact rows; other rows with candidates give the
     covering rate and, where ``truth`` >= 0, disambiguation accuracy."""
     out = {}
@@ -430,11 +483,12 @@ def _prepare(cfg: FinetuneConfig, log) -> _Inputs:
     if cfg.loss == "ce-only":
         train_idx = train_idx[(y[train_idx] >= 0).numpy()]
         if len(train_idx) == 0:
-            raise UserError("--loss ce-only needs exact labels, and the training rows have none")
+            raise UserError("loss ce-only needs exact labels, and the training rows have none")
     classifier = _classifier_args(cfg, pre, len(vocab))
     if cfg.ctc.enabled:
         if classifier["encoder"] not in ("tcresnet", "tcresnet-small", "tcresnet-wide"):
-            raise UserError(f"--ctc-weight needs a TC-ResNet encoder (frames over time), not {classifier['encoder']}")
+            raise UserError(f"ctc.weight needs a TC-ResNet encoder (frames over time), not "
+                            f"{classifier['encoder']}")
         from plcli.text import build_tokenizer
 
         tok = build_tokenizer(cfg.ctc.tokens, vocab.display, voice=voice_of(cfg.data.language, vocab.display))
@@ -457,7 +511,9 @@ def _classifier_args(cfg: FinetuneConfig, pre: PretrainConfig | None, num_classe
     """``Classifier`` arguments: the pretrain run's encoder and projection head, this stage's head."""
     arch = pre or PretrainConfig(encoder=cfg.encoder)
     if cfg.from_layer > arch.proj_layers:
-        raise UserError(f"--from-layer {cfg.from_layer} exceeds the projection head's {arch.proj_layers} layers")
+        raise UserError(
+            f"from_layer={cfg.from_layer} exceeds the projection head's {arch.proj_layers} layers"
+        )
     return dict(encoder=arch.encoder, n_mels=cfg.features.n_mels, num_classes=num_classes,
                 from_layer=cfg.from_layer, proj_hidden_dim=arch.proj_hidden_dim, proj_dim=arch.proj_dim,
                 proj_layers=arch.proj_layers, head_hidden_dim=cfg.head_hidden_dim,
@@ -487,13 +543,14 @@ def _module(cfg: FinetuneConfig, inp: _Inputs) -> FinetuneModule:
     if inp.asr_bonus is not None:
         module.asr_bonus = torch.from_numpy(inp.asr_bonus)
     # PRODEN starts uniform over the candidates, or from the recogniser's vote
-    module.targets.copy_(candidate_targets(module.asr_bonus if inp.asr_bonus is not None else torch.zeros(n, c),
-                                           inp.mask))
+    module.targets.copy_(
+        candidate_targets(module.asr_bonus if inp.asr_bonus is not None else torch.zeros(n, c), inp.mask)
+    )
     return module
 
 
 def _datasets(cfg: FinetuneConfig, inp: _Inputs, module: FinetuneModule, cache):
-    """(train, validation) datasets, the clean embeddings (None with --unfreeze) and the clean
+    """(train, validation) datasets, the clean embeddings (None with unfreeze) and the clean
     features of every row.
 
     Frozen: embeddings of the clean clip and ``copies`` cached views; else the cached views themselves.
@@ -509,7 +566,8 @@ def _datasets(cfg: FinetuneConfig, inp: _Inputs, module: FinetuneModule, cache):
     is_held = torch.tensor([r.id in inp.held for r in inp.rows])
     y_train = torch.where(is_held, torch.full_like(inp.y, -1), inp.y)[inp.train_idx]
     fields_train = {"y": y_train, "mask": inp.mask[inp.train_idx]}
-    fields_val = {"y": torch.where(is_held, inp.y, torch.full_like(inp.y, -1)), "mask": inp.mask, "truth": inp.truth}
+    fields_val = {"y": torch.where(is_held, inp.y, torch.full_like(inp.y, -1)), "mask": inp.mask,
+                  "truth": inp.truth}
     val_idx = np.arange(len(inp.rows))  # held-out exact rows + candidate rows (covering rate)
     e_clean = None
     if module.hparams.frozen:
@@ -546,8 +604,9 @@ def run(cfg: FinetuneConfig, log=print) -> dict:
     from plcli.asr_prior import prior_for, resolve
     from plcli.config import cache_dir
 
-    inp.asr_bonus, asr_info = prior_for(inp.rows, inp.vocab, resolve(cfg.asr_prior), cache_dir(cfg.data.cache_dir),
-                                        cfg.asr_accuracy, cfg.asr_workers, log, model=cfg.asr_model, language=cfg.data.language,
+    inp.asr_bonus, asr_info = prior_for(inp.rows, inp.vocab, resolve(cfg.asr_prior),
+                                        cache_dir(cfg.data.cache_dir), cfg.asr_accuracy, cfg.asr_workers, log,
+                                        model=cfg.asr_model, language=cfg.data.language,
                                         window=cfg.asr_window)
     module = _module(cfg, inp)
     ckpt = resolve_resume(out, cfg.trainer.resume)
@@ -592,7 +651,8 @@ def run(cfg: FinetuneConfig, log=print) -> dict:
     if trainer.is_global_zero:
         ranking = {k: v for k, v in result.get("ranking", {}).items() if k != "grid"}
         save_model(out / "model.pt", module.model, inp.vocab, cfg.features, STAGE,
-                   extra={"pretrained": cfg.pretrained, "loss": cfg.loss, **({"ranking": ranking} if ranking else {})})
+                   extra={"pretrained": cfg.pretrained, "loss": cfg.loss,
+                          **({"ranking": ranking} if ranking else {})})
         return write_metrics(out, result)
     return jsonable(result)
 

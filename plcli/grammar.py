@@ -68,7 +68,8 @@ _ORDINAL = {"one": "first", "two": "second", "three": "third", "five": "fifth", 
 
 
 def number_words(n: int) -> str:
-    """``n`` (0 <= n < 10**12) in English words: 42 -> "forty two", 1905 -> "one thousand nine hundred five"."""
+    """``n`` (0 <= n < 10**12) in English words: 42 -> "forty two", 1905 -> "one thousand nine hundred
+    five"."""
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or not 0 <= n < 10**12:
         raise ValueError(f"number_words takes an integer from 0 to 10**12 - 1, got {n!r}")
     n = int(n)
@@ -99,7 +100,8 @@ def ordinal_words(n: int) -> str:
 
 
 def time_words(hours: int, minutes: int) -> str:
-    """A clock time as it is said: (5, 30) -> "five thirty", (8, 0) -> "eight o'clock", (7, 5) -> "seven oh five"."""
+    """A clock time as it is said: (5, 30) -> "five thirty", (8, 0) -> "eight o'clock", (7, 5) ->
+    "seven oh five"."""
     if not (0 <= hours <= 24 and 0 <= minutes <= 59):
         raise ValueError(f"not a clock time: {hours}:{minutes:02d}")
     if minutes == 0:
@@ -187,7 +189,8 @@ def jsgf_grammar(alternatives: Sequence[str], name: str = "candidates") -> str:
 # ---------------------------------------------------------------------------------------------
 
 ARPABET = frozenset(
-    "AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH T TH UH UW V W Y Z ZH".split()
+    "AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH T TH UH UW V W Y Z "
+    "ZH".split()
 )
 # espeak-ng's ASCII phoneme names (en-us) -> the acoustic model's phones. The r-coloured vowels
 # carry their R, which is left out when espeak writes the r as a phoneme of its own next.
@@ -255,8 +258,8 @@ class GrammarDecoder:
             from pocketsphinx import Decoder
         except ImportError:
             raise UserError(
-                "the grammar speech recogniser (the benchmark's row, --asr-prior pocketsphinx) needs pocketsphinx: "
-                "pip install 'plcli[asr]'"
+                "the grammar speech recogniser (the benchmark's row, --asr-prior pocketsphinx) needs "
+                "pocketsphinx: pip install 'plcli[asr]'"
             ) from None
         self.sample_rate = sample_rate
         self.voice = voice  # espeak-ng's, for the pronunciations of words the dictionary lacks
@@ -485,6 +488,7 @@ def score_choices(
     out = {"accuracy_within": acc("all"), "rows": hits["all"][1], "random_fallbacks": fallbacks}
     if heard is not None:
         out.update(
-            accuracy_within_seen=acc("seen"), accuracy_within_unseen=acc("unseen"), unseen_rows=hits["unseen"][1]
+            accuracy_within_seen=acc("seen"), accuracy_within_unseen=acc("unseen"),
+            unseen_rows=hits["unseen"][1]
         )
     return out

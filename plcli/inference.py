@@ -90,7 +90,8 @@ def infer(
     log=print,
 ) -> tuple[np.ndarray, dict]:
     """(N, C) probabilities for the audio files (through the feature cache) and timing figures."""
-    logits, timing = _timed_through_cache(features, audio, cache, lambda f: predict_logits(model, f, batch_size), log)
+    logits, timing = _timed_through_cache(features, audio, cache,
+                                          lambda f: predict_logits(model, f, batch_size), log)
     return softmax(logits), timing
 
 

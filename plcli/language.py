@@ -28,17 +28,18 @@ KANA_SHARE = 0.1  # Han text with at least this share of kana among its Han and 
 STOPWORDS = {
     "en": "the you to and is it my me i i'm your are what at for on be can we this that have of not don't "
           "with so just will good thanks please see",
-    "de": "ich du der die das und ist nicht ein eine mit zu bin bis wir es mich dich auf hast auch morgen gut "
-          "ja nein bitte danke heute wo wann uns",
-    "es": "el la los las que de y en un una es no por con me te estoy está qué hoy muy mañana gracias hola sí "
-          "para nos",
-    "fr": "le la les de et est je tu un une pas ne en que à pour c'est merci oui non ce avec nous vous demain "
-          "bonjour suis",
-    "it": "il lo la che di e è un una non sono per con mi ti ci ho hai grazie domani sì oggi bene ciao dove come",
-    "pt": "o a os as que de e é um uma não em eu você com por para obrigado obrigada amanhã sim hoje tudo bem "
-          "estou",
-    "nl": "de het een en is ik je niet van dat op met te zijn we ben wat waar morgen bedankt ja nee goed vandaag "
-          "jij",
+    "de": "ich du der die das und ist nicht ein eine mit zu bin bis wir es mich dich auf hast auch morgen "
+          "gut ja nein bitte danke heute wo wann uns",
+    "es": "el la los las que de y en un una es no por con me te estoy está qué hoy muy mañana gracias hola "
+          "sí para nos",
+    "fr": "le la les de et est je tu un une pas ne en que à pour c'est merci oui non ce avec nous vous "
+          "demain bonjour suis",
+    "it": "il lo la che di e è un una non sono per con mi ti ci ho hai grazie domani sì oggi bene ciao dove "
+          "come",
+    "pt": "o a os as que de e é um uma não em eu você com por para obrigado obrigada amanhã sim hoje tudo "
+          "bem estou",
+    "nl": "de het een en is ik je niet van dat op met te zijn we ben wat waar morgen bedankt ja nee goed "
+          "vandaag jij",
 }  # fmt: skip
 _WORDS = {lang: set(words.split()) for lang, words in STOPWORDS.items()}
 _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?")

@@ -182,7 +182,8 @@ class CandidateLoss(nn.Module):
         inside = logits
         if log_prior is not None:
             if log_prior.shape != logits.shape[1:]:
-                raise ValueError(f"log_prior must have shape ({logits.shape[1]},), got {tuple(log_prior.shape)}")
+                raise ValueError(f"log_prior must have shape ({logits.shape[1]},), got "
+                                 f"{tuple(log_prior.shape)}")
             # rows without candidates stay at loss 0: no prior shift there
             inside = logits - log_prior.to(logits.dtype) * mask.any(dim=1, keepdim=True)
         # (B,); the masked -inf entries get zero gradient through masked_fill
@@ -219,7 +220,8 @@ class SoftTargetCrossEntropy(nn.Module):
     def forward(self, logits: Tensor, targets: Tensor, weight: Tensor | None = None) -> Tensor:
         if logits.ndim != 2 or targets.shape != logits.shape:
             raise ValueError(
-                f"logits and targets must both have shape (B, C), got {tuple(logits.shape)} and {tuple(targets.shape)}"
+                f"logits and targets must both have shape (B, C), got {tuple(logits.shape)} and "
+                f"{tuple(targets.shape)}"
             )
         if weight is not None and weight.shape != logits.shape[:1]:
             raise ValueError(f"weight must have shape ({logits.shape[0]},), got {tuple(weight.shape)}")
@@ -331,7 +333,9 @@ class CandidateCTCLoss(nn.Module):
         inside = -nll  # (B, K) log p_CTC(c_k | x), -inf where invalid
         if log_prior is not None:
             if log_prior.shape != nll.shape:
-                raise ValueError(f"log_prior must have shape {tuple(nll.shape)}, got {tuple(log_prior.shape)}")
+                raise ValueError(
+                    f"log_prior must have shape {tuple(nll.shape)}, got {tuple(log_prior.shape)}"
+                )
             inside = inside - log_prior.to(nll.dtype).masked_fill(~valid, 0.0)
         # rows with nothing valid: logsumexp of a finite stand-in, then zeroed (no NaN gradients)
         inside = torch.where(has_any.unsqueeze(1), inside, torch.zeros_like(inside))
@@ -394,7 +398,8 @@ def candidate_ctc_nll(log_probs: Tensor, input_lengths: Tensor, targets: Tensor,
 
     if not (torch.is_grad_enabled() and log_probs.requires_grad) and bool((input_lengths[b] == T).all()):
         # scoring: the scaled forward pass, with F.ctc_loss only for the pairs it cannot resolve
-        per_pair = scaled_ctc_nll(log_probs, b, targets[b, k], target_lengths[b, k], blank).to(log_probs.dtype)
+        per_pair = scaled_ctc_nll(log_probs, b, targets[b, k], target_lengths[b, k],
+                                  blank).to(log_probs.dtype)
         redo = ~torch.isfinite(per_pair)
         if bool(redo.any()):
             per_pair[redo] = exact(redo)

@@ -10,7 +10,8 @@ Output: one JSON object per manifest row, in manifest order::
      "restricted": true,                       # the row had known candidates
      "top_k": [{"label": "On my way", "prob": 0.91}, ...],   # renormalised over the candidates
      "top1": {"label": "On my way", "prob": 0.62},           # unrestricted, over the whole vocabulary
-     "candidates": [{"text": "on my way!", "rank": 1, "prob": 0.91}, {"text": "new words", "rank": null, "prob": 0.0}]}
+     "candidates": [{"text": "on my way!", "rank": 1, "prob": 0.91},
+                    {"text": "new words", "rank": null, "prob": 0.0}]}
 
 ``label`` is the vocabulary's display text (the most frequent original spelling); ``rank`` is the
 candidate's 1-based rank among *all* classes of the unrestricted prediction (``null`` for a
@@ -125,14 +126,28 @@ class PredictConfig(Config):
     model: str = opt("", "run directory with a classifier (finetune or distill)")
     out: str = opt("", "predictions file to write (JSONL)")
     top_k: int = opt(5, "labels per recording", min=1)
-    batch_size: int = opt(256, "inference batch size (256 ranked fastest on 2 CPU cores, scripts/bench_ranking.py)", min=1)
+    batch_size: int = opt(
+        256, "inference batch size (256 ranked fastest on 2 CPU cores, scripts/bench_ranking.py)", min=1
+    )
     cache_dir: str | None = opt(None, "feature cache folder (default: $PLCLI_CACHE or ~/.cache/plcli)")
     skip_invalid: bool = opt(False, "drop invalid manifest rows (written to --rejects) instead of stopping")
     rejects: str | None = opt(None, "where --skip-invalid writes rejected rows (default: OUT.rejects.jsonl)")
-    fallback: str = opt("auto", "recogniser that re-ranks rows the model is unsure of: whisper, pocketsphinx, none, or auto (whisper, else pocketsphinx for English; for never-heard texts)", choices=FALLBACKS)
-    fallback_below: float | None = opt(None, "send rows whose top candidate probability is below this to the recogniser (default: chosen at training)", min=0.0, max=1.01)
+    fallback: str = opt(
+        "auto",
+        "recogniser that re-ranks rows the model is unsure of (auto: whisper, else pocketsphinx for en)",
+        why="for never-heard texts",
+        choices=FALLBACKS,
+    )
+    fallback_below: float | None = opt(
+        None,
+        "send rows whose top candidate probability is below this to the recogniser",
+        why="default: the threshold chosen at training",
+        min=0.0,
+        max=1.01,
+    )
     asr_model: str | None = opt(None, "Whisper model (default: the run's)")
-    asr_window: float | None = opt(None, "seconds Whisper's encoder sees per clip (default: the run's)", min=3.0, max=30.0)
+    asr_window: float | None = opt(None, "seconds Whisper's encoder sees per clip (default: the run's)",
+                                   min=3.0, max=30.0)
     abstain: bool = opt(False, "answer none where none_of_these passes the threshold (default: the run's)")
     abstain_above: float | None = opt(None, "none_of_these threshold for --abstain", min=0.0, max=1.0)
 
@@ -157,28 +172,40 @@ def run(cfg: PredictConfig, log=print) -> dict:
         raise UserError(f"--out {out} is a folder; give a file name such as predictions.jsonl")
     model, vocab, features, stage = load_predictor(cfg.model)
     rejects = cfg.rejects or str(out.with_name(out.name + ".rejects.jsonl"))
-    manifests = [m if is_manifest(m) else str(manifest_from_export(m, out, vocab.normalizer, log))
-                 for m in cfg.manifests]
+    manifests = [
+        m if is_manifest(m) else str(manifest_from_export(m, out, vocab.normalizer, log))
+        for m in cfg.manifests
+    ]
     rows = load_rows(manifests, vocab.normalizer, cfg.skip_invalid, rejects, log=log).rows
     cands = [r.candidates for r in rows]
     ranked, cascade = None, {}
     from plcli.cascade import setting_for
     from plcli.config import cache_dir
 
-    setting = setting_for(cfg.fallback, cfg.fallback_below, cfg.model, getattr(model, "extra", None),
-                          cache_dir(cfg.cache_dir), cfg.asr_model, cfg.asr_window)
+    setting = setting_for(
+        cfg.fallback,
+        cfg.fallback_below,
+        cfg.model,
+        getattr(model, "extra", None),
+        cache_dir(cfg.cache_dir),
+        cfg.asr_model,
+        cfg.asr_window,
+    )
     if model.has_ctc or setting:
         from plcli.inference import infer_ranked
         from plcli.ranking import candidate_classes, rank, ranking_of
 
-        probs, scores, timing = infer_ranked(model, features, [r.audio for r in rows], cands, cfg.cache_dir,
-                                             cfg.batch_size, log=log)
+        probs, scores, timing = infer_ranked(
+            model, features, [r.audio for r in rows], cands, cfg.cache_dir, cfg.batch_size, log=log
+        )
         classes = candidate_classes(cands, vocab)
         ranked = rank(probs, scores, classes, ranking_of(getattr(model, "extra", None)), vocab.counts)
         if setting:
             ranked, cascade = _cascade(ranked, rows, classes, setting, cache_dir(cfg.cache_dir), log)
     else:
-        probs, timing = infer(model, features, [r.audio for r in rows], cfg.cache_dir, cfg.batch_size, log=log)
+        probs, timing = infer(
+            model, features, [r.audio for r in rows], cfg.cache_dir, cfg.batch_size, log=log
+        )
     records = prediction_records([r.id for r in rows], probs, cands, vocab, cfg.top_k, ranked=ranked)
     abstained = _none_of_these(records, rows, probs, vocab, cfg, getattr(model, "extra", None))
     with atomic_open(out, "w") as f:
@@ -201,8 +228,17 @@ def run(cfg: PredictConfig, log=print) -> dict:
 
 
 MANIFEST_SUFFIXES = (".jsonl", ".ndjson", ".csv", ".tsv")
-CSV_COLUMNS = ("file", "time", "message", "probability", "runner_up", "runner_up_probability", "none_of_these",
-               "speaker", "id")
+CSV_COLUMNS = (
+    "file",
+    "time",
+    "message",
+    "probability",
+    "runner_up",
+    "runner_up_probability",
+    "none_of_these",
+    "speaker",
+    "id",
+)
 
 
 def is_manifest(path: str) -> bool:
@@ -219,12 +255,17 @@ def manifest_from_export(export: str, out: Path, key, log) -> Path:
     if not Path(export).exists():
         raise UserError(f"{export}: no such manifest or chat export")
     path = out.with_name(out.stem + ".manifest.jsonl")
-    rows, summary = import_export(export, out_path=path, key=key, media_dir=out.with_name(out.stem + "-media"))
+    rows, summary = import_export(
+        export, out_path=path, key=key, media_dir=out.with_name(out.stem + "-media")
+    )
     write_manifest(rows, path)
     skipped = len(summary.get("skipped") or [])
     typed = sum(bool(r["candidates"]) for r in rows)
-    log(f"{export}: {len(rows)} voice notes, {typed} with candidates"
-        + (f", {skipped} skipped (unreadable or missing)" if skipped else "") + f" -> {path}")
+    log(
+        f"{export}: {len(rows)} voice notes, {typed} with candidates"
+        + (f", {skipped} skipped (unreadable or missing)" if skipped else "")
+        + f" -> {path}"
+    )
     return path
 
 
@@ -237,15 +278,27 @@ def write_csv(f, records: list[dict], rows) -> None:
     w.writerow(CSV_COLUMNS)
     for rec, row in zip(records, rows, strict=True):
         top = rec["top_k"] + [{"label": "", "prob": ""}] * 2
-        w.writerow([Path(row.audio).name, row.extra.get("timestamp", ""), top[0]["label"], top[0]["prob"],
-                    top[1]["label"], top[1]["prob"], rec.get("none_of_these", ""), row.speaker or "", rec["id"]])
+        w.writerow(
+            [
+                Path(row.audio).name,
+                row.extra.get("timestamp", ""),
+                top[0]["label"],
+                top[0]["prob"],
+                top[1]["label"],
+                top[1]["prob"],
+                rec.get("none_of_these", ""),
+                row.speaker or "",
+                rec["id"],
+            ]
+        )
 
 
 ABSTAIN_ABOVE = 0.5  # a model that stores no threshold: none_of_these more likely than not
 
 
-def _none_of_these(records: list[dict], rows, probs: np.ndarray, vocab, cfg: PredictConfig,
-                   extra: dict | None) -> int:
+def _none_of_these(
+    records: list[dict], rows, probs: np.ndarray, vocab, cfg: PredictConfig, extra: dict | None
+) -> int:
     """Each record with candidates gets ``none_of_these`` (``plcli.metrics``); with ``--abstain``,
     ``abstained``: true where it passes the threshold. Returns how many abstained."""
     from plcli.data.datasets import candidate_matrix
@@ -253,7 +306,13 @@ def _none_of_these(records: list[dict], rows, probs: np.ndarray, vocab, cfg: Pre
 
     score = none_of_these(probs, candidate_matrix(rows, vocab))
     stored = ((extra or {}).get("abstain") or {}).get("threshold")
-    above = cfg.abstain_above if cfg.abstain_above is not None else stored if stored is not None else ABSTAIN_ABOVE
+    above = (
+        cfg.abstain_above
+        if cfg.abstain_above is not None
+        else stored
+        if stored is not None
+        else ABSTAIN_ABOVE
+    )
     n = 0
     for rec, row, v in zip(records, rows, score, strict=True):
         if not row.candidates or not np.isfinite(v):
@@ -274,7 +333,12 @@ def _cascade(ranked: dict, rows, classes, setting: dict, cache, log) -> tuple[di
     t = time.perf_counter()
     ranked, info = apply(ranked, rows, classes, setting, cache, log)
     n = int(info["sent"].sum())
-    log(f"cascade: the recogniser re-ranked {n} of {len(rows)} rows (top probability below "
-        f"{setting['threshold']:g}, or a text the model never heard)")
-    return ranked, {"recogniser_rows": n, "recogniser_threshold": setting["threshold"],
-                    "recogniser_seconds": time.perf_counter() - t}
+    log(
+        f"cascade: the recogniser re-ranked {n} of {len(rows)} rows (top probability below "
+        f"{setting['threshold']:g}, or a text the model never heard)"
+    )
+    return ranked, {
+        "recogniser_rows": n,
+        "recogniser_threshold": setting["threshold"],
+        "recogniser_seconds": time.perf_counter() - t,
+    }

@@ -4,7 +4,7 @@ Data path (CPU first): each clip's ``views`` augmented copies (audiomentations o
 then log-mel) are computed once into the feature cache; every step draws two different cached
 views per clip and applies cheap batched spectrogram augmentations (masking, mixup, resize-crop)
 on the fly. The data side of a step is then one memory-mapped read, so end-to-end throughput
-is close to the model's own. ``--online-augment`` instead augments waveforms in DataLoader
+is close to the model's own. ``online_augment`` instead augments waveforms in DataLoader
 workers every step (for machines with many cores).
 
 Validation is a representation probe on the clean features, every epoch: a leave-one-out kNN over
@@ -58,34 +58,84 @@ class PretrainConfig(Config):
     out: str = opt("", "run directory")
     data: DataConfig = opt(factory=DataConfig, help="inputs")
     features: FeatureConfig = opt(factory=FeatureConfig, help="log-mel front end (inherited by later stages)")
-    trainer: TrainerConfig = opt(factory=lambda: TrainerConfig(epochs=30, batch_size=64, lr=2e-3), help="training")
-    min_steps: int = opt(1000, "train at least this many optimiser steps (counted on one device): a small data set trains more epochs than trainer.epochs; 0 = off", min=0)
+    trainer: TrainerConfig = opt(factory=lambda: TrainerConfig(epochs=30, batch_size=64, lr=2e-3),
+                                 help="training")
+    min_steps: int = opt(
+        1000,
+        "train at least this many optimiser steps (counted on one device); 0 = off",
+        why="a small data set then trains more epochs than trainer.epochs",
+        min=0,
+    )
     augment: AugmentConfig = opt(factory=AugmentConfig, help="waveform and spectrogram augmentations")
     encoder: str = opt("tcresnet", "encoder architecture", choices=sorted(ENCODERS))
-    input_norm: str = opt(DEFAULT_INPUT_NORM, "the encoder's input normalisation: cmn (each mel bin's mean over the clip removed, then the clip's variance; speaker- and channel-invariant), utterance (the clip's mean and variance only), batch, none", choices=INPUT_NORMS)
+    input_norm: str = opt(
+        DEFAULT_INPUT_NORM,
+        "the encoder's input normalisation (cmn: each mel bin's mean over the clip removed)",
+        why="cmn then scales by the clip's variance: speaker- and channel-invariant; utterance: the clip's "
+        "mean and variance only",
+        choices=INPUT_NORMS,
+    )
     proj_hidden_dim: int = opt(256, "projection head hidden width", min=8)
     proj_dim: int = opt(128, "projection output size (the NT-Xent space)", min=8)
     proj_layers: int = opt(3, "projection head depth (SimCLRv2 uses 3)", min=1)
     temperature: float = opt(0.2, "NT-Xent temperature", min=1e-3)
     views: int = opt(8, "augmented views per clip pre-computed into the feature cache", min=2)
-    speaker_batches: int = opt(0, "speakers per batch (the manifest's speaker field): each batch holds chunks of this many speakers' clips, so most negatives share the anchor's voice and the encoder must learn what is said, not who says it (CPC's within-speaker negatives); 0 = random batches", min=0)
-    pseudo_positives: float = opt(0.0, "probability that a clip's positive is a view of another clip that probably says the same message (the same exact label, or the same speech-recogniser vote among the candidates: PiCO-style pseudo-positives across voices; needs pocketsphinx); 0 = SimCLR's own-clip positives only", min=0.0, max=1.0)
-    transcript_ctc: float = opt(3.0, "weight of an auxiliary CTC loss that teaches the encoder what is said: each clip's pseudo-transcript (its exact label, else the speech recogniser's vote among its candidates) in phonemes, read from the encoder's last-stage frames through a small CTC head that only pretraining uses (off without pocketsphinx; chosen on validation speakers, docs/benchmark.md); 0 = NT-Xent only", min=0.0,
-                                before=0.0)
-    asr_prior: str = opt("auto", "recogniser naming each clip's pseudo-transcript among its candidates: whisper, pocketsphinx, none, or auto (pocketsphinx where installed)", choices=CHOICES)
-    asr_model: str = opt("base", "Whisper model for --recogniser whisper: a CTranslate2 folder, or a name ('base': the plcli[whisper] wheels)")
-    asr_window: float = opt(30.0, "seconds of audio Whisper's encoder sees per clip (its own 30 s; shorter is faster, less accurate)", min=3.0, max=30.0)
-    online_augment: bool = opt(False, "augment waveforms every step in DataLoader workers instead of caching views")
+    speaker_batches: int = opt(
+        0,
+        "speakers per batch (the manifest's speaker field); 0 = random batches",
+        why="each batch holds chunks of this many speakers' clips, so most negatives share the anchor's "
+        "voice and the encoder must learn what is said, not who says it (CPC's within-speaker "
+        "negatives)",
+        min=0,
+    )
+    pseudo_positives: float = opt(
+        0.0,
+        "probability that a clip's positive is another clip that probably says the same message",
+        why="the same exact label, or the same recogniser vote among the candidates: PiCO-style "
+        "pseudo-positives across voices; needs pocketsphinx; 0 = SimCLR's own-clip positives only",
+        min=0.0,
+        max=1.0,
+    )
+    transcript_ctc: float = opt(
+        3.0,
+        "weight of a CTC loss teaching the encoder each clip's pseudo-transcript; 0 = NT-Xent only",
+        why="the pseudo-transcript is the exact label, else the speech recogniser's vote among the "
+        "candidates, in phonemes, read from the encoder's last-stage frames through a small CTC head "
+        "that only pretraining uses; off without pocketsphinx; chosen on validation speakers "
+        "(docs/benchmark.md)",
+        min=0.0,
+        before=0.0,
+    )
+    asr_prior: str = opt(
+        "auto",
+        "recogniser naming each clip's pseudo-transcript among its candidates",
+        why="auto: pocketsphinx where installed",
+        choices=CHOICES,
+    )
+    asr_model: str = opt(
+        "base",
+        "Whisper model for --recogniser whisper: a CTranslate2 folder, or a name",
+        why="'base': the plcli[whisper] wheels",
+    )
+    asr_window: float = opt(30.0,
+                            "seconds of audio Whisper's encoder sees per clip (its own 30 s; shorter is "
+                            "faster, less accurate)", min=3.0, max=30.0)
+    online_augment: bool = opt(False,
+                               "augment waveforms every step in DataLoader workers instead of caching views")
     probe_k: int = opt(5, "k of the kNN probes (exact rows; candidate-restricted disambiguation)", min=1)
-    truth: str | None = opt(None, "optional JSONL/CSV of id,label: accuracy of the candidate-restricted kNN "
-                                  "disambiguation probe on the candidate rows, every epoch")
+    truth: str | None = opt(
+        None,
+        "JSONL/CSV of id,label: each epoch, the kNN disambiguation probe's accuracy on candidate rows",
+        why="the probe is a kNN restricted to each row's candidates",
+    )
     overwrite: bool = opt(False, "replace an existing run in out")
 
     def check(self) -> None:
         if not self.data.manifests:
             raise UserError("no training manifest given")
         if self.pseudo_positives and self.online_augment:
-            raise UserError("pseudo_positives draws from the cached views; it does not work with --online-augment")
+            raise UserError("pseudo_positives draws from the cached views; it does not work with "
+                            "online_augment")
 
 
 class PretrainModule(L.LightningModule):
@@ -95,9 +145,10 @@ class PretrainModule(L.LightningModule):
     clip's pseudo-transcript (``transcript_targets``, set by the stage), weighted ``transcript_weight``.
     """
 
-    def __init__(self, encoder: str = "tcresnet", n_mels: int = 64, proj_hidden_dim: int = 256, proj_dim: int = 128,
-                 proj_layers: int = 3, temperature: float = 0.2, lr: float = 2e-3, weight_decay: float = 1e-4,
-                 spec_augment: dict | None = None, feature_config: dict | None = None, probe_k: int = 5,
+    def __init__(self, encoder: str = "tcresnet", n_mels: int = 64, proj_hidden_dim: int = 256,
+                 proj_dim: int = 128, proj_layers: int = 3, temperature: float = 0.2, lr: float = 2e-3,
+                 weight_decay: float = 1e-4, spec_augment: dict | None = None,
+                 feature_config: dict | None = None, probe_k: int = 5,
                  num_classes: int = 0, input_norm: str = "utterance", transcript_tokens: int = 0,
                  transcript_weight: float = 0.0):
         super().__init__()
@@ -106,15 +157,16 @@ class PretrainModule(L.LightningModule):
         self.projector = ProjectionHead(self.encoder.embed_dim, proj_hidden_dim, proj_dim, proj_layers)
         fc = feature_config or {}
         mel_range = [fc["f_min"], fc["f_max"]] if "f_min" in fc and "f_max" in fc else None
-        self.spec_aug = SpectrogramAugment(SpecAugmentConfig.from_dict(spec_augment or {}), mel_range=mel_range)
+        self.spec_aug = SpectrogramAugment(SpecAugmentConfig.from_dict(spec_augment or {}),
+                                           mel_range=mel_range)
         self.criterion = NTXentLoss(temperature)
         self._probe: list[dict[str, torch.Tensor]] = []
         self.transcript_head = None
         if transcript_tokens > 0:
             from plcli.models.ctc import CTCHead, frames_channels
 
-            self.transcript_head = CTCHead(frames_channels(self.encoder, 3), transcript_tokens, hidden=64, layers=1,
-                                           kernel_size=5)
+            self.transcript_head = CTCHead(frames_channels(self.encoder, 3), transcript_tokens, hidden=64,
+                                           layers=1, kernel_size=5)
         # (N, L) token ids and (N,) lengths of every clip's pseudo-transcript (0: none), set by the stage
         self.register_buffer("transcript_targets", torch.ones(0, 1, dtype=torch.long), persistent=False)
         self.register_buffer("transcript_lengths", torch.zeros(0, dtype=torch.long), persistent=False)
@@ -134,10 +186,12 @@ class PretrainModule(L.LightningModule):
             loss = self.criterion(z0, z1, all0, all1, rank=self.global_rank)
         else:
             loss = self.criterion(z0, z1)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x0.shape[0], sync_dist=True)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x0.shape[0],
+                 sync_dist=True)
         if self.transcript_head is not None:
             ctc = self.transcript_loss(x0, idx[0])
-            self.log("train/transcript_ctc", ctc, on_step=False, on_epoch=True, batch_size=x0.shape[0], sync_dist=True)
+            self.log("train/transcript_ctc", ctc, on_step=False, on_epoch=True, batch_size=x0.shape[0],
+                     sync_dist=True)
             loss = loss + self.hparams.transcript_weight * ctc
         return loss
 
@@ -159,7 +213,8 @@ class PretrainModule(L.LightningModule):
         frames = F.interpolate(frames, scale_factor=2.0, mode="nearest")
         log_probs = self.transcript_head(frames).float()  # (T', B', V)
         T = log_probs.shape[0]
-        return F.ctc_loss(log_probs, self.transcript_targets[idx[ok]], torch.full((int(ok.sum()),), T, dtype=torch.long),
+        return F.ctc_loss(log_probs, self.transcript_targets[idx[ok]],
+                          torch.full((int(ok.sum()),), T, dtype=torch.long),
                           lengths[ok], reduction="mean", zero_infinity=True)
 
     def validation_step(self, batch, batch_idx):
@@ -182,7 +237,8 @@ class PretrainModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        return adamw_cosine([(self.parameters(), hp.lr)], hp.weight_decay, self.trainer.estimated_stepping_batches)
+        return adamw_cosine([(self.parameters(), hp.lr)], hp.weight_decay,
+                            self.trainer.estimated_stepping_batches)
 
 
 def unique_rows(i: torch.Tensor) -> torch.Tensor:
@@ -284,7 +340,8 @@ def candidate_prior_predictions(mask: torch.Tensor, y: torch.Tensor) -> torch.Te
     return torch.where(mask.any(1), pred, -1)
 
 
-def probe_metrics(emb: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, truth: torch.Tensor, k: int) -> dict:
+def probe_metrics(emb: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, truth: torch.Tensor,
+                  k: int) -> dict:
     """Pretrain's validation figures from unit-norm embeddings (N, D), exact labels ``y`` (N,; -1 none),
     candidate sets ``mask`` (N, C) and ``truth`` (N,; -1 none or unknown); a figure is left out when
     no row can measure it.
@@ -389,7 +446,8 @@ def run(cfg: PretrainConfig, log=print) -> dict:
 
 
 def _probe_fields(cfg: PretrainConfig, rows, vocab) -> dict[str, torch.Tensor]:
-    """Per-row probe inputs: exact label ``y`` and ``truth`` (N,; -1 none or unknown), candidates ``mask`` (N, C)."""
+    """Per-row probe inputs: exact label ``y`` and ``truth`` (N,; -1 none or unknown), candidates
+    ``mask`` (N, C)."""
     y = torch.from_numpy(label_vector(rows, vocab))
     truth = torch.full_like(y, -1)
     if cfg.truth:
@@ -413,7 +471,8 @@ def _loaders(cfg: PretrainConfig, rows, vocab, probe: dict, cache, log,
         collate = None
     else:
         _, views = cache.views(paths, cfg.augment.waveform_params(), cfg.views, cfg.trainer.seed,
-                               workers=view_workers(len(paths) * cfg.views, cfg.trainer.num_workers), keys=keys)
+                               workers=view_workers(len(paths) * cfg.views, cfg.trainer.num_workers),
+                               keys=keys)
         groups = _pseudo_groups(cfg, rows, vocab, log) if cfg.pseudo_positives > 0 else None
         train_ds = ViewPairs(views, groups, cfg.pseudo_positives, with_index=with_index)
         collate = ViewPairs.collate_fn
@@ -442,7 +501,8 @@ def _loaders(cfg: PretrainConfig, rows, vocab, probe: dict, cache, log,
             f"{len(sampler.loose)} clips without one)")
     train_loader = DataLoader(
         train_ds, batch_size=bs, shuffle=sampler is None, sampler=sampler, drop_last=len(train_ds) >= 2 * bs,
-        collate_fn=collate, num_workers=cfg.trainer.num_workers, persistent_workers=cfg.trainer.num_workers > 0,
+        collate_fn=collate, num_workers=cfg.trainer.num_workers,
+        persistent_workers=cfg.trainer.num_workers > 0,
     )
     return train_loader, val_loader
 
@@ -475,8 +535,8 @@ def _better_than_chance(rows, votes: np.ndarray, normalizer, log) -> bool:
     exact = [r for r in rows if r.label is not None and r.candidates]
     chance = float(np.mean([1 / len(r.candidates) for r in exact])) if exact else 0.0
     if n and smoothed_accuracy(hits, n) <= chance:
-        log(f"the recogniser names the label of {hits} of {n} exact rows, no better than chance ({chance:.2f}): "
-            "pseudo-transcripts from the exact labels only")
+        log(f"the recogniser names the label of {hits} of {n} exact rows, no better than chance "
+            f"({chance:.2f}): pseudo-transcripts from the exact labels only")
         return False
     return True
 
@@ -497,9 +557,15 @@ def _transcripts_on(cfg: PretrainConfig, log) -> bool:
 
     if cfg.transcript_ctc <= 0:
         return False
-    why = ("it reads the cached views, and --online-augment has none" if cfg.online_augment else
-           f"it reads a TC-ResNet's frames, and --encoder {cfg.encoder} has none" if not cfg.encoder.startswith("tcresnet")
-           else "no recogniser (pip install 'plcli[asr]')" if resolve(cfg.asr_prior) == "none" else None)
+    why = (
+        "it reads the cached views, and online_augment has none"
+        if cfg.online_augment
+        else f"it reads a TC-ResNet's frames, and --encoder {cfg.encoder} has none"
+        if not cfg.encoder.startswith("tcresnet")
+        else "no recogniser (pip install 'plcli[asr]')"
+        if resolve(cfg.asr_prior) == "none"
+        else None
+    )
     if why:
         log(f"transcript CTC off: {why}")
     return why is None
@@ -521,15 +587,15 @@ def _transcripts(cfg: PretrainConfig, rows, log):
     if not bool((lengths > 0).any()):
         log("transcript CTC off: no clip has an exact label or a recogniser's vote to learn from")
         return None
-    log(f"transcript CTC: {int((lengths > 0).sum())} of {len(rows)} clips with a pseudo-transcript (exact label or "
-        f"vote), {tok.size - 1} phonemes ({voice}), weight {cfg.transcript_ctc}")
+    log(f"transcript CTC: {int((lengths > 0).sum())} of {len(rows)} clips with a pseudo-transcript (exact "
+        f"label or vote), {tok.size - 1} phonemes ({voice}), weight {cfg.transcript_ctc}")
     return tok, targets, lengths
 
 
 def _module(cfg: PretrainConfig, num_classes: int, transcript_tokens: int = 0) -> PretrainModule:
     return PretrainModule(
-        encoder=cfg.encoder, n_mels=cfg.features.n_mels, proj_hidden_dim=cfg.proj_hidden_dim, proj_dim=cfg.proj_dim,
-        proj_layers=cfg.proj_layers, temperature=cfg.temperature, lr=cfg.trainer.lr,
+        encoder=cfg.encoder, n_mels=cfg.features.n_mels, proj_hidden_dim=cfg.proj_hidden_dim,
+        proj_dim=cfg.proj_dim, proj_layers=cfg.proj_layers, temperature=cfg.temperature, lr=cfg.trainer.lr,
         weight_decay=cfg.trainer.weight_decay, spec_augment=cfg.augment.spec.to_dict(),
         feature_config=cfg.features.to_dict(), probe_k=cfg.probe_k, num_classes=num_classes,
         input_norm=cfg.input_norm, transcript_tokens=transcript_tokens, transcript_weight=cfg.transcript_ctc,

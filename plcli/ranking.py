@@ -11,7 +11,8 @@ The closed-set posterior ``p(j|x)`` names only messages of the model's vocabular
 - ``s_ctc(k)``: ``log p_CTC(c_k|x)``, divided by the text's token count with ``length_norm`` (a
   long text otherwise loses to a short one for being long). A candidate that no CTC path can
   emit (no tokens, or more than the clip's frames) gets its row's worst score minus 10.
-- ``lambda``: 0 is the closed-set head alone; 1000 is in effect the CTC head alone (the posterior breaks ties).
+- ``lambda``: 0 is the closed-set head alone; 1000 is in effect the CTC head alone (the posterior
+  breaks ties).
 - ``beta`` (``prior_weight``), a prior correction of the CTC score: ``s_ctc(k) - beta * log(1 +
   n_k)``, ``n_k`` the text's count in the training rows (the vocabulary's; 0 for a text outside it).
   A CTC head trained on a chat's frequent messages prefers them; a recording that says a new
@@ -38,11 +39,18 @@ import torch
 
 from plcli.arrays import RowView, softmax
 
-# 1000: the CTC score decides, the posterior (log p >= -28 in float32) only breaks ties; finite, so JSON keeps it
+# 1000: the CTC score decides, the posterior (log p >= -28 in float32) only breaks ties; finite, so
+# JSON keeps it
 LAMBDAS = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 1000.0)
 UNKNOWN, PAD = -1, -2
 INFEASIBLE_MARGIN = 10.0
-DEFAULT = {"ctc_weight": 1.0, "length_norm": True, "prior_weight": 0.0, "temperature": 1.0, "chosen_on": "default"}
+DEFAULT = {
+    "ctc_weight": 1.0,
+    "length_norm": True,
+    "prior_weight": 0.0,
+    "temperature": 1.0,
+    "chosen_on": "default",
+}
 # prior corrections tried (per CTC score unit per log count); 0 first, so ties keep none
 PRIOR_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2)
 # open rows' weights without validation rows saying a new message: measured on never-heard messages
@@ -67,7 +75,9 @@ def candidate_classes(candidates: Sequence[Sequence[str]], vocab) -> np.ndarray:
     return out
 
 
-def truth_positions(candidates: Sequence[Sequence[str]], truths: Sequence[str | None], normalizer) -> np.ndarray:
+def truth_positions(
+    candidates: Sequence[Sequence[str]], truths: Sequence[str | None], normalizer
+) -> np.ndarray:
     """(N,) position of each row's true text among its candidates (by normalised key); -1 where it is
     not a candidate or there is no truth."""
     out = np.full(len(candidates), -1, dtype=np.int64)
@@ -188,12 +198,16 @@ def open_rows(classes: np.ndarray) -> np.ndarray:
     return (classes == UNKNOWN).any(1)
 
 
-def ranked_scores(cls: np.ndarray, ctc: np.ndarray | None, setting: dict, fam: np.ndarray | None,
-                  is_open: np.ndarray | None) -> np.ndarray:
+def ranked_scores(
+    cls: np.ndarray, ctc: np.ndarray | None, setting: dict, fam: np.ndarray | None, is_open: np.ndarray | None
+) -> np.ndarray:
     """(N, K) combined scores under ``setting`` (``ranking_of``'s keys): open rows (``is_open``)
     with ``setting["open"]``'s weights, the rest with the setting's own."""
-    own = combine(cls, None if ctc is None else prior_corrected(ctc, setting.get("prior_weight", 0.0), fam),
-                  float(setting["ctc_weight"]))
+    own = combine(
+        cls,
+        None if ctc is None else prior_corrected(ctc, setting.get("prior_weight", 0.0), fam),
+        float(setting["ctc_weight"]),
+    )
     o = setting.get("open")
     if ctc is None or o is None or is_open is None or not is_open.any():
         return own
@@ -205,7 +219,7 @@ def _best_weights(cls, ctc_by_norm, truth_pos, rows, lambdas, fam, prior_weights
     """The (prior_weight, ctc_weight, length_norm) with the best within-candidate accuracy on
     ``rows``; ties go to the smaller prior weight, then the smaller CTC weight."""
     grid, best = [], None
-    for beta in (prior_weights if fam is not None else (0.0,)):
+    for beta in prior_weights if fam is not None else (0.0,):
         for norm, ctc in ctc_by_norm.items():
             s = prior_corrected(ctc, beta, fam)
             for lam in lambdas:
@@ -216,9 +230,15 @@ def _best_weights(cls, ctc_by_norm, truth_pos, rows, lambdas, fam, prior_weights
     return best, grid
 
 
-def choose_ranking(cls: np.ndarray, ctc_by_norm: dict[bool, np.ndarray], truth_pos: np.ndarray,
-                   lambdas: Sequence[float] = LAMBDAS, fam: np.ndarray | None = None,
-                   prior_weights: Sequence[float] = PRIOR_WEIGHTS, classes: np.ndarray | None = None) -> dict:
+def choose_ranking(
+    cls: np.ndarray,
+    ctc_by_norm: dict[bool, np.ndarray],
+    truth_pos: np.ndarray,
+    lambdas: Sequence[float] = LAMBDAS,
+    fam: np.ndarray | None = None,
+    prior_weights: Sequence[float] = PRIOR_WEIGHTS,
+    classes: np.ndarray | None = None,
+) -> dict:
     """The ranking's weights (``_best_weights``) on rows with a truth among their candidates that
     hold no text outside the vocabulary (``classes``; all rows without it); the open rows' weights
     on rows whose truth is such a text, where there are ``MIN_NEW_ROWS``, else ``OPEN_DEFAULT``;
@@ -237,10 +257,20 @@ def choose_ranking(cls: np.ndarray, ctc_by_norm: dict[bool, np.ndarray], truth_p
     if new.sum() >= MIN_NEW_ROWS:
         norm = best["length_norm"]
         o, _ = _best_weights(cls, {norm: ctc_by_norm[norm]}, truth_pos, new, lambdas, fam, prior_weights)
-        opened = {"ctc_weight": o["ctc_weight"], "prior_weight": o["prior_weight"], "accuracy": o["accuracy"],
-                  "rows": int(new.sum()), "chosen_on": "validation rows saying a new message"}
-    out = {"ctc_weight": best["ctc_weight"], "length_norm": best["length_norm"],
-           "prior_weight": best["prior_weight"], "accuracy": best["accuracy"], "open": opened}
+        opened = {
+            "ctc_weight": o["ctc_weight"],
+            "prior_weight": o["prior_weight"],
+            "accuracy": o["accuracy"],
+            "rows": int(new.sum()),
+            "chosen_on": "validation rows saying a new message",
+        }
+    out = {
+        "ctc_weight": best["ctc_weight"],
+        "length_norm": best["length_norm"],
+        "prior_weight": best["prior_weight"],
+        "accuracy": best["accuracy"],
+        "open": opened,
+    }
     combined = ranked_scores(cls, ctc_by_norm[best["length_norm"]], out, fam, is_open)
     return {**out, "temperature": fit_temperature(combined, truth_pos), "rows": int(rows.sum()), "grid": grid}
 
@@ -295,11 +325,18 @@ def model_scores(model, feats, candidates: Sequence[Sequence[str]], batch_size: 
             if cache[t]:
                 table[i, : len(cache[t])] = torch.tensor(cache[t])
             table_len[i] = len(cache[t])
-        at = torch.tensor([[pos[t] for t in r] + [-1] * (k - len(r)) for r in rows], dtype=torch.long).view(b, k)
+        at = torch.tensor([[pos[t] for t in r] + [-1] * (k - len(r)) for r in rows], dtype=torch.long).view(
+            b, k
+        )
         mk = at >= 0
         tg, tl = table[at], table_len[at]  # -1 reads the extra last row: no tokens, length 0
-        out = candidate_ctc_nll(lp.float(), torch.full((b,), lp.shape[0], dtype=torch.long),
-                                tg.to(device), tl.to(device), (mk & (tl > 0)).to(device))
+        out = candidate_ctc_nll(
+            lp.float(),
+            torch.full((b,), lp.shape[0], dtype=torch.long),
+            tg.to(device),
+            tl.to(device),
+            (mk & (tl > 0)).to(device),
+        )
         nll[s : s + b] = out.double().cpu().numpy()
         lengths[s : s + b] = tl.numpy()
         valid[s : s + b] = mk.numpy()
@@ -309,7 +346,8 @@ def model_scores(model, feats, candidates: Sequence[Sequence[str]], batch_size: 
     return out
 
 
-NO_CTC_HEAD = {"ctc_weight": 0.0, "length_norm": True, "chosen_on": "no CTC head", "rows": 0}  # what a model without one stores
+# what a model without one stores
+NO_CTC_HEAD = {"ctc_weight": 0.0, "length_norm": True, "chosen_on": "no CTC head", "rows": 0}
 
 
 def ranking_of(extra: dict | None) -> dict:
@@ -331,13 +369,19 @@ def rank(probs: np.ndarray, scores: dict, classes: np.ndarray, ranking: dict, co
         ctc = ctc_scores(scores["nll"], scores["lengths"], scores["valid"], bool(ranking["length_norm"]))
     fam = familiarity(classes, counts) if counts is not None else None
     combined = ranked_scores(cls, ctc, ranking, fam, open_rows(classes))
-    return {"classifier": cls, "ctc": ctc, "combined": combined,
-            "probs": softmax_rows(combined / float(ranking.get("temperature", 1.0))),
-            "top": combined.argmax(1), "decided_by": decided_by(cls, ctc, combined)}
+    return {
+        "classifier": cls,
+        "ctc": ctc,
+        "combined": combined,
+        "probs": softmax_rows(combined / float(ranking.get("temperature", 1.0))),
+        "top": combined.argmax(1),
+        "decided_by": decided_by(cls, ctc, combined),
+    }
 
 
-def tune(model, vocab, feats, candidates: Sequence[Sequence[str]], truths: Sequence[str | None],
-         chosen_on: str) -> dict:
+def tune(
+    model, vocab, feats, candidates: Sequence[Sequence[str]], truths: Sequence[str | None], chosen_on: str
+) -> dict:
     """``choose_ranking`` for ``model`` on labelled rows (features, candidate texts, true texts)."""
     if not getattr(model, "has_ctc", False):
         return dict(NO_CTC_HEAD)
@@ -345,11 +389,15 @@ def tune(model, vocab, feats, candidates: Sequence[Sequence[str]], truths: Seque
     probs = softmax(scores["logits"])
     classes = candidate_classes(candidates, vocab)
     cls = closed_set_scores(probs, classes)
-    by_norm = {norm: ctc_scores(scores["nll"], scores["lengths"], scores["valid"], norm) for norm in (True, False)}
+    by_norm = {
+        norm: ctc_scores(scores["nll"], scores["lengths"], scores["valid"], norm) for norm in (True, False)
+    }
     pos = truth_positions(candidates, truths, vocab.normalizer)
     out = choose_ranking(cls, by_norm, pos, fam=familiarity(classes, vocab.counts), classes=classes)
     out["new_message_rows"] = new_message_rows(classes, pos)
-    out["chosen_on"] = chosen_on if out.get("rows") else "default (no validation row with its truth among the candidates)"
+    out["chosen_on"] = (
+        chosen_on if out.get("rows") else "default (no validation row with its truth among the candidates)"
+    )
     return out
 
 
@@ -374,10 +422,12 @@ def tune_ranking(model, vocab, features, held_rows, held_feats, manifest: str | 
     if not rows:
         return {**DEFAULT, "chosen_on": "default (no validation rows)", "rows": 0}
     out = tune(model, vocab, feats, [r.candidates for r in rows], [r.label for r in rows], where)
-    log(f"combined ranking: CTC weight {out['ctc_weight']}, length norm {out['length_norm']}, "
+    log(
+        f"combined ranking: CTC weight {out['ctc_weight']}, length norm {out['length_norm']}, "
         f"prior correction {out.get('prior_weight', 0.0)}, temperature {out.get('temperature', 1.0):.3g}, "
         f"within-candidate accuracy {out.get('accuracy', float('nan')):.3f} on {where}, "
         f"{out.get('new_message_rows', 0)} of them saying a message outside the vocabulary; rows with a "
-        f"text outside it: CTC weight {out['open']['ctc_weight']}, prior correction {out['open']['prior_weight']} "
-        f"({out['open']['chosen_on']})")
+        f"text outside it: CTC weight {out['open']['ctc_weight']}, prior correction "
+        f"{out['open']['prior_weight']} ({out['open']['chosen_on']})"
+    )
     return out

@@ -51,7 +51,8 @@ def prepare_run_dir(out: str | Path, stage: str, resume: str | None, overwrite: 
     return out
 
 
-def check_run_dir(out: str | Path, stage: str, resume: str | None, overwrite: bool = False, vocab=None) -> None:
+def check_run_dir(out: str | Path, stage: str, resume: str | None, overwrite: bool = False,
+                  vocab=None) -> None:
     """Every refusal of ``start_run``, without writing anything (for checks before the inputs are read)."""
     out = Path(out)
     if is_worker_rank():
@@ -121,7 +122,8 @@ def save_config(out: Path, cfg: Config, stage: str) -> None:
     """``config.yaml``: the resolved configuration plus the stage name and format version."""
     import yaml
 
-    data = {"stage": stage, "plcli_version": plcli.__version__, "plcli_format": FORMAT_VERSION, **cfg.to_dict()}
+    data = {"stage": stage, "plcli_version": plcli.__version__, "plcli_format": FORMAT_VERSION,
+            **cfg.to_dict()}
     atomic_write_text(Path(out) / "config.yaml", yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
@@ -201,7 +203,8 @@ def read_upstream(run_dir: str | Path, flag: str, stages: tuple[str, ...] | None
 def logged_history(out: Path, key: str) -> list[float]:
     """Per-epoch values of ``key`` across every (re)start's ``logs/version_*/metrics.csv``, by epoch."""
     by_epoch: dict[int, float] = {}
-    versions = sorted((out / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+    versions = sorted((out / "logs").glob("version_*/metrics.csv"),
+                      key=lambda p: int(p.parent.name.split("_")[1]))
     for p in versions:
         with p.open(newline="") as f:
             for row in csv.DictReader(f):

@@ -38,7 +38,8 @@ class Stage:
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("pretrain", "plcli.pretrain", "PretrainConfig", "SimCLR contrastive pretraining of the encoder"),
+        Stage("pretrain", "plcli.pretrain", "PretrainConfig",
+              "SimCLR contrastive pretraining of the encoder"),
         Stage("finetune", "plcli.finetune", "FinetuneConfig", "MLP head on the frozen encoder (the teacher)"),
         Stage("distill", "plcli.distill", "DistillConfig", "student on candidate-restricted teacher targets"),
     )

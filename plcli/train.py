@@ -34,7 +34,9 @@ class TrainConfig(Config):
     source: str = opt("", "manifest (JSONL or CSV) or WhatsApp/Telegram chat export to train on")
     out: str = opt("", "run folder: RUN/pretrain, RUN/finetune, RUN/distill")
     labels: str | None = opt(None, "labels file written by plcli label: its answers become exact labels")
-    resume: str | None = opt(None, "'auto': skip finished stages, continue the unfinished one", choices=(None, "auto"))
+    resume: str | None = opt(
+        None, "'auto': skip finished stages, continue the unfinished one", choices=(None, "auto")
+    )
     overwrite: bool = opt(False, "replace an existing run folder")
 
     def check(self) -> None:
@@ -49,7 +51,8 @@ class TrainConfig(Config):
 
 
 def split_sets(sets: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """``{"pretrain.trainer.epochs": 3}`` -> ``{"pretrain": {"trainer.epochs": 3}}``; other keys are errors."""
+    """``{"pretrain.trainer.epochs": 3}`` -> ``{"pretrain": {"trainer.epochs": 3}}``; other keys are
+    errors."""
     out: dict[str, dict[str, Any]] = {s: {} for s in STAGES}
     for key, value in sets.items():
         stage, _, rest = key.partition(".")
@@ -61,7 +64,8 @@ def split_sets(sets: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def training_manifest(cfg: TrainConfig, log) -> Path:
     """The manifest the stages read: ``cfg.source`` itself, or ``RUN/data/train.jsonl`` for a chat
-    export or where ``cfg.labels`` adds answers (a "none of these" row keeps its audio, not its candidates)."""
+    export or where ``cfg.labels`` adds answers (a "none of these" row keeps its audio, not its
+    candidates)."""
     from plcli.predict import is_manifest
 
     if is_manifest(cfg.source) and not cfg.labels:
@@ -74,9 +78,13 @@ def training_manifest(cfg: TrainConfig, log) -> Path:
         from plcli.label.store import apply_labels, read_labels
 
         answers = read_labels(cfg.labels, warn=log)
-        rows = [({**r, "candidates": []} if r.get("none_of_these") else r) for r in apply_labels(rows, answers)]
-        log(f"{cfg.labels}: {sum(v is not None for v in answers.values())} exact labels, "
-            f"{sum(v is None for v in answers.values())} 'none of these'")
+        rows = [
+            ({**r, "candidates": []} if r.get("none_of_these") else r) for r in apply_labels(rows, answers)
+        ]
+        log(
+            f"{cfg.labels}: {sum(v is not None for v in answers.values())} exact labels, "
+            f"{sum(v is None for v in answers.values())} 'none of these'"
+        )
     from plcli.data.chat import write_manifest
 
     write_manifest(rows, path)
@@ -94,7 +102,9 @@ def _source_rows(source: str, path: Path, log) -> list[dict]:
         return [r.to_dict(relative_to=path.parent) for r in load_rows([source], log=log).rows]
     from plcli.data.exports import import_export
 
-    rows, summary = import_export(source, out_path=path, key=LabelNormalizer(), media_dir=path.parent / "media")
+    rows, summary = import_export(
+        source, out_path=path, key=LabelNormalizer(), media_dir=path.parent / "media"
+    )
     log(f"{source}: {len(rows)} voice notes, {sum(bool(r['candidates']) for r in rows)} with candidates")
     return rows
 
@@ -112,7 +122,9 @@ def stage_config(name: str, section: dict, overrides: dict) -> Config:
     return cfg
 
 
-def run(cfg: TrainConfig, sets: dict[str, Any] | None = None, sections: dict | None = None, log=print) -> dict:
+def run(
+    cfg: TrainConfig, sets: dict[str, Any] | None = None, sections: dict | None = None, log=print
+) -> dict:
     """Run the stages that are not finished yet; returns each stage's metrics and seconds."""
     from plcli import stages
 
@@ -127,8 +139,13 @@ def run(cfg: TrainConfig, sets: dict[str, Any] | None = None, sections: dict | N
             log(f"{name}: finished earlier ({out}), skipped")
             summary["stages"][name] = {"skipped": True}
             continue
-        overrides = {"out": str(out), "data.manifests": [str(manifest)], "overwrite": cfg.overwrite,
-                     "trainer.resume": "auto" if cfg.resume and out.exists() else None, **by_stage[name]}
+        overrides = {
+            "out": str(out),
+            "data.manifests": [str(manifest)],
+            "overwrite": cfg.overwrite,
+            "trainer.resume": "auto" if cfg.resume and out.exists() else None,
+            **by_stage[name],
+        }
         if name in UPSTREAM:
             field, up = UPSTREAM[name]
             overrides[field] = str(run_dir / up)

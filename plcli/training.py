@@ -32,15 +32,27 @@ def build_trainer(tc: TrainerConfig, out: Path, monitor: str | None = None, mode
     ckpt_dir = out / CKPT_DIR
     callbacks: list = [
         # last.ckpt after every epoch (Lightning's save_last only follows the monitored checkpoint)
-        ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False),
+        ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+                        enable_version_counter=False),
         CheckpointOnInterrupt(ckpt_dir),
     ]
     if monitor:
-        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
-                                         auto_insert_metric_name=False, enable_version_counter=False))
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=ckpt_dir,
+                filename="best",
+                monitor=monitor,
+                mode=mode,
+                save_top_k=1,
+                auto_insert_metric_name=False,
+                enable_version_counter=False,
+            )
+        )
     bar = tc.progress and sys.stderr.isatty()  # a log file gets one line per epoch instead
     if bar:
-        callbacks.append(RichProgressBar(leave=True) if importlib.util.find_spec("rich") else TQDMProgressBar())
+        callbacks.append(
+            RichProgressBar(leave=True) if importlib.util.find_spec("rich") else TQDMProgressBar()
+        )
     elif tc.progress:
         callbacks.append(EpochLines())
     callbacks.extend(extra_callbacks or [])
@@ -95,10 +107,15 @@ class EpochLines(Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        keep = {k: v for k, v in trainer.callback_metrics.items() if not k.endswith("_step") and v.numel() == 1}
+        keep = {
+            k: v for k, v in trainer.callback_metrics.items() if not k.endswith("_step") and v.numel() == 1
+        }
         metrics = "  ".join(f"{k.removesuffix('_epoch')} {float(v):.4g}" for k, v in sorted(keep.items()))
         seconds = time.perf_counter() - getattr(self, "t0", time.perf_counter())
-        print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  {metrics}  ({seconds:.1f} s)", flush=True)
+        print(
+            f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  {metrics}  ({seconds:.1f} s)",
+            flush=True,
+        )
 
 
 def _sync_batchnorm(tc: TrainerConfig) -> bool:
@@ -146,7 +163,8 @@ def fit(trainer: L.Trainer, module, train_loader, val_loader, ckpt_path: str | N
     except SystemExit:
         if trainer.interrupted:
             raise Interrupted(
-                f"interrupted; checkpoint saved to {out / CKPT_DIR / 'last.ckpt'}; continue with --resume auto"
+                f"interrupted; checkpoint saved to {out / CKPT_DIR / 'last.ckpt'}; continue with --resume "
+                f"auto"
             ) from None
         raise
 
@@ -188,15 +206,14 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int, warmu
     return torch.optim.lr_scheduler.LambdaLR(optimizer, f)
 
 
-
-
 def no_decay(param: torch.nn.Parameter) -> bool:
     """Biases and norm scales/shifts (every 1-D parameter) are not weight-decayed."""
     return param.ndim <= 1
 
 
-def adamw_cosine(groups: Iterable[tuple[Iterable[torch.nn.Parameter], float]], weight_decay: float,
-                 total_steps: int) -> dict:
+def adamw_cosine(
+    groups: Iterable[tuple[Iterable[torch.nn.Parameter], float]], weight_decay: float, total_steps: int
+) -> dict:
     """What ``configure_optimizers`` returns for every stage: AdamW with cosine warm-up, per step.
 
     ``groups`` pairs parameters with their learning rate; each pair becomes two AdamW groups,
@@ -207,8 +224,10 @@ def adamw_cosine(groups: Iterable[tuple[Iterable[torch.nn.Parameter], float]], w
         params = [p for p in params if p.requires_grad]
         decay = [p for p in params if not no_decay(p)]
         rest = [p for p in params if no_decay(p)]
-        param_groups += [{"params": decay, "lr": lr, "weight_decay": weight_decay},
-                         {"params": rest, "lr": lr, "weight_decay": 0.0}]
+        param_groups += [
+            {"params": decay, "lr": lr, "weight_decay": weight_decay},
+            {"params": rest, "lr": lr, "weight_decay": 0.0},
+        ]
     opt = torch.optim.AdamW([g for g in param_groups if g["params"]])
     sched = cosine_with_warmup(opt, total_steps)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -72,9 +72,12 @@ def main() -> None:
             disk_passes.append(time.perf_counter() - t)
 
     ms = 1000 / args.files
-    print(f"(a) from the zip:   decode pass {np.mean(zip_passes):.2f} s ({np.mean(zip_passes) * ms:.2f} ms/file)")
-    print(f"(b) extract once:   {extract:.2f} s ({extract * ms:.2f} ms/file); rerun (already extracted) {again:.2f} s")
-    print(f"    from the files: decode pass {np.mean(disk_passes):.2f} s ({np.mean(disk_passes) * ms:.2f} ms/file)")
+    print(f"(a) from the zip:   decode pass {np.mean(zip_passes):.2f} s ({np.mean(zip_passes) * ms:.2f} "
+          f"ms/file)")
+    print(f"(b) extract once:   {extract:.2f} s ({extract * ms:.2f} ms/file); rerun (already extracted) "
+          f"{again:.2f} s")
+    print(f"    from the files: decode pass {np.mean(disk_passes):.2f} s ({np.mean(disk_passes) * ms:.2f} "
+          f"ms/file)")
     total_a = sum(zip_passes)
     total_b = extract + sum(disk_passes)
     print(f"{args.passes} passes: zip {total_a:.2f} s, extract + files {total_b:.2f} s")

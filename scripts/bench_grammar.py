@@ -36,9 +36,11 @@ def main() -> None:
     heard = {key(r.label) for r in train if r.label} | {key(truth[r.id]) for r in train if r.id in truth}
     test = load_rows([data / "test.jsonl"], log=lambda *m: None).rows[: a.limit]
     t = time.perf_counter()
-    chosen, timing = choose_with_grammar([r.audio for r in test], [r.candidates for r in test], workers=a.workers)
+    chosen, timing = choose_with_grammar([r.audio for r in test], [r.candidates for r in test],
+                                         workers=a.workers)
     wall = time.perf_counter() - t
-    scores = score_choices([r.candidates for r in test], [r.label for r in test], chosen, heard, normalizer=key)
+    scores = score_choices([r.candidates for r in test], [r.label for r in test], chosen, heard,
+                           normalizer=key)
     print(json.dumps({"data": str(data), **scores, **timing, "wall_seconds": wall}, indent=1))
 
 

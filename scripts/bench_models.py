@@ -53,7 +53,8 @@ def _median_seconds(fn, steps: int, warmup: int) -> tuple[float, float]:
 
 def bench_encoders(names: list[str], batch: int, n_mels: int, frames: int, steps: int, warmup: int) -> None:
     print(
-        f"\nencoders: batch {batch}, input ({n_mels}, {frames}), {torch.get_num_threads()} threads, median of {steps}"
+        f"\nencoders: batch {batch}, input ({n_mels}, {frames}), {torch.get_num_threads()} threads, median "
+        f"of {steps}"
     )
     print(
         "(per CPU-s: views per second of process CPU time, robust to other load; x threads = ideal views/s)"
@@ -66,8 +67,8 @@ def bench_encoders(names: list[str], batch: int, n_mels: int, frames: int, steps
         enc = build_encoder(name, n_mels)
         (t_train, c_train), (t_inf, c_inf) = _bench_encoder(enc, batch, n_mels, frames, steps, warmup)
         print(
-            f"{name:16s} {count_parameters(enc):10,d} {enc.embed_dim:6d} {batch / t_train:14.0f} {batch / c_train:10.0f} "
-            f"{batch / t_inf:14.0f} {batch / c_inf:10.0f}",
+            f"{name:16s} {count_parameters(enc):10,d} {enc.embed_dim:6d} {batch / t_train:14.0f} "
+            f"{batch / c_train:10.0f} {batch / t_inf:14.0f} {batch / c_inf:10.0f}",
             flush=True,
         )
 

@@ -72,14 +72,15 @@ def main() -> int:
     ap.add_argument("--work", required=True, help="work folder (runs, manifests, result.json)")
     ap.add_argument("--val-fraction", type=float, default=0.1, help="share of training speakers held out")
     ap.add_argument("--val-messages", type=float, default=0.0,
-                    help="share of the training chat's messages held out of training: their recordings join the "
-                         "validation rows and their texts leave the training rows' candidate sets, so that the "
-                         "ranking is chosen with never-heard messages among the validation rows")
+                    help="share of the training chat's messages held out of training: their recordings join "
+                         "the validation rows and their texts leave the training rows' candidate sets, so "
+                         "that the ranking is chosen with never-heard messages among the validation rows")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pretrain-args", default="", help="extra plcli pretrain arguments")
     ap.add_argument("--finetune-args", default="", help="extra plcli finetune arguments")
     ap.add_argument("--distill-args", default="", help="extra plcli distill arguments")
-    ap.add_argument("--tag", default="", help="suffix of the finetune/distill run folders (variants share pretrain)")
+    ap.add_argument("--tag", default="",
+                    help="suffix of the finetune/distill run folders (variants share pretrain)")
     a = ap.parse_args()
     plcli = str(Path(sys.executable).with_name("plcli"))
     data, work = Path(a.data).resolve(), Path(a.work)
@@ -106,8 +107,9 @@ def main() -> int:
         sh([plcli, "pretrain", str(fit_m), "--out", str(pre), "--resume", "auto", "--seed", str(a.seed),
             *shlex.split(a.pretrain_args)], times, "pretrain")
     if not (ft / "model.pt").exists():
-        sh([plcli, "finetune", str(fit_m), "--pretrained", str(pre), "--out", str(ft), "--truth", str(truth_m),
-            "--resume", "auto", "--seed", str(a.seed), *shlex.split(a.finetune_args)], times, "finetune")
+        sh([plcli, "finetune", str(fit_m), "--pretrained", str(pre), "--out", str(ft), "--truth",
+            str(truth_m), "--resume", "auto", "--seed", str(a.seed), *shlex.split(a.finetune_args)], times,
+           "finetune")
     if not (di / "model.pt").exists():
         sh([plcli, "distill", str(fit_m), "--teacher", str(ft), "--out", str(di), "--truth", str(truth_m),
             "--ranking-manifest", str(val_m), "--resume", "auto", "--seed", str(a.seed),
@@ -115,7 +117,8 @@ def main() -> int:
     ev = work / f"eval{a.tag}.json"
     sh([plcli, "evaluate", str(test_m), "--model", str(di), "--json", str(ev)], times, "evaluate")
     pred_f = work / f"pred{a.tag}.jsonl"
-    sh([plcli, "predict", str(test_m), "--model", str(di), "--out", str(pred_f), "--top-k", "1"], times, "predict")
+    sh([plcli, "predict", str(test_m), "--model", str(di), "--out", str(pred_f), "--top-k", "1"], times,
+       "predict")
     m = json.loads(ev.read_text())
     preds = {p["id"]: p for p in read(pred_f)}
 

@@ -148,8 +148,8 @@ def main() -> int:
     online = None
     if a.online_workers > 0:
         ds = OnlineViewPairs([str(p) for p in paths], aug, fc)
-        loader = DataLoader(ds, batch_size=a.batch_size, shuffle=True, drop_last=True, num_workers=a.online_workers,
-                            persistent_workers=True)
+        loader = DataLoader(ds, batch_size=a.batch_size, shuffle=True, drop_last=True,
+                            num_workers=a.online_workers, persistent_workers=True)
         online = measure(module(), loader, max(3, a.steps // 4), 1, **hw)
     rss_mb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                  resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024

@@ -41,7 +41,8 @@ def _median(fn, repeats: int) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None, help="a finetune/distill run directory (default: an untrained default student)")
+    ap.add_argument("--model", default=None,
+                    help="a finetune/distill run directory (default: an untrained default student)")
     ap.add_argument("--clips", type=int, default=2048)
     ap.add_argument("--candidates", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=256)
@@ -68,7 +69,8 @@ def main() -> None:
         "model": a.model or f"untrained tcresnet-small + CTC head ({a.tokens})",
         "clips": a.clips, "candidates": a.candidates, "threads": a.threads,
         "ranked_clips_per_second": round(a.clips / ranked_s), "ranked_cpu_seconds": round(ranked_cpu, 2),
-        "closed_set_clips_per_second": round(a.clips / closed_s), "closed_set_cpu_seconds": round(closed_cpu, 2),
+        "closed_set_clips_per_second": round(a.clips / closed_s),
+        "closed_set_cpu_seconds": round(closed_cpu, 2),
     }))
 
 

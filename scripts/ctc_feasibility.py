@@ -118,7 +118,8 @@ def main() -> None:
             opt.step()
             sched.step()
             total += loss.item()
-        print(f"epoch {ep} loss {total / math.ceil(len(tr) / bs):.3f} {time.time() - t0:.0f}s", file=sys.stderr)
+        print(f"epoch {ep} loss {total / math.ceil(len(tr) / bs):.3f} {time.time() - t0:.0f}s",
+              file=sys.stderr)
     train_s = time.time() - t0
     model.eval()
     key = LabelNormalizer()

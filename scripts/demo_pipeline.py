@@ -33,7 +33,8 @@ def main() -> int:
     ap.add_argument("--finetune-epochs", type=int, default=None)
     ap.add_argument("--distill-epochs", type=int, default=None)
     ap.add_argument("--trainer-args", default="",
-                    help='options for the three training stages, e.g. "--accelerator gpu --precision bf16-mixed"')
+                    help='options for the three training stages, e.g. "--accelerator gpu --precision '
+                         'bf16-mixed"')
     ap.add_argument("demo_args", nargs="*", help="extra arguments for plcli demo-data (after --)")
     a = ap.parse_args()
     plcli = str(Path(sys.executable).with_name("plcli"))
@@ -71,8 +72,11 @@ def main() -> int:
     print(f"{'model':<22}{'all-class acc':>15}{'within-candidates':>19}{'macro-F1':>10}")
     for stage, name in (("finetune", "teacher (finetune)"), ("distill", "student (distill)")):
         r = results[stage]
-        print(f"{name:<22}{r.get('accuracy', float('nan')):>15.3f}{r.get('accuracy_within_candidates', float('nan')):>19.3f}"
-              f"{r.get('macro_f1', float('nan')):>10.3f}")
+        print(
+            f"{name:<22}{r.get('accuracy', float('nan')):>15.3f}"
+            f"{r.get('accuracy_within_candidates', float('nan')):>19.3f}"
+            f"{r.get('macro_f1', float('nan')):>10.3f}"
+        )
     print("\nwall time per step:")
     for name, dt in times:
         print(f"  {name:<12}{dt:8.1f} s")

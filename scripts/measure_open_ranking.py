@@ -24,7 +24,8 @@ def scored(model_dir: str, manifest: str):
     from plcli.ranking import candidate_classes, ranking_of, truth_positions
 
     model, vocab, features, _ = load_predictor(model_dir)
-    rows = [r for r in load_rows([manifest], vocab.normalizer, log=lambda *_: None).rows if r.label and r.candidates]
+    rows = [r for r in load_rows([manifest], vocab.normalizer, log=lambda *_: None).rows
+            if r.label and r.candidates]
     cands = [r.candidates for r in rows]
     probs, scores, _ = infer_ranked(model, features, [r.audio for r in rows], cands, log=lambda *_: None)
     classes = candidate_classes(cands, vocab)
@@ -62,17 +63,21 @@ def main() -> int:
     grid = []
     for beta in PRIOR_WEIGHTS:
         for lam in LAMBDAS:
-            s = ranked_scores(cls, ctc, {**setting, "open": {"ctc_weight": lam, "prior_weight": beta}}, fam, is_open)
+            s = ranked_scores(cls, ctc, {**setting, "open": {"ctc_weight": lam, "prior_weight": beta}}, fam,
+                              is_open)
             grid.append({"ctc_weight": lam, "prior_weight": beta, "dev_new": acc(s, dev & new),
                          "test_new": acc(s, ~dev & new), "test_open": acc(s, ~dev & is_open & (pos >= 0))})
     best = max(grid, key=lambda g: (g["dev_new"], -g["prior_weight"], -g["ctc_weight"]))
-    stored = {**setting, "open": {"ctc_weight": setting["ctc_weight"], "prior_weight": setting["prior_weight"]}}
+    stored = {**setting,
+              "open": {"ctc_weight": setting["ctc_weight"], "prior_weight": setting["prior_weight"]}}
     k = np.isfinite(cls).sum(1)
     out = {
-        "rows": len(rows), "new_message_rows": {"dev": int((dev & new).sum()), "test": int((~dev & new).sum())},
+        "rows": len(rows),
+        "new_message_rows": {"dev": int((dev & new).sum()), "test": int((~dev & new).sum())},
         "chosen": {k_: best[k_] for k_ in ("ctc_weight", "prior_weight")},
         "test_new": {"chosen": best["test_new"],
-                     "stored weights everywhere": acc(ranked_scores(cls, ctc, stored, fam, is_open), ~dev & new),
+                     "stored weights everywhere": acc(ranked_scores(cls, ctc, stored, fam, is_open),
+                                                      ~dev & new),
                      "ctc head alone": acc(ctc, ~dev & new),
                      "closed-set head alone": acc(cls, ~dev & new),
                      "chance": float(np.mean(1.0 / k[~dev & new])) if (~dev & new).any() else float("nan")},

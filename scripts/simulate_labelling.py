@@ -37,8 +37,13 @@ def order(sim: Simulation, strategy: str, seed: int, base: Path) -> list[str]:
     rows = [r for r in read_rows([str(sim.demo / "train.jsonl")], log=lambda *_: None) if r.candidates]
     if strategy == "random":
         return [rows[i].id for i in select.diverse_order([select.group_of(r) for r in rows], seed)]
-    probs, norm = select.model_probs(str(base / "distill"), [r.audio for r in rows], [r.candidates for r in rows],
-                                     None, log=lambda *_: None)
+    probs, norm = select.model_probs(
+        str(base / "distill"),
+        [r.audio for r in rows],
+        [r.candidates for r in rows],
+        None,
+        log=lambda *_: None,
+    )
     ids, _ = select.model_order([r.candidates for r in rows], probs, norm or LabelNormalizer())
     return [rows[i].id for i in ids]
 
@@ -49,14 +54,21 @@ def train(sim: Simulation, out: Path, labels: Path | None, pretrained: Path | No
     from plcli.evaluate import run as evaluate
     from plcli.train import TrainConfig, run
 
-    sets = {"finetune.trainer.seed": str(seed), "distill.trainer.seed": str(seed),
-            **dict(s.split("=", 1) for s in sim.sets)}
+    sets = {
+        "finetune.trainer.seed": str(seed),
+        "distill.trainer.seed": str(seed),
+        **dict(s.split("=", 1) for s in sim.sets),
+    }
     if pretrained is not None:  # the encoder does not see labels: share it
         out.mkdir(parents=True, exist_ok=True)
         if not (out / "pretrain").exists():
             (out / "pretrain").symlink_to(pretrained.resolve(), target_is_directory=True)
-    cfg = TrainConfig(source=str(sim.demo / "train.jsonl"), out=str(out), labels=str(labels) if labels else None,
-                      resume="auto")
+    cfg = TrainConfig(
+        source=str(sim.demo / "train.jsonl"),
+        out=str(out),
+        labels=str(labels) if labels else None,
+        resume="auto",
+    )
     cfg.validate()
     run(cfg, sets, log=lambda *_: None)
     ev = EvaluateConfig(manifests=[str(sim.demo / "test.jsonl")], model=str(out / "distill"), fallback="none")
@@ -74,9 +86,18 @@ def main() -> int:
     ap.add_argument("--strategies", default="label,random")
     ap.add_argument("--set", dest="sets", action="append", default=[])
     a = ap.parse_args()
-    sim = Simulation(a.demo, a.runs, tuple(int(b) for b in a.budgets.split(",")),
-                     tuple(int(s) for s in a.seeds.split(",")), tuple(a.strategies.split(",")), tuple(a.sets))
-    truth = {json.loads(x)["id"]: json.loads(x)["label"] for x in (sim.demo / "truth.jsonl").read_text().splitlines()}
+    sim = Simulation(
+        a.demo,
+        a.runs,
+        tuple(int(b) for b in a.budgets.split(",")),
+        tuple(int(s) for s in a.seeds.split(",")),
+        tuple(a.strategies.split(",")),
+        tuple(a.sets),
+    )
+    truth = {
+        json.loads(x)["id"]: json.loads(x)["label"]
+        for x in (sim.demo / "truth.jsonl").read_text().splitlines()
+    }
     base = sim.runs / "base"
     cells = [{"strategy": "none", "budget": 0, **train(sim, base, None, None)}]
     for seed in sim.seeds:
@@ -87,8 +108,12 @@ def main() -> int:
                 labels = name.with_suffix(".labels.jsonl")
                 labels.parent.mkdir(parents=True, exist_ok=True)
                 labels.write_text("".join(json.dumps({"id": i, "label": truth[i]}) + "\n" for i in asked[:b]))
-                cell = {"strategy": strategy, "budget": b, "seed": seed,
-                        **train(sim, name, labels, base / "pretrain", seed)}
+                cell = {
+                    "strategy": strategy,
+                    "budget": b,
+                    "seed": seed,
+                    **train(sim, name, labels, base / "pretrain", seed),
+                }
                 cells.append(cell)
                 print(json.dumps(cell), flush=True)
     (sim.runs / "cells.json").write_text(json.dumps(cells, indent=1))

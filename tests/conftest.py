@@ -56,7 +56,8 @@ def write_dataset(root: Path, n: int = 36, n_classes: int = 4, exact_every: int 
 
 def write_truth(path: Path, truth: dict) -> Path:
     """A truth file (JSONL id, label) from ``write_dataset``'s truth dict."""
-    path.write_text("".join(json.dumps({"id": k, "label": v}) + "\n" for k, v in truth.items()), encoding="utf-8")
+    path.write_text("".join(json.dumps({"id": k, "label": v}) + "\n" for k, v in truth.items()),
+                    encoding="utf-8")
     return path
 
 
@@ -84,8 +85,9 @@ def tiny_whisper(tmp_path_factory) -> Path:
 
 
 # the user's feature cache, read before _isolated_cache points $PLCLI_CACHE at a test folder
-_USER_CACHE = Path(os.environ.get("PLCLI_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-                   / "plcli")
+_USER_CACHE = Path(
+    os.environ.get("PLCLI_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "plcli"
+)
 
 
 @pytest.fixture(scope="session")

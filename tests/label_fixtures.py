@@ -39,7 +39,8 @@ def write_manifest(root: Path, n: int = 6) -> Path:
 
 @contextlib.contextmanager
 def serving(manifest: Path, labels: Path, **cfg):
-    """(url, session, logged lines) of a labelling server on a free port, stopped and its labels file closed after."""
+    """(url, session, logged lines) of a labelling server on a free port, stopped and its labels
+    file closed after."""
     from plcli.config import load_config
     from plcli.label import LabelPageConfig
     from plcli.label.server import make_server

@@ -165,7 +165,8 @@ def test_prior_for_estimates_the_accuracy_or_takes_it(tmp_path, fake_decoder):
     bonus, info = asr_prior.prior_for(rows, vocab, "pocketsphinx", tmp_path / "c", log=lambda *_: None)
     assert (info["exact_hits"], info["exact_rows"], info["accuracy"]) == (2, 3, pytest.approx(0.6))
     assert bonus[3, vocab.index("a b")] == pytest.approx(math.log(0.6 / 0.4))
-    _, info = asr_prior.prior_for(rows, vocab, "pocketsphinx", tmp_path / "c", accuracy=0.9, log=lambda *_: None)
+    _, info = asr_prior.prior_for(rows, vocab, "pocketsphinx", tmp_path / "c", accuracy=0.9,
+                                  log=lambda *_: None)
     assert info["accuracy"] == 0.9 and info["accuracy_source"] == "given"
     from plcli.errors import UserError
 
@@ -199,7 +200,8 @@ def test_finetune_with_the_prior_starts_proden_from_the_votes(tmp_path, fake_dec
     cfg.data.manifests = [str(manifest)]
     cfg.validate()
     inp = _prepare(cfg, log=lambda *_: None)
-    inp.asr_bonus, _ = asr_prior.prior_for(inp.rows, inp.vocab, "pocketsphinx", tmp_path / "c", log=lambda *_: None)
+    inp.asr_bonus, _ = asr_prior.prior_for(inp.rows, inp.vocab, "pocketsphinx", tmp_path / "c",
+                                           log=lambda *_: None)
     cand = [i for i, r in enumerate(inp.rows) if r.label is None and r.candidates]
     t = _module(cfg, inp).targets[cand]
     assert t.argmax(1).tolist() == [inp.vocab.index(truth[inp.rows[i].id]) for i in cand]
@@ -210,8 +212,9 @@ def test_finetune_with_the_prior_starts_proden_from_the_votes(tmp_path, fake_dec
     cfg_file = tmp_path / "ft.yaml"
     cfg_file.write_text(yaml.safe_dump({"trainer": {"batch_size": 16, "accelerator": "cpu", "devices": "1",
                                                     "progress": False}, "min_steps": 0}))
-    res = CliRunner().invoke(app, ["finetune", str(manifest), "--pretrained", "none", "--out", str(tmp_path / "ft"),
-                                   "--config", str(cfg_file), "--truth", str(tf), "--epochs", "1",
+    res = CliRunner().invoke(app, ["finetune", str(manifest), "--pretrained", "none", "--out",
+                                   str(tmp_path / "ft"), "--config", str(cfg_file), "--truth", str(tf),
+                                   "--epochs", "1",
                                    "--set", "asr_prior=pocketsphinx"])
     assert res.exit_code == 0, res.output
     info = json.loads((tmp_path / "ft" / "metrics.json").read_text())["asr_prior"]
@@ -248,7 +251,8 @@ def test_distill_targets_take_the_votes_and_inherit_the_setting(tmp_path, fake_d
         d = tmp_path / name
         d.mkdir()
         torch.manual_seed(0)
-        save_model(d / "model.pt", Classifier("tcresnet", fc.n_mels, len(vocab)).eval(), vocab, fc, "finetune")
+        save_model(d / "model.pt", Classifier("tcresnet", fc.n_mels, len(vocab)).eval(), vocab, fc,
+                   "finetune")
         save_config(d, _T(), "finetune")
         return d
 
@@ -281,7 +285,9 @@ def test_distill_targets_take_the_votes_and_inherit_the_setting(tmp_path, fake_d
     # the default (asr_rounds 1) with 3 rounds: round 1's targets take the vote; rounds 2 and 3 take their
     # teacher's as they are
     distill(tmp_path / "t-asr", "s-rounds", rounds=3)
-    rounds = [json.loads((tmp_path / "s-rounds" / f"round{k}" / "metrics.json").read_text()) for k in (1, 2, 3)]
+    rounds = [
+        json.loads((tmp_path / "s-rounds" / f"round{k}" / "metrics.json").read_text()) for k in (1, 2, 3)
+    ]
     assert [("asr_prior" in m) for m in rounds] == [True, False, False]
     assert rounds[0]["targets_disambiguation_acc_initial"] == 1.0
     from plcli.runs import read_run_config
@@ -316,9 +322,11 @@ def test_auto_takes_pocketsphinx_where_it_is_installed(monkeypatch):
 
     real = importlib.util.find_spec
     assert asr_prior.resolve("none") == "none" and asr_prior.resolve("pocketsphinx") == "pocketsphinx"
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "pocketsphinx" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "pocketsphinx" else real(name, *a))
     assert asr_prior.resolve("auto") == "pocketsphinx"
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pocketsphinx" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "pocketsphinx" else real(name, *a))
     assert asr_prior.resolve("auto") == "none"
     with pytest.raises(UserError):
         asr_prior.resolve("kaldi")
@@ -332,7 +340,8 @@ def test_the_pipeline_does_not_import_the_benchmark():
 
     code = (
         "import sys; import plcli.cli, plcli.finetune, plcli.distill, plcli.asr_prior as p, plcli.grammar; "
-        "p.resolve('auto'); print(sorted(m for m in sys.modules if m == 'bench' or m.startswith(('bench.', 'plcli.bench'))))"
+        "p.resolve('auto'); print(sorted(m for m in sys.modules "
+        "if m == 'bench' or m.startswith(('bench.', 'plcli.bench'))))"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
@@ -344,9 +353,13 @@ def test_pseudo_positive_groups_join_exact_labels_and_votes(tmp_path, fake_decod
     from plcli.errors import UserError
     from plcli.pretrain import PretrainConfig, _pseudo_groups
 
-    rows = _rows(tmp_path, [["a b", "c d"], ["c d", "e f"], [], ["e f", "g h"], ["a b", "e f"], ["c d", "a b"]],
-                 [None, "C d!", None, None, None, None])
-    fake_decoder({"r0.wav": "c d", "r1.wav": "c d", "r4.wav": "a b", "r5.wav": "c d"})  # r3: no decoding; right on r1
+    rows = _rows(
+        tmp_path,
+        [["a b", "c d"], ["c d", "e f"], [], ["e f", "g h"], ["a b", "e f"], ["c d", "a b"]],
+        [None, "C d!", None, None, None, None],
+    )
+    # r3: no decoding; right on r1
+    fake_decoder({"r0.wav": "c d", "r1.wav": "c d", "r4.wav": "a b", "r5.wav": "c d"})
     cfg = PretrainConfig(pseudo_positives=0.5)
     cfg.data.cache_dir = str(tmp_path / "cache")
     monkeypatch.setattr(asr_prior, "resolve", lambda kind: "pocketsphinx")
@@ -370,13 +383,39 @@ def test_pretrain_with_pseudo_positives_runs_through_the_cli(tmp_path, tiny_data
     fake = fake_decoder({})  # the recogniser names nothing: the exact labels alone form the groups
     monkeypatch.setattr(asr_prior, "resolve", lambda kind: "pocketsphinx")
     out = tmp_path / "pre"
-    res = CliRunner().invoke(app, ["pretrain", str(manifest), "--out", str(out), "--config", tiny_config(tmp_path),
-                                   "--epochs", "1", "--set", "pseudo_positives=1.0"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "pretrain",
+            str(manifest),
+            "--out",
+            str(out),
+            "--config",
+            tiny_config(tmp_path),
+            "--epochs",
+            "1",
+            "--set",
+            "pseudo_positives=1.0",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert len(fake.calls) == 1 and "clips grouped by exact label or vote" in res.output
     assert yaml.safe_load((out / "config.yaml").read_text())["pseudo_positives"] == 1.0
-    res = CliRunner().invoke(app, ["pretrain", str(manifest), "--out", str(tmp_path / "online"), "--config",
-                                   tiny_config(tmp_path), "--online-augment", "--set", "pseudo_positives=0.5"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "pretrain",
+            str(manifest),
+            "--out",
+            str(tmp_path / "online"),
+            "--config",
+            tiny_config(tmp_path),
+            "--set",
+            "online_augment=true",
+            "--set",
+            "pseudo_positives=0.5",
+        ],
+    )
     assert res.exit_code != 0 and "pseudo_positives draws from the cached views" in res.output
 
 
@@ -394,8 +433,21 @@ def test_pretrain_with_transcript_ctc_runs_through_the_cli(tmp_path, tiny_data, 
     fake_decoder({})  # the recogniser names nothing: the exact labels alone are transcripts
     monkeypatch.setattr(asr_prior, "resolve", lambda kind: "pocketsphinx")
     out = tmp_path / "pre"
-    res = CliRunner().invoke(app, ["pretrain", str(manifest), "--out", str(out), "--config", tiny_config(tmp_path),
-                                   "--epochs", "1", "--set", "transcript_ctc=2"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "pretrain",
+            str(manifest),
+            "--out",
+            str(out),
+            "--config",
+            tiny_config(tmp_path),
+            "--epochs",
+            "1",
+            "--set",
+            "transcript_ctc=2",
+        ],
+    )
     assert res.exit_code == 0, res.output
     m = json.loads((out / "metrics.json").read_text())
     exact = sum(json.loads(line).get("label") is not None for line in manifest.read_text().splitlines())
@@ -405,8 +457,21 @@ def test_pretrain_with_transcript_ctc_runs_through_the_cli(tmp_path, tiny_data, 
     assert module.transcript_head is not None and module.hparams.transcript_weight == 2.0
     # where it cannot run, pretraining goes on without it and says why
     monkeypatch.setattr(asr_prior, "resolve", lambda kind: "none")
-    res = CliRunner().invoke(app, ["pretrain", str(manifest), "--out", str(tmp_path / "novote"), "--config",
-                                   tiny_config(tmp_path), "--epochs", "1", "--set", "transcript_ctc=1"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "pretrain",
+            str(manifest),
+            "--out",
+            str(tmp_path / "novote"),
+            "--config",
+            tiny_config(tmp_path),
+            "--epochs",
+            "1",
+            "--set",
+            "transcript_ctc=1",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "transcript CTC off: no recogniser" in res.output
     assert "transcript_rows" not in json.loads((tmp_path / "novote" / "metrics.json").read_text())
@@ -422,7 +487,7 @@ def test_transcript_ctc_is_off_where_it_cannot_run(monkeypatch):
     assert not _transcripts_on(PretrainConfig(transcript_ctc=0.0), said.append) and not said
     assert not _transcripts_on(PretrainConfig(transcript_ctc=1.0, online_augment=True), said.append)
     assert not _transcripts_on(PretrainConfig(transcript_ctc=1.0, encoder="resnet2d"), said.append)
-    assert "--online-augment" in said[0] and "resnet2d" in said[1]
+    assert "online_augment" in said[0] and "resnet2d" in said[1]
 
 
 def test_transcript_loss_is_the_mean_ctc_loss_of_the_clips_with_a_transcript():
@@ -443,10 +508,20 @@ def test_transcript_loss_is_the_mean_ctc_loss_of_the_clips_with_a_transcript():
         n = int(m.transcript_lengths[i])
         if n == 0:
             continue
-        frames = F.interpolate(encoder_frames(m.encoder, x[b:b + 1], tap=3), scale_factor=2.0, mode="nearest")
+        frames = F.interpolate(
+            encoder_frames(m.encoder, x[b : b + 1], tap=3), scale_factor=2.0, mode="nearest"
+        )
         lp = m.transcript_head(frames).float()
-        ref.append(F.ctc_loss(lp, m.transcript_targets[i:i + 1, :n], torch.tensor([lp.shape[0]]), torch.tensor([n]),
-                              reduction="sum") / n)
+        ref.append(
+            F.ctc_loss(
+                lp,
+                m.transcript_targets[i : i + 1, :n],
+                torch.tensor([lp.shape[0]]),
+                torch.tensor([n]),
+                reduction="sum",
+            )
+            / n
+        )
     assert torch.allclose(got, torch.stack(ref).mean(), atol=1e-5)
     m.transcript_lengths = torch.zeros(4, dtype=torch.long)
     assert float(m.transcript_loss(x, idx).detach()) == 0.0
@@ -463,7 +538,7 @@ def test_pseudo_transcripts_ignore_a_recogniser_no_better_than_chance(tmp_path, 
     cfg.data.cache_dir = str(tmp_path / "cache")
     monkeypatch.setattr(asr_prior, "resolve", lambda kind: "pocketsphinx")
     said: list[str] = []
-    fake_decoder({"r0.wav": "c d", "r1.wav": "a b", "r2.wav": "e f", "r3.wav": "a b"})  # wrong on both exact rows
+    fake_decoder({"r0.wav": "c d", "r1.wav": "a b", "r2.wav": "e f", "r3.wav": "a b"})  # wrong on both
     assert _pseudo_texts(cfg, rows, said.append, "transcript_ctc") == ["a b", "c d", None, None]
     assert any("no better than chance" in m for m in said)
     cfg.data.cache_dir = str(tmp_path / "cache2")

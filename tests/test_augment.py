@@ -354,7 +354,8 @@ class _Pinned:
 
 
 def _warp_with(m: VocalTractWarp, x: torch.Tensor, alpha: float) -> torch.Tensor:
-    """``m(x)`` with every item's scale pinned to ``alpha`` (the module draws it with torch.empty().uniform_)."""
+    """``m(x)`` with every item's scale pinned to ``alpha`` (the module draws it with
+    torch.empty().uniform_)."""
     real_empty = torch.empty
     torch.empty = lambda *a, **k: _Pinned(real_empty(*a, **k), alpha)
     try:

@@ -125,8 +125,8 @@ def test_indicator_mse_baseline_learns_and_ce_rows_train(tmp_path, one_thread):
     torch.save(payload, tmp_path / "encoder.pt")
     model_i, info_i = train_baseline(
         "exact", rows, vocab, views, f,
-        BaselineConfig(student="tcresnet-small", epochs=1, batch_size=16, lr=0.0, weight_decay=0.0, min_steps=2,
-                       accelerator="cpu", init_encoder=str(tmp_path / "encoder.pt")),
+        BaselineConfig(student="tcresnet-small", epochs=1, batch_size=16, lr=0.0, weight_decay=0.0,
+                       min_steps=2, accelerator="cpu", init_encoder=str(tmp_path / "encoder.pt")),
         spec_augment=spec_off,
     )
     assert (info_i["student"], info_i["student_init"]) == ("tcresnet", "pretrained encoder")
@@ -404,7 +404,9 @@ def test_hold_out_messages_removes_held_messages_from_training():
     truth = {f"r{i}": msgs[i % 20].upper() + "!" for i in range(100)}  # other casing: the same message
     kept, moved, held = hold_out_messages(rows, truth, 0.25, 0, norm)
     assert len(held) == 5 and set(held) <= {norm(m) for m in msgs}
-    assert {r["id"] for r in moved} == {r["id"] for r in rows if r["id"] in truth and norm(truth[r["id"]]) in held}
+    assert {r["id"] for r in moved} == {
+        r["id"] for r in rows if r["id"] in truth and norm(truth[r["id"]]) in held
+    }
     assert len(kept) + len(moved) == len(rows) and "x" in {r["id"] for r in kept}
     for r in kept:  # no kept row says or offers a held message, and each keeps the rest of its candidates
         assert not {norm(t) for t in r.get("candidates", [])} & set(held)
@@ -435,7 +437,9 @@ def test_no_vote_row_differs_from_plcli_only_in_the_vote(monkeypatch, tmp_path):
     assert (f1, d1, f2, d2) == ("plcli-r0.05-s0-finetune", "plcli-r0.05-s0-distill",
                                 "plcli-no-vote-r0.05-s0-finetune", "plcli-no-vote-r0.05-s0-distill")
     assert fo1["asr_prior"] is None and fo2["asr_prior"] == "none"
-    assert {k: v for k, v in fo1.items() if k != "asr_prior"} == {k: v for k, v in fo2.items() if k != "asr_prior"}
+    assert {k: v for k, v in fo1.items() if k != "asr_prior"} == {
+        k: v for k, v in fo2.items() if k != "asr_prior"
+    }
     assert do1["data.manifests"] == do2["data.manifests"]  # distill inherits the teacher's setting
     assert "plcli-no-vote" not in a.rows and "plcli-no-vote" in grid.parse(["--rows", "plcli-no-vote"]).rows
 
@@ -447,7 +451,8 @@ def test_teacher_only_cell_stops_after_finetune_in_the_plcli_runs(monkeypatch, t
 
     grid = _script()
     calls = []
-    monkeypatch.setattr(grid, "run_stage", lambda name, out, o: calls.append((name, out.name)) or {"total_seconds": 2.0})
+    monkeypatch.setattr(grid, "run_stage",
+                        lambda name, out, o: calls.append((name, out.name)) or {"total_seconds": 2.0})
     monkeypatch.setattr(grid, "pretrain", lambda *a, **k: {"dir": tmp_path / "pre", "seconds": 1.0})
     monkeypatch.setattr(grid, "finish_cell", lambda *a, **k: {"row": a[2], "seconds": a[-1]})
     monkeypatch.setattr(classifier, "load_model", lambda d: (None, None, None))
@@ -466,7 +471,8 @@ def test_each_label_rate_pretrains_on_its_own_manifest(monkeypatch, tmp_path):
     encoder; the oracle (no rate) takes the highest rate's."""
     grid = _script()
     calls = []
-    monkeypatch.setattr(grid, "run_stage", lambda name, out, o: calls.append((out.name, o["data.manifests"])) or {})
+    monkeypatch.setattr(grid, "run_stage",
+                        lambda name, out, o: calls.append((out.name, o["data.manifests"])) or {})
     a = grid.parse(["--bench-dir", str(tmp_path), "--accelerator", "cpu"])
     m = {r: (tmp_path / f"m{r}.jsonl", tmp_path / f"n{r}.jsonl") for r in (0.01, 0.05)}
     paths = {"manifests": {(r, 0): v for r, v in m.items()}}
@@ -527,13 +533,16 @@ def test_grammar_row_alone_is_cached_and_reported(tmp_path):
     write_dataset(demo, n=10, n_classes=5, name="test.jsonl", seed=1, unlabelled=0, exact_every=1)
     write_truth(demo / "truth.jsonl", truth)
     args = ["--data", str(demo), "--bench-dir", str(tmp_path / "b"), "--rates", "0.25", "--seeds", "0",
-            "--val-speakers", "0.34", "--rows", "asr-grammar", "--asr-workers", "1", "--asr-val-rows", "4"]  # fmt: skip
+            "--val-speakers", "0.34", "--rows", "asr-grammar", "--asr-workers", "1", "--asr-val-rows",
+            "4"]  # fmt: skip
     assert bench.main(args) == 0
     cells = tmp_path / "b" / "cells"
     cell = json.loads((cells / "asr-grammar.json").read_text())
     assert cell["accuracy"] is None and 0.0 <= cell["accuracy_within"] <= 1.0 and cell["test_rows"] == 10
     assert cell["unseen_rows"] == 2 and 0.0 <= cell["accuracy_within_unseen"] <= 1.0  # rows 4 and 9
-    assert cell["val_accuracy_within"] is not None and cell["oov_rate"] == 0.0 and cell["clips_per_second"] > 0
+    assert (
+        cell["val_accuracy_within"] is not None and cell["oov_rate"] == 0.0 and cell["clips_per_second"] > 0
+    )
     choices = json.loads((cells / "asr-grammar-choices-test.json").read_text())
     assert len(choices["chosen"]) == 10 and all(-1 <= j < 3 for j in choices["chosen"])
     report = (tmp_path / "b" / "results.md").read_text()
@@ -565,7 +574,8 @@ def test_published_report_is_a_generated_page_with_its_chart(tmp_path):
                     "--rows", "oracle", "plcli", "--docs", str(doc), "--png", str(png)])
     grid.write_report(a, tmp_path / "b", _cells()[:4], {"fit": 4}, "2026-01-01 00:00")
     text = doc.read_text()
-    assert text.splitlines()[0] == "<!-- generated by `make bench`: do not edit by hand (the command that wrote it is below) -->"
+    assert text.splitlines()[0] == (
+        "<!-- generated by `make bench`: do not edit by hand (the command that wrote it is below) -->")
     assert "hand-written" not in text and "| 6. plcli (defaults) | 0.650 ± 0.071 |" in text
     assert "![accuracy per row](../benchmark-accuracy.png)" in text and png.read_bytes()[:4] == b"\x89PNG"
     assert "![accuracy per row](accuracy.png)" in (tmp_path / "b" / "results.md").read_text()
@@ -582,7 +592,11 @@ def test_options_are_typed_configs():
     grid = _script()
     a, c = grid.parse(["--quick"]), curve.parse(["--sizes", "40"])
     assert isinstance(a, grid.GridConfig) and isinstance(c, curve.CurveConfig) and isinstance(a, BenchConfig)
-    assert dataclasses.is_dataclass(a) and a.train == grid.QUICK["train"] and a.baseline_epochs == a.distill_epochs
+    assert (
+        dataclasses.is_dataclass(a)
+        and a.train == grid.QUICK["train"]
+        and a.baseline_epochs == a.distill_epochs
+    )
     assert c.data is None and c.sizes == [40] and set(a.SETTINGS) <= {f.name for f in dataclasses.fields(a)}
     with pytest.raises(TypeError, match="no field for the option"):
         config_from(grid.GridConfig, argparse.Namespace(**dataclasses.asdict(a), surprise=1))

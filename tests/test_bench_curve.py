@@ -157,13 +157,15 @@ def test_teacher_only_cells(tmp_path, monkeypatch):
     teacher_only = curve.parse(["--sizes", "40", "--seeds", "0", "1", "--rows", "teacher"])
     t = curve.dist_cells(teacher_only, tmp_path, "zipf", {40: {}})
     assert calls == [("n40", "teacher", 0.05, 0), ("n40", "teacher", 0.05, 1)]
-    assert [(c["row"], c["seed"], c["n"], c["rate"]) for c in t] == [("teacher", 0, 40, 0.05), ("teacher", 1, 40, 0.05)]
+    assert [(c["row"], c["seed"], c["n"], c["rate"]) for c in t] == [("teacher", 0, 40, 0.05),
+                                                                      ("teacher", 1, 40, 0.05)]
     assert (tmp_path / "n40" / "cells" / "teacher-r0.05-s1.json").exists()
     # a report before the plcli cells exist shows the teacher cells
     report = curve.parse(["--sizes", "40", "--seeds", "0", "1", "--report-only"])
     assert [c["row"] for c in curve.dist_cells(report, tmp_path, "zipf", {40: {}})] == ["teacher", "teacher"]
     # the plcli cell of seed 0 is computed; its teacher (0.4) replaces the teacher-only cell (0.5)
-    curve.dist_cells(curve.parse(["--sizes", "40", "--seeds", "0", "--rows", "plcli"]), tmp_path, "zipf", {40: {}})
+    curve.dist_cells(curve.parse(["--sizes", "40", "--seeds", "0", "--rows", "plcli"]), tmp_path, "zipf",
+                     {40: {}})
     assert calls[-1] == ("n40", "plcli", 0.05, 0)
     cells = curve.dist_cells(report, tmp_path, "zipf", {40: {}})
     assert sorted((c["row"], c["seed"], c["accuracy"]) for c in cells) == [
@@ -302,7 +304,8 @@ def test_report_only_generates_no_data_and_reads_the_data_counts_kept_with_the_c
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(curve, "compute_cell", _fake_compute([]))
     out = tmp_path / "o"
-    args = ["--out", str(out), "--sizes", "40", "--extra", "--seeds", "0", "--dists", "zipf", "--cache", str(tmp_path / "c")]
+    args = ["--out", str(out), "--sizes", "40", "--extra", "--seeds", "0", "--dists", "zipf", "--cache",
+            str(tmp_path / "c")]
     curve.dist_cells(curve.parse(args), out / "zipf", "zipf", {40: {}})
     curve.data_cell(out / "zipf").parent.mkdir(parents=True)
     curve.data_cell(out / "zipf").write_text(json.dumps({"fit": 7, "test": 3}))
@@ -405,7 +408,8 @@ def test_the_oracle_starts_from_the_pretrained_encoder_where_plclis_student_does
 
     seen = {}
     monkeypatch.setattr(curve, "pretrain", lambda a, bench, paths, seed: {"dir": tmp_path / f"pre-s{seed}"})
-    monkeypatch.setattr(curve, "baseline_cell", lambda *args, init_encoder=None: seen.setdefault(args[-1], init_encoder))
+    monkeypatch.setattr(curve, "baseline_cell",
+                        lambda *args, init_encoder=None: seen.setdefault(args[-1], init_encoder))
     small = DistillConfig().small_data
     curve.compute_cell(None, tmp_path, {}, "oracle", 0.05, 1, small - 1)
     assert seen.pop(1) == tmp_path / "pre-s1" / "encoder.pt"

@@ -36,7 +36,8 @@ def _age(path: str | Path, seconds: float = 3600) -> None:
 
 def _start_writer(target: Path) -> tuple[subprocess.Popen, Path]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], stdout=subprocess.PIPE, text=True,
+                            env=env)
     tmp = Path(proc.stdout.readline().strip())
     assert tmp.name.endswith(".npy.tmp") and tmp.exists()
     return proc, tmp

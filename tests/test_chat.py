@@ -215,9 +215,11 @@ def test_malformed_voices_and_labels_report_every_problem(tmp_path):
     assert got == [
         f"{voices}:6: malformed CSV: 2 fields, header has 3",
         f"{voices}:3: empty audio path",
-        f"{voices}:4: unparseable timestamp 'soon' (expected ISO 8601 like 2024-05-01T12:30:00 or unix seconds)",
+        f"{voices}:4: unparseable timestamp 'soon' (expected ISO 8601 like 2024-05-01T12:30:00 or unix "
+        "seconds)",
         f"{voices}:5: duplicate id 'v1' (first on line 2)",
-        f"{messages}:3: unparseable timestamp '31/12/2024' (expected ISO 8601 like 2024-05-01T12:30:00 or unix seconds)",
+        f"{messages}:3: unparseable timestamp '31/12/2024' (expected ISO 8601 like 2024-05-01T12:30:00 or "
+        "unix seconds)",
         f"{labels}:3: unknown id 'nope' (not in the voice table)",
         f"{labels}:4: empty label for id 'v3'",
     ]

@@ -35,7 +35,8 @@ def opus_bytes(seconds: float = 1.0, freq: float = 300.0, sr: int = 16000, seed:
     return buf.getvalue()
 
 
-def make_zip(path: Path, log: str, log_name: str = "_chat.txt", media: dict[str, bytes] | None = None) -> Path:
+def make_zip(path: Path, log: str, log_name: str = "_chat.txt",
+             media: dict[str, bytes] | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr(log_name, log.encode())
@@ -76,13 +77,14 @@ the view from here
 13/07/2022, 19:58 - Bob: ok <This message was edited>
 13/07/2022, 19:59 - {PHONE}: PTT-20220713-WA0004.opus (file attached)
 14/07/2022, 08:00 - Ann: good morning
-"""
+"""  # noqa: E501 - the export's own lines
 GB_MEDIA = {f"PTT-20220713-WA000{i}.opus": opus_bytes(freq=200 + 100 * i, seed=i) for i in (1, 3, 4)}
 GB_MEDIA["IMG-20220713-WA0002.jpg"] = b"\xff\xd8 not really a jpeg"
 
 
 def test_whatsapp_android_group_chat(tmp_path):
-    export = make_zip(tmp_path / "WhatsApp Chat - Trip.zip", ANDROID_GB, "WhatsApp Chat with Trip.txt", GB_MEDIA)
+    export = make_zip(tmp_path / "WhatsApp Chat - Trip.zip", ANDROID_GB, "WhatsApp Chat with Trip.txt",
+                      GB_MEDIA)
     assert detect_format(export) == "whatsapp"
     rows, summary = run(export, tmp_path / "out" / "train.jsonl")
     rows = by_id(rows)
@@ -90,7 +92,8 @@ def test_whatsapp_android_group_chat(tmp_path):
     # same-minute text after the voice note counts; the caption is a text; deleted and system lines are not
     assert rows["PTT-20220713-WA0001"]["candidates"] == [
         "on my way", "ok\nsee you at the station", "the view from here", "ok", "good morning"]
-    assert rows["PTT-20220713-WA0003"]["candidates"] == ["ok", "good morning"]  # "<This message was edited>" cut
+    # "<This message was edited>" cut
+    assert rows["PTT-20220713-WA0003"]["candidates"] == ["ok", "good morning"]
     assert rows["PTT-20220713-WA0004"]["candidates"] == ["good morning"]
     assert [r["speaker"] for r in rows.values()] == ["Ann", "Bob", "+49 170 1234567"]  # direction marks gone
     assert [r["timestamp"] for r in rows.values()] == [
@@ -99,9 +102,11 @@ def test_whatsapp_android_group_chat(tmp_path):
     assert rows["PTT-20220713-WA0001"]["source"] == "WhatsApp Chat with Trip.txt:5"
     assert rows["PTT-20220713-WA0001"]["chat"] == "Trip"
     c = summary["counts"]
-    assert (c["voice_notes"], c["imported"], c["messages"], c["system_lines"], c["deleted"]) == (3, 3, 6, 3, 1)
+    assert (c["voice_notes"], c["imported"], c["messages"], c["system_lines"],
+            c["deleted"]) == (3, 3, 6, 3, 1)
     assert c["other_attachments"] == 1 and summary["skipped"] == []
-    assert summary["authors"] == {"Ann": {"voice_notes": 1, "messages": 2}, "Bob": {"voice_notes": 1, "messages": 3},
+    assert summary["authors"] == {"Ann": {"voice_notes": 1, "messages": 2},
+                                  "Bob": {"voice_notes": 1, "messages": 3},
                                   "+49 170 1234567": {"voice_notes": 1, "messages": 1}}
     assert summary["candidate_set_sizes"] == {1: 1, 2: 1, 5: 1}
     assert summary["notes"] == ["dates read day-first (DD/MM/YYYY): 13/07/2022 on line 1"]
@@ -164,7 +169,7 @@ IOS_DE = f"""\
 bis gleich
 [13.07.22, 19:57:00] Ben: {LRM}Diese Nachricht wurde gelöscht.
 {LRM}[14.07.22, 09:00:00] Ben: {LRM}<Anhang: 00000013-AUDIO-2022-07-14-09-00-00.opus>
-"""
+"""  # noqa: E501 - the export's own lines
 
 
 def test_whatsapp_ios_german(tmp_path):
@@ -172,7 +177,8 @@ def test_whatsapp_ios_german(tmp_path):
              "00000013-AUDIO-2022-07-14-09-00-00.opus": opus_bytes(seed=2)}
     export = make_zip(tmp_path / "WhatsApp Chat - Reise.zip", IOS_DE, "_chat.txt", media)
     rows, summary = run(export, tmp_path / "train.jsonl")
-    assert [r["id"] for r in rows] == ["00000012-AUDIO-2022-07-13-19-54-01", "00000013-AUDIO-2022-07-14-09-00-00"]
+    assert [r["id"] for r in rows] == ["00000012-AUDIO-2022-07-13-19-54-01",
+                                       "00000013-AUDIO-2022-07-14-09-00-00"]
     # the text sent in the same second as the voice note, after it in the log, is a candidate
     assert rows[0]["candidates"] == ["bin unterwegs", "super,\nbis gleich"]
     assert rows[1]["candidates"] == []
@@ -194,7 +200,8 @@ IOS_US = f"""\
 
 
 def test_whatsapp_ios_us_12_hour_and_omitted_voice_note_listed(tmp_path):
-    export = make_zip(tmp_path / "chat.zip", IOS_US, media={"00000012-AUDIO-2022-07-13-19-54-01.opus": opus_bytes()})
+    export = make_zip(tmp_path / "chat.zip", IOS_US,
+                      media={"00000012-AUDIO-2022-07-13-19-54-01.opus": opus_bytes()})
     rows, summary = run(export, tmp_path / "train.jsonl")
     assert rows[0]["timestamp"] == "2022-07-13T19:54:01"
     assert rows[0]["candidates"] == ["on my way", "see you"]
@@ -230,7 +237,8 @@ def test_date_order_from_the_whole_file(tmp_path):
     # day-first and month-first dates in one file are never read line by line
     log = ("13/01/2022, 10:00 - Ann: PTT-20220102-WA0001.opus (file attached)\n"
            "01/14/2022, 10:01 - Ann: b\n")
-    with pytest.raises(DataError, match=r"_chat.txt:2: date 01/14/2022 is month-first but 13/01/2022 on line 1"):
+    with pytest.raises(DataError,
+                       match=r"_chat.txt:2: date 01/14/2022 is month-first but 13/01/2022 on line 1"):
         run(make_zip(tmp_path / "c.zip", log, media=media), tmp_path / "c.jsonl")
     # year-first (e.g. sv-SE, ja-JP phones)
     log = "2022-07-13 19:54 - Ann: PTT-20220102-WA0001.opus (file attached)\n2022-07-13 19:55 - Ann: hej\n"
@@ -248,8 +256,9 @@ def _tg(mid, date, **fields):
 def telegram_export(root: Path) -> Path:
     voice = {"media_type": "voice_message", "mime_type": "audio/ogg", "duration_seconds": 1}
     messages = [
-        {"id": 1, "type": "service", "date": "2022-07-13T19:50:00", "date_unixtime": "1657727400", "actor": "Ann",
-         "action": "create_group", "title": "Family", "members": ["Bob", "Cid"], "text": "", "text_entities": []},
+        {"id": 1, "type": "service", "date": "2022-07-13T19:50:00", "date_unixtime": "1657727400",
+         "actor": "Ann", "action": "create_group", "title": "Family", "members": ["Bob", "Cid"], "text": "",
+         "text_entities": []},
         _tg(2, "2022-07-13T19:54:01", **{"from": "Ann", "from_id": "user1"}, **voice,
             file="voice_messages/audio_1@13-07-2022_19-54-01.ogg", text="", text_entities=[]),
         _tg(3, "2022-07-13T19:54:20", **{"from": "Ann", "from_id": "user1"},
@@ -261,7 +270,8 @@ def telegram_export(root: Path) -> Path:
         _tg(5, "2022-07-13T19:56:00", **{"from": "Bob", "from_id": "user2"}, photo="photos/photo_1.jpg",
             width=10, height=10, text="look"),
         _tg(6, "2022-07-13T19:57:00", **{"from": None, "from_id": "user3"}, **voice,
-            file="voice_messages/audio_2@13-07-2022_19-57-00.ogg", text=["call ", {"type": "italic", "text": "me"}]),
+            file="voice_messages/audio_2@13-07-2022_19-57-00.ogg",
+            text=["call ", {"type": "italic", "text": "me"}]),
         _tg(7, "2022-07-13T19:58:00", **{"from": "Cid", "from_id": "user4"}, **voice,
             file="(File not included. Change data exporting settings to download.)", text=""),
         _tg(8, "2022-07-13T19:59:00", **{"from": "Cid", "from_id": "user4"}, text="ok"),
@@ -289,11 +299,16 @@ def test_telegram_group_with_entities(tmp_path):
     lines = (export / "result.json").read_text().splitlines()
     src_line = int(rows[0]["source"].split(":")[1])
     assert rows[0]["source"].startswith("result.json:") and lines[src_line].strip() == '"id": 2,'
-    assert len(summary["skipped"]) == 1 and "voice message not included in the export" in summary["skipped"][0]
+    assert (
+        len(summary["skipped"]) == 1 and "voice message not included in the export" in summary["skipped"][0]
+    )
     c = summary["counts"]
-    assert (c["voice_notes"], c["imported"], c["messages"], c["system_lines"], c["other_attachments"]) == (3, 2, 5, 1, 1)
-    assert summary["authors"] == {"Ann": {"voice_notes": 1, "messages": 1}, "Bob": {"voice_notes": 0, "messages": 2},
-                                  "user3": {"voice_notes": 1, "messages": 1}, "Cid": {"voice_notes": 0, "messages": 1}}
+    assert (c["voice_notes"], c["imported"], c["messages"], c["system_lines"],
+            c["other_attachments"]) == (3, 2, 5, 1, 1)
+    assert summary["authors"] == {"Ann": {"voice_notes": 1, "messages": 1},
+                                  "Bob": {"voice_notes": 0, "messages": 2},
+                                  "user3": {"voice_notes": 1, "messages": 1},
+                                  "Cid": {"voice_notes": 0, "messages": 1}}
     # the same export zipped (a user may zip the folder) gives the same rows
     zpath = tmp_path / "tg.zip"
     with zipfile.ZipFile(zpath, "w") as zf:
@@ -301,7 +316,10 @@ def test_telegram_group_with_entities(tmp_path):
             if f.is_file():
                 zf.write(f, f"ChatExport_2022-07-14/{f.relative_to(export)}")
     zrows, _ = run(zpath, tmp_path / "out" / "train.jsonl")
-    assert [(r["id"], r["candidates"], r["audio"]) for r in zrows] == [(r["id"], r["candidates"], r["audio"]) for r in rows]
+    def key(r):
+        return r["id"], r["candidates"], r["audio"]
+
+    assert [key(r) for r in zrows] == [key(r) for r in rows]
 
 
 # -- bad input: refused or listed, always as file:line: reason ----------------------------------------
@@ -315,7 +333,8 @@ def test_truncated_zip(tmp_path):
 
 def test_unknown_layout(tmp_path):
     log = "2022. 7. 13. 오후 7:54, Ann : 안녕\n2022. 7. 13. 오후 7:55, Bob : 네\n"
-    with pytest.raises(DataError, match=r"_chat.txt:1: not a WhatsApp message line: .*unknown date/time layout"):
+    with pytest.raises(DataError,
+                       match=r"_chat.txt:1: not a WhatsApp message line: .*unknown date/time layout"):
         run(make_zip(tmp_path / "chat.zip", log), tmp_path / "train.jsonl")
 
 
@@ -327,7 +346,8 @@ def test_missing_and_empty_voice_notes_are_listed(tmp_path):
     rows, summary = run(export, tmp_path / "train.jsonl")
     assert [r["id"] for r in rows] == ["PTT-20220713-WA0001"]
     assert summary["skipped"] == [
-        f"{export}/_chat.txt:12: voice note PTT-20220713-WA0003.opus is named in the log but missing from the export",
+        f"{export}/_chat.txt:12: voice note PTT-20220713-WA0003.opus is named in the log but missing from "
+        "the export",
         f"{export}/_chat.txt:14: voice note PTT-20220713-WA0004.opus is empty (0 bytes)",
     ]
     assert summary["counts"]["voice_notes"] == 3 and summary["counts"]["skipped"] == 2
@@ -355,8 +375,10 @@ def test_corrupt_zip_member_is_listed_and_unnamed_voice_files_warned(tmp_path):
     export.write_bytes(bytes(data))
     rows, summary = run(export, tmp_path / "train.jsonl")
     assert [r["id"] for r in rows] == ["PTT-20220713-WA0001", "PTT-20220713-WA0004"]
-    assert summary["skipped"] == [f"{export}/_chat.txt:12: voice note PTT-20220713-WA0003.opus cannot be extracted "
-                                  "(truncated or corrupt zip: Bad CRC-32 for file 'PTT-20220713-WA0003.opus')"]
+    assert summary["skipped"] == [
+        f"{export}/_chat.txt:12: voice note PTT-20220713-WA0003.opus cannot be "
+        f"extracted (truncated or corrupt zip: Bad CRC-32 for file 'PTT-20220713-WA0003.opus')"
+    ]
     assert any("1 voice note file(s) in the export are not named" in w and "WA0099" in w
                for w in summary["warnings"])
 
@@ -369,7 +391,9 @@ def test_opus_decodes_through_load_audio(tmp_path, sr):
     t = np.arange(sr * 8) / sr
     wave = (0.3 * np.sin(2 * np.pi * 330 * t) * np.linspace(0.2, 1.0, t.size) + rng.normal(0, 0.01, t.size))
     sf.write(path, wave.astype(np.float32), sr, format="OGG", subtype="OPUS")
-    assert sf.info(str(path)).samplerate == sr and sf.info(str(path)).frames == pytest.approx(8 * sr, abs=sr // 50)
+    assert sf.info(str(path)).samplerate == sr and sf.info(str(path)).frames == pytest.approx(
+        8 * sr, abs=sr // 50
+    )
     full = load_audio(path, 16000)
     window = load_audio(path, 16000, max_seconds=3.0)
     assert full.shape[0] == pytest.approx(8 * 16000, abs=400) and window.shape == (48000,)
@@ -462,12 +486,15 @@ def test_cli_errors_and_tables_folder(tmp_path):
     runner = CliRunner()
     res = runner.invoke(app, ["data", "from-chat", "--out", str(tmp_path / "o.jsonl")])
     assert res.exit_code == 2 and "give an EXPORT" in res.output
-    make_folder(tmp_path / "chat", {"voices.csv": "audio,timestamp\na.wav,1\n", "messages.csv": "timestamp,text\n2,hi\n"})
+    make_folder(tmp_path / "chat",
+                {"voices.csv": "audio,timestamp\na.wav,1\n", "messages.csv": "timestamp,text\n2,hi\n"})
     assert detect_format(tmp_path / "chat") == "tables"
-    res = runner.invoke(app, ["data", "from-chat", str(tmp_path / "chat"), "--out", str(tmp_path / "chat" / "o.jsonl")])
+    res = runner.invoke(app, ["data", "from-chat", str(tmp_path / "chat"), "--out",
+                              str(tmp_path / "chat" / "o.jsonl")])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "chat" / "o.jsonl").read_text())["candidates"] == ["hi"]
-    res = runner.invoke(app, ["data", "from-chat", str(tmp_path / "chat"), "--voices", "x.csv", "--messages", "y.csv",
+    res = runner.invoke(app, ["data", "from-chat", str(tmp_path / "chat"), "--voices", "x.csv", "--messages",
+                              "y.csv",
                               "--out", str(tmp_path / "o.jsonl")])
     assert res.exit_code == 2
     bad = make_zip(tmp_path / "bad.zip", "2022. 7. 13. 오후 7:54, Ann : 안녕\n")
@@ -506,11 +533,13 @@ def test_docs_examples_match(tmp_path):
     media = {n: opus_bytes(seed=i) for i, n in enumerate(re.findall(r"[\w-]+\.opus", ios))}
     ios_rows, _ = run(make_zip(tmp_path / "ios.zip", ios, "_chat.txt", media), tmp_path / "ios.jsonl", k=3)
     assert [r["candidates"] for r in ios_rows] == [r["candidates"] for r in rows]
-    assert [r["id"] for r in ios_rows] == ["00000003-AUDIO-2022-07-13-19-54-01", "00000007-AUDIO-2022-07-13-19-58-10"]
+    assert [r["id"] for r in ios_rows] == ["00000003-AUDIO-2022-07-13-19-54-01",
+                                           "00000007-AUDIO-2022-07-13-19-58-10"]
     assert ios_rows[0]["timestamp"] == "2022-07-13T19:54:01"
 
     result = blocks["result.json"]
     voice = json.loads(result)["messages"][0]["file"]
-    folder = make_folder(tmp_path / "ChatExport_2022-07-14", {"result.json": result, voice: opus_bytes(sr=48000)})
+    folder = make_folder(tmp_path / "ChatExport_2022-07-14",
+                         {"result.json": result, voice: opus_bytes(sr=48000)})
     tg_rows, _ = run(folder, tmp_path / "out" / "family.jsonl")
     assert tg_rows == [json.loads(line) for line in blocks["family.jsonl"].splitlines()]

@@ -59,7 +59,8 @@ def test_matches_explicit_sum_of_ctc_losses(seed, variant):
     logits, inputs, targets, lengths, mask = _batch(seed)
     kw = {}
     if variant == "prior":
-        kw["log_prior"] = torch.log(torch.rand(mask.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(9)))
+        kw["log_prior"] = torch.log(torch.rand(mask.shape, dtype=torch.float64,
+                                               generator=torch.Generator().manual_seed(9)))
     if variant == "weights":
         w = torch.rand(mask.shape, dtype=torch.float64) * mask
         kw["weights"] = w / w.sum(1, keepdim=True)
@@ -128,7 +129,8 @@ def test_argument_checks():
     with pytest.raises(ValueError, match="weights"):
         loss(lp, inputs, targets, lengths, mask, weights=-torch.ones(mask.shape, dtype=torch.float64))
     with pytest.raises(ValueError, match="not both"):
-        loss(lp, inputs, targets, lengths, mask, log_prior=torch.zeros(mask.shape), weights=torch.zeros(mask.shape))
+        loss(lp, inputs, targets, lengths, mask, log_prior=torch.zeros(mask.shape),
+             weights=torch.zeros(mask.shape))
 
 
 def _one_by_one(lp, rows, targets, lengths):
@@ -176,7 +178,8 @@ def test_scoring_falls_back_where_the_scaled_pass_underflows():
     lengths = torch.tensor([[2, 1]])
     mask = torch.ones(1, 2, dtype=torch.bool)
     inputs = torch.tensor([T])
-    assert not torch.isfinite(scaled_ctc_nll(lp, torch.tensor([0]), torch.tensor([[1, 2]]), torch.tensor([2]))).all()
+    assert not torch.isfinite(scaled_ctc_nll(lp, torch.tensor([0]), torch.tensor([[1, 2]]),
+                                             torch.tensor([2]))).all()
     with torch.no_grad():
         got = candidate_ctc_nll(lp, inputs, targets, lengths, mask)
     want = _one_by_one(lp, torch.tensor([0, 0]), targets[0], lengths[0]).view(1, 2)

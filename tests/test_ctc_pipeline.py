@@ -36,7 +36,8 @@ def runs(tmp_path_factory):
     os.environ["PLCLI_CACHE"] = str(root / "cache")
     manifest, truth = write_dataset(root / "data", n=48)
     test_manifest, test_truth = write_dataset(root / "data", n=12, seed=1, unlabelled=0, name="test.jsonl")
-    (root / "pre.yaml").write_text(yaml.safe_dump({"features": {"clip_seconds": 1.0}, "views": 2, "min_steps": 0, "trainer": TRAINER}))
+    (root / "pre.yaml").write_text(yaml.safe_dump({"features": {"clip_seconds": 1.0}, "views": 2,
+                                                   "min_steps": 0, "trainer": TRAINER}))
     run = CliRunner().invoke
     res = run(app, ["pretrain", str(manifest), "--out", str(root / "pre"), "--config", str(root / "pre.yaml"),
                     "--epochs", "1"])
@@ -44,7 +45,8 @@ def runs(tmp_path_factory):
     (root / "ft.yaml").write_text(yaml.safe_dump({"trainer": TRAINER, "copies": 2, "min_steps": 0}))
     tf = write_truth(root / "truth.jsonl", truth)
     res = run(app, ["finetune", str(manifest), "--pretrained", str(root / "pre"), "--out", str(root / "ft"),
-                    "--config", str(root / "ft.yaml"), "--epochs", "2", "--ctc-weight", "1", "--truth", str(tf)])
+                    "--config", str(root / "ft.yaml"), "--epochs", "2", "--set", "ctc.weight=1", "--truth",
+                    str(tf)])
     assert res.exit_code == 0, res.output
     (root / "di.yaml").write_text(yaml.safe_dump({"trainer": TRAINER, "ctc_rows": 8}))
     res = run(app, ["distill", str(manifest), "--teacher", str(root / "ft"), "--out", str(root / "di"),
@@ -160,7 +162,8 @@ def test_evaluate_reports_each_scorer(runs, tmp_path):
                                    str(test_truth), "--json", str(out)])
     assert res.exit_code == 0, res.output
     m = json.loads(out.read_text())
-    for k in ("accuracy_within_candidates", "accuracy_within_candidates_classifier", "accuracy_within_candidates_ctc"):
+    for k in ("accuracy_within_candidates", "accuracy_within_candidates_classifier",
+              "accuracy_within_candidates_ctc"):
         assert 0.0 <= m[k] <= 1.0, k
     assert sum(m["decided_by"].values()) == m["labelled_candidate_rows"]
     assert m["unknown_truth_rows"] == 0
@@ -203,7 +206,8 @@ def test_ranked_logits_follow_the_teachers_combined_ranking(runs):
     probs /= probs.sum(1, keepdims=True)
     classes = candidate_classes([r.candidates for r in rows], teacher.vocab)
     ranking = ranking_of(teacher.model.extra)
-    assert ranking["temperature"] > 0 and "temperature" in teacher.model.extra["ranking"]  # stored, not used here
+    # stored, not used here
+    assert ranking["temperature"] > 0 and "temperature" in teacher.model.extra["ranking"]
     combined = rank(probs, scores, classes, ranking)["combined"]
     # row 0: three distinct known candidates
     restricted = torch.softmax(torch.from_numpy(out[0, [0, 1, 2]]), 0).numpy()
@@ -217,12 +221,14 @@ def test_ranked_logits_follow_the_teachers_combined_ranking(runs):
 
 
 def test_distill_ctc_refit_continues_the_ctc_head_on_the_ranking(runs, tmp_path):
-    """``--ctc-refits 1``: RUN_DIR/ctc2 keeps the classifier of the last round, its targets are the CTC
-    phase's ranking (each candidate row's favourite is that model's top candidate), and its model is the run's."""
+    """``--set ctc_refits=1``: RUN_DIR/ctc2 keeps the classifier of the last round, its targets are the
+    CTC phase's ranking (each candidate row's favourite is that model's top candidate), and its model is
+    the run's."""
     root, manifest, test_manifest, _ = runs
-    res = CliRunner().invoke(app, ["distill", str(manifest), "--teacher", str(root / "ft"), "--out", str(tmp_path / "di"),
-                                   "--config", str(root / "di.yaml"), "--epochs", "1", "--rounds", "1",
-                                   "--ctc-refits", "1", "--ctc-refit-epochs", "2",
+    res = CliRunner().invoke(app, ["distill", str(manifest), "--teacher", str(root / "ft"), "--out",
+                                   str(tmp_path / "di"), "--config", str(root / "di.yaml"), "--epochs", "1",
+                                   "--rounds", "1",
+                                   "--set", "ctc_refits=1", "--set", "ctc_refit_epochs=2",
                                    "--ranking-manifest", str(test_manifest)])
     assert res.exit_code == 0, res.output
     run = tmp_path / "di"
@@ -252,7 +258,8 @@ def test_distill_ctc_refit_continues_the_ctc_head_on_the_ranking(runs, tmp_path)
     tgt, kind = load_targets(run / "ctc2", meta["key"])
     model, vocab, features, _ = load_predictor(run / kept)
     rows = load_rows([str(manifest)], vocab.normalizer).rows
-    held = holdout_ids([r.id for r in rows if r.label is not None], m["held_out"]["fraction"], m["held_out"]["seed"])
+    held = holdout_ids([r.id for r in rows if r.label is not None], m["held_out"]["fraction"],
+                       m["held_out"]["seed"])
     pool = [r for r in rows if r.id not in held]
     assert len(pool) == len(kind)
     feats = open_cache(DataConfig(), features).features([r.audio for r in pool])[1]
@@ -266,13 +273,13 @@ def test_distill_ctc_refit_continues_the_ctc_head_on_the_ranking(runs, tmp_path)
 
 
 def test_distill_ctc_starts_keep_the_start_that_ranks_best(runs, tmp_path):
-    """``--ctc-starts 2`` (and the default other-tokens start): three CTC phases from the last round,
+    """``--set ctc_starts=2`` (and the default other-tokens start): three CTC phases from the last round,
     two with characters (seeds s and s + 1000) and one with phonemes; the one whose ranking is best on
     the validation rows is kept, refitted with its own tokens, and every start counts in the run's time."""
     root, manifest, test_manifest, _ = runs
     args = ["distill", str(manifest), "--teacher", str(root / "ft"), "--out", str(tmp_path / "di"),
-            "--config", str(root / "di.yaml"), "--epochs", "1", "--rounds", "1", "--ctc-starts", "2",
-            "--ctc-refits", "1", "--ctc-refit-epochs", "1", "--set", "ctc_starts_below=1",
+            "--config", str(root / "di.yaml"), "--epochs", "1", "--rounds", "1", "--set", "ctc_starts=2",
+            "--set", "ctc_refits=1", "--set", "ctc_refit_epochs=1", "--set", "ctc_starts_below=1",
             "--ranking-manifest", str(test_manifest)]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
@@ -287,7 +294,10 @@ def test_distill_ctc_starts_keep_the_start_that_ranks_best(runs, tmp_path):
     for s, c in zip(starts, cfgs, strict=True):
         assert c["teacher"] == str(run / "round1")  # every start distils the last round
         assert c["ctc"]["tokens"] == s["tokens"]
-        assert s["validation_accuracy"] == json.loads((run / s["dir"] / "metrics.json").read_text())["ranking"]["accuracy"]
+        assert (
+            s["validation_accuracy"]
+            == json.loads((run / s["dir"] / "metrics.json").read_text())["ranking"]["accuracy"]
+        )
     heads = [load_model(run / s["dir"])[0] for s in starts]
     assert heads[2].tokenizer.kind == "phoneme" and heads[0].tokenizer.kind == "char"
     a, b = (h.ctc_head.state_dict() for h in heads[:2])
@@ -295,10 +305,16 @@ def test_distill_ctc_starts_keep_the_start_that_ranks_best(runs, tmp_path):
     best = max(range(3), key=lambda i: (starts[i]["validation_accuracy"], -i))
     assert m["ctc_phase"]["dir"] == starts[best]["dir"] and m["ctc_phase"]["tokens"] == starts[best]["tokens"]
     refit_cfg = yaml.safe_load((run / "ctc2" / "config.yaml").read_text())
-    assert refit_cfg["teacher"] == str(run / starts[best]["dir"]) and refit_cfg["ctc"]["tokens"] == starts[best]["tokens"]
+    assert (
+        refit_cfg["teacher"] == str(run / starts[best]["dir"])
+        and refit_cfg["ctc"]["tokens"] == starts[best]["tokens"]
+    )
     assert load_model(run)[0].tokenizer.kind == starts[best]["tokens"]
-    assert m["total_seconds"] == pytest.approx(m["rounds"][0]["total_seconds"] + sum(s["total_seconds"] for s in starts)
-                                               + m["ctc_refits"][0]["total_seconds"])
+    assert m["total_seconds"] == pytest.approx(
+        m["rounds"][0]["total_seconds"]
+        + sum(s["total_seconds"] for s in starts)
+        + m["ctc_refits"][0]["total_seconds"]
+    )
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["ctc_starts"] == 2 and saved["ctc_other_tokens"] is True
     # resumed: every step is reused and the same start is kept
@@ -339,7 +355,8 @@ def test_extra_ctc_starts_only_where_the_classifier_leaves_room_and_rows_can_cho
 def test_start_plan_gives_each_start_its_tokens_and_seed():
     from plcli.distill import DistillConfig, _start_plan
 
-    cfg = DistillConfig.from_dict({"data": {"manifests": ["x.jsonl"]}, "teacher": "t", "trainer": {"seed": 5}})
+    cfg = DistillConfig.from_dict({"data": {"manifests": ["x.jsonl"]}, "teacher": "t",
+                                   "trainer": {"seed": 5}})
     assert _start_plan(cfg) == [("char", 5), ("char", 1005), ("phoneme", 5)]
     cfg.ctc.tokens = "phoneme"
     cfg.ctc_starts = 1
@@ -356,7 +373,8 @@ def test_a_resumed_ctc_step_is_reused_only_with_its_tokens_and_start(tmp_path):
     assert not _reusable(step, tmp_path / "run" / "ctc", "refit", "char")  # not finished
     for name in ("metrics.json", "model.pt"):
         (step / name).write_text("{}")
-    (step / "config.yaml").write_text(yaml.safe_dump({"stage": "distill", "teacher": str(tmp_path / "run" / "ctc"),
+    (step / "config.yaml").write_text(yaml.safe_dump({"stage": "distill",
+                                                      "teacher": str(tmp_path / "run" / "ctc"),
                                                       "ctc": {"tokens": "char"}}))
     assert _reusable(step, tmp_path / "run" / "ctc", "refit", "char")
     assert not _reusable(step, tmp_path / "run" / "ctc-start2", "refit", "char")

@@ -1,5 +1,5 @@
-"""Each training stage under a Lightning DDP Trainer (``--strategy ddp --devices 2 --accelerator cpu``,
-gloo) on tiny data, against one process on the global batch.
+"""Each training stage under a Lightning DDP Trainer (``--set trainer.strategy=ddp --devices 2
+--accelerator cpu``, gloo) on tiny data, against one process on the global batch.
 
 Pretrain gathers its negatives from every rank, so its loss is the global batch's (and clearly not
 the per-device batch's); finetune and distill metrics agree within the noise of a few dozen clips.
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 TRAINER = {"accelerator": "cpu", "progress": False, "num_workers": 0}
 GLOBAL_BATCH = 16
-DDP = ["--strategy", "ddp", "--devices", "2", "--batch-size", str(GLOBAL_BATCH // 2)]
+DDP = ["--set", "trainer.strategy=ddp", "--devices", "2", "--batch-size", str(GLOBAL_BATCH // 2)]
 ONE = ["--devices", "1", "--batch-size", str(GLOBAL_BATCH)]
 
 
@@ -44,7 +44,8 @@ def runs(tmp_path_factory):
     manifest, truth = write_dataset(root / "data", n=48)
     truth_file = write_truth(root / "truth.jsonl", truth)
     conf = {}
-    for stage, extra in (("pretrain", {"features": {"clip_seconds": 0.7}, "views": 2, "min_steps": 0, "trainer": {"epochs": 2}}),
+    for stage, extra in (("pretrain", {"features": {"clip_seconds": 0.7}, "views": 2, "min_steps": 0,
+                                       "trainer": {"epochs": 2}}),
                          ("finetune", {"copies": 2, "min_steps": 0, "trainer": {"epochs": 10}}),
                          ("distill", {"rounds": 1, "trainer": {"epochs": 4}})):
         extra["trainer"].update(TRAINER)

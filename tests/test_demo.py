@@ -162,7 +162,8 @@ def test_a_russian_demo_is_spoken_by_russian_voices(tmp_path):
     from plcli.demo.phrases import LANGUAGE_PHRASES
 
     out = tmp_path / "ru"
-    summary = generate_demo(out, DemoConfig(**{**TINY, "language": "ru", "train": 20, "test": 6, "phrases": 12}))
+    summary = generate_demo(out,
+                            DemoConfig(**{**TINY, "language": "ru", "train": 20, "test": 6, "phrases": 12}))
     meta = json.loads((out / "meta.json").read_text())
     assert summary["language"] == meta["language"] == meta["config"]["language"] == "ru"
     speakers = meta["speakers"]["train"] + meta["speakers"]["test"]
@@ -211,17 +212,25 @@ def test_missing_truth_rows_have_candidates_that_miss_their_message(tmp_path):
     assert len(voices) == 300 and len(missing) == round(0.2 * 290)
     for v in missing:
         after = [x for t, x, _ in msgs if t > v.time]
-        assert [norm(c) for c in v.candidates] == list(dict.fromkeys(map(norm, after)))[:5]  # the next 5 texts
-        assert norm(v.label) == norm(phrases[v.phrase]) and norm(v.label) not in {norm(c) for c in v.candidates}
+        assert [norm(c) for c in v.candidates] == list(dict.fromkeys(map(norm, after)))[:5]  # next 5
+        assert norm(v.label) == norm(phrases[v.phrase]) and norm(v.label) not in {
+            norm(c) for c in v.candidates
+        }
     # through generate_demo: exact labels only on typed rows; test rows miss it too; counts in meta.json
     summary = generate_demo(tmp_path / "d", DemoConfig(**{**TINY, "missing_truth": 0.25}))
     truth = {r["id"]: r["label"] for r in read_jsonl(tmp_path / "d" / "truth.jsonl")}
     train = read_jsonl(tmp_path / "d" / "train.jsonl")
-    lacks = [r for r in train if r["candidates"] and norm(truth[r["id"]]) not in {norm(c) for c in r["candidates"]}]
+    lacks = [
+        r for r in train if r["candidates"] and norm(truth[r["id"]]) not in {norm(c) for c in r["candidates"]}
+    ]
     assert len(lacks) == summary["train_missing_truth"] > 0
     assert all("label" not in r for r in lacks)
     test = read_jsonl(tmp_path / "d" / "test.jsonl")
-    assert sum(norm(r["label"]) not in {norm(c) for c in r["candidates"]} for r in test) == summary["test_missing_truth"] > 0
+    assert (
+        sum(norm(r["label"]) not in {norm(c) for c in r["candidates"]} for r in test)
+        == summary["test_missing_truth"]
+        > 0
+    )
 
 
 def test_bad_options_and_foreign_folders(tmp_path):

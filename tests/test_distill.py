@@ -206,8 +206,8 @@ def world(tmp_path_factory):
 
 def _cfg(world, out, **over) -> DistillConfig:
     # ctc_epochs 0: a one-round run stays one flat run directory (the CTC phase: tests/test_ctc_pipeline.py)
-    cfg = DistillConfig(out=str(out), teacher=str(world["teacher"]), truth=str(world["truth"]), views=2, rounds=1,
-                        ctc_epochs=0)
+    cfg = DistillConfig(out=str(out), teacher=str(world["teacher"]), truth=str(world["truth"]), views=2,
+                        rounds=1, ctc_epochs=0)
     cfg.data.manifests = [str(world["manifest"])]
     cfg.data.cache_dir = str(world["cache"])
     cfg.trainer = TrainerConfig(
@@ -332,12 +332,15 @@ def test_a_chat_without_ctc_tokens_trains_without_the_ctc_head(world, tmp_path):
     """Messages with no letter or digit give the character tokens nothing: the CTC head is off and
     the log says so (the run does not fail inside the head)."""
     manifest, _ = write_dataset(tmp_path / "data", n=24, labels=["👍", "❤️", "🙏", "😂"])
-    over = {"teacher": _teacher_of(tmp_path / "teacher", manifest), "manifest": manifest, "cache": tmp_path / "c"}
+    over = {"teacher": _teacher_of(tmp_path / "teacher", manifest), "manifest": manifest,
+            "cache": tmp_path / "c"}
     cfg = _cfg({**world, **over}, tmp_path / "out")
     cfg.ctc_epochs, cfg.truth = None, None  # the default CTC phase
     logged = []
     m = run(cfg, log=logged.append)
-    assert any(line.startswith("CTC head off: the teacher's 4 message texts have no char token") for line in logged)
+    assert any(
+        line.startswith("CTC head off: the teacher's 4 message texts have no char token") for line in logged
+    )
     assert "ranking" not in m and not load_model(tmp_path / "out")[0].has_ctc
     assert yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())["ctc"]["weight"] == 0.0
 
@@ -400,9 +403,10 @@ def test_distill_cli(world, tmp_path):
             str(conf),
             "--epochs",
             "1",
-            "--temperature",
-            "3",
-            "--refine",
+            "--set",
+            "temperature=3",
+            "--set",
+            "refine=true",
             "--student",
             "tcresnet-small",
             "--seed",
@@ -416,13 +420,15 @@ def test_distill_cli(world, tmp_path):
 
 
 def test_prior_correction_divides_by_candidate_share():
-    """With log_prior, candidate targets are softmax(z/T) / pi restricted and renormalised (reference loop)."""
+    """With log_prior, candidate targets are softmax(z/T) / pi restricted and renormalised (a reference
+    loop)."""
     from plcli.distill import teacher_targets
     from plcli.losses import candidate_log_prior
 
     torch.manual_seed(0)
     logits = torch.randn(4, 5, dtype=torch.float64)
-    mask = torch.tensor([[1, 1, 0, 0, 1], [0, 1, 1, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    mask = torch.tensor([[1, 1, 0, 0, 1], [0, 1, 1, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]],
+                        dtype=torch.bool)
     y = torch.full((4,), -1)
     log_prior = candidate_log_prior(mask)
     counts = mask.double().sum(0) + 1
@@ -441,7 +447,8 @@ def test_prior_correction_divides_by_candidate_share():
 
 
 def test_distill_loss_mixes_the_candidate_likelihood():
-    """cc_weight w: candidate rows get (1 - w) * soft CE + w * prior-corrected CC; other rows are untouched."""
+    """cc_weight w: candidate rows get (1 - w) * soft CE + w * prior-corrected CC; other rows are
+    untouched."""
     from plcli.distill import DistillModule
     from plcli.losses import CandidateLoss, SoftTargetCrossEntropy
 
@@ -485,7 +492,9 @@ def test_distill_rounds(world, tmp_path):
     assert m["teacher"] == str(world["teacher"]) and json.loads((out / "metrics.json").read_text()) == m
     assert (out / "model.pt").read_bytes() == (out / "round2" / "model.pt").read_bytes()
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["rounds"] == 2 and saved["view_seed"] is not None and saved["teacher"] == str(world["teacher"])
+    assert (
+        saved["rounds"] == 2 and saved["view_seed"] is not None and saved["teacher"] == str(world["teacher"])
+    )
     assert load_model(out)[0].kwargs["encoder"] == "tcresnet-small"
     # resuming a finished run reuses both rounds (nothing is retrained)
     stamp = (out / "round1" / "model.pt").stat().st_mtime_ns
@@ -505,11 +514,12 @@ class _StartOfEachRound(L.Callback):
         self.starts = []
 
     def on_train_start(self, trainer, module):
-        self.starts.append(({k: v.detach().clone() for k, v in module.model.state_dict().items()}, trainer.max_epochs))
+        self.starts.append(({k: v.detach().clone() for k, v in module.model.state_dict().items()},
+                            trainer.max_epochs))
 
 
 def test_student_init_teacher_starts_from_the_teachers_encoder(world, tmp_path):
-    """--student-init teacher: a fresh student's encoder is a copy of the teacher's; its head is new."""
+    """student_init teacher: a fresh student's encoder is a copy of the teacher's; its head is new."""
     teacher = load_model(world["teacher"])[0]
     rec = _StartOfEachRound()
     # seed 1: the fixture's teacher was drawn with seed 0, as a seed-0 student of its architecture would be
@@ -596,13 +606,15 @@ def test_small_data_student_caps_the_batch(world, tmp_path):
         resolve_student(cfg, log=lambda *_: None)
         assert cfg.trainer.batch_size == want, (teacher, small, bs, cap)
     # an explicit student is not the small-data choice: its batch is left alone
-    cfg = _cfg(world, tmp_path / "x", teacher=pre, small_data=31, student="tcresnet", **{"trainer.batch_size": 256})
+    cfg = _cfg(world, tmp_path / "x", teacher=pre, small_data=31, student="tcresnet",
+               **{"trainer.batch_size": 256})
     resolve_student(cfg, log=lambda *_: None)
     assert cfg.trainer.batch_size == 256
 
 
 def test_student_init_teacher_needs_the_teachers_architecture(world, tmp_path):
-    cfg = _cfg(world, tmp_path / "bad", student="tcresnet-small", student_init="teacher", **{"ctc.weight": 0.0})
+    cfg = _cfg(world, tmp_path / "bad", student="tcresnet-small", student_init="teacher",
+               **{"ctc.weight": 0.0})
     with pytest.raises(UserError, match="student-init"):
         run(cfg, log=lambda *_: None)
 
@@ -611,7 +623,8 @@ def test_warm_started_rounds_begin_from_the_previous_student(world, tmp_path):
     """warm_start: round 2 starts from round 1's student (not a fresh network) and trains warm_epochs."""
     out = tmp_path / "warm"
     rec = _StartOfEachRound()
-    cfg = _cfg(world, out, rounds=2, warm_start=True, warm_epochs=2, **{"ctc.weight": 0.0, "trainer.epochs": 1})
+    cfg = _cfg(world, out, rounds=2, warm_start=True, warm_epochs=2,
+               **{"ctc.weight": 0.0, "trainer.epochs": 1})
     m = run(cfg, log=lambda *_: None, callbacks=[rec])
     assert [e for _, e in rec.starts] == [1, 2]
     r1 = load_model(out / "round1")[0].state_dict()
@@ -622,7 +635,8 @@ def test_warm_started_rounds_begin_from_the_previous_student(world, tmp_path):
     assert yaml.safe_load((out / "config.yaml").read_text())["trainer"]["epochs"] == 1
     # and a cold run's round 2 does not start from round 1
     rec = _StartOfEachRound()
-    run(_cfg(world, tmp_path / "cold", rounds=2, warm_start=False, **{"ctc.weight": 0.0}), log=lambda *_: None, callbacks=[rec])
+    run(_cfg(world, tmp_path / "cold", rounds=2, warm_start=False, **{"ctc.weight": 0.0}),
+        log=lambda *_: None, callbacks=[rec])
     r1 = load_model(tmp_path / "cold" / "round1")[0].state_dict()
     assert not all(torch.equal(rec.starts[1][0][k], v) for k, v in r1.items() if v.is_floating_point())
 

@@ -129,18 +129,26 @@ def test_the_checks_catch_what_they_are_for(tmp_path):
     assert SPLICE.search("<!-- curve:start -->") and SPLICE.search("<!-- results:end -->")
     assert DATED.search("## Teacher levers (2026-12-03, afternoon)")
     assert DATED.search("## `make demo` over time") and not DATED.search("## Decisions and their evidence")
-    assert slug("## Voice notes: extracted once, not read from the zip") == "voice-notes-extracted-once-not-read-from-the-zip"
+    want = "voice-notes-extracted-once-not-read-from-the-zip"
+    assert slug("## Voice notes: extracted once, not read from the zip") == want
     page = tmp_path / "page.md"
-    page.write_text("# Title\n\n[ok](page.md#title) [gone](missing.md) [no anchor](#nowhere)\n"
-                    "```\n[in code](ignored.md)\n```\n[web](https://example.org)\n", encoding="utf-8")
+    page.write_text(
+        "# Title\n\n[ok](page.md#title) [gone](missing.md) [no anchor](#nowhere)\n"
+        "```\n[in code](ignored.md)\n```\n[web](https://example.org)\n",
+        encoding="utf-8",
+    )
     assert broken_links(page) == ["missing.md", "#nowhere"]
     code = tmp_path / "mod.py"
-    code.write_text('"""Module (docs/benchmark.md,\n"Pretraining levers")."""\n# fine: docs/ctc.md\n'
-                    'x = 1  # (docs/ctc.md, "Speed")\n', encoding="utf-8")
+    code.write_text(
+        '"""Module (docs/benchmark.md,\n"Pretraining levers")."""\n# fine: docs/ctc.md\n'
+        'x = 1  # (docs/ctc.md, "Speed")\n',
+        encoding="utf-8",
+    )
     assert len([m for _, t in commented_texts(code) for m in CITE.finditer(t)]) == 2
 
 
 # -- the README -----------------------------------------------------------------------------------
+
 
 def test_readme_is_at_most_1500_words():
     assert words(README) <= README_MAX_WORDS, f"README.md has {words(README)} words"
@@ -154,7 +162,7 @@ def test_readme_first_screen_sets_up_before_your_own_data():
     demo, test = low.find("make demo"), low.find("make test")
     assert 0 <= demo < test < own.start(), "`make demo` and `make test` come first, in this order"
     end = text.find("\n## ", own.end())
-    section = text[own.end(): end if end >= 0 else len(text)]
+    section = text[own.end() : end if end >= 0 else len(text)]
     block = re.search(r"```bash\n(.*?)```", section, re.S)
     assert block, "the 'Your own data' section shows its commands"
     commands = [ln for ln in block.group(1).splitlines() if ln.strip().startswith("plcli ")]
@@ -174,6 +182,7 @@ def test_readme_has_one_dated_results_table_linking_the_benchmark():
 
 
 # -- docs/ ------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("page", hand_written(), ids=lambda p: str(p.relative_to(DOCS)))
 def test_doc_page_is_at_most_3000_words(page):
@@ -207,8 +216,9 @@ def test_index_lists_every_page_and_no_note():
     linked = {(INDEX.parent / t.partition("#")[0]).resolve() for t in links(INDEX)}
     missing = [str(p.relative_to(DOCS)) for p in doc_pages() if p != INDEX and p.resolve() not in linked]
     assert not missing, f"docs/index.md does not list {missing}"
-    assert not any("notes" in p.relative_to(DOCS.resolve()).parts
-                   for p in linked if p.is_relative_to(DOCS.resolve())), "docs/notes/ stays out of the index"
+    assert not any(
+        "notes" in p.relative_to(DOCS.resolve()).parts for p in linked if p.is_relative_to(DOCS.resolve())
+    ), "docs/notes/ stays out of the index"
 
 
 def test_readme_links_the_index():
@@ -216,6 +226,7 @@ def test_readme_links_the_index():
 
 
 # -- code -----------------------------------------------------------------------------------------
+
 
 def test_no_code_comment_cites_a_doc_section():
     found = [c for p in code_files() for c in section_citations(p)]

@@ -129,7 +129,8 @@ def test_doctor_command_reports_everything(tmp_path):
     # the table form prints the same facts
     r = CliRunner().invoke(app, ["doctor", "--cache-dir", str(cache)])
     assert r.exit_code == 0
-    for word in ("torchaudio", "lightning", "torch threads", "feature cache", "speech engine espeak", "pocketsphinx"):
+    for word in ("torchaudio", "lightning", "torch threads", "feature cache", "speech engine espeak",
+                 "pocketsphinx"):
         assert word in r.output
 
 

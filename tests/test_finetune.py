@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 from plcli.cli import app
 from plcli.models.classifier import load_model
 
-TINY_FT = {"trainer": {"batch_size": 16, "accelerator": "cpu", "devices": "1", "progress": False}, "copies": 2,
-           "min_steps": 0}  # the tests count epochs; min_steps has its own test
+# the tests count epochs; min_steps has its own test
+TINY_FT = {"trainer": {"batch_size": 16, "accelerator": "cpu", "devices": "1", "progress": False},
+           "copies": 2, "min_steps": 0}
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +31,8 @@ def pretrained(tmp_path_factory):
     cfg.write_text(yaml.safe_dump({"features": {"clip_seconds": 1.0}, "views": 2, "min_steps": 0,
                                    "trainer": {"batch_size": 16, "accelerator": "cpu", "devices": "1",
                                                "progress": False}}))
-    res = CliRunner().invoke(app, ["pretrain", str(manifest), "--out", str(root / "pre"), "--config", str(cfg),
-                                   "--epochs", "1"])
+    res = CliRunner().invoke(app, ["pretrain", str(manifest), "--out", str(root / "pre"), "--config",
+                                   str(cfg), "--epochs", "1"])
     assert res.exit_code == 0, res.output
     tf = write_truth(root / "truth.jsonl", truth)
     return root, manifest, tf
@@ -51,7 +52,8 @@ def _finetune(root, manifest, out, *extra, pretrained="pre"):
 def test_finetune_each_loss(pretrained, loss, monkeypatch):
     root, manifest, truth = pretrained
     monkeypatch.setenv("PLCLI_CACHE", str(root / "cache"))
-    m = _finetune(root, manifest, f"ft-{loss}", "--loss", loss, "--epochs", "3", "--truth", str(truth))
+    m = _finetune(root, manifest, f"ft-{loss}", "--set", f"loss={loss}", "--epochs", "3", "--truth",
+                  str(truth))
     assert m["loss"] == loss and m["epochs"] == 3
     for k in ("acc", "acc_within", "covering", "disambiguation"):
         assert 0.0 <= m[k] <= 1.0, k
@@ -67,7 +69,8 @@ def test_finetune_each_loss(pretrained, loss, monkeypatch):
 def test_finetune_learns_tones_with_candidates(pretrained, monkeypatch):
     root, manifest, truth = pretrained
     monkeypatch.setenv("PLCLI_CACHE", str(root / "cache"))
-    m = _finetune(root, manifest, "ft-long", "--epochs", "30", "--truth", str(truth), "--lr", "5e-3")
+    m = _finetune(root, manifest, "ft-long", "--epochs", "30", "--truth", str(truth), "--set",
+                  "trainer.lr=5e-3")
     assert m["disambiguation"] >= 0.8 and m["covering"] >= 0.9  # chance within 3 candidates: 1/3
 
 
@@ -115,10 +118,10 @@ def test_finetune_min_steps_adds_epochs_on_small_data(pretrained, monkeypatch):
     root, manifest, _ = pretrained
     monkeypatch.setenv("PLCLI_CACHE", str(root / "cache"))
     # 48 rows less the held-out exact rows, batch 16: 3 steps per epoch; 1 epoch would be 3 steps
-    m = _finetune(root, manifest, "ft-steps", "--epochs", "1", "--min-steps", "7")
+    m = _finetune(root, manifest, "ft-steps", "--epochs", "1", "--set", "min_steps=7")
     assert m["global_step"] >= 7 and m["epochs"] == -(-7 // (m["global_step"] // m["epochs"]))
     assert yaml.safe_load((root / "ft-steps" / "config.yaml").read_text())["min_steps"] == 7
-    m0 = _finetune(root, manifest, "ft-steps0", "--epochs", "1", "--min-steps", "0")
+    m0 = _finetune(root, manifest, "ft-steps0", "--epochs", "1", "--set", "min_steps=0")
     assert m0["epochs"] == 1
 
 
@@ -133,7 +136,7 @@ def test_finetune_refuses_the_distill_only_ctc_perturbations(tmp_path):
 
 
 def test_finetune_without_ctc_tokens_trains_without_the_ctc_head(tmp_path):
-    """Messages without a letter or digit: --ctc-weight asks for a head that has nothing to emit, so
+    """Messages without a letter or digit: ctc.weight asks for a head that has nothing to emit, so
     it is off, and the log says so (before: an internal error in the head)."""
     from plcli.finetune import FinetuneConfig, _prepare
     from tests.conftest import write_dataset

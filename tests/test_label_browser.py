@@ -38,8 +38,14 @@ def driver():
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--autoplay-policy=no-user-gesture-required",
-                "--mute-audio", "--disable-dev-shm-usage"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--autoplay-policy=no-user-gesture-required",
+        "--mute-audio",
+        "--disable-dev-shm-usage",
+    ):
         opts.add_argument(arg)
     d = webdriver.Chrome(options=opts, service=Service(CHROMEDRIVER))
     yield d
@@ -73,7 +79,9 @@ def _keys(d, *keys: str, ctrl: bool = False) -> None:
 def _records(path) -> list[dict]:
     if not path.exists():
         return []
-    return [{k: v for k, v in json.loads(line).items() if k != "time"} for line in path.read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(line).items() if k != "time"} for line in path.read_text().splitlines()
+    ]
 
 
 def _open(d, url) -> dict:
@@ -91,10 +99,15 @@ def test_keys_clicks_undo_and_skip_write_the_labels_file(driver, tmp_path):
         s = _open(driver, url)
         first = s["item"]
         # the recording loads from the server and the browser decodes it (0.3 s of sine)
-        _wait(driver, lambda x: x.execute_script("return document.getElementById('player').duration") > 0.2,
-              "the audio to load")
+        _wait(
+            driver,
+            lambda x: x.execute_script("return document.getElementById('player').duration") > 0.2,
+            "the audio to load",
+        )
         assert "1 / 8 labelled" in driver.find_element(By.ID, "progress").text
-        assert "gone: audio file not found" in driver.find_element(By.ID, "notice-list").get_attribute("textContent")
+        assert "gone: audio file not found" in driver.find_element(By.ID, "notice-list").get_attribute(
+            "textContent"
+        )
         _keys(driver, "2")
         _wait(driver, lambda x: _item(x) != first["id"], "the next recording after pressing 2")
         assert _records(labels) == [{"id": first["id"], "label": first["candidates"][1]}]

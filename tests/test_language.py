@@ -67,5 +67,6 @@ def test_resolve_language_and_the_setting():
 def test_row_texts():
     from types import SimpleNamespace as Row
 
-    rows = [Row(label="a", candidates=["a", "b"]), Row(label=None, candidates=[]), Row(label=None, candidates=["c"])]
+    rows = [Row(label="a", candidates=["a", "b"]), Row(label=None, candidates=[]),
+            Row(label=None, candidates=["c"])]
     assert list(row_texts(rows)) == ["a", "a", "b", "c"]

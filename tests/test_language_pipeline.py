@@ -30,16 +30,17 @@ def test_a_russian_chat_trains_with_cyrillic_ctc_tokens(tmp_path, monkeypatch):
     run = CliRunner().invoke
     (tmp_path / "pre.yaml").write_text(yaml.safe_dump(
         {"features": {"clip_seconds": 1.5}, "views": 2, "min_steps": 0, "trainer": TRAINER}))
-    res = run(app, ["pretrain", manifest, "--out", str(tmp_path / "pre"), "--config", str(tmp_path / "pre.yaml"),
-                    "--epochs", "1"])
+    res = run(app, ["pretrain", manifest, "--out", str(tmp_path / "pre"), "--config",
+                    str(tmp_path / "pre.yaml"), "--epochs", "1"])
     assert res.exit_code == 0, res.output
     assert "language: ru (detected" in res.output
     # pocketsphinx's US-English model has nothing to say on Cyrillic candidates, and says so
     assert "pronounceable" in res.output and "skipped" in res.output and "clips/s" not in res.output
     assert "transcript CTC: " in res.output and "phonemes (ru)" in res.output  # the exact labels, in Russian
     (tmp_path / "ft.yaml").write_text(yaml.safe_dump({"trainer": TRAINER, "copies": 2, "min_steps": 0}))
-    res = run(app, ["finetune", manifest, "--pretrained", str(tmp_path / "pre"), "--out", str(tmp_path / "ft"),
-                    "--config", str(tmp_path / "ft.yaml"), "--epochs", "2", "--ctc-weight", "1"])
+    res = run(app, ["finetune", manifest, "--pretrained", str(tmp_path / "pre"), "--out",
+                    str(tmp_path / "ft"), "--config", str(tmp_path / "ft.yaml"), "--epochs", "2", "--set",
+                    "ctc.weight=1"])
     assert res.exit_code == 0, res.output
     (tmp_path / "di.yaml").write_text(yaml.safe_dump({"trainer": TRAINER, "ctc_rows": 8}))
     res = run(app, ["distill", manifest, "--teacher", str(tmp_path / "ft"), "--out", str(tmp_path / "di"),

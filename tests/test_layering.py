@@ -237,15 +237,21 @@ def test_no_import_cycles():
 
 
 def test_no_module_imports_another_modules_private_names():
-    scripts = {f"scripts.{f.stem}": (f, False) for f in sorted((ROOT / "scripts").glob("*.py"))}  # the scripts too
+    # the scripts too
+    scripts = {f"scripts.{f.stem}": (f, False) for f in sorted((ROOT / "scripts").glob("*.py"))}
     found = private_uses({**modules(WITH_BENCH), **scripts})
-    assert not found, "private names used across modules (make them public where they live):\n" + "\n".join(found)
+    assert not found, "private names used across modules (make them public where they live):\n" + "\n".join(
+        found
+    )
 
 
 def test_the_package_imports_nothing_from_the_benchmark():
     mods = modules(WITH_BENCH)
-    up = [f"{i.where(mods)}: {i.source} imports {i.target}" for i in imports(mods)
-          if i.source.split(".")[0] == "plcli" and i.target.split(".")[0] == "bench"]
+    up = [
+        f"{i.where(mods)}: {i.source} imports {i.target}"
+        for i in imports(mods)
+        if i.source.split(".")[0] == "plcli" and i.target.split(".")[0] == "bench"
+    ]
     assert "bench.grid" in mods and "bench.common" in mods and not up, "\n".join(up)
 
 
@@ -262,14 +268,17 @@ def _package(root: Path, files: dict[str, str]) -> dict[str, tuple[Path, bool]]:
 
 
 def test_cycles_are_found_through_function_level_and_relative_imports(tmp_path):
-    mods = _package(tmp_path, {
-        "pkg/__init__.py": "from pkg import a\n",  # the package imports its submodule: no cycle by itself
-        "pkg/a.py": "import os\n\ndef f():\n    from pkg.sub.b import g\n    return g\n",
-        "pkg/sub/__init__.py": "",
-        "pkg/sub/b.py": "from .. import a\nfrom .c import h\n\ng = h\n",
-        "pkg/sub/c.py": "def h():\n    import pkg.sub.b\n",
-        "pkg/d.py": "from pkg import VERSION\nfrom pkg.a import f\n",
-    })
+    mods = _package(
+        tmp_path,
+        {
+            "pkg/__init__.py": "from pkg import a\n",  # the package imports its submodule: no cycle by itself
+            "pkg/a.py": "import os\n\ndef f():\n    from pkg.sub.b import g\n    return g\n",
+            "pkg/sub/__init__.py": "",
+            "pkg/sub/b.py": "from .. import a\nfrom .c import h\n\ng = h\n",
+            "pkg/sub/c.py": "def h():\n    import pkg.sub.b\n",
+            "pkg/d.py": "from pkg import VERSION\nfrom pkg.a import f\n",
+        },
+    )
     edges = graph(imports(mods))
     assert edges["pkg"] == {"pkg.a": edges["pkg"]["pkg.a"]} and "pkg" in edges["pkg.d"]
     found = cycles(edges)
@@ -280,26 +289,38 @@ def test_cycles_are_found_through_function_level_and_relative_imports(tmp_path):
 
 
 def test_a_cycle_of_three_is_reported_as_one_path(tmp_path):
-    mods = _package(tmp_path, {
-        "pkg/__init__.py": "",
-        "pkg/x.py": "from pkg.y import f\n",
-        "pkg/y.py": "def f():\n    from pkg import z\n",
-        "pkg/z.py": "class C:\n    def m(self):\n        from . import x\n",
-    })
-    assert cycles(graph(imports(mods))) == [(["pkg.x", "pkg.y", "pkg.z", "pkg.x"], ["pkg.x", "pkg.y", "pkg.z"])]
+    mods = _package(
+        tmp_path,
+        {
+            "pkg/__init__.py": "",
+            "pkg/x.py": "from pkg.y import f\n",
+            "pkg/y.py": "def f():\n    from pkg import z\n",
+            "pkg/z.py": "class C:\n    def m(self):\n        from . import x\n",
+        },
+    )
+    assert cycles(graph(imports(mods))) == [
+        (["pkg.x", "pkg.y", "pkg.z", "pkg.x"], ["pkg.x", "pkg.y", "pkg.z"])
+    ]
 
 
 def test_private_names_are_found_in_imports_and_attributes(tmp_path):
-    mods = _package(tmp_path, {
-        "pkg/__init__.py": "__version__ = '1'\n",
-        "pkg/a.py": "_hidden = 1\n\ndef _f():\n    return _hidden\n",
-        "pkg/b.py": "from pkg import __version__\nfrom pkg.a import _f\n",
-        "pkg/c.py": "def g(self):\n    from pkg import a\n    import pkg.a as m\n    return a._hidden, m._f, self._x\n",
-        "pkg/d.py": "import pkg.a\n\nx = pkg.a._hidden\n",
-    })
+    mods = _package(
+        tmp_path,
+        {
+            "pkg/__init__.py": "__version__ = '1'\n",
+            "pkg/a.py": "_hidden = 1\n\ndef _f():\n    return _hidden\n",
+            "pkg/b.py": "from pkg import __version__\nfrom pkg.a import _f\n",
+            "pkg/c.py": "def g(self):\n    from pkg import a\n    import pkg.a as m\n"
+            "    return a._hidden, m._f, self._x\n",
+            "pkg/d.py": "import pkg.a\n\nx = pkg.a._hidden\n",
+        },
+    )
     found = private_uses(mods)
     assert [f.split(": ", 1)[1] for f in found] == [
-        "pkg.b imports pkg.a._f", "pkg.c uses pkg.a._f", "pkg.c uses pkg.a._hidden", "pkg.d uses pkg.a._hidden",
+        "pkg.b imports pkg.a._f",
+        "pkg.c uses pkg.a._f",
+        "pkg.c uses pkg.a._hidden",
+        "pkg.d uses pkg.a._hidden",
     ]
 
 
@@ -341,16 +362,29 @@ def test_the_doc_tree_parser(tmp_path):
     b.py, c.py   two; a description that goes on
                  on the next line, sub/ named in it
   d.py      back up\nscripts/\n  e.py  x\n```\n\n```\nother.py  not the tree\n```\n"""
-    assert doc_tree(text) == ["pkg/", "pkg/a.py", "pkg/sub/", "pkg/sub/__init__.py", "pkg/sub/b.py",
-                              "pkg/sub/c.py", "pkg/d.py", "scripts/", "scripts/e.py"]
+    assert doc_tree(text) == [
+        "pkg/",
+        "pkg/a.py",
+        "pkg/sub/",
+        "pkg/sub/__init__.py",
+        "pkg/sub/b.py",
+        "pkg/sub/c.py",
+        "pkg/d.py",
+        "scripts/",
+        "scripts/e.py",
+    ]
 
 
 def test_architecture_tree_lists_every_module_of_the_package():
     """Every plcli/**/*.py (``__init__`` and ``__main__`` included) and every scripts/bench/*.py is in
     docs/architecture.md's tree, and every file or folder the tree names under plcli/ and scripts/ exists."""
     listed = doc_tree((ROOT / "docs" / "architecture.md").read_text(encoding="utf-8"))
-    assert len(listed) == len(set(listed)), "listed twice: " + ", ".join(p for p in set(listed) if listed.count(p) > 1)
-    code = {str(p.relative_to(ROOT)) for top in ("plcli", "scripts/bench") for p in (ROOT / top).rglob("*.py")}
+    assert len(listed) == len(set(listed)), "listed twice: " + ", ".join(
+        p for p in set(listed) if listed.count(p) > 1
+    )
+    code = {
+        str(p.relative_to(ROOT)) for top in ("plcli", "scripts/bench") for p in (ROOT / top).rglob("*.py")
+    }
     missing = sorted(code - set(listed))
     assert not missing, "modules the tree in docs/architecture.md does not list: " + ", ".join(missing)
     gone = sorted(p for p in listed if p.startswith(("plcli/", "scripts/")) and not (ROOT / p).exists())

@@ -50,12 +50,14 @@ def test_valid_jsonl_and_relative_paths(tmp_path, wav):
         ('["a", "a.wav"]', "expected a JSON object"),
         ('{"audio": "a.wav"}', "missing field 'id'"),
         ('{"id": "a"}', "missing field 'audio'"),
-        ('{"id": "a", "audio": "a.wav", "candidates": "x, y"}', "candidates must be a list of strings, got a string"),
+        ('{"id": "a", "audio": "a.wav", "candidates": "x, y"}',
+         "candidates must be a list of strings, got a string"),
         ('{"id": "a", "audio": "a.wav", "candidates": ["x", 3]}', "non-string entry"),
         ('{"id": "a", "audio": "a.wav", "label": 7}', "'label' must be a string"),
         ('{"id": "a", "audio": "missing.wav"}', "audio file not found"),
         ('{"id": "a", "audio": "a.wav", "candidates": ["Ok", "ok!"]}', "duplicated candidate"),
-        ('{"id": "a", "audio": "a.wav", "candidates": ["x", "y"], "label": "z"}', "not among the row's candidates"),
+        ('{"id": "a", "audio": "a.wav", "candidates": ["x", "y"], "label": "z"}',
+         "not among the row's candidates"),
     ],
 )
 def test_each_problem_reported_with_line(tmp_path, wav, line, reason):
@@ -82,7 +84,8 @@ def test_all_problems_listed_not_just_first(tmp_path, wav):
 
 
 def test_audio_problems(tmp_path):
-    sf.write(tmp_path / "nan.wav", np.array([0.0, np.nan, 0.1] * 100, dtype=np.float32), 16000, subtype="FLOAT")
+    sf.write(tmp_path / "nan.wav", np.array([0.0, np.nan, 0.1] * 100, dtype=np.float32), 16000,
+             subtype="FLOAT")
     sf.write(tmp_path / "empty.wav", np.zeros(0, dtype=np.float32), 16000)
     (tmp_path / "text.wav").write_text("not audio at all")
     m = _write(tmp_path / "m.jsonl", [

@@ -77,7 +77,8 @@ def test_accuracy_and_candidate_metrics_by_hand():
 def test_per_class_macro_f1_and_confusion_by_hand():
     pred = PROBS.argmax(1)  # 0, 0, 2, 1, 2 against 0, 1, 2, 2, -1
     pc = per_class_metrics(pred, Y, 3)
-    # class 0: tp 1, predicted 2, support 1; class 1: tp 0, predicted 1, support 1; class 2: tp 1, predicted 2, support 2
+    # class 0: tp 1, predicted 2, support 1; class 1: tp 0, predicted 1, support 1;
+    # class 2: tp 1, predicted 2, support 2
     np.testing.assert_allclose(pc["precision"], [0.5, 0.0, 0.5])
     np.testing.assert_allclose(pc["recall"], [1.0, 0.0, 0.5])
     np.testing.assert_allclose(pc["f1"], [2 / 3, 0.0, 0.5])
@@ -279,22 +280,36 @@ def test_predict_reads_a_chat_export_and_writes_a_table(world, tmp_path):
 
     export = make_zip(tmp_path / "chat.zip", ANDROID_GB, "WhatsApp Chat with Trip.txt", GB_MEDIA)
     out = tmp_path / "voice_notes.csv"
-    cfg = PredictConfig(manifests=[str(export)], model=str(world["model"]), out=str(out), cache_dir=str(world["cache"]))
+    cfg = PredictConfig(manifests=[str(export)], model=str(world["model"]), out=str(out),
+                        cache_dir=str(world["cache"]))
     summary = predict(cfg, log=lambda *_: None)
     table = list(csv.DictReader(out.open()))
     assert summary["rows"] == len(table) == 3
     assert [r["file"] for r in table] == [f"PTT-20220713-WA000{i}.opus" for i in (1, 3, 4)]
     assert [r["time"] for r in table] == ["2022-07-13T19:54:00", "2022-07-13T19:58:00", "2022-07-13T19:59:00"]
-    manifest = [json.loads(line) for line in (tmp_path / "voice_notes.manifest.jsonl").read_text().splitlines()]
+    manifest = [
+        json.loads(line) for line in (tmp_path / "voice_notes.manifest.jsonl").read_text().splitlines()
+    ]
     jl = tmp_path / "same.jsonl"
-    predict(PredictConfig(**{**cfg.to_dict(), "manifests": [str(tmp_path / "voice_notes.manifest.jsonl")],
-                             "out": str(jl)}), log=lambda *_: None)
-    for row, rec, m in zip(table, (json.loads(x) for x in jl.read_text().splitlines()), manifest, strict=True):
-        assert row["message"] == rec["top_k"][0]["label"] and float(row["probability"]) == rec["top_k"][0]["prob"]
+    predict(
+        PredictConfig(
+            **{**cfg.to_dict(), "manifests": [str(tmp_path / "voice_notes.manifest.jsonl")], "out": str(jl)}
+        ),
+        log=lambda *_: None,
+    )
+    for row, rec, m in zip(
+        table, (json.loads(x) for x in jl.read_text().splitlines()), manifest, strict=True
+    ):
+        assert (
+            row["message"] == rec["top_k"][0]["label"]
+            and float(row["probability"]) == rec["top_k"][0]["prob"]
+        )
         assert row["runner_up"] == (rec["top_k"][1]["label"] if len(rec["top_k"]) > 1 else "")
         assert row["id"] == m["id"] and row["speaker"] == m["speaker"]
     with pytest.raises(UserError, match="no such manifest or chat export"):
-        predict(PredictConfig(**{**cfg.to_dict(), "manifests": [str(tmp_path / "gone.zip")]}), log=lambda *_: None)
+        predict(
+            PredictConfig(**{**cfg.to_dict(), "manifests": [str(tmp_path / "gone.zip")]}), log=lambda *_: None
+        )
 
 
 def test_predict_validates_its_manifest(world, tmp_path):
@@ -358,8 +373,11 @@ def test_evaluate_reports_rows_whose_candidates_miss_the_truth(world, tmp_path):
         r["audio"] = str(world["manifest"].parent / r["audio"])
     man = tmp_path / "missing.jsonl"
     man.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    m = evaluate(EvaluateConfig(manifests=[str(man)], model=str(world["model"]), cache_dir=str(world["cache"])),
-                 log=lambda *_: None, console=_quiet_console())
+    m = evaluate(
+        EvaluateConfig(manifests=[str(man)], model=str(world["model"]), cache_dir=str(world["cache"])),
+        log=lambda *_: None,
+        console=_quiet_console(),
+    )
     loaded, probs = _probs(world, man)
     vocab = world["vocab"]
     mask = np.array([[vocab.display[j] in r.candidates for j in range(len(vocab))] for r in loaded])
@@ -369,8 +387,12 @@ def test_evaluate_reports_rows_whose_candidates_miss_the_truth(world, tmp_path):
     y = np.array([vocab.index(r.label) for r in loaded])
     assert m["accuracy_truth_held"] == pytest.approx(float((probs.argmax(1) == y)[~missed].mean()))
     assert "missing_truth_rows" not in evaluate(
-        EvaluateConfig(manifests=[str(world["manifest"])], model=str(world["model"]), cache_dir=str(world["cache"])),
-        log=lambda *_: None, console=_quiet_console())
+        EvaluateConfig(
+            manifests=[str(world["manifest"])], model=str(world["model"]), cache_dir=str(world["cache"])
+        ),
+        log=lambda *_: None,
+        console=_quiet_console(),
+    )
 
 
 def test_evaluate_uses_manifest_labels_without_truth(world, tmp_path):
@@ -450,13 +472,16 @@ manifest, _ = write_dataset(root / "data", n=8)
 vocab = Vocabulary.from_rows(load_rows([manifest]).rows)
 fc = FeatureConfig(clip_seconds=0.7)
 (root / "run").mkdir()
-save_model(root / "run" / "model.pt", Classifier("tcresnet-small", fc.n_mels, len(vocab)).eval(), vocab, fc, "finetune")
+save_model(root / "run" / "model.pt", Classifier("tcresnet-small", fc.n_mels, len(vocab)).eval(), vocab, fc,
+           "finetune")
 
 from plcli import evaluate, export, predict
 
 quiet = lambda *a, **k: None
-predict.run(predict.PredictConfig(manifests=[str(manifest)], model=str(root / "run"), out=str(root / "p.jsonl")), log=quiet)
-evaluate.run(evaluate.EvaluateConfig(manifests=[str(manifest)], model=str(root / "run"), json_out=str(root / "m.json")), log=quiet)
+predict.run(predict.PredictConfig(manifests=[str(manifest)], model=str(root / "run"),
+                                  out=str(root / "p.jsonl")), log=quiet)
+evaluate.run(evaluate.EvaluateConfig(manifests=[str(manifest)], model=str(root / "run"),
+                                     json_out=str(root / "m.json")), log=quiet)
 export.run(export.ExportConfig(model=str(root / "run"), out=str(root / "m.ts")), log=quiet)
 assert (root / "p.jsonl").exists() and (root / "m.json").exists() and (root / "m.ts").exists()
 heavy = ("lightning", "pytorch_lightning", "lightning_fabric")
@@ -472,7 +497,12 @@ def test_inference_imports_neither_lightning_nor_training_code(tmp_path):
 
     script = tmp_path / "infer_only.py"
     script.write_text(INFERENCE_ONLY)
-    res = subprocess.run([sys.executable, str(script), str(tmp_path), str(Path(__file__).parents[1])],
-                         capture_output=True, text=True, timeout=300, env={**os.environ, "PLCLI_CACHE": str(tmp_path / "c")})
+    res = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), str(Path(__file__).parents[1])],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PLCLI_CACHE": str(tmp_path / "c")},
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().splitlines()[-1] == "[]"

@@ -30,8 +30,8 @@ def tiny_config(tmp_path, **over) -> str:
 
 
 def _pretrain(tmp_path, manifest, out, *extra):
-    res = CliRunner().invoke(app, ["pretrain", str(manifest), "--out", str(out), "--config", tiny_config(tmp_path),
-                                   *extra])
+    res = CliRunner().invoke(app, ["pretrain", str(manifest), "--out", str(out), "--config",
+                                   tiny_config(tmp_path), *extra])
     assert res.exit_code == 0, res.output
     return res
 
@@ -40,11 +40,16 @@ def test_pretrain_cli_writes_run_dir(tmp_path, tiny_data):
     manifest, _ = tiny_data
     out = tmp_path / "pre"
     _pretrain(tmp_path, manifest, out, "--epochs", "2")
-    for f in ("config.yaml", "checkpoints/last.ckpt", "metrics.json", "logs/version_0/metrics.csv", "encoder.pt",
+    for f in ("config.yaml", "checkpoints/last.ckpt", "metrics.json", "logs/version_0/metrics.csv",
+              "encoder.pt",
               "vocab.json"):
         assert (out / f).exists(), f
     cfg = yaml.safe_load((out / "config.yaml").read_text())
-    assert cfg["stage"] == "pretrain" and cfg["trainer"]["epochs"] == 2 and cfg["features"]["clip_seconds"] == 1.0
+    assert (
+        cfg["stage"] == "pretrain"
+        and cfg["trainer"]["epochs"] == 2
+        and cfg["features"]["clip_seconds"] == 1.0
+    )
     m = json.loads((out / "metrics.json").read_text())
     assert m["epochs"] == 2 and m["global_step"] == 4 and m["exact_rows"] > 0
     assert 0.0 <= m["probe_knn_acc"] <= 1.0 and len(m["probe_knn_acc_history"]) == 2
@@ -83,7 +88,7 @@ def test_min_steps_adds_epochs_on_small_data(tmp_path, tiny_data):
     # through the CLI: 2 steps an epoch (32 clips, batch 16), at least 6 steps -> 3 epochs, not 1
     manifest, _ = tiny_data
     out = tmp_path / "pre"
-    _pretrain(tmp_path, manifest, out, "--epochs", "1", "--min-steps", "6")
+    _pretrain(tmp_path, manifest, out, "--epochs", "1", "--set", "min_steps=6")
     m = json.loads((out / "metrics.json").read_text())
     assert m["epochs"] == 3 and m["global_step"] == 6
     assert yaml.safe_load((out / "config.yaml").read_text())["min_steps"] == 6
@@ -93,12 +98,12 @@ def test_a_run_from_before_the_transcript_ctc_resumes_without_it(tmp_path, tiny_
     """Its checkpoint has no transcript head, so the new default must not try to restore one."""
     manifest, _ = tiny_data
     out = tmp_path / "pre"
-    _pretrain(tmp_path, manifest, out, "--epochs", "1", "--transcript-ctc", "0")
+    _pretrain(tmp_path, manifest, out, "--epochs", "1", "--set", "transcript_ctc=0")
     saved = yaml.safe_load((out / "config.yaml").read_text())
     del saved["transcript_ctc"]  # the run's config as the code before the setting wrote it
     (out / "config.yaml").write_text(yaml.safe_dump(saved))
-    res = CliRunner().invoke(app, ["pretrain", str(manifest), "--out", str(out), "--config", tiny_config(tmp_path),
-                                   "--epochs", "2", "--resume", "auto"])
+    res = CliRunner().invoke(app, ["pretrain", str(manifest), "--out", str(out), "--config",
+                                   tiny_config(tmp_path), "--epochs", "2", "--resume", "auto"])
     assert res.exit_code == 0, res.output
     assert "before transcript_ctc: it continues with transcript_ctc=0.0" in res.output
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
@@ -110,7 +115,8 @@ def test_pretrain_refuses_existing_run_and_resumes(tmp_path, tiny_data):
     _pretrain(tmp_path, manifest, out, "--epochs", "1")
     first = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert first["global_step"] == 2
-    again = CliRunner().invoke(app, ["pretrain", str(manifest), "--out", str(out), "--config", tiny_config(tmp_path)])
+    again = CliRunner().invoke(app, ["pretrain", str(manifest), "--out", str(out), "--config",
+                                     tiny_config(tmp_path)])
     assert again.exit_code == 2 and "--resume auto" in again.output
     _pretrain(tmp_path, manifest, out, "--epochs", "2", "--resume", "auto")
     second = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
@@ -127,7 +133,8 @@ def test_pretrain_reports_every_problem(tmp_path, tiny_data):
     lines[3] = "{broken"
     bad = tmp_path / "bad.jsonl"
     bad.write_text("\n".join(lines) + "\n")
-    res = CliRunner().invoke(app, ["pretrain", str(bad), "--out", str(tmp_path / "x"), "--config", tiny_config(tmp_path)])
+    res = CliRunner().invoke(app, ["pretrain", str(bad), "--out", str(tmp_path / "x"), "--config",
+                                   tiny_config(tmp_path)])
     assert res.exit_code == 2 and "bad.jsonl:4" in res.output
 
 

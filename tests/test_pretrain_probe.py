@@ -151,8 +151,8 @@ def test_pretrain_run_reports_candidate_probe_with_truth(tmp_path, tiny_data):
     manifest, truth = tiny_data
     truth_file = write_truth(tmp_path / "truth.jsonl", truth)
     out = tmp_path / "pre"
-    res = CliRunner().invoke(app, ["pretrain", str(manifest), "--out", str(out), "--config", tiny_config(tmp_path),
-                                   "--epochs", "1", "--truth", str(truth_file)])
+    res = CliRunner().invoke(app, ["pretrain", str(manifest), "--out", str(out), "--config",
+                                   tiny_config(tmp_path), "--epochs", "1", "--truth", str(truth_file)])
     assert res.exit_code == 0, res.output
     m = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= m["probe_cand_knn_acc"] <= 1.0 and len(m["probe_cand_knn_acc_history"]) == 1
@@ -165,7 +165,7 @@ def test_pretrain_run_reports_candidate_probe_with_truth(tmp_path, tiny_data):
 def test_pretrain_missing_truth_file_leaves_no_run(tmp_path, tiny_data):
     manifest, _ = tiny_data
     out = tmp_path / "pre"
-    res = CliRunner().invoke(app, ["pretrain", str(manifest), "--out", str(out), "--config", tiny_config(tmp_path),
-                                   "--truth", str(tmp_path / "nope.jsonl")])
+    res = CliRunner().invoke(app, ["pretrain", str(manifest), "--out", str(out), "--config",
+                                   tiny_config(tmp_path), "--truth", str(tmp_path / "nope.jsonl")])
     assert res.exit_code == 2 and "truth file not found" in res.output
     assert not out.exists()

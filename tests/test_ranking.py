@@ -106,7 +106,9 @@ def test_open_rows_get_weights_of_their_own():
     cls, ctc, truth, classes = _open_case(ranking.MIN_NEW_ROWS - 1)
     out = ranking.choose_ranking(cls, {True: ctc}, truth, classes=classes)
     assert out["ctc_weight"] == 0.0 and out["accuracy"] == 1.0
-    assert out["open"]["ctc_weight"] == ranking.OPEN_DEFAULT["ctc_weight"] and out["open"]["chosen_on"].startswith("default")
+    assert out["open"]["ctc_weight"] == ranking.OPEN_DEFAULT["ctc_weight"] and out["open"][
+        "chosen_on"
+    ].startswith("default")
     cls, ctc, truth, classes = _open_case(ranking.MIN_NEW_ROWS)
     out = ranking.choose_ranking(cls, {True: ctc}, truth, classes=classes)
     assert out["ctc_weight"] == 0.0 and out["open"]["rows"] == ranking.MIN_NEW_ROWS
@@ -127,8 +129,16 @@ def test_open_default_leaves_a_new_text_the_closed_set_heads_leftover_mass():
     ctc = np.array([[-1.0, -5.0]])  # the heard text scores far better
     setting = ranking.ranking_of(None)
     assert ranking.ranked_scores(cls, ctc, setting, None, ranking.open_rows(classes)).argmax(1)[0] == 1
-    assert ranking.ranked_scores(cls, ctc, {**setting, "open": {"ctc_weight": 1.0, "prior_weight": 0.0}}, None,
-                                 ranking.open_rows(classes)).argmax(1)[0] == 0
+    assert (
+        ranking.ranked_scores(
+            cls,
+            ctc,
+            {**setting, "open": {"ctc_weight": 1.0, "prior_weight": 0.0}},
+            None,
+            ranking.open_rows(classes),
+        ).argmax(1)[0]
+        == 0
+    )
 
 
 @pytest.mark.parametrize("true_t", [0.1, 3.0, 300.0])
@@ -176,7 +186,9 @@ def test_prior_correction_of_the_ctc_score():
     fam = ranking.familiarity(classes, [0, 9, 0])
     plain = ranking.choose_ranking(cls, {True: ctc}, truth)
     out = ranking.choose_ranking(cls, {True: ctc}, truth, fam=fam)
-    assert plain["prior_weight"] == 0.0 and out["prior_weight"] > 0 and out["accuracy"] > plain["accuracy"] + 0.3
+    assert (
+        plain["prior_weight"] == 0.0 and out["prior_weight"] > 0 and out["accuracy"] > plain["accuracy"] + 0.3
+    )
     assert {g["prior_weight"] for g in out["grid"]} == set(ranking.PRIOR_WEIGHTS)
     # rank() applies it with the vocabulary's counts, and reports the CTC head's own score
     scores = {"nll": -ctc * 5, "lengths": np.full((n, 3), 5), "valid": np.ones((n, 3), bool)}
@@ -205,7 +217,8 @@ def test_new_message_rows_counts_truths_outside_the_vocabulary():
     truths = ["new text", "ok", "on my way", "not a candidate", None]
     classes = ranking.candidate_classes(cands, vocab)
     pos = ranking.truth_positions(cands, truths, norm)
-    assert ranking.new_message_rows(classes, pos) == 1  # row 0 only: rows 3 and 4 have no truth among their candidates
+    # row 0 only: rows 3 and 4 have no truth among their candidates
+    assert ranking.new_message_rows(classes, pos) == 1
     truths[1] = "another new one"
     assert ranking.new_message_rows(classes, ranking.truth_positions(cands, truths, norm)) == 2
 
@@ -233,16 +246,25 @@ def _reference_class_ctc(lp, idx, valid, tokens, lengths, weights=None, log_prio
             c = int(idx[b, k])
             if not valid[b, k] or lengths[c] == 0:
                 continue
-            nll = F.ctc_loss(lp[:, b : b + 1], tokens[c : c + 1, : lengths[c]], torch.tensor([T]),
-                             lengths[c : c + 1], reduction="sum")
+            nll = F.ctc_loss(
+                lp[:, b : b + 1],
+                tokens[c : c + 1, : lengths[c]],
+                torch.tensor([T]),
+                lengths[c : c + 1],
+                reduction="sum",
+            )
             terms.append(nll)
             ws.append(None if weights is None else weights[b, k])
             lens.append(float(lengths[c]))
         if weights is not None:
             row = sum(w * t for w, t in zip(ws, terms, strict=True))
         else:
-            inside = torch.stack([-t - (log_prior[int(idx[b, k])] if log_prior is not None else 0.0)
-                                  for t, k in zip(terms, [k for k in range(idx.shape[1]) if valid[b, k]], strict=True)])
+            inside = torch.stack(
+                [
+                    -t - (log_prior[int(idx[b, k])] if log_prior is not None else 0.0)
+                    for t, k in zip(terms, [k for k in range(idx.shape[1]) if valid[b, k]], strict=True)
+                ]
+            )
             row = -torch.logsumexp(inside, 0)
         out.append(row / (sum(lens) / len(lens)))
     return torch.stack(out)
@@ -266,8 +288,8 @@ def test_class_ctc_loss_matches_a_per_candidate_reference(mode):
     got = class_ctc_loss(lp, idx, valid, tokens, lengths, weights=weights, log_prior=log_prior)
     ref = _reference_class_ctc(lp, idx, valid, tokens, lengths, weights=weights, log_prior=log_prior)
     assert torch.allclose(got, ref, atol=1e-8)
-    g1, = torch.autograd.grad(got.sum(), lp)
-    g2, = torch.autograd.grad(ref.sum(), lp)
+    (g1,) = torch.autograd.grad(got.sum(), lp)
+    (g2,) = torch.autograd.grad(ref.sum(), lp)
     assert torch.allclose(g1, g2, atol=1e-8)
 
 

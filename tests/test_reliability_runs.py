@@ -234,9 +234,10 @@ def test_foreign_run_dir_is_refused_and_untouched(tmp_path, tiny_data, config_te
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing half-written
 
 
-@pytest.mark.parametrize("flag", ["--cache-dir", "--rejects"])
-def test_path_flags_of_the_stages(tmp_path, flag):
-    res = _pretrain(tmp_path, tmp_path / "missing.jsonl", tmp_path / "run", flag, str(tmp_path / "x"))
+@pytest.mark.parametrize("key", ["data.cache_dir", "data.rejects"])
+def test_path_flags_of_the_stages(tmp_path, key):
+    res = _pretrain(tmp_path, tmp_path / "missing.jsonl", tmp_path / "run", "--set",
+                    f"{key}={tmp_path / 'x'}")
     assert res.exit_code == 2 and "missing.jsonl:0: manifest not found" in res.stderr, res.output
 
 
@@ -346,7 +347,8 @@ def _start_pretrain(tmp_path, manifest, out, *extra) -> subprocess.Popen:
 def _signal_mid_epoch(
     proc: subprocess.Popen, out: Path, sig: int, delay: float = 0.3, timeout: float = 400
 ) -> None:
-    """Send ``sig`` ``delay`` seconds after the first epoch's checkpoint appears (early in the second epoch)."""
+    """Send ``sig`` ``delay`` seconds after the first epoch's checkpoint appears (early in the second
+    epoch)."""
     ckpt = out / "checkpoints" / "last.ckpt"
     t_end = time.monotonic() + timeout
     while time.monotonic() < t_end:
@@ -570,7 +572,8 @@ def test_a_resumed_run_keeps_the_settings_its_config_predates():
     assert cfg.keep_resumed({"inner": {"lr": 0.5}}) == {"weight": 0.0, "inner.head": 0.0}
     assert (cfg.weight, cfg.same, cfg.inner.head, cfg.inner.lr) == (0.0, 1, 0.0, 0.1)
     cfg = _Outer()
-    assert cfg.keep_resumed({}) == {"weight": 0.0, "inner.head": 0.0}  # a whole section missing predates its fields
+    assert cfg.keep_resumed({}) == {"weight": 0.0,
+                                    "inner.head": 0.0}  # a whole section missing predates its fields
     cfg = _Outer(weight=5.0)
     assert cfg.keep_resumed({"weight": 1.0, "inner": {"head": 3.0}}) == {} and cfg.weight == 5.0
     cfg = _Outer()
@@ -596,6 +599,6 @@ def test_start_run_keeps_old_settings_only_when_a_checkpoint_is_resumed(tmp_path
     (out / "checkpoints").mkdir()
     (out / "checkpoints" / "last.ckpt").write_bytes(b"")
     start_run(out, cfg, "pretrain", "auto", log=said.append)
-    assert cfg.transcript_ctc == 0.0 and said == ["resuming a run from before transcript_ctc: it continues with "
-                                                  "transcript_ctc=0.0, as it started"]
+    assert cfg.transcript_ctc == 0.0 and said == ["resuming a run from before transcript_ctc: it continues "
+                                                  "with transcript_ctc=0.0, as it started"]
     assert yaml.safe_load((out / "config.yaml").read_text())["transcript_ctc"] == 0.0

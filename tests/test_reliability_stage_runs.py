@@ -22,7 +22,8 @@ from plcli.pretrain import PretrainConfig
 from plcli.runs import save_config
 from tests.conftest import write_dataset
 
-TRAINER = {"batch_size": 8, "accelerator": "cpu", "devices": "1", "progress": False, "num_workers": 0, "epochs": 1}
+TRAINER = {"batch_size": 8, "accelerator": "cpu", "devices": "1", "progress": False, "num_workers": 0,
+           "epochs": 1}
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +38,17 @@ def world(tmp_path_factory):
     teacher = root / "teacher"
     teacher.mkdir()
     torch.manual_seed(0)
-    save_model(teacher / "model.pt", Classifier("tcresnet-small", fc.n_mels, len(vocab)).eval(), vocab, fc, "finetune")
+    save_model(teacher / "model.pt", Classifier("tcresnet-small", fc.n_mels, len(vocab)).eval(), vocab, fc,
+               "finetune")
     tc = FinetuneConfig(out=str(teacher), pretrained="none", features=fc)
     save_config(teacher, tc, "finetune")
     conf = root / "tiny.yaml"
     conf.write_text(yaml.safe_dump({"views": 2, "rounds": 1, "trainer": TRAINER}))
     ft_conf = root / "ft.yaml"
-    ft_conf.write_text(yaml.safe_dump({"copies": 0, "min_steps": 0, "features": {"clip_seconds": 0.7}, "trainer": TRAINER}))
-    return {"manifest": manifest, "bad": bad, "teacher": teacher, "conf": conf, "ft_conf": ft_conf, "root": root}
+    ft_conf.write_text(yaml.safe_dump({"copies": 0, "min_steps": 0, "features": {"clip_seconds": 0.7},
+                                       "trainer": TRAINER}))
+    return {"manifest": manifest, "bad": bad, "teacher": teacher, "conf": conf, "ft_conf": ft_conf,
+            "root": root}
 
 
 def _tree(folder: Path) -> dict:
@@ -81,7 +85,8 @@ def _pretrain_run_without_checkpoint(tmp_path) -> Path:
 
 def test_finetune_pretrain_run_without_checkpoint_leaves_no_run(world, tmp_path):
     out = tmp_path / "ft"
-    res = _finetune(world, world["manifest"], out, "--pretrained", str(_pretrain_run_without_checkpoint(tmp_path)))
+    res = _finetune(world, world["manifest"], out, "--pretrained",
+                    str(_pretrain_run_without_checkpoint(tmp_path)))
     assert res.exit_code == 2 and "no checkpoints/last.ckpt" in res.stderr, res.output
     assert not out.exists()
 
@@ -89,7 +94,7 @@ def test_finetune_pretrain_run_without_checkpoint_leaves_no_run(world, tmp_path)
 @pytest.mark.parametrize(
     "extra,message",
     [
-        (["--from-layer", "4"], "exceeds the projection head's 3 layers"),
+        (["--set", "from_layer=4"], "exceeds the projection head's 3 layers"),
         (["--truth", "missing-truth.jsonl"], "missing-truth.jsonl"),
     ],
 )
@@ -107,7 +112,7 @@ def test_finetune_ce_only_without_exact_rows_leaves_no_run(world, tmp_path):
     no_exact = world["root"] / "data" / "no-exact.jsonl"
     no_exact.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "ft"
-    res = _finetune(world, no_exact, out, "--pretrained", "none", "--loss", "ce-only")
+    res = _finetune(world, no_exact, out, "--pretrained", "none", "--set", "loss=ce-only")
     assert res.exit_code == 2 and "needs exact labels" in res.stderr, res.output
     assert not out.exists()
 
@@ -171,10 +176,16 @@ def test_every_stage_takes_the_shared_options(stage):
     res = CliRunner().invoke(app, [stage, "--help"], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     flags = set(res.output.replace("│", " ").split())
-    for flag in ("--out", "--config", "--overwrite", "--resume", "--set", "--epochs", "--batch-size", "--lr",
-                 "--seed", "--accelerator", "--devices", "--strategy", "--num-nodes", "--precision",
-                 "--num-workers", "--progress", "--skip-invalid", "--rejects", "--cache-dir"):
+    for flag in ("--out", "--config", "--overwrite", "--resume", "--set", "--epochs", "--batch-size",
+                 "--seed", "--accelerator", "--devices", "--precision", "--skip-invalid", "--help-all"):
         assert flag in flags, (stage, flag)
+    # the expert ones are settings: --set KEY=VALUE, listed by --help-all
+    res = CliRunner().invoke(app, [stage, "--help-all"], env={"COLUMNS": "200"})
+    keys = {line.split("│")[1].strip() for line in res.output.splitlines() if line.count("│") > 2}
+    for key in ("trainer.lr", "trainer.strategy", "trainer.num_nodes", "trainer.num_workers",
+                "trainer.progress",
+                "data.rejects", "data.cache_dir"):
+        assert key in keys, (stage, key)
     assert stages.get(stage).config_class().__name__.lower() == f"{stage}config"
 
 
@@ -182,14 +193,18 @@ def test_set_overrides_any_field_and_rejects_unknown_keys(world, tmp_path, monke
     from plcli import stages
 
     seen = {}
-    monkeypatch.setattr(stages.Stage, "run", lambda self, cfg, log=print, **k: seen.setdefault("cfg", cfg) and {})
-    args = ["--pretrained", "none", "--set", "trainer.weight_decay=0.05", "--set", "trainer.deterministic=true",
-            "--set", "loss=cc", "--loss", "proden"]
+    monkeypatch.setattr(stages.Stage, "run",
+                        lambda self, cfg, log=print, **k: seen.setdefault("cfg", cfg) and {})
+    args = ["--pretrained", "none", "--set", "trainer.weight_decay=0.05", "--set",
+            "trainer.deterministic=true",
+            "--set", "loss=cc", "--epochs", "3", "--set", "trainer.epochs=4"]
     res = _finetune(world, world["manifest"], tmp_path / "ft", *args)
     assert res.exit_code == 0, res.output
     cfg = seen["cfg"]
     assert cfg.trainer.weight_decay == 0.05 and cfg.trainer.deterministic is True and cfg.loss == "cc"
-    res = _finetune(world, world["manifest"], tmp_path / "ft", "--pretrained", "none", "--set", "trainer.nope=1")
+    assert cfg.trainer.epochs == 4  # --set wins over the flag
+    res = _finetune(world, world["manifest"], tmp_path / "ft", "--pretrained", "none", "--set",
+                    "trainer.nope=1")
     assert res.exit_code == 2 and "unknown config key trainer.nope" in res.stderr, res.output
     res = _finetune(world, world["manifest"], tmp_path / "ft", "--pretrained", "none", "--set", "lossproden")
     assert res.exit_code == 2 and "--set: expected KEY=VALUE, got 'lossproden'" in res.stderr, res.output

@@ -1,4 +1,5 @@
-"""One table reader (plcli.data.tables) for manifests and chat exports: each gets what the other could read."""
+"""One table reader (plcli.data.tables) for manifests and chat exports: each gets what the other could
+read."""
 
 from __future__ import annotations
 

@@ -19,7 +19,9 @@ def test_phoneme_tokenizer_roundtrip_and_unknowns():
     assert tok.symbols[0] == BLANK and tok.size == len(tok.symbols)
     ids = tok.encode("see you tomorrow")
     assert ids and 0 not in ids
-    assert "".join(tok.decode(ids)) == phonemize("see you tomorrow").replace("_", "").replace(" ", "").replace("'", "").replace(",", "")
+    assert "".join(tok.decode(ids)) == phonemize("see you tomorrow").replace("_", "").replace(
+        " ", ""
+    ).replace("'", "").replace(",", "")
     tok.unknown = 0
     tok.encode("zebra quiz")  # phonemes the two fitted texts never had
     assert tok.unknown > 0

@@ -43,7 +43,9 @@ def test_train_runs_the_three_stages_in_one_folder(trained):
     assert ft["pretrained"] == str(run / "pretrain") and di["teacher"] == str(run / "finetune")
     assert ft["trainer"]["epochs"] == 2 and di["rounds"] == 1 and di["ctc_rows"] == 8  # --set over --config
     summary = json.loads((run / "train.json").read_text())
-    assert list(summary["stages"]) == ["pretrain", "finetune", "distill"] and summary["model"] == str(run / "distill")
+    assert list(summary["stages"]) == ["pretrain", "finetune", "distill"] and summary["model"] == str(
+        run / "distill"
+    )
     assert "plcli train" in output and "next: plcli predict" in output
 
 
@@ -57,7 +59,9 @@ def test_train_resumes_as_a_whole_and_refuses_to_overwrite_by_accident(trained):
     res = CliRunner().invoke(app, [*args, "--resume", "auto"])
     assert res.exit_code == 0, res.output
     summary = json.loads((run / "train.json").read_text())
-    assert summary["stages"]["pretrain"] == {"skipped": True} and summary["stages"]["finetune"] == {"skipped": True}
+    assert summary["stages"]["pretrain"] == {"skipped": True} and summary["stages"]["finetune"] == {
+        "skipped": True
+    }
     assert "seconds" in summary["stages"]["distill"] and (run / "distill" / "model.pt").is_file()
     assert (run / "finetune" / "model.pt").stat().st_mtime_ns == before
 
@@ -71,10 +75,17 @@ def test_train_bad_set_and_labels_applied_to_the_manifest(tmp_path):
     assert res.exit_code == 2 and "STAGE.KEY=VALUE" in res.output
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
     labels = tmp_path / "labels.jsonl"
-    labels.write_text(json.dumps({"id": rows[1]["id"], "label": rows[1]["candidates"][-1]}) + "\n"
-                      + json.dumps({"id": rows[2]["id"], "none_of_these": True}) + "\n")
+    labels.write_text(
+        json.dumps({"id": rows[1]["id"], "label": rows[1]["candidates"][-1]})
+        + "\n"
+        + json.dumps({"id": rows[2]["id"], "none_of_these": True})
+        + "\n"
+    )
     cfg = TrainConfig(source=str(manifest), out=str(tmp_path / "r"), labels=str(labels))
-    got = {json.loads(line)["id"]: json.loads(line) for line in training_manifest(cfg, print).read_text().splitlines()}
+    got = {
+        json.loads(line)["id"]: json.loads(line)
+        for line in training_manifest(cfg, print).read_text().splitlines()
+    }
     assert got[rows[1]["id"]]["label"] == rows[1]["candidates"][-1]
     assert got[rows[2]["id"]]["candidates"] == [] and got[rows[2]["id"]]["none_of_these"] is True
     assert got[rows[3]["id"]]["candidates"] == rows[3]["candidates"]

@@ -35,7 +35,11 @@ def test_a_log_file_gets_one_line_per_epoch_and_no_tip(tmp_path, capsys, caplog)
         trainer.fit(Tiny(), loader)
     out = capsys.readouterr()
     lines = [ln for ln in out.out.splitlines() if ln.startswith("epoch ")]
-    assert [ln.split()[1] for ln in lines] == ["1/3", "2/3", "3/3"] and all("train/loss" in ln for ln in lines)
+    assert [ln.split()[1] for ln in lines] == ["1/3", "2/3", "3/3"] and all(
+        "train/loss" in ln for ln in lines
+    )
     assert "Tip" not in out.out + out.err and not any("Tip" in r.getMessage() for r in caplog.records)
-    quiet = build_trainer(TrainerConfig(epochs=1, accelerator="cpu", devices="1", progress=False), tmp_path / "q")
+    quiet = build_trainer(
+        TrainerConfig(epochs=1, accelerator="cpu", devices="1", progress=False), tmp_path / "q"
+    )
     assert not any(isinstance(c, EpochLines) for c in quiet.callbacks)

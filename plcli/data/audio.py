@@ -56,7 +56,8 @@ def resample(wave: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
     return out.numpy()
 
 
-def load_audio(path: str | Path, sample_rate: int, max_seconds: float | None = None, pad: bool = True) -> np.ndarray:
+def load_audio(path: str | Path, sample_rate: int, max_seconds: float | None = None,
+               pad: bool = True) -> np.ndarray:
     """Read ``path`` as mono float32 at ``sample_rate``.
 
     With ``max_seconds``, only the centred window of that length is read from longer files, and

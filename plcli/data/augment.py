@@ -66,9 +66,11 @@ class SpecAugmentConfig(Config):
     """Batched augmentations of log-mel spectrograms (applied on the training device)."""
 
     p_vtlp: float = opt(
-        0.0, "share of items given a vocal tract length perturbation (frequency axis scaled in Hz)", min=0.0, max=1.0
+        0.0, "share of items given a vocal tract length perturbation (frequency axis scaled in Hz)", min=0.0,
+        max=1.0
     )
-    vtlp_max_warp: float = opt(0.1, "largest relative frequency scaling of VTLP (0.1 = +-10 %)", min=0.0, max=0.5)
+    vtlp_max_warp: float = opt(0.1, "largest relative frequency scaling of VTLP (0.1 = +-10 %)", min=0.0,
+                               max=0.5)
     p_mixup: float = opt(
         0.5, "share of items mixed with another item of the batch (BYOL-A mixup)", min=0.0, max=1.0
     )
@@ -226,8 +228,8 @@ def _check_waveform_config(cfg: AugmentConfig, sample_rate: int | None) -> None:
         top = cfg.max_bandpass_center_hz * (1 + cfg.max_bandwidth_fraction / 2)
         if cfg.p_filter > 0 and top >= nyquist:
             raise ValueError(
-                f"band-pass upper edge {top:.0f} Hz (max_bandpass_center_hz * (1 + max_bandwidth_fraction / 2)) "
-                f"must be below sample_rate/2={nyquist}"
+                f"band-pass upper edge {top:.0f} Hz (max_bandpass_center_hz * (1 + max_bandwidth_fraction "
+                f"/ 2)) must be below sample_rate/2={nyquist}"
             )
 
 
@@ -364,7 +366,8 @@ class WaveformAugment:
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def __repr__(self) -> str:
-        return f"WaveformAugment(sample_rate={self.sample_rate}, num_samples={self.num_samples}, transforms={self.transforms!r})"
+        return (f"WaveformAugment(sample_rate={self.sample_rate}, num_samples={self.num_samples}, "
+                f"transforms={self.transforms!r})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -438,7 +441,8 @@ class VocalTractWarp(nn.Module):
             return x
         m_lo, m_hi = _hz_to_mel(self.f_min), _hz_to_mel(self.f_max)
         step = (m_hi - m_lo) / (n_mels + 1)  # band m's centre is m_lo + (m + 1) * step
-        centre_hz = _mel_to_hz(m_lo + step * torch.arange(1, n_mels + 1, device=x.device, dtype=torch.float32))
+        centre_hz = _mel_to_hz(m_lo + step * torch.arange(1, n_mels + 1, device=x.device,
+                                                          dtype=torch.float32))
         alpha = torch.empty(b, 1, device=x.device).uniform_(1 - self.max_warp, 1 + self.max_warp)
         src_hz = centre_hz[None, :] / alpha  # (b, F): where each output band reads from
         pos = ((_hz_to_mel(src_hz) - m_lo) / step - 1).clamp(0, n_mels - 1)  # fractional band index

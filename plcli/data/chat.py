@@ -417,7 +417,8 @@ def check_candidate_options(k: int, window_seconds: float | None) -> None:
 
 
 def manifest_rows(voices: Sequence[Voice], cands: Sequence[list[str]], labels: dict[str, tuple[str, int]],
-                  labels_file: str, out_dir: Path, key: Callable[[str], str]) -> tuple[list[dict], list[str], int]:
+                  labels_file: str, out_dir: Path,
+                  key: Callable[[str], str]) -> tuple[list[dict], list[str], int]:
     """Manifest rows of voice messages and their candidate sets (``from_chat`` documents the columns),
     the warnings for labels outside their candidates, and how many there were."""
     rows, warnings = [], []
@@ -481,7 +482,8 @@ def from_chat(
     missing = [v for v in voices if not v.audio.exists()]
     if missing:
         warnings.append(
-            f"{len(missing)} audio file(s) not found, e.g. {vtable.file}:{missing[0].line}: {missing[0].audio}"
+            f"{len(missing)} audio file(s) not found, e.g. {vtable.file}:{missing[0].line}: "
+            f"{missing[0].audio}"
         )
     n_with = sum(1 for c in cands if c)
     counts = {

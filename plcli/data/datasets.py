@@ -178,7 +178,8 @@ class ViewPairs(BatchedDataset):
 class FeatureRows(BatchedDataset):
     """Clean features (N, F, T) with optional per-row tensors (labels, masks, targets, indices)."""
 
-    def __init__(self, feats: np.ndarray, index: np.ndarray | None = None, **fields: np.ndarray | torch.Tensor):
+    def __init__(self, feats: np.ndarray, index: np.ndarray | None = None,
+                 **fields: np.ndarray | torch.Tensor):
         self.feats = feats
         self.index = np.arange(feats.shape[0]) if index is None else np.asarray(index)
         self.fields = {k: torch.as_tensor(v) for k, v in fields.items()}

@@ -45,8 +45,8 @@ LOG_EPS = 1e-6
 class LogMel(nn.Module):
     """(B, samples) float waveform -> (B, n_mels, frames) natural-log mel power spectrogram."""
 
-    def __init__(self, sample_rate: int = 16000, n_fft: int = 512, win_length: int = 400, hop_length: int = 320,
-                 n_mels: int = 64, f_min: float = 20.0, f_max: float = 7600.0):
+    def __init__(self, sample_rate: int = 16000, n_fft: int = 512, win_length: int = 400,
+                 hop_length: int = 320, n_mels: int = 64, f_min: float = 20.0, f_max: float = 7600.0):
         super().__init__()
         import torchaudio
 
@@ -57,7 +57,8 @@ class LogMel(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: FeatureConfig) -> LogMel:
-        return cls(cfg.sample_rate, cfg.n_fft, cfg.win_length, cfg.hop_length, cfg.n_mels, cfg.f_min, cfg.f_max)
+        return cls(cfg.sample_rate, cfg.n_fft, cfg.win_length, cfg.hop_length, cfg.n_mels, cfg.f_min,
+                   cfg.f_max)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         return torch.log(self.mel(wave) + LOG_EPS)
@@ -224,7 +225,8 @@ class FeatureCache:
         first = self._entry(kind, tag, keys[0])
         fd, tmp = _new_tmp(path)  # fd stays open (holding the lock) while the memmap writes
         try:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=first.dtype, shape=(len(keys), *first.shape))
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=first.dtype,
+                                            shape=(len(keys), *first.shape))
             for i, k in enumerate(keys):
                 out[i] = self._entry(kind, tag, k)
             out.flush()

@@ -118,7 +118,8 @@ class Vocabulary:
         return {
             "version": VOCAB_VERSION,
             "normalization": self.normalizer.cfg.to_dict(),
-            "labels": [{"key": k, "text": d, "count": c} for k, d, c in zip(self.keys, self.display, self.counts)],
+            "labels": [{"key": k, "text": d, "count": c}
+                       for k, d, c in zip(self.keys, self.display, self.counts)],
         }
 
     def save(self, path: str | Path) -> None:
@@ -137,7 +138,8 @@ class Vocabulary:
             raise UserError(f"{path}: label vocabulary from an incompatible plcli version")
         norm = LabelNormalizer(LabelConfig.from_dict(data.get("normalization", {})))
         labels = data["labels"]
-        return cls([x["key"] for x in labels], [x["text"] for x in labels], [x.get("count", 0) for x in labels], norm)
+        return cls([x["key"] for x in labels], [x["text"] for x in labels],
+                   [x.get("count", 0) for x in labels], norm)
 
 
 def class_indices(labels: Iterable[str | None], vocab: Vocabulary, missing: int = NO_TRUTH):

@@ -78,7 +78,8 @@ def _records(path: Path, problems: list[Problem]) -> list[tuple[int, dict]]:
             try:
                 obj["candidates"] = json.loads(cands) if cands.strip() else []
             except json.JSONDecodeError:
-                problems.append(Problem(str(path), line_no, 'candidates must be a JSON array, e.g. ["yes", "no"]', obj))
+                problems.append(Problem(str(path), line_no,
+                                        'candidates must be a JSON array, e.g. ["yes", "no"]', obj))
                 continue
         for k in ("label", "speaker", "group"):
             if obj.get(k) == "":

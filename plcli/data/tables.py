@@ -80,7 +80,8 @@ def _decode(file: str, data: bytes, problems: list[Problem]) -> str:
         try:
             out.append(raw.decode("utf-8"))
         except UnicodeDecodeError as e:
-            problems.append(Problem(file, i, f"not valid UTF-8 at column {e.start + 1}: re-save the file as UTF-8",
+            problems.append(Problem(file, i,
+                                    f"not valid UTF-8 at column {e.start + 1}: re-save the file as UTF-8",
                                     raw.rstrip(b"\r").decode("utf-8", "replace")))
             out.append("")
     return "\n".join(out)
@@ -96,7 +97,8 @@ def _is_json(path: Path, text: str) -> bool:
 
 
 def _read_json(text: str, file: str, known: Sequence[str], problems: list[Problem]) -> list[tuple[int, dict]]:
-    objs = _json_array(text, file, problems) if text.lstrip().startswith("[") else _json_lines(text, file, problems)
+    objs = (_json_array(text, file, problems) if text.lstrip().startswith("[")
+            else _json_lines(text, file, problems))
     rows = []
     for line, obj, raw in objs:
         if not isinstance(obj, dict):
@@ -115,7 +117,9 @@ def _json_lines(text: str, file: str, problems: list[Problem]) -> list[tuple[int
         try:
             objs.append((i, json.loads(line), line))
         except json.JSONDecodeError as e:
-            problems.append(Problem(file, i, f"malformed JSON: {e.msg} at column {e.colno}{_json_hint(line, e)}", line))
+            problems.append(Problem(file, i,
+                                    f"malformed JSON: {e.msg} at column {e.colno}{_json_hint(line, e)}",
+                                    line))
     return objs
 
 
@@ -185,14 +189,16 @@ def _read_csv(
             values = values[: len(header)]  # trailing separators: empty cells past the last column
         if len(values) != len(header):
             raw = "\n".join(lines[start - 1 : prev]).rstrip("\r")
-            problems.append(Problem(file, start, f"malformed CSV: {len(values)} fields, header has {len(header)}", raw))
+            problems.append(Problem(file, start,
+                                    f"malformed CSV: {len(values)} fields, header has {len(header)}", raw))
             continue
         # columns without a name (a trailing separator in the header) are dropped
         rows.append((start, {k: v for k, v in zip(header, values, strict=True) if k}))
     return rows, header, header_line
 
 
-def _header(values: list[str], known: Sequence[str], file: str, line: int, problems: list[Problem]) -> list[str]:
+def _header(values: list[str], known: Sequence[str], file: str, line: int,
+            problems: list[Problem]) -> list[str]:
     header = [canonical(v, known) for v in values]
     seen: set[str] = set()
     for name in header:

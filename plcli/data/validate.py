@@ -194,7 +194,8 @@ def write_rejects(report: ValidationReport, path: str | Path) -> None:
     """One JSON line per rejected input row: where it was, every reason, and the row itself."""
     grouped: dict[tuple[str, int], dict] = {}
     for p in report.problems:
-        g = grouped.setdefault((p.file, p.line), {"file": p.file, "line": p.line, "reasons": [], "row": p.raw})
+        g = grouped.setdefault((p.file, p.line),
+                               {"file": p.file, "line": p.line, "reasons": [], "row": p.raw})
         g["reasons"].append(p.reason)
     atomic_write_jsonl(path, list(grouped.values()))
 
@@ -213,8 +214,13 @@ def load_rows(paths: list[str | Path], normalizer: LabelNormalizer | None = None
     report = validate_manifests(paths, normalizer)
     fatal = [p for p in report.problems if p.line == 0]
     if fatal or (report.problems and not skip_invalid):
-        hint = "" if fatal else "\n(use --skip-invalid to go on with the valid rows; rejected rows go to a rejects file)"
-        raise DataError(f"{len(report.problems)} problem(s) in the input:\n{format_problems(report.problems, 50)}{hint}")
+        hint = (
+            ""
+            if fatal
+            else "\n(use --skip-invalid to go on with the valid rows; rejected rows go to a rejects file)"
+        )
+        raise DataError(f"{len(report.problems)} problem(s) in the input:\n"
+                        f"{format_problems(report.problems, 50)}{hint}")
     if report.problems:
         if rejects is None:
             raise UserError("--skip-invalid needs a rejects file")

@@ -65,18 +65,22 @@ class DemoConfig(Config):
     """Options of ``plcli demo-data``."""
 
     phrases: int = opt(
-        50, "vocabulary size: the first N built-in phrases, or N template messages with --vocabulary long-tail",
+        50,
+        "vocabulary size: the first N built-in phrases, or N template messages with --vocabulary long-tail",
         min=2,
     )
     vocabulary: str = opt(
         "phrases",
-        "'phrases': the built-in everyday phrases (at most 60); 'long-tail': template messages sharing "
-        "words (times, places, names, numbers; at most 653; English), for open-vocabulary work",
+        "'phrases': built-in everyday phrases (at most 60); 'long-tail': template messages (at most 653)",
+        why="long-tail messages share words (times, places, names, numbers); English only, for "
+        "open-vocabulary work",
         choices=("phrases", "long-tail"),
     )
     language: str = opt(
-        "en", "language of the phrases and the voices (ISO 639-1): espeak-ng's voices of it, and MBROLA's "
-        "where installed; the English-only engines speak only en", choices=tuple(LANGUAGE_PHRASES),
+        "en",
+        "language of the phrases and the voices (ISO 639-1)",
+        why="espeak-ng's voices of it, and MBROLA's where installed; the English-only engines speak only en",
+        choices=tuple(LANGUAGE_PHRASES),
     )
     train: int = opt(4000, "training voice messages", min=1)
     test: int = opt(1000, "test voice messages (a second chat with unseen speakers)", min=0)
@@ -103,8 +107,8 @@ class DemoConfig(Config):
     )
     new_messages: float = opt(
         0.0,
-        "share of the messages that only the test chat uses: never heard (nor typed) in training, "
-        "for open-vocabulary evaluation",
+        "share of the messages only the test chat uses: never heard (nor typed) in training",
+        why="for open-vocabulary evaluation",
         min=0.0,
         max=0.5,
     )
@@ -476,12 +480,14 @@ def _simulate(cfg: DemoConfig, phrases, popularity, train_spk, test_spk):
     train_pop[new_message_indices(len(phrases), cfg.new_messages, cfg.seed)] = 0.0
     train_pop /= train_pop.sum()
     train_msgs, train_voices = simulate_chat(
-        cfg.train, n_unlab, [s.id for s in train_spk], phrases, train_pop, cfg, np.random.default_rng([cfg.seed, 11])
+        cfg.train, n_unlab, [s.id for s in train_spk], phrases, train_pop, cfg,
+        np.random.default_rng([cfg.seed, 11])
     )
     test_voices: list[VoiceMessage] = []
     if cfg.test:
         _, test_voices = simulate_chat(
-            cfg.test, 0, [s.id for s in test_spk], phrases, popularity, cfg, np.random.default_rng([cfg.seed, 12])
+            cfg.test, 0, [s.id for s in test_spk], phrases, popularity, cfg,
+            np.random.default_rng([cfg.seed, 12])
         )
     return train_msgs, (train_voices, test_voices)
 
@@ -530,13 +536,14 @@ def _render_all(jobs: list, state: dict, splits, workers: int, progress) -> tupl
     return info, seconds
 
 
-def _write_outputs(out, cfg, engines, voices, train_spk, test_spk, phrases, popularity, train_msgs, splits, ids,
-                   info, seconds) -> dict:  # fmt: skip
+def _write_outputs(out, cfg, engines, voices, train_spk, test_spk, phrases, popularity, train_msgs, splits,
+                   ids, info, seconds) -> dict:  # fmt: skip
     train_voices, test_voices = splits
     labelled, exact = _write_manifests(out, cfg, splits, ids, info)
     n_exact = len(exact)
     _write_csv(out / "chat" / "voices.csv", ["id", "audio", "timestamp", "author"],
-               [[ids[TRAIN][i], f"../audio/{ids[TRAIN][i]}.wav", iso(v.time), v.author] for i, v in enumerate(train_voices)])  # fmt: skip
+               [[ids[TRAIN][i], f"../audio/{ids[TRAIN][i]}.wav", iso(v.time),
+                 v.author] for i, v in enumerate(train_voices)])  # fmt: skip
     _write_csv(
         out / "chat" / "messages.csv",
         ["timestamp", "text", "author"],
@@ -632,4 +639,4 @@ chat/         the training chat as an export: voices.csv (id, audio, timestamp, 
               (timestamp, text, author), labels.csv (id, label). `plcli data from-chat` turns it back
               into train.jsonl's candidates.
 meta.json     the configuration, speakers, phrases with their popularity, and counts.
-"""
+"""  # noqa: E501 - the README's own lines

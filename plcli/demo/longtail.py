@@ -5,8 +5,9 @@ at the station", "meet me at the station at six". Templates with slots (times, p
 numbers, days, things) and short replies give such a vocabulary, so a model that scores text
 (the CTC head) can carry what it learned from frequent messages over to rare and unseen ones.
 
-``plcli demo-data --vocabulary long-tail --phrases N`` uses it. ``long_tail_messages(n, seed)`` returns ``n`` distinct messages (distinct after label
-normalisation), the same for the same arguments.
+``plcli demo-data --vocabulary long-tail --phrases N`` uses it. ``long_tail_messages(n, seed)``
+returns ``n`` distinct messages (distinct after label normalisation), the same for the same
+arguments.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def long_tail_messages(n: int, seed: int = 0) -> list[str]:
         uniq.setdefault(key(m), m)
     msgs = list(uniq.values())
     if not 2 <= n <= len(msgs):
-        raise ValueError(f"the templates make {len(msgs)} distinct messages; ask for 2 to {len(msgs)}, got {n}")
+        raise ValueError(f"the templates make {len(msgs)} distinct messages; ask for 2 to {len(msgs)}, "
+                         f"got {n}")
     rng = np.random.default_rng([seed, 17])
     order = rng.permutation(len(msgs))
     return [msgs[i] for i in order[:n]]

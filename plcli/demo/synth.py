@@ -63,7 +63,8 @@ ESPEAK_VARIANTS = (
 )  # fmt: skip
 # espeak-ng's language voices (espeak-ng-data/lang/*/*) of each demo language: its speakers' accents
 LANGUAGE_ACCENTS = {"en": ESPEAK_ACCENTS, "de": ("de",), "es": ("es", "es-419"), "ru": ("ru",)}
-_ACCENT_FILES = tuple(dict.fromkeys(a for accents in LANGUAGE_ACCENTS.values() for a in accents))  # English first
+# English first
+_ACCENT_FILES = tuple(dict.fromkeys(a for accents in LANGUAGE_ACCENTS.values() for a in accents))
 FLITE_SKIP = ("awb_time", "kal")  # a talking clock; the 8 kHz twin of kal16
 PICO_LANGS = ("en-US", "en-GB")
 MBROLA_VOICES = ("us1", "us2", "us3", "en1")  # English MBROLA databases that espeak-ng knows

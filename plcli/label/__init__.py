@@ -19,14 +19,22 @@ from plcli.label.select import UNCERTAINTY
 class LabelPageConfig(Config):
     """``plcli label`` options."""
 
-    manifests: list[str] = opt(factory=list, help="manifests (JSONL or CSV) or a chat export whose recordings to label")
+    manifests: list[str] = opt(
+        factory=list, help="manifests (JSONL or CSV) or a chat export whose recordings to label"
+    )
     labels: str = opt("", "labels file (JSONL, append-only): created if missing, continued if present")
-    model: str | None = opt(None, "finetune or distill run: ask first about the recordings it is least sure of")
+    model: str | None = opt(
+        None, "finetune or distill run: ask first about the recordings it is least sure of"
+    )
     host: str = opt("127.0.0.1", "address the page is served on")
     port: int | None = opt(None, "port (default: 8765, else a free one)", min=0, max=65535)
     browser: bool = opt(True, "open the page in a web browser (only where a display exists)")
     seed: int = opt(0, "seed of the random order without --model")
-    uncertainty: str = opt("least-confident", "with --model: least-confident (1 - top probability) or margin (1 - (top - second))", choices=UNCERTAINTY)
+    uncertainty: str = opt(
+        "least-confident",
+        "with --model: least-confident (1 - top probability) or margin (1 - (top - second))",
+        choices=UNCERTAINTY,
+    )
     batch_size: int = opt(256, "inference batch size with --model", min=1)
     cache_dir: str | None = opt(None, "feature cache folder (default: $PLCLI_CACHE or ~/.cache/plcli)")
 
@@ -39,7 +47,9 @@ class LabelPageConfig(Config):
 
 def has_display() -> bool:
     """Whether a browser can open a window here."""
-    return sys.platform in ("darwin", "win32") or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    return sys.platform in ("darwin", "win32") or bool(
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    )
 
 
 def run(cfg: LabelPageConfig, log=print) -> dict:
@@ -54,8 +64,10 @@ def run(cfg: LabelPageConfig, log=print) -> dict:
         host, port = server.server_address[:2]
         url = f"http://{host}:{port}/"
         p = session.state()["progress"]
-        log(f"{p['labelled']} of {p['rows']} recordings with candidates are labelled, {p['left']} to ask; "
-            f"answers go to {cfg.labels}")
+        log(
+            f"{p['labelled']} of {p['rows']} recordings with candidates are labelled, {p['left']} to ask; "
+            f"answers go to {cfg.labels}"
+        )
         log(f"labelling page: {url} (Ctrl-C to stop)")
         if cfg.browser and has_display():
             import webbrowser

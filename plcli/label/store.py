@@ -49,7 +49,9 @@ def _record_answer(obj) -> tuple[str, str, str | None] | None:
     return obj["id"], "none" if kinds == ["none_of_these"] else "undo", None
 
 
-def replay(lines: Iterable[str], where: str = "labels", warn: Callable[[str], None] = _warn) -> dict[str, list]:
+def replay(
+    lines: Iterable[str], where: str = "labels", warn: Callable[[str], None] = _warn
+) -> dict[str, list]:
     """Each id's answers in order, undone ones dropped: {id: [label or None, ...]}."""
     history: dict[str, list] = {}
     lines = list(lines)
@@ -60,8 +62,11 @@ def replay(lines: Iterable[str], where: str = "labels", warn: Callable[[str], No
             rec = _record_answer(json.loads(line))
         except json.JSONDecodeError:
             cut = n == len(lines) and not line.endswith("\n")
-            warn(f"{where}:{n}: " + ("the last line is cut off (a killed process?)" if cut else "not valid JSON")
-                 + "; ignored")
+            warn(
+                f"{where}:{n}: "
+                + ("the last line is cut off (a killed process?)" if cut else "not valid JSON")
+                + "; ignored"
+            )
             continue
         if rec is None:
             warn(f"{where}:{n}: not a label record; ignored")
@@ -127,8 +132,10 @@ class LabelStore:
                 fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(self._lock)
-                raise UserError(f"{self.path} is in use by another `plcli label` (lock {self.lock_path}); "
-                                "finish that one first, or give another --labels file") from None
+                raise UserError(
+                    f"{self.path} is in use by another `plcli label` (lock {self.lock_path}); "
+                    "finish that one first, or give another --labels file"
+                ) from None
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         lines = _lines(self.path)
         # after a cut-off last line the next record starts on a line of its own
@@ -141,7 +148,9 @@ class LabelStore:
     def has(self, rid: str) -> bool:
         return bool(self.history.get(rid))
 
-    def write(self, rid: str, label: str | None = None, *, none_of_these: bool = False, undo: bool = False) -> None:
+    def write(
+        self, rid: str, label: str | None = None, *, none_of_these: bool = False, undo: bool = False
+    ) -> None:
         """Append one record and fsync it before returning."""
         if undo and not self.has(rid):
             raise ValueError(f"{rid} has no answer to undo")

@@ -32,8 +32,9 @@ class Classifier(nn.Module):
     ``kernel_size``, ``dropout``.
     """
 
-    def __init__(self, encoder: str, n_mels: int, num_classes: int, from_layer: int = 0, proj_hidden_dim: int = 256,
-                 proj_dim: int = 128, proj_layers: int = 3, head_hidden_dim: int = 256, head_layers: int = 2,
+    def __init__(self, encoder: str, n_mels: int, num_classes: int, from_layer: int = 0,
+                 proj_hidden_dim: int = 256, proj_dim: int = 128, proj_layers: int = 3,
+                 head_hidden_dim: int = 256, head_layers: int = 2,
                  dropout: float = 0.1, ctc: dict | None = None, input_norm: str = "utterance"):
         super().__init__()
         self.kwargs = dict(encoder=encoder, n_mels=n_mels, num_classes=num_classes, from_layer=from_layer,
@@ -61,7 +62,8 @@ class Classifier(nn.Module):
 
             unknown = set(ctc) - {"tokenizer", "tap", "hidden", "layers", "kernel_size", "dropout"}
             if unknown or "tokenizer" not in ctc:
-                raise ValueError(f"ctc needs 'tokenizer' and takes tap/hidden/layers/kernel_size/dropout; got {sorted(ctc)}")
+                raise ValueError(f"ctc needs 'tokenizer' and takes tap/hidden/layers/kernel_size/dropout; "
+                                 f"got {sorted(ctc)}")
             self.tokenizer = Tokenizer.from_dict(ctc["tokenizer"])
             self.tap = int(ctc.get("tap", 1))
             head_args = {k: ctc[k] for k in ("hidden", "layers", "kernel_size", "dropout") if k in ctc}
@@ -137,7 +139,8 @@ def save_model(path: str | Path, model: Classifier, vocab: Vocabulary, features:
     atomic_torch_save(payload, path)
 
 
-def load_model(run_dir: str | Path, map_location: str = "cpu") -> tuple[Classifier, Vocabulary, FeatureConfig]:
+def load_model(run_dir: str | Path,
+               map_location: str = "cpu") -> tuple[Classifier, Vocabulary, FeatureConfig]:
     """Load the classifier of a finetune or distill run directory (or a ``model.pt`` path), in eval mode."""
     from plcli.config import LabelConfig
     from plcli.data.labels import LabelNormalizer

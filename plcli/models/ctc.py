@@ -131,7 +131,8 @@ class CTCHead(nn.Module):
         self.kwargs = dict(in_channels=in_channels, vocab_size=vocab_size, hidden=hidden, layers=layers,
                            kernel_size=kernel_size, dropout=dropout, stride=stride)
         k = 5 if stride == 2 else 1
-        self.proj = nn.Sequential(nn.Conv1d(in_channels, hidden, k, stride=stride, padding=k // 2, bias=False),
+        self.proj = nn.Sequential(nn.Conv1d(in_channels, hidden, k, stride=stride, padding=k // 2,
+                                            bias=False),
                                   nn.BatchNorm1d(hidden), nn.ReLU(inplace=True))
         self.blocks = nn.Sequential(*[ResidualBlock(hidden, hidden, kernel_size, 1) for _ in range(layers)])
         self.out = nn.Sequential(nn.Dropout(dropout), nn.Conv1d(hidden, vocab_size, 1))
@@ -158,8 +159,9 @@ def greedy_decode(log_probs: torch.Tensor, blank: int = 0) -> list[list[int]]:
     return out
 
 
-def class_ctc_loss(log_probs: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor, class_tokens: torch.Tensor,
-                   class_lengths: torch.Tensor, weights: torch.Tensor | None = None,
+def class_ctc_loss(log_probs: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor,
+                   class_tokens: torch.Tensor, class_lengths: torch.Tensor,
+                   weights: torch.Tensor | None = None,
                    log_prior: torch.Tensor | None = None) -> torch.Tensor:
     """(B,) CTC loss of each row's candidate messages, given as class indices.
 

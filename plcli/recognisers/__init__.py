@@ -118,11 +118,15 @@ def grammar_votes(rows: Sequence, cache: Path, workers: int = 2, log: Callable =
             "(its model is US English): skipped, no votes")
         return votes
     procs = workers if len(heard) >= 100 else 1  # a few clips decode faster here than a fresh pool starts
-    skipped = f"; {len(todo) - len(heard)} without a pronounceable candidate get none" if len(heard) < len(todo) else ""
+    skipped = (
+        f"; {len(todo) - len(heard)} without a pronounceable candidate get none"
+        if len(heard) < len(todo)
+        else ""
+    )
     log(f"asr prior: pocketsphinx decodes {len(heard)} recordings with a grammar of their candidates "
         f"({procs} process{'es' if procs > 1 else ''}{skipped}) ...")
-    chosen, figures = choose_with_grammar([str(rows[i].audio) for i in heard], [rows[i].candidates for i in heard],
-                                          workers=procs, voice=voice)
+    chosen, figures = choose_with_grammar([str(rows[i].audio) for i in heard],
+                                          [rows[i].candidates for i in heard], workers=procs, voice=voice)
     if timing is not None:
         timing.update(figures)
     for i, j in zip(heard, chosen, strict=True):
@@ -160,7 +164,8 @@ def whisper_scores(rows: Sequence, cache: Path, model: str, language: str, log: 
     todo = [i for i, key in keys.items() if key not in stored]
     seconds = 0.0
     if todo:
-        new, seconds = _score_rows([rows[i] for i in todo], [keys[i] for i in todo], path, language, window, log)
+        new, seconds = _score_rows([rows[i] for i in todo], [keys[i] for i in todo], path, language, window,
+                                   log)
         stored.update(new)
         store.parent.mkdir(parents=True, exist_ok=True)
         tmp = store.with_suffix(f".{os.getpid()}.tmp")  # one per process: DDP ranks score side by side
@@ -185,7 +190,8 @@ def _score_rows(rows: Sequence, keys: Sequence[str], path: str, language: str, w
     scorer = WhisperScorer(path, language, threads=torch.get_num_threads(), window=window)
     waves = [load_audio(r.audio, SAMPLE_RATE, max_seconds=30.0, pad=False) for r in rows]
     order = sorted(range(len(rows)), key=lambda i: bucket_frames(len(waves[i]), window))
-    log(f"whisper: scoring the candidates of {len(rows)} recordings ({scorer.device}, language {language}) ...")
+    log(f"whisper: scoring the candidates of {len(rows)} recordings ({scorer.device}, language {language}) "
+        f"...")
     out, t = {}, time.perf_counter()
     for s in range(0, len(order), BATCH):
         idx = order[s : s + BATCH]

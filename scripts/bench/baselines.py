@@ -128,7 +128,8 @@ class SupervisedModule(L.LightningModule):
             raise ValueError(f"loss must be 'ce' or 'indicator-mse', got {loss!r}")
         self.save_hyperparameters()
         self.model = Classifier(**classifier)
-        self.spec_aug = SpectrogramAugment(SpecAugmentConfig.from_dict(spec_augment or {}), mel_range=mel_range)
+        self.spec_aug = SpectrogramAugment(SpecAugmentConfig.from_dict(spec_augment or {}),
+                                           mel_range=mel_range)
         self.mse = CandidateIndicatorMSELoss()
 
     def training_step(self, batch, batch_idx):
@@ -142,7 +143,8 @@ class SupervisedModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        return adamw_cosine([(self.model.parameters(), hp.lr)], hp.weight_decay, self.trainer.estimated_stepping_batches)
+        return adamw_cosine([(self.model.parameters(), hp.lr)], hp.weight_decay,
+                            self.trainer.estimated_stepping_batches)
 
 
 def train_baseline(
@@ -213,7 +215,8 @@ def train_baseline(
 
 
 def evaluate_probs(probs: np.ndarray, rows, vocab) -> dict:
-    """Test metrics of (N, C) probabilities on labelled ``rows`` (``plcli.evaluate.classification_metrics``)."""
+    """Test metrics of (N, C) probabilities on labelled ``rows``
+    (``plcli.evaluate.classification_metrics``)."""
     from plcli.data.labels import class_indices
     from plcli.metrics import classification_metrics
 
@@ -236,7 +239,8 @@ def evaluate_model(model: Classifier, vocab, features, rows, cache: str | None =
 def clips_per_second(
     model: Classifier, features, waves: list[np.ndarray], threads: int = 2, batch: int = 64, repeats: int = 3
 ) -> float:
-    """Inference throughput from fixed-length waveforms: log-mel front end + classifier, ``threads`` CPU threads.
+    """Inference throughput from fixed-length waveforms: log-mel front end + classifier, ``threads``
+    CPU threads.
 
     The best of ``repeats`` passes (the first also warms up the kernels).
     """

@@ -295,7 +295,8 @@ def report_header(cells: Sequence[dict], started: str) -> list[str]:
     computed, and the command."""
     stamps = [c.get("finished") or started for c in cells] or [started]
     return [
-        f"Cells finished between {min(stamps)} and {max(stamps)} UTC; report written {utc_now()} on: {machine()}.",
+        f"Cells finished between {min(stamps)} and {max(stamps)} UTC; "
+        f"report written {utc_now()} on: {machine()}.",
         "",
         "Cells computed on " + provenance(cells),
         "",

@@ -447,7 +447,8 @@ def curve_table(
     """Markdown: one line per (N, rate, row) with test accuracy (mean ± sd), within-candidate
     accuracy, seeds and the ratio to the oracle's mean accuracy."""
     lines = [
-        "| N | exact labels | row | accuracy (all classes) | accuracy (within candidates) | seeds | ratio to oracle |",
+        "| N | exact labels | row | accuracy (all classes) | accuracy (within candidates) | seeds "
+        "| ratio to oracle |",
         "|---|---|---|---|---|---|---|",
     ]
     for n, rate in grid:
@@ -470,7 +471,8 @@ def curve_table(
             seeds = "no training" if row == "grammar" else str(len(cs))
             lines.append(
                 head
-                + f"| {fmt_mean_std(c['accuracy'] for c in cs)} | {fmt_mean_std(c['accuracy_within'] for c in cs)} "
+                + f"| {fmt_mean_std(c['accuracy'] for c in cs)} "
+                + f"| {fmt_mean_std(c['accuracy_within'] for c in cs)} "
                 f"| {seeds} | {ratio} |"
             )
     return "\n".join(lines) + "\n"
@@ -482,7 +484,8 @@ def targets_table(
     grid: Sequence[tuple[int, float]],
     grammar_unavailable: str | None = None,
 ) -> str:
-    """Markdown: one line per (N, rate), one column per target (``TARGETS``), each 'pass'/'fail' with the numbers."""
+    """Markdown: one line per (N, rate), one column per target (``TARGETS``), each 'pass'/'fail'
+    with the numbers."""
     lines = [
         "| N | exact labels | " + " | ".join(TARGETS.values()) + " |",
         "|---|---|" + "---|" * len(TARGETS),
@@ -600,7 +603,8 @@ def report_markdown(
             if len(a.seeds) > 1
             else f"Seed {a.seeds[0]}. "
         )
-        + "Every (N, seed) trains on its own seeded subset of the training speakers' recordings (nested in N). "
+        + "Every (N, seed) trains on its own seeded subset of the training speakers' recordings "
+        + "(nested in N). "
         "Accuracy is on each distribution's fixed test set (speakers unseen in training), mean ± sample "
         "standard deviation over seeds; the ratio is to the oracle's mean at the same N. "
         "Targets: " + (", ".join(f"{k} {v}" for k, v in sorted(summary.items())) or "none at these N") + ".",
@@ -624,7 +628,8 @@ def report_markdown(
 
 
 def write_page(doc: Path, text: str) -> None:
-    """``text`` (``report_markdown``) as the whole generated page ``doc``, under a line naming ``MAKE_TARGET``."""
+    """``text`` (``report_markdown``) as the whole generated page ``doc``, under a line naming
+    ``MAKE_TARGET``."""
     write_generated(doc, "The learning curve: results", text, MAKE_TARGET)
 
 
@@ -684,7 +689,12 @@ def parse(argv=None) -> CurveConfig:
     ap.add_argument(
         "--views", type=int, default=8, help="cached augmented views per clip (the pretrain default)"
     )
-    ap.add_argument("--pretrain-epochs", type=int, default=None, help="exactly this many epochs (min_steps off); default: the stage's own")
+    ap.add_argument(
+        "--pretrain-epochs",
+        type=int,
+        default=None,
+        help="exactly this many epochs (min_steps off); default: the stage's own",
+    )
     ap.add_argument("--finetune-epochs", type=int, default=None)
     ap.add_argument("--distill-epochs", type=int, default=None)
     ap.add_argument(
@@ -697,12 +707,14 @@ def parse(argv=None) -> CurveConfig:
     ap.add_argument(
         "--report-only",
         action="store_true",
-        help="compute nothing and generate no data: write the report from the cells already in OUT (missing ones are left out)",
+        help="compute nothing and generate no data: write the report from the cells already in OUT "
+        "(missing ones are left out)",
     )
     ap.add_argument(
         "--report",
         default=None,
-        help="also write the report as this generated markdown page, whole (make bench-curve: docs/results/curve.md)",
+        help="also write the report as this generated markdown page, whole "
+        "(make bench-curve: docs/results/curve.md)",
     )
     ap.add_argument(
         "--png",
@@ -711,7 +723,8 @@ def parse(argv=None) -> CurveConfig:
     )
     a = ap.parse_args(argv)
     return config_from(
-        CurveConfig, a,
+        CurveConfig,
+        a,
         baseline_epochs=a.distill_epochs if a.baseline_epochs is None else a.baseline_epochs,
         cache=Path(a.cache or os.environ.get("PLCLI_CACHE") or Path(a.out) / "cache").resolve(),
     )

@@ -243,7 +243,8 @@ def pipeline_cell(
             **trainer_opts(a, a.distill_epochs, seed),
         },
     )
-    cell = finish_cell(a, paths, row, rate, seed, *load_model(ds_dir), {**seconds, "distill": ds.get("total_seconds")})
+    seconds = {**seconds, "distill": ds.get("total_seconds")}
+    cell = finish_cell(a, paths, row, rate, seed, *load_model(ds_dir), seconds)
     if teacher:
         cell["teacher"] = teacher_cell()
     return cell
@@ -276,7 +277,13 @@ def finish_cell(a: BenchConfig, paths, row, rate, seed, model, vocab, features, 
 
 
 def baseline_cell(
-    a: BenchConfig, bench: Path, paths: dict, row: str, rate: float, seed: int, init_encoder: Path | None = None
+    a: BenchConfig,
+    bench: Path,
+    paths: dict,
+    row: str,
+    rate: float,
+    seed: int,
+    init_encoder: Path | None = None,
 ) -> dict:
     """Rows 1-3: the student trained directly on its label source (cached augmented views);
     ``init_encoder``: a pretrain run's encoder.pt that the student starts from (else from scratch)."""
@@ -301,7 +308,10 @@ def baseline_cell(
     )
     feat_s = t.seconds
     cfg = BaselineConfig(
-        seed=seed, epochs=a.baseline_epochs, min_steps=a.baseline_min_steps, accelerator=a.accelerator,
+        seed=seed,
+        epochs=a.baseline_epochs,
+        min_steps=a.baseline_min_steps,
+        accelerator=a.accelerator,
         init_encoder=str(init_encoder) if init_encoder else None,
     )
     model, info = train_baseline(
@@ -316,7 +326,9 @@ def baseline_cell(
         mel_range=[features.f_min, features.f_max],
     )
     log(f"{row} r={rate:g} s={seed}: {info}")
-    cell = finish_cell(a, paths, row, rate, seed, model, vocab, features, {"views": feat_s, "train": info["fit_seconds"]})
+    cell = finish_cell(
+        a, paths, row, rate, seed, model, vocab, features, {"views": feat_s, "train": info["fit_seconds"]}
+    )
     return {**cell, "student": info["student"], "student_init": info["student_init"]}
 
 
@@ -460,8 +472,9 @@ def write_report(a: GridConfig, bench: Path, cells: list[dict], counts: dict, st
             f"Data: {json.dumps(counts)}. Label rates {', '.join(f'{r * 100:g}%' for r in a.rates)}; seeds "
             f"{', '.join(map(str, a.seeds))}"
             + (f" (rows {', '.join(single)}: seed {a.seeds[0]} only)" if single else "")
-            + ". The oracle and the recognisers do not depend on the label rate (same cells in every table); the "
-            "recognisers do not depend on the seed. Accuracy is on the test manifest (speakers unseen in training), "
+            + ". The oracle and the recognisers do not depend on the label rate (same cells in every "
+            "table); the recognisers do not depend on the seed. Accuracy is on the test manifest "
+            "(speakers unseen in training), "
             "mean ± sample standard deviation over seeds.",
             "",
             results_markdown(cells, rows),
@@ -477,8 +490,9 @@ def write_report(a: GridConfig, bench: Path, cells: list[dict], counts: dict, st
         png.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(chart, png)
         link = os.path.relpath(png, doc.parent)
-        write_generated(doc, "The benchmark grid: results", text.replace(f"]({chart.name})", f"]({link})"),
-                        MAKE_TARGET)
+        write_generated(
+            doc, "The benchmark grid: results", text.replace(f"]({chart.name})", f"]({link})"), MAKE_TARGET
+        )
         log(f"results written to {doc} and {png}")
     return bench / "results.md"
 
@@ -515,21 +529,33 @@ def parse(argv=None) -> GridConfig:
     ap.add_argument(
         "--views", type=int, default=8, help="cached augmented views per clip (the pretrain default)"
     )
-    ap.add_argument("--pretrain-epochs", type=int, default=None, help="exactly this many epochs (min_steps off); default: the stage's own")
+    ap.add_argument(
+        "--pretrain-epochs",
+        type=int,
+        default=None,
+        help="exactly this many epochs (min_steps off); default: the stage's own",
+    )
     ap.add_argument("--finetune-epochs", type=int, default=None)
     ap.add_argument("--distill-epochs", type=int, default=None)
     ap.add_argument("--baseline-epochs", type=int, default=None, help="default: the distill stage's epochs")
     ap.add_argument("--baseline-min-steps", type=int, default=300)
     ap.add_argument("--asr-workers", type=int, default=2)
     ap.add_argument(
-        "--asr-val-rows", type=int, default=300, help="validation clips of the recogniser rows (row 5 chooses its match scorer on them)"
+        "--asr-val-rows",
+        type=int,
+        default=300,
+        help="validation clips of the recogniser rows (row 5 chooses its match scorer on them)",
     )
     ap.add_argument("--accelerator", default="auto")
     ap.add_argument(
-        "--docs", default=None,
-        help="also write the report as this generated markdown page, whole (make bench: docs/results/grid.md)",
+        "--docs",
+        default=None,
+        help="also write the report as this generated markdown page, whole "
+        "(make bench: docs/results/grid.md)",
     )
-    ap.add_argument("--png", default=None, help="the page's chart (default with --docs: benchmark-accuracy.png beside it)")
+    ap.add_argument(
+        "--png", default=None, help="the page's chart (default with --docs: benchmark-accuracy.png beside it)"
+    )
     ap.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
     a = ap.parse_args(argv)
     if a.quick:
@@ -539,7 +565,9 @@ def parse(argv=None) -> GridConfig:
         if a.bench_dir == BENCH_DIR:
             a.bench_dir = f"{BENCH_DIR}/quick"
     return config_from(
-        GridConfig, a, edge_only=["quick"],
+        GridConfig,
+        a,
+        edge_only=["quick"],
         # the baselines get the distilled student's training budget
         baseline_epochs=a.distill_epochs if a.baseline_epochs is None else a.baseline_epochs,
         cache=Path(a.cache or Path(a.bench_dir) / "cache").resolve(),
@@ -557,7 +585,9 @@ def main(argv=None) -> int:
     cells: list[dict] = []
     t0 = time.perf_counter()
     # most important rows first, so an interrupted run already has plcli against the oracle
-    order = [r for r in ("plcli", "oracle", "plcli-no-vote", "exact", "indicator-mse", "simclrv2") if r in a.rows]
+    order = [
+        r for r in ("plcli", "oracle", "plcli-no-vote", "exact", "indicator-mse", "simclrv2") if r in a.rows
+    ]
     for row in order:
         for seed in a.seeds:
             for rate in a.rates:

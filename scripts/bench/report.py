@@ -127,7 +127,8 @@ def unseen_note(cells: Sequence[dict], rows: Sequence[str] = ROWS) -> str:
         if not cs:
             continue
         # a row that does not depend on the label rate repeats one cell per rate: count it once
-        cs = list({(c.get("seed"), c.get("finished"), c.get("accuracy_within_unseen")): c for c in cs}.values())
+        cs = list({(c.get("seed"), c.get("finished"), c.get("accuracy_within_unseen")): c
+                   for c in cs}.values())
         n = max(c.get("unseen_rows") or 0 for c in cs)
         seen = fmt_mean_std(c.get("accuracy_within_seen") for c in cs)
         lines.append(

@@ -40,7 +40,8 @@ def target_accuracy(run: Path, teachers: Sequence[str], scales: Sequence[float] 
     from plcli.runs import read_upstream
 
     run = Path(run)
-    first = read_upstream(run / "round1" if (run / "round1" / "config.yaml").is_file() else run, "RUN", ("distill",))
+    first = read_upstream(run / "round1" if (run / "round1" / "config.yaml").is_file() else run, "RUN",
+                          ("distill",))
     cfg = first.as_config(DistillConfig)
     held = first.metrics()["held_out"]
     t0 = open_teacher(str(cfg.teacher))

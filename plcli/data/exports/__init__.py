@@ -118,14 +118,17 @@ def _open_zip(path: Path, want: str | None) -> _Export:
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise DataError(f"{path}:0: truncated or corrupt zip ({e}): copy or download the export again") from None
+        raise DataError(
+            f"{path}:0: truncated or corrupt zip ({e}): copy or download the export again"
+        ) from None
     names = [i.filename for i in zf.infolist() if not i.is_dir()]
     results = sorted((n for n in names if PurePosixPath(n).name == "result.json"), key=lambda n: n.count("/"))
     try:
         if want in (None, "telegram") and results:
             member = results[0]
             root = member[: -len("result.json")]
-            return _Export("telegram", f"{path}/{member}", zf.read(member), ZipMedia(zf, root), path.stem, zf=zf)
+            return _Export("telegram", f"{path}/{member}", zf.read(member), ZipMedia(zf, root), path.stem,
+                           zf=zf)
         if want in (None, "whatsapp"):
             member = _pick_log(names, str(path), lambda n: zf.open(n).read(1024))
             if member is not None:
@@ -133,7 +136,9 @@ def _open_zip(path: Path, want: str | None) -> _Export:
                 return _Export("whatsapp", f"{path}/{member}", zf.read(member), ZipMedia(zf, root), path.stem,
                                zf=zf)
     except (zipfile.BadZipFile, EOFError, OSError) as e:
-        raise DataError(f"{path}:0: truncated or corrupt zip ({e}): copy or download the export again") from None
+        raise DataError(
+            f"{path}:0: truncated or corrupt zip ({e}): copy or download the export again"
+        ) from None
     zf.close()
     raise DataError(f"{path}:0: no {want or 'chat'} export in this zip (expected {_WHATSAPP_HINT} "
                     "or a Telegram 'result.json')")
@@ -206,14 +211,16 @@ def import_export(
     export = _open(Path(path), format)
     if export.format == "tables":
         tables = _tables(export.folder)
-        rows, summary = chat.from_chat(tables["voices"], tables["messages"], labels_path or tables.get("labels"),
-                                       out_path=out_path, k=k, window_seconds=window_seconds,
-                                       same_author=same_author, key=key)
+        rows, summary = chat.from_chat(tables["voices"], tables["messages"],
+                                       labels_path or tables.get("labels"), out_path=out_path, k=k,
+                                       window_seconds=window_seconds, same_author=same_author, key=key)
         return rows, {"format": "tables", **summary}
     try:
         parsed = _parse(export, date_order)
         out_dir = Path(os.path.abspath(Path(out_path).parent))
-        media_dir = Path(os.path.abspath(media_dir)) if media_dir else out_dir / f"{Path(out_path).stem}-media"
+        media_dir = (
+            Path(os.path.abspath(media_dir)) if media_dir else out_dir / f"{Path(out_path).stem}-media"
+        )
         voices, skipped, copied = _materialise(export, parsed, out_dir, media_dir, progress)
         unnamed = _unnamed_voice_files(export, parsed)
     finally:
@@ -233,8 +240,9 @@ def import_export(
         warnings.append(f"{len(unnamed)} voice note file(s) in the export are not named in {parsed.file} and "
                         f"were not imported, e.g. {unnamed[0]}")
     if parsed.counts.get("media_omitted") and parsed.format.startswith("whatsapp"):
-        warnings.append(f"{parsed.file}: {parsed.counts['media_omitted']} media file(s) omitted from the export; "
-                        "voice notes among them cannot be imported (export with media to include them)")
+        warnings.append(f"{parsed.file}: {parsed.counts['media_omitted']} media file(s) omitted from the "
+                        "export; voice notes among them cannot be imported (export with media to "
+                        "include them)")
     summary = _summary(parsed, voices, skipped, copied, media_dir, rows, cands, labels, n_outside, warnings)
     return rows, summary
 
@@ -278,7 +286,9 @@ def _summary(parsed: ParsedChat, voices, skipped, copied: int, media_dir: Path, 
 def _unnamed_voice_files(export: _Export, parsed: ParsedChat) -> list[str]:
     """Voice-note files in the export that its log never names (a cut-off log, a merged folder)."""
     if parsed.format == "telegram":
-        files = [n for n in export.media.names("voice_messages/") if n.lower().endswith((".ogg", ".opus", ".oga"))]
+        files = [
+            n for n in export.media.names("voice_messages/") if n.lower().endswith((".ogg", ".opus", ".oga"))
+        ]
     else:
         files = [n for n in export.media.names() if n.lower().endswith(whatsapp.VOICE_SUFFIXES)]
     named = {v.name for v in parsed.voices}
@@ -333,7 +343,8 @@ def _materialise(export: _Export, parsed: ParsedChat, out_dir: Path, media_dir: 
         if problem:
             skipped.append(Problem(parsed.file, note.line, f"voice note {note.name}: {problem}"))
             continue
-        voices.append(chat.Voice(id=vid, audio=audio, time=note.time, author=note.author, timestamp=note.timestamp,
+        voices.append(chat.Voice(id=vid, audio=audio, time=note.time, author=note.author,
+                                 timestamp=note.timestamp,
                                  extra={"source": f"{PurePosixPath(parsed.file).name}:{note.line}",
                                         **({"chat": parsed.chat} if parsed.chat else {})}, line=note.line))
     if progress is not None:

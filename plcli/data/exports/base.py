@@ -96,7 +96,9 @@ class ZipMedia:
     def names(self, folder: str = "") -> list[str]:
         """Files directly in ``folder`` (relative to the export), as names relative to the export."""
         prefix = self.root + folder
-        return sorted(n[len(self.root):] for n in self.infos if n.startswith(prefix) and "/" not in n[len(prefix):])
+        return sorted(
+            n[len(self.root) :] for n in self.infos if n.startswith(prefix) and "/" not in n[len(prefix) :]
+        )
 
     def copy_to(self, name: str, dest: Path) -> bool:
         """Extract into ``dest``; False when a copy with the same size and CRC is already there."""

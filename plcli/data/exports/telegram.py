@@ -54,7 +54,11 @@ def _time(msg: dict) -> tuple[float, str]:
     date = msg.get("date")
     if unix is not None:
         seconds = float(unix)
-        stamp = date if isinstance(date, str) else datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        stamp = (
+            date
+            if isinstance(date, str)
+            else datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        )
         return seconds, stamp
     seconds, _ = parse_timestamp(date)
     return seconds, str(date)
@@ -66,18 +70,23 @@ def parse_result(text: str, file: str) -> ParsedChat:
     """Read Telegram's result.json (already decoded) into voice notes and candidate texts.
 
     Service messages (joins, calls, pins) are counted, not candidates; the caption of a photo, a
-    file or a voice message is a text like any other (a voice message's comes right after it). Raises ``DataError`` with ``file:line: reason`` for malformed
-    JSON, a file that is not a single-chat export, bad dates, or an export without voice messages.
+    file or a voice message is a text like any other (a voice message's comes right after it).
+    Raises ``DataError`` with ``file:line: reason`` for malformed JSON, a file that is not a
+    single-chat export, bad dates, or an export without voice messages.
     """
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(f"{file}:{e.lineno}: malformed JSON: {e.msg} at column {e.colno} (cut off or edited?)") from None
+        raise DataError(
+            f"{file}:{e.lineno}: malformed JSON: {e.msg} at column {e.colno} (cut off or edited?)"
+        ) from None
     if isinstance(data, dict) and "messages" not in data and isinstance(data.get("chats"), dict):
         raise DataError(f"{file}:1: this is a full-account export; export a single chat instead (open the "
                         "chat, ⋮ > Export chat history, format: Machine-readable JSON)")
     if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
-        raise DataError(f"{file}:1: not a Telegram chat export: expected a JSON object with a 'messages' list")
+        raise DataError(
+            f"{file}:1: not a Telegram chat export: expected a JSON object with a 'messages' list"
+        )
     messages = data["messages"]
     lines = _message_lines(text, messages)
     chat = data.get("name") if isinstance(data.get("name"), str) else None
@@ -125,6 +134,6 @@ def parse_result(text: str, file: str) -> ParsedChat:
             parsed.messages.append(Message(time, body, author, line))
     parsed.counts = counts
     if not parsed.voices and counts["media_omitted"]:
-        raise DataError(f"{file}:0: exported without voice messages ({counts['media_omitted']} not included): "
-                        "export the chat again with 'Voice messages' ticked")
+        raise DataError(f"{file}:0: exported without voice messages ({counts['media_omitted']} not "
+                        "included): export the chat again with 'Voice messages' ticked")
     return parsed

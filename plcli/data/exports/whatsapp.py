@@ -63,10 +63,12 @@ def looks_like_log(first_line: str) -> bool:
 
 def chat_name(log_name: str, container_name: str | None = None) -> str | None:
     """The chat's name from 'WhatsApp Chat with NAME.txt' (or the zip's name for iOS '_chat.txt')."""
-    for name in (PurePosixPath(log_name).stem, PurePosixPath(container_name).stem if container_name else None):
+    for name in (PurePosixPath(log_name).stem,
+                 PurePosixPath(container_name).stem if container_name else None):
         if not name or name == "_chat":
             continue
-        m = re.match(r"(?i).*?whats\s?app\b.*?(?:\bwith|\bmit|\bcon|\bavec|\bcom|\bmet|\bile|\s-)\s+(.+)", name)
+        m = re.match(r"(?i).*?whats\s?app\b.*?(?:\bwith|\bmit|\bcon|\bavec|\bcom|\bmet|\bile|\s-)\s+(.+)",
+                     name)
         return m.group(1).strip() if m else name
     return None
 
@@ -158,7 +160,8 @@ def parse_log(text: str, file: str, exists: Callable[[str], bool], date_order: s
             if (marked or body.startswith("<")) and _omitted(body):
                 counts["media_omitted"] += 1
                 if any(w in body.lower() for w in _VOICE_WORDS):
-                    voice_omitted.append(Problem(file, line, f"voice note not in the export ({body.strip('<>')})"))
+                    voice_omitted.append(Problem(file, line,
+                                                 f"voice note not in the export ({body.strip('<>')})"))
                 continue
             if body.rstrip(".").lower() in _DELETED:
                 counts["deleted"] += 1
@@ -218,7 +221,10 @@ def _date_order(entries: list[list], file: str, flag: str, problems: list[Proble
             f"{first_line[day_first]} is day-first: set --date-order dmy or mdy"))
         return "dmy", None
     if day_first:
-        return "dmy", f"dates read day-first (DD/MM/YYYY): {'/'.join(day_first)} on line {first_line[day_first]}"
+        return (
+            "dmy",
+            f"dates read day-first (DD/MM/YYYY): {'/'.join(day_first)} on line {first_line[day_first]}",
+        )
     if month_first:
         return "mdy", (f"dates read month-first (MM/DD/YYYY): {'/'.join(month_first)} on line "
                        f"{first_line[month_first]}")
@@ -232,12 +238,13 @@ def _date_order(entries: list[list], file: str, flag: str, problems: list[Proble
         inversions[order] = sum(1 for a, b in zip(days, days[1:]) if b < a)
     if inversions["dmy"] != inversions["mdy"]:
         order = min(inversions, key=inversions.get)
-        return order, (f"dates read {'day' if order == 'dmy' else 'month'}-first: every date fits both orders, "
-                       f"and only this one keeps the log in time order (set --date-order to override)")
+        return order, (f"dates read {'day' if order == 'dmy' else 'month'}-first: every date fits both "
+                       "orders, and only this one keeps the log in time order (set --date-order to "
+                       "override)")
     ambiguous = next(k for k in keys if k[0] != k[1])
     problems.append(Problem(file, first_line[ambiguous],
-                            f"cannot tell whether {'/'.join(ambiguous)} is day-first or month-first: every date "
-                            "in the log fits both; set --date-order dmy or mdy"))
+                            f"cannot tell whether {'/'.join(ambiguous)} is day-first or month-first: every "
+                            f"date in the log fits both; set --date-order dmy or mdy"))
     return "dmy", None
 
 
