@@ -243,8 +243,8 @@ def pipeline_cell(
             **trainer_opts(a, a.distill_epochs, seed),
         },
     )
-    seconds = {**seconds, "distill": ds.get("total_seconds")}
-    cell = finish_cell(a, paths, row, rate, seed, *load_model(ds_dir), seconds)
+    times = {**seconds, "distill": ds.get("total_seconds")}
+    cell = finish_cell(a, paths, row, rate, seed, *load_model(ds_dir), times)
     if teacher:
         cell["teacher"] = teacher_cell()
     return cell
