@@ -256,8 +256,8 @@ def distill(cfg):
     flag("resume"), flag("overwrite")))
 def train(
     cfg,
-    config: Path = typer.Option(None, "--config", help="YAML file with a mapping of options per stage"),
-    set_: list[str] = typer.Option(None, "--set", help="STAGE.KEY=VALUE, e.g. distill.rounds=3 (repeatable)"),
+    stages_file: Path = typer.Option(None, "--config", help="YAML file: a mapping of options per stage"),
+    stage_set: list[str] = typer.Option(None, "--set", help="STAGE.KEY=VALUE, e.g. distill.rounds=3"),
 ):
     """Pretrain, finetune and distill in one run folder, from a manifest or a chat export."""
     import yaml
@@ -265,11 +265,11 @@ def train(
     from plcli.errors import UserError
     from plcli.train import run
 
-    sections = yaml.safe_load(config.read_text(encoding="utf-8")) if config else {}
+    sections = yaml.safe_load(stages_file.read_text(encoding="utf-8")) if stages_file else {}
     if not isinstance(sections or {}, dict):
-        raise UserError(f"{config}: expected a mapping with pretrain, finetune and distill sections")
+        raise UserError(f"{stages_file}: expected a mapping with pretrain, finetune and distill sections")
     sets = {}
-    for item in set_ or []:
+    for item in stage_set or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise UserError(f"--set: expected STAGE.KEY=VALUE, got {item!r}")

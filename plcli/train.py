@@ -44,10 +44,13 @@ class TrainConfig(Config):
             raise UserError("no SOURCE given: a manifest or a chat export")
         if not self.out:
             raise UserError("--out is required")
-        if not Path(self.source).exists():
-            raise UserError(f"{self.source}: no such manifest or chat export")
-        if self.labels and not Path(self.labels).is_file():
-            raise UserError(f"labels file {self.labels} not found")
+
+
+def check_inputs(cfg: TrainConfig) -> None:
+    if not Path(cfg.source).exists():
+        raise UserError(f"{cfg.source}: no such manifest or chat export")
+    if cfg.labels and not Path(cfg.labels).is_file():
+        raise UserError(f"labels file {cfg.labels} not found")
 
 
 def split_sets(sets: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -128,6 +131,7 @@ def run(
     """Run the stages that are not finished yet; returns each stage's metrics and seconds."""
     from plcli import stages
 
+    check_inputs(cfg)
     run_dir, by_stage = Path(cfg.out), split_sets(sets or {})
     if run_dir.exists() and any(run_dir.iterdir()) and not (cfg.resume or cfg.overwrite):
         raise UserError(f"{run_dir} already holds a run: --resume auto continues it, --overwrite replaces it")

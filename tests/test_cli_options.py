@@ -54,7 +54,10 @@ def _required(cmd) -> list[str]:
     for s in settings(cmd.spec):
         if s.flag is not None and s.flag.required:
             value = _other(s)
-            args += value if s.flag.argument else [s.names[0], str(value)]
+            if s.flag.argument:
+                args += value if isinstance(value, list) else [str(value)]
+            else:
+                args += [s.names[0], str(value)]
     if cmd.spec.name == "demo-data":
         args.append("demo-out")
     return args
