@@ -186,11 +186,11 @@ def test_ranked_logits_follow_the_teachers_combined_ranking(runs):
     the combined ranking's scores (a class named by two candidate texts takes the better score); a
     row without known candidates keeps the closed-set logits."""
     from plcli.data.manifest import Row
-    from plcli.distill import _open_teacher, ranked_logits
+    from plcli.distill import open_teacher, ranked_logits
     from plcli.ranking import candidate_classes, model_scores, rank, ranking_of, softmax_rows
 
     root = runs[0]
-    teacher = _open_teacher(str(root / "di"))
+    teacher = open_teacher(str(root / "di"))
     names = teacher.vocab.display
     cands = [names[:3], [names[1], names[1].upper(), names[2]], ["never heard of it"], []]
     rows = [Row(id=f"r{i}", audio="x.wav", candidates=c) for i, c in enumerate(cands)]
@@ -308,7 +308,7 @@ def test_distill_ctc_starts_keep_the_start_that_ranks_best(runs, tmp_path):
 
 
 def test_best_start_takes_the_first_on_ties_and_without_validation_rows():
-    from plcli.distill import _best_start
+    from plcli.distill.execute import _best_start
 
     assert _best_start([{"validation_accuracy": 0.5}, {"validation_accuracy": 0.7}]) == 1
     assert _best_start([{"validation_accuracy": 0.7}, {"validation_accuracy": 0.7}]) == 0
@@ -316,7 +316,8 @@ def test_best_start_takes_the_first_on_ties_and_without_validation_rows():
 
 
 def test_extra_ctc_starts_only_where_the_classifier_leaves_room_and_rows_can_choose():
-    from plcli.distill import DistillConfig, _wanted_starts
+    from plcli.distill import DistillConfig
+    from plcli.distill.execute import _wanted_starts
 
     def first(alone, rows=50):
         return {"ranking": {"rows": rows, "accuracy": 0.9,
@@ -337,19 +338,20 @@ def test_extra_ctc_starts_only_where_the_classifier_leaves_room_and_rows_can_cho
 
 
 def test_start_plan_gives_each_start_its_tokens_and_seed():
-    from plcli.distill import DistillConfig, _start_plan
+    from plcli.distill import DistillConfig
+    from plcli.distill.plan import start_plan
 
     cfg = DistillConfig.from_dict({"data": {"manifests": ["x.jsonl"]}, "teacher": "t", "trainer": {"seed": 5}})
-    assert _start_plan(cfg) == [("char", 5), ("char", 1005), ("phoneme", 5)]
+    assert start_plan(cfg) == [("char", 5), ("char", 1005), ("phoneme", 5)]
     cfg.ctc.tokens = "phoneme"
     cfg.ctc_starts = 1
-    assert _start_plan(cfg) == [("phoneme", 5), ("char", 5)]
+    assert start_plan(cfg) == [("phoneme", 5), ("char", 5)]
     cfg.ctc_other_tokens = False
-    assert _start_plan(cfg) == [("phoneme", 5)]
+    assert start_plan(cfg) == [("phoneme", 5)]
 
 
 def test_a_resumed_ctc_step_is_reused_only_with_its_tokens_and_start(tmp_path):
-    from plcli.distill import _reusable
+    from plcli.distill.execute import _reusable
 
     step = tmp_path / "run" / "ctc2"
     step.mkdir(parents=True)

@@ -33,7 +33,7 @@ def target_accuracy(run: Path, teachers: Sequence[str], scales: Sequence[float] 
     """
     from plcli.asr_prior import prior_for
     from plcli.config import cache_dir
-    from plcli.distill import DistillConfig, _load_rows, _open_teacher, open_cache, teacher_targets
+    from plcli.distill import DistillConfig, load_rows, open_cache, open_teacher, teacher_targets
     from plcli.inference import RowView, predict_logits
     from plcli.losses import candidate_log_prior
     from plcli.runs import read_upstream
@@ -42,8 +42,8 @@ def target_accuracy(run: Path, teachers: Sequence[str], scales: Sequence[float] 
     first = read_upstream(run / "round1" if (run / "round1" / "config.yaml").is_file() else run, "RUN", ("distill",))
     cfg = first.as_config(DistillConfig)
     held = first.metrics()["held_out"]
-    t0 = _open_teacher(str(cfg.teacher))
-    d = _load_rows(cfg, t0.vocab, held["fraction"], held["seed"], log)
+    t0 = open_teacher(str(cfg.teacher))
+    d = load_rows(cfg, t0.vocab, held["fraction"], held["seed"], log)
     bonus, info = prior_for(d.rows, t0.vocab, "pocketsphinx", cache_dir(cfg.data.cache_dir), cfg.asr_accuracy,
                             cfg.asr_workers, log)
     _, clean = open_cache(cfg.data, t0.features).features([r.audio for r in d.rows])
@@ -56,7 +56,7 @@ def target_accuracy(run: Path, teachers: Sequence[str], scales: Sequence[float] 
     out: dict = {}
     for name in teachers:
         path = cfg.teacher if name == "teacher" else (run / name if (run / name).exists() else Path(name))
-        t = _open_teacher(str(path))
+        t = open_teacher(str(path))
         if t.vocab.keys != t0.vocab.keys:
             raise ValueError(f"{path}: its vocabulary is not the run's")
         z = predict_logits(t.model, RowView(clean, d.pool))  # (P, C)
