@@ -352,17 +352,23 @@ def test_start_plan_gives_each_start_its_tokens_and_seed():
 
 def test_a_resumed_ctc_step_is_reused_only_with_its_tokens_and_start(tmp_path):
     from plcli.distill.execute import _reusable
+    from plcli.distill.plan import CTCStart, Refit, Round
+
+    def as_step(kind, tokens):
+        common = dict(folder="ctc2", epochs=1, tokens=tokens, vote=False, number=1)
+        return {"refit": lambda: Refit(**common), "start": lambda: CTCStart(**common, seed=0),
+                "round": lambda: Round(**common, warm=False)}[kind]()
 
     step = tmp_path / "run" / "ctc2"
     step.mkdir(parents=True)
-    assert not _reusable(step, tmp_path / "run" / "ctc", "refit", "char")  # not finished
+    assert not _reusable(step, tmp_path / "run" / "ctc", as_step("refit", "char"))  # not finished
     for name in ("metrics.json", "model.pt"):
         (step / name).write_text("{}")
     (step / "config.yaml").write_text(yaml.safe_dump({"stage": "distill", "teacher": str(tmp_path / "run" / "ctc"),
                                                       "ctc": {"tokens": "char"}}))
-    assert _reusable(step, tmp_path / "run" / "ctc", "refit", "char")
-    assert not _reusable(step, tmp_path / "run" / "ctc-start2", "refit", "char")
-    assert not _reusable(step, tmp_path / "run" / "ctc", "refit", "phoneme")
-    assert _reusable(step, tmp_path / "elsewhere", "start", "char")  # a start: finished, with the same tokens
-    assert not _reusable(step, tmp_path / "elsewhere", "start", "phoneme")
-    assert _reusable(step, tmp_path / "elsewhere", "round", "phoneme")  # a round: finished is enough
+    assert _reusable(step, tmp_path / "run" / "ctc", as_step("refit", "char"))
+    assert not _reusable(step, tmp_path / "run" / "ctc-start2", as_step("refit", "char"))
+    assert not _reusable(step, tmp_path / "run" / "ctc", as_step("refit", "phoneme"))
+    assert _reusable(step, tmp_path / "elsewhere", as_step("start", "char"))  # a start: finished, with the same tokens
+    assert not _reusable(step, tmp_path / "elsewhere", as_step("start", "phoneme"))
+    assert _reusable(step, tmp_path / "elsewhere", as_step("round", "phoneme"))  # a round: finished is enough

@@ -78,7 +78,7 @@ from plcli.distill.config import STAGE, DistillConfig
 from plcli.distill.execute import run
 from plcli.distill.inputs import Rows, Teacher, load_rows, open_teacher
 from plcli.distill.module import DistillModule
-from plcli.distill.plan import warm_epochs
+from plcli.distill.plan import CTCStart, Refit, Round, Step, plan, warm_epochs
 from plcli.distill.resolve import SMALL_STUDENT, capped_batch, resolve_ctc, resolve_student, student_args
 from plcli.distill.targets import (
     CANDIDATE,
@@ -94,8 +94,8 @@ from plcli.distill.targets import (
 )
 
 __all__ = [
-    "CANDIDATE", "DROPPED", "EXACT", "FREE", "KINDS", "SMALL_STUDENT", "STAGE", "DistillConfig", "DistillModule",
-    "Rows", "Teacher", "capped_batch", "load_rows", "load_targets", "open_cache", "open_teacher", "ranked_logits",
-    "refine_targets", "resolve_ctc", "resolve_student", "run", "save_targets", "student_args", "teacher_targets",
-    "warm_epochs",
+    "CANDIDATE", "DROPPED", "EXACT", "FREE", "KINDS", "SMALL_STUDENT", "STAGE", "CTCStart", "DistillConfig",
+    "DistillModule", "Refit", "Round", "Rows", "Step", "Teacher", "capped_batch", "load_rows", "load_targets",
+    "open_cache", "open_teacher", "plan", "ranked_logits", "refine_targets", "resolve_ctc", "resolve_student", "run",
+    "save_targets", "student_args", "teacher_targets", "warm_epochs",
 ]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from plcli.distill.config import STAGE, DistillConfig
 from plcli.distill.inputs import open_teacher
-from plcli.distill.plan import ctc_phase, start_dir, start_plan, takes_vote, warm_epochs
+from plcli.distill.plan import CTCStart, Refit, Round, Step, plan, start_plan
 from plcli.distill.resolve import resolve_ctc, resolve_student
 from plcli.distill.step import run_step
 from plcli.io import atomic_open
@@ -24,114 +26,139 @@ from plcli.runs import (
 def run(cfg: DistillConfig, log=print, callbacks: list | None = None) -> dict:
     """Distil ``cfg.teacher`` into a student as ``cfg`` says; returns the metrics (also in RUN_DIR/metrics.json).
 
-    With ``cfg.rounds > 1`` every round is an ordinary distill run in ``RUN_DIR/round<k>`` whose
-    teacher is the previous round's student; the last student is copied to ``RUN_DIR``.
+    The steps are ``plan(cfg)``'s. With more than one, every step is an ordinary distill run in its
+    folder of ``RUN_DIR`` (``round<k>``, ``ctc``, ...) whose teacher is an earlier step's student; the
+    last student is copied to ``RUN_DIR``.
     """
     resolve_student(cfg, log)
     resolve_ctc(cfg, log)
-    if cfg.rounds == 1 and not ctc_phase(cfg):
-        return run_step(cfg, log, callbacks)
-    return _run_rounds(cfg, log, callbacks)
+    steps = plan(cfg)
+    if len(steps) == 1:  # one round, in RUN_DIR itself
+        return run_step(cfg, steps[0], log, callbacks)
+    return _run_plan(cfg, steps, log, callbacks)
 
 
-def _run_rounds(cfg: DistillConfig, log, callbacks: list | None) -> dict:
-    """Self-training: round k distils round k-1's student (same seed, so the same held-out rows).
+# what the run's metrics keep of each round and of each CTC step
+_ROUND_KEYS = ("val_acc", "val_acc_within", "disambiguation_acc", "fit_seconds", "total_seconds")
+_CTC_KEYS = ("fit_seconds", "total_seconds", "epochs", "ranking", "targets_disambiguation_acc_initial")
 
-    ``RUN_DIR`` is opened by the first round that runs, once its inputs passed every check.
+
+@dataclass
+class _Progress:
+    """The steps run so far: the next step's teacher, and what the run's metrics gather."""
+
+    cfg: DistillConfig
+    log: Callable
+    callbacks: list | None
+    opened: Path | None  # RUN_DIR/config.yaml once the run directory is open
+    teacher: str | Path
+    wanted: int  # CTC starts to train (the first start may show that more are not worth it)
+    m: dict = field(default_factory=dict)  # the last step's metrics (the kept start's after the starts)
+    rounds: list[dict] = field(default_factory=list)
+    ctc_steps: list[dict] = field(default_factory=list)  # the kept start, then the refits
+    starts: list[dict] = field(default_factory=list)
+    kept: dict | None = None
+
+    def open_parent(self) -> None:
+        """Open ``RUN_DIR`` once, when the first step to run has passed its checks."""
+        if self.opened is None:
+            c = self.cfg
+            self.opened = start_run(Path(c.out), c, STAGE, c.trainer.resume, c.overwrite, log=self.log)
+
+
+def _run_plan(cfg: DistillConfig, steps: list[Step], log, callbacks: list | None) -> dict:
+    """Self-training: round k distils round k-1's student (same seed, so the same held-out rows); every
+    CTC start distils the last round, the first refit the kept start, each later refit the one before.
+
+    ``RUN_DIR`` is opened by the first step that runs, once its inputs passed every check.
     """
     out = Path(cfg.out)
-    # a resumed run must keep the teacher's label vocabulary (checked before any round runs)
+    # a resumed run must keep the teacher's label vocabulary (checked before any step runs)
     check_run_dir(out, STAGE, cfg.trainer.resume, cfg.overwrite, open_teacher(cfg.teacher).vocab)
-    opened = [out / "config.yaml" if cfg.trainer.resume is not None and (out / "config.yaml").exists() else None]
-
-    def open_parent() -> None:
-        if opened[0] is None:
-            opened[0] = start_run(out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite, log=log)
-
-    phase = ctc_phase(cfg)
-    teacher, summary, m = cfg.teacher, [], {}
-    # (folder, description, kind): the rounds, then the CTC phase's starts and its refits
-    steps = [(f"round{k}", f"round {k}/{cfg.rounds}", "round") for k in range(1, cfg.rounds + 1)]
-    plan = start_plan(cfg) if phase else []  # (tokens, seed) of each CTC phase start
-    if phase:
-        steps += [(start_dir(j), "CTC phase" + (f", start {j}/{len(plan)} ({tokens})" if len(plan) > 1 else ""),
-                   "start") for j, (tokens, _) in enumerate(plan, 1)]
-        steps += [(f"ctc{j}", f"CTC refit {j - 1}/{cfg.ctc_refits}", "refit") for j in range(2, cfg.ctc_refits + 2)]
-    ctc_steps: list[dict] = []
-    starts: list[dict] = []
-    wanted, kept = len(plan), None
-    for k, (name, what, kind) in enumerate(steps, 1):
-        if kind == "start":
-            if len(starts) >= wanted:
+    resumed = cfg.trainer.resume is not None and (out / "config.yaml").exists()
+    p = _Progress(cfg, log, callbacks, out / "config.yaml" if resumed else None, cfg.teacher,
+                  wanted=sum(isinstance(s, CTCStart) for s in steps))
+    last_round = out / [s for s in steps if isinstance(s, Round)][-1].folder
+    for step in steps:
+        if isinstance(step, CTCStart):
+            if len(p.starts) >= p.wanted:
                 continue
-            teacher = out / f"round{cfg.rounds}"  # every start distils the last round
-        sub = DistillConfig.from_dict({**cfg.to_dict(), "rounds": 1, "teacher": str(teacher), "ctc_refits": 0,
-                                       "ctc_starts": 1, "ctc_other_tokens": False})
-        sub.out = str(out / name)
-        ctc_only, refit = kind != "round", kind == "refit"
-        warm = cfg.warm_start and 1 < k <= cfg.rounds
-        if warm:
-            sub.trainer.epochs = warm_epochs(cfg)
-        if ctc_only:
-            sub.trainer.epochs = cfg.ctc_epochs or cfg.trainer.epochs
-            if refit:
-                sub.trainer.epochs = cfg.ctc_refit_epochs or max(1, sub.trainer.epochs // 3)
-                sub.ctc.tokens = kept["tokens"]  # the refit continues the kept start's head
-            else:
-                sub.ctc.tokens, sub.trainer.seed = plan[len(starts)]
-        elif phase or (k < cfg.rounds and not cfg.ctc_all_rounds):
-            sub.ctc.weight = 0.0  # only the student that is kept needs the CTC head
-        # a step without the vote: its teacher learnt from targets that already held it
-        sub.asr_rounds = None if takes_vote(cfg, k) else 0
-        done = Path(sub.out) / "metrics.json"
-        if cfg.trainer.resume is not None and _reusable(Path(sub.out), teacher, kind, sub.ctc.tokens):
-            log(f"{what}: already done, reusing {sub.out}")
-            m = json.loads(done.read_text(encoding="utf-8"))
-        else:
-            log(f"{what}: teacher {teacher}")
-            # a fresh top-level run replaces stale rounds; a resumed one continues them
-            sub.overwrite = cfg.trainer.resume is None
-            m = run_step(sub, log, callbacks, on_start=open_parent, ctc_only=ctc_only, warm=warm, refit=refit)
-        teacher = Path(sub.out)
-        if kind == "start":
-            starts.append({"dir": name, "tokens": sub.ctc.tokens, "seed": sub.trainer.seed,
-                           "validation_accuracy": _ranking_accuracy(m),
-                           "total_seconds": m.get("total_seconds"), "_m": m})
-            if len(starts) == 1:
-                wanted = _wanted_starts(cfg, m, log)
-            if len(starts) < wanted:
-                continue
-            kept = starts[_best_start(starts)]
-            if len(starts) > 1:
-                log("CTC phase: kept " + kept["dir"] + " (validation ranking "
-                    + ", ".join(f"{s['dir']} {_fmt(s['validation_accuracy'])}" for s in starts) + ")")
-            teacher, m = out / kept["dir"], kept["_m"]
-        if ctc_only:
-            ctc_steps.append({key: m.get(key) for key in
-                              ("fit_seconds", "total_seconds", "epochs", "ranking", "targets_disambiguation_acc_initial")})
-        else:
-            summary.append({key: m.get(key) for key in
-                            ("val_acc", "val_acc_within", "disambiguation_acc", "fit_seconds", "total_seconds")})
-    open_parent()
-    extra = {"ctc_phase": ctc_steps[0], "ctc_refits": ctc_steps[1:]} if phase else {}
-    if len(starts) > 1:
-        extra["ctc_starts"] = [{k: v for k, v in s.items() if k != "_m"} for s in starts]
-        extra["ctc_phase"].update({k: kept[k] for k in ("dir", "tokens")})
-    return _finish_rounds(cfg, out, teacher, summary, {**m, **extra})
+            p.teacher = last_round
+        elif isinstance(step, Refit):
+            step = replace(step, tokens=p.kept["tokens"])  # the refit continues the kept start's head
+        p.teacher, p.m = _execute(p, step)
+        if isinstance(step, CTCStart) and not _start_done(p, step):
+            continue
+        keys = _CTC_KEYS if step.ctc_only else _ROUND_KEYS
+        (p.ctc_steps if step.ctc_only else p.rounds).append({k: p.m.get(k) for k in keys})
+    p.open_parent()
+    extra = {"ctc_phase": p.ctc_steps[0], "ctc_refits": p.ctc_steps[1:]} if p.ctc_steps else {}
+    if len(p.starts) > 1:
+        extra["ctc_starts"] = [{k: v for k, v in s.items() if k != "_m"} for s in p.starts]
+        extra["ctc_phase"].update({k: p.kept[k] for k in ("dir", "tokens")})
+    return _finish_rounds(cfg, out, p.teacher, p.rounds, {**p.m, **extra})
 
 
-def _reusable(step: Path, teacher, kind: str, tokens: str) -> bool:
-    """Whether a resumed run may reuse the finished step in ``step``: a CTC step only with the same
+def _execute(p: _Progress, step: Step) -> tuple[Path, dict]:
+    """Run ``step`` with ``p.teacher`` (resumed: reuse it if it finished); its folder and metrics."""
+    cfg, sub = p.cfg, _step_config(p.cfg, step, p.teacher)
+    folder = Path(sub.out)
+    if cfg.trainer.resume is not None and _reusable(folder, p.teacher, step):
+        p.log(f"{step.what}: already done, reusing {sub.out}")
+        return folder, json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    p.log(f"{step.what}: teacher {p.teacher}")
+    # a fresh top-level run replaces stale steps; a resumed one continues them
+    sub.overwrite = cfg.trainer.resume is None
+    return folder, run_step(sub, step, p.log, p.callbacks, on_start=p.open_parent)
+
+
+def _step_config(cfg: DistillConfig, step: Step, teacher) -> DistillConfig:
+    """``step`` as an ordinary one-round distill run of ``teacher`` into ``RUN_DIR/<folder>``."""
+    sub = DistillConfig.from_dict({**cfg.to_dict(), "rounds": 1, "teacher": str(teacher), "ctc_refits": 0,
+                                   "ctc_starts": 1, "ctc_other_tokens": False})
+    sub.out = str(Path(cfg.out) / step.folder)
+    sub.trainer.epochs = step.epochs
+    if isinstance(step, CTCStart):
+        sub.trainer.seed = step.seed
+    if step.tokens is None:
+        sub.ctc.weight = 0.0  # only the student that is kept needs the CTC head
+    else:
+        sub.ctc.tokens = step.tokens
+    # a step without the vote: its teacher learnt from targets that already held it
+    sub.asr_rounds = None if step.vote else 0
+    return sub
+
+
+def _start_done(p: _Progress, step: CTCStart) -> bool:
+    """Note a finished CTC start; after the last one wanted, keep the best (the next teacher, and the
+    phase's metrics) and return True."""
+    m = p.m
+    p.starts.append({"dir": step.folder, "tokens": step.tokens, "seed": step.seed,
+                     "validation_accuracy": _ranking_accuracy(m), "total_seconds": m.get("total_seconds"), "_m": m})
+    if len(p.starts) == 1:
+        p.wanted = _wanted_starts(p.cfg, m, p.log)
+    if len(p.starts) < p.wanted:
+        return False
+    p.kept = p.starts[_best_start(p.starts)]
+    if len(p.starts) > 1:
+        p.log("CTC phase: kept " + p.kept["dir"] + " (validation ranking "
+              + ", ".join(f"{s['dir']} {_fmt(s['validation_accuracy'])}" for s in p.starts) + ")")
+    p.teacher, p.m = Path(p.cfg.out) / p.kept["dir"], p.kept["_m"]
+    return True
+
+
+def _reusable(folder: Path, teacher, step: Step) -> bool:
+    """Whether a resumed run may reuse ``step``, finished in ``folder``: a CTC step only with the same
     tokens, and a refit only when it continued the same CTC start as ``teacher`` (the kept start
     can change when the starts do)."""
-    if not ((step / "metrics.json").exists() and (step / "model.pt").exists()):
+    if not ((folder / "metrics.json").exists() and (folder / "model.pt").exists()):
         return False
-    if kind == "round":
+    if isinstance(step, Round):
         return True
-    done = read_run_config(step)
-    if (done.get("ctc") or {}).get("tokens") != tokens:
+    done = read_run_config(folder)
+    if (done.get("ctc") or {}).get("tokens") != step.tokens:
         return False
-    return kind != "refit" or Path(str(done.get("teacher"))).name == Path(teacher).name
+    return not isinstance(step, Refit) or Path(str(done.get("teacher"))).name == Path(teacher).name
 
 
 def _wanted_starts(cfg: DistillConfig, first: dict, log) -> int:

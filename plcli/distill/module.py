@@ -13,6 +13,7 @@ from plcli.config import (
 from plcli.data.augment import SpecAugmentConfig, SpectrogramAugment, VocalTractWarp
 from plcli.distill.config import DistillConfig
 from plcli.distill.inputs import Teacher
+from plcli.distill.plan import Refit, Step
 from plcli.distill.resolve import student_args
 from plcli.distill.targets import CANDIDATE, EXACT, refine_targets
 from plcli.errors import UserError
@@ -214,8 +215,9 @@ class DistillModule(L.LightningModule):
         return adamw_cosine([(params, hp.lr)], hp.weight_decay, self.trainer.estimated_stepping_batches)
 
 
-def build_module(cfg: DistillConfig, teacher: Teacher, targets: Tensor, log_prior: Tensor | None,
-            ctc_only: bool = False, warm: bool = False, refit: bool = False) -> DistillModule:
+def build_module(cfg: DistillConfig, step: Step, teacher: Teacher, targets: Tensor,
+                 log_prior: Tensor | None) -> DistillModule:
+    """The LightningModule of ``step``: the student, its (P', C) ``targets`` and the (C,) ``log_prior``."""
     from plcli.models.ctc import text_targets
     from plcli.text import build_tokenizer
 
@@ -230,28 +232,10 @@ def build_module(cfg: DistillConfig, teacher: Teacher, targets: Tensor, log_prio
         temperature=cfg.temperature, exact_weight=cfg.exact_weight, lr=cfg.trainer.lr,
         weight_decay=cfg.trainer.weight_decay, spec_augment=cfg.augment.spec.to_dict(), refine=cfg.refine,
         refine_momentum=cfg.refine_momentum, refine_start=cfg.refine_start, cc_weight=cfg.cc_weight,
-        ctc_weight=cfg.ctc.weight, ctc_rows=cfg.ctc_rows, ctc_only=ctc_only,
+        ctc_weight=cfg.ctc.weight, ctc_rows=cfg.ctc_rows, ctc_only=step.ctc_only,
         mel_range=[teacher.features.f_min, teacher.features.f_max], ctc_tempo=cfg.ctc.tempo, ctc_vtlp=cfg.ctc.vtlp,
     )
-    if ctc_only or warm:
-        # start from the teacher's classifier; a CTC refit also continues the teacher's CTC head
-        state = {k: v for k, v in teacher.model.state_dict().items() if refit or not k.startswith("ctc_head.")}
-        missing, unexpected = module.model.load_state_dict(state, strict=False)
-        if unexpected or any(not k.startswith("ctc_head.") for k in missing) or (refit and missing):
-            raise UserError(f"{cfg.teacher}: its classifier does not fit the student's settings "
-                            f"({len(unexpected)} unexpected, {len(missing)} missing weights)")
-    elif cfg.student_init == "teacher":
-        # a fresh student whose encoder starts as the teacher's (SimCLRv2's pretrained network); the head is new
-        state = teacher.model.encoder.state_dict()
-        try:
-            module.model.encoder.load_state_dict(state)
-        except RuntimeError:
-            raise UserError(f"--student-init teacher: the teacher's encoder does not fit --student {cfg.student} "
-                            "(use the teacher's encoder architecture)") from None
-    if ctc_only:
-        # the CTC phase: the teacher's classifier, frozen; only the new CTC head trains
-        for name, param in module.model.named_parameters():
-            param.requires_grad_(name.startswith("ctc_head."))
+    _start_student(cfg, step, teacher, module.model)
     if tok is not None:
         tokens, lengths = text_targets(tok, teacher.vocab.display)
         module.class_tokens, module.class_lengths = tokens, lengths
@@ -259,3 +243,26 @@ def build_module(cfg: DistillConfig, teacher: Teacher, targets: Tensor, log_prio
     if log_prior is not None:
         module.log_prior.copy_(log_prior)
     return module
+
+
+def _start_student(cfg: DistillConfig, step: Step, teacher: Teacher, student: Classifier) -> None:
+    """Load the weights ``step``'s student starts from (none: a fresh network) and freeze what it keeps."""
+    if step.from_teacher:
+        # the teacher's classifier; a CTC refit also continues the teacher's CTC head
+        refit = isinstance(step, Refit)
+        state = {k: v for k, v in teacher.model.state_dict().items() if refit or not k.startswith("ctc_head.")}
+        missing, unexpected = student.load_state_dict(state, strict=False)
+        if unexpected or any(not k.startswith("ctc_head.") for k in missing) or (refit and missing):
+            raise UserError(f"{cfg.teacher}: its classifier does not fit the student's settings "
+                            f"({len(unexpected)} unexpected, {len(missing)} missing weights)")
+    elif cfg.student_init == "teacher":
+        # a fresh student whose encoder starts as the teacher's (SimCLRv2's pretrained network); the head is new
+        try:
+            student.encoder.load_state_dict(teacher.model.encoder.state_dict())
+        except RuntimeError:
+            raise UserError(f"--student-init teacher: the teacher's encoder does not fit --student {cfg.student} "
+                            "(use the teacher's encoder architecture)") from None
+    if step.ctc_only:
+        # the CTC phase: the teacher's classifier, frozen; only the new CTC head trains
+        for name, param in student.named_parameters():
+            param.requires_grad_(name.startswith("ctc_head."))

@@ -24,6 +24,7 @@ from plcli.data.labels import NO_TRUTH
 from plcli.distill.config import STAGE, DistillConfig
 from plcli.distill.inputs import Rows, Teacher, inherit, load_rows, open_teacher
 from plcli.distill.module import build_module
+from plcli.distill.plan import Refit, Step
 from plcli.distill.targets import CANDIDATE, DROPPED, KINDS, save_targets, target_table
 from plcli.errors import UserError
 from plcli.inference import RowView, predict_logits, softmax
@@ -66,7 +67,7 @@ def _loaders(cfg: DistillConfig, d: Rows, clean, views, kind: np.ndarray, train_
 
 @dataclass
 class _Inputs:
-    """A round's checked inputs: the teacher, the rows, their features and the target table."""
+    """A step's checked inputs: the teacher, the rows, their features and the target table."""
 
     teacher: Teacher
     d: Rows
@@ -82,7 +83,7 @@ class _Inputs:
     asr: dict | None = None  # the recogniser's vote (plcli.asr_prior), when used
 
 
-def _prepare_round(cfg: DistillConfig, log, ctc_only: bool = False, refit: bool = False) -> _Inputs:
+def _prepare(cfg: DistillConfig, step: Step, log) -> _Inputs:
     """Read and check everything, and compute (or reuse) the teacher's targets; writes no run."""
     check_run_dir(cfg.out, STAGE, cfg.trainer.resume, cfg.overwrite)
     teacher = open_teacher(cfg.teacher)
@@ -105,12 +106,13 @@ def _prepare_round(cfg: DistillConfig, log, ctc_only: bool = False, refit: bool 
     log_prior = candidate_log_prior(torch.from_numpy(d.mask)) if cfg.prior_correction else None
     # the CTC phase draws texts from targets ** T: with log pi / T they are p / pi restricted, the
     # correction whose favourite is most often right (the rounds' T-fold one trains better students)
-    target_prior = log_prior / cfg.temperature if ctc_only and log_prior is not None else log_prior
+    target_prior = log_prior / cfg.temperature if step.ctc_only and log_prior is not None else log_prior
+    refit = isinstance(step, Refit)
     if refit and not teacher.model.has_ctc:
         raise UserError(f"{cfg.teacher}: a CTC refit needs a teacher with a CTC head")
-    bonus, asr = _asr_bonus(cfg, teacher, d, ctc_only, refit, log)
-    targets, kind, key, reused = target_table(cfg, teacher, d, clean, views, view_seed, target_prior, ranked=refit,
-                                          bonus=bonus)
+    bonus, asr = _asr_bonus(cfg, step, teacher, d, log)
+    targets, kind, key, reused = target_table(cfg, teacher, d, clean, views, view_seed, target_prior,
+                                              ranked=refit, bonus=bonus)
     log(("reused" if reused else "computed") + " the teacher's targets: "
         + ", ".join(f"{(kind == k).sum()} {name}" for k, name in enumerate(KINDS)))
     if (kind != DROPPED).sum() < 2:
@@ -118,10 +120,10 @@ def _prepare_round(cfg: DistillConfig, log, ctc_only: bool = False, refit: bool 
     seconds = {"feature_seconds": feature_seconds, "teacher_seconds": t_teach.seconds,
                "cache": {"computed": cache.computed, "reused": cache.reused}}
     return _Inputs(teacher, d, {"fraction": fraction, "seed": split_seed}, clean, views, log_prior, targets, kind,
-                  key, reused, seconds, asr)
+                   key, reused, seconds, asr)
 
 
-def _asr_bonus(cfg: DistillConfig, teacher: Teacher, d: Rows, ctc_only: bool, refit: bool,
+def _asr_bonus(cfg: DistillConfig, step: Step, teacher: Teacher, d: Rows,
                log) -> tuple[np.ndarray | None, dict | None]:
     """(P, C) the recogniser's vote over the pool in the units of the logits it joins, and its summary.
 
@@ -132,31 +134,30 @@ def _asr_bonus(cfg: DistillConfig, teacher: Teacher, d: Rows, ctc_only: bool, re
     """
     from plcli.asr_prior import prior_for
 
-    if cfg.asr_prior == "none" or cfg.asr_rounds == 0:  # inherit has made "auto" the teacher's setting
+    if cfg.asr_prior == "none" or not step.vote:  # inherit has made "auto" the teacher's setting
         return None, None
     bonus, info = prior_for(d.rows, teacher.vocab, cfg.asr_prior, cache_dir(cfg.data.cache_dir),
                             cfg.asr_accuracy, cfg.asr_workers, log, model=cfg.asr_model, language=cfg.data.language,
                             window=cfg.asr_window)
-    if refit:
+    if isinstance(step, Refit):
         from plcli.ranking import ranking_of
 
         scale = float(ranking_of(getattr(teacher.model, "extra", None)).get("temperature") or 1.0)
     else:
-        scale = 1.0 if ctc_only else cfg.temperature
+        scale = 1.0 if step.ctc_only else cfg.temperature
     return (scale * bonus[d.pool]).astype(np.float32), {**info, "scale": scale}
 
 
-def run_step(cfg: DistillConfig, log=print, callbacks: list | None = None, on_start=None,
-               ctc_only: bool = False, warm: bool = False, refit: bool = False) -> dict:
-    """One distillation of ``cfg.teacher`` into a fresh student (``ctc_only``: the CTC phase, which
-    keeps the teacher's classifier and trains only a CTC head on the teacher's targets).
+def run_step(cfg: DistillConfig, step: Step, log=print, callbacks: list | None = None, on_start=None) -> dict:
+    """``step``: one distillation of ``cfg.teacher`` into a student in ``cfg.out`` (a CTC step keeps
+    the teacher's classifier and trains only a CTC head on the teacher's targets).
 
     Everything is read and checked, and the teacher's targets computed, before ``RUN_DIR`` is
     written (``on_start`` runs just before that, for the rounds' parent folder).
     """
     timer = Timer()
     set_threads()
-    r = _prepare_round(cfg, log, ctc_only, refit)
+    r = _prepare(cfg, step, log)
     if on_start is not None:
         on_start()
     out = start_run(cfg.out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite, r.teacher.vocab, log)
@@ -164,7 +165,7 @@ def run_step(cfg: DistillConfig, log=print, callbacks: list | None = None, on_st
         save_targets(out, r.key, r.targets, r.kind)
     L.seed_everything(cfg.trainer.seed, workers=True)
     train_pos = np.flatnonzero(r.kind != DROPPED)  # positions in the pool
-    module = build_module(cfg, r.teacher, torch.from_numpy(r.targets[train_pos]), r.log_prior, ctc_only, warm, refit)
+    module = build_module(cfg, step, r.teacher, torch.from_numpy(r.targets[train_pos]), r.log_prior)
     initial_targets = module.targets.clone().numpy()
     train_loader, val_loader = _loaders(cfg, r.d, r.clean, r.views, r.kind, train_pos, log)
     monitor = "val/acc" if val_loader is not None else None
