@@ -76,8 +76,6 @@ def _omitted(text: str) -> bool:
     return 0 < len(words) <= 5 and not _OMITTED_WORDS.isdisjoint(words)
 
 
-# about 100 lines: one pass over the log lines, whose state (the open message and its continuation
-# lines) lives in locals; split up, that state would be handed around for every line of a large log
 def parse_log(text: str, file: str, exists: Callable[[str], bool], date_order: str = "auto",
               chat: str | None = None) -> ParsedChat:
     """Read a WhatsApp log (already decoded) into voice notes and candidate texts.
@@ -91,6 +89,26 @@ def parse_log(text: str, file: str, exists: Callable[[str], bool], date_order: s
     """
     if date_order not in DATE_ORDERS:
         raise DataError(f"--date-order must be one of {', '.join(DATE_ORDERS)}, got {date_order!r}")
+    dialect, entries, more = _entries(text, file)
+    problems: list[Problem] = []
+    order, note = _date_order(entries, file, date_order, problems)
+    base, stamp = _times(entries, order, file, problems)
+    if problems:
+        raise DataError(f"invalid WhatsApp log: {len(problems)} problem(s)\n"
+                        + "\n".join(f"  {p}" for p in problems[:50]))
+    parsed = ParsedChat(format=f"whatsapp-{dialect}", file=file, chat=chat, notes=[note] if note else [])
+    parsed.counts = dict.fromkeys(("system_lines", "deleted", "other_attachments", "media_omitted"), 0)
+    _read_messages(parsed, entries, more, tie_break(base), stamp, dialect == "ios", exists)
+    if not parsed.voices and parsed.counts["media_omitted"]:
+        raise DataError(
+            f"{file}:0: exported without media ({parsed.counts['media_omitted']} media omitted, no voice notes "
+            "attached): export the chat again and choose 'Include media' (iOS: 'Attach Media')")
+    return parsed
+
+
+def _entries(text: str, file: str) -> tuple[str, list[tuple], dict[int, list[str]]]:
+    """The log's dialect, one (line, date, clock, author, text) entry per message, and each entry's
+    continuation lines by entry index; ``DataError`` for an empty log or a layout it does not know."""
     lines = text.replace("\r\n", "\n").split("\n")
     first = next((i for i, s in enumerate(lines) if s.strip(_BIDI + " \t\r")), None)
     if first is None:
@@ -104,8 +122,7 @@ def parse_log(text: str, file: str, exists: Callable[[str], bool], date_order: s
         raise DataError(f"{file}:{first + 1}: not a WhatsApp message line: {head[:80]!r} (unknown date/time "
                         f"layout; expected lines like {_EXAMPLES})")
     match = pattern.match
-    # one entry per message: (line, date, clock, author, text), continuation lines aside; equal
-    # dates and clocks share one tuple, which keeps a 50 MB log's entries small
+    # equal dates and clocks share one tuple, which keeps a 50 MB log's entries small
     entries: list[tuple] = []
     more: dict[int, list[str]] = {}
     shared: dict[tuple, tuple] = {}
@@ -117,20 +134,15 @@ def parse_log(text: str, file: str, exists: Callable[[str], bool], date_order: s
         d1, _, d2, d3, h, mi, s, ampm, author, body = m.groups()
         date, clock = (d1, d2, d3), (h, mi, s, ampm)
         entries.append((i + 1, shared.setdefault(date, date), shared.setdefault(clock, clock), author, body))
-    del lines, shared
+    return dialect, entries, more
 
-    problems: list[Problem] = []
-    order, note = _date_order(entries, file, date_order, problems)
-    base, stamp = _times(entries, order, file, problems)
-    if problems:
-        raise DataError(f"invalid WhatsApp log: {len(problems)} problem(s)\n"
-                        + "\n".join(f"  {p}" for p in problems[:50]))
-    times = tie_break(base)
-    parsed = ParsedChat(format=f"whatsapp-{dialect}", file=file, chat=chat, notes=[note] if note else [])
-    counts = dict.fromkeys(("system_lines", "deleted", "other_attachments", "media_omitted"), 0)
-    ios = dialect == "ios"
+
+def _read_messages(parsed: ParsedChat, entries: list[tuple], more: dict[int, list[str]], times: list[float],
+                   stamp: Callable, ios: bool, exists: Callable[[str], bool]) -> None:
+    """Sort the entries into ``parsed``'s voice notes, messages, counts and skipped notes; one pass,
+    with the state of the whole log in locals (a call per line would cost on a large log)."""
+    counts, voices, messages, file = parsed.counts, parsed.voices, parsed.messages, parsed.file
     voice_omitted = []
-    voices, messages = parsed.voices, parsed.messages
     for j, (e, time) in enumerate(zip(entries, times)):
         line, author, raw = e[0], e[3], e[4]
         if author is None or (ios and author.startswith("\u200e")):
@@ -171,13 +183,7 @@ def parse_log(text: str, file: str, exists: Callable[[str], bool], date_order: s
         if body.endswith(">"):
             body = _EDITED.sub("", body)
         messages.append(Message(time, body, author, line))
-    parsed.counts = counts
     parsed.skipped = voice_omitted
-    if not parsed.voices and counts["media_omitted"]:
-        raise DataError(
-            f"{file}:0: exported without media ({counts['media_omitted']} media omitted, no voice notes "
-            "attached): export the chat again and choose 'Include media' (iOS: 'Attach Media')")
-    return parsed
 
 
 def _attachment(body: str, exists: Callable[[str], bool]) -> str | None:
