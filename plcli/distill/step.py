@@ -153,7 +153,7 @@ def run_step(cfg: DistillConfig, step: Step, log=print, callbacks: list | None =
     the teacher's classifier and trains only a CTC head on the teacher's targets).
 
     Everything is read and checked, and the teacher's targets computed, before ``RUN_DIR`` is
-    written (``on_start`` runs just before that, for the rounds' parent folder).
+    written (``on_start`` runs just before that: it opens the parent RUN_DIR of a run of several steps).
     """
     timer = Timer()
     set_threads()
