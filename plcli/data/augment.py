@@ -243,6 +243,90 @@ def _check_spec_config(cfg: SpecAugmentConfig) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _waveform_chain(cfg: AugmentConfig, clip_seconds: float) -> list:
+    """The audiomentations transforms of ``cfg`` in the order they are applied: timing, then the
+    recording chain (speaker -> channel -> noise -> level). One flat list on purpose, so that it reads
+    against docs/augmentations.md; a transform that would never apply is left out."""
+    import audiomentations as A
+
+    s, c = cfg.max_shift_seconds, cfg.color_noise_fraction
+    chain = [
+        (
+            cfg.p_shift > 0 and s > 0,
+            lambda: A.Shift(min_shift=-s, max_shift=s, shift_unit="seconds", rollover=False, p=cfg.p_shift),
+        ),
+        (
+            cfg.p_time_stretch > 0,
+            lambda: A.TimeStretch(
+                min_rate=cfg.min_stretch_rate,
+                max_rate=cfg.max_stretch_rate,
+                leave_length_unchanged=True,
+                p=cfg.p_time_stretch,
+            ),
+        ),
+        (
+            cfg.p_pitch_shift > 0 and cfg.max_semitones > 0,
+            lambda: A.PitchShift(
+                min_semitones=-cfg.max_semitones, max_semitones=cfg.max_semitones, p=cfg.p_pitch_shift
+            ),
+        ),
+        (
+            cfg.p_filter > 0,
+            lambda: A.OneOf(
+                [
+                    A.BandPassFilter(
+                        min_center_freq=cfg.min_bandpass_center_hz,
+                        max_center_freq=cfg.max_bandpass_center_hz,
+                        min_bandwidth_fraction=cfg.min_bandwidth_fraction,
+                        max_bandwidth_fraction=cfg.max_bandwidth_fraction,
+                        p=1.0,
+                    ),
+                    A.LowPassFilter(
+                        min_cutoff_freq=cfg.min_lowpass_hz, max_cutoff_freq=cfg.max_lowpass_hz, p=1.0
+                    ),
+                ],
+                p=cfg.p_filter,
+            ),
+        ),
+        (
+            cfg.p_clipping > 0 and cfg.max_clipping_percentile > 0,
+            lambda: A.ClippingDistortion(
+                min_percentile_threshold=0,
+                max_percentile_threshold=cfg.max_clipping_percentile,
+                p=cfg.p_clipping,
+            ),
+        ),
+        (
+            cfg.p_noise > 0,
+            lambda: A.OneOf(
+                [
+                    A.AddGaussianSNR(min_snr_db=cfg.min_snr_db, max_snr_db=cfg.max_snr_db, p=1.0),
+                    A.AddColorNoise(min_snr_db=cfg.min_snr_db, max_snr_db=cfg.max_snr_db, p=1.0),
+                ],
+                weights=[1.0 - c, c],
+                p=cfg.p_noise,
+            ),
+        ),
+        (
+            cfg.p_gain_transition > 0,
+            lambda: A.GainTransition(
+                min_gain_db=cfg.min_gain_db,
+                max_gain_db=cfg.max_gain_db,
+                min_duration=min(0.2, clip_seconds),
+                max_duration=clip_seconds,
+                duration_unit="seconds",
+                p=cfg.p_gain_transition,
+            ),
+        ),
+        (
+            cfg.p_gain > 0,
+            lambda: A.Gain(min_gain_db=cfg.min_gain_db, max_gain_db=cfg.max_gain_db, p=cfg.p_gain),
+        ),
+        (cfg.p_polarity > 0, lambda: A.PolarityInversion(p=cfg.p_polarity)),
+    ]
+    return [make() for on, make in chain if on]
+
+
 class WaveformAugment:
     """Random crop/pad to ``num_samples``, then the audiomentations chain described by ``cfg``.
 
@@ -252,8 +336,6 @@ class WaveformAugment:
         num_samples: output length in samples.
     """
 
-    # about 80 lines, on purpose: one flat list of the transforms, in the order they are applied,
-    # keeps the chain readable against docs/augmentations.md; split up, the order would be implicit
     def __init__(self, cfg: AugmentConfig, sample_rate: int, num_samples: int):
         import audiomentations as A
 
@@ -263,80 +345,7 @@ class WaveformAugment:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
         _check_waveform_config(cfg, sample_rate)
         self.cfg, self.sample_rate, self.num_samples = cfg, sample_rate, num_samples
-
-        # order: timing, then the recording chain (speaker -> channel -> noise -> level)
-        t: list = []
-        if cfg.p_shift > 0 and cfg.max_shift_seconds > 0:
-            s = cfg.max_shift_seconds
-            t.append(A.Shift(min_shift=-s, max_shift=s, shift_unit="seconds", rollover=False, p=cfg.p_shift))
-        if cfg.p_time_stretch > 0:
-            t.append(
-                A.TimeStretch(
-                    min_rate=cfg.min_stretch_rate,
-                    max_rate=cfg.max_stretch_rate,
-                    leave_length_unchanged=True,
-                    p=cfg.p_time_stretch,
-                )
-            )
-        if cfg.p_pitch_shift > 0 and cfg.max_semitones > 0:
-            t.append(
-                A.PitchShift(
-                    min_semitones=-cfg.max_semitones, max_semitones=cfg.max_semitones, p=cfg.p_pitch_shift
-                )
-            )
-        if cfg.p_filter > 0:
-            t.append(
-                A.OneOf(
-                    [
-                        A.BandPassFilter(
-                            min_center_freq=cfg.min_bandpass_center_hz,
-                            max_center_freq=cfg.max_bandpass_center_hz,
-                            min_bandwidth_fraction=cfg.min_bandwidth_fraction,
-                            max_bandwidth_fraction=cfg.max_bandwidth_fraction,
-                            p=1.0,
-                        ),
-                        A.LowPassFilter(
-                            min_cutoff_freq=cfg.min_lowpass_hz, max_cutoff_freq=cfg.max_lowpass_hz, p=1.0
-                        ),
-                    ],
-                    p=cfg.p_filter,
-                )
-            )
-        if cfg.p_clipping > 0 and cfg.max_clipping_percentile > 0:
-            t.append(
-                A.ClippingDistortion(
-                    min_percentile_threshold=0,
-                    max_percentile_threshold=cfg.max_clipping_percentile,
-                    p=cfg.p_clipping,
-                )
-            )
-        if cfg.p_noise > 0:
-            c = cfg.color_noise_fraction
-            t.append(
-                A.OneOf(
-                    [
-                        A.AddGaussianSNR(min_snr_db=cfg.min_snr_db, max_snr_db=cfg.max_snr_db, p=1.0),
-                        A.AddColorNoise(min_snr_db=cfg.min_snr_db, max_snr_db=cfg.max_snr_db, p=1.0),
-                    ],
-                    weights=[1.0 - c, c],
-                    p=cfg.p_noise,
-                )
-            )
-        if cfg.p_gain_transition > 0:
-            t.append(
-                A.GainTransition(
-                    min_gain_db=cfg.min_gain_db,
-                    max_gain_db=cfg.max_gain_db,
-                    min_duration=min(0.2, num_samples / sample_rate),
-                    max_duration=num_samples / sample_rate,
-                    duration_unit="seconds",
-                    p=cfg.p_gain_transition,
-                )
-            )
-        if cfg.p_gain > 0:
-            t.append(A.Gain(min_gain_db=cfg.min_gain_db, max_gain_db=cfg.max_gain_db, p=cfg.p_gain))
-        if cfg.p_polarity > 0:
-            t.append(A.PolarityInversion(p=cfg.p_polarity))
+        t = _waveform_chain(cfg, num_samples / sample_rate)
         self.transforms = A.Compose(t, p=1.0, shuffle=False) if t else None
 
     def crop_or_pad(self, samples: np.ndarray) -> np.ndarray:
@@ -366,8 +375,10 @@ class WaveformAugment:
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def __repr__(self) -> str:
-        return (f"WaveformAugment(sample_rate={self.sample_rate}, num_samples={self.num_samples}, "
-                f"transforms={self.transforms!r})")
+        return (
+            f"WaveformAugment(sample_rate={self.sample_rate}, num_samples={self.num_samples}, "
+            f"transforms={self.transforms!r})"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -441,8 +452,9 @@ class VocalTractWarp(nn.Module):
             return x
         m_lo, m_hi = _hz_to_mel(self.f_min), _hz_to_mel(self.f_max)
         step = (m_hi - m_lo) / (n_mels + 1)  # band m's centre is m_lo + (m + 1) * step
-        centre_hz = _mel_to_hz(m_lo + step * torch.arange(1, n_mels + 1, device=x.device,
-                                                          dtype=torch.float32))
+        centre_hz = _mel_to_hz(
+            m_lo + step * torch.arange(1, n_mels + 1, device=x.device, dtype=torch.float32)
+        )
         alpha = torch.empty(b, 1, device=x.device).uniform_(1 - self.max_warp, 1 + self.max_warp)
         src_hz = centre_hz[None, :] / alpha  # (b, F): where each output band reads from
         pos = ((_hz_to_mel(src_hz) - m_lo) / step - 1).clamp(0, n_mels - 1)  # fractional band index

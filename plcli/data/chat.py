@@ -184,20 +184,12 @@ class _Columns:
         return True
 
 
-# about 75 lines: one pass over the rows with every per-row check in order (columns, id, audio,
-# timestamp, author, duplicates), so each problem is reported against its line exactly once
 def _parse_voices(
     table: Table, same_author: bool, problems: list[Problem], stamps: list[bool]
 ) -> list[Voice]:
-    cols = _Columns(table, problems)
-    ok = cols.require("audio") & cols.require("timestamp")
-    if same_author:
-        ok &= cols.require("author", " (needed by --same-author)")
-    for name in RESERVED:
-        if table.header is not None and name in table.header:
-            hint = "use 'author'" if name == "speaker" else "give exact labels in the labels table"
-            problems.append(Problem(table.file, table.header_line, f"column {name!r} is reserved: {hint}"))
-            ok = False
+    """The voice table's rows; one pass with every per-row check in order (columns, audio, timestamp,
+    author, id, duplicates), so each problem is reported against its line exactly once."""
+    cols, ok = _voice_columns(table, same_author, problems)
     if not table.rows:
         if not any(p.file == table.file for p in problems):
             problems.append(Problem(table.file, 0, "no voice messages"))
@@ -205,16 +197,8 @@ def _parse_voices(
     base = Path(os.path.abspath(Path(table.file).parent))
     voices, first_line = [], {}
     for line, row in table.rows:
-        errors = []
-        audio = _text(row.get("audio"))
-        if "audio" in cols.missing:
-            pass
-        elif row.get("audio") is None:
-            errors.append("missing audio path")
-        elif audio is None:
-            errors.append(f"'audio' must be a path string, got {type(row['audio']).__name__}")
-        elif not audio.strip():
-            errors.append("empty audio path")
+        errors: list[str] = []
+        audio = _voice_audio(row, cols, errors)
         if "timestamp" not in cols.missing:
             try:
                 time, aware = parse_timestamp(row.get("timestamp"))
@@ -225,44 +209,65 @@ def _parse_voices(
         author = author.strip() if author and author.strip() else None
         if same_author and author is None and "author" not in cols.missing:
             errors.append("empty author (needed by --same-author)")
-        vid = _text(row.get("id"))
-        if row.get("id") is not None and vid is None:
-            errors.append(f"'id' must be a string, got {type(row['id']).__name__}")
-        if not vid or not vid.strip():
-            vid = Path(audio.strip()).stem if audio and audio.strip() else None
-        else:
-            vid = vid.strip()
-        if vid is not None:
-            if vid in first_line:
-                errors.append(f"duplicate id {vid!r} (first on line {first_line[vid]})")
-            else:
-                first_line[vid] = line
+        vid = _voice_id(row, audio, line, first_line, errors)
         if table.header is None:
-            for name in RESERVED:
-                if name in row:
-                    errors.append(f"field {name!r} is reserved")
-        for e in errors:
-            problems.append(Problem(table.file, line, e, row))
+            errors += [f"field {name!r} is reserved" for name in RESERVED if name in row]
+        problems.extend(Problem(table.file, line, e, row) for e in errors)
         if errors or not ok:
             continue
         # CSV has no null: an empty cell in an extra column means "no value"
-        extra = {
-            k: v
-            for k, v in row.items()
-            if k not in VOICE_COLUMNS and not (table.header is not None and v.strip() == "")
-        }
-        voices.append(
-            Voice(
-                id=vid,
-                audio=Path(os.path.normpath(base / Path(audio.strip()).expanduser())),
-                time=time,
-                author=author,
-                timestamp=row["timestamp"],
-                extra=extra,
-                line=line,
-            )
-        )
+        extra = {k: v for k, v in row.items()
+                 if k not in VOICE_COLUMNS and not (table.header is not None and v.strip() == "")}
+        voices.append(Voice(id=vid, audio=Path(os.path.normpath(base / Path(audio.strip()).expanduser())),
+                            time=time, author=author, timestamp=row["timestamp"], extra=extra, line=line))
     return voices
+
+
+def _voice_columns(table: Table, same_author: bool, problems: list[Problem]) -> tuple[_Columns, bool]:
+    """The voice table's column checks; False when a row cannot become a voice whatever it holds."""
+    cols = _Columns(table, problems)
+    ok = cols.require("audio") & cols.require("timestamp")
+    if same_author:
+        ok &= cols.require("author", " (needed by --same-author)")
+    for name in RESERVED:
+        if table.header is not None and name in table.header:
+            hint = "use 'author'" if name == "speaker" else "give exact labels in the labels table"
+            problems.append(Problem(table.file, table.header_line, f"column {name!r} is reserved: {hint}"))
+            ok = False
+    return cols, ok
+
+
+def _voice_audio(row: dict, cols: _Columns, errors: list[str]) -> str | None:
+    """The row's audio cell as text; what is wrong with it goes to ``errors``."""
+    audio = _text(row.get("audio"))
+    if "audio" in cols.missing:
+        pass
+    elif row.get("audio") is None:
+        errors.append("missing audio path")
+    elif audio is None:
+        errors.append(f"'audio' must be a path string, got {type(row['audio']).__name__}")
+    elif not audio.strip():
+        errors.append("empty audio path")
+    return audio
+
+
+def _voice_id(row: dict, audio: str | None, line: int, first_line: dict[str, int],
+              errors: list[str]) -> str | None:
+    """The row's id (default: the audio file's stem), noted in ``first_line``; a duplicate goes to
+    ``errors``."""
+    vid = _text(row.get("id"))
+    if row.get("id") is not None and vid is None:
+        errors.append(f"'id' must be a string, got {type(row['id']).__name__}")
+    if not vid or not vid.strip():
+        vid = Path(audio.strip()).stem if audio and audio.strip() else None
+    else:
+        vid = vid.strip()
+    if vid is not None:
+        if vid in first_line:
+            errors.append(f"duplicate id {vid!r} (first on line {first_line[vid]})")
+        else:
+            first_line[vid] = line
+    return vid
 
 
 def _parse_messages(
@@ -416,9 +421,14 @@ def check_candidate_options(k: int, window_seconds: float | None) -> None:
         raise UserError(f"--window must be a positive number of seconds, got {window_seconds}")
 
 
-def manifest_rows(voices: Sequence[Voice], cands: Sequence[list[str]], labels: dict[str, tuple[str, int]],
-                  labels_file: str, out_dir: Path,
-                  key: Callable[[str], str]) -> tuple[list[dict], list[str], int]:
+def manifest_rows(
+    voices: Sequence[Voice],
+    cands: Sequence[list[str]],
+    labels: dict[str, tuple[str, int]],
+    labels_file: str,
+    out_dir: Path,
+    key: Callable[[str], str],
+) -> tuple[list[dict], list[str], int]:
     """Manifest rows of voice messages and their candidate sets (``from_chat`` documents the columns),
     the warnings for labels outside their candidates, and how many there were."""
     rows, warnings = [], []
@@ -430,8 +440,10 @@ def manifest_rows(voices: Sequence[Voice], cands: Sequence[list[str]], labels: d
             row["label"] = label
             if c and key(label) not in {key(x) for x in c}:
                 n_outside += 1
-                warnings.append(f"{labels_file}:{line}: label {label!r} for id {v.id!r} is not among its "
-                                f"{len(c)} candidates")
+                warnings.append(
+                    f"{labels_file}:{line}: label {label!r} for id {v.id!r} is not among its "
+                    f"{len(c)} candidates"
+                )
         if v.author is not None:
             row["speaker"] = v.author
         row["timestamp"] = v.timestamp
@@ -465,8 +477,9 @@ def from_chat(
     """
     check_candidate_options(k, window_seconds)
     stamps: list[bool] = []  # per timestamp: did it carry a timezone
-    vtable, mtable, ltable, voices, messages, labels = _read_export(voices_path, messages_path, labels_path,
-                                                                   same_author, stamps)
+    vtable, mtable, ltable, voices, messages, labels = _read_export(
+        voices_path, messages_path, labels_path, same_author, stamps
+    )
     cands = build_candidates(voices, messages, k, window_seconds, same_author, key, skip_empty)
     out_dir = Path(os.path.abspath(Path(out_path).parent))
     labels_file = ltable.file if ltable is not None else ""

@@ -226,13 +226,7 @@ def import_export(
     finally:
         if export.zf is not None:
             export.zf.close()
-    if not voices:
-        if not skipped:
-            raise DataError(f"{parsed.file}:0: no voice notes in this chat")
-        raise DataError(f"no voice note could be imported from {parsed.file}:\n"
-                        + "\n".join(f"  {p}" for p in sorted(skipped, key=lambda p: p.line)[:50]))
-    if same_author and any(v.author is None for v in voices):
-        raise DataError(f"{parsed.file}:0: --same-author needs an author for every voice note")
+    _check_voices(parsed, voices, skipped, same_author)
     labels = chat.read_labels(labels_path, {v.id for v in voices}) if labels_path is not None else {}
     cands = chat.build_candidates(voices, parsed.messages, k, window_seconds, same_author, key)
     rows, warnings, n_outside = chat.manifest_rows(voices, cands, labels, str(labels_path), out_dir, key)
@@ -245,6 +239,17 @@ def import_export(
                         "include them)")
     summary = _summary(parsed, voices, skipped, copied, media_dir, rows, cands, labels, n_outside, warnings)
     return rows, summary
+
+
+def _check_voices(parsed: ParsedChat, voices, skipped, same_author: bool) -> None:
+    """``DataError`` when no voice note was imported, or one lacks the author ``--same-author`` needs."""
+    if not voices:
+        if not skipped:
+            raise DataError(f"{parsed.file}:0: no voice notes in this chat")
+        raise DataError(f"no voice note could be imported from {parsed.file}:\n"
+                        + "\n".join(f"  {p}" for p in sorted(skipped, key=lambda p: p.line)[:50]))
+    if same_author and any(v.author is None for v in voices):
+        raise DataError(f"{parsed.file}:0: --same-author needs an author for every voice note")
 
 
 def _summary(parsed: ParsedChat, voices, skipped, copied: int, media_dir: Path, rows: list[dict], cands,

@@ -64,8 +64,6 @@ def _time(msg: dict) -> tuple[float, str]:
     return seconds, str(date)
 
 
-# about 65 lines: one pass over the messages in file order (a voice message's caption is the
-# next text), with each kind of message handled where it is met
 def parse_result(text: str, file: str) -> ParsedChat:
     """Read Telegram's result.json (already decoded) into voice notes and candidate texts.
 
@@ -74,42 +72,11 @@ def parse_result(text: str, file: str) -> ParsedChat:
     Raises ``DataError`` with ``file:line: reason`` for malformed JSON, a file that is not a
     single-chat export, bad dates, or an export without voice messages.
     """
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(
-            f"{file}:{e.lineno}: malformed JSON: {e.msg} at column {e.colno} (cut off or edited?)"
-        ) from None
-    if isinstance(data, dict) and "messages" not in data and isinstance(data.get("chats"), dict):
-        raise DataError(f"{file}:1: this is a full-account export; export a single chat instead (open the "
-                        "chat, ⋮ > Export chat history, format: Machine-readable JSON)")
-    if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
-        raise DataError(
-            f"{file}:1: not a Telegram chat export: expected a JSON object with a 'messages' list"
-        )
-    messages = data["messages"]
-    lines = _message_lines(text, messages)
+    data = _load(text, file)
     chat = data.get("name") if isinstance(data.get("name"), str) else None
     parsed = ParsedChat(format="telegram", file=file, chat=chat)
     counts = dict.fromkeys(("system_lines", "other_attachments", "media_omitted"), 0)
-    problems: list[Problem] = []
-    kept: list[tuple[dict, int, float, str]] = []
-    for msg, line in zip(messages, lines):
-        if not isinstance(msg, dict):
-            problems.append(Problem(file, line, f"expected a message object, got {type(msg).__name__}"))
-            continue
-        if msg.get("type") != "message":
-            counts["system_lines"] += 1
-            continue
-        try:
-            time, stamp = _time(msg)
-        except (TypeError, ValueError) as e:
-            problems.append(Problem(file, line, f"message {msg.get('id')}: bad date ({e})"))
-            continue
-        kept.append((msg, line, time, stamp))
-    if problems:
-        raise DataError(f"invalid Telegram export: {len(problems)} problem(s)\n"
-                        + "\n".join(f"  {p}" for p in problems[:50]))
+    kept = _dated_messages(data["messages"], _message_lines(text, data["messages"]), file, counts)
     times = tie_break([t for _, _, t, _ in kept])
     half_step = 0.25 / (len(kept) + 1)
     for (msg, line, _, stamp), time in zip(kept, times):
@@ -137,3 +104,51 @@ def parse_result(text: str, file: str) -> ParsedChat:
         raise DataError(f"{file}:0: exported without voice messages ({counts['media_omitted']} not "
                         "included): export the chat again with 'Voice messages' ticked")
     return parsed
+
+
+def _load(text: str, file: str) -> dict:
+    """The export as JSON: an object with a ``messages`` list, else ``DataError``."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(
+            f"{file}:{e.lineno}: malformed JSON: {e.msg} at column {e.colno} (cut off or edited?)"
+        ) from None
+    if isinstance(data, dict) and "messages" not in data and isinstance(data.get("chats"), dict):
+        raise DataError(
+            f"{file}:1: this is a full-account export; export a single chat instead (open the "
+            "chat, ⋮ > Export chat history, format: Machine-readable JSON)"
+        )
+    if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
+        raise DataError(
+            f"{file}:1: not a Telegram chat export: expected a JSON object with a 'messages' list"
+        )
+    return data
+
+
+def _dated_messages(
+    messages: list, lines: list[int], file: str, counts: dict[str, int]
+) -> list[tuple[dict, int, float, str]]:
+    """(message, line, unix time, timestamp text) of every ordinary message, in file order; service
+    messages are counted in ``counts``; a malformed message or date is a ``DataError`` (all listed)."""
+    problems: list[Problem] = []
+    kept: list[tuple[dict, int, float, str]] = []
+    for msg, line in zip(messages, lines):
+        if not isinstance(msg, dict):
+            problems.append(Problem(file, line, f"expected a message object, got {type(msg).__name__}"))
+            continue
+        if msg.get("type") != "message":
+            counts["system_lines"] += 1
+            continue
+        try:
+            time, stamp = _time(msg)
+        except (TypeError, ValueError) as e:
+            problems.append(Problem(file, line, f"message {msg.get('id')}: bad date ({e})"))
+            continue
+        kept.append((msg, line, time, stamp))
+    if problems:
+        raise DataError(
+            f"invalid Telegram export: {len(problems)} problem(s)\n"
+            + "\n".join(f"  {p}" for p in problems[:50])
+        )
+    return kept

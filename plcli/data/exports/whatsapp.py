@@ -78,8 +78,6 @@ def _omitted(text: str) -> bool:
     return 0 < len(words) <= 5 and not _OMITTED_WORDS.isdisjoint(words)
 
 
-# about 100 lines: one pass over the log lines, whose state (the open message and its continuation
-# lines) lives in locals; split up, that state would be handed around for every line of a large log
 def parse_log(text: str, file: str, exists: Callable[[str], bool], date_order: str = "auto",
               chat: str | None = None) -> ParsedChat:
     """Read a WhatsApp log (already decoded) into voice notes and candidate texts.
@@ -93,6 +91,28 @@ def parse_log(text: str, file: str, exists: Callable[[str], bool], date_order: s
     """
     if date_order not in DATE_ORDERS:
         raise DataError(f"--date-order must be one of {', '.join(DATE_ORDERS)}, got {date_order!r}")
+    dialect, entries, more = _entries(text, file)
+    problems: list[Problem] = []
+    order, note = _date_order(entries, file, date_order, problems)
+    base, stamp = _times(entries, order, file, problems)
+    if problems:
+        raise DataError(f"invalid WhatsApp log: {len(problems)} problem(s)\n"
+                        + "\n".join(f"  {p}" for p in problems[:50]))
+    parsed = ParsedChat(format=f"whatsapp-{dialect}", file=file, chat=chat, notes=[note] if note else [])
+    parsed.counts = dict.fromkeys(("system_lines", "deleted", "other_attachments", "media_omitted"), 0)
+    _read_messages(parsed, entries, more, tie_break(base), stamp, dialect == "ios", exists)
+    if not parsed.voices and parsed.counts["media_omitted"]:
+        raise DataError(
+            f"{file}:0: exported without media ({parsed.counts['media_omitted']} media omitted, "
+            "no voice notes "
+            "attached): export the chat again and choose 'Include media' (iOS: 'Attach Media')"
+        )
+    return parsed
+
+
+def _entries(text: str, file: str) -> tuple[str, list[tuple], dict[int, list[str]]]:
+    """The log's dialect, one (line, date, clock, author, text) entry per message, and each entry's
+    continuation lines by entry index; ``DataError`` for an empty log or a layout it does not know."""
     lines = text.replace("\r\n", "\n").split("\n")
     first = next((i for i, s in enumerate(lines) if s.strip(_BIDI + " \t\r")), None)
     if first is None:
@@ -103,11 +123,12 @@ def parse_log(text: str, file: str, exists: Callable[[str], bool], date_order: s
     elif IOS.match(head):
         dialect, pattern = "ios", IOS
     else:
-        raise DataError(f"{file}:{first + 1}: not a WhatsApp message line: {head[:80]!r} (unknown date/time "
-                        f"layout; expected lines like {_EXAMPLES})")
+        raise DataError(
+            f"{file}:{first + 1}: not a WhatsApp message line: {head[:80]!r} (unknown date/time "
+            f"layout; expected lines like {_EXAMPLES})"
+        )
     match = pattern.match
-    # one entry per message: (line, date, clock, author, text), continuation lines aside; equal
-    # dates and clocks share one tuple, which keeps a 50 MB log's entries small
+    # equal dates and clocks share one tuple, which keeps a 50 MB log's entries small
     entries: list[tuple] = []
     more: dict[int, list[str]] = {}
     shared: dict[tuple, tuple] = {}
@@ -119,20 +140,22 @@ def parse_log(text: str, file: str, exists: Callable[[str], bool], date_order: s
         d1, _, d2, d3, h, mi, s, ampm, author, body = m.groups()
         date, clock = (d1, d2, d3), (h, mi, s, ampm)
         entries.append((i + 1, shared.setdefault(date, date), shared.setdefault(clock, clock), author, body))
-    del lines, shared
+    return dialect, entries, more
 
-    problems: list[Problem] = []
-    order, note = _date_order(entries, file, date_order, problems)
-    base, stamp = _times(entries, order, file, problems)
-    if problems:
-        raise DataError(f"invalid WhatsApp log: {len(problems)} problem(s)\n"
-                        + "\n".join(f"  {p}" for p in problems[:50]))
-    times = tie_break(base)
-    parsed = ParsedChat(format=f"whatsapp-{dialect}", file=file, chat=chat, notes=[note] if note else [])
-    counts = dict.fromkeys(("system_lines", "deleted", "other_attachments", "media_omitted"), 0)
-    ios = dialect == "ios"
+
+def _read_messages(
+    parsed: ParsedChat,
+    entries: list[tuple],
+    more: dict[int, list[str]],
+    times: list[float],
+    stamp: Callable,
+    ios: bool,
+    exists: Callable[[str], bool],
+) -> None:
+    """Sort the entries into ``parsed``'s voice notes, messages, counts and skipped notes; one pass,
+    with the state of the whole log in locals (a call per line would cost on a large log)."""
+    counts, voices, messages, file = parsed.counts, parsed.voices, parsed.messages, parsed.file
     voice_omitted = []
-    voices, messages = parsed.voices, parsed.messages
     for j, (e, time) in enumerate(zip(entries, times)):
         line, author, raw = e[0], e[3], e[4]
         if author is None or (ios and author.startswith("\u200e")):
@@ -160,8 +183,9 @@ def parse_log(text: str, file: str, exists: Callable[[str], bool], date_order: s
             if (marked or body.startswith("<")) and _omitted(body):
                 counts["media_omitted"] += 1
                 if any(w in body.lower() for w in _VOICE_WORDS):
-                    voice_omitted.append(Problem(file, line,
-                                                 f"voice note not in the export ({body.strip('<>')})"))
+                    voice_omitted.append(
+                        Problem(file, line, f"voice note not in the export ({body.strip('<>')})")
+                    )
                 continue
             if body.rstrip(".").lower() in _DELETED:
                 counts["deleted"] += 1
@@ -174,13 +198,7 @@ def parse_log(text: str, file: str, exists: Callable[[str], bool], date_order: s
         if body.endswith(">"):
             body = _EDITED.sub("", body)
         messages.append(Message(time, body, author, line))
-    parsed.counts = counts
     parsed.skipped = voice_omitted
-    if not parsed.voices and counts["media_omitted"]:
-        raise DataError(
-            f"{file}:0: exported without media ({counts['media_omitted']} media omitted, no voice notes "
-            "attached): export the chat again and choose 'Include media' (iOS: 'Attach Media')")
-    return parsed
 
 
 def _attachment(body: str, exists: Callable[[str], bool]) -> str | None:
@@ -209,16 +227,26 @@ def _date_order(entries: list[list], file: str, flag: str, problems: list[Proble
     if year_first:
         if len(year_first) < len(first_line):
             other = next(k for k in first_line if len(k[0]) != 4)
-            problems.append(Problem(file, first_line[other], f"date {'/'.join(other)} is not year-first like "
-                                    f"the date on line {first_line[year_first[0]]}: set --date-order"))
+            problems.append(
+                Problem(
+                    file,
+                    first_line[other],
+                    f"date {'/'.join(other)} is not year-first like "
+                    f"the date on line {first_line[year_first[0]]}: set --date-order",
+                )
+            )
         return "ymd", None
     day_first = next((k for k in first_line if int(k[0]) > 12), None)
     month_first = next((k for k in first_line if int(k[1]) > 12), None)
     if day_first and month_first:
-        problems.append(Problem(
-            file, first_line[month_first],
-            f"date {'/'.join(month_first)} is month-first but {'/'.join(day_first)} on line "
-            f"{first_line[day_first]} is day-first: set --date-order dmy or mdy"))
+        problems.append(
+            Problem(
+                file,
+                first_line[month_first],
+                f"date {'/'.join(month_first)} is month-first but {'/'.join(day_first)} on line "
+                f"{first_line[day_first]} is day-first: set --date-order dmy or mdy",
+            )
+        )
         return "dmy", None
     if day_first:
         return (
@@ -226,8 +254,9 @@ def _date_order(entries: list[list], file: str, flag: str, problems: list[Proble
             f"dates read day-first (DD/MM/YYYY): {'/'.join(day_first)} on line {first_line[day_first]}",
         )
     if month_first:
-        return "mdy", (f"dates read month-first (MM/DD/YYYY): {'/'.join(month_first)} on line "
-                       f"{first_line[month_first]}")
+        return "mdy", (
+            f"dates read month-first (MM/DD/YYYY): {'/'.join(month_first)} on line {first_line[month_first]}"
+        )
     if all(k[0] == k[1] for k in first_line):
         return "dmy", None  # both orders read the same dates
     # every date fits both orders: the log is in time order, so take the order that keeps it so
@@ -238,13 +267,20 @@ def _date_order(entries: list[list], file: str, flag: str, problems: list[Proble
         inversions[order] = sum(1 for a, b in zip(days, days[1:]) if b < a)
     if inversions["dmy"] != inversions["mdy"]:
         order = min(inversions, key=inversions.get)
-        return order, (f"dates read {'day' if order == 'dmy' else 'month'}-first: every date fits both "
-                       "orders, and only this one keeps the log in time order (set --date-order to "
-                       "override)")
+        return order, (
+            f"dates read {'day' if order == 'dmy' else 'month'}-first: every date fits both "
+            "orders, and only this one keeps the log in time order (set --date-order to "
+            "override)"
+        )
     ambiguous = next(k for k in keys if k[0] != k[1])
-    problems.append(Problem(file, first_line[ambiguous],
-                            f"cannot tell whether {'/'.join(ambiguous)} is day-first or month-first: every "
-                            f"date in the log fits both; set --date-order dmy or mdy"))
+    problems.append(
+        Problem(
+            file,
+            first_line[ambiguous],
+            f"cannot tell whether {'/'.join(ambiguous)} is day-first or month-first: every "
+            f"date in the log fits both; set --date-order dmy or mdy",
+        )
+    )
     return "dmy", None
 
 
@@ -259,8 +295,9 @@ def _ymd(key: tuple, order: str) -> tuple[int, int, int]:
     return (y + 2000 if y < 100 else y), mo, d
 
 
-def _times(entries: list[tuple], order: str, file: str,
-           problems: list[Problem]) -> tuple[list[float], Callable[[tuple], str]]:
+def _times(
+    entries: list[tuple], order: str, file: str, problems: list[Problem]
+) -> tuple[list[float], Callable[[tuple], str]]:
     """Unix seconds of every entry, and a function giving an entry's ISO local timestamp.
 
     Dates and clock times repeat a lot, so each distinct one is parsed once; bad dates and times
@@ -281,8 +318,13 @@ def _times(entries: list[tuple], order: str, file: str,
             clock = clocks[ck] = _clock(*ck)
         if clock is None:
             h, mi, s, ampm = ck
-            problems.append(Problem(file, e[0], f"invalid time {h}:{mi}{':' + s if s else ''}"
-                                                f"{' ' + ampm + 'M' if ampm else ''}"))
+            problems.append(
+                Problem(
+                    file,
+                    e[0],
+                    f"invalid time {h}:{mi}{':' + s if s else ''}{' ' + ampm + 'M' if ampm else ''}",
+                )
+            )
         out.append(day[0] + clock[0] if day is not None and clock is not None else 0.0)
     return out, lambda e: f"{days[e[1]][1]}T{clocks[e[2]][1]}"
 
