@@ -206,7 +206,7 @@ def ranked_logits(teacher: Teacher, rows: list, feats) -> np.ndarray:
     classes = candidate_classes(cands, teacher.vocab)  # (N, K)
     # the raw combined scores, not their calibrated softmax (``ranking["temperature"]``): with a CTC
     # weight of 1000 the targets are the ranking's top candidate, and the refit learned more from that
-    # than from the calibrated distribution (docs/ctc.md, "Calibrated candidate probabilities"); and
+    # than from the calibrated distribution (docs/ctc.md); and
     # without the prior correction, which is for messages new at test time: a training row's message
     # is one the training rows hold
     combined = rank(softmax(logits), scores, classes, ranking_of(getattr(teacher.model, "extra", None)))[
