@@ -248,12 +248,13 @@ def choose_ranking(
     is_open = open_rows(classes) if classes is not None else np.zeros(len(truth_pos), dtype=bool)
     closed = rows & ~is_open if (rows & ~is_open).any() else rows
     if not rows.any():
-        return {**DEFAULT, "rows": 0, "open": dict(OPEN_DEFAULT)}
+        return {**DEFAULT, "rows": 0, "open": {"chosen_on": OPEN_DEFAULT["chosen_on"], "rows": 0}}
     best, grid = _best_weights(cls, ctc_by_norm, truth_pos, closed, lambdas, fam, prior_weights)
     new = rows & is_open
     if classes is not None:
         new &= classes[np.arange(len(rows)), np.clip(truth_pos, 0, None)] == UNKNOWN
-    opened = {**OPEN_DEFAULT, "rows": int(new.sum())}
+    # the default's weights are not stored, so a model follows the default as it is measured
+    opened = {"chosen_on": OPEN_DEFAULT["chosen_on"], "rows": int(new.sum())}
     if new.sum() >= MIN_NEW_ROWS:
         norm = best["length_norm"]
         o, _ = _best_weights(cls, {norm: ctc_by_norm[norm]}, truth_pos, new, lambdas, fam, prior_weights)
@@ -271,7 +272,8 @@ def choose_ranking(
         "accuracy": best["accuracy"],
         "open": opened,
     }
-    combined = ranked_scores(cls, ctc_by_norm[best["length_norm"]], out, fam, is_open)
+    weights = {**out, "open": {**OPEN_DEFAULT, **opened}}
+    combined = ranked_scores(cls, ctc_by_norm[best["length_norm"]], weights, fam, is_open)
     return {**out, "temperature": fit_temperature(combined, truth_pos), "rows": int(rows.sum()), "grid": grid}
 
 
