@@ -615,7 +615,7 @@ def test_small_data_student_caps_the_batch(world, tmp_path):
 def test_student_init_teacher_needs_the_teachers_architecture(world, tmp_path):
     cfg = _cfg(world, tmp_path / "bad", student="tcresnet-small", student_init="teacher",
                **{"ctc.weight": 0.0})
-    with pytest.raises(UserError, match="student-init"):
+    with pytest.raises(UserError, match="student_init"):
         run(cfg, log=lambda *_: None)
 
 
