@@ -19,10 +19,8 @@ BENCH_DOCS ?= --docs docs/results/grid.md --png docs/benchmark-accuracy.png
 # widest voice pool, so it needs `scripts/install_voices.sh --non-free` first; its report is the
 # generated page docs/results/curve.md
 CURVE_ARGS ?= --engines espeak,flite,festival,pico,mbrola --report docs/results/curve.md --png docs/benchmark-curve.png
-# the recogniser benchmark's cells (docs/recognisers.md): results/recognisers/*.json, and any cell still
-# in the folder's old place, bench-recognisers/, whose language results/recognisers/ lacks
-RECOGNISER_CELLS = $(sort $(wildcard results/recognisers/*.json)) $(filter-out \
-	$(addprefix bench-recognisers/,$(notdir $(wildcard results/recognisers/*.json))),$(sort $(wildcard bench-recognisers/*.json)))
+# the recogniser benchmark's cells, one per language (docs/recognisers.md)
+RECOGNISER_CELLS = $(sort $(wildcard results/recognisers/*.json))
 
 LOCK := requirements.lock
 
