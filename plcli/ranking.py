@@ -424,12 +424,13 @@ def tune_ranking(model, vocab, features, held_rows, held_feats, manifest: str | 
     if not rows:
         return {**DEFAULT, "chosen_on": "default (no validation rows)", "rows": 0}
     out = tune(model, vocab, feats, [r.candidates for r in rows], [r.label for r in rows], where)
+    opened = {**OPEN_DEFAULT, **out.get("open", {})}
     log(
         f"combined ranking: CTC weight {out['ctc_weight']}, length norm {out['length_norm']}, "
         f"prior correction {out.get('prior_weight', 0.0)}, temperature {out.get('temperature', 1.0):.3g}, "
         f"within-candidate accuracy {out.get('accuracy', float('nan')):.3f} on {where}, "
         f"{out.get('new_message_rows', 0)} of them saying a message outside the vocabulary; rows with a "
-        f"text outside it: CTC weight {out['open']['ctc_weight']}, prior correction "
-        f"{out['open']['prior_weight']} ({out['open']['chosen_on']})"
+        f"text outside it: CTC weight {opened['ctc_weight']}, prior correction "
+        f"{opened['prior_weight']} ({opened['chosen_on']})"
     )
     return out

@@ -294,6 +294,23 @@ def test_a_vote_recogniser_enters_the_cascade_at_its_accuracy():
     assert np.allclose(out[2], probs[2])  # no unknown text, sure enough: not sent
 
 
+def test_on_a_row_with_a_never_heard_text_the_recogniser_outweighs_a_sure_student():
+    from plcli import cascade
+    from plcli.ranking import UNKNOWN
+
+    probs = np.array([[0.97, 0.03], [0.97, 0.03]])  # sure of the text it heard
+    classes = np.array([[0, UNKNOWN], [0, 1]])
+    rec = np.log(np.array([[0.1, 0.9], [0.1, 0.9]]))  # the recogniser hears the other one
+    w = cascade.student_weight(classes, {})
+    assert w.tolist() == [cascade.OPEN_WEIGHT, 1.0] and cascade.OPEN_WEIGHT < 1
+    out = cascade.combine(probs, rec, np.array([True, True]), w)
+    assert out.argmax(1).tolist() == [1, 0]  # the open row follows the recogniser, the known row the student
+    want = probs[0] ** cascade.OPEN_WEIGHT * np.exp(rec[0])
+    assert np.allclose(out[0], want / want.sum())
+    same = cascade.combine(probs, rec, np.ones(2, bool), 1.0)
+    assert np.allclose(cascade.combine(probs, rec, np.array([True, True])), same)  # weight 1 by default
+
+
 def test_auto_fallback_is_whisper_else_pocketsphinx_for_english(tmp_path, monkeypatch):
     from plcli import cascade
     from plcli.recognisers import whisper
@@ -316,10 +333,12 @@ def test_whisper_base_names_what_synthetic_speech_says(tmp_path, whisper_base):
     from plcli.demo.generator import DemoConfig, generate_demo
     from plcli.recognisers import recognise
 
-    generate_demo(tmp_path / "d",
-                  DemoConfig(train=16, test=0, phrases=40, seed=5, workers=1, engines="espeak"))
-    rows = [r for r in load_rows([str(tmp_path / "d" / "train.jsonl")], log=lambda *_: None).rows
-            if r.candidates]
+    generate_demo(
+        tmp_path / "d", DemoConfig(train=16, test=0, phrases=40, seed=5, workers=1, engines="espeak")
+    )
+    rows = [
+        r for r in load_rows([str(tmp_path / "d" / "train.jsonl")], log=lambda *_: None).rows if r.candidates
+    ]
     truth = read_truth(str(tmp_path / "d" / "truth.jsonl"))
     s = recognise(rows, "whisper", tmp_path / "c", str(whisper_base), "en", log=lambda *_: None, window=10)
     hits = [r.candidates[v] == truth[r.id] for r, v in zip(rows, s.votes, strict=True)]
