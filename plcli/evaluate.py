@@ -72,7 +72,7 @@ class EvaluateConfig(Config):
 def run(cfg: EvaluateConfig, log=print, console=None) -> dict:
     """Evaluate ``cfg.model`` on ``cfg.manifests``; prints tables, writes JSON/plots; returns the metrics."""
     from plcli.data.datasets import candidate_matrix, truth_vector
-    from plcli.inference import infer, load_predictor
+    from plcli.inference import load_predictor
     from plcli.runs import jsonable
 
     model, vocab, features, stage = load_predictor(cfg.model)
@@ -90,15 +90,8 @@ def run(cfg: EvaluateConfig, log=print, console=None) -> dict:
 
     setting = setting_for(cfg.fallback, cfg.fallback_below, cfg.model, getattr(model, "extra", None),
                           cache_dir(cfg.cache_dir), cfg.asr_model, cfg.asr_window)
-    if model.has_ctc or setting:
-        from plcli.inference import infer_ranked
-
-        probs, scores, timing = infer_ranked(model, features, [r.audio for r in rows],
-                                             [r.candidates for r in rows], cfg.cache_dir, cfg.batch_size,
-                                             log=log)
-    else:
-        probs, timing = infer(model, features, [r.audio for r in rows], cfg.cache_dir, cfg.batch_size,
-                              log=log)
+    ranked = bool(model.has_ctc or setting)
+    probs, scores, timing = _infer(cfg, model, features, rows, ranked, log)
     mask = candidate_matrix(rows, vocab)
     metrics = {
         "model": str(cfg.model),
@@ -107,7 +100,7 @@ def run(cfg: EvaluateConfig, log=print, console=None) -> dict:
         **classification_metrics(probs, y, mask, cfg.bins),
         **timing,
     }
-    if model.has_ctc or setting:
+    if ranked:
         metrics.update(
             ranked_metrics(
                 rows,
@@ -126,17 +119,35 @@ def run(cfg: EvaluateConfig, log=print, console=None) -> dict:
     lab = y != -2
     metrics["per_class"] = _per_class(probs.argmax(axis=1)[lab], y[lab], vocab)
     metrics = jsonable(metrics)
-    if cfg.report_dir and lab.any():
-        paths = write_report(
-            Path(cfg.report_dir), probs[lab], y[lab], vocab.display, cfg.bins, metrics["per_class"]
-        )
+    _write_files(cfg, metrics, probs[lab], y[lab], vocab)
+    print_report(metrics, console)
+    return metrics
+
+
+def _infer(cfg: EvaluateConfig, model, features, rows, ranked: bool, log):
+    """(N, C) probabilities, the ranking's scores of the candidates (None unless ``ranked``: a CTC
+    head or a recogniser to fall back on) and the timings."""
+    if ranked:
+        from plcli.inference import infer_ranked
+
+        return infer_ranked(model, features, [r.audio for r in rows], [r.candidates for r in rows],
+                            cfg.cache_dir, cfg.batch_size, log=log)
+    from plcli.inference import infer
+
+    probs, timing = infer(model, features, [r.audio for r in rows], cfg.cache_dir, cfg.batch_size, log=log)
+    return probs, None, timing
+
+
+def _write_files(cfg: EvaluateConfig, metrics: dict, probs: np.ndarray, y: np.ndarray, vocab) -> None:
+    """--report-dir's files from the labelled rows' ``probs`` and ``y`` (listed in
+    ``metrics["report_files"]``), then --json-out's JSON of ``metrics``."""
+    if cfg.report_dir and len(y):
+        paths = write_report(Path(cfg.report_dir), probs, y, vocab.display, cfg.bins, metrics["per_class"])
         metrics["report_files"] = [str(p) for p in paths]
     if cfg.json_out:
         from plcli.io import atomic_write_json
 
         atomic_write_json(cfg.json_out, metrics)
-    print_report(metrics, console)
-    return metrics
 
 
 def missing_truth_metrics(

@@ -641,13 +641,7 @@ def run(cfg: FinetuneConfig, log=print) -> dict:
         "cache": {"computed": cache.computed, "reused": cache.reused},
     }
     if module.model.has_ctc:
-        from plcli.arrays import RowView
-        from plcli.ranking import tune_ranking
-
-        held_idx = np.array([i for i, r in enumerate(inp.rows) if r.id in inp.held], dtype=np.int64)
-        result["ranking"] = tune_ranking(module.model.cpu().eval(), inp.vocab, cfg.features,
-                                         [inp.rows[i] for i in held_idx], RowView(clean, held_idx),
-                                         cfg.ranking_manifest, cfg.data, log)
+        result["ranking"] = _tune_ranking(cfg, inp, module.model, clean, log)
     if trainer.is_global_zero:
         ranking = {k: v for k, v in result.get("ranking", {}).items() if k != "grid"}
         save_model(out / "model.pt", module.model, inp.vocab, cfg.features, STAGE,
@@ -655,6 +649,16 @@ def run(cfg: FinetuneConfig, log=print) -> dict:
                           **({"ranking": ranking} if ranking else {})})
         return write_metrics(out, result)
     return jsonable(result)
+
+
+def _tune_ranking(cfg: FinetuneConfig, inp: _Inputs, model, clean, log) -> dict:
+    """The CTC ranking's settings, tuned on the held-out exact rows (``plcli.ranking.tune_ranking``)."""
+    from plcli.arrays import RowView
+    from plcli.ranking import tune_ranking
+
+    held_idx = np.array([i for i, r in enumerate(inp.rows) if r.id in inp.held], dtype=np.int64)
+    return tune_ranking(model.cpu().eval(), inp.vocab, cfg.features, [inp.rows[i] for i in held_idx],
+                        RowView(clean, held_idx), cfg.ranking_manifest, cfg.data, log)
 
 
 class _ProdenEpochRefresh(L.Callback):

@@ -178,10 +178,38 @@ def run(cfg: PredictConfig, log=print) -> dict:
     ]
     rows = load_rows(manifests, vocab.normalizer, cfg.skip_invalid, rejects, log=log).rows
     cands = [r.candidates for r in rows]
-    ranked, cascade = None, {}
+    probs, ranked, cascade, timing = _infer(cfg, model, features, vocab, rows, log)
+    records = prediction_records([r.id for r in rows], probs, cands, vocab, cfg.top_k, ranked=ranked)
+    abstained = _none_of_these(records, rows, probs, vocab, cfg, getattr(model, "extra", None))
+    with atomic_open(out, "w") as f:
+        if out.suffix.lower() == ".csv":
+            write_csv(f, records, rows)
+        else:
+            for rec in records:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    decided = dict(Counter(r["decided_by"] for r in records if "decided_by" in r))
+    return {
+        "rows": len(rows),
+        "restricted": sum(r["restricted"] for r in records),
+        **({"decided_by": decided} if decided else {}),
+        **({"abstained": abstained} if cfg.abstain else {}),
+        **cascade,
+        "stage": stage,
+        "out": str(out),
+        **timing,
+    }
+
+
+def _infer(
+    cfg: PredictConfig, model, features, vocab, rows, log
+) -> tuple[np.ndarray, dict | None, dict, dict]:
+    """(N, C) probabilities; the combined ranking of every row's candidates, where the model has a CTC
+    head or a recogniser falls back (else None); the recogniser's summary ({} without one); the timings."""
     from plcli.cascade import setting_for
     from plcli.config import cache_dir
 
+    cands = [r.candidates for r in rows]
+    ranked, cascade = None, {}
     setting = setting_for(
         cfg.fallback,
         cfg.fallback_below,
@@ -206,25 +234,7 @@ def run(cfg: PredictConfig, log=print) -> dict:
         probs, timing = infer(
             model, features, [r.audio for r in rows], cfg.cache_dir, cfg.batch_size, log=log
         )
-    records = prediction_records([r.id for r in rows], probs, cands, vocab, cfg.top_k, ranked=ranked)
-    abstained = _none_of_these(records, rows, probs, vocab, cfg, getattr(model, "extra", None))
-    with atomic_open(out, "w") as f:
-        if out.suffix.lower() == ".csv":
-            write_csv(f, records, rows)
-        else:
-            for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    decided = dict(Counter(r["decided_by"] for r in records if "decided_by" in r))
-    return {
-        "rows": len(rows),
-        "restricted": sum(r["restricted"] for r in records),
-        **({"decided_by": decided} if decided else {}),
-        **({"abstained": abstained} if cfg.abstain else {}),
-        **cascade,
-        "stage": stage,
-        "out": str(out),
-        **timing,
-    }
+    return probs, ranked, cascade, timing
 
 
 MANIFEST_SUFFIXES = (".jsonl", ".ndjson", ".csv", ".tsv")

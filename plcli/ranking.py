@@ -291,7 +291,6 @@ def model_scores(model, feats, candidates: Sequence[Sequence[str]], batch_size: 
     ``lengths`` (N, K) token counts and ``valid`` (N, K) (the candidate exists).
     """
     from plcli.losses import candidate_ctc_nll
-    from plcli.models.ctc import text_targets
 
     model.eval()
     device = next(model.parameters()).device
@@ -312,21 +311,10 @@ def model_scores(model, feats, candidates: Sequence[Sequence[str]], batch_size: 
         logits.append(z.float().cpu().numpy())
         rows = candidates[s : s + batch_size]
         texts = list(dict.fromkeys(t for r in rows for t in r))  # the batch's distinct texts
-        new = [t for t in texts if t not in cache]
-        if new:
-            tok, ln = text_targets(model.tokenizer, new)
-            for t, ids, m in zip(new, tok.tolist(), ln.tolist(), strict=True):
-                cache[t] = ids[:m]
         # the texts as one (U, L) token table; (b, k) indices into it, -1 = no candidate
+        table, table_len = _token_table(model.tokenizer, texts, cache)
         pos = {t: i for i, t in enumerate(texts)}
         b = len(rows)
-        L = max([1, *(len(cache[t]) for t in texts)])
-        table = torch.ones(len(texts) + 1, L, dtype=torch.long)
-        table_len = torch.zeros(len(texts) + 1, dtype=torch.long)
-        for i, t in enumerate(texts):
-            if cache[t]:
-                table[i, : len(cache[t])] = torch.tensor(cache[t])
-            table_len[i] = len(cache[t])
         at = torch.tensor([[pos[t] for t in r] + [-1] * (k - len(r)) for r in rows], dtype=torch.long).view(
             b, k
         )
@@ -346,6 +334,28 @@ def model_scores(model, feats, candidates: Sequence[Sequence[str]], batch_size: 
     if has_ctc:
         out.update(nll=nll, lengths=lengths, valid=valid)
     return out
+
+
+def _token_table(
+    tokenizer, texts: list[str], cache: dict[str, list[int]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U + 1, L) token ids of ``texts`` (padded with ones) and their (U + 1,) lengths; the extra last
+    row has no tokens. ``cache`` holds every text's tokens, across batches."""
+    from plcli.models.ctc import text_targets
+
+    new = [t for t in texts if t not in cache]
+    if new:
+        tok, ln = text_targets(tokenizer, new)
+        for t, ids, m in zip(new, tok.tolist(), ln.tolist(), strict=True):
+            cache[t] = ids[:m]
+    L = max([1, *(len(cache[t]) for t in texts)])
+    table = torch.ones(len(texts) + 1, L, dtype=torch.long)
+    table_len = torch.zeros(len(texts) + 1, dtype=torch.long)
+    for i, t in enumerate(texts):
+        if cache[t]:
+            table[i, : len(cache[t])] = torch.tensor(cache[t])
+        table_len[i] = len(cache[t])
+    return table, table_len
 
 
 # what a model without one stores

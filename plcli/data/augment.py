@@ -245,12 +245,18 @@ def _check_spec_config(cfg: SpecAugmentConfig) -> None:
 
 def _waveform_chain(cfg: AugmentConfig, clip_seconds: float) -> list:
     """The audiomentations transforms of ``cfg`` in the order they are applied: timing, then the
-    recording chain (speaker -> channel -> noise -> level). One flat list on purpose, so that it reads
-    against docs/augmentations.md; a transform that would never apply is left out."""
+    recording chain (speaker -> channel -> noise -> level). The parts are concatenated in that order so
+    that the chain reads against docs/augmentations.md; a transform that would never apply is left out."""
+    chain = _timing_and_speaker_steps(cfg) + _channel_steps(cfg) + _noise_and_level_steps(cfg, clip_seconds)
+    return [make() for on, make in chain if on]
+
+
+def _timing_and_speaker_steps(cfg: AugmentConfig) -> list:
+    """(applies, factory) pairs of the chain's start: shift, time stretch, pitch shift."""
     import audiomentations as A
 
-    s, c = cfg.max_shift_seconds, cfg.color_noise_fraction
-    chain = [
+    s = cfg.max_shift_seconds
+    return [
         (
             cfg.p_shift > 0 and s > 0,
             lambda: A.Shift(min_shift=-s, max_shift=s, shift_unit="seconds", rollover=False, p=cfg.p_shift),
@@ -270,6 +276,14 @@ def _waveform_chain(cfg: AugmentConfig, clip_seconds: float) -> list:
                 min_semitones=-cfg.max_semitones, max_semitones=cfg.max_semitones, p=cfg.p_pitch_shift
             ),
         ),
+    ]
+
+
+def _channel_steps(cfg: AugmentConfig) -> list:
+    """(applies, factory) pairs of the channel: a band-pass or low-pass filter, then clipping."""
+    import audiomentations as A
+
+    return [
         (
             cfg.p_filter > 0,
             lambda: A.OneOf(
@@ -296,6 +310,15 @@ def _waveform_chain(cfg: AugmentConfig, clip_seconds: float) -> list:
                 p=cfg.p_clipping,
             ),
         ),
+    ]
+
+
+def _noise_and_level_steps(cfg: AugmentConfig, clip_seconds: float) -> list:
+    """(applies, factory) pairs of the chain's end: noise, gain transition, gain, polarity."""
+    import audiomentations as A
+
+    c = cfg.color_noise_fraction
+    return [
         (
             cfg.p_noise > 0,
             lambda: A.OneOf(
@@ -324,7 +347,6 @@ def _waveform_chain(cfg: AugmentConfig, clip_seconds: float) -> list:
         ),
         (cfg.p_polarity > 0, lambda: A.PolarityInversion(p=cfg.p_polarity)),
     ]
-    return [make() for on, make in chain if on]
 
 
 class WaveformAugment:

@@ -247,16 +247,20 @@ def simulate_chat(
         else:  # unreachable: with d = 1 the text is the first one after t
             raise AssertionError("no delay puts the text among the candidates")
     voices += _untyped(n_missing, times, keys, texts, authors, phrases, popularity, k, taken, tail, rng)
-
-    last = times[-1]
-    extra = np.sort(rng.uniform(60, 3600, size=n_unlabelled)).round().astype(np.int64)
-    for dt in extra:
-        s = int(rng.choice(len(phrases), p=popularity))
-        voices.append(
-            VoiceMessage(last + int(dt), authors[int(rng.integers(len(authors)))], s, [], phrases[s])
-        )
+    voices += _after_last_text(n_unlabelled, times[-1], authors, phrases, popularity, rng)
     voices.sort(key=lambda v: v.time)
     return messages, voices
+
+
+def _after_last_text(n: int, last: int, authors, phrases, popularity,
+                     rng: np.random.Generator) -> list[VoiceMessage]:
+    """``n`` voice messages 1 min to 1 h after the last text (at ``last``): no candidates, so unlabelled."""
+    out: list[VoiceMessage] = []
+    extra = np.sort(rng.uniform(60, 3600, size=n)).round().astype(np.int64)
+    for dt in extra:
+        s = int(rng.choice(len(phrases), p=popularity))
+        out.append(VoiceMessage(last + int(dt), authors[int(rng.integers(len(authors)))], s, [], phrases[s]))
+    return out
 
 
 def _untyped(n: int, times, keys, texts, authors, phrases, popularity, k: int, taken: set, tail: int,

@@ -105,19 +105,7 @@ def _prepare(cfg: DistillConfig, step: Step, log) -> _Inputs:
     if cfg.data.language == AUTO:  # run() settles it once for its rounds; a round on its own here
         cfg.data.language = resolve_language(AUTO, row_texts(d.rows), log)
 
-    cache = open_cache(cfg.data, teacher.features)
-    t_feat = Timer()
-    keys, clean = cache.features([r.audio for r in d.rows])
-    log(f"distilling on {len(d.pool)} recordings; caching {cfg.views} augmented views per clip ...")
-    _, views = cache.views(
-        [d.rows[i].audio for i in d.pool],
-        cfg.augment.waveform_params(),
-        cfg.views,
-        view_seed,
-        workers=view_workers(len(d.pool) * cfg.views, cfg.trainer.num_workers),
-        keys=[keys[i] for i in d.pool],
-    )
-    feature_seconds = t_feat.seconds
+    clean, views, cache, feature_seconds = _features(cfg, teacher, d, view_seed, log)
     t_teach = Timer()
     # (C,) log share of candidate slots over every row: the teacher's targets and the student's loss
     log_prior = candidate_log_prior(torch.from_numpy(d.mask)) if cfg.prior_correction else None
@@ -159,6 +147,24 @@ def _prepare(cfg: DistillConfig, step: Step, log) -> _Inputs:
         seconds,
         asr,
     )
+
+
+def _features(cfg: DistillConfig, teacher: Teacher, d: Rows, view_seed: int, log):
+    """(N, F, T) clean features of every row, (P, V, F, T) augmented views of the pool, the feature
+    cache they came from, and the seconds they took (both computed once, then read from the cache)."""
+    cache = open_cache(cfg.data, teacher.features)
+    t_feat = Timer()
+    keys, clean = cache.features([r.audio for r in d.rows])
+    log(f"distilling on {len(d.pool)} recordings; caching {cfg.views} augmented views per clip ...")
+    _, views = cache.views(
+        [d.rows[i].audio for i in d.pool],
+        cfg.augment.waveform_params(),
+        cfg.views,
+        view_seed,
+        workers=view_workers(len(d.pool) * cfg.views, cfg.trainer.num_workers),
+        keys=[keys[i] for i in d.pool],
+    )
+    return clean, views, cache, t_feat.seconds
 
 
 def _asr_bonus(
@@ -224,19 +230,11 @@ def run_step(cfg: DistillConfig, step: Step, log=print, callbacks: list | None =
 
     student = module.model.cpu().eval().requires_grad_(True)  # the CTC phase froze the classifier
     result = _summary(cfg, r, student, trainer, train_pos)
-    t_inf = Timer()
-    s_logits = predict_logits(student, r.clean)  # (N, C) every row
-    inference_seconds = t_inf.seconds
-    s_probs = softmax(s_logits)
-    result.update(_held_out_metrics(out, r.teacher.model, r.clean, s_probs, r.d))
     result.update(
-        _candidate_metrics(
-            s_probs, r.d, r.kind, train_pos, initial_targets, module.targets.detach().cpu().numpy()
-        )
+        _student_metrics(out, r, student, train_pos, initial_targets, module.targets.detach().cpu().numpy())
     )
     result.update(
         {
-            "student_clips_per_second": len(r.d.rows) / max(inference_seconds, 1e-9),
             "threads": torch.get_num_threads(),
             "feature_seconds": r.seconds["feature_seconds"],
             "teacher_seconds": r.seconds["teacher_seconds"],
@@ -262,6 +260,14 @@ def run_step(cfg: DistillConfig, step: Step, log=print, callbacks: list | None =
         result["cascade"] = cascade
     if not trainer.is_global_zero:
         return jsonable(result)
+    _save_student(cfg, out, r, student, ranking, cascade)
+    return write_metrics(out, result)
+
+
+def _save_student(
+    cfg: DistillConfig, out: Path, r: _Inputs, student: Classifier, ranking: dict, cascade: dict | None
+) -> None:
+    """``out/model.pt``: the student, with its teacher, settings, ranking and cascade (without grids)."""
     save_model(
         out / "model.pt",
         student,
@@ -276,7 +282,6 @@ def run_step(cfg: DistillConfig, step: Step, log=print, callbacks: list | None =
             **({"cascade": {k: v for k, v in cascade.items() if k != "grid"}} if cascade else {}),
         },
     )
-    return write_metrics(out, result)
 
 
 def _cascade(cfg: DistillConfig, r: _Inputs, student: Classifier, ranking: dict, log) -> dict | None:
@@ -326,6 +331,21 @@ def _summary(cfg: DistillConfig, r: _Inputs, student: Classifier, trainer, train
         "global_step": trainer.global_step,
         "targets_reused": r.reused,
         **({"asr_prior": r.asr} if r.asr else {}),
+    }
+
+
+def _student_metrics(
+    out: Path, r: _Inputs, student: Classifier, train_pos: np.ndarray, initial: np.ndarray, final: np.ndarray
+) -> dict:
+    """``_held_out_metrics``, ``_candidate_metrics`` and the student's speed over every row."""
+    t_inf = Timer()
+    s_logits = predict_logits(student, r.clean)  # (N, C) every row
+    inference_seconds = t_inf.seconds
+    s_probs = softmax(s_logits)
+    return {
+        **_held_out_metrics(out, r.teacher.model, r.clean, s_probs, r.d),
+        **_candidate_metrics(s_probs, r.d, r.kind, train_pos, initial, final),
+        "student_clips_per_second": len(r.d.rows) / max(inference_seconds, 1e-9),
     }
 
 

@@ -203,11 +203,7 @@ def import_export(
     export that cannot be read and ``UserError`` for invalid options. Nothing is written but the
     media (see ``chat.write_manifest``).
     """
-    if format not in FORMATS:
-        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
-    if date_order not in whatsapp.DATE_ORDERS:
-        raise UserError(f"--date-order must be one of {', '.join(whatsapp.DATE_ORDERS)}, got {date_order!r}")
-    chat.check_candidate_options(k, window_seconds)
+    _check_import_options(format, date_order, k, window_seconds)
     export = _open(Path(path), format)
     if export.format == "tables":
         tables = _tables(export.folder)
@@ -239,6 +235,15 @@ def import_export(
                         "include them)")
     summary = _summary(parsed, voices, skipped, copied, media_dir, rows, cands, labels, n_outside, warnings)
     return rows, summary
+
+
+def _check_import_options(format: str, date_order: str, k: int, window_seconds: float | None) -> None:
+    """``UserError`` for an unknown ``--format`` or ``--date-order``, or invalid candidate options."""
+    if format not in FORMATS:
+        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if date_order not in whatsapp.DATE_ORDERS:
+        raise UserError(f"--date-order must be one of {', '.join(whatsapp.DATE_ORDERS)}, got {date_order!r}")
+    chat.check_candidate_options(k, window_seconds)
 
 
 def _check_voices(parsed: ParsedChat, voices, skipped, same_author: bool) -> None:

@@ -259,7 +259,14 @@ def _date_order(entries: list[list], file: str, flag: str, problems: list[Proble
         )
     if all(k[0] == k[1] for k in first_line):
         return "dmy", None  # both orders read the same dates
-    # every date fits both orders: the log is in time order, so take the order that keeps it so
+    return _order_by_time(first_line, file, problems)
+
+
+def _order_by_time(
+    first_line: dict[tuple, int], file: str, problems: list[Problem]
+) -> tuple[str, str | None]:
+    """The date order when every date fits both: the log is in time order, so the order that keeps it
+    so (a problem, and 'dmy', when both orders do equally well)."""
     keys = list(first_line)
     inversions = {}
     for order in ("dmy", "mdy"):
