@@ -164,6 +164,21 @@ def none_of_these(probs: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(mask.any(1), np.clip(1.0 - inside, 0.0, 1.0), np.nan)
 
 
+ABSTAIN_FALSE_RATE = 0.05  # the share of rows that hold their truth which --abstain may answer "none"
+
+
+def abstain_threshold(probs: np.ndarray, mask: np.ndarray, rate: float = ABSTAIN_FALSE_RATE) -> dict | None:
+    """``predict --abstain``'s threshold on ``none_of_these``, from validation rows whose candidates
+    hold their truth (``mask`` (N, C) their known candidates): the ``1 - rate`` quantile of their
+    scores, so about ``rate`` of such rows would be answered "none". None without rows."""
+    score = none_of_these(probs, mask)
+    score = score[np.isfinite(score)]
+    if not len(score):
+        return None
+    threshold = float(np.quantile(score, 1.0 - rate))
+    return {"threshold": threshold, "false_abstain": rate, "rows": int(len(score))}
+
+
 def classification_metrics(
     probs: np.ndarray, y: np.ndarray, mask: np.ndarray | None = None, n_bins: int = ECE_BINS
 ) -> dict:

@@ -303,7 +303,7 @@ def write_csv(f, records: list[dict], rows) -> None:
         )
 
 
-ABSTAIN_ABOVE = 0.5  # a model that stores no threshold: none_of_these more likely than not
+ABSTAIN_ABOVE = 0.5  # a model that stores no threshold (distill does): none_of_these more likely than not
 
 
 def _none_of_these(

@@ -267,6 +267,11 @@ def test_tiny_distill_run_and_resume(world, tmp_path):
 
     student, vocab, fc = load_model(out)
     assert student.kwargs["encoder"] == "tcresnet-small" and fc.clip_seconds == 0.7
+    # --abstain's threshold: the 0.95 quantile of none_of_these on the held-out rows, stored with the model
+    ab = m["abstain"]
+    assert 0.0 <= ab["threshold"] <= 1.0 and ab["false_abstain"] == 0.05
+    assert 0 < ab["rows"] <= m["held_out_exact"]
+    assert student.extra["abstain"] == ab
     assert torch.load(out / "model.pt", weights_only=True)["stage"] == "distill"
     # the refined target table is part of the checkpoint and differs from the teacher's targets
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)

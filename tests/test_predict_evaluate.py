@@ -155,6 +155,19 @@ def test_prediction_records_by_hand():
     assert one["top_k"] == [{"label": "c", "prob": 1.0}] and one["candidates"][0]["rank"] == 2
 
 
+def test_abstain_threshold_is_the_quantile_of_rows_that_hold_their_truth():
+    from plcli.metrics import abstain_threshold
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(6), 200)
+    mask = rng.random((200, 6)) < 0.5
+    mask[:, 0] = True
+    got = abstain_threshold(probs, mask, rate=0.1)
+    score = 1.0 - (probs * mask).sum(1)
+    assert got["rows"] == 200 and abs(float((score > got["threshold"]).mean()) - 0.1) <= 0.01
+    assert abstain_threshold(probs, np.zeros((200, 6), bool)) is None
+
+
 def test_auroc_against_every_pair_and_none_of_these_by_hand():
     rng = np.random.default_rng(0)
     for _ in range(5):

@@ -30,7 +30,7 @@ from plcli.errors import UserError
 from plcli.inference import RowView, predict_logits, softmax
 from plcli.language import AUTO, resolve_language, row_texts
 from plcli.losses import candidate_log_prior
-from plcli.metrics import classification_metrics, covering_rate, restricted_predictions
+from plcli.metrics import abstain_threshold, classification_metrics, covering_rate, restricted_predictions
 from plcli.models.classifier import Classifier, save_model
 from plcli.models.encoders import count_parameters
 from plcli.ranking import tune_ranking
@@ -243,16 +243,8 @@ def run_step(cfg: DistillConfig, step: Step, log=print, callbacks: list | None =
             "cache": r.seconds["cache"],
         }
     )
-    ranking = tune_ranking(
-        student,
-        r.teacher.vocab,
-        r.teacher.features,
-        [r.d.rows[i] for i in r.d.val_idx],
-        RowView(r.clean, r.d.val_idx),
-        cfg.ranking_manifest,
-        cfg.data,
-        log,
-    )
+    ranking = tune_ranking(student, r.teacher.vocab, r.teacher.features, [r.d.rows[i] for i in r.d.val_idx],
+                           RowView(r.clean, r.d.val_idx), cfg.ranking_manifest, cfg.data, log)
     if student.has_ctc:
         result["ranking"] = ranking
     cascade = _cascade(cfg, r, student, ranking, log)
@@ -260,13 +252,12 @@ def run_step(cfg: DistillConfig, step: Step, log=print, callbacks: list | None =
         result["cascade"] = cascade
     if not trainer.is_global_zero:
         return jsonable(result)
-    _save_student(cfg, out, r, student, ranking, cascade)
+    _save_student(cfg, out, r, student, ranking, cascade, result.get("abstain"))
     return write_metrics(out, result)
 
 
-def _save_student(
-    cfg: DistillConfig, out: Path, r: _Inputs, student: Classifier, ranking: dict, cascade: dict | None
-) -> None:
+def _save_student(cfg: DistillConfig, out: Path, r: _Inputs, student: Classifier, ranking: dict,
+                  cascade: dict | None, abstain: dict | None) -> None:
     """``out/model.pt``: the student, with its teacher, settings, ranking and cascade (without grids)."""
     save_model(
         out / "model.pt",
@@ -280,6 +271,7 @@ def _save_student(
             "refine": cfg.refine,
             "ranking": {k: v for k, v in ranking.items() if k != "grid"},
             **({"cascade": {k: v for k, v in cascade.items() if k != "grid"}} if cascade else {}),
+            **({"abstain": abstain} if abstain else {}),
         },
     )
 
@@ -356,7 +348,9 @@ def _held_out_metrics(out: Path, teacher: Classifier, clean, s_probs: np.ndarray
     t_probs = softmax(predict_logits(teacher, RowView(clean, d.val_idx)))
     vm = classification_metrics(s_probs[d.val_idx], d.y[d.val_idx], d.mask[d.val_idx])
     tm = classification_metrics(t_probs, d.y[d.val_idx], d.mask[d.val_idx])
+    held = d.val_idx[d.mask[d.val_idx].any(1)]  # the held-out rows with candidates hold their truth
     return {
+        "abstain": abstain_threshold(s_probs[held], d.mask[held]),
         "val_acc": vm["accuracy"],
         "val_acc_within": vm["accuracy_within_candidates"],
         "val_macro_f1": vm["macro_f1"],
