@@ -17,10 +17,12 @@ model (``extra["cascade"]``, with the recogniser's calibration there).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from plcli.asr_prior import distribution, fit_calibration
+from plcli.config import Config, opt
 from plcli.ranking import PAD, UNKNOWN, softmax_rows
 from plcli.recognisers import Scores
 
@@ -35,6 +37,31 @@ THRESHOLDS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.01)
 OPEN_WEIGHT = 0.02
 VOTE_ACCURACY = 0.7
 DEFAULT = {"threshold": 0.9, "calibration": {"alpha": 0.0, "temperature": 1.0}, "chosen_on": "default"}
+
+
+FALLBACKS = ("auto", "none", "whisper", "pocketsphinx")
+
+
+@dataclass
+class FallbackOptions(Config):
+    """The cascade's options, shared by ``predict`` and ``evaluate`` (their configs inherit them)."""
+
+    fallback: str = opt(
+        "auto",
+        "recogniser that re-ranks rows the model is unsure of (auto: whisper, else pocketsphinx for en)",
+        why="for never-heard texts; in evaluate, whisper scores every row, for each threshold's accuracy",
+        choices=FALLBACKS,
+    )
+    fallback_below: float | None = opt(
+        None,
+        "send rows whose top candidate probability is below this to the recogniser",
+        why="default: the threshold chosen at training",
+        min=0.0,
+        max=1.01,
+    )
+    asr_model: str | None = opt(None, "Whisper model (default: the run's)")
+    asr_window: float | None = opt(None, "seconds Whisper's encoder sees per clip (default: the run's)",
+                                   min=3.0, max=30.0)
 
 
 def needs_recogniser(probs: np.ndarray, classes: np.ndarray, threshold: float) -> np.ndarray:
@@ -158,7 +185,6 @@ def recogniser_scores(rows: Sequence, ask: np.ndarray, shape: tuple[int, int], s
     return Scores(kind, np.where(np.isfinite(logp).any(1), logp.argmax(1), -1), logp, tokens)
 
 
-FALLBACKS = ("auto", "none", "whisper", "pocketsphinx")
 
 
 def curve_metrics(

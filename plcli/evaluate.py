@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from plcli.cascade import FALLBACKS
-from plcli.config import Config, opt
+from plcli.cascade import FallbackOptions
+from plcli.config import opt
 from plcli.errors import UserError
 from plcli.metrics import (
     ECE_BINS,
@@ -30,7 +30,7 @@ from plcli.metrics import (
 
 
 @dataclass
-class EvaluateConfig(Config):
+class EvaluateConfig(FallbackOptions):
     """``plcli evaluate`` options."""
 
     manifests: list[str] = opt(factory=list, help="manifests to evaluate on (JSONL or CSV)")
@@ -45,22 +45,6 @@ class EvaluateConfig(Config):
     skip_invalid: bool = opt(False, "drop invalid manifest rows instead of stopping")
     rejects: str | None = opt(None, "where --skip-invalid writes rejected rows")
     bins: int = opt(ECE_BINS, "confidence bins of the calibration error and reliability diagram", min=2)
-    fallback: str = opt(
-        "auto",
-        "recogniser that re-ranks rows the model is unsure of, for never-heard texts",
-        why="whisper scores every row, for each threshold's accuracy",
-        choices=FALLBACKS,
-    )
-    fallback_below: float | None = opt(
-        None,
-        "send rows whose top candidate probability is below this to the recogniser",
-        why="default: the threshold chosen at training",
-        min=0.0,
-        max=1.01,
-    )
-    asr_model: str | None = opt(None, "Whisper model (default: the run's)")
-    asr_window: float | None = opt(None, "seconds Whisper's encoder sees per clip (default: the run's)",
-                                   min=3.0, max=30.0)
 
     def check(self) -> None:
         if not self.manifests:

@@ -44,8 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
-from plcli.cascade import FALLBACKS
-from plcli.config import Config, opt
+from plcli.cascade import FallbackOptions
+from plcli.config import opt
 from plcli.data.labels import Vocabulary
 from plcli.errors import UserError
 from plcli.inference import infer, load_predictor
@@ -117,7 +117,7 @@ def _ranked_record(rec: dict, i: int, cands: list[str], idx: list, rank: np.ndar
 
 
 @dataclass
-class PredictConfig(Config):
+class PredictConfig(FallbackOptions):
     """``plcli predict`` options."""
 
     manifests: list[str] = opt(
@@ -132,22 +132,6 @@ class PredictConfig(Config):
     cache_dir: str | None = opt(None, "feature cache folder (default: $PLCLI_CACHE or ~/.cache/plcli)")
     skip_invalid: bool = opt(False, "drop invalid manifest rows (written to --rejects) instead of stopping")
     rejects: str | None = opt(None, "where --skip-invalid writes rejected rows (default: OUT.rejects.jsonl)")
-    fallback: str = opt(
-        "auto",
-        "recogniser that re-ranks rows the model is unsure of (auto: whisper, else pocketsphinx for en)",
-        why="for never-heard texts",
-        choices=FALLBACKS,
-    )
-    fallback_below: float | None = opt(
-        None,
-        "send rows whose top candidate probability is below this to the recogniser",
-        why="default: the threshold chosen at training",
-        min=0.0,
-        max=1.01,
-    )
-    asr_model: str | None = opt(None, "Whisper model (default: the run's)")
-    asr_window: float | None = opt(None, "seconds Whisper's encoder sees per clip (default: the run's)",
-                                   min=3.0, max=30.0)
     abstain: bool = opt(False, "answer none where none_of_these passes the threshold (default: the run's)")
     abstain_above: float | None = opt(None, "none_of_these threshold for --abstain", min=0.0, max=1.0)
 
