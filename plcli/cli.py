@@ -260,21 +260,9 @@ def train(
     stage_set: list[str] = typer.Option(None, "--set", help="STAGE.KEY=VALUE, e.g. distill.rounds=3"),
 ):
     """Pretrain, finetune and distill in one run folder, from a manifest or a chat export."""
-    import yaml
-
-    from plcli.errors import UserError
     from plcli.train import run
 
-    sections = yaml.safe_load(stages_file.read_text(encoding="utf-8")) if stages_file else {}
-    if not isinstance(sections or {}, dict):
-        raise UserError(f"{stages_file}: expected a mapping with pretrain, finetune and distill sections")
-    sets = {}
-    for item in stage_set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UserError(f"--set: expected STAGE.KEY=VALUE, got {item!r}")
-        sets[key.strip()] = value
-    _print_train_summary(run(cfg, sets, sections or {}, log=log))
+    _print_train_summary(run(cfg, stage_set or [], str(stages_file) if stages_file else None, log=log))
 
 
 def _print_train_summary(s: dict) -> None:

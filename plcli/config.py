@@ -266,27 +266,37 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     return value
 
 
+def read_config_file(path: str | os.PathLike) -> dict:
+    """The options mapping of a YAML or JSON config file; ``UserError`` for a missing or malformed one."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {p}") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{p}: expected a mapping of options at the top level")
+    return data
+
+
+def build_config(cls: type[Config], data: dict, overrides: dict[str, Any],
+                 sets: Iterable[tuple[str, str]] = ()) -> Config:
+    """``cls`` from the mapping ``data``, then flag overrides (``None``: not given), then ``--set``
+    (key, value text) pairs (the last one of a key wins); validated."""
+    cfg = cls.from_dict(data)
+    cfg.override(overrides)
+    for key, text in sets:
+        cfg.set_text(key, text)
+    cfg.validate()
+    return cfg
+
+
 def load_config(cls: type[Config], path: str | os.PathLike | None, overrides: dict[str, Any],
                 sets: Iterable[str] = ()) -> Config:
     """Defaults, then the YAML or JSON file (if any), then flag overrides (``None``: not given), then
     ``--set KEY=VALUE`` items (the last one of a key wins); validated."""
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise UserError(f"config file not found: {p}") from None
-        except yaml.YAMLError as e:
-            raise UserError(f"{p}: not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise UserError(f"{p}: expected a mapping of options at the top level")
-    cfg = cls.from_dict(data)
-    cfg.override(overrides)
-    for key, text in parse_sets(sets):
-        cfg.set_text(key, text)
-    cfg.validate()
-    return cfg
+    return build_config(cls, read_config_file(path) if path is not None else {}, overrides, parse_sets(sets))
 
 
 def read_run_config(run_dir: str | os.PathLike) -> dict:

@@ -17,9 +17,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from plcli.config import Config, opt
+from plcli.config import Config, build_config, opt, parse_sets, read_config_file
 from plcli.errors import UserError
 
 STAGES = ("pretrain", "finetune", "distill")
@@ -53,16 +52,25 @@ def check_inputs(cfg: TrainConfig) -> None:
         raise UserError(f"labels file {cfg.labels} not found")
 
 
-def split_sets(sets: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """``{"pretrain.trainer.epochs": 3}`` -> ``{"pretrain": {"trainer.epochs": 3}}``; other keys are
-    errors."""
-    out: dict[str, dict[str, Any]] = {s: {} for s in STAGES}
-    for key, value in sets.items():
+def split_sets(items: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """``--set`` items ``STAGE.KEY=VALUE`` as each stage's (KEY, VALUE text) pairs; other keys are errors."""
+    out: dict[str, list[tuple[str, str]]] = {s: [] for s in STAGES}
+    for key, text in parse_sets(items):
         stage, _, rest = key.partition(".")
         if stage not in out or not rest:
             raise UserError(f"--set {key}: expected STAGE.KEY=VALUE with STAGE one of {', '.join(STAGES)}")
-        out[stage][rest] = value
+        out[stage].append((rest, text))
     return out
+
+
+def read_sections(path: str | None) -> dict[str, dict]:
+    """``--config``: a YAML or JSON file with a mapping of options per stage."""
+    sections = read_config_file(path) if path else {}
+    for name, section in sections.items():
+        if name not in STAGES or not isinstance(section, dict):
+            raise UserError(f"{path}: expected a mapping of options under each of {', '.join(STAGES)}, "
+                            f"got {name!r}")
+    return sections
 
 
 def training_manifest(cfg: TrainConfig, log) -> Path:
@@ -112,27 +120,21 @@ def _source_rows(source: str, path: Path, log) -> list[dict]:
     return rows
 
 
-def stage_config(name: str, section: dict, overrides: dict) -> Config:
-    """The stage's config: its defaults, the ``--config`` file's section, then the overrides; validated."""
+def stage_config(name: str, section: dict, overrides: dict, sets: list[tuple[str, str]]) -> Config:
+    """The stage's config: its defaults, the ``--config`` file's section, the run's own settings, then
+    the ``--set`` pairs; validated."""
     from plcli import stages
 
-    cls = stages.get(name).config_class()
-    if not isinstance(section, dict):
-        raise UserError(f"--config: the {name} section must be a mapping of options")
-    cfg = cls.from_dict(section)
-    cfg.override(overrides)
-    cfg.validate()
-    return cfg
+    return build_config(stages.get(name).config_class(), section, overrides, sets)
 
 
-def run(
-    cfg: TrainConfig, sets: dict[str, Any] | None = None, sections: dict | None = None, log=print
-) -> dict:
-    """Run the stages that are not finished yet; returns each stage's metrics and seconds."""
+def run(cfg: TrainConfig, sets: list[str] = (), config_file: str | None = None, log=print) -> dict:
+    """Run the stages that are not finished yet (``sets``: ``--set STAGE.KEY=VALUE`` items;
+    ``config_file``: ``--config``); returns each stage's metrics and seconds."""
     from plcli import stages
 
     check_inputs(cfg)
-    run_dir, by_stage = Path(cfg.out), split_sets(sets or {})
+    run_dir, by_stage, sections = Path(cfg.out), split_sets(list(sets)), read_sections(config_file)
     if run_dir.exists() and any(run_dir.iterdir()) and not (cfg.resume or cfg.overwrite):
         raise UserError(f"{run_dir} already holds a run: --resume auto continues it, --overwrite replaces it")
     manifest = training_manifest(cfg, log)
@@ -148,12 +150,11 @@ def run(
             "data.manifests": [str(manifest)],
             "overwrite": cfg.overwrite,
             "trainer.resume": "auto" if cfg.resume and out.exists() else None,
-            **by_stage[name],
         }
         if name in UPSTREAM:
             field, up = UPSTREAM[name]
             overrides[field] = str(run_dir / up)
-        stage_cfg = stage_config(name, (sections or {}).get(name) or {}, overrides)
+        stage_cfg = stage_config(name, sections.get(name) or {}, overrides, by_stage[name])
         log(f"== {name} -> {out}")
         t = time.perf_counter()
         metrics = stages.get(name).run(stage_cfg, log=log)

@@ -54,11 +54,7 @@ def train(sim: Simulation, out: Path, labels: Path | None, pretrained: Path | No
     from plcli.evaluate import run as evaluate
     from plcli.train import TrainConfig, run
 
-    sets = {
-        "finetune.trainer.seed": str(seed),
-        "distill.trainer.seed": str(seed),
-        **dict(s.split("=", 1) for s in sim.sets),
-    }
+    sets = [f"finetune.trainer.seed={seed}", f"distill.trainer.seed={seed}", *sim.sets]  # later ones win
     if pretrained is not None:  # the encoder does not see labels: share it
         out.mkdir(parents=True, exist_ok=True)
         if not (out / "pretrain").exists():
