@@ -148,6 +148,7 @@ def run(cfg: PredictConfig, log=print) -> dict:
     """Write ``cfg.out`` (JSONL, atomically); returns a summary with the throughput figures."""
     import json
 
+    from plcli.data.exports import is_manifest, manifest_from_export
     from plcli.data.validate import load_rows
     from plcli.io import atomic_open
 
@@ -221,7 +222,6 @@ def _infer(
     return probs, ranked, cascade, timing
 
 
-MANIFEST_SUFFIXES = (".jsonl", ".ndjson", ".csv", ".tsv")
 CSV_COLUMNS = (
     "file",
     "time",
@@ -233,34 +233,6 @@ CSV_COLUMNS = (
     "speaker",
     "id",
 )
-
-
-def is_manifest(path: str) -> bool:
-    """A manifest file (JSONL or CSV) rather than a chat export (zip, folder, .txt log, result.json)."""
-    return Path(path).suffix.lower() in MANIFEST_SUFFIXES and not Path(path).is_dir()
-
-
-def manifest_from_export(export: str, out: Path, key, log) -> Path:
-    """``plcli data from-chat`` on a chat export: its manifest beside ``out`` (``OUT.manifest.jsonl``,
-    voice notes in ``OUT-media``), with every voice note, typed or not."""
-    from plcli.data.chat import write_manifest
-    from plcli.data.exports import import_export
-
-    if not Path(export).exists():
-        raise UserError(f"{export}: no such manifest or chat export")
-    path = out.with_name(out.stem + ".manifest.jsonl")
-    rows, summary = import_export(
-        export, out_path=path, key=key, media_dir=out.with_name(out.stem + "-media")
-    )
-    write_manifest(rows, path)
-    skipped = len(summary.get("skipped") or [])
-    typed = sum(bool(r["candidates"]) for r in rows)
-    log(
-        f"{export}: {len(rows)} voice notes, {typed} with candidates"
-        + (f", {skipped} skipped (unreadable or missing)" if skipped else "")
-        + f" -> {path}"
-    )
-    return path
 
 
 def write_csv(f, records: list[dict], rows) -> None:

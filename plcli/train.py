@@ -77,7 +77,7 @@ def training_manifest(cfg: TrainConfig, log) -> Path:
     """The manifest the stages read: ``cfg.source`` itself, or ``RUN/data/train.jsonl`` for a chat
     export or where ``cfg.labels`` adds answers (a "none of these" row keeps its audio, not its
     candidates)."""
-    from plcli.predict import is_manifest
+    from plcli.data.exports import is_manifest
 
     if is_manifest(cfg.source) and not cfg.labels:
         return Path(cfg.source)
@@ -104,20 +104,14 @@ def training_manifest(cfg: TrainConfig, log) -> Path:
 
 def _source_rows(source: str, path: Path, log) -> list[dict]:
     """Manifest rows (dicts, audio relative to ``path``'s folder) of a manifest or a chat export."""
+    from plcli.data.exports import export_rows, is_manifest
     from plcli.data.labels import LabelNormalizer
-    from plcli.predict import is_manifest
 
     if is_manifest(source):
         from plcli.data.validate import load_rows
 
         return [r.to_dict(relative_to=path.parent) for r in load_rows([source], log=log).rows]
-    from plcli.data.exports import import_export
-
-    rows, summary = import_export(
-        source, out_path=path, key=LabelNormalizer(), media_dir=path.parent / "media"
-    )
-    log(f"{source}: {len(rows)} voice notes, {sum(bool(r['candidates']) for r in rows)} with candidates")
-    return rows
+    return export_rows(source, path, path.parent / "media", LabelNormalizer(), log)
 
 
 def stage_config(name: str, section: dict, overrides: dict, sets: list[tuple[str, str]]) -> Config:

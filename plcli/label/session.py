@@ -161,8 +161,8 @@ class LabelSession:
 def _as_manifest(source: str, labels, log) -> str:
     """``source`` itself, or for a chat export its manifest beside the labels file (``LABELS.manifest.jsonl``;
     the ids are the voice notes' file names, as ``plcli train`` gives them)."""
+    from plcli.data.exports import is_manifest, manifest_from_export
     from plcli.data.labels import LabelNormalizer
-    from plcli.predict import is_manifest, manifest_from_export
 
     if is_manifest(source):
         return source

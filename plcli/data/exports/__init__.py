@@ -71,6 +71,35 @@ def _first_line(data: bytes) -> str:
     return next((s for s in text.splitlines() if s.strip()), "")
 
 
+MANIFEST_SUFFIXES = (".jsonl", ".ndjson", ".csv", ".tsv")
+
+
+def is_manifest(path: str | os.PathLike) -> bool:
+    """A manifest file (JSONL or CSV) rather than a chat export (zip, folder, .txt log, result.json)."""
+    return Path(path).suffix.lower() in MANIFEST_SUFFIXES and not Path(path).is_dir()
+
+
+def export_rows(export: str | os.PathLike, manifest: Path, media_dir: Path, key: Callable[[str], str],
+                log: Callable[[str], None]) -> list[dict]:
+    """``import_export`` with its defaults for a manifest at ``manifest`` (not written), and one log line."""
+    if not Path(export).exists():
+        raise UserError(f"{export}: no such manifest or chat export")
+    rows, summary = import_export(export, out_path=manifest, key=key, media_dir=media_dir)
+    skipped = len(summary.get("skipped") or [])
+    log(f"{export}: {len(rows)} voice notes, {sum(bool(r['candidates']) for r in rows)} with candidates"
+        + (f", {skipped} skipped (unreadable or missing)" if skipped else ""))
+    return rows
+
+
+def manifest_from_export(export: str | os.PathLike, out: Path, key: Callable[[str], str],
+                         log: Callable[[str], None]) -> Path:
+    """``plcli data from-chat`` on a chat export: its manifest beside ``out`` (``OUT.manifest.jsonl``,
+    voice notes in ``OUT-media``), with every voice note, typed or not."""
+    path = out.with_name(out.stem + ".manifest.jsonl")
+    chat.write_manifest(export_rows(export, path, out.with_name(out.stem + "-media"), key, log), path)
+    return path
+
+
 def detect_format(path: str | os.PathLike) -> str:
     """'whatsapp', 'telegram' or 'tables' for an export path; ``DataError`` when it is none of them."""
     return _open(Path(path), "auto").format
