@@ -266,6 +266,12 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     return value
 
 
+def min_steps_opt():
+    """``min_steps`` of the training stages that have it (pretrain, finetune): one definition."""
+    return opt(1000, "train at least this many optimiser steps (counted on one device); 0 = off",
+               why="a small data set then trains more epochs than trainer.epochs", min=0)
+
+
 def read_config_file(path: str | os.PathLike) -> dict:
     """The options mapping of a YAML or JSON config file; ``UserError`` for a missing or malformed one."""
     p = Path(path)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from plcli.asr_prior import CHOICES
-from plcli.config import Config, CTCConfig, DataConfig, FeatureConfig, TrainerConfig, opt
+from plcli.config import Config, CTCConfig, DataConfig, FeatureConfig, TrainerConfig, min_steps_opt, opt
 from plcli.data.augment import AugmentConfig, SpecAugmentConfig, SpectrogramAugment
 from plcli.data.datasets import (
     FeatureRows,
@@ -78,12 +78,7 @@ class FinetuneConfig(Config):
     data: DataConfig = opt(factory=DataConfig, help="inputs")
     trainer: TrainerConfig = opt(factory=lambda: TrainerConfig(epochs=40, batch_size=64, lr=2e-3),
                                  help="training")
-    min_steps: int = opt(
-        1000,
-        "train at least this many optimiser steps (counted on one device); 0 = off",
-        why="a small data set then trains more epochs than trainer.epochs",
-        min=0,
-    )
+    min_steps: int = min_steps_opt()
     loss: str = opt("proden", "candidate-row loss: proden, cc or ce-only", choices=LOSSES)
     candidate_weight: float = opt(1.0, "weight of the candidate-row term against the exact-row term", min=0.0)
     from_layer: int = opt(

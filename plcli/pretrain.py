@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from plcli.config import Config, DataConfig, FeatureConfig, TrainerConfig, opt
+from plcli.config import Config, DataConfig, FeatureConfig, TrainerConfig, min_steps_opt, opt
 from plcli.data.augment import AugmentConfig, SpecAugmentConfig, SpectrogramAugment
 from plcli.data.datasets import (
     FeatureRows,
@@ -60,12 +60,7 @@ class PretrainConfig(Config):
     features: FeatureConfig = opt(factory=FeatureConfig, help="log-mel front end (inherited by later stages)")
     trainer: TrainerConfig = opt(factory=lambda: TrainerConfig(epochs=30, batch_size=64, lr=2e-3),
                                  help="training")
-    min_steps: int = opt(
-        1000,
-        "train at least this many optimiser steps (counted on one device); 0 = off",
-        why="a small data set then trains more epochs than trainer.epochs",
-        min=0,
-    )
+    min_steps: int = min_steps_opt()
     augment: AugmentConfig = opt(factory=AugmentConfig, help="waveform and spectrogram augmentations")
     encoder: str = opt("tcresnet", "encoder architecture", choices=sorted(ENCODERS))
     input_norm: str = opt(
