@@ -179,12 +179,23 @@ def fit_temperature(combined: np.ndarray, truth_pos: np.ndarray) -> float:
     return best
 
 
+def new_message_mask(classes: np.ndarray, truth_pos: np.ndarray) -> np.ndarray:
+    """(N,) bool: rows whose truth is among their candidates but outside the vocabulary (``classes``
+    from ``candidate_classes``, ``truth_pos`` from ``truth_positions``): the validation rows that show
+    how the ranking fares on messages the model never heard."""
+    at = classes[np.arange(len(truth_pos)), np.clip(truth_pos, 0, None)]
+    return (truth_pos >= 0) & (at == UNKNOWN)
+
+
 def new_message_rows(classes: np.ndarray, truth_pos: np.ndarray) -> int:
-    """How many rows' truth is among their candidates but outside the vocabulary (``classes`` from
-    ``candidate_classes``, ``truth_pos`` from ``truth_positions``): the validation rows that show how
-    the ranking fares on messages the model never heard."""
-    rows = np.flatnonzero(truth_pos >= 0)
-    return int((classes[rows, truth_pos[rows]] == UNKNOWN).sum())
+    """How many rows ``new_message_mask`` marks."""
+    return int(new_message_mask(classes, truth_pos).sum())
+
+
+def open_weights(stored: dict | None) -> dict:
+    """The open rows' weights: those chosen on validation rows where ``stored`` (a ranking's
+    ``"open"``) has them, else ``OPEN_DEFAULT``'s."""
+    return {**OPEN_DEFAULT, **(stored or {})}
 
 
 def prior_corrected(ctc: np.ndarray, beta: float, fam: np.ndarray | None) -> np.ndarray:
@@ -250,9 +261,7 @@ def choose_ranking(
     if not rows.any():
         return {**DEFAULT, "rows": 0, "open": {"chosen_on": OPEN_DEFAULT["chosen_on"], "rows": 0}}
     best, grid = _best_weights(cls, ctc_by_norm, truth_pos, closed, lambdas, fam, prior_weights)
-    new = rows & is_open
-    if classes is not None:
-        new &= classes[np.arange(len(rows)), np.clip(truth_pos, 0, None)] == UNKNOWN
+    new = new_message_mask(classes, truth_pos) if classes is not None else np.zeros(len(rows), dtype=bool)
     # the default's weights are not stored, so a model follows the default as it is measured
     opened = {"chosen_on": OPEN_DEFAULT["chosen_on"], "rows": int(new.sum())}
     if new.sum() >= MIN_NEW_ROWS:
@@ -272,7 +281,7 @@ def choose_ranking(
         "accuracy": best["accuracy"],
         "open": opened,
     }
-    weights = {**out, "open": {**OPEN_DEFAULT, **opened}}
+    weights = {**out, "open": open_weights(opened)}
     combined = ranked_scores(cls, ctc_by_norm[best["length_norm"]], weights, fam, is_open)
     return {**out, "temperature": fit_temperature(combined, truth_pos), "rows": int(rows.sum()), "grid": grid}
 
@@ -366,7 +375,7 @@ def ranking_of(extra: dict | None) -> dict:
     """The ranking settings stored with a model (``extra["ranking"]``), or the defaults."""
     r = (extra or {}).get("ranking") or {}
     keys = ("ctc_weight", "length_norm", "prior_weight", "temperature", "chosen_on")
-    return {**DEFAULT, **{k: r[k] for k in keys if k in r}, "open": {**OPEN_DEFAULT, **(r.get("open") or {})}}
+    return {**DEFAULT, **{k: r[k] for k in keys if k in r}, "open": open_weights(r.get("open"))}
 
 
 def rank(probs: np.ndarray, scores: dict, classes: np.ndarray, ranking: dict, counts=None) -> dict:
@@ -434,7 +443,7 @@ def tune_ranking(model, vocab, features, held_rows, held_feats, manifest: str | 
     if not rows:
         return {**DEFAULT, "chosen_on": "default (no validation rows)", "rows": 0}
     out = tune(model, vocab, feats, [r.candidates for r in rows], [r.label for r in rows], where)
-    opened = {**OPEN_DEFAULT, **out.get("open", {})}
+    opened = open_weights(out.get("open"))
     log(
         f"combined ranking: CTC weight {out['ctc_weight']}, length norm {out['length_norm']}, "
         f"prior correction {out.get('prior_weight', 0.0)}, temperature {out.get('temperature', 1.0):.3g}, "

@@ -56,10 +56,9 @@ class Scored:
     @cached_property
     def new(self) -> np.ndarray:
         """Rows whose truth is a never-heard text."""
-        from plcli.ranking import UNKNOWN
+        from plcli.ranking import new_message_mask
 
-        at = self.classes[np.arange(len(self.rows)), np.clip(self.pos, 0, None)]
-        return (self.pos >= 0) & (at == UNKNOWN)
+        return new_message_mask(self.classes, self.pos)
 
     def acc(self, scores: np.ndarray, rows: np.ndarray) -> float:
         """Within-candidate accuracy of (N, K) ``scores`` on the ``rows`` mask."""
