@@ -23,22 +23,20 @@ import numpy as np
 
 from plcli.asr_prior import distribution, fit_calibration
 from plcli.config import Config, opt
-from plcli.ranking import PAD, UNKNOWN, softmax_rows
+from plcli.ranking import PAD, open_rows, softmax_rows
 from plcli.recognisers import Scores
 
 # thresholds tried; 0 never asks the recogniser (but for unknown candidates), above 1 always does
 THRESHOLDS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.01)
-# pocketsphinx's vote where its run measured none (its grammar row: 0.77 on the English demo set)
 # the student's weight in the product on rows with a never-heard text, chosen on the dev speakers of a
 # 30-known / 10-never-heard set (scripts/measure_open_ranking.py --cascade; results/never-heard/):
 # the student is sure of the texts it heard even where the message is new, so at weight 1 it
 # outvotes Whisper (open rows 0.79 on dev, 0.85 on test); at 0.02 it breaks Whisper's near-ties
 # (0.92 dev, 0.94 test, Whisper alone 0.89)
 OPEN_WEIGHT = 0.02
+# pocketsphinx's vote where its run measured none (its grammar row: 0.77 on the English demo set)
 VOTE_ACCURACY = 0.7
 DEFAULT = {"threshold": 0.9, "calibration": {"alpha": 0.0, "temperature": 1.0}, "chosen_on": "default"}
-
-
 FALLBACKS = ("auto", "none", "whisper", "pocketsphinx")
 
 
@@ -68,7 +66,7 @@ def needs_recogniser(probs: np.ndarray, classes: np.ndarray, threshold: float) -
     """(N,) bool: rows whose top candidate probability (``probs``: (N, K) over the candidates) is
     below ``threshold``, or that hold a candidate outside the vocabulary (``classes`` (N, K) from
     ``plcli.ranking.candidate_classes``)."""
-    return (probs.max(1) < threshold) | (classes == UNKNOWN).any(1)
+    return (probs.max(1) < threshold) | open_rows(classes)
 
 
 def recogniser_logp(scores: Scores, calibration: dict, classes: np.ndarray | None = None,
@@ -137,10 +135,10 @@ def resolve_fallback(kind: str, model: str, cache, language: str = "en") -> str:
     return "pocketsphinx" if language == "en" and ps_unavailable() is None else "none"
 
 
-def student_weight(classes: np.ndarray, setting: dict) -> np.ndarray:
+def student_weight(classes: np.ndarray) -> np.ndarray:
     """(N,) the student's weight in the product: ``OPEN_WEIGHT`` on rows with a text outside its
     vocabulary (it never heard that text, yet its probabilities are sure), 1 elsewhere."""
-    return np.where((classes == UNKNOWN).any(1), float(setting.get("open_weight", OPEN_WEIGHT)), 1.0)
+    return np.where(open_rows(classes), OPEN_WEIGHT, 1.0)
 
 
 def apply(ranked: dict, rows: Sequence, classes: np.ndarray, setting: dict, cache, log=print,
@@ -154,7 +152,7 @@ def apply(ranked: dict, rows: Sequence, classes: np.ndarray, setting: dict, cach
     ask = np.flatnonzero(has if every_row else sent)
     scores = recogniser_scores(rows, ask, classes.shape, setting, cache, log)
     rec = recogniser_logp(scores, setting["calibration"], classes, setting.get("accuracy", VOTE_ACCURACY))
-    probs = combine(ranked["probs"], rec, sent, student_weight(classes, setting))
+    probs = combine(ranked["probs"], rec, sent, student_weight(classes))
     with np.errstate(divide="ignore"):
         combined = np.where(sent[:, None], np.log(probs), ranked["combined"])
     decided = [("recogniser" if s else d) for d, s in zip(ranked["decided_by"], sent, strict=True)]
@@ -185,8 +183,6 @@ def recogniser_scores(rows: Sequence, ask: np.ndarray, shape: tuple[int, int], s
     return Scores(kind, np.where(np.isfinite(logp).any(1), logp.argmax(1), -1), logp, tokens)
 
 
-
-
 def curve_metrics(
     probs: np.ndarray, scores: Scores, classes: np.ndarray, truth_pos: np.ndarray, setting: dict
 ) -> dict:
@@ -198,10 +194,9 @@ def curve_metrics(
         return {}
     rec = recogniser_logp(scores, setting["calibration"], classes, setting.get("accuracy", VOTE_ACCURACY))
     hit = lambda p: float((p.argmax(1) == truth_pos)[rows].mean())  # noqa: E731
-    grid = []
+    grid, w = [], student_weight(classes)
     for t in sorted({*THRESHOLDS, setting["threshold"]}):
         sent = needs_recogniser(probs, classes, t)
-        w = student_weight(classes, setting)
         grid.append(
             {"threshold": t, "accuracy": hit(combine(probs, rec, sent, w)), "share": float(sent[rows].mean())}
         )

@@ -301,7 +301,7 @@ def test_on_a_row_with_a_never_heard_text_the_recogniser_outweighs_a_sure_studen
     probs = np.array([[0.97, 0.03], [0.97, 0.03]])  # sure of the text it heard
     classes = np.array([[0, UNKNOWN], [0, 1]])
     rec = np.log(np.array([[0.1, 0.9], [0.1, 0.9]]))  # the recogniser hears the other one
-    w = cascade.student_weight(classes, {})
+    w = cascade.student_weight(classes)
     assert w.tolist() == [cascade.OPEN_WEIGHT, 1.0] and cascade.OPEN_WEIGHT < 1
     out = cascade.combine(probs, rec, np.array([True, True]), w)
     assert out.argmax(1).tolist() == [1, 0]  # the open row follows the recogniser, the known row the student
