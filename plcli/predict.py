@@ -272,13 +272,7 @@ def _none_of_these(
 
     score = none_of_these(probs, candidate_matrix(rows, vocab))
     stored = ((extra or {}).get("abstain") or {}).get("threshold")
-    above = (
-        cfg.abstain_above
-        if cfg.abstain_above is not None
-        else stored
-        if stored is not None
-        else ABSTAIN_ABOVE
-    )
+    above = next(t for t in (cfg.abstain_above, stored, ABSTAIN_ABOVE) if t is not None)
     n = 0
     for rec, row, v in zip(records, rows, score, strict=True):
         if not row.candidates or not np.isfinite(v):

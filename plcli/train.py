@@ -67,7 +67,7 @@ def read_sections(path: str | None) -> dict[str, dict]:
     """``--config``: a YAML or JSON file with a mapping of options per stage."""
     sections = read_config_file(path) if path else {}
     for name, section in sections.items():
-        if name not in STAGES or not isinstance(section, dict):
+        if name not in STAGES or not isinstance(section, dict | None):  # an empty section reads as None
             raise UserError(f"{path}: expected a mapping of options under each of {', '.join(STAGES)}, "
                             f"got {name!r}")
     return sections
