@@ -206,8 +206,9 @@ def world(tmp_path_factory):
 
 def _cfg(world, out, **over) -> DistillConfig:
     # ctc_epochs 0: a one-round run stays one flat run directory (the CTC phase: tests/test_ctc_pipeline.py)
+    # rounds_settle 0: every round trains (the early stop: test_the_rounds_stop_once_the_targets_settle)
     cfg = DistillConfig(out=str(out), teacher=str(world["teacher"]), truth=str(world["truth"]), views=2,
-                        rounds=1, ctc_epochs=0)
+                        rounds=1, ctc_epochs=0, rounds_settle=0.0)
     cfg.data.manifests = [str(world["manifest"])]
     cfg.data.cache_dir = str(world["cache"])
     cfg.trainer = TrainerConfig(
@@ -510,6 +511,40 @@ def test_distill_rounds(world, tmp_path):
     # the multi-round run is itself a valid teacher
     m3 = run(_cfg(world, tmp_path / "next", teacher=str(out)), log=lambda *_: None)
     assert m3["held_out"] == {"fraction": 0.25, "seed": 3}
+
+
+def test_the_rounds_stop_once_the_targets_settle(world, tmp_path):
+    """rounds_settle: a round whose targets name the previous round's top candidates on all but that share
+    of the rows is not trained; the run keeps the previous round's student, and a resume stops alike."""
+    out = tmp_path / "settled"
+    lines = []
+    # 1.0: any round after the first has settled unless every row changed its top candidate
+    m = run(_cfg(world, out, rounds=3, rounds_settle=1.0), log=lines.append)
+    assert (out / "round1" / "model.pt").exists() and not (out / "round2").exists()
+    assert m["rounds_trained"] == 1 and m["rounds_settled_at"] == 2 and len(m["rounds"]) == 1
+    assert [c["round"] for c in m["round_changes"]] == [2] and 0.0 <= m["round_changes"][0]["changed"] < 1.0
+    assert any("round 2/3: not trained, the targets settled" in str(x) for x in lines)
+    assert (out / "model.pt").read_bytes() == (out / "round1" / "model.pt").read_bytes()
+    m2 = run(_cfg(world, out, rounds=3, rounds_settle=1.0, **{"trainer.resume": "auto"}), log=lambda *_: None)
+    assert m2["rounds_trained"] == 1 and m2["round_changes"] == m["round_changes"]
+    # 0: every round trains, and each round's change is recorded
+    m3 = run(_cfg(world, tmp_path / "all", rounds=3, rounds_settle=0.0), log=lambda *_: None)
+    assert m3["rounds_trained"] == 3 and m3["rounds_settled_at"] is None
+    assert [c["round"] for c in m3["round_changes"]] == [2, 3]
+
+
+def test_changed_share_counts_rows_trained_in_both_tables():
+    from plcli.distill.targets import changed_share, top_candidates
+
+    rng = np.random.default_rng(0)
+    a, b = rng.random((50, 4)), rng.random((50, 4))
+    ka, kb = rng.integers(0, 4, 50), rng.integers(0, 4, 50)
+    both = [i for i in range(50) if ka[i] != DROPPED and kb[i] != DROPPED]
+    expected = sum(int(np.argmax(a[i]) != np.argmax(b[i])) for i in both) / len(both)
+    assert changed_share(top_candidates(a, ka), top_candidates(b, kb)) == pytest.approx(expected)
+    assert changed_share(top_candidates(a, ka), top_candidates(a, ka)) == 0.0
+    none = np.full(50, DROPPED)
+    assert changed_share(top_candidates(a, none), top_candidates(b, kb)) == 0.0
 
 
 class _StartOfEachRound(L.Callback):

@@ -12,6 +12,7 @@ from plcli.distill.inputs import open_teacher
 from plcli.distill.plan import CTCStart, Refit, Round, Step, plan, start_plan
 from plcli.distill.resolve import resolve_ctc, resolve_student
 from plcli.distill.step import run_step
+from plcli.distill.targets import cached_top_candidates, changed_share, top_candidates
 from plcli.io import atomic_open
 from plcli.runs import (
     check_run_dir,
@@ -59,6 +60,10 @@ class _Progress:
     ctc_steps: list[dict] = field(default_factory=list)  # the kept start, then the refits
     starts: list[dict] = field(default_factory=list)
     kept: dict | None = None
+    last_round: Path | None = None
+    top: tuple | None = None  # the last round's top_candidates
+    changes: list[dict] = field(default_factory=list)  # each round's changed share of top candidates
+    settled_at: int | None = None  # the round that was not trained because the targets had settled
 
     def open_parent(self) -> None:
         """Open ``RUN_DIR`` once, when the first step to run has passed its checks."""
@@ -85,28 +90,36 @@ def _run_plan(cfg: DistillConfig, steps: list[Step], log, callbacks: list | None
         cfg.teacher,
         wanted=sum(isinstance(s, CTCStart) for s in steps),
     )
-    last_round = out / [s for s in steps if isinstance(s, Round)][-1].folder
     for step in steps:
+        if isinstance(step, Round) and p.settled_at is not None:
+            continue
         if isinstance(step, CTCStart):
             if len(p.starts) >= p.wanted:
                 continue
-            p.teacher = last_round
+            p.teacher = p.last_round
         elif isinstance(step, Refit):
             step = replace(step, tokens=p.kept["tokens"])  # the refit continues the kept start's head
-        p.teacher, p.m = _execute(p, step)
+        folder, m = _execute(p, step)
+        if m is None:  # the targets had settled: the rounds end with the previous one
+            p.settled_at = step.number
+            continue
+        p.teacher, p.m = folder, m
+        if isinstance(step, Round):
+            _round_done(p, step, folder)
         if isinstance(step, CTCStart) and not _start_done(p, step):
             continue
         keys = _CTC_KEYS if step.ctc_only else _ROUND_KEYS
         (p.ctc_steps if step.ctc_only else p.rounds).append({k: p.m.get(k) for k in keys})
     p.open_parent()
     extra = {"ctc_phase": p.ctc_steps[0], "ctc_refits": p.ctc_steps[1:]} if p.ctc_steps else {}
+    extra.update(round_changes=p.changes, rounds_trained=len(p.rounds), rounds_settled_at=p.settled_at)
     if len(p.starts) > 1:
         extra["ctc_starts"] = [{k: v for k, v in s.items() if k != "_m"} for s in p.starts]
         extra["ctc_phase"].update({k: p.kept[k] for k in ("dir", "tokens")})
     return _finish_rounds(cfg, out, p.teacher, p.rounds, {**p.m, **extra})
 
 
-def _execute(p: _Progress, step: Step) -> tuple[Path, dict]:
+def _execute(p: _Progress, step: Step) -> tuple[Path, dict | None]:
     """Run ``step`` with ``p.teacher`` (resumed: reuse it if it finished); its folder and metrics."""
     cfg, sub = p.cfg, _step_config(p.cfg, step, p.teacher)
     folder = Path(sub.out)
@@ -116,7 +129,34 @@ def _execute(p: _Progress, step: Step) -> tuple[Path, dict]:
     p.log(f"{step.what}: teacher {p.teacher}")
     # a fresh top-level run replaces stale steps; a resumed one continues them
     sub.overwrite = cfg.trainer.resume is None
-    return folder, run_step(sub, step, p.log, p.callbacks, on_start=p.open_parent)
+    settled = _settle_check(p, step)
+    return folder, run_step(sub, step, p.log, p.callbacks, on_start=p.open_parent, settled=settled)
+
+
+def _round_done(p: _Progress, step: Round, folder: Path) -> None:
+    """Note a finished round: the next CTC start's teacher, and how far its targets moved."""
+    top = cached_top_candidates(folder)
+    if p.top is not None:
+        p.changes.append({"round": step.number, "changed": changed_share(top, p.top)})
+    p.last_round, p.top = folder, top
+
+
+def _settle_check(p: _Progress, step: Step):
+    """For a round after the first, with ``rounds_settle``: the check that leaves it untrained when its
+    targets name the previous round's top candidate on all but ``rounds_settle`` of the rows."""
+    if not isinstance(step, Round) or p.top is None or not p.cfg.rounds_settle:
+        return None
+    limit = p.cfg.rounds_settle
+
+    def check(targets, kind) -> str | None:
+        changed = changed_share(top_candidates(targets, kind), p.top)
+        if changed >= limit:
+            return None
+        p.changes.append({"round": step.number, "changed": changed})
+        return (f"the targets settled ({changed:.1%} of the training rows changed their top candidate, "
+                f"below rounds_settle {limit:g}): round {step.number - 1} is the last")
+
+    return check
 
 
 def _step_config(cfg: DistillConfig, step: Step, teacher) -> DistillConfig:

@@ -202,16 +202,24 @@ def _asr_bonus(
     return (scale * bonus[d.pool]).astype(np.float32), {**info, "scale": scale}
 
 
-def run_step(cfg: DistillConfig, step: Step, log=print, callbacks: list | None = None, on_start=None) -> dict:
+def run_step(
+    cfg: DistillConfig, step: Step, log=print, callbacks: list | None = None, on_start=None, settled=None
+) -> dict | None:
     """``step``: one distillation of ``cfg.teacher`` into a student in ``cfg.out`` (a CTC step keeps
     the teacher's classifier and trains only a CTC head on the teacher's targets).
 
     Everything is read and checked, and the teacher's targets computed, before ``RUN_DIR`` is
     written (``on_start`` runs just before that: it opens the parent RUN_DIR of a run of several steps).
+    ``settled(targets, kind)`` may say why the step is not worth training: then nothing is written
+    and the result is None.
     """
     timer = Timer()
     set_threads()
     r = _prepare(cfg, step, log)
+    why = settled(r.targets, r.kind) if settled is not None else None
+    if why:
+        log(f"{step.what}: not trained, {why}")
+        return None
     if on_start is not None:
         on_start()
     out = start_run(cfg.out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite, r.teacher.vocab, log)

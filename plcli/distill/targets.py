@@ -134,6 +134,24 @@ def save_targets(out: Path, key: str, targets: np.ndarray, kind: np.ndarray) -> 
                       indent=None)
 
 
+def top_candidates(targets: np.ndarray, kind: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(P,) each pool row's top class in a target table (P, C), and (P,) whether the row trains."""
+    return targets.argmax(1), kind != DROPPED
+
+
+def cached_top_candidates(out: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``top_candidates`` of a step's cached target table (``save_targets``)."""
+    info = json.loads((out / "targets.json").read_text(encoding="utf-8"))
+    return top_candidates(np.load(out / "targets.npy"), np.asarray(info["kind"], dtype=np.int64))
+
+
+def changed_share(now: tuple[np.ndarray, np.ndarray], before: tuple[np.ndarray, np.ndarray]) -> float:
+    """Share of the rows that train in both ``top_candidates`` whose top class changed (0: none in both)."""
+    (top, kept), (top0, kept0) = now, before
+    both = kept & kept0
+    return float(np.mean(top[both] != top0[both])) if both.any() else 0.0
+
+
 def target_table(
     cfg: DistillConfig,
     teacher: Teacher,
