@@ -43,20 +43,23 @@ def candidate_mask(
     return mask
 
 
-def candidate_targets(logits: Tensor, mask: Tensor, temperature: float = 1.0) -> Tensor:
+def candidate_targets(logits: Tensor, mask: Tensor, temperature: float = 1.0, outside: float = 0.0) -> Tensor:
     """Probabilities at temperature ``T`` restricted to each row's candidate set and renormalised.
 
     Row ``i`` is ``softmax(logits[i] / T)`` with the non-candidate logits set to -inf, so it is 0
     outside the candidate set, sums to 1, and a single candidate gives a one-hot row. A row without
     candidates (all-False mask) gets the full ``softmax(logits[i] / T)``.
 
-    The result is differentiable w.r.t. ``logits`` (and independent of the non-candidate logits);
-    pass ``logits.detach()`` to use it as a fixed target, as PRODEN and distillation do.
+    ``outside`` λ in [0, 1) keeps the non-candidates at λ times their probability instead (ALIM,
+    Xu et al. 2023, "ALIM: Adjusting Label Importance Mechanism for Noisy Partial Label Learning",
+    https://arxiv.org/abs/2301.12077): a row whose set misses its truth can still point at it.
+
+    The result is differentiable w.r.t. ``logits``; pass ``logits.detach()`` to use it as a fixed
+    target, as PRODEN and distillation do.
     """
     _check_temperature(temperature)
     _check_logits_mask(logits, mask)
-    allowed = _allowed(mask)  # (B, C)
-    return torch.softmax((logits / temperature).masked_fill(~allowed, -math.inf), dim=1)
+    return torch.softmax(logits / temperature + _log_weights(mask, outside, logits.dtype), dim=1)
 
 
 def candidate_log_prior(mask: Tensor, smoothing: float = 1.0) -> Tensor:
@@ -171,14 +174,15 @@ class CandidateLoss(nn.Module):
         reduction: "mean" (over rows), "sum" or "none" (``(B,)`` per-row losses).
     """
 
-    def __init__(self, reduction: str = "mean"):
+    def __init__(self, reduction: str = "mean", outside: float = 0.0):
         super().__init__()
         _check_reduction(reduction)
+        _check_outside(outside)
         self.reduction = reduction
+        self.outside = outside
 
     def forward(self, logits: Tensor, mask: Tensor, log_prior: Tensor | None = None) -> Tensor:
         _check_logits_mask(logits, mask)
-        allowed = _allowed(mask)  # (B, C)
         inside = logits
         if log_prior is not None:
             if log_prior.shape != logits.shape[1:]:
@@ -186,9 +190,9 @@ class CandidateLoss(nn.Module):
                                  f"{tuple(log_prior.shape)}")
             # rows without candidates stay at loss 0: no prior shift there
             inside = logits - log_prior.to(logits.dtype) * mask.any(dim=1, keepdim=True)
-        # (B,); the masked -inf entries get zero gradient through masked_fill
+        # (B,); -log(sum_S p_j / q_j + outside * sum_not-S p_j / q_j)
         per_row = torch.logsumexp(logits, dim=1) - torch.logsumexp(
-            inside.masked_fill(~allowed, -math.inf), dim=1
+            inside + _log_weights(mask, self.outside, logits.dtype), dim=1
         )
         return _reduce(per_row, self.reduction)
 
@@ -455,6 +459,19 @@ def scaled_ctc_nll(log_probs: Tensor, rows: Tensor, targets: Tensor, target_leng
 def _allowed(mask: Tensor) -> Tensor:
     """The candidate mask with all-False rows ("no candidates") turned all-True."""
     return mask | ~mask.any(dim=1, keepdim=True)
+
+
+def _log_weights(mask: Tensor, outside: float, dtype: torch.dtype) -> Tensor:
+    """(B, C) log weight of each class: 0 on the candidates (every class of a row without any), log
+    ``outside`` elsewhere (-inf for 0)."""
+    _check_outside(outside)
+    zero = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+    return zero.masked_fill(~_allowed(mask), math.log(outside) if outside > 0 else -math.inf)
+
+
+def _check_outside(outside: float) -> None:
+    if isinstance(outside, bool) or not isinstance(outside, (int, float)) or not 0.0 <= outside < 1.0:
+        raise ValueError(f"outside must be in [0, 1), got {outside!r}")
 
 
 def _check_temperature(temperature: float) -> None:

@@ -452,6 +452,29 @@ def test_prior_correction_divides_by_candidate_share():
         torch.testing.assert_close(got[i].double(), ref, rtol=1e-5, atol=1e-6)
 
 
+def test_outside_weight_keeps_non_candidates_in_the_targets(world, tmp_path):
+    """outside_weight lam: candidate rows' targets are softmax(z/T) / pi weighted 1 inside the set and lam
+    outside (a reference loop); the run trains with it, and its targets are cached under their own key."""
+    from plcli.distill import teacher_targets
+    from plcli.losses import candidate_log_prior
+
+    torch.manual_seed(1)
+    logits = torch.randn(3, 5, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 0, 0, 1], [0, 1, 0, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    log_prior = candidate_log_prior(mask)
+    got, _, _ = teacher_targets(logits, mask, torch.full((3,), -1), 2.0, 0.0, log_prior, outside=0.2)
+    for i in range(2):
+        w = torch.softmax(logits[i] / 2.0, 0) / log_prior.exp() * torch.where(mask[i], 1.0, 0.2)
+        torch.testing.assert_close(got[i].double(), w / w.sum(), rtol=1e-5, atol=1e-6)
+    assert (got[0][~mask[0]] > 0).all()
+    m = run(_cfg(world, tmp_path / "alim", outside_weight=0.2), log=lambda *_: None)
+    plain = run(_cfg(world, tmp_path / "plain"), log=lambda *_: None)
+    t_alim = np.load(tmp_path / "alim" / "targets.npy")
+    t_plain = np.load(tmp_path / "plain" / "targets.npy")
+    assert m["rows"] == plain["rows"] and not np.allclose(t_alim, t_plain)
+    assert yaml.safe_load((tmp_path / "alim" / "config.yaml").read_text())["outside_weight"] == 0.2
+
+
 def test_distill_loss_mixes_the_candidate_likelihood():
     """cc_weight w: candidate rows get (1 - w) * soft CE + w * prior-corrected CC; other rows are
     untouched."""

@@ -264,6 +264,46 @@ def test_candidate_loss_matches_reference():
     _assert_close_with_grads(CandidateLoss()(logits, MASK), ref_cc(logits, MASK), [logits])
 
 
+def ref_outside_weights(mask_row, lam):
+    """ALIM's per-class weight: 1 on the candidates (all, without any), lam elsewhere."""
+    cands = _candidates(mask_row)
+    return [1.0 if j in cands else lam for j in range(len(mask_row))]
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.1, 0.5])
+def test_candidate_loss_outside_weight_matches_reference(lam):
+    """-log(sum_S p_j / q_j + lam * sum_notS p_j / q_j); lam 0 is the plain CC loss."""
+    logits = _randn(5, 5, seed=29)
+    prior = torch.tensor([0.4, 0.3, 0.15, 0.1, 0.05], dtype=DT)
+    losses = []
+    for i in range(5):
+        p, w = ref_softmax_row(logits[i]), ref_outside_weights(MASK[i], lam)
+        if not MASK[i].any():
+            losses.append(logits[i].sum() * 0.0)
+            continue
+        losses.append(-torch.log(sum(w[j] * p[j] / prior[j] for j in range(5))))
+    out = CandidateLoss(outside=lam)(logits, MASK, log_prior=prior.log())
+    _assert_close_with_grads(out, sum(losses) / 5, [logits])
+
+
+@pytest.mark.parametrize("lam", [0.1, 0.5])
+def test_candidate_targets_outside_weight_matches_reference(lam):
+    logits = _randn(5, 5, seed=31)
+    rows = []
+    for i in range(5):
+        e = [w * torch.exp(logits[i, j] / 2.0) for j, w in enumerate(ref_outside_weights(MASK[i], lam))]
+        rows.append(torch.stack([x / sum(e) for x in e]))
+    torch.testing.assert_close(candidate_targets(logits, MASK, 2.0, outside=lam), torch.stack(rows))
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, True, "0.1"])
+def test_outside_weight_is_checked(bad):
+    with pytest.raises(ValueError, match="outside"):
+        CandidateLoss(outside=bad)
+    with pytest.raises(ValueError, match="outside"):
+        candidate_targets(_randn(2, 5, seed=1), MASK[:2], outside=bad)
+
+
 def test_candidate_loss_with_prior_matches_reference():
     logits = _randn(5, 5, seed=19)
     prior = torch.tensor([0.4, 0.3, 0.15, 0.1, 0.05], dtype=DT)

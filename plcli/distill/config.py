@@ -88,6 +88,13 @@ class DistillConfig(Config):
         min=0.0,
         max=1.0,
     )
+    outside_weight: float = opt(
+        0.0,
+        "weight of non-candidate classes in candidate rows' targets and likelihood (ALIM; 0: off)",
+        why="for voice notes nobody typed, whose candidates miss the truth (Xu et al. 2023); docs/distill.md",
+        min=0.0,
+        max=0.9,
+    )
     rounds: int = opt(
         10, "self-training rounds: round k's teacher is round k-1's student (each in RUN_DIR/round<k>)", min=1
     )

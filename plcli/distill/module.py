@@ -41,6 +41,7 @@ class DistillModule(L.LightningModule):
         refine_momentum: float = 0.1,
         refine_start: float = 0.5,
         cc_weight: float = 0.0,
+        outside: float = 0.0,
         ctc_weight: float = 0.0,
         ctc_rows: int = 64,
         ctc_only: bool = False,
@@ -67,7 +68,7 @@ class DistillModule(L.LightningModule):
             *(mel_range or (FeatureConfig.f_min, FeatureConfig.f_max)), max_warp=ctc_vtlp
         )
         self.soft_ce = SoftTargetCrossEntropy(temperature, reduction="none")
-        self.cc = CandidateLoss(reduction="none")
+        self.cc = CandidateLoss(reduction="none", outside=outside)
         # (num_train, C) target table; persistent only when refinement changes it
         self.register_buffer("targets", torch.zeros(num_train, student["num_classes"]), persistent=refine)
         self._refine_from = 0
@@ -268,6 +269,7 @@ def build_module(
         refine_momentum=cfg.refine_momentum,
         refine_start=cfg.refine_start,
         cc_weight=cfg.cc_weight,
+        outside=cfg.outside_weight,
         ctc_weight=cfg.ctc.weight,
         ctc_rows=cfg.ctc_rows,
         ctc_only=step.ctc_only,

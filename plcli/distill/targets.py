@@ -27,6 +27,7 @@ TARGETS_VERSION = 1
 def teacher_targets(
     logits: Tensor, mask: Tensor, y: Tensor, temperature: float, confidence: float,
     log_prior: Tensor | None = None,
+    outside: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The distillation target table from the teacher's logits.
 
@@ -38,6 +39,7 @@ def teacher_targets(
         confidence: threshold on the top-1 probability (T = 1) for rows without candidates.
         log_prior: optional (C,) log class share of candidate slots; candidate rows then restrict
             softmax(logits / T) / prior (see ``plcli.finetune.FinetuneModule.disambiguate``).
+        outside: weight of the non-candidates in candidate rows' targets (``candidate_targets``).
 
     Returns:
         targets (N, C) float32 probability rows, kind (N,) int64 (EXACT, CANDIDATE, FREE or DROPPED),
@@ -62,7 +64,9 @@ def teacher_targets(
         # of the round-1 candidate rows) but the round-1 student worse (0.55 vs 0.61 disambiguated).
         logits = logits - temperature * log_prior.float() * has[None, :, None]
     soft = (
-        candidate_targets(logits.reshape(v * n, c), mask.repeat(v, 1), temperature).reshape(v, n, c).mean(0)
+        candidate_targets(logits.reshape(v * n, c), mask.repeat(v, 1), temperature, outside)
+        .reshape(v, n, c)
+        .mean(0)
     )
     conf = torch.softmax(logits, dim=-1).mean(0).amax(dim=1)  # (N,)
     exact = y >= 0
@@ -102,6 +106,8 @@ def _targets_key(
                 "prior_correction": cfg.prior_correction,
                 "views": view_tag if cfg.teacher_views or ranked else None,
                 "ids": ids,
+                # absent at 0, so the keys of runs without it are unchanged
+                **({"outside": cfg.outside_weight} if cfg.outside_weight else {}),
             }
         ).encode()
     )
@@ -205,6 +211,7 @@ def target_table(
         cfg.temperature,
         cfg.confidence,
         log_prior,
+        cfg.outside_weight,
     )
     return tgt.numpy(), kind.numpy(), key, False
 
