@@ -206,9 +206,8 @@ def world(tmp_path_factory):
 
 def _cfg(world, out, **over) -> DistillConfig:
     # ctc_epochs 0: a one-round run stays one flat run directory (the CTC phase: tests/test_ctc_pipeline.py)
-    # rounds_settle 0: every round trains (the early stop: test_the_rounds_stop_once_the_targets_settle)
     cfg = DistillConfig(out=str(out), teacher=str(world["teacher"]), truth=str(world["truth"]), views=2,
-                        rounds=1, ctc_epochs=0, rounds_settle=0.0)
+                        rounds=1, ctc_epochs=0)
     cfg.data.manifests = [str(world["manifest"])]
     cfg.data.cache_dir = str(world["cache"])
     cfg.trainer = TrainerConfig(
