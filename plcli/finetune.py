@@ -81,6 +81,13 @@ class FinetuneConfig(Config):
     min_steps: int = min_steps_opt()
     loss: str = opt("proden", "candidate-row loss: proden, cc or ce-only", choices=LOSSES)
     candidate_weight: float = opt(1.0, "weight of the candidate-row term against the exact-row term", min=0.0)
+    outside_weight: float = opt(
+        0.0,
+        "weight of non-candidate classes in candidate rows' targets and likelihood (ALIM; 0: off)",
+        why="as in distill: for voice notes whose candidates miss their message (docs/distill.md)",
+        min=0.0,
+        max=0.9,
+    )
     from_layer: int = opt(
         0, "feed the head from this projection-head layer (0 = encoder output; SimCLRv2 uses 1)", min=0
     )
@@ -158,8 +165,8 @@ class FinetuneModule(L.LightningModule):
                  candidate_weight: float = 1.0, lr: float = 2e-3, weight_decay: float = 1e-4,
                  frozen: bool = True, encoder_lr_scale: float = 0.1, label_smoothing: float = 0.0,
                  spec_augment: dict | None = None, prior_correction: bool = True, ctc_weight: float = 0.0,
-                 ctc_rows: int = 64,
-                 ctc_prior_correction: bool = True, mel_range: list[float] | None = None):
+                 ctc_rows: int = 64, ctc_prior_correction: bool = True,
+                 mel_range: list[float] | None = None, outside: float = 0.0):
         super().__init__()
         self.save_hyperparameters()
         self.model = Classifier(**classifier)
@@ -169,7 +176,7 @@ class FinetuneModule(L.LightningModule):
                 p.requires_grad_(id(p) in head)
         self.spec_aug = SpectrogramAugment(SpecAugmentConfig.from_dict(spec_augment or {}),
                                            mel_range=mel_range)
-        self.cc = CandidateLoss()
+        self.cc = CandidateLoss(outside=outside)
         self.soft_ce = SoftTargetCrossEntropy()
         # PRODEN's target table (num_train, C): part of the checkpoint so --resume continues it
         self.register_buffer("targets", torch.zeros(num_train, classifier["num_classes"]))
@@ -274,7 +281,7 @@ class FinetuneModule(L.LightningModule):
         logits = logits - self.log_prior
         if self.asr_bonus.numel():
             logits = logits + (self.asr_bonus if rows is None else self.asr_bonus[rows])
-        return candidate_targets(logits, mask)
+        return candidate_targets(logits, mask, outside=self.hparams.outside)
 
     def validation_step(self, batch, batch_idx):
         item = {"y": batch["y"], "mask": batch["mask"], "truth": batch["truth"]}
@@ -524,7 +531,7 @@ def _module(cfg: FinetuneConfig, inp: _Inputs) -> FinetuneModule:
                             spec_augment=cfg.augment.spec.to_dict(), prior_correction=cfg.prior_correction,
                             ctc_weight=cfg.ctc.weight, ctc_rows=cfg.ctc_rows,
                             ctc_prior_correction=cfg.ctc.prior_correction,
-                            mel_range=[cfg.features.f_min, cfg.features.f_max])
+                            mel_range=[cfg.features.f_min, cfg.features.f_max], outside=cfg.outside_weight)
     if cfg.prior_correction or cfg.ctc.prior_correction:
         module.log_prior.copy_(candidate_log_prior(inp.mask))
     if module.model.has_ctc:

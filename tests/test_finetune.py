@@ -150,3 +150,25 @@ def test_finetune_without_ctc_tokens_trains_without_the_ctc_head(tmp_path):
     inp = _prepare(cfg, logged.append)
     assert cfg.ctc.weight == 0.0 and "ctc" not in inp.classifier and cfg.data.language == "en"
     assert any(line.startswith("CTC head off: the 4 message texts have no char token") for line in logged)
+
+
+def test_finetune_outside_weight_keeps_other_messages_in_the_targets(pretrained, monkeypatch):
+    """outside_weight lam: PRODEN's targets keep non-candidates at lam times their (prior-corrected)
+    probability, and the CC loss counts them alike; 0 restricts both to the candidates."""
+    from plcli.finetune import FinetuneModule
+    from plcli.losses import CandidateLoss
+
+    classifier = dict(encoder="tcresnet-small", n_mels=8, num_classes=4, from_layer=0)
+    logits = torch.randn(3, 4)
+    mask = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 1]], dtype=torch.bool)
+    plain = FinetuneModule(classifier).disambiguate(logits, mask)
+    alim = FinetuneModule(classifier, outside=0.2)
+    got = alim.disambiguate(logits, mask)
+    assert (plain[~mask] == 0).all() and (got[~mask] > 0).all()
+    w = torch.softmax(logits, 1) * torch.where(mask, 1.0, 0.2)
+    torch.testing.assert_close(got, w / w.sum(1, keepdim=True))
+    assert alim.cc.outside == 0.2 and isinstance(alim.cc, CandidateLoss)
+    root, manifest, truth = pretrained
+    monkeypatch.setenv("PLCLI_CACHE", str(root / "cache"))
+    _finetune(root, manifest, "ft-alim", "--set", "outside_weight=0.1", "--epochs", "1")
+    assert yaml.safe_load((root / "ft-alim" / "config.yaml").read_text())["outside_weight"] == 0.1
