@@ -272,6 +272,17 @@ def min_steps_opt():
                why="a small data set then trains more epochs than trainer.epochs", min=0)
 
 
+def outside_weight_opt():
+    """``outside_weight`` of the stages that learn from candidate sets (finetune, distill): one definition."""
+    return opt(
+        0.0,
+        "weight of non-candidate classes in candidate rows' targets and likelihood (ALIM; 0: off)",
+        why="for voice notes nobody typed, whose candidates miss the truth (Xu et al. 2023); docs/distill.md",
+        min=0.0,
+        max=0.9,
+    )
+
+
 def read_config_file(path: str | os.PathLike) -> dict:
     """The options mapping of a YAML or JSON config file; ``UserError`` for a missing or malformed one."""
     p = Path(path)

@@ -31,7 +31,16 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from plcli.asr_prior import CHOICES
-from plcli.config import Config, CTCConfig, DataConfig, FeatureConfig, TrainerConfig, min_steps_opt, opt
+from plcli.config import (
+    Config,
+    CTCConfig,
+    DataConfig,
+    FeatureConfig,
+    TrainerConfig,
+    min_steps_opt,
+    opt,
+    outside_weight_opt,
+)
 from plcli.data.augment import AugmentConfig, SpecAugmentConfig, SpectrogramAugment
 from plcli.data.datasets import (
     FeatureRows,
@@ -81,13 +90,7 @@ class FinetuneConfig(Config):
     min_steps: int = min_steps_opt()
     loss: str = opt("proden", "candidate-row loss: proden, cc or ce-only", choices=LOSSES)
     candidate_weight: float = opt(1.0, "weight of the candidate-row term against the exact-row term", min=0.0)
-    outside_weight: float = opt(
-        0.0,
-        "weight of non-candidate classes in candidate rows' targets and likelihood (ALIM; 0: off)",
-        why="as in distill: for voice notes whose candidates miss their message (docs/distill.md)",
-        min=0.0,
-        max=0.9,
-    )
+    outside_weight: float = outside_weight_opt()
     from_layer: int = opt(
         0, "feed the head from this projection-head layer (0 = encoder output; SimCLRv2 uses 1)", min=0
     )

@@ -58,6 +58,7 @@ def candidate_targets(logits: Tensor, mask: Tensor, temperature: float = 1.0, ou
     target, as PRODEN and distillation do.
     """
     _check_temperature(temperature)
+    _check_outside(outside)
     _check_logits_mask(logits, mask)
     return torch.softmax(logits / temperature + _log_weights(mask, outside, logits.dtype), dim=1)
 
@@ -464,7 +465,6 @@ def _allowed(mask: Tensor) -> Tensor:
 def _log_weights(mask: Tensor, outside: float, dtype: torch.dtype) -> Tensor:
     """(B, C) log weight of each class: 0 on the candidates (every class of a row without any), log
     ``outside`` elsewhere (-inf for 0)."""
-    _check_outside(outside)
     zero = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
     return zero.masked_fill(~_allowed(mask), math.log(outside) if outside > 0 else -math.inf)
 

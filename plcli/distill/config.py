@@ -11,6 +11,7 @@ from plcli.config import (
     DataConfig,
     TrainerConfig,
     opt,
+    outside_weight_opt,
 )
 from plcli.data.augment import AugmentConfig
 from plcli.errors import UserError
@@ -88,13 +89,7 @@ class DistillConfig(Config):
         min=0.0,
         max=1.0,
     )
-    outside_weight: float = opt(
-        0.0,
-        "weight of non-candidate classes in candidate rows' targets and likelihood (ALIM; 0: off)",
-        why="for voice notes nobody typed, whose candidates miss the truth (Xu et al. 2023); docs/distill.md",
-        min=0.0,
-        max=0.9,
-    )
+    outside_weight: float = outside_weight_opt()
     rounds: int = opt(
         10, "self-training rounds: round k's teacher is round k-1's student (each in RUN_DIR/round<k>)", min=1
     )
