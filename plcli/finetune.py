@@ -8,6 +8,9 @@ Three tiers of supervision:
   textbook SimCLRv2 recipe);
 - rows with neither: not used here.
 
+Candidate rows whose set seems to miss the truth (a note nobody typed) are screened out of the
+candidate loss first: ``plcli.screening``.
+
 ``ctc.weight w`` adds a CTC head (``plcli.models.ctc``) on the frozen encoder's frames, which
 scores any text: exact rows train it with plain CTC, candidate rows with the candidate set's
 likelihood ``-log sum_{c in S} p_CTC(c|x) / q_c`` (GTC, Moritz et al. 2020; ``q`` the prior
@@ -91,6 +94,14 @@ class FinetuneConfig(Config):
     loss: str = opt("proden", "candidate-row loss: proden, cc or ce-only", choices=LOSSES)
     candidate_weight: float = opt(1.0, "weight of the candidate-row term against the exact-row term", min=0.0)
     outside_weight: float = outside_weight_opt()
+    screen: float = opt(
+        0.5,
+        "leave out of the candidate loss rows whose out-of-fold none_of_these passes this (1: off)",
+        why="voice notes nobody typed, whose candidates miss the truth (plcli.screening); docs/finetune.md",
+        min=0.0,
+        max=1.0,
+        before=1.0,
+    )
     from_layer: int = opt(
         0, "feed the head from this projection-head layer (0 = encoder output; SimCLRv2 uses 1)", min=0
     )
@@ -619,6 +630,9 @@ def run(cfg: FinetuneConfig, log=print) -> dict:
     t_feat = Timer()
     train_ds, val_ds, e_clean, clean = _datasets(cfg, inp, module, cache)
     feature_seconds = t_feat.seconds
+    screened = _screen(cfg, inp, e_clean, out, log)
+    train_ds.fields["mask"][np.searchsorted(inp.train_idx, screened)] = False  # train_idx is sorted
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)  # as if no fold head had trained
     bs = min(cfg.trainer.batch_size, len(train_ds))
     train_loader = DataLoader(train_ds, batch_size=bs, shuffle=True, collate_fn=collate_identity,
                               num_workers=0 if module.hparams.frozen else cfg.trainer.num_workers)
@@ -641,6 +655,7 @@ def run(cfg: FinetuneConfig, log=print) -> dict:
         "global_step": trainer.global_step,
         **metrics,
         "feature_seconds": feature_seconds,
+        "screened": len(screened),
         **({"asr_prior": asr_info} if asr_info["kind"] != "none" else {}),
         "total_seconds": timer.seconds,
         "cache": {"computed": cache.computed, "reused": cache.reused},
@@ -654,6 +669,50 @@ def run(cfg: FinetuneConfig, log=print) -> dict:
                           **({"ranking": ranking} if ranking else {})})
         return write_metrics(out, result)
     return jsonable(result)
+
+
+def _screen(cfg: FinetuneConfig, inp: _Inputs, emb: torch.Tensor | None, out: Path, log) -> np.ndarray:
+    """Indices of the candidate rows to leave out of the candidate loss: those whose ``none_of_these``
+    under a head trained on the other folds passes ``cfg.screen`` (``plcli.screening``). A resumed
+    run reads its first start's choice back."""
+    from plcli.metrics import none_of_these
+    from plcli.screening import FOLDS, SCREEN_FILE, fold_of, read_screened, write_screened
+
+    if cfg.trainer.resume and (out / SCREEN_FILE).is_file():
+        ids = read_screened(out)
+        return np.array([i for i, r in enumerate(inp.rows) if r.id in ids], dtype=np.int64)
+    tr = torch.as_tensor(inp.train_idx)
+    cand = inp.train_idx[((inp.y[tr] < 0) & inp.mask[tr].any(1)).numpy()]
+    if cfg.screen >= 1.0 or emb is None or cfg.loss == "ce-only" or len(cand) < 2 * FOLDS:
+        return np.zeros(0, dtype=np.int64)
+    scores = np.zeros(len(cand))
+    for k, fold in enumerate(fold_of(len(cand), cfg.trainer.seed)[None] == np.arange(FOLDS)[:, None]):
+        head = _fold_head(cfg, inp, emb, np.setdiff1d(inp.train_idx, cand[fold]), seed=cfg.trainer.seed + k)
+        with torch.no_grad():
+            probs = torch.softmax(head(emb[cand[fold]]).float(), dim=1).numpy()
+        scores[fold] = none_of_these(probs, inp.mask[cand[fold]].numpy())
+    write_screened(out, [inp.rows[i].id for i in cand], scores, cfg.screen)
+    screened = cand[scores > cfg.screen]
+    log(f"screened out {len(screened)} of {len(cand)} candidate rows whose candidates seem to miss their "
+        f"message (out-of-fold none_of_these > {cfg.screen}): they train as unlabelled rows")
+    return screened
+
+
+def _fold_head(cfg: FinetuneConfig, inp: _Inputs, emb: torch.Tensor, rows: np.ndarray, seed: int):
+    """The head as ``run`` trains it, on the clean embeddings ``emb`` (N, D) of ``rows`` only."""
+    L.seed_everything(seed, workers=True, verbose=False)
+    module = _module(cfg, inp)
+    ds = EmbeddingCopies(emb[:, None], index=rows, y=inp.y[rows], mask=inp.mask[rows])
+    ds.fields["i"] = torch.as_tensor(rows)
+    loader = DataLoader(ds, batch_size=min(cfg.trainer.batch_size, len(rows)), shuffle=True,
+                        collate_fn=collate_identity)
+    tc = with_min_steps(cfg.trainer, cfg.min_steps, len(loader), log=lambda *_: None)
+    callbacks = [_ProdenEpochRefresh(emb, inp.mask)] if cfg.loss == "proden" else []
+    trainer = L.Trainer(max_epochs=tc.epochs, accelerator=tc.accelerator, devices=1, precision=tc.precision,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=callbacks)
+    trainer.fit(module, loader)
+    return module.model.head.cpu().eval()
 
 
 def _tune_ranking(cfg: FinetuneConfig, inp: _Inputs, model, clean, log) -> dict:

@@ -724,3 +724,26 @@ def test_ctc_augment_keeps_the_words_and_is_off_in_eval():
     assert y.shape == x.shape and not torch.allclose(y, x)
     with pytest.raises(ValueError):
         DistillModule(student, num_train=4, ctc_vtlp=1.0)
+
+
+def test_rows_the_teacher_screened_out_train_as_unlabelled(tmp_path, world):
+    """A teacher's screened.json (plcli.screening): distill clears those rows' candidates, so they are
+    FREE or DROPPED rows, not CANDIDATE ones, and the student's run carries the file on."""
+    import shutil
+
+    from plcli.screening import SCREEN_FILE, read_screened, write_screened
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(world["teacher"], teacher)
+    rows = load_rows([world["manifest"]]).rows
+    cand = [r.id for r in rows if r.candidates and r.label is None]
+    bare = sum(1 for r in rows if not r.candidates)
+    write_screened(teacher, cand[:6], np.array([0.9, 0.8, 0.7, 0.1, 0.2, 0.5]), 0.5)
+    assert read_screened(teacher) == set(cand[:3])  # strictly above the threshold
+    logged: list[str] = []
+    run(_cfg(world, tmp_path / "s", teacher=str(teacher)), log=logged.append)
+    kind = np.asarray(json.loads((tmp_path / "s" / "targets.json").read_text())["kind"])
+    assert (kind == CANDIDATE).sum() == len(cand) - 3  # held-out rows are exact ones: every candidate row trains
+    assert np.isin(kind, [FREE, DROPPED]).sum() == bare + 3
+    assert any(line.startswith("3 row(s) whose candidates the teacher screened out") for line in logged)
+    assert (tmp_path / "s" / SCREEN_FILE).read_bytes() == (teacher / SCREEN_FILE).read_bytes()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from typer.testing import CliRunner
 
 from plcli.cli import app
+from plcli.config import TrainerConfig
 from plcli.models.classifier import load_model
 
 # the tests count epochs; min_steps has its own test
@@ -172,3 +174,53 @@ def test_finetune_outside_weight_keeps_other_messages_in_the_targets(pretrained,
     monkeypatch.setenv("PLCLI_CACHE", str(root / "cache"))
     _finetune(root, manifest, "ft-alim", "--set", "outside_weight=0.1", "--epochs", "1")
     assert yaml.safe_load((root / "ft-alim" / "config.yaml").read_text())["outside_weight"] == 0.1
+
+
+def test_screen_finds_the_candidate_sets_that_miss_the_truth(tmp_path):
+    """_screen on embeddings that separate four classes: the rows whose candidates miss their class
+    get a high out-of-fold none_of_these and are screened out; the others stay; screen 1 keeps all."""
+    from types import SimpleNamespace
+
+    from plcli.finetune import FinetuneConfig, _Inputs, _screen
+    from plcli.screening import read_screened
+
+    n, c = 120, 4
+    g = torch.Generator().manual_seed(0)
+    truth = torch.arange(n) % c
+    emb = torch.randn(c, 96, generator=g)[truth] * 2 + torch.randn(n, 96, generator=g)  # (N, D)
+    mask = torch.zeros(n, c, dtype=torch.bool)
+    mask[torch.arange(n), truth] = True
+    mask[torch.arange(n), (truth + 1 + torch.arange(n) % 3) % c] = True  # one distractor each
+    untyped = torch.arange(0, n, 7)  # nobody typed these (every class): two other classes
+    mask[untyped] = False
+    mask[untyped, (truth[untyped] + 1) % c] = mask[untyped, (truth[untyped] + 2) % c] = True
+    y = torch.full((n,), -1)
+    y[1::10] = truth[1::10]  # a few exact rows
+    inp = _Inputs([SimpleNamespace(id=f"r{i}") for i in range(n)], list(range(c)), mask, y,
+                  torch.full((n,), -1), set(), np.arange(n),
+                  dict(encoder="tcresnet-small", n_mels=8, num_classes=c, from_layer=0), None, None)
+    cfg = FinetuneConfig(out=str(tmp_path), pretrained="none")
+    cfg.trainer = TrainerConfig(epochs=20, batch_size=32, accelerator="cpu", progress=False)
+    cfg.min_steps = 0
+    got = set(_screen(cfg, inp, emb, tmp_path, lambda *_: None).tolist())
+    assert got == {i for i, r in enumerate(inp.rows) if r.id in read_screened(tmp_path)}
+    missed = {i for i in untyped.tolist() if y[i] < 0}  # an exact row is never screened
+    assert len(got & missed) >= len(missed) - 1 and len(got - missed) <= 2, got
+    cfg.screen, cfg.trainer.resume = 1.0, None
+    assert len(_screen(cfg, inp, emb, tmp_path / "off", lambda *_: None)) == 0
+
+
+def test_finetune_writes_its_screening(pretrained, monkeypatch):
+    """The CLI run scores every candidate row without a label out of fold, in screened.json, and
+    counts the screened ones in metrics.json; screen 1 writes no screening."""
+    from plcli.screening import SCREEN_FILE, read_screened
+
+    root, manifest, _ = pretrained
+    monkeypatch.setenv("PLCLI_CACHE", str(root / "cache"))
+    m = _finetune(root, manifest, "ft-screen", "--epochs", "1")
+    scores = json.loads((root / "ft-screen" / SCREEN_FILE).read_text())["scores"]
+    rows = [json.loads(x) for x in manifest.read_text().splitlines()]
+    assert set(scores) == {r["id"] for r in rows if r["candidates"] and "label" not in r}
+    assert m["screened"] == len(read_screened(root / "ft-screen")) == sum(s > 0.5 for s in scores.values())
+    off = _finetune(root, manifest, "ft-noscreen", "--epochs", "1", "--set", "screen=1")
+    assert off["screened"] == 0 and not (root / "ft-noscreen" / SCREEN_FILE).exists()

@@ -22,6 +22,7 @@ from plcli.runs import (
     start_run,
     write_metrics,
 )
+from plcli.screening import carry
 
 
 def run(cfg: DistillConfig, log=print, callbacks: list | None = None) -> dict:
@@ -306,4 +307,5 @@ def _finish_rounds(cfg: DistillConfig, out: Path, last_round: Path, summary: lis
         [m["ctc_phase"]] if m.get("ctc_phase") else []
     )  # every start took its time
     seconds = sum(r["total_seconds"] or 0.0 for r in summary + phase + (m.get("ctc_refits") or []))
+    carry(Path(cfg.teacher), out)
     return write_metrics(out, {**m, "teacher": str(cfg.teacher), "rounds": summary, "total_seconds": seconds})

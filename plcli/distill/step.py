@@ -44,6 +44,7 @@ from plcli.runs import (
     start_run,
     write_metrics,
 )
+from plcli.screening import carry, unscreened_mask
 from plcli.training import build_trainer, fit
 
 
@@ -101,6 +102,8 @@ def _prepare(cfg: DistillConfig, step: Step, log) -> _Inputs:
     teacher = open_teacher(cfg.teacher)
     fraction, split_seed, view_seed = inherit(cfg, teacher, log)
     d = load_rows(cfg, teacher.vocab, fraction, split_seed, log)
+    if teacher.run is not None:
+        d.mask = unscreened_mask(teacher.file.parent, [r.id for r in d.rows], d.mask, log)
     check_run_dir(cfg.out, STAGE, cfg.trainer.resume, cfg.overwrite, teacher.vocab)
     if cfg.data.language == AUTO:  # run() settles it once for its rounds; a round on its own here
         cfg.data.language = resolve_language(AUTO, row_texts(d.rows), log)
@@ -223,6 +226,7 @@ def run_step(
     if on_start is not None:
         on_start()
     out = start_run(cfg.out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite, r.teacher.vocab, log)
+    carry(r.teacher.file.parent, out)
     if not r.reused:
         save_targets(out, r.key, r.targets, r.kind)
     L.seed_everything(cfg.trainer.seed, workers=True)
