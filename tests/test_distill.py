@@ -743,7 +743,7 @@ def test_rows_the_teacher_screened_out_train_as_unlabelled(tmp_path, world):
     logged: list[str] = []
     run(_cfg(world, tmp_path / "s", teacher=str(teacher)), log=logged.append)
     kind = np.asarray(json.loads((tmp_path / "s" / "targets.json").read_text())["kind"])
-    assert (kind == CANDIDATE).sum() == len(cand) - 3  # held-out rows are exact ones: every candidate row trains
+    assert (kind == CANDIDATE).sum() == len(cand) - 3  # only exact rows are held out
     assert np.isin(kind, [FREE, DROPPED]).sum() == bare + 3
     assert any(line.startswith("3 row(s) whose candidates the teacher screened out") for line in logged)
     assert (tmp_path / "s" / SCREEN_FILE).read_bytes() == (teacher / SCREEN_FILE).read_bytes()
