@@ -280,6 +280,9 @@ def _print_train_summary(s: dict) -> None:
             "-" if acc is None else f"{acc:.3f}",
         )
     console.print(t)
+    screened = ((s["stages"].get("finetune") or {}).get("metrics") or {}).get("screened")
+    if screened:
+        log(f"{screened} recordings seem untyped (their candidates miss the message): trained as unlabelled")
     log(f"model: {s['model']}   next: plcli predict EXPORT --model {s['model']} --out voice_notes.csv")
 
 

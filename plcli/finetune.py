@@ -97,7 +97,7 @@ class FinetuneConfig(Config):
     screen: float = opt(
         0.5,
         "leave out of the candidate loss rows whose out-of-fold none_of_these passes this (1: off)",
-        why="voice notes nobody typed, whose candidates miss the truth (plcli.screening); docs/finetune.md",
+        why="untyped voice notes: their candidates miss the truth (plcli.screening); docs/finetune-losses.md",
         min=0.0,
         max=1.0,
         before=1.0,

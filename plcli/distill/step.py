@@ -11,15 +11,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from plcli.config import (
-    cache_dir,
-)
-from plcli.data.datasets import (
-    FeatureRows,
-    ViewRows,
-    open_cache,
-    view_workers,
-)
+from plcli.config import cache_dir
+from plcli.data.datasets import FeatureRows, ViewRows, open_cache, view_workers
 from plcli.data.labels import NO_TRUTH
 from plcli.distill.config import STAGE, DistillConfig
 from plcli.distill.inputs import Rows, Teacher, inherit, load_rows, open_teacher
@@ -226,7 +219,6 @@ def run_step(
     if on_start is not None:
         on_start()
     out = start_run(cfg.out, cfg, STAGE, cfg.trainer.resume, cfg.overwrite, r.teacher.vocab, log)
-    carry(r.teacher.file.parent, out)
     if not r.reused:
         save_targets(out, r.key, r.targets, r.kind)
     L.seed_everything(cfg.trainer.seed, workers=True)
@@ -271,6 +263,7 @@ def run_step(
 def _save_student(cfg: DistillConfig, out: Path, r: _Inputs, student: Classifier, ranking: dict,
                   cascade: dict | None, abstain: dict | None) -> None:
     """``out/model.pt``: the student, with its teacher, settings, ranking and cascade (without grids)."""
+    carry(r.teacher.file.parent, out)  # the teacher's screening, for students of this one
     save_model(
         out / "model.pt",
         student,
