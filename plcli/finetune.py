@@ -702,6 +702,7 @@ def _fold_head(cfg: FinetuneConfig, inp: _Inputs, emb: torch.Tensor, rows: np.nd
     """The head as ``run`` trains it, on the clean embeddings ``emb`` (N, D) of ``rows`` only."""
     L.seed_everything(seed, workers=True, verbose=False)
     module = _module(cfg, inp)
+    module.hparams.ctc_weight = 0.0  # the screen reads the classification head only
     ds = EmbeddingCopies(emb[:, None], index=rows, y=inp.y[rows], mask=inp.mask[rows])
     ds.fields["i"] = torch.as_tensor(rows)
     loader = DataLoader(ds, batch_size=min(cfg.trainer.batch_size, len(rows)), shuffle=True,
