@@ -280,9 +280,9 @@ def _print_train_summary(s: dict) -> None:
             "-" if acc is None else f"{acc:.3f}",
         )
     console.print(t)
-    screened = ((s["stages"].get("finetune") or {}).get("metrics") or {}).get("screened")
-    if screened:
-        log(f"{screened} recordings seem untyped (their candidates miss the message): trained as unlabelled")
+    untyped = ((s["stages"].get("finetune") or {}).get("metrics") or {}).get("likely_untyped")
+    if untyped:
+        log(f"{untyped} recordings seem untyped (their candidates miss the message): they count less")
     log(f"model: {s['model']}   next: plcli predict EXPORT --model {s['model']} --out voice_notes.csv")
 
 

@@ -8,8 +8,8 @@ Three tiers of supervision:
   textbook SimCLRv2 recipe);
 - rows with neither: not used here.
 
-Candidate rows whose set seems to miss the truth (a note nobody typed) are screened out of the
-candidate loss first: ``plcli.screening``.
+A candidate row whose set seems to miss the truth (a note nobody typed) counts less in the candidate
+loss: ``plcli.screening``.
 
 ``ctc.weight w`` adds a CTC head (``plcli.models.ctc``) on the frozen encoder's frames, which
 scores any text: exact rows train it with plain CTC, candidate rows with the candidate set's
@@ -75,6 +75,7 @@ from plcli.runs import (
     start_run,
     write_metrics,
 )
+from plcli.screening import LIKELY
 from plcli.training import adamw_cosine, build_trainer, fit, with_min_steps
 
 STAGE = "finetune"
@@ -94,13 +95,11 @@ class FinetuneConfig(Config):
     loss: str = opt("proden", "candidate-row loss: proden, cc or ce-only", choices=LOSSES)
     candidate_weight: float = opt(1.0, "weight of the candidate-row term against the exact-row term", min=0.0)
     outside_weight: float = outside_weight_opt()
-    screen: float = opt(
-        0.5,
-        "leave out of the candidate loss rows whose out-of-fold none_of_these passes this (1: off)",
+    screen: bool = opt(
+        True,
+        "weigh each candidate row by how likely its candidates hold the truth, judged out of fold",
         why="untyped voice notes: their candidates miss the truth (plcli.screening); docs/finetune-losses.md",
-        min=0.0,
-        max=1.0,
-        before=1.0,
+        before=False,
     )
     from_layer: int = opt(
         0, "feed the head from this projection-head layer (0 = encoder output; SimCLRv2 uses 1)", min=0
@@ -274,7 +273,7 @@ class FinetuneModule(L.LightningModule):
                 with torch.no_grad():
                     i = batch["i"][cand]
                     self.targets[i] = self.disambiguate(logits[cand].detach().float(), mask[cand], i)
-            pl = self.soft_ce(logits[cand], self.targets[batch["i"][cand]].to(logits.dtype))
+            pl = self.soft_ce(logits[cand], self.targets[batch["i"][cand]].to(logits.dtype), batch["w"][cand])
         loss = ce + self.hparams.candidate_weight * pl
         logs = {"train/ce": ce, "train/partial": pl}
         if self.use_ctc:
@@ -630,8 +629,8 @@ def run(cfg: FinetuneConfig, log=print) -> dict:
     t_feat = Timer()
     train_ds, val_ds, e_clean, clean = _datasets(cfg, inp, module, cache)
     feature_seconds = t_feat.seconds
-    screened = _screen(cfg, inp, e_clean, out, log)
-    train_ds.fields["mask"][np.searchsorted(inp.train_idx, screened)] = False  # train_idx is sorted
+    untyped = _screen(cfg, inp, e_clean, out, log)  # (N,) out-of-fold none_of_these, 0 unscored
+    train_ds.fields["w"] = torch.from_numpy(1.0 - untyped[inp.train_idx]).float()
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)  # as if no fold head had trained
     bs = min(cfg.trainer.batch_size, len(train_ds))
     train_loader = DataLoader(train_ds, batch_size=bs, shuffle=True, collate_fn=collate_identity,
@@ -655,7 +654,7 @@ def run(cfg: FinetuneConfig, log=print) -> dict:
         "global_step": trainer.global_step,
         **metrics,
         "feature_seconds": feature_seconds,
-        "screened": len(screened),
+        "likely_untyped": int((untyped > LIKELY).sum()),
         **({"asr_prior": asr_info} if asr_info["kind"] != "none" else {}),
         "total_seconds": timer.seconds,
         "cache": {"computed": cache.computed, "reused": cache.reused},
@@ -672,30 +671,29 @@ def run(cfg: FinetuneConfig, log=print) -> dict:
 
 
 def _screen(cfg: FinetuneConfig, inp: _Inputs, emb: torch.Tensor | None, out: Path, log) -> np.ndarray:
-    """Indices of the candidate rows to leave out of the candidate loss: those whose ``none_of_these``
-    under a head trained on the other folds passes ``cfg.screen`` (``plcli.screening``). A resumed
-    run reads its first start's choice back."""
+    """(N,) each candidate row's ``none_of_these`` under a head trained on the other folds
+    (``plcli.screening``); 0 for the other rows, and for all with the screen off. A resumed run
+    reads its first start's scores back."""
     from plcli.metrics import none_of_these
-    from plcli.screening import FOLDS, SCREEN_FILE, fold_of, read_screened, write_screened
+    from plcli.screening import FOLDS, SCREEN_FILE, fold_of, read_scores, write_scores
 
+    ids = [r.id for r in inp.rows]
     if cfg.trainer.resume and (out / SCREEN_FILE).is_file():
-        ids = read_screened(out)
-        return np.array([i for i, r in enumerate(inp.rows) if r.id in ids], dtype=np.int64)
+        return read_scores(out, ids)
+    untyped = np.zeros(len(inp.rows))
     tr = torch.as_tensor(inp.train_idx)
     cand = inp.train_idx[((inp.y[tr] < 0) & inp.mask[tr].any(1)).numpy()]
-    if cfg.screen >= 1.0 or emb is None or cfg.loss == "ce-only" or len(cand) < 2 * FOLDS:
-        return np.zeros(0, dtype=np.int64)
-    scores = np.zeros(len(cand))
+    if not cfg.screen or emb is None or cfg.loss == "ce-only" or len(cand) < 2 * FOLDS:
+        return untyped
     for k, fold in enumerate(fold_of(len(cand), cfg.trainer.seed)[None] == np.arange(FOLDS)[:, None]):
         head = _fold_head(cfg, inp, emb, np.setdiff1d(inp.train_idx, cand[fold]), seed=cfg.trainer.seed + k)
         with torch.no_grad():
             probs = torch.softmax(head(emb[cand[fold]]).float(), dim=1).numpy()
-        scores[fold] = none_of_these(probs, inp.mask[cand[fold]].numpy())
-    write_screened(out, [inp.rows[i].id for i in cand], scores, cfg.screen)
-    screened = cand[scores > cfg.screen]
-    log(f"screened out {len(screened)} of {len(cand)} candidate rows whose candidates seem to miss their "
-        f"message (out-of-fold none_of_these > {cfg.screen}): they train as unlabelled rows")
-    return screened
+        untyped[cand[fold]] = none_of_these(probs, inp.mask[cand[fold]].numpy())
+    write_scores(out, [ids[i] for i in cand], untyped[cand])
+    log(f"{int((untyped > LIKELY).sum())} of {len(cand)} candidate rows seem untyped (their candidates miss "
+        f"their message, out of fold): each counts 1 - that belief in the candidate loss")
+    return untyped
 
 
 def _fold_head(cfg: FinetuneConfig, inp: _Inputs, emb: torch.Tensor, rows: np.ndarray, seed: int):
@@ -703,7 +701,8 @@ def _fold_head(cfg: FinetuneConfig, inp: _Inputs, emb: torch.Tensor, rows: np.nd
     L.seed_everything(seed, workers=True, verbose=False)
     module = _module(cfg, inp)
     module.hparams.ctc_weight = 0.0  # the screen reads the classification head only
-    ds = EmbeddingCopies(emb[:, None], index=rows, y=inp.y[rows], mask=inp.mask[rows])
+    ds = EmbeddingCopies(emb[:, None], index=rows, y=inp.y[rows], mask=inp.mask[rows],
+                         w=torch.ones(len(rows)))
     ds.fields["i"] = torch.as_tensor(rows)
     loader = DataLoader(ds, batch_size=min(cfg.trainer.batch_size, len(rows)), shuffle=True,
                         collate_fn=collate_identity)

@@ -726,24 +726,38 @@ def test_ctc_augment_keeps_the_words_and_is_off_in_eval():
         DistillModule(student, num_train=4, ctc_vtlp=1.0)
 
 
-def test_rows_the_teacher_screened_out_train_as_unlabelled(tmp_path, world):
-    """A teacher's screened.json (plcli.screening): distill clears those rows' candidates, so they are
-    FREE or DROPPED rows, not CANDIDATE ones, and the student's run carries the file on."""
+def test_a_row_the_teacher_finds_untyped_leans_towards_a_row_without_candidates(tmp_path, world):
+    """untyped u (plcli.screening): a candidate row's target is (1 - u) x its candidate target + u x
+    softmax(z / T) over every class (a reference by hand); the run reads the teacher's screened.json,
+    its targets change, and its folder carries the file on."""
     import shutil
 
-    from plcli.screening import SCREEN_FILE, read_screened, write_screened
+    from plcli.losses import candidate_log_prior
+    from plcli.screening import SCREEN_FILE, read_scores, write_scores
+
+    torch.manual_seed(2)
+    logits = torch.randn(2, 3, 4, dtype=torch.float64)  # (V, N, C)
+    mask = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 1], [0, 0, 0, 0]], dtype=torch.bool)
+    u = torch.tensor([0.25, 0.0, 0.9])  # the row without candidates ignores it
+    prior = candidate_log_prior(mask)
+    got, kind, _ = teacher_targets(logits, mask, torch.full((3,), -1), 2.0, 0.0, prior, untyped=u)
+    plain, _, _ = teacher_targets(logits, mask, torch.full((3,), -1), 2.0, 0.0, prior)
+    free = torch.softmax(logits / 2.0, dim=-1).mean(0)
+    want = 0.75 * plain[0].double() + 0.25 * free[0]
+    torch.testing.assert_close(got[0].double(), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[1:], plain[1:])
+    assert kind.tolist() == [CANDIDATE, CANDIDATE, FREE]
+    with pytest.raises(ValueError):
+        teacher_targets(logits, mask, torch.full((3,), -1), 2.0, 0.0, prior, untyped=torch.full((3,), 1.5))
 
     teacher = tmp_path / "teacher"
     shutil.copytree(world["teacher"], teacher)
     rows = load_rows([world["manifest"]]).rows
     cand = [r.id for r in rows if r.candidates and r.label is None]
-    bare = sum(1 for r in rows if not r.candidates)
-    write_screened(teacher, cand[:6], np.array([0.9, 0.8, 0.7, 0.1, 0.2, 0.5]), 0.5)
-    assert read_screened(teacher) == set(cand[:3])  # strictly above the threshold
-    logged: list[str] = []
-    run(_cfg(world, tmp_path / "s", teacher=str(teacher)), log=logged.append)
-    kind = np.asarray(json.loads((tmp_path / "s" / "targets.json").read_text())["kind"])
-    assert (kind == CANDIDATE).sum() == len(cand) - 3  # only exact rows are held out
-    assert np.isin(kind, [FREE, DROPPED]).sum() == bare + 3
-    assert any(line.startswith("3 row(s) whose candidates the teacher screened out") for line in logged)
+    write_scores(teacher, cand[:4], np.array([0.9, 0.8, 0.1, 0.0]))
+    np.testing.assert_allclose(read_scores(teacher, [cand[0], cand[3], cand[5]]), [0.9, 0.0, 0.0])
+    run(_cfg(world, tmp_path / "s", teacher=str(teacher)), log=lambda *_: None)
+    run(_cfg(world, tmp_path / "p"), log=lambda *_: None)
+    assert not np.allclose(np.load(tmp_path / "s" / "targets.npy"), np.load(tmp_path / "p" / "targets.npy"))
     assert (tmp_path / "s" / SCREEN_FILE).read_bytes() == (teacher / SCREEN_FILE).read_bytes()
+    assert not (tmp_path / "p" / SCREEN_FILE).exists()

@@ -178,11 +178,12 @@ def test_finetune_outside_weight_keeps_other_messages_in_the_targets(pretrained,
 
 def test_screen_finds_the_candidate_sets_that_miss_the_truth(tmp_path):
     """_screen on embeddings that separate four classes: the rows whose candidates miss their class
-    get a high out-of-fold none_of_these and are screened out; the others stay; screen 1 keeps all."""
+    get a high out-of-fold none_of_these, the others a low one; exact rows and a screen that is off
+    score nothing."""
     from types import SimpleNamespace
 
     from plcli.finetune import FinetuneConfig, _Inputs, _screen
-    from plcli.screening import read_screened
+    from plcli.screening import read_scores
 
     n, c = 120, 4
     g = torch.Generator().manual_seed(0)
@@ -202,18 +203,21 @@ def test_screen_finds_the_candidate_sets_that_miss_the_truth(tmp_path):
     cfg = FinetuneConfig(out=str(tmp_path), pretrained="none")
     cfg.trainer = TrainerConfig(epochs=20, batch_size=32, accelerator="cpu", progress=False)
     cfg.min_steps = 0
-    got = set(_screen(cfg, inp, emb, tmp_path, lambda *_: None).tolist())
-    assert got == {i for i, r in enumerate(inp.rows) if r.id in read_screened(tmp_path)}
-    missed = {i for i in untyped.tolist() if y[i] < 0}  # an exact row is never screened
-    assert len(got & missed) >= len(missed) - 1 and len(got - missed) <= 2, got
-    cfg.screen, cfg.trainer.resume = 1.0, None
-    assert len(_screen(cfg, inp, emb, tmp_path / "off", lambda *_: None)) == 0
+    got = _screen(cfg, inp, emb, tmp_path, lambda *_: None)  # (N,)
+    np.testing.assert_allclose(read_scores(tmp_path, [r.id for r in inp.rows]), got, atol=1e-6)
+    missed = np.array([i in set(untyped.tolist()) and y[i] < 0 for i in range(n)])
+    assert (got[missed] > 0.5).sum() >= missed.sum() - 1 and (got[~missed] > 0.5).sum() <= 2, got
+    assert (got[(y >= 0).numpy()] == 0).all()  # an exact row is never scored
+    cfg.screen, cfg.trainer.resume = False, None
+    assert (_screen(cfg, inp, emb, tmp_path / "off", lambda *_: None) == 0).all()
 
 
-def test_finetune_writes_its_screening(pretrained, monkeypatch):
+def test_finetune_weighs_candidate_rows_by_their_screening(pretrained, monkeypatch):
     """The CLI run scores every candidate row without a label out of fold, in screened.json, and
-    counts the screened ones in metrics.json; screen 1 writes no screening."""
-    from plcli.screening import SCREEN_FILE, read_screened
+    counts those more likely untyped than not in metrics.json; with the screen off it writes none.
+    A row's candidate loss counts 1 - its score: here, a row scored 1 adds nothing to it."""
+    from plcli.finetune import FinetuneModule
+    from plcli.screening import SCREEN_FILE
 
     root, manifest, _ = pretrained
     monkeypatch.setenv("PLCLI_CACHE", str(root / "cache"))
@@ -221,6 +225,16 @@ def test_finetune_writes_its_screening(pretrained, monkeypatch):
     scores = json.loads((root / "ft-screen" / SCREEN_FILE).read_text())["scores"]
     rows = [json.loads(x) for x in manifest.read_text().splitlines()]
     assert set(scores) == {r["id"] for r in rows if r["candidates"] and "label" not in r}
-    assert m["screened"] == len(read_screened(root / "ft-screen")) == sum(s > 0.5 for s in scores.values())
-    off = _finetune(root, manifest, "ft-noscreen", "--epochs", "1", "--set", "screen=1")
-    assert off["screened"] == 0 and not (root / "ft-noscreen" / SCREEN_FILE).exists()
+    assert m["likely_untyped"] == sum(s > 0.5 for s in scores.values())
+    off = _finetune(root, manifest, "ft-noscreen", "--epochs", "1", "--set", "screen=false")
+    assert off["likely_untyped"] == 0 and not (root / "ft-noscreen" / SCREEN_FILE).exists()
+    classifier = dict(encoder="tcresnet-small", n_mels=8, num_classes=3, from_layer=0)
+    module = FinetuneModule(classifier, num_train=2)
+    module.targets.copy_(torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]]))
+    batch = {"x": torch.randn(2, 96), "y": torch.tensor([-1, -1]), "i": torch.tensor([0, 1]),
+             "mask": torch.tensor([[1, 1, 0], [0, 0, 1]], dtype=torch.bool)}
+    module.log_dict = lambda *a, **k: None
+    module.eval()  # no dropout: the same logits twice
+    loss_w = module.training_step({**batch, "w": torch.tensor([1.0, 0.0])}, 0)
+    loss_0 = module.training_step({k: v[:1] for k, v in {**batch, "w": torch.ones(2)}.items()}, 0)
+    torch.testing.assert_close(loss_w, loss_0)

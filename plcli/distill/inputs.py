@@ -116,6 +116,7 @@ class Rows:
     pool: np.ndarray  # rows that may train the student
     val_idx: np.ndarray  # held-out exact rows
     truth: np.ndarray  # (N,) --truth label: -2 none, -1 outside the vocabulary
+    untyped: np.ndarray | None = None  # (N,) the teacher's belief that a row's set misses its truth
 
 
 def load_rows(cfg: DistillConfig, vocab: Vocabulary, fraction: float, split_seed: int, log) -> Rows:

@@ -37,7 +37,7 @@ from plcli.runs import (
     start_run,
     write_metrics,
 )
-from plcli.screening import carry, unscreened_mask
+from plcli.screening import carry, read_scores
 from plcli.training import build_trainer, fit
 
 
@@ -95,8 +95,8 @@ def _prepare(cfg: DistillConfig, step: Step, log) -> _Inputs:
     teacher = open_teacher(cfg.teacher)
     fraction, split_seed, view_seed = inherit(cfg, teacher, log)
     d = load_rows(cfg, teacher.vocab, fraction, split_seed, log)
-    if teacher.run is not None:
-        d.mask = unscreened_mask(teacher.file.parent, [r.id for r in d.rows], d.mask, log)
+    if teacher.run is not None:  # its screening (plcli.screening), when it wrote one
+        d.untyped = read_scores(teacher.file.parent, [r.id for r in d.rows])
     check_run_dir(cfg.out, STAGE, cfg.trainer.resume, cfg.overwrite, teacher.vocab)
     if cfg.data.language == AUTO:  # run() settles it once for its rounds; a round on its own here
         cfg.data.language = resolve_language(AUTO, row_texts(d.rows), log)

@@ -28,6 +28,7 @@ def teacher_targets(
     logits: Tensor, mask: Tensor, y: Tensor, temperature: float, confidence: float,
     log_prior: Tensor | None = None,
     outside: float = 0.0,
+    untyped: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The distillation target table from the teacher's logits.
 
@@ -40,6 +41,9 @@ def teacher_targets(
         log_prior: optional (C,) log class share of candidate slots; candidate rows then restrict
             softmax(logits / T) / prior (see ``plcli.finetune.FinetuneModule.disambiguate``).
         outside: weight of the non-candidates in candidate rows' targets (``candidate_targets``).
+        untyped: optional (N,) belief in [0, 1] that a row's candidates miss its truth
+            (``plcli.screening``): a candidate row's target is then (1 - u) x its candidate target
+            + u x softmax(logits / T) over all classes, the target of a row without candidates.
 
     Returns:
         targets (N, C) float32 probability rows, kind (N,) int64 (EXACT, CANDIDATE, FREE or DROPPED),
@@ -57,6 +61,7 @@ def teacher_targets(
     logits = logits.float()
     # (V*N, C) -> (V, N, C) -> (N, C): a mean of distributions that are each 0 outside the candidates
     has = mask.any(dim=1)
+    raw = logits
     if log_prior is not None:
         # softmax((z - T log pi) / T) = softmax(z / T) / pi, renormalised; rows without candidates keep z.
         # Its favourite is that of z - T log pi, a stronger correction than finetune's z - log pi: on the
@@ -68,6 +73,11 @@ def teacher_targets(
         .reshape(v, n, c)
         .mean(0)
     )
+    if untyped is not None:
+        if untyped.shape != has.shape or not bool(((untyped >= 0) & (untyped <= 1)).all()):
+            raise ValueError(f"untyped must be ({n},) beliefs in [0, 1]")
+        u = (untyped.float() * has)[:, None]  # (N, 1)
+        soft = (1 - u) * soft + u * torch.softmax(raw / temperature, dim=-1).mean(0)
     conf = torch.softmax(logits, dim=-1).mean(0).amax(dim=1)  # (N,)
     exact = y >= 0
     kind = torch.full((n,), DROPPED, dtype=torch.long)
@@ -92,7 +102,7 @@ def refine_targets(targets: Tensor, logits: Tensor, mask: Tensor, momentum: floa
 
 def _targets_key(
     teacher_file: Path, ids: list[str], mask: np.ndarray, y: np.ndarray, cfg: DistillConfig, view_tag: str,
-    ranked: bool = False, bonus: np.ndarray | None = None,
+    ranked: bool = False, bonus: np.ndarray | None = None, untyped: np.ndarray | None = None,
 ) -> str:
     h = hashlib.blake2b(digest_size=16)
     h.update(
@@ -115,6 +125,8 @@ def _targets_key(
     h.update(y.astype(np.int64).tobytes())
     if bonus is not None:  # the recogniser's vote (absent: the keys of runs without it are unchanged)
         h.update(np.ascontiguousarray(bonus, dtype=np.float32).tobytes())
+    if untyped is not None:  # the teacher's screening (plcli.screening), likewise
+        h.update(np.ascontiguousarray(untyped, dtype=np.float64).tobytes())
     return h.hexdigest()
 
 
@@ -175,8 +187,9 @@ def target_table(
     ``ranked`` (a CTC refit): candidate rows' targets are the softmax of the teacher's combined
     ranking scores (``plcli.ranking``, its stored setting) over their candidates, clean clips only.
     ``bonus``: (P, C) logit bonus of the recogniser's vote over the pool (``plcli.asr_prior``), already
-    in the units of the logits it is added to.
+    in the units of the logits it is added to. ``d.untyped``: the teacher's screening, if any.
     """
+    untyped = None if d.untyped is None else d.untyped[d.pool]
     view_tag = hashlib.blake2b(
         json.dumps(
             [cfg.augment.waveform_params(), cfg.views, view_seed, "ranked" if ranked else ""]
@@ -192,6 +205,7 @@ def target_table(
         view_tag,
         ranked,
         bonus,
+        untyped,
     )
     cached = load_targets(Path(cfg.out), key)
     if cached is not None:
@@ -212,6 +226,7 @@ def target_table(
         cfg.confidence,
         log_prior,
         cfg.outside_weight,
+        None if untyped is None else torch.from_numpy(untyped),
     )
     return tgt.numpy(), kind.numpy(), key, False
 
