@@ -74,10 +74,7 @@ def teacher_targets(
         .mean(0)
     )
     if untyped is not None:
-        if untyped.shape != has.shape or not bool(((untyped >= 0) & (untyped <= 1)).all()):
-            raise ValueError(f"untyped must be ({n},) beliefs in [0, 1]")
-        u = (untyped.float() * has)[:, None]  # (N, 1)
-        soft = (1 - u) * soft + u * torch.softmax(raw / temperature, dim=-1).mean(0)
+        soft = _lean_free(soft, raw, has, untyped, temperature)
     conf = torch.softmax(logits, dim=-1).mean(0).amax(dim=1)  # (N,)
     exact = y >= 0
     kind = torch.full((n,), DROPPED, dtype=torch.long)
@@ -87,6 +84,15 @@ def teacher_targets(
     targets = soft.clone()
     targets[exact] = F.one_hot(y[exact], c).float()
     return targets, kind, conf
+
+
+def _lean_free(soft: Tensor, raw: Tensor, has: Tensor, untyped: Tensor, temperature: float) -> Tensor:
+    """(N, C) candidate rows' targets ``soft`` moved by ``untyped`` (N,) towards softmax(raw / T)
+    over all classes ((V, N, C) logits ``raw``, views averaged): the target of a row without candidates."""
+    if untyped.shape != has.shape or not bool(((untyped >= 0) & (untyped <= 1)).all()):
+        raise ValueError(f"untyped must be ({has.shape[0]},) beliefs in [0, 1]")
+    u = (untyped.float() * has)[:, None]  # (N, 1)
+    return (1 - u) * soft + u * torch.softmax(raw / temperature, dim=-1).mean(0)
 
 
 def refine_targets(targets: Tensor, logits: Tensor, mask: Tensor, momentum: float) -> Tensor:
