@@ -3,9 +3,9 @@
 A voice note that nobody typed gets the next chat messages as candidates all the same, and none of
 them is its message; the partial-label loss would push it onto a wrong one. Finetune scores every
 candidate row with a head that never trained on it (K folds): its ``none_of_these`` s, the
-probability mass outside the candidates. In finetune the row's candidate loss then counts 1 - s;
-in distill its target is (1 - s) x the candidate-restricted target + s x the teacher's unrestricted
-distribution, as for a row without candidates.
+probability mass outside the candidates. In finetune the row's candidate loss then counts 1 - s.
+Distill with ``untyped_targets`` (off: it cost the student accuracy) makes its target (1 - s) x the
+candidate-restricted target + s x the teacher's unrestricted distribution.
 
 The clean-sample detection of PiCO+ (Wang et al. 2023), made soft: a hard cut at s > 0.5 helped
 on 600 recordings and hurt on 1200 (docs/finetune-losses.md). Scored out of fold, because a head

@@ -728,8 +728,8 @@ def test_ctc_augment_keeps_the_words_and_is_off_in_eval():
 
 def test_a_row_the_teacher_finds_untyped_leans_towards_a_row_without_candidates(tmp_path, world):
     """untyped u (plcli.screening): a candidate row's target is (1 - u) x its candidate target + u x
-    softmax(z / T) over every class (a reference by hand); the run reads the teacher's screened.json,
-    its targets change, and its folder carries the file on."""
+    softmax(z / T) over every class (a reference by hand); with untyped_targets the run reads the
+    teacher's screened.json and its targets change; its folder carries the file on."""
     import shutil
 
     from plcli.losses import candidate_log_prior
@@ -756,8 +756,11 @@ def test_a_row_the_teacher_finds_untyped_leans_towards_a_row_without_candidates(
     cand = [r.id for r in rows if r.candidates and r.label is None]
     write_scores(teacher, cand[:4], np.array([0.9, 0.8, 0.1, 0.0]))
     np.testing.assert_allclose(read_scores(teacher, [cand[0], cand[3], cand[5]]), [0.9, 0.0, 0.0])
-    run(_cfg(world, tmp_path / "s", teacher=str(teacher)), log=lambda *_: None)
+    run(_cfg(world, tmp_path / "s", teacher=str(teacher), untyped_targets=True), log=lambda *_: None)
+    run(_cfg(world, tmp_path / "o", teacher=str(teacher)), log=lambda *_: None)  # off by default
     run(_cfg(world, tmp_path / "p"), log=lambda *_: None)
-    assert not np.allclose(np.load(tmp_path / "s" / "targets.npy"), np.load(tmp_path / "p" / "targets.npy"))
-    assert (tmp_path / "s" / SCREEN_FILE).read_bytes() == (teacher / SCREEN_FILE).read_bytes()
+    t = {k: np.load(tmp_path / k / "targets.npy") for k in "sop"}
+    assert not np.allclose(t["s"], t["p"]) and np.allclose(t["o"], t["p"])
+    for k in "so":  # carried on either way, for a later distill that uses it
+        assert (tmp_path / k / SCREEN_FILE).read_bytes() == (teacher / SCREEN_FILE).read_bytes()
     assert not (tmp_path / "p" / SCREEN_FILE).exists()

@@ -95,7 +95,7 @@ def _prepare(cfg: DistillConfig, step: Step, log) -> _Inputs:
     teacher = open_teacher(cfg.teacher)
     fraction, split_seed, view_seed = inherit(cfg, teacher, log)
     d = load_rows(cfg, teacher.vocab, fraction, split_seed, log)
-    if teacher.run is not None:  # its screening (plcli.screening), when it wrote one
+    if teacher.run is not None and cfg.untyped_targets:  # its screening (plcli.screening)
         d.untyped = read_scores(teacher.file.parent, [r.id for r in d.rows])
     check_run_dir(cfg.out, STAGE, cfg.trainer.resume, cfg.overwrite, teacher.vocab)
     if cfg.data.language == AUTO:  # run() settles it once for its rounds; a round on its own here
