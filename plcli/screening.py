@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from plcli.io import atomic_open, atomic_write_json
+
 SCREEN_FILE = "screened.json"
 FOLDS = 5
 LIKELY = 0.5  # a score above this: more likely untyped than not (what the logs count)
@@ -30,13 +32,10 @@ def fold_of(n: int, seed: int, folds: int = FOLDS) -> np.ndarray:
 
 
 def write_scores(run_dir: Path, ids: list[str], scores: np.ndarray) -> None:
-    """Write each scored row's out-of-fold ``none_of_these`` (``scores`` (len(ids),))."""
-    scores = np.asarray(scores, dtype=np.float64)
-    out = {
-        "likely_untyped": int((scores > LIKELY).sum()),
-        "scores": {i: round(float(s), 6) for i, s in zip(ids, scores)},
-    }
-    (Path(run_dir) / SCREEN_FILE).write_text(json.dumps(out, indent=1))
+    """Write each scored row's out-of-fold ``none_of_these`` (``scores`` (len(ids),)), atomically:
+    a resumed run reads them back."""
+    rounded = {i: round(float(s), 6) for i, s in zip(ids, np.asarray(scores, dtype=np.float64))}
+    atomic_write_json(Path(run_dir) / SCREEN_FILE, {"scores": rounded}, indent=1)
 
 
 def read_scores(run_dir: Path, ids: list[str]) -> np.ndarray | None:
@@ -52,4 +51,5 @@ def carry(teacher_dir: Path, run_dir: Path) -> None:
     """Copy a teacher run's screening into a run trained from it, so its students find it too."""
     src = Path(teacher_dir) / SCREEN_FILE
     if src.is_file() and Path(run_dir).resolve() != Path(teacher_dir).resolve():
-        (Path(run_dir) / SCREEN_FILE).write_bytes(src.read_bytes())
+        with atomic_open(Path(run_dir) / SCREEN_FILE, "wb") as f:
+            f.write(src.read_bytes())
